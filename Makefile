@@ -1,0 +1,50 @@
+# Evolve: the two commands a newcomer needs are `make run` and `make test`.
+# Both create .venv on first use and install into it; later calls skip the
+# install unless pyproject.toml changed.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+# torch first, pinned to the CPU build on disk, so pip never pulls a
+# multi-GB CUDA build as a dependency. GPU users: make TORCH_SPEC="torch==2.x.y".
+TORCH_SPEC ?= torch==2.13.0
+ARGS       ?=
+PYTEST_ARGS ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.evolve-installed
+
+.PHONY: install run test test-unit test-integration test-slow lint-imports clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+	@echo "installed Evolve into $(VENV)"
+
+run: $(STAMP)
+	$(BIN)/evolve run configs/default.yaml $(ARGS)
+
+# unit + integration (real Ray); `slow` learning runs are left to `make test-slow`
+test: $(STAMP) lint-imports
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m "integration and not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .import_linter_cache

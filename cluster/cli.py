@@ -1,0 +1,121 @@
+"""`evolve`: run a config, look at a cluster, check a cluster file.
+
+Expected failures (a bad config, an unreachable cluster, an invalid cluster
+file) print one line and exit non-zero; only bugs produce a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from cluster.errors import UserError
+from core.config_loader import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evolve",
+        description="Evolve keeps models learning after they ship: Ray actors generate experience, "
+        "Ray Train learners improve the policy, Ray Serve publishes it back.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the evolution loops of a config", description="Run the loops of CONFIG.")
+    run.add_argument("config", metavar="CONFIG", help="YAML preset, e.g. configs/default.yaml")
+    run.add_argument("--budget-s", type=_positive_float, help="stop after this many seconds (default: the config's, else until Ctrl-C)")
+    run.add_argument("--address", help="join a running cluster: 'auto' or ray://host:10001 (default: start an embedded one)")
+    run.add_argument("--run-dir", help="write the run here instead of runs/<name>/")
+    _add_set(run)
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", help="show a running cluster", description="Show nodes, resources and Serve apps.")
+    status.add_argument("--address", default="auto", help="cluster to inspect (default: auto, the local one)")
+    status.set_defaults(func=_cmd_status)
+
+    cluster = sub.add_parser("cluster", help="cluster file tools", description="Tools for ray_cluster.yaml.")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
+    validate = csub.add_parser(
+        "validate",
+        help="check a `ray up` file with Ray's schema and Evolve's rules",
+        description="Check PATH with Ray's autoscaler schema validation plus Evolve's rules.",
+    )
+    validate.add_argument("path", nargs="?", default="ray_cluster.yaml", metavar="PATH")
+    validate.add_argument("--learner-resource", default="learner", help="custom resource learners ask for")
+    validate.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set learner.lr=1e-4 (repeatable; VALUE is YAML)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cluster.run import execute
+
+    overrides = list(args.overrides)
+    if args.budget_s is not None:
+        overrides.append(f"run.budget_s={args.budget_s}")
+    if args.address is not None:
+        overrides.append(f"cluster.address={json.dumps(args.address)}")
+    if args.run_dir is not None:
+        overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
+    cfg = load_config(args.config, overrides)
+    return execute(cfg)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from cluster.status import print_status
+
+    return print_status(args.address)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from cluster.validate import validate_cluster_file
+
+    report = validate_cluster_file(args.path, learner_resource=args.learner_resource)
+    for problem in report.problems:
+        print(f"{report.path}: {problem}", file=sys.stderr)
+    if not report.ok:
+        print(f"{report.path}: invalid ({len(report.problems)} problem(s))", file=sys.stderr)
+        return 1
+    print(f"{report.path}: ok" + "".join(f"; {note}" for note in report.notes))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"evolve: config error: {exc}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"evolve: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("evolve: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

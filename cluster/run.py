@@ -1,0 +1,176 @@
+"""Wire one run from its config: cluster, registry, serving, loops, budget, reports.
+
+The driver owns no learning logic.  It starts the components, then polls every
+loop each `progress_interval_s`, prints one progress line, appends events, and
+on exit (budget, every loop done, Ctrl-C or SIGTERM) writes summary.json.
+"""
+
+from __future__ import annotations
+
+import platform
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+import ray
+
+from cluster.connect import ClusterHandle, connect, disconnect, resource_report
+from cluster.rundir import RunDir
+from core.config import EvolveConfig
+from core.registry import PolicyRegistry
+
+
+class Loop(Protocol):
+    """One evolution loop as the driver sees it (the later stages implement these)."""
+
+    name: str
+
+    def start(self) -> None: ...
+    def poll(self) -> dict[str, Any]: ...  # progress figures, also logged as an event
+    def done(self) -> bool: ...  # reached its goal: the run may end early
+    def summary(self) -> dict[str, Any]: ...  # goes to summary.json loops.<name>
+    def stop(self) -> None: ...
+
+
+# Loop kinds register a factory here: (config, context) -> Loop.
+LOOP_FACTORIES: dict[str, Callable[[EvolveConfig, "RunContext"], Loop]] = {}
+
+
+class RunContext:
+    """What a loop gets from the driver: config, run directory, registry, endpoints."""
+
+    def __init__(self, cfg: EvolveConfig, run_dir: RunDir, registry: PolicyRegistry, cluster: ClusterHandle):
+        self.cfg, self.run_dir, self.registry, self.cluster = cfg, run_dir, registry, cluster
+        self.endpoints: dict[str, str] = {}
+
+
+def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
+    """Run until the budget ends, every loop is done, or the user stops it; returns an exit code."""
+    started = time.time()
+    rd = RunDir(cfg.run.resolved_run_dir())
+    rd.write_config(cfg)
+    stop = _StopFlag()
+    loops: list[Loop] = []
+    run_info: dict[str, Any] = {"name": cfg.run.name, "run_dir": str(rd.path), "started_at": started}
+    reason = "error"
+    try:
+        handle = connect(cfg.cluster)
+        run_info.update(address=handle.address, embedded=handle.embedded, dashboard_url=handle.dashboard_url)
+        ctx = RunContext(cfg, rd, PolicyRegistry(cfg.registry.uri or rd.path / "registry"), handle)
+        say(f"evolve: run {cfg.run.name!r} -> {rd.path}")
+        say(f"evolve: Ray {ray.__version__} {'embedded' if handle.embedded else 'cluster'} at {handle.address}")
+        say(f"evolve: dashboard {handle.dashboard_url or '(disabled)'}" + _auth_hint(handle))
+        _start_serving(cfg, ctx, say)
+        loops = [LOOP_FACTORIES[name](cfg, ctx) for name in _loop_names(cfg)]
+        for loop in loops:
+            loop.start()
+        rd.event("run", "started", address=handle.address, dashboard_url=handle.dashboard_url, endpoints=ctx.endpoints)
+        reason = _drive(cfg, rd, loops, started, stop, say)
+    finally:
+        for loop in loops:
+            _quietly(loop.stop)
+        summaries = {loop.name: _quietly(loop.summary) or {} for loop in loops}
+        run_info.update(
+            wall_s=round(time.time() - started, 3),
+            stopped_by=reason,
+            ray_version=ray.__version__,
+            python=platform.python_version(),
+        )
+        rd.event("run", "finished", stopped_by=reason, wall_s=run_info["wall_s"])
+        path = rd.write_summary(run_info, summaries)
+        rd.close()
+        stop.restore()
+        if cfg.serving.enabled:
+            _quietly(_undeploy)
+        disconnect()
+    say(f"evolve: stopped ({reason}) after {run_info['wall_s']:.1f}s; summary: {path}")
+    return 0
+
+
+def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, stop: "_StopFlag", say) -> str:
+    budget = cfg.run.budget_s
+    interval = cfg.run.progress_interval_s
+    while True:
+        elapsed = time.time() - started
+        figures = {loop.name: loop.poll() for loop in loops}
+        for name, fig in figures.items():
+            rd.event(name, "progress", **fig)
+        usage = resource_report()
+        rd.event("run", "progress", elapsed_s=round(elapsed, 3), resources=usage)
+        say(_progress_line(elapsed, budget, usage, figures))
+        if loops and all(loop.done() for loop in loops):
+            return "loops_done"
+        remaining = None if budget is None else budget - (time.time() - started)
+        if remaining is not None and remaining <= 0:
+            return "budget"
+        if stop.wait(interval if remaining is None else min(interval, remaining)):
+            return stop.reason
+
+
+def _progress_line(elapsed: float, budget: float | None, usage: dict, figures: dict[str, dict]) -> str:
+    total, free = usage["total"], usage["available"]
+    cpu = f"CPU {total.get('CPU', 0) - free.get('CPU', 0):.1f}/{total.get('CPU', 0):.0f} used"
+    clock = f"{elapsed:6.1f}s" + (f"/{budget:.0f}s" if budget else "")
+    parts = [f"[{clock}]", cpu]
+    for name, fig in figures.items():
+        parts.append(name + " " + " ".join(f"{k}={v}" for k, v in fig.items()))
+    return " | ".join(parts)
+
+
+def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:
+    if not cfg.serving.enabled:
+        return
+    from serving.gateway import deploy_gateway
+
+    endpoints = deploy_gateway(cfg.serving, ctx.registry.uri)
+    ctx.endpoints["http"] = endpoints.http
+    say(f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models")
+
+
+def _undeploy() -> None:
+    from serving.gateway import undeploy
+
+    undeploy()
+
+
+def _loop_names(cfg: EvolveConfig) -> list[str]:
+    return [name for name in getattr(cfg, "loops", []) if name in LOOP_FACTORIES]
+
+
+def _auth_hint(handle: ClusterHandle) -> str:
+    if handle.dashboard_url and handle.auth_mode.startswith("token"):
+        return "  (token auth: `ray get-auth-token` prints the token the dashboard asks for)"
+    return ""
+
+
+def _quietly(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # teardown must go on; report, do not mask the real error
+        print(f"evolve: warning: {getattr(fn, '__qualname__', fn)} failed during shutdown: {exc}", file=sys.stderr)
+        return None
+
+
+class _StopFlag:
+    """Ctrl-C and SIGTERM end the run cleanly: the summary is still written."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = "interrupt"
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.reason = "interrupt" if signum == signal.SIGINT else "terminated"
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(max(timeout, 0.0))
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,113 @@
+"""Typed run configuration.
+
+Every section forbids unknown keys so a typo fails at load time instead of
+being silently ignored; `core.config_loader` turns validation errors into one
+line naming the file, the key and the reason.  Loops of later stages add their
+own sections here; each stays small and owns its defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = "default"
+    # Wall-clock budget of the whole run; None runs until Ctrl-C.
+    budget_s: float | None = Field(default=None, gt=0)
+    # Where runs/<name>/ goes; --run-dir overrides the full path.
+    runs_root: Path = Path("runs")
+    run_dir: Path | None = None
+    seed: int = 0
+    # Seconds between progress lines / status events.
+    progress_interval_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_path_safe(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
+        return v
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir if self.run_dir is not None else self.runs_root / self.name
+
+
+class ClusterConfig(Section):
+    # None starts an embedded local Ray; "auto" or "ray://host:10001" joins a running one.
+    address: str | None = None
+    # CPUs the embedded cluster may use; None lets Ray count them.
+    num_cpus: int | None = Field(default=None, ge=1)
+    num_gpus: int | None = Field(default=None, ge=0)
+    include_dashboard: bool = True
+    # Loopback by default: reach a remote dashboard with `ray dashboard` (SSH tunnel).
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    namespace: str = "evolve"
+
+
+class ServingConfig(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    grpc_port: int = Field(default=9000, ge=1, le=65535)
+    # Fractional CPUs keep Serve from starving actors and learners on small machines.
+    replica_num_cpus: float = Field(default=0.1, gt=0)
+    route_prefix: str = "/"
+
+
+class RegistryConfig(Section):
+    # Local directory or any fsspec URL (s3://bucket/evolve, memory://...);
+    # None puts the registry inside the run directory.
+    uri: str | None = None
+
+
+class LearnerConfig(Section):
+    """Defaults shared by every learner; loop sections may override per loop."""
+
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    # Extra Ray resources per Train worker, e.g. {"learner": 1} so learners
+    # land on the GPU node type of ray_cluster.yaml.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=1e-3, gt=0, lt=1)
+    batch_size: int = Field(default=64, ge=1)
+    checkpoint_every: int = Field(default=500, ge=1)
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if x < 0}
+        if bad:
+            raise ValueError(f"resources must be >= 0, got {bad}")
+        return v
+
+
+class EvolveConfig(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> "EvolveConfig":
+        ports = {
+            "serving.http_port": self.serving.http_port,
+            "serving.grpc_port": self.serving.grpc_port,
+            "cluster.dashboard_port": self.cluster.dashboard_port,
+        }
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"ports must differ, got {ports}")
+        return self

@@ -1,0 +1,336 @@
+"""Policy registry: versioned safetensors weights plus lineage metadata.
+
+Layout under the root (a local directory or any fsspec URL):
+
+    <policy_id>/v000003/weights.safetensors   never pickle
+    <policy_id>/v000003/<extra files>         e.g. tokenizer.json
+    <policy_id>/v000003/metadata.json         written last: a version exists once this does
+    <policy_id>/stages.json                   {"live": {"version": 3, "history": [1, 3]}}
+
+metadata.json holds the lineage (parent version, data range, metrics, the
+gate decision) and a sha256 of every file; loading recomputes the hashes and
+refuses a file that changed.  One publisher per policy (the learner's rank 0)
+is assumed; on a local directory version numbers are claimed atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.config import _NAME
+
+WEIGHTS_FILE = "weights.safetensors"
+METADATA_FILE = "metadata.json"
+STAGES_FILE = "stages.json"
+
+
+class RegistryError(RuntimeError):
+    """Base of registry errors; the message says which policy and version."""
+
+
+class PolicyNotFound(RegistryError, LookupError):
+    pass
+
+
+class CorruptPolicyError(RegistryError):
+    """A stored file does not match its recorded hash, or cannot be parsed."""
+
+
+class PolicyMismatchError(RegistryError):
+    """Weights whose names or shapes do not fit the model they are loaded into."""
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str
+    bytes: int
+
+
+class PolicyVersion(BaseModel):
+    """The metadata.json of one version: its lineage and file hashes."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy_id: str
+    version: int = Field(ge=1)
+    parent_version: int | None = None
+    created_at: float
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data_range: dict[str, Any] = Field(default_factory=dict)
+    gate: dict[str, Any] | None = None
+    info: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, FileEntry]
+
+
+class PublishMetadata(BaseModel):
+    """What a publisher may say about a new version (the rest is computed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    parent_version: int | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data_range: dict[str, Any] = Field(default_factory=dict)
+    gate: dict[str, Any] | None = None
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    meta: PolicyVersion
+    weights: dict[str, Any]  # torch tensors (default) or numpy arrays
+    files: dict[str, bytes]  # the extra files, verified
+
+
+class PolicyRegistry:
+    def __init__(self, uri: str | os.PathLike[str]):
+        self.uri = str(uri)
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    # ---- writing -----------------------------------------------------------------
+    def publish(
+        self,
+        policy_id: str,
+        weights: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes] | None = None,
+    ) -> int:
+        """Store a new version; returns its number. Refuses empty or non-finite weights."""
+        _check_policy_id(policy_id)
+        meta = PublishMetadata.model_validate(dict(metadata or {}))
+        blob = _serialize(policy_id, weights)
+        payload = {WEIGHTS_FILE: blob, **_check_files(policy_id, files or {})}
+        if meta.parent_version is not None:
+            self.get(policy_id, meta.parent_version)  # the parent must exist
+        version, vdir = self._claim_version(policy_id)
+        entries = {}
+        for name, data in payload.items():
+            self._write(f"{vdir}/{name}", data)
+            entries[name] = FileEntry(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        record = PolicyVersion(
+            policy_id=policy_id, version=version, created_at=time.time(), files=entries, **meta.model_dump()
+        )
+        self._write(f"{vdir}/{METADATA_FILE}", record.model_dump_json(indent=2).encode())
+        return version
+
+    def update_metadata(self, policy_id: str, version: int, **changes: Any) -> PolicyVersion:
+        """Record what was learned about a version after publishing (gate decision, metrics)."""
+        allowed = {"metrics", "data_range", "gate", "info"}
+        if set(changes) - allowed:
+            raise RegistryError(f"cannot update {sorted(set(changes) - allowed)}; allowed: {sorted(allowed)}")
+        record = self.get(policy_id, version).model_copy(update=changes)
+        record = PolicyVersion.model_validate(record.model_dump())
+        self._write(f"{self._vdir(policy_id, version)}/{METADATA_FILE}", record.model_dump_json(indent=2).encode())
+        return record
+
+    def promote(self, policy_id: str, version: int, stage: str = "live") -> None:
+        self.get(policy_id, version)
+        stages = self._stages(policy_id)
+        entry = stages.setdefault(stage, {"version": None, "history": []})
+        entry["version"] = version
+        entry["history"].append(version)
+        self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
+
+    def rollback(self, policy_id: str, to: int | None = None, stage: str = "live") -> int:
+        """Make `to` (default: the version live before the current one) live again."""
+        entry = self._stages(policy_id).get(stage)
+        if not entry or entry["version"] is None:
+            raise PolicyNotFound(f"policy {policy_id!r} has no {stage!r} version to roll back from")
+        if to is None:
+            earlier = [v for v in entry["history"] if v != entry["version"]]
+            if not earlier:
+                raise RegistryError(f"policy {policy_id!r}: no earlier {stage!r} version to roll back to")
+            to = earlier[-1]
+        self.promote(policy_id, to, stage)
+        return to
+
+    # ---- reading -----------------------------------------------------------------
+    def policies(self) -> list[str]:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
+        return sorted(n for n in names if _NAME.match(n) and self.versions(n))
+
+    def versions(self, policy_id: str) -> list[int]:
+        pdir = f"{self.root}/{policy_id}"
+        if not self.fs.isdir(pdir):
+            return []
+        out = []
+        for path in self.fs.ls(pdir, detail=False):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("v") and name[1:].isdigit() and self.fs.exists(f"{path}/{METADATA_FILE}"):
+                out.append(int(name[1:]))
+        return sorted(out)
+
+    def get(self, policy_id: str, version: int) -> PolicyVersion:
+        path = f"{self._vdir(policy_id, version)}/{METADATA_FILE}"
+        if not self.fs.exists(path):
+            raise PolicyNotFound(f"policy {policy_id!r} has no version {version}")
+        try:
+            return PolicyVersion.model_validate_json(self.fs.cat_file(path))
+        except ValueError as exc:
+            raise CorruptPolicyError(f"policy {policy_id!r} v{version}: unreadable {METADATA_FILE}: {exc}") from None
+
+    def latest(self, policy_id: str, stage: str | None = None) -> PolicyVersion | None:
+        """Newest version (stage None) or the version a stage points at; None if there is none."""
+        if stage is None:
+            versions = self.versions(policy_id)
+            return self.get(policy_id, versions[-1]) if versions else None
+        entry = self._stages(policy_id).get(stage)
+        return self.get(policy_id, entry["version"]) if entry and entry["version"] else None
+
+    def stages(self, policy_id: str) -> dict[str, Any]:
+        return self._stages(policy_id)
+
+    def lineage(self, policy_id: str, version: int) -> list[PolicyVersion]:
+        """The version and its ancestors, newest first."""
+        chain, seen = [], set()
+        current: int | None = version
+        while current is not None and current not in seen:
+            seen.add(current)
+            record = self.get(policy_id, current)
+            chain.append(record)
+            current = record.parent_version
+        return chain
+
+    def load(
+        self,
+        policy_id: str,
+        version: int | None = None,
+        stage: str | None = None,
+        like: Mapping[str, Any] | None = None,
+        as_numpy: bool = False,
+    ) -> LoadedPolicy:
+        """Read and verify a version (explicit, else the stage's, else the newest).
+
+        `like` (a model's state_dict) makes a mismatch in names or shapes an error here
+        rather than a confusing failure inside the model.
+        """
+        meta = self.get(policy_id, version) if version is not None else self.latest(policy_id, stage)
+        if meta is None:
+            raise PolicyNotFound(f"policy {policy_id!r} has no {stage or 'published'} version")
+        vdir = self._vdir(policy_id, meta.version)
+        data = {name: self._read_verified(meta, vdir, name, entry) for name, entry in meta.files.items()}
+        weights = _deserialize(meta, data.pop(WEIGHTS_FILE), as_numpy)
+        if like is not None:
+            check_compatible(weights, like, f"policy {policy_id!r} v{meta.version}")
+        return LoadedPolicy(meta=meta, weights=weights, files=data)
+
+    # ---- internals ---------------------------------------------------------------
+    def _vdir(self, policy_id: str, version: int) -> str:
+        return f"{self.root}/{policy_id}/v{version:06d}"
+
+    def _claim_version(self, policy_id: str) -> tuple[int, str]:
+        self.fs.makedirs(f"{self.root}/{policy_id}", exist_ok=True)
+        existing = [
+            int(p.rstrip("/").rsplit("/v", 1)[-1])
+            for p in self.fs.ls(f"{self.root}/{policy_id}", detail=False)
+            if p.rstrip("/").rsplit("/", 1)[-1][1:].isdigit()
+        ]
+        version = max(existing, default=0) + 1
+        while True:
+            vdir = self._vdir(policy_id, version)
+            if isinstance(self.fs, LocalFileSystem):
+                try:
+                    os.mkdir(vdir)  # atomic: two publishers never get the same number
+                    return version, vdir
+                except FileExistsError:
+                    version += 1
+                    continue
+            if not self.fs.exists(vdir):
+                self.fs.makedirs(vdir, exist_ok=True)
+                return version, vdir
+            version += 1
+
+    def _stages(self, policy_id: str) -> dict[str, Any]:
+        path = f"{self.root}/{policy_id}/{STAGES_FILE}"
+        if not self.fs.exists(path):
+            return {}
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except ValueError as exc:
+            raise CorruptPolicyError(f"policy {policy_id!r}: unreadable {STAGES_FILE}: {exc}") from None
+
+    def _read_verified(self, meta: PolicyVersion, vdir: str, name: str, entry: FileEntry) -> bytes:
+        where = f"policy {meta.policy_id!r} v{meta.version} {name}"
+        try:
+            data = self.fs.cat_file(f"{vdir}/{name}")
+        except FileNotFoundError:
+            raise CorruptPolicyError(f"{where}: file is missing") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != entry.bytes or digest != entry.sha256:
+            raise CorruptPolicyError(
+                f"{where}: content hash mismatch (expected sha256 {entry.sha256[:12]}… of {entry.bytes} bytes, "
+                f"found {digest[:12]}… of {len(data)} bytes); the file is corrupt or was replaced"
+            )
+        return data
+
+    def _write(self, path: str, data: bytes) -> None:
+        if isinstance(self.fs, LocalFileSystem):
+            # write-then-rename: a reader never sees half a file, a crash leaves no torn one
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)  # object stores replace whole objects atomically
+
+
+def check_compatible(weights: Mapping[str, Any], like: Mapping[str, Any], what: str = "weights") -> None:
+    """Raise PolicyMismatchError unless names and shapes match exactly."""
+    missing = sorted(set(like) - set(weights))
+    unexpected = sorted(set(weights) - set(like))
+    if missing or unexpected:
+        raise PolicyMismatchError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, ref in like.items():
+        got, want = tuple(weights[name].shape), tuple(ref.shape)
+        if got != want:
+            raise PolicyMismatchError(f"{what}: tensor {name!r} has shape {got}, model expects {want}")
+
+
+def _check_policy_id(policy_id: str) -> None:
+    if not isinstance(policy_id, str) or not _NAME.match(policy_id):
+        raise RegistryError(f"invalid policy id {policy_id!r}: use 1-64 letters, digits, '_', '.', '-'")
+
+
+def _check_files(policy_id: str, files: Mapping[str, bytes]) -> dict[str, bytes]:
+    for name, data in files.items():
+        if name in (WEIGHTS_FILE, METADATA_FILE) or "/" in name or not _NAME.match(name):
+            raise RegistryError(f"policy {policy_id!r}: invalid extra file name {name!r}")
+        if not isinstance(data, (bytes, bytearray)):
+            raise RegistryError(f"policy {policy_id!r}: extra file {name!r} must be bytes")
+    return {name: bytes(data) for name, data in files.items()}
+
+
+def _serialize(policy_id: str, weights: Mapping[str, Any]) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    if not weights:
+        raise RegistryError(f"policy {policy_id!r}: refusing to publish empty weights")
+    tensors = {}
+    for name, value in weights.items():
+        t = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise RegistryError(f"policy {policy_id!r}: refusing to publish: tensor {name!r} has NaN or inf")
+        tensors[name] = t.contiguous()
+    return save(tensors)
+
+
+def _deserialize(meta: PolicyVersion, blob: bytes, as_numpy: bool) -> dict[str, Any]:
+    try:
+        if as_numpy:
+            from safetensors.numpy import load
+        else:
+            from safetensors.torch import load
+        return load(blob)
+    except Exception as exc:  # safetensors raises its own error types
+        raise CorruptPolicyError(f"policy {meta.policy_id!r} v{meta.version}: unreadable weights: {exc}") from None

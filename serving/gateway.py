@@ -1,0 +1,57 @@
+"""The HTTP gateway every run deploys: health and the model catalog.
+
+A thin `@serve.deployment` shell over `serving.catalog`; the loops of later
+stages add their routes (predict, feedback, act) as their own deployments.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from ray import serve
+
+from core.config import ServingConfig
+from core.registry import PolicyRegistry
+from serving.catalog import describe_policies
+
+APP_NAME = "evolve"
+api = FastAPI(title="Evolve", description="Keeps models learning after they ship.", version="0.1.0")
+
+
+@serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, registry_uri: str):
+        self._registry = PolicyRegistry(registry_uri)
+        self._started = time.time()
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "uptime_s": round(time.time() - self._started, 3)}
+
+    @api.get("/v1/models")
+    def models(self) -> dict:
+        return describe_policies(self._registry)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    http: str
+
+
+def deploy_gateway(cfg: ServingConfig, registry_uri: str) -> Endpoints:
+    """Start Serve's HTTP proxy on cfg.host:cfg.http_port and deploy the gateway app."""
+    quiet = {"log_level": "WARNING"}  # Serve's INFO lines would drown the progress display
+    serve.start(http_options={"host": cfg.host, "port": cfg.http_port}, logging_config=quiet)
+    app = Gateway.options(ray_actor_options={"num_cpus": cfg.replica_num_cpus}).bind(registry_uri)
+    serve.run(app, name=APP_NAME, route_prefix=cfg.route_prefix, logging_config=quiet)
+    return Endpoints(http=f"http://{cfg.host}:{cfg.http_port}{cfg.route_prefix.rstrip('/')}")
+
+
+def undeploy() -> None:
+    try:
+        serve.delete(APP_NAME)
+    except Exception:  # Serve already gone (cluster shutting down): nothing to undo
+        pass

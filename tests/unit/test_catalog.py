@@ -1,0 +1,19 @@
+import torch
+
+from core.registry import PolicyRegistry
+from serving.catalog import describe_policies
+
+
+def test_catalog_lists_versions_live_and_lineage(tmp_path):
+    reg = PolicyRegistry(tmp_path)
+    v1 = reg.publish("cartpole", {"w": torch.ones(2)})
+    v2 = reg.publish("cartpole", {"w": torch.zeros(2)}, {"parent_version": v1, "metrics": {"eval_return": 9.5}})
+    reg.promote("cartpole", v1)
+    view = describe_policies(reg)
+    (policy,) = view["policies"]
+    assert policy["policy_id"] == "cartpole"
+    assert policy["live_version"] == 1 and policy["latest_version"] == 2
+    assert [v["live"] for v in policy["versions"]] == [True, False]
+    assert policy["versions"][1]["parent_version"] == v1
+    assert policy["versions"][1]["metrics"] == {"eval_return": 9.5}
+    assert describe_policies(PolicyRegistry(tmp_path / "empty")) == {"policies": []}

@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from core.config import EvolveConfig
+from core.config_loader import ConfigError, apply_overrides, dump_config, load_config, parse_override
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_preset_loads(preset):
+    assert isinstance(load_config(preset), EvolveConfig)
+
+
+def test_defaults_without_a_file():
+    cfg = load_config(None)
+    assert cfg.cluster.address is None
+    assert cfg.cluster.dashboard_host == "127.0.0.1"
+    assert cfg.run.resolved_run_dir() == Path("runs/default")
+
+
+def test_override_sets_nested_values_as_yaml():
+    cfg = load_config(REPO / "configs/default.yaml", ["learner.lr=1e-4", "learner.resources_per_worker={learner: 1}"])
+    assert cfg.learner.lr == pytest.approx(1e-4)
+    assert cfg.learner.resources_per_worker == {"learner": 1}
+
+
+def test_unknown_key_in_file_names_file_key_and_reason(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert str(path) in msg and "learner.lrr" in msg and "unknown key" in msg
+    assert "\n" not in msg
+    assert "lr" in msg.split("known here:")[1]
+
+
+def test_unknown_override_key_names_the_override():
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "configs/default.yaml", ["nonexistent.key=1"])
+    assert str(info.value).startswith("--set nonexistent.key: nonexistent: unknown key")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("learner.lr=-1", "learner.lr"),
+        ("learner.num_workers=0", "learner.num_workers"),
+        ("run.name=has space", "run.name"),
+        ("serving.http_port=8265", ""),  # collides with the dashboard port
+        ("learner.resources_per_worker={learner: -1}", "learner.resources_per_worker"),
+    ],
+)
+def test_bad_values_fail_at_load(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "configs/default.yaml", [override])
+    assert key in str(info.value)
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("learner.lr")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"learner": {"lr": 1}}, ["learner.lr.x=2"])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(REPO / "configs/default.yaml", ["learner.lr=0.01"])
+    out = tmp_path / "resolved.yaml"
+    out.write_text(dump_config(cfg))
+    assert load_config(out) == cfg
