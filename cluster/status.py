@@ -48,5 +48,9 @@ def _print_serve() -> None:
     if not apps:
         print("serve: running, no applications")
     for name, app in apps.items():
-        deployments = ", ".join(f"{d}={s.status}" for d, s in app.deployments.items())
-        print(f"serve app {name}: {app.status} ({deployments})")
+        deployments = ", ".join(f"{d}={_word(s.status)}" for d, s in app.deployments.items())
+        print(f"serve app {name}: {_word(app.status)} ({deployments})")
+
+
+def _word(status: object) -> str:
+    return str(getattr(status, "value", status))

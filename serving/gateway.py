@@ -6,6 +6,7 @@ stages add their routes (predict, feedback, act) as their own deployments.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class Endpoints:
 
 def deploy_gateway(cfg: ServingConfig, registry_uri: str) -> Endpoints:
     """Start Serve's HTTP proxy on cfg.host:cfg.http_port and deploy the gateway app."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     quiet = {"log_level": "WARNING"}  # Serve's INFO lines would drown the progress display
     serve.start(http_options={"host": cfg.host, "port": cfg.http_port}, logging_config=quiet)
     app = Gateway.options(ray_actor_options={"num_cpus": cfg.replica_num_cpus}).bind(registry_uri)

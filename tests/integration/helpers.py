@@ -1,0 +1,91 @@
+"""Run the real `evolve` CLI in a subprocess and wait on deadlines, never bare sleeps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class CliProcess:
+    """`evolve ...` in the background; its output collected line by line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli", *args],
+            cwd=REPO,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, needle: str, timeout_s: float) -> str:
+        def seen() -> str | None:
+            line = next((line for line in self.lines if needle in line), None)
+            if line is None and self.proc.poll() is not None:
+                raise AssertionError(f"evolve exited ({self.proc.returncode}) before printing {needle!r}:\n{self.output}")
+            return line
+
+        return wait_until(seen, timeout_s, f"output line {needle!r}")
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            rc = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"evolve did not exit within {timeout_s}s:\n{self.output}") from None
+        self._reader.join(timeout=10)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def wait_until(check: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.5) -> object:
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError:
+            raise
+        except Exception as exc:  # not up yet
+            last_error = exc
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})")
+
+
+def http_get_json(url: str) -> dict:
+    response = httpx.get(url, timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s
+    )
