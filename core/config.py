@@ -8,17 +8,13 @@ own sections here; each stays small and owns its defaults.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from pydantic import Field, field_validator, model_validator
 
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from core.config_base import NAME_PATTERN as _NAME
+from core.config_base import Section
+from core.replay.config import ReplayConfig
 
 
 class RunConfig(Section):
@@ -100,6 +96,7 @@ class EvolveConfig(Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> "EvolveConfig":

@@ -27,7 +27,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import _NAME
+from core.config_base import NAME_PATTERN as _NAME
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"

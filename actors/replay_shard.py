@@ -1,0 +1,100 @@
+"""The replay shard as a Ray actor: a thin shell around `core.replay.store.ShardStore`.
+
+Restarts on failure (`max_restarts=-1`) and recovers its rows from its
+segment files; Ray retries calls that were in flight (`max_task_retries=-1`),
+which is safe because `add` is idempotent by row id.  Threaded
+(`max_concurrency`) so a call waiting on the rate limiter does not stop the
+calls that would release it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.util import metrics
+
+from core.replay.config import ReplayConfig
+from core.replay.store import ShardStore
+
+ACTOR_PREFIX = "evolve-replay-shard-"
+
+
+class ShardMetrics:
+    """Counters and gauges the Ray dashboard shows, tagged by table and shard."""
+
+    def __init__(self, shard: int):
+        tags = ("table", "shard")
+        self.shard = str(shard)
+        self.inserts = metrics.Counter("evolve_replay_inserts", "rows inserted", tag_keys=tags)
+        self.duplicates = metrics.Counter("evolve_replay_duplicates", "rows refused as duplicates", tag_keys=tags)
+        self.samples = metrics.Counter("evolve_replay_samples", "rows sampled", tag_keys=tags)
+        self.size = metrics.Gauge("evolve_replay_size", "live rows", tag_keys=tags)
+        self.disk = metrics.Gauge("evolve_replay_disk_bytes", "segment bytes on disk", tag_keys=tags)
+        self._last_gauges = 0.0
+
+    def tags(self, table: str) -> dict[str, str]:
+        return {"table": table, "shard": self.shard}
+
+    def gauges(self, store: ShardStore) -> None:
+        now = time.monotonic()
+        if now - self._last_gauges < 1.0:  # stat() of segment files is not free: once a second
+            return
+        self._last_gauges = now
+        for name, info in store.info().items():
+            self.size.set(info["size"], tags=self.tags(name))
+            self.disk.set(info["disk_bytes"], tags=self.tags(name))
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=16)
+class ReplayShard:
+    def __init__(self, cfg: dict[str, Any], directory: str | None, shard: int, seed: int | None = None):
+        self.store = ShardStore(ReplayConfig.model_validate(cfg), directory, shard, seed)
+        self.metrics = ShardMetrics(shard)
+
+    def add(self, table: str, batch: pa.RecordBatch, timeout_s: float | None = None) -> dict[str, int]:
+        ack = self.store.add(table, batch, timeout_s)
+        tags = self.metrics.tags(table)
+        if ack["accepted"]:
+            self.metrics.inserts.inc(ack["accepted"], tags=tags)
+        if ack["duplicates"]:
+            self.metrics.duplicates.inc(ack["duplicates"], tags=tags)
+        self.metrics.gauges(self.store)
+        return ack
+
+    def sample(self, table: str, n: int, timeout_s: float | None = None) -> tuple[pa.RecordBatch, int, float]:
+        """Rows plus this shard's (size, priority mass) after the draw, for the client's next split."""
+        rows = self.store.sample(table, n, timeout_s)
+        if rows.num_rows:
+            self.metrics.samples.inc(rows.num_rows, tags=self.metrics.tags(table))
+        size, mass = self.store.sizes(table)
+        return rows, size, mass
+
+    def sizes(self, table: str) -> tuple[int, float]:
+        return self.store.sizes(table)
+
+    def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> int:
+        return self.store.update_priorities(table, keys, priorities)
+
+    def info(self) -> dict[str, dict[str, Any]]:
+        return self.store.info()
+
+    def export(self, table: str) -> pa.Table:
+        return self.store.export(table)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def launch_shards(cfg: ReplayConfig, directory: str | None, seed: int | None = None) -> list[Any]:
+    """Start (or re-attach to) the named shard actors of a run."""
+    return [
+        ReplayShard.options(
+            name=f"{ACTOR_PREFIX}{i}", get_if_exists=True, num_cpus=cfg.shard_num_cpus
+        ).remote(cfg.model_dump(mode="json"), directory, i, seed)
+        for i in range(cfg.num_shards)
+    ]

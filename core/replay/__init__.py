@@ -1,0 +1,1 @@
+"""The replay store logic: tables, samplers, rate limiter, durable segments (no Ray)."""
