@@ -45,6 +45,7 @@ class ReplayClient:
         self.shards, self.cfg = list(shards), cfg
         self._rng = np.random.default_rng(seed)
         self._pending: deque[AddTicket] = deque()
+        self._acked = {"accepted": 0, "duplicates": 0}  # since the last flush()
         self._mass: dict[str, np.ndarray] = {}  # per table: [[rows], [priority mass]] per shard, last seen
 
     def __getstate__(self) -> dict[str, Any]:
@@ -64,20 +65,26 @@ class ReplayClient:
             ticket.refs.append(self.shards[s].add.remote(table, part, timeout_s))
         self._pending.append(ticket)
         while len(self._pending) > self.cfg.max_in_flight:
-            self._pending.popleft().result()  # backpressure; raises the shard's error if any
+            self._settle(self._pending.popleft())  # backpressure; raises the shard's error if any
         return ticket
 
     def add_and_wait(self, table: str, batch: Any, timeout_s: float | None = None) -> dict[str, int]:
-        return self.add(table, batch, timeout_s).result()
+        """Add and return only once every row is durable on its shard."""
+        ticket = self.add(table, batch, timeout_s)
+        self._pending.remove(ticket)
+        return ticket.result()
 
     def flush(self) -> dict[str, int]:
-        """Wait for every pending add; returns the acknowledged totals."""
-        total = {"accepted": 0, "duplicates": 0}
+        """Wait for every pending add; returns what was acknowledged since the last flush."""
         while self._pending:
-            ack = self._pending.popleft().result()
-            total["accepted"] += ack["accepted"]
-            total["duplicates"] += ack["duplicates"]
+            self._settle(self._pending.popleft())
+        total, self._acked = self._acked, {"accepted": 0, "duplicates": 0}
         return total
+
+    def _settle(self, ticket: AddTicket) -> None:
+        ack = ticket.result()
+        self._acked["accepted"] += ack["accepted"]
+        self._acked["duplicates"] += ack["duplicates"]
 
     # ---- sample ----------------------------------------------------------------
     def sample(self, table: str, n: int, timeout_s: float | None = None) -> pa.RecordBatch:

@@ -45,7 +45,26 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path", nargs="?", default="ray_cluster.yaml", metavar="PATH")
     validate.add_argument("--learner-resource", default="learner", help="custom resource learners ask for")
     validate.set_defaults(func=_cmd_validate)
+
+    replay = sub.add_parser("replay", help="a run's replay store", description="Look into a run's replay store (offline).")
+    rsub = replay.add_subparsers(dest="replay_command", required=True, metavar="SUBCOMMAND")
+    inspect = rsub.add_parser("inspect", help="tables, sizes, version ranges, disk use",
+                              description="Print the tables of RUN_DIR's replay store.")
+    inspect.add_argument("run_dir", metavar="RUN_DIR")
+    inspect.set_defaults(func=lambda a: _replay_cli().inspect_run(a.run_dir))
+    export = rsub.add_parser("export", help="write a table's live rows to Parquet",
+                             description="Write TABLE's live rows from RUN_DIR to OUT (Parquet).")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("table", metavar="TABLE")
+    export.add_argument("out", metavar="OUT")
+    export.set_defaults(func=lambda a: _replay_cli().export_run(a.run_dir, a.table, a.out))
     return parser
+
+
+def _replay_cli():
+    from cluster import replay_cli
+
+    return replay_cli
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:

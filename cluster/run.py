@@ -44,6 +44,7 @@ class RunContext:
     def __init__(self, cfg: EvolveConfig, run_dir: RunDir, registry: PolicyRegistry, cluster: ClusterHandle):
         self.cfg, self.run_dir, self.registry, self.cluster = cfg, run_dir, registry, cluster
         self.endpoints: dict[str, str] = {}
+        self.replay = None  # a ReplayClient when cfg.replay.enabled
 
 
 def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
@@ -55,6 +56,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
     loops: list[Loop] = []
     run_info: dict[str, Any] = {"name": cfg.run.name, "run_dir": str(rd.path), "started_at": started}
     reason = "error"
+    ctx: RunContext | None = None
     try:
         handle = connect(cfg.cluster)
         run_info.update(address=handle.address, embedded=handle.embedded, dashboard_url=handle.dashboard_url)
@@ -62,15 +64,18 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
         say(f"evolve: run {cfg.run.name!r} -> {rd.path}")
         say(f"evolve: Ray {ray.__version__} {'embedded' if handle.embedded else 'cluster'} at {handle.address}")
         say(f"evolve: dashboard {handle.dashboard_url or '(disabled)'}" + _auth_hint(handle))
+        _start_replay(cfg, ctx, say)
         _start_serving(cfg, ctx, say)
         loops = [LOOP_FACTORIES[name](cfg, ctx) for name in _loop_names(cfg)]
         for loop in loops:
             loop.start()
         rd.event("run", "started", address=handle.address, dashboard_url=handle.dashboard_url, endpoints=ctx.endpoints)
-        reason = _drive(cfg, rd, loops, started, stop, say)
+        reason = _drive(cfg, rd, loops, started, stop, say, ctx)
     finally:
         for loop in loops:
             _quietly(loop.stop)
+        if ctx is not None and ctx.replay is not None:
+            run_info["replay"] = _quietly(lambda: _replay_summary(ctx.replay))
         summaries = {loop.name: _quietly(loop.summary) or {} for loop in loops}
         run_info.update(
             wall_s=round(time.time() - started, 3),
@@ -89,7 +94,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
     return 0
 
 
-def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, stop: "_StopFlag", say) -> str:
+def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, stop: "_StopFlag", say, ctx) -> str:
     budget = cfg.run.budget_s
     interval = cfg.run.progress_interval_s
     while True:
@@ -98,6 +103,10 @@ def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, sto
         for name, fig in figures.items():
             rd.event(name, "progress", **fig)
         usage = resource_report()
+        if ctx.replay is not None:
+            replay = _replay_summary(ctx.replay)
+            figures = {"replay": {name: t["size"] for name, t in replay.items()}, **figures}
+            rd.event("replay", "progress", tables=replay)
         rd.event("run", "progress", elapsed_s=round(elapsed, 3), resources=usage)
         say(_progress_line(elapsed, budget, usage, figures))
         if loops and all(loop.done() for loop in loops):
@@ -117,6 +126,27 @@ def _progress_line(elapsed: float, budget: float | None, usage: dict, figures: d
     for name, fig in figures.items():
         parts.append(name + " " + " ".join(f"{k}={v}" for k, v in fig.items()))
     return " | ".join(parts)
+
+
+def _start_replay(cfg: EvolveConfig, ctx: RunContext, say) -> None:
+    if not cfg.replay.enabled:
+        return
+    from actors.replay_client import ReplayClient
+    from actors.replay_shard import launch_shards
+
+    directory = cfg.replay.dir or ctx.run_dir.path / "replay"
+    shards = launch_shards(cfg.replay, str(directory), seed=cfg.run.seed)
+    ctx.replay = ReplayClient(shards, cfg.replay, seed=cfg.run.seed)
+    tables = ctx.replay.info()  # waits until every shard has recovered its segments
+    recovered = sum(t["size"] for t in tables.values())
+    say(f"evolve: replay {cfg.replay.num_shards} shard(s) at {directory}: tables {', '.join(tables)}"
+        + (f" ({recovered} rows recovered)" if recovered else ""))
+
+
+def _replay_summary(client) -> dict[str, dict]:
+    keep = ("size", "capacity", "inserts", "samples", "inserts_per_s", "samples_per_s",
+            "oldest_policy_version", "newest_policy_version", "disk_bytes")
+    return {name: {k: t[k] for k in keep} for name, t in client.info().items()}
 
 
 def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:

@@ -22,6 +22,9 @@ class ConfigError(ValueError):
         self.source, self.key, self.reason = source, key, reason
         super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
 
+    def __reduce__(self):
+        return (type(self), (self.source, self.key, self.reason))
+
 
 def parse_override(item: str) -> tuple[str, Any]:
     """`learner.lr=1e-4` -> ("learner.lr", 1e-4); the value is read as YAML."""

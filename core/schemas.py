@@ -36,6 +36,9 @@ class SchemaError(ValueError):
         where = f"table {table!r}" + (f", column {column!r}" if column else "")
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):  # crosses process boundaries (Ray) intact
+        return (type(self), (self.table, self.column, self.reason))
+
 
 def _obs_type(obs_dim: int | None) -> pa.DataType:
     # Fixed-size lists keep observations one contiguous float buffer (no
