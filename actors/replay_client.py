@@ -161,6 +161,16 @@ class ReplayClient:
     def to_ray_dataset(self, table: str):
         return ray.data.from_arrow(self.export(table))
 
+    def to_hf_dataset(self, table: str):
+        from core.replay.offline import to_hf_dataset
+
+        return to_hf_dataset(self.export(table))
+
+    def to_parquet(self, table: str, path: str):
+        from core.replay.offline import to_parquet
+
+        return to_parquet(self.export(table), path)
+
     def _table_cfg(self, table: str):
         if table not in self.cfg.tables:
             raise ReplayError(f"unknown table {table!r}; declared tables: {sorted(self.cfg.tables)}")

@@ -16,6 +16,7 @@ from actors.replay_shard import launch_shards
 from cluster.rundir import RunDir
 from core.config_loader import load_config
 from core.replay.config import ReplayConfig, TableConfig
+from core.replay.contract import ReplayStore
 from core.replay.table import ReplayError, ReplayTimeout
 from core.schemas import SchemaError
 from tests.integration.helpers import run_cli, wait_until
@@ -111,6 +112,8 @@ def test_sample_priorities_info_and_exports(tmp_path):
     table = client.export("per")
     assert table.num_rows == 10_000
     assert client.to_ray_dataset("per").count() == 10_000
+    assert len(client.to_hf_dataset("per")) == 10_000
+    assert isinstance(client, ReplayStore)
     _kill_actors(shards)
 
 
