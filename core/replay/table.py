@@ -142,7 +142,36 @@ class ReplayTable:
 
     # ---- sample --------------------------------------------------------------
     def sample(self, n: int, timeout_s: float | None = None) -> pa.RecordBatch:
-        """n rows with `_key`, `_probability` and `_times_sampled` columns added."""
+        """n rows with `_key`, `_probability` and `_times_sampled` columns added.
+
+        With `max_policy_lag`, rows too stale are left out, so a sample may hold fewer rows.
+        """
+        self._check_sample_size(n)
+        need = n if self.cfg.sampler == "fifo" else 1
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self.cond:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._wait(lambda: self.limiter.can_sample(n, self.size) and self.size >= need, left,
+                           f"sample (size {self.size}, min_size {self.cfg.min_size}, or the rate limiter: inserts are behind)")
+                self._drop_stale_head()
+                if self.size:  # dropping stale rows may have emptied the table: wait again
+                    break
+            # a queue short of n fresh rows after the stale drop hands over what it has
+            seqs, probs, consumed = self._pick(min(n, self.size) if self.cfg.sampler == "fifo" else n)
+            slots = seqs % self.cfg.capacity
+            rows = self.rows.take(slots)
+            np.add.at(self.times_sampled, slots, 1)
+            times = self.times_sampled[slots]
+            self.limiter.record_sample(consumed)
+            self.stats["samples"] += len(seqs)
+            if self.cfg.sampler == "fifo":
+                self._advance_head(self.head + consumed)  # stale rows picked are consumed too
+            self.cond.notify_all()
+        extra = [pa.array(seqs, pa.int64()), pa.array(probs, pa.float64()), pa.array(times, pa.int32())]
+        return pa.RecordBatch.from_arrays(rows.columns + extra, names=rows.schema.names + [KEY, PROBABILITY, TIMES_SAMPLED])
+
+    def _check_sample_size(self, n: int) -> None:
         if n < 1:
             raise ReplayError(f"table {self.name!r}: sample size must be >= 1, got {n}")
         if n > self.limiter.max_sample_rows():
@@ -150,30 +179,22 @@ class ReplayTable:
                 f"table {self.name!r}: sample of {n} rows exceeds the rate limiter window "
                 f"({self.limiter.max_sample_rows():g}); raise error_buffer or sample less"
             )
-        if self.cfg.sampler == "fifo" and n > self.cfg.capacity:
+        if self.cfg.sampler != "fifo":
+            return
+        if n > self.cfg.capacity:
             raise ReplayError(f"table {self.name!r}: fifo sample of {n} rows > capacity {self.cfg.capacity}")
-        need = n if self.cfg.sampler == "fifo" else 1
-        with self.cond:
-            self._wait(lambda: self.limiter.can_sample(n, self.size) and self.size >= need, timeout_s,
-                       f"sample (size {self.size}, min_size {self.cfg.min_size}, or the rate limiter: inserts are behind)")
-            self._drop_stale_head()
-            seqs, probs = self._pick(n)
-            slots = seqs % self.cfg.capacity
-            rows = self.rows.take(slots)
-            np.add.at(self.times_sampled, slots, 1)
-            times = self.times_sampled[slots]
-            self.limiter.record_sample(len(seqs))
-            self.stats["samples"] += len(seqs)
-            if self.cfg.sampler == "fifo":
-                self._advance_head(self.head + len(seqs))
-            self.cond.notify_all()
-        extra = [pa.array(seqs, pa.int64()), pa.array(probs, pa.float64()), pa.array(times, pa.int32())]
-        return pa.RecordBatch.from_arrays(rows.columns + extra, names=rows.schema.names + [KEY, PROBABILITY, TIMES_SAMPLED])
+        if self.cfg.samples_per_insert is not None and n > self.limiter.max_diff:
+            # a rate-limited queue never holds more than about max_diff rows: n more would wait forever
+            raise ReplayError(
+                f"table {self.name!r}: fifo sample of {n} rows can never be met by a queue the rate limiter "
+                f"caps near {self.limiter.max_diff:g} rows; sample less or raise error_buffer"
+            )
 
-    def _pick(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _pick(self, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(seqs, probabilities, rows consumed by the limiter)."""
         if self.cfg.sampler == "fifo":
-            return np.arange(self.head, self.head + n), np.ones(n)
-        if self.cfg.sampler == "uniform":
+            seqs, probs = np.arange(self.head, self.head + n), np.ones(n)
+        elif self.cfg.sampler == "uniform":
             seqs = self.rng.integers(self.head, self.tail, n)
             probs = np.full(n, 1.0 / self.size)
         else:
@@ -184,7 +205,7 @@ class ReplayTable:
         if self.cfg.max_policy_lag is not None and self.newest_version is not None:
             fresh = self.version[seqs % self.cfg.capacity] >= self.newest_version - self.cfg.max_policy_lag
             seqs, probs = seqs[fresh], probs[fresh]  # too stale to learn from: dropped from this sample
-        return seqs, probs
+        return seqs, probs, n
 
     # ---- priorities, info, export -------------------------------------------
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> int:
@@ -243,13 +264,16 @@ class ReplayTable:
 
     def _recover(self) -> None:
         head = self.log.read_head()
+        # seq carries on from the recorded head even when nothing is recovered, so new
+        # segments are never named below it (and deleted as "evicted" by the next recovery)
+        self.head = self.tail = head
         recovered = 0
         for seq, rb in self.log.recover():
             if seq + rb.num_rows <= head:
                 continue
             if seq < head:
                 rb, seq = rb.slice(head - seq), head
-            if self.tail == 0:
+            if recovered == 0:
                 self.head = self.tail = seq
             self._insert(seq, rb, rb.column("id").to_pylist())
             recovered += rb.num_rows
