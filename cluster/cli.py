@@ -31,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(run)
     run.set_defaults(func=_cmd_run)
 
+    pretrain = sub.add_parser(
+        "pretrain",
+        help="masked-LM pretraining of the encoder, published to the registry",
+        description="Pretrain a BERT encoder by masked language modelling on Ray Train (config section `mlm`); "
+        "a second call with the same --run-dir resumes from its last checkpoint.",
+    )
+    pretrain.add_argument("config", metavar="CONFIG", help="YAML preset, e.g. configs/mlm.yaml")
+    pretrain.add_argument("--budget-s", type=_positive_float, help="stop after this many seconds, then evaluate, checkpoint and publish")
+    pretrain.add_argument("--run-dir", help="write the run here instead of runs/<name>/ (the same directory resumes)")
+    _add_set(pretrain)
+    pretrain.set_defaults(func=_cmd_pretrain)
+
     status = sub.add_parser("status", help="show a running cluster", description="Show nodes, resources and Serve apps.")
     status.add_argument("--address", default="auto", help="cluster to inspect (default: auto, the local one)")
     status.set_defaults(func=_cmd_status)
@@ -100,6 +112,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
     cfg = load_config(args.config, overrides)
     return execute(cfg)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from cluster.pretrain import execute
+
+    overrides = list(args.overrides)
+    if args.budget_s is not None:
+        overrides.append(f"run.budget_s={args.budget_s}")
+    if args.run_dir is not None:
+        overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
+    return execute(load_config(args.config, overrides))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

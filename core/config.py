@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.config_base import NAME_PATTERN as _NAME
 from core.config_base import Section
+from core.mlm_config import MLMConfig
 from core.replay.config import ReplayConfig
 
 
@@ -97,6 +98,7 @@ class EvolveConfig(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    mlm: MLMConfig = Field(default_factory=MLMConfig)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> "EvolveConfig":

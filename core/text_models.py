@@ -1,0 +1,86 @@
+"""BERT masked-LM models: built from a preset, or loaded from a pretrained directory.
+
+Presets:
+  cpu-small  4 layers x 256 wide, 4 heads: learns a character-level Chinese
+             MLM in minutes on 2 CPU cores.
+  gpu-base   BERT-base shape (12 x 768, 12 heads) for a GPU learner.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import BertConfig, BertForMaskedLM
+
+from core.mlm_config import ModelConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-small": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024, dropout=0.0),
+    "gpu-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072, dropout=0.1),
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be trained with the given tokenizer / config; str() says why."""
+
+
+def bert_config(cfg: ModelConfig, vocab_size: int, pad_token_id: int, max_positions: int) -> BertConfig:
+    """A BertConfig from the preset plus the overrides in `cfg`."""
+    p = dict(PRESETS[cfg.preset])
+    for key, attr in (
+        ("num_hidden_layers", "num_layers"),
+        ("hidden_size", "hidden_size"),
+        ("num_attention_heads", "num_heads"),
+        ("intermediate_size", "intermediate_size"),
+        ("dropout", "dropout"),
+    ):
+        if getattr(cfg, attr) is not None:
+            p[key] = getattr(cfg, attr)
+    if p["hidden_size"] % p["num_attention_heads"]:
+        raise ModelError(f"hidden_size {p['hidden_size']} is not a multiple of num_heads {p['num_attention_heads']}")
+    dropout = p.pop("dropout")
+    return BertConfig(
+        vocab_size=vocab_size,
+        pad_token_id=pad_token_id,
+        max_position_embeddings=max_positions,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        **p,
+    )
+
+
+def build_mlm_model(config: BertConfig | dict[str, Any], seed: int = 0) -> BertForMaskedLM:
+    import torch
+
+    if isinstance(config, dict):
+        config = BertConfig.from_dict(config)
+    torch.manual_seed(seed)  # every DDP rank starts from the same weights
+    return BertForMaskedLM(config)
+
+
+def load_pretrained_mlm(path: str | os.PathLike[str]) -> BertForMaskedLM:
+    """A BERT-family directory; a missing MLM head (e.g. a sentence encoder) is initialised fresh."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json: not a pretrained model directory")
+    try:
+        return BertForMaskedLM.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # transformers raises several types for incompatible dirs
+        raise ModelError(f"{path}: cannot load as BertForMaskedLM: {' '.join(str(exc).split())[:200]}") from None
+
+
+def check_vocab_fits(config: BertConfig, tokenizer) -> None:
+    """The tokenizer's ids must all index the model's embedding table, and sizes must agree."""
+    n_tok, n_model = len(tokenizer), config.vocab_size
+    if n_tok != n_model:
+        raise ModelError(
+            f"tokenizer vocabulary ({n_tok} tokens) does not match the model's embedding table ({n_model} rows)"
+        )
+    if tokenizer.pad_token_id is not None and config.pad_token_id not in (None, tokenizer.pad_token_id):
+        raise ModelError(f"model pad_token_id {config.pad_token_id} != tokenizer's {tokenizer.pad_token_id}")
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
