@@ -124,7 +124,8 @@ class ReplayClient:
         return known[0], known[1]
 
     # ---- priorities, info, export ----------------------------------------------
-    def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> int:
+    def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray, wait: bool = True) -> int | None:
+        """Set priorities by global key; `wait=False` sends without waiting (the learner's hot path)."""
         keys, priorities = np.asarray(keys, np.int64), np.asarray(priorities, np.float64)
         shard = keys >> SHARD_BITS
         seqs = keys & ((1 << SHARD_BITS) - 1)
@@ -132,7 +133,7 @@ class ReplayClient:
             self.shards[s].update_priorities.remote(table, seqs[shard == s], priorities[shard == s])
             for s in np.unique(shard)
         ]
-        return sum(ray.get(refs))
+        return sum(ray.get(refs)) if wait else None
 
     def info(self) -> dict[str, dict[str, Any]]:
         """Per table, summed over shards (rates too); `shards` keeps each shard's view."""

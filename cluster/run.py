@@ -166,7 +166,15 @@ def _undeploy() -> None:
 
 
 def _loop_names(cfg: EvolveConfig) -> list[str]:
-    return [name for name in getattr(cfg, "loops", []) if name in LOOP_FACTORIES]
+    _register_builtin_loops()
+    return [name for name in cfg.loops if name in LOOP_FACTORIES]
+
+
+def _register_builtin_loops() -> None:
+    # imported here: a loop pulls in torch, gymnasium and Ray Train, which `evolve status` never needs
+    from cluster.rl_loop import RLLoop
+
+    LOOP_FACTORIES.setdefault("rl", RLLoop)
 
 
 def _auth_hint(handle: ClusterHandle) -> str:

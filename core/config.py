@@ -9,6 +9,7 @@ own sections here; each stays small and owns its defaults.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,6 +17,7 @@ from core.config_base import NAME_PATTERN as _NAME
 from core.config_base import Section
 from core.mlm_config import MLMConfig
 from core.replay.config import ReplayConfig
+from core.rl.config import RLConfig
 
 
 class RunConfig(Section):
@@ -99,6 +101,9 @@ class EvolveConfig(Section):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     mlm: MLMConfig = Field(default_factory=MLMConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    # The evolution loops `evolve run` starts; each kind reads its own section ("rl" -> rl:).
+    loops: list[Literal["rl"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> "EvolveConfig":
@@ -109,4 +114,13 @@ class EvolveConfig(Section):
         }
         if len(set(ports.values())) != len(ports):
             raise ValueError(f"ports must differ, got {ports}")
+        if "rl" in self.loops:
+            self._check_rl_table()
         return self
+
+    def _check_rl_table(self) -> None:
+        table = self.replay.tables.get(self.rl.table) if self.replay.enabled else None
+        if table is None:
+            raise ValueError(f"rl.table {self.rl.table!r} must be a table declared under replay.tables")
+        if table.kind != "transitions":
+            raise ValueError(f"rl.table {self.rl.table!r} must be of kind 'transitions', not {table.kind!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -274,7 +275,7 @@ class PolicyRegistry:
     def _write(self, path: str, data: bytes) -> None:
         if isinstance(self.fs, LocalFileSystem):
             # write-then-rename: a reader never sees half a file, a crash leaves no torn one
-            tmp = f"{path}.tmp-{os.getpid()}"
+            tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"  # unique per writer thread too
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()

@@ -17,6 +17,7 @@ Ray Train.  Nothing here knows what an objective learns.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -232,6 +233,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     spec: LoopSpec = config["spec"]
     torch.set_num_threads(spec.threads)
+    # One INFO line per checkpoint would drown the driver's progress line; warnings still show.
+    # (some Ray Train modules name their logger by file path, not by module)
+    for name in ["ray.train", *[n for n in logging.root.manager.loggerDict if "ray.train" in n or "ray/train" in n]]:
+        logging.getLogger(name).setLevel(logging.WARNING)
     tctx = ray.train.get_context()
     ctx = WorkerContext(
         rank=tctx.get_world_rank(),

@@ -1,0 +1,98 @@
+"""The evaluation actor: plays each published version greedily; its mean return judges the loop.
+
+Training episodes are epsilon-greedy and lag the learner, so they are not
+what the loop is judged by.  The evaluator waits for the newest live version
+(skipping versions published while it was busy), runs `eval_episodes`
+episodes at once in a vector env with epsilon 0, and keeps the result.
+It follows the publisher without counting as a subscriber: publish latency
+is about actors and replicas, not about this judge.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import ray
+import torch
+
+from core.rl.models import PolicySpec
+from core.rl.policy import QPolicy
+
+
+def greedy_returns(env_id: str, policy: QPolicy, episodes: int, seed: int) -> np.ndarray:
+    """Return of the first episode of each of `episodes` envs under the greedy policy."""
+    env = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync",
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    try:
+        obs, _ = env.reset(seed=seed)
+        returns = np.zeros(episodes)
+        running = np.ones(episodes, dtype=bool)
+        while running.any():
+            actions, _ = policy.act(np.asarray(obs, dtype=np.float32).reshape(episodes, -1))
+            obs, reward, terminated, truncated, _ = env.step(actions)
+            returns += np.where(running, reward, 0.0)
+            running &= ~(terminated | truncated)
+        return returns
+    finally:
+        env.close()
+
+
+class Evaluator:
+    """Plain logic: evaluate a (version, weights) pair; keeps every result."""
+
+    def __init__(self, env_id: str, spec: PolicySpec, episodes: int, seed: int = 10_000):
+        self.env_id, self.episodes, self.seed = env_id, episodes, seed
+        self.policy = QPolicy(spec)
+        self.results: list[dict[str, Any]] = []
+
+    def evaluate(self, version: int, weights: dict[str, Any]) -> dict[str, Any]:
+        self.policy.load(weights, version)
+        started = time.time()
+        returns = greedy_returns(self.env_id, self.policy, self.episodes, self.seed)
+        result = {
+            "version": version,
+            "eval_return": float(returns.mean()),
+            "eval_return_min": float(returns.min()),
+            "episodes": self.episodes,
+            "eval_s": round(time.time() - started, 3),
+            "time": time.time(),
+        }
+        self.results.append(result)
+        return result
+
+
+@ray.remote(num_cpus=0.25, max_restarts=-1)
+class EvaluatorActor:
+    """Follows the policy source in a thread; `results()` hands over what is new."""
+
+    def __init__(self, env_id: str, spec: dict, episodes: int, source: Any, seed: int = 10_000):
+        torch.set_num_threads(1)
+        self.evaluator = Evaluator(env_id, PolicySpec.from_dict(spec), episodes, seed)
+        self.source = source
+        self._given = 0
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="evaluator")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                update = self.source.wait(timeout_s=2.0)
+                if update is not None:
+                    self.evaluator.evaluate(*update)
+        except Exception as exc:  # surfaced through results(); the driver reports it
+            self._error = f"{type(exc).__name__}: {exc}"
+
+    def results(self) -> dict[str, Any]:
+        new = self.evaluator.results[self._given :]
+        self._given += len(new)
+        return {"results": new, "error": self._error}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

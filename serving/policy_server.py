@@ -1,0 +1,123 @@
+"""`POST /v1/policies/{policy_id}/act`: observation in, greedy action, q-values and version out.
+
+Each replica subscribes to the publisher (long-poll) for every policy it
+serves and swaps weights in place when a new version is live: requests keep
+being answered by the previous version until the swap, which is one
+`load_state_dict` under the event loop, so no request fails during it.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the request model itself, or it
+# takes `request` for a query parameter inside a Serve ingress class
+
+import asyncio
+import logging
+import math
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+from ray import serve
+
+from core.rl.models import PolicySpec
+from core.rl.policy import QPolicy
+
+log = logging.getLogger(__name__)
+APP_NAME = "policies"
+ROUTE_PREFIX = "/v1/policies"
+MAX_BATCH = 1024
+
+api = FastAPI(title="Evolve policies", version="0.1.0")
+
+
+class ActRequest(BaseModel):
+    """One observation (a list of floats, or an int state) or a batch of them."""
+
+    obs: float | list[float] | list[list[float]] = Field(..., description="observation or batch of observations")
+
+
+class ActResponse(BaseModel):
+    policy_id: str
+    version: int
+    action: int | list[int]
+    q_values: list[float] | list[list[float]]
+
+
+def to_batch(obs: Any, spec: PolicySpec) -> tuple[list[list[float]], bool]:
+    """Normalise a request's obs to a [B, width] batch; raises ValueError with the reason."""
+    width = 1 if spec.discrete_obs else spec.obs_dim
+    single = not (isinstance(obs, list) and obs and isinstance(obs[0], list))
+    rows = [obs if isinstance(obs, list) else [obs]] if single else obs
+    if not rows or len(rows) > MAX_BATCH:
+        raise ValueError(f"batch must hold 1..{MAX_BATCH} observations, got {len(rows)}")
+    for row in rows:
+        if len(row) != width:
+            raise ValueError(f"observation must have {width} value(s), got {len(row)}")
+        if not all(math.isfinite(x) for x in row):
+            raise ValueError("observation contains NaN or inf")
+        if spec.discrete_obs and not (float(row[0]).is_integer() and 0 <= row[0] < spec.obs_dim):
+            raise ValueError(f"state must be an integer in [0, {spec.obs_dim}), got {row[0]}")
+    return rows, single
+
+
+@serve.deployment(name="policy_server", ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(api)
+class PolicyServer:
+    def __init__(self, publisher: Any, policy_ids: list[str]):
+        self.publisher = publisher
+        self.policies: dict[str, QPolicy] = {}
+        self.subscriber = f"serve-{uuid.uuid4().hex[:8]}"
+        self.policy_ids = set(policy_ids)
+        self._tasks = [asyncio.get_event_loop().create_task(self._follow(pid)) for pid in policy_ids]
+
+    async def _follow(self, policy_id: str) -> None:
+        version = 0
+        while True:
+            try:
+                reply = await self.publisher.next_version.remote(policy_id, version, self.subscriber)
+                if reply is None:
+                    continue
+                version, (ref,), spec = reply
+                weights = await ref
+                policy = self.policies.get(policy_id)
+                if policy is None:
+                    self.policies[policy_id] = QPolicy(PolicySpec.from_dict(spec), weights, version)
+                else:
+                    policy.load(weights, version)
+                self.publisher.ack.remote(policy_id, version, self.subscriber)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep serving the version we have; retry the subscription
+                log.warning("policy %s: subscription failed (%s); retrying", policy_id, exc)
+                await asyncio.sleep(1.0)
+
+    @api.post("/{policy_id}/act", response_model=ActResponse)
+    async def act(self, policy_id: str, request: ActRequest) -> ActResponse:
+        policy = self.policies.get(policy_id)
+        if policy_id not in self.policy_ids:
+            raise HTTPException(404, detail=f"unknown policy {policy_id!r}; served: {sorted(self.policy_ids)}")
+        if policy is None:
+            raise HTTPException(503, detail=f"policy {policy_id!r} has no live version yet; retry shortly")
+        try:
+            rows, single = to_batch(request.obs, policy.spec)
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        actions, q = policy.act(rows)
+        return ActResponse(
+            policy_id=policy_id, version=policy.version,
+            action=int(actions[0]) if single else actions.tolist(),
+            q_values=q[0].tolist() if single else q.tolist(),
+        )
+
+
+def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 1, num_cpus: float = 0.1) -> str:
+    app = PolicyServer.options(num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}).bind(publisher, policy_ids)
+    serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, logging_config={"log_level": "WARNING"})
+    return ROUTE_PREFIX
+
+
+def undeploy_policy_server() -> None:
+    try:
+        serve.delete(APP_NAME)
+    except Exception:  # Serve already gone (cluster shutting down): nothing to undo
+        pass
