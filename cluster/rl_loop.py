@@ -58,6 +58,7 @@ class RLLoop:
         self.spec = self._spec()
         self.solve_return = rl.solve_return if rl.solve_return is not None else _threshold(rl.env_id)
         self.publisher = get_or_create_publisher(ctx.registry.uri)
+        self._restore_live_version()
         if self.cfg.serving.enabled:
             prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus)
             ctx.endpoints[f"{self.name}_act"] = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
@@ -74,6 +75,23 @@ class RLLoop:
                 )
             )
         self._start_learner()
+
+    def _restore_live_version(self) -> None:
+        """A resumed run (or a registry shared with an earlier one) starts acting with the live
+        version instead of a random policy; one that does not fit this env's model is ignored."""
+        from core.registry import RegistryError
+        from core.rl.models import build_model
+
+        pid = self.rl.policy_id
+        if self.ctx.registry.latest(pid, "live") is None:
+            return
+        try:
+            loaded = self.ctx.registry.load(pid, stage="live", like=build_model(self.spec).state_dict())
+        except (RegistryError, ValueError) as exc:
+            self.ctx.run_dir.event(self.name, "live_version_ignored", reason=str(exc))
+            return
+        ray.get(self.publisher.restore.remote(pid, loaded.weights, loaded.meta.version, self.spec.to_dict()))
+        self.ctx.run_dir.event(self.name, "live_version_restored", version=loaded.meta.version)
 
     def _spec(self) -> PolicySpec:
         rl = self.rl
@@ -182,6 +200,7 @@ class RLLoop:
                 self.ctx.run_dir.event(self.name, "learner", **rec)
             elif kind == "resumed":
                 self.resumed_from = rec.get("step")
+                self.learner.setdefault("updates", self.resumed_from or 0)
                 self.ctx.run_dir.event(self.name, "resumed", **rec)
             elif kind == "checkpoint":
                 self.ctx.run_dir.event(self.name, "checkpoint", **rec)
