@@ -83,7 +83,6 @@ class NStep:
             alive &= ~(te | tr)
         return obs0, act0, ret, nxt, term, trunc
 
-
     def push_many(self, obs, action, reward, next_obs, terminated, truncated) -> tuple[np.ndarray, ...] | None:
         """`push` for T steps at once (arrays [T, E, ...]); the transitions the T pushes
         would have emitted, concatenated in the same order (rows [M*E, ...]), or None."""
@@ -118,6 +117,7 @@ class NStep:
         flat = M * E
         return O[:M].reshape(flat, *O.shape[2:]), A[:M].reshape(flat), ret.reshape(flat), \
             nxt.reshape(flat, *nxt.shape[2:]), term.reshape(flat), trunc.reshape(flat)
+
 
 class _NumpyQ:
     """The QNetwork's forward pass in numpy, on views of the model's own parameters.

@@ -77,6 +77,14 @@ class MLMConfig(Section):
     mask_prob: float = Field(default=0.15, gt=0, lt=1)
     mask_token_frac: float = Field(default=0.8, ge=0, le=1)
     random_token_frac: float = Field(default=0.1, ge=0, le=1)
+    # Sequence-length warmup: for the first short_seq_steps steps every batch's blocks are cut into
+    # pieces of short_seq_len tokens (the same tokens per step), then training runs at seq_len.  A
+    # small model from scratch stays on the unigram plateau while it must learn position embeddings
+    # for 128 positions at once; on short pieces it learns to use its neighbours within a few hundred
+    # steps, and that carries over to the full length (BERT itself trained most steps short).
+    # 0 = off.  Held-out evaluation is always at seq_len.
+    short_seq_len: int = Field(default=16, ge=2)
+    short_seq_steps: int = Field(default=0, ge=0)
     warmup_steps: int = Field(default=200, ge=0)
     # Linear decay to 0 at max_steps; with max_steps None the schedule decays over decay_steps.
     max_steps: int | None = Field(default=None, ge=1)

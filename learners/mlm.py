@@ -141,8 +141,16 @@ class MLMObjective:
             ids, self.special, self.vocab_size, self.mask_id, gen, self.cfg.mask_prob, mask_frac, random_frac
         )
 
+    def _cut_short(self, ids: torch.Tensor) -> torch.Tensor:
+        """During sequence-length warmup, [B, T] -> [B * T // s, s] (the tail that does not fill a piece is dropped)."""
+        s, seen = self.cfg.short_seq_len, self.scheduler.last_epoch  # steps taken so far (survives a resume)
+        if seen >= self.cfg.short_seq_steps or ids.shape[1] <= s:
+            return ids
+        width = ids.shape[1] // s * s
+        return ids[:, :width].reshape(-1, s)
+
     def step(self, batch: Any) -> dict[str, float]:
-        ids = _as_ids(batch).to(self.ctx.device, non_blocking=True)  # [B, T]
+        ids = self._cut_short(_as_ids(batch).to(self.ctx.device, non_blocking=True))  # [B, T]
         inputs, positions, labels = self._mask(ids, self.gen, self.cfg.mask_token_frac, self.cfg.random_token_frac)
         self.core.train()
         with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.autocast):

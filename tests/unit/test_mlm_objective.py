@@ -145,3 +145,20 @@ def test_cpu_bf16_modes():
 
     assert _cpu_bf16("on") is True and _cpu_bf16("off") is False
     assert isinstance(_cpu_bf16("auto"), bool)
+
+
+def test_sequence_length_warmup_cuts_blocks_then_trains_at_full_length():
+    obj = _objective(_patterned(4), short_seq_len=4, short_seq_steps=2)
+    data = torch.from_numpy(_patterned(16)).long()
+    seen = []
+    real_core = obj.train_core
+    obj.train_core = lambda inputs, pos, labels: (seen.append(tuple(inputs.shape)), real_core(inputs, pos, labels))[1]
+    for i in range(3):
+        m = obj.step(data[i * 4 : i * 4 + 4])
+        assert m["tokens"] == 4 * T  # the same tokens per step in both phases
+    assert seen == [(16, 4), (16, 4), (4, T)]
+    # the phase follows the step count, so a resumed run picks up where it was
+    b = _objective(_patterned(4), short_seq_len=4, short_seq_steps=2)
+    b.load_state_dict(obj.state_dict())
+    assert b._cut_short(data[:4]).shape == (4, T)
+    assert _objective(_patterned(4), short_seq_len=5, short_seq_steps=1)._cut_short(data[:2]).shape == (6, 5)
