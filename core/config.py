@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.config_base import NAME_PATTERN as _NAME
 from core.config_base import Section
+from core.feedback_config import FeedbackConfig
 from core.mlm_config import MLMConfig
 from core.replay.config import ReplayConfig
 from core.rl.config import RLConfig
@@ -102,8 +103,10 @@ class EvolveConfig(Section):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     mlm: MLMConfig = Field(default_factory=MLMConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
-    # The evolution loops `evolve run` starts; each kind reads its own section ("rl" -> rl:).
-    loops: list[Literal["rl"]] = Field(default_factory=list)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    # The evolution loops `evolve run` starts; each kind reads its own section
+    # ("rl" -> rl:, "feedback" -> feedback:).
+    loops: list[Literal["rl", "feedback"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> "EvolveConfig":
@@ -116,6 +119,8 @@ class EvolveConfig(Section):
             raise ValueError(f"ports must differ, got {ports}")
         if "rl" in self.loops:
             self._check_rl_table()
+        if "feedback" in self.loops:
+            self._check_feedback_tables()
         return self
 
     def _check_rl_table(self) -> None:
@@ -124,3 +129,15 @@ class EvolveConfig(Section):
             raise ValueError(f"rl.table {self.rl.table!r} must be a table declared under replay.tables")
         if table.kind != "transitions":
             raise ValueError(f"rl.table {self.rl.table!r} must be of kind 'transitions', not {table.kind!r}")
+
+    def _check_feedback_tables(self) -> None:
+        fb = self.feedback
+        wanted = [("feedback.feedback_table", fb.feedback_table, "feedback")]
+        if fb.text_table is not None:
+            wanted.append(("feedback.text_table", fb.text_table, "text"))
+        for key, name, kind in wanted:
+            table = self.replay.tables.get(name) if self.replay.enabled else None
+            if table is None:
+                raise ValueError(f"{key} {name!r} must be a table declared under replay.tables")
+            if table.kind != kind:
+                raise ValueError(f"{key} {name!r} must be of kind {kind!r}, not {table.kind!r}")

@@ -49,8 +49,10 @@ class PolicyPublisher:
         )
 
     async def publish(self, policy_id: str, weights: dict[str, Any], metadata: dict[str, Any] | None = None,
-                      spec: dict | None = None, published_at: float | None = None) -> int:
-        """Store, promote and announce a version; returns its number."""
+                      spec: dict | None = None, published_at: float | None = None,
+                      files: dict[str, bytes] | None = None) -> int:
+        """Store, promote and announce a version; returns its number.  `files` (tokenizer,
+        config, ...) are stored with the version; subscribers read them from the registry."""
         published_at = published_at or time.time()
         meta = dict(metadata or {})
         if spec is not None:
@@ -60,7 +62,7 @@ class PolicyPublisher:
             if current is not None and "parent_version" not in meta:
                 meta["parent_version"] = current.version
             # file writes off the event loop, so long-polls keep being answered
-            version = await asyncio.to_thread(self.registry.publish, policy_id, weights, meta)
+            version = await asyncio.to_thread(self.registry.publish, policy_id, weights, meta, files=files)
             await asyncio.to_thread(self.registry.promote, policy_id, version)
             await self._go_live(policy_id, version, weights, published_at, spec)
         return version

