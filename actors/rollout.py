@@ -57,6 +57,7 @@ class NStep:
         self.n, self.gamma = n, gamma
         self.window: deque[tuple[np.ndarray, ...]] = deque(maxlen=n)
         self._ended: deque[bool] = deque(maxlen=n)  # did any env end at that step
+        self._tags: deque[int] = deque(maxlen=n)  # push_many's per-step tag (the acting policy version)
         self._discounts = [gamma**j for j in range(n)]
 
     def push(self, obs, action, reward, next_obs, terminated, truncated) -> tuple[np.ndarray, ...] | None:
@@ -83,16 +84,24 @@ class NStep:
             alive &= ~(te | tr)
         return obs0, act0, ret, nxt, term, trunc
 
-    def push_many(self, obs, action, reward, next_obs, terminated, truncated) -> tuple[np.ndarray, ...] | None:
+    def push_many(self, obs, action, reward, next_obs, terminated, truncated,
+                  tags: np.ndarray | None = None) -> tuple[np.ndarray, ...] | None:
         """`push` for T steps at once (arrays [T, E, ...]); the transitions the T pushes
-        would have emitted, concatenated in the same order (rows [M*E, ...]), or None."""
+        would have emitted, concatenated in the same order (rows [M*E, ...]), or None.
+
+        `tags` ([T] ints, e.g. the policy version that acted at each step) come back as a
+        7th array: each row gets the tag of its first step, carried steps included."""
         T = len(action)
         steps = [(obs[t], action[t], reward[t], next_obs[t], terminated[t], truncated[t]) for t in range(T)]
+        step_tags = np.zeros(T, np.int64) if tags is None else np.asarray(tags, np.int64)
         if self.n == 1:
             self.window.extend(steps)
-            return obs.reshape(T * obs.shape[1], *obs.shape[2:]), action.reshape(-1), reward.reshape(-1), \
+            out = obs.reshape(T * obs.shape[1], *obs.shape[2:]), action.reshape(-1), reward.reshape(-1), \
                 next_obs.reshape(T * next_obs.shape[1], *next_obs.shape[2:]), terminated.reshape(-1), truncated.reshape(-1)
+            return out if tags is None else (*out, np.repeat(step_tags, action.shape[1]))
         carry = list(self.window)[-(self.n - 1):]  # steps whose transitions are not out yet
+        carry_tags = list(self._tags)[-(self.n - 1):] if carry else []
+        self._tags.extend(step_tags.tolist())
         self.window.extend(steps)
         self._ended.extend((terminated | truncated).any(axis=1).tolist())
         if carry:
@@ -115,18 +124,24 @@ class NStep:
             nxt[ends], term[ends], trunc[ends] = nobs[ends], te[ends], tr[ends]
             alive &= ~(te | tr)
         flat = M * E
-        return O[:M].reshape(flat, *O.shape[2:]), A[:M].reshape(flat), ret.reshape(flat), \
+        out = O[:M].reshape(flat, *O.shape[2:]), A[:M].reshape(flat), ret.reshape(flat), \
             nxt.reshape(flat, *nxt.shape[2:]), term.reshape(flat), trunc.reshape(flat)
+        if tags is None:
+            return out
+        all_tags = np.concatenate([np.asarray(carry_tags, np.int64), step_tags])
+        return (*out, np.repeat(all_tags[:M], E))
 
 
 class _NumpyQ:
-    """The QNetwork's forward pass in numpy, on views of the model's own parameters.
+    """The QNetwork's forward pass in numpy, on C-contiguous copies of the model's parameters.
 
     For the tiny MLPs and batches of a rollout (8 x 4 -> 128 -> 128 -> 2) torch's
     per-op dispatch costs several times the arithmetic; numpy on the same float32
     weights gives the same Q-values (to rounding) in a fraction of the time.  The
-    arrays share memory with the parameters, so an in-place `load_state_dict`
-    is seen without a rebuild.  `build` returns None for anything but a plain
+    weights are copied transposed and C-contiguous (a transposed view of
+    torch's [out, in] layout makes numpy's matmul ~2.5x slower at these sizes), so
+    the caller rebuilds on every new version (RolloutWorker keys it by version).
+    `build` returns None for anything but a plain
     Linear/ReLU stack on Box observations; the caller then uses QPolicy.act.
     """
 
@@ -145,7 +160,7 @@ class _NumpyQ:
             return None
         if any(m.weight.dtype != torch.float32 or m.bias is None for m in linears):
             return None
-        return cls([(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in linears])
+        return cls([(np.ascontiguousarray(m.weight.detach().numpy().T), m.bias.detach().numpy().copy()) for m in linears])
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         x = obs
@@ -196,8 +211,10 @@ class RolloutWorker:
         if vector_steps < 1:
             return 0
         steps = []  # per vector step: obs, actions, reward, obs after, terminated, truncated
-        for _ in range(vector_steps):
+        versions = np.empty(vector_steps, np.int64)  # the version that chose each step's actions
+        for t in range(vector_steps):
             self.maybe_switch_policy()
+            versions[t] = self.policy.version
             eps = self.cfg.epsilon.at(self.env_steps // self.cfg.num_envs)
             actions = self._act(eps)
             raw_next, reward, terminated, truncated, info = self.env.step(actions)
@@ -214,10 +231,10 @@ class RolloutWorker:
         # n-step returns for the whole write at once: the same rows, in the same order,
         # that a push per step gives, for a fraction of the numpy calls
         obs, act, rew, nxt, term, trunc = (np.stack(col) for col in zip(*steps))
-        out = self.nstep.push_many(obs, act, rew.astype(np.float32), nxt, term, trunc)
+        out = self.nstep.push_many(obs, act, rew.astype(np.float32), nxt, term, trunc, tags=versions)
         if out is None:
             return 0
-        batch = self._batch([out])
+        batch = self._batch(out)
         self.writer.add(self.cfg.table, batch)
         self.rows_written += batch.num_rows
         return batch.num_rows
@@ -251,8 +268,8 @@ class RolloutWorker:
         self.episode_return[done] = 0.0
         self.episode_len[done] = 0
 
-    def _batch(self, parts: list[tuple[np.ndarray, ...]]) -> pa.RecordBatch:
-        obs, act, rew, nxt, term, trunc = (np.concatenate(cols) for cols in zip(*parts))
+    def _batch(self, rows: tuple[np.ndarray, ...]) -> pa.RecordBatch:
+        obs, act, rew, nxt, term, trunc, version = rows
         n, width = len(act), obs.shape[1]
         start = self.rows_written
         ts = pa.array(np.full(n, time.time_ns() // 1000, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC"))
@@ -260,7 +277,7 @@ class RolloutWorker:
             [
                 pa.array([f"{self.actor_id}-{self.incarnation}-{i}" for i in range(start, start + n)]),
                 pa.array([self.cfg.table] * n), pa.array(["rollout"] * n), pa.array([self.actor_id] * n),
-                pa.array([self.cfg.policy_id] * n), pa.array(np.full(n, self.policy.version, np.int64)), ts,
+                pa.array([self.cfg.policy_id] * n), pa.array(version.astype(np.int64)), ts,
                 pa.FixedSizeListArray.from_arrays(pa.array(obs.reshape(-1)), width),
                 pa.array(act.astype(np.int64)), pa.array(rew.astype(np.float32)),
                 pa.FixedSizeListArray.from_arrays(pa.array(nxt.reshape(-1).astype(np.float32)), width),

@@ -90,10 +90,20 @@ class ReplayTransitionSource:
             except TimeoutError:
                 continue  # not enough rows yet, or the rate limiter wants more inserts first
             except BaseException as exc:  # surfaced in the learner's thread
-                ready.put(exc)
+                self._offer(ready, stop, exc)
                 return
             if rb.num_rows:
-                ready.put(transitions_to_tensors(rb))
+                self._offer(ready, stop, transitions_to_tensors(rb))
+
+    @staticmethod
+    def _offer(ready: queue.Queue, stop: threading.Event, item: Any) -> None:
+        """put() that gives up once the consumer has gone (a plain put blocks forever on a full queue)."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
         self.sampler.update_priorities(self.table, keys.numpy(), priorities.detach().double().numpy(), wait=False)

@@ -41,6 +41,7 @@ class PolicyPublisher:
         self.acks: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.published: dict[str, int] = defaultdict(int)
+        self.measured: dict[str, int] = {}  # newest version whose latency is recorded, per policy
         tags = ("policy",)
         self._m_version = metrics.Gauge("evolve_policy_live_version", "live policy version", tag_keys=tags)
         self._m_latency = metrics.Histogram(
@@ -99,11 +100,14 @@ class PolicyPublisher:
 
     def ack(self, policy_id: str, version: int, subscriber: str) -> None:
         live = self.live.get(policy_id)
+        if self.measured.get(policy_id, -1) >= version:
+            return  # a re-ack (a restarted subscriber starts from 0): measured once already
         acks = self.acks[(policy_id, version)]
         acks[subscriber] = time.time()
         if live is None or live.version != version or not self.subscribers[policy_id] <= set(acks):
             return
         latency = max(acks.values()) - live.published_at
+        self.measured[policy_id] = version
         self.latencies[policy_id].append(latency)
         self._m_latency.observe(latency, tags={"policy": policy_id})
         for key in [k for k in self.acks if k[0] == policy_id and k[1] <= version]:
