@@ -24,6 +24,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/python -m serving.proto.build
 	@touch $(STAMP)
 	@echo "installed Evolve into $(VENV)"
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from core.config_base import NAME_PATTERN, Section
+from core.mlm_config import ModelConfig
 
 
 class DataSection(Section):
@@ -63,11 +64,14 @@ class FeedbackConfig(Section):
     name: str = "sentiment"  # the loop's name in events and summary.json
     policy_id: str = "sentiment"
     # The encoder to start from: a registry URI + policy id published by `evolve pretrain`;
-    # None = a random init of model_preset (the loop still learns, from a weaker start).
+    # None, or no such policy there: a random init of `model` with a tokenizer trained on the
+    # traffic texts (the loop still learns, from a weaker start; the run says so).
     encoder_registry: str | None = None
     encoder_policy: str = "encoder"
     encoder_version: int | None = None  # None: the latest
-    model_preset: Literal["cpu-small", "cpu-tiny"] = "cpu-small"  # used when no encoder is found
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(num_layers=3, hidden_size=192, num_heads=4,
+                                                                   intermediate_size=768))
+    vocab_size: int = Field(default=6000, ge=100)  # of the tokenizer trained when there is no encoder
     max_len: int = Field(default=64, ge=8, le=512)
     max_text_chars: int = Field(default=2000, ge=1)  # longer request texts are refused (413)
     feedback_ttl_s: float = Field(default=600.0, gt=0)  # feedback after this -> 410

@@ -90,8 +90,7 @@ def from_encoder(encoder_weights: Mapping[str, Any] | None, files: Mapping[str, 
     torch.manual_seed(seed)
     model = TextClassifier(config, len(labels))
     if encoder_weights is not None:
-        state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-                 for k, v in encoder_weights.items()}
+        state = _tensors(encoder_weights)
         try:
             model.bert.load_state_dict(state)  # strict: the encoder must fit exactly
         except RuntimeError as exc:
@@ -105,12 +104,17 @@ def from_version(weights: Mapping[str, Any], files: Mapping[str, bytes]) -> Clas
         raise ClassifierError("not a classifier version: no labels.json (an encoder? use from_encoder)")
     meta = json.loads(files["labels.json"])
     bundle = from_encoder(None, files, meta["labels"], int(meta.get("max_len", 64)))
-    state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for k, v in weights.items()}
+    state = _tensors(weights)
     try:
         bundle.model.load_state_dict(state)
     except RuntimeError as exc:
         raise ClassifierError(f"classifier weights do not fit its config: {_short(exc)}") from None
     return bundle
+
+
+def _tensors(weights: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    # a copy: arrays from the object store are read-only, and torch warns on (and must not write to) them
+    return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True)) for k, v in weights.items()}
 
 
 def _config(files: Mapping[str, bytes]) -> BertConfig:

@@ -40,16 +40,20 @@ class Gateway:
 @dataclass(frozen=True)
 class Endpoints:
     http: str
+    grpc: str | None = None
 
 
-def deploy_gateway(cfg: ServingConfig, registry_uri: str) -> Endpoints:
-    """Start Serve's HTTP proxy on cfg.host:cfg.http_port and deploy the gateway app."""
+def deploy_gateway(cfg: ServingConfig, registry_uri: str, grpc_options: dict | None = None) -> Endpoints:
+    """Start Serve's HTTP proxy on cfg.host:cfg.http_port (and its gRPC proxy when `grpc_options`
+    names servicers) and deploy the gateway app."""
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     quiet = {"log_level": "WARNING"}  # Serve's INFO lines would drown the progress display
-    serve.start(http_options={"host": cfg.host, "port": cfg.http_port}, logging_config=quiet)
+    extra = {"grpc_options": grpc_options} if grpc_options else {}
+    serve.start(http_options={"host": cfg.host, "port": cfg.http_port}, logging_config=quiet, **extra)
     app = Gateway.options(ray_actor_options={"num_cpus": cfg.replica_num_cpus}).bind(registry_uri)
     serve.run(app, name=APP_NAME, route_prefix=cfg.route_prefix, logging_config=quiet)
-    return Endpoints(http=f"http://{cfg.host}:{cfg.http_port}{cfg.route_prefix.rstrip('/')}")
+    grpc = f"{cfg.host}:{grpc_options['port']}" if grpc_options else None
+    return Endpoints(http=f"http://{cfg.host}:{cfg.http_port}{cfg.route_prefix.rstrip('/')}", grpc=grpc)
 
 
 def undeploy() -> None:

@@ -80,15 +80,17 @@ class PolicyPublisher:
             self.changed.notify_all()
 
     async def next_version(self, policy_id: str, after: int, subscriber: str | None, timeout_s: float = 30.0):
-        """Long-poll: returns (version, [weights ref], spec) once a version newer than `after`
-        is live, or None after `timeout_s` (the caller simply polls again).  A named subscriber
+        """Long-poll: returns (version, [weights ref], spec) once a version other than `after`
+        is live (newer, or older after a rollback), or None after `timeout_s` (the caller simply polls again).  A named subscriber
         counts for publish latency; `subscriber=None` follows without counting (the evaluator)."""
         if subscriber is not None:
             self.subscribers[policy_id].add(subscriber)
 
         def newer() -> bool:
+            # "differs", not "is greater": a rollback makes an older version live again, and
+            # every subscriber still running the newer one must switch back to it
             live = self.live.get(policy_id)
-            return live is not None and live.version > after
+            return live is not None and live.version != after
 
         async with self.changed:
             try:

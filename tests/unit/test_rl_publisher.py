@@ -84,3 +84,9 @@ def test_a_pickled_subscription_starts_over_from_version_zero():
 
 def test_an_anonymous_subscription_never_acks():
     PolicySubscription(publisher=None, policy_id="cart", subscriber=None).ack(3)  # no publisher call made
+
+
+def test_a_rollback_reaches_subscribers_that_run_a_newer_version(pub):
+    assert _poll(pub, 3, "replica-0") is None  # running the live version: nothing to do
+    pub.live["cart"] = _Live(2, "older-ref", published_at=time.time(), spec={"kind": "dqn"})  # restore(2)
+    assert _poll(pub, 3, "replica-0") == (2, ["older-ref"], {"kind": "dqn"})  # back to 2, though 2 < 3

@@ -1,0 +1,392 @@
+"""Traffic actors: simulated users of the live classifier, through the real HTTP endpoint.
+
+A user sends a text to POST /v1/predict, reads the answer, and a little later
+(uniform in `feedback_delay_s`) tells the service how it went on POST
+/v1/feedback: with probability `p_label` the label they believe is right,
+otherwise only whether the answer was right (reward 1.0 / 0.0).  What they
+believe is the true label, flipped with probability `label_noise` (careless
+users) or always (`poison`, an adversary: the gate must stop what it teaches).
+
+Texts come only from the traffic split of `core.labeled_data` (`from_data`),
+never from the held-out rows the gate scores on.  The served answers are
+scored against the true label as they arrive: prequential accuracy, the live
+figure of the loop (by model version and over a recent window).
+
+`TrafficWorker` is the plain logic (threads + one httpx client; tests give it
+an httpx.MockTransport); `TrafficActor` is the thin Ray shell.  Transient
+failures (503 while replicas swap or restart, 429, 502/504, refused or
+dropped connections) are retried with jittered exponential backoff and
+counted; nothing a server does stops the actor.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any, Iterator, Literal, Sequence
+
+import httpx
+import numpy as np
+import ray
+
+from core.feedback_config import DataSection, TrafficSection
+from core.labeled_data import LabeledData, load_labeled, ordered
+
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+
+
+class TrafficWorker:
+    def __init__(
+        self,
+        base_url: str,
+        rows: Sequence[tuple[str, int]],
+        labels: Sequence[str],
+        traffic: TrafficSection | None = None,
+        *,
+        actor_id: str = "traffic-0",
+        seed: int = 0,
+        poison: bool = False,
+        label_format: Literal["name", "id"] = "name",  # how a label is sent as feedback
+        repeat: bool = True,  # cycle through the rows forever (a live stream); False: one pass
+        max_retries: int = 6,
+        backoff_s: float = 0.05,
+        max_backoff_s: float = 2.0,
+        timeout_s: float = 10.0,
+        predict_path: str = "/v1/predict",
+        feedback_path: str = "/v1/feedback",
+        recent_window: int = 300,
+        transport: httpx.BaseTransport | None = None,  # tests: httpx.MockTransport
+    ):
+        self.cfg = traffic or TrafficSection()
+        if not rows:
+            raise ValueError("traffic needs at least one row")
+        self.rows, self.labels = list(rows), list(labels)
+        self.actor_id, self.poison, self.label_format, self.repeat = actor_id, poison, label_format, repeat
+        self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self.incarnation = uuid.uuid4().hex[:8]
+        self._index = {name: i for i, name in enumerate(self.labels)}
+        base = base_url.rstrip("/")
+        self.predict_url, self.feedback_url = base + predict_path, base + feedback_path
+        n = self.cfg.concurrency
+        self.client = httpx.Client(timeout=timeout_s, transport=transport,
+                                   limits=httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n))
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stream: Iterator[tuple[str, int]] = itertools.cycle(self.rows) if repeat else iter(self.rows)
+        self._exhausted = False
+        self._pending: list[tuple[float, int, dict[str, Any]]] = []  # feedback heap: (due, seq, payload)
+        self._seq = itertools.count()
+        self._next_slot = 0.0  # rate limit: when the next predict request may start
+        # counters (under _lock)
+        self.predict_requests = self.predicts = self.feedbacks = self.feedback_labels = self.feedback_rewards = 0
+        self.predict_failed = self.feedback_failed = self.retries = self.scored = self.correct = 0
+        self.errors: dict[str, dict[str, int]] = {"predict": {}, "feedback": {}}
+        self.by_version: dict[str, list[int]] = {}  # model_version -> [served, correct]
+        self.recent: deque[bool] = deque(maxlen=recent_window)
+        self.latencies: deque[float] = deque(maxlen=2000)
+        self.model_version: Any = None
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_data(cls, base_url: str, data: LabeledData, traffic: TrafficSection | None = None, *,
+                  order: Literal["shuffled", "as_is", "grouped"] = "shuffled", seed: int = 0,
+                  shard: tuple[int, int] = (0, 1), **kwargs: Any) -> "TrafficWorker":
+        """The traffic split only (shard i of n: every n-th row), never a held-out text."""
+        i, n = shard
+        held = {t for t, _ in data.heldout}
+        rows = [r for r in ordered(data, order, seed)[i::n] if r[0] not in held]
+        return cls(base_url, rows, data.labels, traffic, seed=seed + 7919 * i, **kwargs)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        if any(t.is_alive() for t in self._threads):
+            return
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._run_thread, daemon=True, name=f"{self.actor_id}-{k}")
+                         for k in range(self.cfg.concurrency)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def run(self, timeout_s: float | None = None) -> None:
+        """Start and wait until one pass is done and its feedback sent (repeat=False), or the timeout."""
+        self.start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self.stop()
+
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def set_poison(self, flag: bool) -> None:
+        self.poison = flag
+
+    def close(self) -> None:
+        self.stop()
+        self.client.close()
+
+    # ---- the user loop ----------------------------------------------------------------------
+    def _run_thread(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self._tick():
+                    return
+            except Exception as exc:  # never let one bad answer end the traffic
+                with self._lock:
+                    self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                    _bump(self.errors["predict"], "exception")
+                self._stop.wait(0.05)
+
+    def _tick(self) -> bool:
+        """One unit of work: a due feedback, else a predict request; False when nothing is left."""
+        due = self._pop_due()
+        if due is not None:
+            self._send_feedback(due)
+            return True
+        with self._lock:
+            exhausted, next_due = self._exhausted, self._pending[0][0] if self._pending else None
+        if exhausted:
+            if next_due is None:
+                return False  # one pass done and every feedback sent
+            self._stop.wait(max(0.0, min(next_due - time.monotonic(), 0.05)))
+            return True
+        wait = self._reserve_slot()
+        if wait > 0:
+            self._stop.wait(wait)
+            if self._stop.is_set():
+                return False
+        rows = self._take_rows(self.cfg.batch_size)
+        if rows:
+            self._predict(rows)
+        return True
+
+    def _reserve_slot(self) -> float:
+        """Seconds to wait before this predict request (requests_per_s across all threads)."""
+        if self.cfg.requests_per_s is None:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self.cfg.requests_per_s
+            return slot - now
+
+    def _take_rows(self, k: int) -> list[tuple[str, int]]:
+        with self._lock:
+            rows = list(itertools.islice(self._stream, k))
+            if len(rows) < k:
+                self._exhausted = True
+            return rows
+
+    def _predict(self, rows: list[tuple[str, int]]) -> None:
+        texts = [t for t, _ in rows]
+        body: dict[str, Any] = {"text": texts[0]} if self.cfg.batch_size == 1 else {"texts": texts}
+        started = time.monotonic()
+        reply = self._post("predict", self.predict_url, body)
+        with self._lock:
+            self.predict_requests += 1
+            if reply is None:
+                self.predict_failed += len(rows)
+                return
+            self.latencies.append(time.monotonic() - started)
+        answers = _predictions(reply, len(rows))
+        if answers is None:
+            with self._lock:
+                _bump(self.errors["predict"], "bad_response")
+                self.predict_failed += len(rows)
+            return
+        for (_, truth), answer in zip(rows, answers):
+            self._observe(truth, answer)
+
+    def _observe(self, truth: int, answer: dict[str, Any]) -> None:
+        served = self._label_id(answer)
+        with self._lock:
+            self.predicts += 1
+            version = answer.get("model_version", answer.get("version"))
+            self.model_version = version if version is not None else self.model_version
+            if served is None or "event_id" not in answer:
+                _bump(self.errors["predict"], "unreadable_prediction")
+                return
+            right = served == truth
+            self.scored += 1
+            self.correct += right
+            self.recent.append(right)
+            counts = self.by_version.setdefault(str(version), [0, 0])
+            counts[0] += 1
+            counts[1] += right
+            believed = self._believed(truth)
+            if self._rng.random() < self.cfg.p_label:
+                label: Any = self.labels[believed] if self.label_format == "name" else believed
+                payload = {"event_id": answer["event_id"], "label": label}
+            else:
+                payload = {"event_id": answer["event_id"], "reward": 1.0 if served == believed else 0.0}
+            lo, hi = self.cfg.feedback_delay_s
+            heapq.heappush(self._pending, (time.monotonic() + self._rng.uniform(lo, hi), next(self._seq), payload))
+
+    def _believed(self, truth: int) -> int:
+        """The label this user gives (call under _lock: it draws from the shared rng)."""
+        n = len(self.labels)
+        if self.poison:
+            return (truth + 1) % n  # always wrong, and consistently so
+        if self.cfg.label_noise > 0 and self._rng.random() < self.cfg.label_noise:
+            return (truth + self._rng.randrange(1, n)) % n  # any other label
+        return truth
+
+    def _label_id(self, answer: dict[str, Any]) -> int | None:
+        for key in ("label_id", "prediction", "label"):
+            value = answer.get(key)
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, int) and 0 <= value < len(self.labels):
+                return value
+            if isinstance(value, str) and value in self._index:
+                return self._index[value]
+        return None
+
+    def _pop_due(self) -> dict[str, Any] | None:
+        with self._lock:
+            if self._pending and self._pending[0][0] <= time.monotonic():
+                return heapq.heappop(self._pending)[2]
+        return None
+
+    def _send_feedback(self, payload: dict[str, Any]) -> None:
+        ok = self._post("feedback", self.feedback_url, payload) is not None
+        with self._lock:
+            if not ok:
+                self.feedback_failed += 1
+                return
+            self.feedbacks += 1
+            if "label" in payload:
+                self.feedback_labels += 1
+            else:
+                self.feedback_rewards += 1
+
+    def _post(self, kind: str, url: str, body: dict[str, Any]) -> Any | None:
+        """POST with retries on transient failures; the JSON reply, or None (counted)."""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                resp = self.client.post(url, json=body)
+            except httpx.TransportError as exc:  # refused, reset, timed out
+                self._count(kind, "connection" if not isinstance(exc, httpx.TimeoutException) else "timeout")
+            else:
+                if resp.status_code < 300:
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        self._count(kind, "bad_json")
+                        return None
+                self._count(kind, str(resp.status_code))
+                if resp.status_code not in RETRY_STATUS:
+                    return None  # 4xx: this request will not get better (410 expired, 404 unknown event, ...)
+                retry_after = _seconds(resp.headers.get("retry-after"))
+            if attempt == self.max_retries or self._stop.is_set():
+                return None
+            with self._lock:
+                self.retries += 1
+                jitter = self._rng.uniform(0.5, 1.5)
+            pause = min(self.max_backoff_s, self.backoff_s * 2**attempt * jitter)
+            self._stop.wait(min(self.max_backoff_s, retry_after) if retry_after is not None else pause)
+        return None
+
+    def _count(self, kind: str, what: str) -> None:
+        with self._lock:
+            _bump(self.errors[kind], what)
+
+    # ---- figures ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            lat = np.array(self.latencies) if self.latencies else None
+            return {
+                "actor_id": self.actor_id,
+                "incarnation": self.incarnation,
+                "running": self.running(),
+                "poison": self.poison,
+                "predict_requests": self.predict_requests,
+                "predicts": self.predicts,
+                "predict_failed": self.predict_failed,
+                "feedbacks": self.feedbacks,
+                "feedback_labels": self.feedback_labels,
+                "feedback_rewards": self.feedback_rewards,
+                "feedback_failed": self.feedback_failed,
+                "feedback_pending": len(self._pending),
+                "retries": self.retries,
+                "errors": {k: dict(v) for k, v in self.errors.items()},
+                "accuracy": self.correct / self.scored if self.scored else None,  # prequential: served vs true label
+                "recent_accuracy": float(np.mean(self.recent)) if self.recent else None,
+                "by_version": {v: {"served": n, "accuracy": c / n if n else None} for v, (n, c) in self.by_version.items()},
+                "model_version": self.model_version,
+                "latency_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat is not None else None,
+                "latency_p95_ms": float(np.percentile(lat, 95) * 1e3) if lat is not None else None,
+                "last_error": self.last_error,
+            }
+
+
+def _predictions(reply: Any, n: int) -> list[dict[str, Any]] | None:
+    """The per-text answers of a predict reply: one object, a list, or a list under a common key."""
+    if isinstance(reply, dict):
+        for key in ("predictions", "results", "items", "outputs"):
+            if isinstance(reply.get(key), list):
+                reply = reply[key]
+                break
+        else:
+            reply = [reply] if n == 1 else reply
+    if not isinstance(reply, list) or len(reply) != n or not all(isinstance(a, dict) for a in reply):
+        return None
+    return reply
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: use our own backoff
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+# ---- Ray at the edge ---------------------------------------------------------------------------
+@ray.remote(max_restarts=-1, max_concurrency=4)
+class TrafficActor:
+    """A TrafficWorker on the traffic split of the configured data; starts at once (and after a restart)."""
+
+    def __init__(self, base_url: str, traffic: dict, data: dict, actor_id: str, *, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1), poison: bool = False, autostart: bool = True, **kwargs: Any):
+        d = DataSection.model_validate(data)
+        labeled = load_labeled(d.path, d.text_column, d.label_column, d.heldout_fraction, d.max_heldout, d.group_column)
+        self.worker = TrafficWorker.from_data(base_url, labeled, TrafficSection.model_validate(traffic), order=d.order,
+                                              seed=seed, shard=shard, actor_id=actor_id, poison=poison, **kwargs)
+        if autostart:
+            self.worker.start()
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> dict[str, Any]:
+        self.worker.stop()
+        return self.worker.stats()
+
+    def stats(self) -> dict[str, Any]:
+        return self.worker.stats()
+
+    def set_poison(self, flag: bool) -> None:
+        self.worker.set_poison(flag)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()

@@ -1,0 +1,428 @@
+"""Online learning of the served text classifier from live feedback, as a train-loop objective.
+
+Each batch mixes fresh joined feedback (the replay store's feedback table,
+`learners.feedback_source.FeedbackSource`) with a `rehearsal` share replayed
+from a bounded reservoir of older feedback this learner has seen.  A row is
+learned from in one of two ways:
+
+* labeled (the user said which class): cross-entropy on the label;
+* reward only (the user said right / wrong, r in [0, 1]): an off-policy
+  policy-gradient step on the served prediction a, with the clipped
+  inverse-propensity estimator (clipped IPS / truncated importance sampling;
+  Ionides 2008, Bottou et al. 2013, the off-policy REINFORCE correction of
+  Chen et al. 2019):
+
+      loss_i = -pg_weight * w_i * (r_i - b) * log pi(a_i | x_i)
+      w_i    = min(pi(a_i | x_i) / mu(a_i | x_i), max_importance_weight)   (no gradient through w)
+
+  mu is the probability the *served* model gave a (logged with the event);
+  pi is the model being trained.  w * grad log pi = grad pi / mu, so without
+  the clip this is an unbiased estimate of the gradient of the expected
+  reward under pi from data logged under mu; the clip trades a little bias
+  for bounded variance when mu(a) was small.  (When serving answers argmax,
+  mu is the served model's confidence rather than a true propensity; the
+  ratio then acts as a trust region that fades the update once pi has moved
+  far from the served model.)  b is a running mean of past rewards, a
+  control variate: it does not change the expected gradient (sum_a grad pi =
+  0) but lets wrong answers (r < b) push probability away.  It starts at 0.5,
+  the middle of the reward range (what guessing earns on two classes).
+
+Both kinds of rows count equally in the batch mean.  A non-finite loss or
+gradient is refused on every rank (no step, counted), so no NaN weights are
+ever trained into the model, handed to the gate or exported.  Every
+`candidate_every` updates rank 0 hands a candidate to the gate handle; the
+gate, not the learner, decides what goes live.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.feedback_config import FeedbackConfig
+from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
+from learners.feedback_source import FeedbackBatch, Reservoir
+from learners.objective import ExportedPolicy, WorkerContext
+
+
+@dataclass
+class OnlineSetup:
+    """What every worker needs to build the online objective (pickled into the Train loop config).
+
+    Start from an encoder (files = tokenizer files + config.json, weights = a
+    BertModel state dict or None for a random init; `labels` required) or
+    from a classifier version (files include labels.json; weights = the whole
+    classifier: resume from the registry's live version).
+    """
+
+    fb: FeedbackConfig
+    files: dict[str, bytes]
+    weights: dict[str, Any] | None = None  # numpy arrays or tensors
+    labels: list[str] | None = None
+    parent_version: int | None = None  # the classifier version this run continues from (lineage)
+    # Opaque handle with submit.remote(policy_id, weights, files, metadata); None = no candidates.
+    gate: Any = None
+    heldout: list[tuple[str, int]] | None = None  # a few rows for evaluate()'s curve; the gate has its own
+    reservoir_size: int = 5000
+    grad_clip: float = 1.0
+    weight_decay: float = 0.01
+    baseline_decay: float = 0.99  # EMA of rewards
+    baseline_init: float = 0.5
+    max_backlog: int = 16  # fresh batches held while another rank waits for data (DDP)
+    # The gate queues candidates and judges only the newest, so by default every K-th update is sent;
+    # True: drop a candidate while the gate still judges the previous one (spares the object store).
+    skip_when_gate_busy: bool = False
+    seed: int = 0
+
+
+def split_batch(batch_size: int, rehearsal: float) -> tuple[int, int]:
+    """(fresh rows, rehearsal rows) of a batch: the source asks the store for the fresh part."""
+    replay = min(batch_size - 1, int(round(batch_size * rehearsal)))
+    return batch_size - replay, replay
+
+
+def build_bundle(setup: OnlineSetup) -> ClassifierBundle:
+    files, fb = setup.files, setup.fb
+    if "labels.json" in files:  # a classifier version
+        if setup.weights is None:
+            raise ClassifierError("a classifier version needs its weights")
+        bundle = from_version(setup.weights, files)
+        if setup.labels is not None and list(setup.labels) != bundle.labels:
+            raise ClassifierError(f"the version's labels {bundle.labels} differ from the data's {list(setup.labels)}")
+        return bundle
+    if not setup.labels:
+        raise ClassifierError("starting from an encoder needs the label names")
+    return from_encoder(setup.weights, files, setup.labels, fb.max_len, seed=setup.seed)
+
+
+def feedback_loss(logits: torch.Tensor, rows: dict[str, torch.Tensor], baseline: float, pg_weight: float,
+                  max_importance_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The batch loss (mean over usable rows) and its parts; see the module docstring.
+
+    rows: label [B] (int, <0 = none), prediction [B], reward [B] (nan = none), logged_p [B].
+    A row with a valid label is supervised; else a row with a finite reward, a valid served
+    class and a logged probability > 0 is a bandit row; anything else is ignored.
+    """
+    L = logits.shape[-1]
+    logp = F.log_softmax(logits, dim=-1)  # [B, L]
+    label, pred, reward, mu = rows["label"], rows["prediction"], rows["reward"], rows["logged_p"]
+    labeled = (label >= 0) & (label < L)
+    bandit = ~labeled & torch.isfinite(reward) & (pred >= 0) & (pred < L) & torch.isfinite(mu) & (mu > 0)
+    ce = -logp.gather(1, label.clamp(0, L - 1).unsqueeze(1)).squeeze(1)  # [B]
+    logp_a = logp.gather(1, pred.clamp(0, L - 1).unsqueeze(1)).squeeze(1)  # [B] log pi(a|x)
+    with torch.no_grad():  # constants of the loss; 0 on other rows so no NaN reaches a gradient
+        ratio = torch.where(bandit, logp_a.exp() / torch.where(bandit, mu, 1.0).clamp_min(1e-8), 0.0)
+        w = ratio.clamp(max=max_importance_weight)
+        adv = torch.where(bandit, reward, baseline) - baseline
+    pg = -(w * adv * logp_a)  # [B]
+    zero = torch.zeros_like(ce)
+    per_row = torch.where(labeled, ce, zero) + torch.where(bandit, pg_weight * pg, zero)
+    loss = per_row.sum() / (labeled | bandit).sum().clamp_min(1)
+    return loss, {"labeled": labeled, "bandit": bandit, "ce": ce, "pg": pg, "weight": w, "ratio": ratio,
+                  "label": label, "reward": reward}
+
+
+def _tensors(rows: FeedbackBatch, dev: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(getattr(rows, k)).to(dev) for k in ("label", "prediction", "reward", "logged_p")}
+
+
+class OnlineObjective:
+    name = "online"
+    summed_metrics = ("samples", "updates", "fresh_rows", "rehearsal_rows", "labeled_rows", "reward_rows", "idle")
+
+    def setup(self, config: OnlineSetup, ctx: WorkerContext) -> None:
+        self.setup_, self.fb, self.ctx = config, config.fb, ctx
+        self.bundle = build_bundle(config)
+        self.labels = self.bundle.labels
+        self.model = self.bundle.model.to(ctx.device)
+        self.train_model = ctx.wrap_model(self.model)  # DDP when world_size > 1
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.fb.lr, weight_decay=config.weight_decay)
+        self.fresh_rows, self.rehearsal_rows = split_batch(self.fb.batch_size, self.fb.rehearsal)
+        self.reservoir = Reservoir(config.reservoir_size)
+        self.backlog: deque[FeedbackBatch] = deque()
+        self.updates = self.skipped = self.idle = self.candidates = self.candidates_dropped = 0
+        self.baseline = config.baseline_init
+        self.last: dict[str, float] = {"loss": math.nan, "ce_loss": math.nan, "pg_loss": math.nan,
+                                       "train_accuracy": math.nan, "importance_weight": math.nan,
+                                       "clipped_share": math.nan}
+        self.window = _DataWindow()  # rows learned from since the last candidate
+        self.total = _DataWindow()  # ... since the start of the run (survives resume)
+        self._files = self.bundle.files()
+        self._gate_ref: Any = None
+        self._reseed()
+
+    def _reseed(self) -> None:
+        # per rank and per update: resumed ranks do not replay each other's draws
+        self.rng = np.random.default_rng([self.setup_.seed, self.ctx.rank, self.updates])
+
+    # ---- one step ----------------------------------------------------------------------
+    def step(self, batch: FeedbackBatch | None) -> dict[str, float]:
+        if batch is not None and len(batch):
+            self.backlog.append(batch)
+        while len(self.backlog) > self.setup_.max_backlog:  # too far ahead: learn those rows by rehearsal only
+            self.reservoir.add(self.backlog.popleft(), self.rng)
+        fresh = self.backlog.popleft() if self.backlog else None
+        # Under DDP every rank must run the same forward/backward: wait until all have data.
+        if not self._all(fresh is not None):
+            if fresh is not None:
+                self.backlog.appendleft(fresh)
+            self.idle += 1
+            return self._metrics(idle=1.0)
+        fb = self.fb
+        # rehearsal rows are drawn before the fresh rows join the reservoir: they are older
+        k = int(round(len(fresh) * fb.rehearsal / (1.0 - fb.rehearsal)))
+        old = self.reservoir.sample(k, self.rng)
+        self.reservoir.add(fresh, self.rng)
+        rows = FeedbackBatch.concat([fresh, old])
+        updated, figures = self._update(rows)
+        if updated:
+            self.window.add(rows, len(fresh))
+            self.total.add(rows, len(fresh))
+            if self.updates % fb.candidate_every == 0:
+                self._candidate()
+        return self._metrics(samples=float(len(rows)), updates=float(updated), fresh_rows=float(len(fresh)),
+                             rehearsal_rows=float(len(old)), **figures)
+
+    def _update(self, rows: FeedbackBatch) -> tuple[bool, dict[str, float]]:
+        dev = self.ctx.device
+        self.model.train()
+        ids, mask = self.bundle.encode(rows.text)
+        logits = self.train_model(ids.to(dev), mask.to(dev)).float()  # [B, L]
+        loss, parts = feedback_loss(logits, _tensors(rows, dev), self.baseline, self.fb.pg_weight,
+                                    self.fb.max_importance_weight)
+        labeled, bandit = parts["labeled"], parts["bandit"]
+        n_lab, n_bandit = int(labeled.sum()), int(bandit.sum())
+        figures = {"labeled_rows": float(n_lab), "reward_rows": float(n_bandit)}
+        finite, any_rows = self._agree(bool(torch.isfinite(loss)), n_lab + n_bandit > 0)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not finite or not any_rows:
+            self.skipped += int(not finite)  # an empty batch (no usable rows anywhere) is not a fault
+            return False, figures
+        loss.backward()
+        # DDP has averaged the gradients, so every rank sees the same norm and takes the same branch
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.setup_.grad_clip)
+        if not bool(torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            return False, figures
+        self.optimizer.step()
+        self.updates += 1
+
+        with torch.no_grad():
+            self.last["loss"] = float(loss.detach())
+            if n_lab:
+                self.last["ce_loss"] = float(parts["ce"][labeled].mean())
+                self.last["train_accuracy"] = float((logits[labeled].argmax(-1) == parts["label"][labeled]).float().mean())
+            if n_bandit:
+                w = parts["weight"][bandit]
+                self.last["pg_loss"] = float(parts["pg"][bandit].mean())
+                self.last["importance_weight"] = float(w.mean())
+                self.last["clipped_share"] = float((parts["ratio"][bandit] > w).float().mean())
+                # the baseline moves after the step: a row never serves as its own baseline
+                r = float(parts["reward"][bandit].mean())
+                d = self.setup_.baseline_decay ** n_bandit
+                self.baseline = d * self.baseline + (1.0 - d) * r
+        self.window.loss_sum += float(loss.detach())
+        self.window.updates += 1
+        return True, figures
+
+    def _metrics(self, **counts: float) -> dict[str, float]:
+        base = {k: 0.0 for k in self.summed_metrics}
+        return {**base, **counts, **self.last, "baseline": self.baseline, "skipped_nonfinite": float(self.skipped),
+                "reservoir": float(len(self.reservoir)), "backlog": float(len(self.backlog))}
+
+    # ---- ranks agree -----------------------------------------------------------------------
+    def _all(self, flag: bool) -> bool:
+        return self._agree(flag, True)[0]
+
+    def _agree(self, every: bool, some: bool) -> tuple[bool, bool]:
+        """(flag on every rank, flag on some rank): one all_reduce; plain values when alone."""
+        if self.ctx.world_size == 1:
+            return every, some
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if every else 0.0, 0.0 if some else 1.0], device=self.ctx.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)  # min of "not some" = not (some on any rank)
+        return bool(t[0].item() > 0.5), bool(t[1].item() < 0.5)
+
+    # ---- candidates --------------------------------------------------------------------------
+    def numpy_weights(self) -> dict[str, np.ndarray]:
+        return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy().copy()
+                for k, v in self.model.state_dict().items()}
+
+    def _candidate(self) -> None:
+        # all ranks: the data range of the update window, summed over ranks
+        window = self.window.reduced(self.ctx)
+        self.window = _DataWindow()
+        if self.ctx.rank != 0 or self.setup_.gate is None:
+            return
+        if self.setup_.skip_when_gate_busy and not _done(self._gate_ref):
+            self.candidates_dropped += 1
+            return
+        weights = self.numpy_weights()
+        if not all(np.isfinite(w).all() for w in weights.values() if np.issubdtype(w.dtype, np.floating)):
+            self.candidates_dropped += 1  # never hand the gate a broken model
+            return
+        self._gate_ref = self.setup_.gate.submit.remote(self.fb.policy_id, weights, self._files, self.metadata(window))
+        self.candidates += 1
+
+    def metadata(self, window: "_DataWindow | None" = None) -> dict[str, Any]:
+        window = window or self.window
+        return {
+            "parent_version": self.setup_.parent_version,
+            "updates": self.updates,
+            "metrics": {
+                "train_loss": window.mean_loss(),
+                **{k: v for k, v in self.last.items() if v == v and k != "loss"},
+                "baseline": self.baseline,
+                "skipped_nonfinite": self.skipped,
+            },
+            "data_range": {"table": self.fb.feedback_table, "window": window.to_json(), "total": self.total.to_json(),
+                           "world_size": self.ctx.world_size},
+            "info": {"objective": self.name, "loop": self.fb.name, "labels": self.labels, "submitted_at": time.time()},
+        }
+
+    # ---- the rest of the Objective protocol ----------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        out = {"updates": float(self.updates), "skipped_nonfinite": float(self.skipped),
+               "candidates": float(self.candidates), "loss": self.last["loss"]}
+        if self.setup_.heldout:
+            texts = [t for t, _ in self.setup_.heldout]
+            truth = np.array([y for _, y in self.setup_.heldout])
+            out["heldout_accuracy"] = float((self.bundle.predict_proba(texts).argmax(1) == truth).mean())
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "counters": {"updates": self.updates, "skipped": self.skipped, "idle": self.idle,
+                         "candidates": self.candidates, "candidates_dropped": self.candidates_dropped},
+            "baseline": self.baseline,
+            "last": dict(self.last),
+            "reservoir": self.reservoir.state_dict(),
+            "total": self.total.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for k, v in state["counters"].items():
+            setattr(self, k, int(v))
+        self.baseline = float(state["baseline"])
+        self.last.update({k: float(v) for k, v in state["last"].items()})
+        self.reservoir.load_state_dict(state["reservoir"])
+        self.total = _DataWindow.from_state(state["total"])
+        self._reseed()
+
+    def export_policy(self) -> ExportedPolicy:
+        weights = self.bundle.weights()
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:  # cannot happen through step(); refuse rather than publish a broken model
+            raise ValueError(f"refusing to export non-finite weights: {bad[:3]}")
+        meta = self.metadata(self.total)
+        return ExportedPolicy(weights=weights, files=dict(self._files),
+                              metrics={"updates": float(self.updates), **{k: float(v) for k, v in meta["metrics"].items()
+                                                                           if isinstance(v, (int, float)) and v == v}},
+                              info={**meta["info"], "parent_version": self.setup_.parent_version,
+                                    "data_range": meta["data_range"]})
+
+
+class _DataWindow:
+    """Counts and time range of the rows learned from (lineage for a candidate's metadata)."""
+
+    FIELDS = ("rows", "fresh", "labeled", "rewarded", "updates", "loss_sum")  # loss_sum last
+
+    def __init__(self) -> None:
+        self.rows = self.fresh = self.labeled = self.rewarded = self.updates = 0
+        self.loss_sum = 0.0
+        self.created_min = self.created_max = None  # µs since the epoch
+        self.version_min = self.version_max = None
+
+    def add(self, b: FeedbackBatch, fresh: int) -> None:
+        self.rows += len(b)
+        self.fresh += fresh
+        self.labeled += int((b.label >= 0).sum())
+        self.rewarded += int(((b.label < 0) & np.isfinite(b.reward)).sum())
+        if len(b):
+            self.created_min = _min(self.created_min, int(b.created_at.min()))
+            self.created_max = _max(self.created_max, int(b.created_at.max()))
+            self.version_min = _min(self.version_min, int(b.policy_version.min()))
+            self.version_max = _max(self.version_max, int(b.policy_version.max()))
+
+    def mean_loss(self) -> float | None:
+        return self.loss_sum / self.updates if self.updates else None
+
+    def reduced(self, ctx: WorkerContext) -> "_DataWindow":
+        """The window over every rank (counts summed, ranges widened); a collective under DDP."""
+        if ctx.world_size == 1:
+            return self
+        import torch.distributed as dist
+
+        big = float(2**62)
+        sums = torch.tensor([float(getattr(self, f)) for f in self.FIELDS], dtype=torch.float64, device=ctx.device)
+        # max of (-min, max) in one call; float64 holds µs timestamps exactly (< 2^53)
+        ends = torch.tensor([-(self.created_min if self.created_min is not None else big),
+                             self.created_max if self.created_max is not None else -big,
+                             -(self.version_min if self.version_min is not None else big),
+                             self.version_max if self.version_max is not None else -big],
+                            dtype=torch.float64, device=ctx.device)
+        dist.all_reduce(sums)
+        dist.all_reduce(ends, op=dist.ReduceOp.MAX)
+        out = _DataWindow()
+        for f, v in zip(self.FIELDS, sums.tolist()):
+            setattr(out, f, int(v))
+        out.updates = self.updates  # the same updates on every rank, not world_size times as many
+        out.loss_sum = float(sums[-1]) / ctx.world_size  # mean of the ranks' losses
+        e = ends.tolist()
+        out.created_min = None if -e[0] >= big else int(-e[0])
+        out.created_max = None if e[1] <= -big else int(e[1])
+        out.version_min = None if -e[2] >= big else int(-e[2])
+        out.version_max = None if e[3] <= -big else int(e[3])
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": self.rows, "fresh_rows": self.fresh, "labeled_rows": self.labeled, "reward_rows": self.rewarded, "updates": self.updates,
+                "created_at_min": _iso(self.created_min), "created_at_max": _iso(self.created_max),
+                "policy_version_min": self.version_min, "policy_version_max": self.version_max}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "_DataWindow":
+        out = cls()
+        out.__dict__.update(state)
+        return out
+
+
+def _min(a: int | None, b: int) -> int:
+    return b if a is None else min(a, b)
+
+
+def _max(a: int | None, b: int) -> int:
+    return b if a is None else max(a, b)
+
+
+def _iso(us: int | None) -> str | None:
+    return None if us is None else datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
+
+
+def _done(ref: Any) -> bool:
+    """Has the gate answered the last submit?  (Non-Ray handles in tests answer at once.)"""
+    if ref is None:
+        return True
+    import ray
+
+    if not isinstance(ref, ray.ObjectRef):
+        return True
+    ready, _ = ray.wait([ref], timeout=0)
+    return bool(ready)

@@ -1,0 +1,433 @@
+"""The feedback loop's model server: predict and feedback over HTTP (FastAPI) and gRPC, one Serve deployment.
+
+    POST /v1/predict   {"text": "..."} | {"texts": [...]}  -> label, probabilities, event_id, model_version
+    POST /v1/feedback  {"event_id", "label"?, "reward"?}    -> accepted (joined by the shared FeedbackJoiner)
+    GET  /v1/healthz   readiness: 200 once a version is live, else 503
+    GET  /v1/models    the registry catalog (the app owns the /v1 prefix, so it answers what the gateway would)
+    gRPC evolve.v1.EvolveFeedback/{Predict,Feedback} through Serve's gRPC proxy (metadata application=feedback)
+
+Texts from concurrent requests (HTTP and gRPC alike) are classified together by
+`@serve.batch` (feedback.max_batch_size counted in texts, batch_wait_timeout_s; a
+request of max_batch_size texts or more is a batch by itself); `batching=False`
+deploys the same class classifying each request alone (the benchmark's baseline).
+Inference runs on one worker thread per replica: the event loop keeps accepting
+requests and filling the next batch meanwhile, and the fast tokenizer is never
+used from two threads at once.
+
+Hot swap: each replica long-polls the publisher; a new version's files come from
+the registry (cached while their hashes do not change), its weights from the
+object store, the bundle is built off the event loop and swapped in by one
+reference assignment.  A batch reads the reference once and a request's texts
+stay in one batch, so a request is answered by one version, and no request
+fails during a swap.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the annotations themselves
+
+import asyncio
+import json
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+
+from core.feedback_config import FeedbackConfig
+from core.registry import WEIGHTS_FILE, PolicyRegistry
+from core.text_classifier import ClassifierBundle, from_version
+from serving.catalog import describe_policies
+from serving.join import JOINER_NAME, MAX_EVENT_ID_CHARS, FeedbackRejected, get_or_create_joiner
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "feedback"
+ROUTE_PREFIX = "/v1"
+MAX_TEXTS = 256  # per request: bounds one request's share of a batch
+GRPC_SERVICER = "serving.proto.evolve_pb2_grpc.add_EvolveFeedbackServicer_to_server"
+
+api = FastAPI(
+    title="Evolve feedback",
+    description="Classify texts and send feedback on the predictions; the served model keeps learning from it.",
+    version="0.1.0",
+)
+
+
+# ---- request / response models (the OpenAPI contract) -------------------------------
+class PredictRequest(BaseModel):
+    """Exactly one of `text` and `texts`."""
+
+    text: str | None = Field(None, description="one text")
+    texts: list[str] | None = Field(None, description=f"1..{MAX_TEXTS} texts")
+
+
+class Prediction(BaseModel):
+    label: str
+    probabilities: dict[str, float] = Field(..., description="label name -> probability")
+    event_id: str = Field(..., description="name this prediction in its feedback")
+    model_version: int
+
+
+class PredictBatchResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class FeedbackRequest(BaseModel):
+    """The true label, or a reward in [0, 1], or both; one feedback per prediction."""
+
+    event_id: str
+    label: str | int | None = Field(None, description="a label name, or its index")
+    reward: float | None = Field(None, ge=0, le=1)
+
+
+class FeedbackResponse(BaseModel):
+    event_id: str
+    accepted: bool
+    model_version: int = Field(..., description="the version that made the prediction")
+    correct: bool | None = Field(None, description="the prediction matched the label (null: reward only)")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    policy_id: str
+    model_version: int | None
+    batching: bool
+    texts_per_forward: float | None = Field(None, description="mean texts per model call: how well batching works")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    # the body is parsed by hand (400 for bytes that are not UTF-8 JSON, one-line reasons),
+    # so its schema is declared for the OpenAPI spec here
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+# ---- request validation (plain functions; the same rules for HTTP and gRPC) ----------
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FeedbackRejected(400, f"body is not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise FeedbackRejected(400, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+def check_texts(texts: Any, max_text_chars: int, max_texts: int = MAX_TEXTS, single: bool = False) -> list[str]:
+    if not isinstance(texts, list) or not 1 <= len(texts) <= max_texts:
+        raise FeedbackRejected(422, f"'texts' must be a list of 1..{max_texts} strings")
+    for i, text in enumerate(texts):
+        where = "'text'" if single else f"texts[{i}]"
+        if not isinstance(text, str):
+            raise FeedbackRejected(422, f"{where} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise FeedbackRejected(422, f"{where} is empty")
+        if len(text) > max_text_chars:
+            raise FeedbackRejected(413, f"{where} has {len(text)} characters; the limit is {max_text_chars}")
+    return texts
+
+
+def parse_predict(body: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> tuple[list[str], bool]:
+    """(texts, single) from a predict body; raises FeedbackRejected with the status and reason."""
+    body = _object(body, ("text", "texts"))
+    if ("text" in body) == ("texts" in body):
+        raise FeedbackRejected(422, "give either 'text' (a string) or 'texts' (a list of strings)")
+    if "text" in body:
+        return check_texts([body["text"]], max_text_chars, max_texts, single=True), True
+    return check_texts(body["texts"], max_text_chars, max_texts), False
+
+
+def parse_feedback(body: Any) -> tuple[str, int | str | None, float | None]:
+    """(event_id, label, reward); label membership is the joiner's check (it knows the event's labels)."""
+    body = _object(body, ("event_id", "label", "reward"))
+    event_id, label, reward = body.get("event_id"), body.get("label"), body.get("reward")
+    if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS:
+        raise FeedbackRejected(422, f"'event_id' must be a string of 1..{MAX_EVENT_ID_CHARS} characters")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
+        raise FeedbackRejected(422, f"'label' must be a label name or index, got {label!r}")
+    if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
+        raise FeedbackRejected(422, f"'reward' must be a number in [0, 1], got {reward!r}")
+    if label is None and reward is None:
+        raise FeedbackRejected(422, "feedback needs a 'label' or a 'reward'")
+    return event_id, label, reward  # the reward's range: checked by the join (one rule for both APIs)
+
+
+def _object(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise FeedbackRejected(422, f"body must be a JSON object with {', '.join(map(repr, fields))}")
+    extra = sorted(set(body) - set(fields))
+    if extra:
+        raise FeedbackRejected(422, f"unknown field {extra[0]!r}; expected {', '.join(map(repr, fields))}")
+    return body
+
+
+# ---- inference -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Served:
+    """What answers requests now; replaced whole (never mutated) by a hot swap."""
+
+    bundle: ClassifierBundle
+    version: int
+
+
+def classify(served: Served, texts: list[str], policy_id: str, replica: str) -> tuple[list[dict], list[dict]]:
+    """(predictions for the client, events for the joiner) of one batch, by one version."""
+    probs = served.bundle.predict_proba(texts)  # [N, L]
+    labels = served.bundle.labels
+    preds, events = [], []
+    for text, p in zip(texts, probs):
+        event_id, k = uuid.uuid4().hex, int(np.argmax(p))
+        preds.append({"label": labels[k], "probabilities": {name: float(x) for name, x in zip(labels, p)},
+                      "event_id": event_id, "model_version": served.version})
+        events.append({"event_id": event_id, "text": text, "prediction": k, "probs": [float(x) for x in p],
+                       "labels": labels, "policy_id": policy_id, "policy_version": served.version,
+                       "actor_id": replica})
+    return preds, events
+
+
+_GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",
+               409: "ALREADY_EXISTS", 410: "FAILED_PRECONDITION", 503: "UNAVAILABLE"}
+
+
+def _count_texts(requests: list[list[str]]) -> int:
+    return sum(len(texts) for texts in requests)
+
+
+# defined above the deployment class: @serve.ingress pickles the FastAPI app, and with it this
+# class by value, when it decorates; a global defined later is missing in the replica
+def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
+    import grpc
+
+    if context is not None:
+        context.set_code(getattr(grpc.StatusCode, _GRPC_CODES.get(exc.status, "UNKNOWN")))
+        context.set_details(exc.detail)
+
+
+@serve.deployment(name="feedback_server", ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(api)
+class FeedbackServer:
+    def __init__(self, publisher: Any, joiner: Any, registry_uri: str, policy_id: str, max_text_chars: int,
+                 max_batch_size: int, batch_wait_timeout_s: float, batching: bool = True):
+        self.publisher, self.joiner, self.policy_id = publisher, joiner, policy_id
+        self.registry = PolicyRegistry(registry_uri)
+        self.max_text_chars, self.batching, self.max_batch_size = max_text_chars, batching, max_batch_size
+        self._forwards, self._texts = 0, 0  # texts per forward: how well batching works
+        self.replica = f"serve-{uuid.uuid4().hex[:8]}"
+        self.served: Served | None = None
+        self._files_key: tuple | None = None
+        self._files: dict[str, bytes] = {}
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._classify_batch.set_max_batch_size(max_batch_size)
+        self._classify_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._task = asyncio.get_event_loop().create_task(self._follow())
+
+    # ---- following the publisher (hot swap) ------------------------------------------
+    async def _follow(self) -> None:
+        version = 0
+        while True:
+            try:
+                reply = await self.publisher.next_version.remote(self.policy_id, version, self.replica)
+                if reply is None:
+                    continue
+                new_version, (ref,), _spec = reply
+                weights = await ref
+                files = await asyncio.to_thread(self._version_files, new_version)
+                bundle = await asyncio.to_thread(from_version, weights, files)  # seconds on CPU: off the loop
+                self.served = Served(bundle, new_version)  # the swap: one reference assignment
+                version = new_version
+                self.publisher.ack.remote(self.policy_id, version, self.replica)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep serving the version we have; retry the subscription
+                log.warning("feedback server: following %s failed (%s); retrying", self.policy_id, exc)
+                await asyncio.sleep(1.0)
+
+    def _version_files(self, version: int) -> dict[str, bytes]:
+        """The version's tokenizer/config/labels; read only when their hashes changed."""
+        meta = self.registry.get(self.policy_id, version)
+        key = tuple(sorted((name, e.sha256) for name, e in meta.files.items() if name != WEIGHTS_FILE))
+        if key != self._files_key:
+            self._files = self.registry.load(self.policy_id, version).files
+            self._files_key = key
+        return self._files
+
+    # ---- shared request logic ----------------------------------------------------------
+    async def _predict(self, texts: list[str]) -> list[dict]:
+        if self.served is None:
+            raise FeedbackRejected(503, f"no live version of {self.policy_id!r} yet; retry shortly")
+        if self.batching and len(texts) < self.max_batch_size:
+            preds, recorded = await self._classify_batch(texts)
+        else:  # batching off, or the request is a full batch already
+            preds, recorded = await self._classify(texts)
+        # the client gets its event ids only once any replica's feedback can find them
+        await asyncio.shield(recorded)
+        return preds
+
+    # one item = one request's texts (all answered by one forward, hence one version);
+    # the batch is counted in texts; the config's size and wait are set in __init__
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_count_texts)
+    async def _classify_batch(self, requests: list[list[str]]) -> list[tuple[list[dict], asyncio.Future]]:
+        preds, recorded = await self._classify([text for texts in requests for text in texts])
+        out, start = [], 0
+        for texts in requests:
+            out.append((preds[start:start + len(texts)], recorded))
+            start += len(texts)
+        return out
+
+    async def _classify(self, texts: list[str]) -> tuple[list[dict], asyncio.Future]:
+        served = self.served  # read once: the whole batch is answered by one version
+        loop = asyncio.get_running_loop()
+        preds, events = await loop.run_in_executor(self._infer_pool, classify, served, texts, self.policy_id,
+                                                   self.replica)
+        self._forwards, self._texts = self._forwards + 1, self._texts + len(texts)
+        # recorded in the background: the next batch need not wait for the joiner's answer
+        return preds, asyncio.ensure_future(self._record(events))
+
+    async def _record(self, events: list[dict]) -> None:
+        try:
+            await asyncio.wait_for(self.joiner.record.remote(events), timeout=10)
+        except Exception as exc:  # the predictions still stand; their feedback will get 404
+            log.warning("feedback server: recording %d events failed (%s)", len(events), exc)
+
+    async def _feedback(self, event_id: str, label: Any, reward: Any) -> dict:
+        reply = await self.joiner.feedback.remote(event_id, label, reward)
+        if reply["status"] != 200:
+            raise FeedbackRejected(reply["status"], reply["detail"])
+        return reply["body"]
+
+    # ---- HTTP ------------------------------------------------------------------------
+    @api.post("/predict", response_model=Prediction | PredictBatchResponse, openapi_extra=_body(PredictRequest),
+              responses=_errors(400, 413, 422, 503))
+    async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
+        try:
+            texts, single = parse_predict(parse_json(await request.body()), self.max_text_chars)
+            preds = await self._predict(texts)
+        except FeedbackRejected as exc:
+            raise HTTPException(exc.status, detail=exc.detail) from None
+        return Prediction(**preds[0]) if single else PredictBatchResponse(predictions=preds)
+
+    @api.post("/feedback", response_model=FeedbackResponse, openapi_extra=_body(FeedbackRequest),
+              responses=_errors(400, 404, 409, 410, 422))
+    async def feedback(self, request: Request) -> FeedbackResponse:
+        try:
+            answer = await self._feedback(*parse_feedback(parse_json(await request.body())))
+        except FeedbackRejected as exc:
+            raise HTTPException(exc.status, detail=exc.detail) from None
+        return FeedbackResponse(**answer)
+
+    @api.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    async def healthz(self):
+        served = self.served
+        body = Health(status="ok" if served else "waiting_for_model", policy_id=self.policy_id,
+                      model_version=served.version if served else None, batching=self.batching,
+                      texts_per_forward=round(self._texts / self._forwards, 2) if self._forwards else None)
+        if served is None:  # readiness: a load balancer keeps traffic away until a version is live
+            return JSONResponse(body.model_dump(), status_code=503)
+        return body
+
+    @api.get("/models")
+    async def models(self) -> dict:
+        return await asyncio.to_thread(describe_policies, self.registry)
+
+    # ---- gRPC (Serve's proxy calls the method named like the rpc) --------------------------
+    async def Predict(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 (the rpc's name)
+        from serving.proto import evolve_pb2
+
+        try:
+            preds = await self._predict(check_texts(list(request.texts), self.max_text_chars))
+        except FeedbackRejected as exc:
+            _grpc_error(grpc_context, exc)
+            return evolve_pb2.PredictResponse()
+        return evolve_pb2.PredictResponse(predictions=[evolve_pb2.Prediction(**p) for p in preds])
+
+    async def Feedback(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        from serving.proto import evolve_pb2
+
+        label = request.label if request.HasField("label") else None
+        reward = request.reward if request.HasField("reward") else None
+        try:
+            answer = await self._feedback(request.event_id, label, reward)
+        except FeedbackRejected as exc:
+            _grpc_error(grpc_context, exc)
+            return evolve_pb2.FeedbackResponse()
+        correct = answer.pop("correct")
+        return evolve_pb2.FeedbackResponse(**answer, **({} if correct is None else {"correct": correct}))
+
+
+# ---- deploying ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeedbackApp:
+    app_name: str
+    route_prefix: str
+    joiner: Any  # FeedbackJoiner handle: prequential(), stats(), flush()
+
+
+def grpc_options(port: int) -> dict[str, Any]:
+    """`serve.start(grpc_options=...)` that serves EvolveFeedback (stubs generated if missing).
+
+    Serve's gRPC proxy binds [::]:port (Ray 2.60 has no host option), unlike HTTP.
+    """
+    from serving.proto.build import ensure_stubs
+
+    ensure_stubs()
+    return {"port": port, "grpc_servicer_functions": [GRPC_SERVICER]}
+
+
+def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, writer: Any | None, *,
+                        batching: bool = True, num_cpus: float = 0.1, max_ongoing_requests: int | None = None,
+                        app_name: str = APP_NAME, route_prefix: str = ROUTE_PREFIX,
+                        joiner_name: str = JOINER_NAME) -> FeedbackApp:
+    """Start the shared joiner (writes to `writer`, a replay client; None = rows dropped) and the app.
+
+    Serve must already run (deploy_gateway's serve.start, with `grpc_options(...)` for gRPC).
+    """
+    joiner = get_or_create_joiner(writer, cfg.feedback_ttl_s, cfg.feedback_table, cfg.text_table,
+                                  cfg.gate.window, name=joiner_name)
+    # a replica must admit a whole batch of requests at once, or Serve's default (5) caps the batch
+    ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
+    app = FeedbackServer.options(
+        num_replicas=cfg.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus},
+    ).bind(publisher, joiner, registry_uri, cfg.policy_id, cfg.max_text_chars, cfg.max_batch_size,
+           cfg.batch_wait_timeout_s, batching)
+    serve.run(app, name=app_name, route_prefix=route_prefix, logging_config={"log_level": "WARNING"})
+    return FeedbackApp(app_name, route_prefix, joiner)
+
+
+def undeploy_feedback_app(app_name: str = APP_NAME, joiner_name: str = JOINER_NAME) -> None:
+    import ray
+
+    try:
+        serve.delete(app_name)
+    except Exception:  # Serve already gone (cluster shutting down): nothing to undo
+        pass
+    try:
+        joiner = ray.get_actor(joiner_name)
+    except Exception:  # never started, or already gone
+        return
+    try:
+        ray.get(joiner.flush.remote(10.0), timeout=15)  # joined rows still queued reach the replay store
+    except Exception:  # the store is gone too (shutting down): nothing more to save
+        pass
+    ray.kill(joiner, no_restart=True)
+
+
+def openapi_spec() -> dict[str, Any]:
+    """The OpenAPI document as served under ROUTE_PREFIX (docs/openapi.json is a copy)."""
+    spec = json.loads(json.dumps(api.openapi()))
+    spec["servers"] = [{"url": ROUTE_PREFIX}]
+    return spec
+
+
+if __name__ == "__main__":  # python -m serving.feedback_app > docs/openapi.json
+    print(json.dumps(openapi_spec(), indent=2, sort_keys=True))

@@ -1,0 +1,357 @@
+"""The feedback join: inference events meet their feedback, once, within a time limit.
+
+A replica records an event for every text it classifies (`event_id` -> text,
+prediction, probabilities, label names, policy version).  A client's feedback
+names the event and gives the true label, or a reward in [0, 1], or both; the
+join checks it against the event and produces one row for the replay
+`feedback` table.  The request texts also go to the `text` table (continual MLM).
+
+`EventJoin` is plain Python (one injectable clock, no Ray) so the rules are
+unit-tested; `FeedbackJoiner` is the Ray actor every replica shares, because
+a feedback request may reach a different replica than its prediction did.
+
+Answers (HTTP status in `FeedbackRejected.status`):
+  404 unknown event id;  410 feedback after `feedback_ttl_s`, or the event was
+  evicted for capacity;  422 label outside the event's label set, reward
+  outside [0, 1];  409 a different feedback for an event that already has one.
+  A repeat of the same feedback gets the same answer and writes nothing.
+
+Memory stays bounded: events leave after `feedback_ttl_s` (or when more than
+`max_events` are held), and leave behind a small tombstone (no text) for
+`tombstone_s` more, so a late client hears 410 "expired" rather than 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import ray
+
+from core.schemas import SchemaError
+
+log = logging.getLogger(__name__)
+
+JOINER_NAME = "evolve-feedback-joiner"
+MAX_EVENT_ID_CHARS = 128
+MAX_VERSIONS_TRACKED = 100  # prequential windows kept (newest versions)
+
+
+class FeedbackRejected(Exception):
+    """A feedback (or request) refused with an HTTP status and the reason."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+    def __reduce__(self):  # crosses process boundaries (Ray) intact
+        return (type(self), (self.status, self.detail))
+
+
+@dataclass
+class Event:
+    event_id: str
+    text: str
+    prediction: int
+    probs: list[float]
+    labels: list[str]
+    policy_id: str
+    policy_version: int
+    actor_id: str  # the replica that served it
+    created: float = 0.0  # set by the join's clock
+    feedback: tuple[int | None, float | None] | None = None  # what was accepted (label, reward)
+    answer: dict[str, Any] | None = None  # the answer given to it (repeated verbatim)
+
+
+@dataclass
+class Tombstone:
+    gone_at: float
+    reason: str | None  # why it is gone, said in the 410; None: its feedback window closed
+    feedback: tuple[int | None, float | None] | None  # kept so a late repeat still gets its answer
+    answer: dict[str, Any] | None
+    labels: list[str]
+    created: float
+
+
+@dataclass
+class JoinStats:
+    events: int = 0
+    joined: int = 0
+    repeats: int = 0
+    rejected: dict[int, int] = field(default_factory=dict)
+    evicted_for_capacity: int = 0
+
+
+class EventJoin:
+    def __init__(self, feedback_ttl_s: float, *, feedback_table: str = "feedback", text_table: str | None = "text",
+                 max_events: int = 200_000, tombstone_s: float | None = None, max_tombstones: int | None = None,
+                 window: int = 300, clock: Callable[[], float] = time.time):
+        if feedback_ttl_s <= 0 or max_events < 1 or window < 1:
+            raise ValueError("feedback_ttl_s, max_events and window must be positive")
+        self.ttl, self.max_events, self.window = feedback_ttl_s, max_events, window
+        self.tombstone_s = feedback_ttl_s if tombstone_s is None else tombstone_s
+        self.max_tombstones = max_events if max_tombstones is None else max_tombstones
+        self.feedback_table, self.text_table, self.clock = feedback_table, text_table, clock
+        self.events: OrderedDict[str, Event] = OrderedDict()  # insertion (= time) order: evict from the front
+        self.tombs: OrderedDict[str, Tombstone] = OrderedDict()
+        self.scores: dict[int, deque[float]] = {}  # policy_version -> last `window` scores
+        self.stats = JoinStats()
+
+    # ---- events ------------------------------------------------------------------
+    def record(self, events: Iterable[Event | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Remember served events; returns their rows for the text table (empty when it is off)."""
+        now = self.clock()
+        self._evict(now)
+        rows = []
+        for ev in events:
+            ev = ev if isinstance(ev, Event) else Event(**ev)
+            if ev.event_id in self.events or ev.event_id in self.tombs:
+                continue  # a retried record call (Ray retries are at-least-once)
+            ev.created = now
+            self.events[ev.event_id] = ev
+            self.stats.events += 1
+            if self.text_table is not None:
+                rows.append(self._common(f"text-{ev.event_id}", self.text_table, ev, now) | {"text": ev.text})
+        while len(self.events) > self.max_events:  # a burst beyond capacity: the oldest go first
+            event_id, ev = self.events.popitem(last=False)
+            self.stats.evicted_for_capacity += 1
+            self._bury(event_id, ev, now, f"evicted before its feedback arrived: the server holds at most "
+                                          f"{self.max_events} events")
+        return rows
+
+    def join(self, event_id: str, label: int | str | None = None,
+             reward: float | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(answer, feedback row or None for a repeat); raises FeedbackRejected with the status."""
+        try:
+            return self._join(event_id, label, reward)
+        except FeedbackRejected as exc:
+            self.stats.rejected[exc.status] = self.stats.rejected.get(exc.status, 0) + 1
+            raise
+
+    def _join(self, event_id: str, label: int | str | None, reward: float | None):
+        now = self.clock()
+        self._evict(now)
+        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
+            raise FeedbackRejected(422, f"event_id must be a string of 1..{MAX_EVENT_ID_CHARS} characters")
+        ev = self.events.get(event_id)
+        tomb = self.tombs.get(event_id) if ev is None else None
+        if ev is None and tomb is None:
+            raise FeedbackRejected(404, f"unknown event_id {event_id!r}: not served by this model server, or "
+                                        f"forgotten (events are kept {self.ttl:g}s + {self.tombstone_s:g}s)")
+        accepted = ev.feedback if ev else tomb.feedback
+        if tomb is not None and accepted is None:
+            raise FeedbackRejected(410, f"event {event_id!r}: {tomb.reason or self._late(now - tomb.created)}")
+        if label is None and reward is None:
+            raise FeedbackRejected(422, "feedback needs a label or a reward")
+        key = (self._label_index(label, ev.labels if ev else tomb.labels), _check_reward(reward))
+        if accepted is not None:
+            if accepted == key:
+                self.stats.repeats += 1
+                # idempotent, even after the event expired: the same answer, nothing written
+                return dict(ev.answer if ev else tomb.answer), None
+            raise FeedbackRejected(409, f"event {event_id!r} already has feedback {_describe(accepted)}; "
+                                        "one feedback per prediction")
+        if now - ev.created > self.ttl:  # not swept yet (a clock that stepped back)
+            raise FeedbackRejected(410, f"event {event_id!r}: {self._late(now - ev.created)}")
+        label_idx, reward = key
+        correct = None if label_idx is None else label_idx == ev.prediction
+        ev.feedback = key
+        ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
+        text, ev.text = ev.text, ""  # the row has it; the event only answers repeats from now on
+        # prequential score of the version that predicted: the label's verdict, else the reward itself
+        self._score(ev.policy_version, float(correct) if correct is not None else float(reward))
+        self.stats.joined += 1
+        row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
+            "event_id": event_id, "text": text, "prediction": ev.prediction, "probs": list(ev.probs),
+            "label": label_idx, "reward": reward,
+        }
+        return dict(ev.answer), row
+
+    # ---- prequential accuracy ----------------------------------------------------
+    def prequential(self) -> dict[int, tuple[float, int]]:
+        """{policy_version: (correct, n)} over each version's last `window` feedbacks.
+
+        `correct` sums 1/0 for labeled feedback and the reward itself for reward-only
+        feedback (reward 1 = the prediction was right), so correct / n is an accuracy.
+        """
+        return {v: (float(sum(s)), len(s)) for v, s in sorted(self.scores.items())}
+
+    def _score(self, version: int, value: float) -> None:
+        if version not in self.scores:
+            self.scores[version] = deque(maxlen=self.window)
+            for old in sorted(self.scores)[:-MAX_VERSIONS_TRACKED]:
+                del self.scores[old]
+        self.scores[version].append(value)
+
+    # ---- memory ------------------------------------------------------------------
+    def _evict(self, now: float) -> None:
+        while self.events:
+            event_id, ev = next(iter(self.events.items()))
+            if now - ev.created <= self.ttl:
+                break
+            self.events.popitem(last=False)
+            # dated from the expiry, not from now: a late sweep keeps no tombstone longer
+            self._bury(event_id, ev, ev.created + self.ttl, None)
+        while self.tombs and now - next(iter(self.tombs.values())).gone_at > self.tombstone_s:
+            self.tombs.popitem(last=False)
+
+    def _bury(self, event_id: str, ev: Event, gone_at: float, reason: str | None) -> None:
+        self.tombs[event_id] = Tombstone(gone_at, reason, ev.feedback, ev.answer, ev.labels, ev.created)
+        if len(self.tombs) > self.max_tombstones:
+            self.tombs.popitem(last=False)
+
+    # ---- helpers -----------------------------------------------------------------
+    def _late(self, age: float) -> str:
+        return f"feedback arrived {age:.1f}s after the prediction; feedback_ttl_s is {self.ttl:g}"
+
+    @staticmethod
+    def _label_index(label: int | str | None, labels: Sequence[str]) -> int | None:
+        if label is None:
+            return None
+        if isinstance(label, str):
+            if label in labels:
+                return labels.index(label)
+        elif isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
+            return label
+        raise FeedbackRejected(422, f"label {label!r} is not in the label set {list(labels)} "
+                                    f"(a name, or an index 0..{len(labels) - 1})")
+
+    @staticmethod
+    def _common(row_id: str, table: str, ev: Event, now: float) -> dict[str, Any]:
+        return {"id": row_id, "table": table, "source": "feedback", "actor_id": ev.actor_id,
+                "policy_id": ev.policy_id, "policy_version": ev.policy_version,
+                "created_at": datetime.fromtimestamp(now, timezone.utc)}
+
+
+def _check_reward(reward: Any) -> float | None:
+    if reward is None:
+        return None
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward) \
+            or not 0.0 <= reward <= 1.0:
+        raise FeedbackRejected(422, f"reward must be a number in [0, 1], got {reward!r}")
+    return float(reward)
+
+
+def _describe(fb: tuple[int | None, float | None]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (("label", fb[0]), ("reward", fb[1])) if v is not None)
+
+
+def to_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Row dicts -> the column dict `to_record_batch` / `writer.add` take."""
+    return {name: [r[name] for r in rows] for name in rows[0]} if rows else {}
+
+
+# ---- the shared joiner (plain asyncio class; its Ray shell below) -----------------------
+class Joiner:
+    """One EventJoin shared by every replica; writes joined rows through the replay writer.
+
+    Rows are group-committed: a background task writes what accumulated while the
+    previous write was in flight (one `add_and_wait` per table), retrying a failed
+    write (row ids are deterministic, so the replay store drops duplicates).  A
+    restarted joiner has forgotten its events: their feedback gets 404.
+    """
+
+    def __init__(self, writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
+                 text_table: str | None = "text", window: int = 300, max_events: int = 200_000,
+                 commit_interval_s: float = 0.05):
+        self.join = EventJoin(feedback_ttl_s, feedback_table=feedback_table, text_table=text_table,
+                              window=window, max_events=max_events)
+        self.writer, self.commit_interval_s = writer, commit_interval_s
+        self.pending: dict[str, list[dict[str, Any]]] = {}
+        self.written: dict[str, int] = {}
+        self.write_errors, self.dropped = 0, 0
+        self._writing = False
+        self._task: asyncio.Task | None = None
+        self._dirty: asyncio.Event | None = None
+
+    async def record(self, events: list[dict[str, Any]]) -> int:
+        self._queue(self.join.text_table, self.join.record(events))
+        return len(events)
+
+    async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None) -> dict:
+        """{"status": 200, "body": answer} or {"status": 4xx, "detail": reason} (never raises for a client error)."""
+        try:
+            answer, row = self.join.join(event_id, label, reward)
+        except FeedbackRejected as exc:
+            return {"status": exc.status, "detail": exc.detail}
+        if row is not None:
+            self._queue(self.join.feedback_table, [row])
+        return {"status": 200, "body": answer}
+
+    def prequential(self) -> dict[int, tuple[float, int]]:
+        return self.join.prequential()
+
+    def stats(self) -> dict[str, Any]:
+        s = self.join.stats
+        return {"events": s.events, "joined": s.joined, "repeats": s.repeats, "rejected": dict(s.rejected),
+                "evicted_for_capacity": s.evicted_for_capacity, "held_events": len(self.join.events),
+                "tombstones": len(self.join.tombs), "rows_written": dict(self.written),
+                "rows_pending": sum(map(len, self.pending.values())), "write_errors": self.write_errors,
+                "rows_dropped": self.dropped}
+
+    async def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every queued row is written (True) or `timeout_s` passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        while (self.pending or self._writing) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return not (self.pending or self._writing)
+
+    # ---- group commit ------------------------------------------------------------
+    def _queue(self, table: str | None, rows: list[dict[str, Any]]) -> None:
+        if table is None or not rows:
+            return
+        if self.writer is None:  # serving without a replay store (benchmarks): count and drop
+            self.dropped += len(rows)
+            return
+        self.pending.setdefault(table, []).extend(rows)
+        if self._task is None or self._task.done():  # here: an async actor's __init__ runs outside its loop
+            self._dirty = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._commit_loop())
+        self._dirty.set()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await asyncio.sleep(self.commit_interval_s)  # let a group accumulate
+            batch, self.pending = self.pending, {}
+            self._writing = True
+            try:
+                for table, rows in batch.items():
+                    await self._write(table, rows)
+            finally:
+                self._writing = False
+
+    async def _write(self, table: str, rows: list[dict[str, Any]]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                write = getattr(self.writer, "add_and_wait", None) or self.writer.add
+                await asyncio.to_thread(write, table, to_columns(rows))  # blocks on the shard's ack
+                self.written[table] = self.written.get(table, 0) + len(rows)
+                return
+            except SchemaError as exc:  # a bug, not weather: retrying cannot help
+                log.error("feedback joiner: %d rows for %r refused: %s", len(rows), table, exc)
+                self.dropped += len(rows)
+                return
+            except Exception as exc:  # shard restarting, ...: same ids again, duplicates are dropped
+                self.write_errors += 1
+                log.warning("feedback joiner: writing %d rows to %r failed (%s); retrying", len(rows), table, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+# every replica calls the same one; restarted when it dies (its events are then forgotten)
+FeedbackJoiner = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Joiner)
+
+
+def get_or_create_joiner(writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
+                         text_table: str | None = "text", window: int = 300, name: str = JOINER_NAME) -> Any:
+    return FeedbackJoiner.options(name=name, get_if_exists=True).remote(
+        writer, feedback_ttl_s, feedback_table, text_table, window)

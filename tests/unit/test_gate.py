@@ -1,0 +1,280 @@
+"""The publish gate without Ray: a tiny real classifier, a registry in tmp_path, a fake publisher."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig
+
+from core.feedback_config import GateSection
+from core.labeled_data import sentiment_reviews
+from core.registry import PolicyRegistry
+from core.text_classifier import ClassifierBundle, from_encoder, from_version
+from core.tokenizer import tokenizer_files, train_wordpiece
+from serving.gate import GateError, PublishGate, rollback_registry
+
+P = "sentiment"
+CFG = GateSection(test="mcnemar", tolerance=0.01, alpha=0.05, window=20, rollback_margin=0.1)
+
+
+def _train(bundle: ClassifierBundle, rows, steps: int, seed: int, flip: bool = False) -> None:
+    texts, labels = [t for t, _ in rows], torch.tensor([1 - y if flip else y for _, y in rows])
+    opt = torch.optim.AdamW(bundle.model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    bundle.model.train()
+    for _ in range(steps):
+        i = torch.randint(0, len(texts), (32,), generator=gen)
+        ids, mask = bundle.encode([texts[j] for j in i])
+        loss = torch.nn.functional.cross_entropy(bundle.model(ids, mask), labels[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _numpy(bundle: ClassifierBundle) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in bundle.weights().items()}
+
+
+@pytest.fixture(scope="module")
+def world():
+    """300 training reviews, 200 held-out ones, a live model (~0.65) and candidates derived from it."""
+    torch.set_num_threads(1)
+    rows = sentiment_reviews()
+    pick = np.random.default_rng(0).permutation(len(rows))[:500]
+    train, heldout = [rows[i] for i in pick[:300]], [rows[i] for i in pick[300:]]
+    tok = train_wordpiece([t for t, _ in train], vocab_size=400, min_frequency=2)
+    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=64)
+    enc_files = {**tokenizer_files(tok), "config.json": json.dumps(config.to_dict(), default=str).encode()}
+    live = from_encoder(None, enc_files, ["neg", "pos"], max_len=32, seed=0)
+    _train(live, train, steps=40, seed=0)
+    files = live.files()
+    base = _numpy(live)
+    better = from_version(base, files)
+    _train(better, train, steps=20, seed=1)
+    poisoned = {k: v.copy() for k, v in base.items()}
+    poisoned["head.weight"], poisoned["head.bias"] = base["head.weight"][::-1].copy(), base["head.bias"][::-1].copy()
+    return {"heldout": heldout, "files": files, "base": base, "better": _numpy(better), "poisoned": poisoned}
+
+
+class FakePublisher:
+    """What PolicyPublisher does to the registry (store + promote), minus Ray."""
+
+    def __init__(self, registry: PolicyRegistry):
+        self.registry, self.published, self.restored = registry, [], []
+        self.block: threading.Event | None = None
+
+    def publish(self, policy_id, weights, metadata, spec, files):
+        if self.block is not None:
+            self.block.wait(10)
+        version = self.registry.publish(policy_id, weights, metadata, files=files)
+        self.registry.promote(policy_id, version)
+        self.published.append((version, spec))
+        return version
+
+    def restore(self, policy_id, weights, version, spec):
+        self.restored.append((version, weights))
+
+
+@pytest.fixture
+def setup(tmp_path, world):
+    registry = PolicyRegistry(tmp_path / "registry")
+    publisher = FakePublisher(registry)
+    events: list[tuple[str, dict]] = []
+    gate = PublishGate(registry, world["heldout"], CFG, publisher=publisher,
+                       emit=lambda kind, **fields: events.append((kind, fields)))
+    return gate, registry, publisher, events
+
+
+def _start(gate, world) -> dict:
+    return gate.bootstrap(P, weights=world["base"], files=world["files"], metadata={"info": {"source": "test"}})
+
+
+def test_bootstrap_makes_version_1_live_and_records_initial_accuracy(setup, world):
+    gate, registry, publisher, events = setup
+    d = _start(gate, world)
+    assert d["decision"] == "initial" and d["version"] == 1 and publisher.published == [(1, {"kind": "text_classifier"})]
+    assert registry.latest(P, "live").version == 1
+    meta = registry.get(P, 1)
+    assert meta.gate["decision"] == "initial" and meta.metrics["heldout_accuracy"] == d["heldout_accuracy"]
+    s = gate.summary()
+    assert s["initial_heldout_accuracy"] == s["heldout_accuracy"] == d["heldout_accuracy"] > 0.55
+    assert [k for k, _ in events] == ["gate_decision"]
+
+
+def test_first_submit_without_bootstrap_goes_live(setup, world):
+    gate, registry, _, _ = setup
+    d = gate.submit(P, world["base"], world["files"], {})
+    assert d["decision"] == "initial" and registry.latest(P, "live").version == 1
+
+
+def test_same_and_better_candidates_are_promoted(setup, world):
+    gate, registry, publisher, events = setup
+    _start(gate, world)
+    same = gate.submit(P, world["base"], world["files"], {"data_range": {"events": 100}})
+    assert same["decision"] == "promote" and same["version"] == 2 and same["gate"]["diff"] == 0.0
+    better = gate.submit(P, world["better"], world["files"], {"data_range": {"events": 200}, "metrics": {"loss": 0.5}})
+    assert better["decision"] == "promote", better["reason"]
+    assert registry.latest(P, "live").version == 3
+    meta = registry.get(P, 3)
+    assert meta.parent_version == 2 and meta.gate["decision"] == "promote" and meta.gate["compared_with"] == 2
+    assert meta.metrics["loss"] == 0.5 and meta.metrics["parent_heldout_accuracy"] == same["heldout_accuracy"]
+    s = gate.summary(P)
+    assert s["promoted"] == 3 and s["refusals"] == 0 and s["live_version"] == 3
+    assert [c["version"] for c in s["curve"]] == [1, 2, 3] and s["curve"][-1]["events"] == 200
+    assert [p["decision"] for p in s["promotions"]] == ["initial", "promote", "promote"]
+
+
+def test_poisoned_candidate_is_refused_stored_but_never_live(setup, world):
+    gate, registry, publisher, events = setup
+    start = _start(gate, world)
+    d = gate.submit(P, world["poisoned"], world["files"], {})
+    assert d["decision"] == "refuse" and "worse than live" in d["reason"]
+    assert d["heldout_accuracy"] < start["heldout_accuracy"] - 0.1
+    assert d["version"] == 2 and registry.latest(P, "live").version == 1
+    assert 2 not in registry.stages(P)["live"]["history"] and [v for v, _ in publisher.published] == [1]
+    lineage = registry.lineage(P, 2)
+    assert [m.version for m in lineage] == [2, 1] and lineage[0].gate["decision"] == "refuse"
+    s = gate.summary()
+    assert s["refusals"] == 1 and s["live_version"] == 1 and s["heldout_accuracy"] == start["heldout_accuracy"]
+    kinds = [(k, f["decision"]) for k, f in events]
+    assert kinds == [("gate_decision", "initial"), ("gate_decision", "refuse")]
+    assert events[-1][1]["p_value"] < 0.05 and events[-1][1]["test"].startswith("mcnemar")
+
+
+def test_bootstrap_test_refuses_the_poisoned_candidate_too(tmp_path, world):
+    registry = PolicyRegistry(tmp_path / "r")
+    gate = PublishGate(registry, world["heldout"], GateSection(test="bootstrap", bootstrap_samples=200),
+                       publisher=FakePublisher(registry))
+    _start(gate, world)
+    assert gate.submit(P, world["poisoned"], world["files"], {})["decision"] == "refuse"
+    assert gate.submit(P, world["base"], world["files"], {})["decision"] == "promote"
+
+
+def test_rollback_restores_the_previous_version(setup, world):
+    gate, registry, publisher, events = setup
+    _start(gate, world)
+    gate.submit(P, world["better"], world["files"], {})
+    r = gate.rollback(P)
+    assert (r["from"], r["to"], r["trigger"]) == (2, 1, "manual") and registry.latest(P, "live").version == 1
+    version, weights = publisher.restored[-1]
+    assert version == 1 and np.array_equal(weights["head.weight"], world["base"]["head.weight"])
+    assert "rolled_back" in registry.get(P, 2).info
+    assert gate.summary()["rollbacks"][0]["to"] == 1 and events[-1][0] == "rollback"
+    with pytest.raises(GateError, match="no earlier"):  # v2 was rolled back from: never "back" to it
+        gate.rollback(P)
+
+
+def test_prequential_drop_triggers_rollback(setup, world):
+    gate, registry, publisher, events = setup
+    _start(gate, world)
+    gate.submit(P, world["base"], world["files"], {})  # v2 live
+    ok = gate.check_prequential(P, 2, [True] * 10)
+    assert not ok["rollback"] and "only 10 of 20" in ok["reason"]
+    assert not gate.check_prequential(P, 1, [False] * 50)["rollback"]  # v1 is not live: ignored
+    d = gate.check_prequential(P, 2, [False] * 10)  # window 0.5 < measured - 0.1
+    assert d["rollback"] and d["rolled_back_to"] == 1 and registry.latest(P, "live").version == 1
+    assert publisher.restored[-1][0] == 1 and gate.summary()["rollbacks"][0]["trigger"] == "prequential"
+    assert [k for k, _ in events][-1] == "rollback"
+    # v1 now needs a full window of its own before anything happens; with no earlier version it cannot roll back
+    low = gate.check_prequential(P, 1, [False] * 20)
+    assert not low["rollback"] and "no earlier version" in low["reason"]
+    assert [k for k, _ in events][-1] == "rollback_impossible"
+
+
+def test_newest_candidate_wins_when_several_queue_up(setup, world):
+    gate, registry, publisher, events = setup
+    _start(gate, world)
+    publisher.block = threading.Event()
+    results: dict[str, dict] = {}
+
+    def submit(name):
+        results[name] = gate.submit(P, world["base"], world["files"], {"info": {"name": name}})
+
+    threads = {}
+    for name, ticket in (("a", 1), ("b", 2), ("c", 3)):
+        threads[name] = threading.Thread(target=submit, args=(name,))
+        threads[name].start()
+        deadline = time.monotonic() + 10
+        while gate._states[P].ticket < ticket and time.monotonic() < deadline:
+            time.sleep(0.005)
+    publisher.block.set()
+    for t in threads.values():
+        t.join(20)
+    assert results["a"]["decision"] == "promote" and results["c"]["decision"] == "promote"
+    assert results["b"]["decision"] == "dropped" and "superseded" in results["b"]["reason"]
+    assert registry.versions(P) == [1, 2, 3] and gate.summary()["dropped"] == 1
+    assert any(k == "gate_dropped" for k, _ in events)
+
+
+def test_resumed_gate_re_announces_the_live_version(setup, tmp_path, world):
+    gate, registry, _, _ = setup
+    start = _start(gate, world)
+    gate.submit(P, world["better"], world["files"], {})
+    publisher = FakePublisher(registry)
+    again = PublishGate(registry, world["heldout"], CFG, publisher=publisher)
+    d = again.bootstrap(P)
+    assert d["decision"] == "resumed" and d["version"] == 2 and publisher.restored[0][0] == 2
+    assert again.summary()["initial_heldout_accuracy"] == start["heldout_accuracy"]
+
+
+def test_nothing_to_start_from(setup):
+    gate, *_ = setup
+    with pytest.raises(GateError, match="no live version"):
+        gate.bootstrap(P)
+
+
+def test_cli_rollback_on_a_registry_uri(tmp_path, world):
+    uri = str(tmp_path / "registry")
+    registry = PolicyRegistry(uri)
+    for _ in range(3):
+        registry.promote(P, registry.publish(P, world["base"], {}, files=world["files"]))
+    assert rollback_registry(uri, P) == {"policy_id": P, "from": 3, "to": 2, "reason": "manual"}
+    assert rollback_registry(uri, P)["to"] == 1  # not back to 3: it was rolled back from
+    r = rollback_registry(uri, P, to=3, reason="operator")  # explicitly live again: the mark goes
+    assert r["to"] == 3 and "rolled_back" not in registry.get(P, 3).info
+    with pytest.raises(GateError, match="already live"):
+        rollback_registry(uri, P, to=3)
+
+
+def test_candidate_that_cannot_be_rebuilt_is_an_error_event(setup, world):
+    from core.text_classifier import ClassifierError
+
+    gate, registry, _, events = setup
+    _start(gate, world)
+    files = {k: v for k, v in world["files"].items() if k != "labels.json"}
+    with pytest.raises(ClassifierError, match="labels.json"):
+        gate.submit(P, world["base"], files, {})
+    assert events[-1][0] == "gate_error" and registry.versions(P) == [1]
+
+
+def test_online_learner_metadata_fits_the_registry(setup, world):
+    gate, registry, _, _ = setup
+    _start(gate, world)
+    meta = {"parent_version": 1, "updates": 50,
+            "metrics": {"train_loss": 0.6, "baseline": None, "bad": float("nan"), "skipped_nonfinite": 0},
+            "data_range": {"table": "feedback", "total": {"rows": 900, "fresh_rows": 640}},
+            "info": {"objective": "online"}}
+    d = gate.submit(P, world["base"], world["files"], meta)
+    assert d["decision"] == "promote" and d["events"] == 640 and d["parent"] == d["lineage_parent"] == 1
+    stored = registry.get(P, 2)
+    assert stored.info["updates"] == 50 and stored.info["objective"] == "online"
+    assert stored.metrics["train_loss"] == 0.6 and "bad" not in stored.metrics
+    assert set(stored.info["metrics_not_numbers"]) == {"baseline", "bad"}
+    assert gate.summary()["curve"][-1]["events"] == 640
+
+
+def test_prequential_on_the_joiners_window_counts(setup, world):
+    gate, registry, publisher, _ = setup
+    _start(gate, world)
+    gate.submit(P, world["base"], world["files"], {})
+    assert not gate.check_window(P, 2, correct=5, n=10)["rollback"]  # not a full window yet
+    assert not gate.check_window(P, 2, correct=18, n=20)["rollback"]
+    d = gate.check_window(P, 2, correct=6.5, n=20)  # reward-only feedback makes it fractional
+    assert d["rollback"] and d["rolled_back_to"] == 1 and d["windowed_accuracy"] == pytest.approx(0.325)
+    assert registry.latest(P, "live").version == 1 and publisher.restored[-1][0] == 1

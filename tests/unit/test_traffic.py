@@ -1,0 +1,207 @@
+"""Traffic workers against an in-process fake of the predict / feedback endpoints (httpx.MockTransport):
+feedback policy, label noise and poison, retries, batching, pacing, and the held-out split never sent."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from actors.traffic import TrafficWorker
+from core.feedback_config import TrafficSection
+from core.labeled_data import LabeledData
+
+LABELS = ["neg", "pos"]
+
+
+class FakeServe:
+    """Answers "pos" to everything (so a served answer is right exactly when the truth is 1)."""
+
+    def __init__(self, fail_predicts: int = 0, fail_feedbacks: int = 0, drop_feedbacks: int = 0,
+                 gone: set[str] | None = None, crash_predicts: int = 0, garbage_predicts: int = 0,
+                 html_predicts: int = 0):
+        self.lock = threading.Lock()
+        self.fail_predicts, self.fail_feedbacks, self.drop_feedbacks = fail_predicts, fail_feedbacks, drop_feedbacks
+        self.crash_predicts, self.garbage_predicts, self.html_predicts = crash_predicts, garbage_predicts, html_predicts
+        self.gone = gone or set()  # texts whose feedback is answered 410 (expired)
+        self.events: dict[str, dict] = {}
+        self.feedback: list[dict] = []
+        self.bodies: list[dict] = []
+        self.transport = httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        now = time.monotonic()
+        with self.lock:
+            if request.url.path == "/v1/predict":
+                self.bodies.append(body)
+                if self.crash_predicts:
+                    self.crash_predicts -= 1
+                    raise RuntimeError("handler bug")
+                if self.html_predicts:
+                    self.html_predicts -= 1
+                    return httpx.Response(200, content=b"<html>proxy error</html>")
+                if self.fail_predicts:
+                    self.fail_predicts -= 1
+                    return httpx.Response(503, json={"detail": "replicas swapping"})
+                if self.garbage_predicts:
+                    self.garbage_predicts -= 1
+                    return httpx.Response(200, json={"detail": "not what a client expects"})
+                texts = body["texts"] if "texts" in body else [body["text"]]
+                out = []
+                for text in texts:
+                    eid = uuid.uuid4().hex
+                    self.events[eid] = {"text": text, "at": now}
+                    out.append({"event_id": eid, "label": "pos", "probabilities": [0.3, 0.7], "model_version": 3})
+                return httpx.Response(200, json={"predictions": out} if "texts" in body else out[0])
+            if request.url.path == "/v1/feedback":
+                if self.drop_feedbacks:
+                    self.drop_feedbacks -= 1
+                    raise httpx.ConnectError("connection refused", request=request)
+                if self.fail_feedbacks:
+                    self.fail_feedbacks -= 1
+                    return httpx.Response(503, headers={"retry-after": "0"})
+                event = self.events.get(body["event_id"])
+                if event is None:
+                    return httpx.Response(404)
+                if event["text"] in self.gone:
+                    return httpx.Response(410, json={"detail": "feedback window closed"})
+                self.feedback.append({**body, "text": event["text"], "delay": now - event["at"]})
+                return httpx.Response(200, json={"ok": True})
+        return httpx.Response(404)
+
+
+def _rows(n: int) -> list[tuple[str, int]]:
+    return [(f"review {i}", i % 2) for i in range(n)]
+
+
+def _worker(server: FakeServe, rows, **traffic) -> TrafficWorker:
+    cfg = TrafficSection(**{"concurrency": 4, "feedback_delay_s": (0.0, 0.0), **traffic})
+    return TrafficWorker("http://evolve.test", rows, LABELS, cfg, repeat=False, seed=1, backoff_s=0.001,
+                         transport=server.transport)
+
+
+def test_feedback_policy_labels_or_rewards():
+    server, rows = FakeServe(), _rows(200)
+    w = _worker(server, rows, p_label=0.3)
+    w.run(timeout_s=60)
+    s = w.stats()
+    truth = dict(rows)
+    assert s["predicts"] == 200 and s["feedbacks"] == 200 and not s["running"] and s["feedback_pending"] == 0
+    labeled = [f for f in server.feedback if "label" in f]
+    rewarded = [f for f in server.feedback if "reward" in f]
+    assert 35 <= len(labeled) <= 85 and len(labeled) + len(rewarded) == 200  # p_label 0.3 of 200 (sd 6.5)
+    assert s["feedback_labels"] == len(labeled) and s["feedback_rewards"] == len(rewarded)
+    assert all(f["label"] == LABELS[truth[f["text"]]] for f in labeled)  # label names, no noise
+    assert all(f["reward"] == (1.0 if truth[f["text"]] == 1 else 0.0) for f in rewarded)
+    assert all(set(f) == {"event_id", "label", "text", "delay"} or set(f) == {"event_id", "reward", "text", "delay"}
+               for f in server.feedback)
+    assert s["accuracy"] == 0.5 and s["by_version"] == {"3": {"served": 200, "accuracy": 0.5}}
+    assert s["model_version"] == 3 and s["errors"] == {"predict": {}, "feedback": {}}
+
+
+def test_label_noise_flips_the_given_share_and_poison_flips_all():
+    server, rows = FakeServe(), _rows(400)
+    _worker(server, rows, label_noise=0.3).run(timeout_s=60)
+    truth = dict(rows)
+    flipped = sum(f["label"] != LABELS[truth[f["text"]]] for f in server.feedback)
+    assert len(server.feedback) == 400 and 85 <= flipped <= 155  # 30% of 400 (sd 9)
+
+    server = FakeServe()
+    w = _worker(server, rows[:100], p_label=0.5, label_noise=0.0)
+    w.set_poison(True)
+    w.run(timeout_s=60)
+    for f in server.feedback:
+        wrong = LABELS[1 - truth[f["text"]]]
+        if "label" in f:
+            assert f["label"] == wrong
+        else:  # a poisoned user calls "pos" right exactly when the truth is neg
+            assert f["reward"] == (1.0 if wrong == "pos" else 0.0)
+    assert w.stats()["accuracy"] == 0.5  # prequential accuracy is scored against the truth
+
+
+def test_label_ids_when_configured():
+    server = FakeServe()
+    cfg = TrafficSection(concurrency=1, feedback_delay_s=(0.0, 0.0))
+    TrafficWorker("http://evolve.test", _rows(6), LABELS, cfg, repeat=False, label_format="id",
+                  transport=server.transport).run(timeout_s=30)
+    assert sorted(f["label"] for f in server.feedback) == [0, 0, 0, 1, 1, 1]
+
+
+def test_transient_failures_are_retried_and_counted():
+    server = FakeServe(fail_predicts=3, fail_feedbacks=2, drop_feedbacks=1, gone={"review 5"})
+    w = _worker(server, _rows(20))
+    w.run(timeout_s=60)
+    s = w.stats()
+    assert s["predicts"] == 20 and s["predict_failed"] == 0
+    assert s["errors"]["predict"] == {"503": 3}
+    assert s["errors"]["feedback"] == {"503": 2, "connection": 1, "410": 1}  # 410 is final: not retried
+    assert s["retries"] == 6 and s["feedbacks"] == 19 and s["feedback_failed"] == 1
+
+
+def test_a_broken_server_never_stops_the_worker():
+    server = FakeServe(crash_predicts=2, html_predicts=1, fail_predicts=100)
+    w = TrafficWorker("http://evolve.test", _rows(8), LABELS, TrafficSection(concurrency=2, feedback_delay_s=(0, 0)),
+                      repeat=False, max_retries=2, backoff_s=0.001, transport=server.transport)
+    w.run(timeout_s=60)
+    s = w.stats()
+    assert not s["running"] and s["predicts"] == 0 and s["predict_failed"] > 0
+    assert s["errors"]["predict"]["exception"] == 2 and s["errors"]["predict"]["bad_json"] == 1
+    assert s["errors"]["predict"]["503"] == 5 * 3  # 5 rows left, 3 attempts each
+    assert "handler bug" in s["last_error"]
+    server.fail_predicts = 0  # the service comes back: traffic flows again
+    w2 = TrafficWorker("http://evolve.test", _rows(8), LABELS, TrafficSection(concurrency=2, feedback_delay_s=(0, 0)),
+                       repeat=False, transport=server.transport)
+    w2.run(timeout_s=30)
+    assert w2.stats()["feedbacks"] == 8
+
+
+def test_batched_requests_and_unreadable_answers():
+    server = FakeServe(garbage_predicts=1)
+    w = _worker(server, _rows(10), batch_size=4, concurrency=1)
+    w.run(timeout_s=30)
+    s = w.stats()
+    assert [len(b.get("texts", [])) for b in server.bodies] == [4, 4, 2]
+    assert s["errors"]["predict"] == {"bad_response": 1} and s["predicts"] == 6 and s["feedbacks"] == 6
+
+
+def test_requests_per_s_paces_and_feedback_waits_its_delay():
+    server = FakeServe()
+    w = _worker(server, _rows(10), requests_per_s=25.0, feedback_delay_s=(0.15, 0.25))
+    started = time.monotonic()
+    w.run(timeout_s=30)
+    elapsed = time.monotonic() - started
+    assert elapsed >= 9 / 25 + 0.15 - 0.02  # 10 requests at 25/s, then the last feedback's delay
+    assert len(server.feedback) == 10 and min(f["delay"] for f in server.feedback) >= 0.15 - 1e-3
+
+
+def test_held_out_texts_are_never_sent_and_shards_split_the_stream():
+    train = [(f"train {i}", i % 2) for i in range(60)]
+    heldout = [(f"held {i}", i % 2) for i in range(20)]
+    data = LabeledData(train=train, heldout=heldout, labels=LABELS)
+    server = FakeServe()
+    cfg = TrafficSection(concurrency=3, feedback_delay_s=(0.0, 0.0))
+    for shard in ((0, 2), (1, 2)):
+        TrafficWorker.from_data("http://evolve.test", data, cfg, shard=shard, repeat=False,
+                                transport=server.transport).run(timeout_s=30)
+    sent = [b["text"] for b in server.bodies]
+    assert sorted(sent) == sorted(t for t, _ in train)  # each traffic row once across the two shards
+    assert not set(sent) & {t for t, _ in heldout}
+
+
+def test_a_live_stream_runs_until_stopped():
+    server = FakeServe()
+    cfg = TrafficSection(concurrency=2, feedback_delay_s=(0.0, 0.01))
+    w = TrafficWorker("http://evolve.test", _rows(5), LABELS, cfg, transport=server.transport)  # repeat: forever
+    w.start()
+    deadline = time.monotonic() + 30
+    while w.stats()["predicts"] < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    w.stop()
+    s = w.stats()
+    assert s["predicts"] >= 50 and not s["running"] and s["recent_accuracy"] == pytest.approx(0.4, abs=0.1)
+    w.close()
