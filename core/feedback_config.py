@@ -54,6 +54,9 @@ class GateSection(Section):
     alpha: float = Field(default=0.05, gt=0, lt=1)  # significance of "worse"
     min_gain: float = Field(default=0.0, ge=0)  # promote only when at least this much better
     bootstrap_samples: int = Field(default=1000, ge=100)
+    # Also refuse a candidate the test finds worse (beyond tolerance) than the best version ever
+    # live: stops a chain of small accepted losses from sliding the loop downhill.
+    drift_guard: bool = True
     # Prequential guard: roll back when live accuracy on incoming feedback (last `window` events)
     # falls below what the gate measured by more than `rollback_margin`.
     window: int = Field(default=300, ge=20)

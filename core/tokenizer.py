@@ -13,6 +13,7 @@ seq_len - 1 tokens, each block starting with [CLS] (RoBERTa's FULL-SENTENCES).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -48,6 +49,7 @@ def train_wordpiece(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok = _stable_ids(tok)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -60,6 +62,24 @@ def train_wordpiece(
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
+
+
+def _stable_ids(tok):
+    """The same texts -> the same token ids in every process.
+
+    The trainer adds the "##" continuation alphabet in hash-map order, so those ids (and with
+    them a seeded model's embeddings) changed from process to process.  WordPiece matches the
+    longest piece whatever its id, so renumbering is free: special tokens first, the rest sorted.
+    """
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    special = [t for t in SPECIAL_TOKENS if t in vocab]
+    spec["model"]["vocab"] = {t: i for i, t in enumerate(special + sorted(set(vocab) - set(special)))}
+    for added in spec.get("added_tokens", []):
+        added["id"] = spec["model"]["vocab"][added["content"]]
+    return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:

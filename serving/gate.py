@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -134,6 +134,7 @@ class _PolicyState:
     ticket: int = 0  # newest submitted candidate
     events: int | None = None  # newest `data_range.events` a learner reported
     no_target_reported: set[int] = field(default_factory=set)
+    ever_live: list[int] = field(default_factory=list)  # versions that went live and were not rolled back from
 
 
 class PublishGate:
@@ -316,6 +317,8 @@ class PublishGate:
         cfg = self.config
         result = compare(correct, st.correct[live], test=cfg.test, tolerance=cfg.tolerance, alpha=cfg.alpha,
                          min_gain=cfg.min_gain, bootstrap_samples=cfg.bootstrap_samples, seed=self.seed)
+        if result.decision == "promote" and cfg.drift_guard:
+            result = self._against_best(st, live, correct, result)
         eval_s = time.perf_counter() - t0
         gate = {**result.to_dict(), "compared_with": live, "decided_at": time.time(), "eval_s": eval_s}
         meta = _with_gate(metadata, live, result.candidate_accuracy, live_acc, gate)
@@ -328,6 +331,26 @@ class PublishGate:
             st.correct[version] = correct
         return self._record(policy_id, st, version, live, result.decision, result.reason,
                             result.candidate_accuracy, live_acc, lineage_parent=meta["parent_version"], gate=gate)
+
+    def _against_best(self, st: _PolicyState, live: int, correct: np.ndarray, result):
+        """Drift guard: each step may lose up to `tolerance` to live, so a chain of them can slide far
+        below the best version the loop had.  Test the candidate against that version too (the
+        paired test only: the point-estimate rule against a stale best would freeze the loop)."""
+        with self._mu:
+            known = [v for v in st.ever_live if v != live and v in st.correct]
+            best = max(known, key=lambda v: float(st.correct[v].mean()), default=None)
+            best_correct = st.correct[best] if best is not None else None
+        if best is None or best_correct.mean() <= st.correct[live].mean():
+            return result
+        cfg = self.config
+        vs = compare(correct, best_correct, test=cfg.test, tolerance=cfg.tolerance, alpha=cfg.alpha,
+                     bootstrap_samples=cfg.bootstrap_samples, seed=self.seed)
+        if vs.p_value is None or vs.p_value >= cfg.alpha:
+            return result
+        reason = (f"drifted: worse than v{best} (the best version live so far, {vs.live_accuracy:.3f}) by more than "
+                  f"{cfg.tolerance:.3f}: diff {vs.diff:+.4f} ({vs.wins} wins, {vs.losses} losses of {vs.n}), "
+                  f"p={vs.p_value:.3g} < alpha={cfg.alpha}")
+        return replace(result, decision="refuse", reason=reason)
 
     def _first_version(self, policy_id: str, st: _PolicyState, weights: dict, files: dict, metadata: dict,
                        correct: np.ndarray) -> dict[str, Any]:
@@ -361,6 +384,8 @@ class PublishGate:
 
     def _rollback(self, policy_id: str, st: _PolicyState, to: int | None, reason: str, trigger: str) -> dict:
         done = rollback_registry(self.registry, policy_id, to=to, reason=reason)
+        with self._mu:  # a version rolled back from is nobody's benchmark
+            st.ever_live = [v for v in st.ever_live if v != done["from"]]
         loaded = self.registry.load(policy_id, done["to"], as_numpy=True)
         self.publisher.restore(policy_id, loaded.weights, done["to"], self.spec)
         acc = self._accuracy(policy_id, st, done["to"], loaded)
@@ -394,6 +419,8 @@ class PublishGate:
         with self._mu:
             st.live_version = version
             st.flags.clear()
+            if version is not None and version not in st.ever_live:
+                st.ever_live.append(version)
 
     def _curve(self, st: _PolicyState, version: int, acc: float, cause: str) -> None:
         st.curve.append({"version": version, "heldout_accuracy": acc, "events": st.events, "cause": cause,

@@ -278,3 +278,28 @@ def test_prequential_on_the_joiners_window_counts(setup, world):
     d = gate.check_window(P, 2, correct=6.5, n=20)  # reward-only feedback makes it fractional
     assert d["rollback"] and d["rolled_back_to"] == 1 and d["windowed_accuracy"] == pytest.approx(0.325)
     assert registry.latest(P, "live").version == 1 and publisher.restored[-1][0] == 1
+
+
+@pytest.mark.parametrize("drift_guard", [True, False])
+def test_drift_guard_stops_a_slide_of_small_accepted_losses(tmp_path, monkeypatch, drift_guard):
+    """Each step loses 0.8 points (within tolerance 1.0) to live; two steps lose 1.6 to the best."""
+    import serving.gate as gate_module
+
+    n = 1000
+
+    def version(right: int) -> dict:  # a "model" that carries its held-out correctness
+        return {"correct": (np.arange(n) < right).astype(np.float32)}
+
+    monkeypatch.setattr(gate_module, "from_version", lambda weights, files: weights)
+    monkeypatch.setattr(gate_module, "heldout_correct", lambda model, texts, labels, batch: model["correct"] > 0.5)
+    registry = PolicyRegistry(tmp_path / "registry")
+    cfg = CFG.model_copy(update={"drift_guard": drift_guard})
+    gate = PublishGate(registry, [("text", 0)] * n, cfg, publisher=FakePublisher(registry))
+    assert gate.submit(P, version(800), {}, {})["decision"] == "initial"
+    assert gate.submit(P, version(792), {}, {})["decision"] == "promote"
+    third = gate.submit(P, version(784), {}, {})  # -0.008 vs live v2, -0.016 vs the best, v1
+    if drift_guard:
+        assert third["decision"] == "refuse" and third["reason"].startswith("drifted: worse than v1"), third["reason"]
+        assert registry.latest(P, "live").version == 2
+    else:
+        assert third["decision"] == "promote" and registry.latest(P, "live").version == 3

@@ -108,14 +108,20 @@ def test_equal_or_better_is_never_refused(test):
         assert compare(cand, live, test=test, tolerance=0.0).decision == "promote"
 
 
-def test_worse_beyond_tolerance_refused_only_with_evidence():
-    # -3 points on 100 rows: not significant -> promoted (the gate needs evidence to refuse) ...
+def test_observed_loss_beyond_tolerance_is_refused_even_without_evidence():
+    # -3 points on 100 rows: the test cannot call it worse (p >= alpha) ...
     cand, live = _pairs(100, 0.8, 2, 5)
-    assert compare(cand, live, tolerance=0.01).decision == "promote"
-    # ... the same -3 points on 10000 rows with the same discordance is refused
+    r = compare(cand, live, tolerance=0.01)
+    assert r.p_value >= 0.05
+    # ... but a promoted version must never be observed worse than its parent beyond the tolerance
+    assert r.decision == "refuse" and r.reason.startswith("observed worse")
+    # the same -3 points on 10000 rows with the same discordance: the test itself refuses
     cand, live = _pairs(10_000, 0.8, 200, 500)
     r = compare(cand, live, tolerance=0.01)
-    assert r.decision == "refuse" and r.test == "mcnemar-chi2cc"
+    assert r.decision == "refuse" and r.test == "mcnemar-chi2cc" and r.reason.startswith("worse than live")
+    # exactly at the tolerance: still promoted
+    cand, live = _pairs(1000, 0.8, 20, 30)  # -0.01
+    assert compare(cand, live, tolerance=0.01).decision == "promote"
 
 
 def test_min_gain():
