@@ -43,6 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(pretrain)
     pretrain.set_defaults(func=_cmd_pretrain)
 
+    rollback = sub.add_parser(
+        "rollback",
+        help="make an older version of a policy live again",
+        description="Make VERSION (default: the one before the live one) of POLICY live again. With --address the "
+        "running loop's publish gate switches every Serve replica and actor now; with --run-dir/--registry only the "
+        "registry pointer moves (for a run that is not live).",
+    )
+    rollback.add_argument("policy", metavar="POLICY", help="policy id, e.g. sentiment")
+    rollback.add_argument("--to", type=int, metavar="VERSION", help="version to make live (default: the previous one)")
+    where = rollback.add_mutually_exclusive_group()
+    where.add_argument("--address", help="a live run's cluster: 'auto' or ray://host:10001")
+    where.add_argument("--run-dir", help="a run directory (its registry/)")
+    where.add_argument("--registry", help="a registry directory or fsspec URL")
+    rollback.add_argument("--namespace", default="evolve", help="Ray namespace of the live run (default: evolve)")
+    rollback.set_defaults(func=_cmd_rollback)
+
     status = sub.add_parser("status", help="show a running cluster", description="Show nodes, resources and Serve apps.")
     status.add_argument("--address", default="auto", help="cluster to inspect (default: auto, the local one)")
     status.set_defaults(func=_cmd_status)
@@ -123,6 +139,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
     return execute(load_config(args.config, overrides))
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from cluster.rollback_cli import rollback
+
+    rollback(args.policy, to=args.to, registry=args.registry, run_dir=args.run_dir, address=args.address,
+             namespace=args.namespace)
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

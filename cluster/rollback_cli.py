@@ -1,0 +1,76 @@
+"""`evolve rollback POLICY [--to VERSION]`: make an older version of a policy live again.
+
+Two ways, for two situations:
+- a run is live (`--address auto` or `ray://...`): ask that run's publish gate (the named actor
+  `evolve-gate-<policy>`), which moves the registry pointer *and* pushes the version to every
+  Serve replica and rollout actor at once;
+- no run is live (`--registry URI` or `--run-dir DIR`): move the pointer in the registry; the next
+  run, or a publisher that re-reads the registry, serves that version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cluster.errors import UserError
+from core.registry import PolicyNotFound
+
+
+def gate_actor_name(policy_id: str) -> str:
+    """The name `cluster/feedback_loop.py` gives its `GateActor` (one per policy)."""
+    return f"evolve-gate-{policy_id}"
+
+
+def rollback(policy_id: str, to: int | None = None, registry: str | None = None, run_dir: str | None = None,
+             address: str | None = None, namespace: str = "evolve") -> dict:
+    if address is not None:
+        result = _rollback_live(policy_id, to, address, namespace)
+    else:
+        result = _rollback_offline(policy_id, to, _registry_uri(registry, run_dir))
+    print(f"{policy_id}: v{result['from']} -> v{result['to']} is live ({result.get('reason', 'manual')})")
+    return result
+
+
+def _registry_uri(registry: str | None, run_dir: str | None) -> str:
+    if registry:
+        return registry
+    if run_dir:
+        path = Path(run_dir) / "registry"
+        if not path.is_dir():
+            raise UserError(f"{run_dir}: no registry/ directory here (is it a run directory?)")
+        return str(path)
+    raise UserError("say where the policy lives: --address auto (a live run), --run-dir DIR or --registry URI")
+
+
+def _rollback_offline(policy_id: str, to: int | None, uri: str) -> dict:
+    from serving.gate import GateError, rollback_registry
+
+    try:
+        return rollback_registry(uri, policy_id, to, reason="manual (evolve rollback)")
+    except (PolicyNotFound, GateError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _rollback_live(policy_id: str, to: int | None, address: str, namespace: str) -> dict:
+    import ray
+
+    from cluster.connect import ClusterConnectError, probe
+
+    try:
+        probe(address)
+        ray.init(address=address, namespace=namespace, logging_level="WARNING")
+    except (ConnectionError, ClusterConnectError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot reach Ray at {address}: {exc}") from None
+    try:
+        try:
+            gate = ray.get_actor(gate_actor_name(policy_id), namespace=namespace)
+        except ValueError:
+            raise UserError(f"no live run serves policy {policy_id!r} on {address} "
+                            f"(no actor {gate_actor_name(policy_id)!r}); use --run-dir or --registry") from None
+        try:
+            return ray.get(gate.rollback.remote(policy_id, to, "manual (evolve rollback)"), timeout=120)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            raise UserError(f"rollback refused: {cause}") from None
+    finally:
+        ray.shutdown()
