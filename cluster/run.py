@@ -154,9 +154,17 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:
         return
     from serving.gateway import deploy_gateway
 
-    endpoints = deploy_gateway(cfg.serving, ctx.registry.uri)
+    grpc = None
+    if "feedback" in cfg.loops:  # the feedback app also answers predict/feedback over gRPC
+        from serving.feedback_app import grpc_options
+
+        grpc = grpc_options(cfg.serving.grpc_port)
+    endpoints = deploy_gateway(cfg.serving, ctx.registry.uri, grpc)
     ctx.endpoints["http"] = endpoints.http
-    say(f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models")
+    if endpoints.grpc:
+        ctx.endpoints["grpc"] = endpoints.grpc
+    say(f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"
+        + (f"  gRPC {endpoints.grpc} (EvolveFeedback)" if endpoints.grpc else ""))
 
 
 def _undeploy() -> None:
@@ -166,15 +174,21 @@ def _undeploy() -> None:
 
 
 def _loop_names(cfg: EvolveConfig) -> list[str]:
-    _register_builtin_loops()
+    _register_builtin_loops(cfg.loops)
     return [name for name in cfg.loops if name in LOOP_FACTORIES]
 
 
-def _register_builtin_loops() -> None:
-    # imported here: a loop pulls in torch, gymnasium and Ray Train, which `evolve status` never needs
-    from cluster.rl_loop import RLLoop
+def _register_builtin_loops(names: list[str]) -> None:
+    # imported here, and only the loops the run names: a loop pulls in torch, gymnasium,
+    # transformers and Ray Train, which `evolve status` never needs
+    if "rl" in names and "rl" not in LOOP_FACTORIES:
+        from cluster.rl_loop import RLLoop
 
-    LOOP_FACTORIES.setdefault("rl", RLLoop)
+        LOOP_FACTORIES["rl"] = RLLoop
+    if "feedback" in names and "feedback" not in LOOP_FACTORIES:
+        from cluster.feedback_loop import FeedbackLoop
+
+        LOOP_FACTORIES["feedback"] = FeedbackLoop
 
 
 def _auth_hint(handle: ClusterHandle) -> str:

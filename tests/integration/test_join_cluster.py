@@ -51,7 +51,7 @@ def test_status_reports_the_head(head):
 def test_run_joins_and_stops_cleanly_on_ctrl_c(head, tmp_path):
     proc = CliProcess(
         "run", "configs/default.yaml", "--address", head, "--run-dir", str(tmp_path / "run"),
-        "--set", f"serving.http_port={free_port()}", "--set", "run.progress_interval_s=1",
+        "--set", f"serving.http_port={free_port()}", "--set", "run.progress_interval_s=1", "--set", "loops=[]",
     )
     try:
         assert f"cluster at" in proc.wait_for_line("evolve: Ray", timeout_s=120)
