@@ -27,7 +27,7 @@ from cluster.errors import UserError
 from core.config import EvolveConfig
 from core.labeled_data import LabeledData, load_labeled
 from core.registry import PolicyRegistry
-from core.text_classifier import ClassifierBundle, from_encoder
+from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder
 from core.text_corpus import CorpusError
 from learners.feedback_source import FeedbackSource
 from learners.online import OnlineObjective, OnlineSetup, split_batch
@@ -96,7 +96,10 @@ class FeedbackLoop:
         pid = self.fb.policy_id
         if self.ctx.registry.latest(pid, "live") is not None:
             return ray.get(self.gate.bootstrap.remote(pid))
-        bundle = self._starting_classifier(data)
+        try:
+            bundle = self._starting_classifier(data)
+        except ClassifierError as exc:
+            raise UserError(f"feedback: cannot build the starting classifier: {exc}") from None
         weights = {k: v.numpy() for k, v in bundle.weights().items()}
         meta = {"info": {"origin": self.origin}}
         return ray.get(self.gate.bootstrap.remote(pid, weights=weights, files=bundle.files(), metadata=meta))

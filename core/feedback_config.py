@@ -75,7 +75,7 @@ class FeedbackConfig(Section):
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(num_layers=3, hidden_size=192, num_heads=4,
                                                                    intermediate_size=768))
     vocab_size: int = Field(default=6000, ge=100)  # of the tokenizer trained when there is no encoder
-    max_len: int = Field(default=64, ge=8, le=512)
+    max_len: int = Field(default=128, ge=8, le=512)  # a quarter of the reviews run past 94 characters
     max_text_chars: int = Field(default=2000, ge=1)  # longer request texts are refused (413)
     feedback_ttl_s: float = Field(default=600.0, gt=0)  # feedback after this -> 410
     feedback_table: str = "feedback"
