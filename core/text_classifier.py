@@ -87,9 +87,7 @@ def from_encoder(encoder_weights: Mapping[str, Any] | None, files: Mapping[str, 
                  max_len: int = 64, seed: int = 0) -> ClassifierBundle:
     """A new classifier on a published encoder (weights None: random init of the same architecture)."""
     config = _config(files)
-    if max_len > config.max_position_embeddings:
-        raise ClassifierError(f"max_len {max_len} is longer than the encoder's {config.max_position_embeddings} "
-                              "positions: lower feedback.max_len")
+    max_len = min(max_len, config.max_position_embeddings)  # the encoder cannot see further
     torch.manual_seed(seed)
     model = TextClassifier(config, len(labels))
     if encoder_weights is not None:
