@@ -377,6 +377,9 @@ def _ddp_worker(rank: int, world: int, port: int, files: dict[str, bytes], texts
                     "calls": len(gate.calls) if gate else 0}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    # Skip interpreter teardown: freeing DDP's reducer after the group is gone can deadlock
+    # (ProcessGroupGloo's destructor joins a thread that waits for the GIL); seen in CI.
+    os._exit(0)
 
 
 def test_ddp_ranks_agree_on_idle_and_refused_steps(encoder_files, reviews, tmp_path):
@@ -385,7 +388,13 @@ def test_ddp_ranks_agree_on_idle_and_refused_steps(encoder_files, reviews, tmp_p
     from tests.conftest import free_port
 
     texts = [t for t, _ in reviews[:8]] + [t for t, _ in reviews[-8:]]
-    mp.spawn(_ddp_worker, args=(2, free_port(), encoder_files, texts, str(tmp_path)), nprocs=2, join=True)
+    procs = mp.spawn(_ddp_worker, args=(2, free_port(), encoder_files, texts, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 240  # a deadline, never a hung suite
+    while not procs.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail("the two DDP workers did not finish within 240 s")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert r0["log"] == r1["log"] == [0, 1, 0, 1]
     assert r0["skipped"] == r1["skipped"] == 1 and r0["updates"] == r1["updates"] == 2
