@@ -26,7 +26,7 @@ from actors.traffic import TrafficActor
 from cluster.errors import UserError
 from core.config import EvolveConfig
 from core.labeled_data import LabeledData, load_labeled
-from core.registry import PolicyRegistry
+from core.registry import PolicyNotFound, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder
 from core.text_corpus import CorpusError
 from learners.feedback_source import FeedbackSource
@@ -106,16 +106,20 @@ class FeedbackLoop:
 
     def _starting_classifier(self, data: LabeledData) -> ClassifierBundle:
         fb = self.fb
-        if fb.encoder_registry:
+        if fb.encoder_registry and _exists(fb.encoder_registry):  # PolicyRegistry would create it
             reg = PolicyRegistry(fb.encoder_registry)
             meta = reg.latest(fb.encoder_policy) if fb.encoder_version is None else None
             if meta is not None or fb.encoder_version is not None:
                 version = fb.encoder_version if fb.encoder_version is not None else meta.version
-                loaded = reg.load(fb.encoder_policy, version, as_numpy=True)
+                try:
+                    loaded = reg.load(fb.encoder_policy, version, as_numpy=True)
+                except PolicyNotFound as exc:
+                    raise UserError(f"feedback.encoder_version: {exc}") from None
                 self.origin = {"encoder_registry": fb.encoder_registry, "encoder_policy": fb.encoder_policy,
                                "encoder_version": version,
                                "encoder_masked_accuracy": loaded.meta.metrics.get("masked_accuracy")}
                 return from_encoder(loaded.weights, loaded.files, data.labels, fb.max_len, seed=self.cfg.run.seed)
+        if fb.encoder_registry:
             self.ctx.run_dir.event(self.name, "no_encoder", registry=fb.encoder_registry, policy=fb.encoder_policy)
             print(f"evolve: warning: no encoder {fb.encoder_policy!r} in {fb.encoder_registry} "
                   "(run `evolve pretrain configs/mlm.yaml` first); starting from a random init", flush=True)
@@ -237,6 +241,8 @@ class FeedbackLoop:
         stops = [a.stop.remote() for a in self.traffic]
         if stops:
             ray.wait(stops, num_returns=len(stops), timeout=15)
+        for i, ref in enumerate(stops):  # a stopped actor answers with its final figures
+            self.traffic_stats[i] = _get(ref, self.traffic_stats.get(i, {}))
         if self.board is not None:
             self.board.request_stop.remote()
         if self.thread is not None:
@@ -289,6 +295,13 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
             v = v.item()
         out[f"gate_{k}" if k in ("time", "loop", "event") else k] = v
     return out
+
+
+def _exists(uri: str) -> bool:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri)
+    return fs.exists(root)
 
 
 def _get(ref, default):
