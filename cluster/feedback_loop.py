@@ -15,7 +15,6 @@ live version to the gate (which rolls back on a drop), and builds
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ import ray
 
 from actors.traffic import TrafficActor
 from cluster.errors import UserError
+from cluster.loop_support import LearnerRun, get_or as _get, mean_or_none as _mean, round_or_none as _round
 from core.config import EvolveConfig
 from core.labeled_data import LabeledData, load_labeled
 from core.registry import PolicyNotFound, PolicyRegistry
@@ -31,9 +31,9 @@ from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder
 from core.text_corpus import CorpusError
 from learners.feedback_source import FeedbackSource
 from learners.online import OnlineObjective, OnlineSetup, split_batch
-from learners.train_loop import LoopSpec, ProgressBoard, fit
+from learners.train_loop import LoopSpec, ProgressBoard
 from serving.feedback_app import deploy_feedback_app, undeploy_feedback_app
-from serving.gate import GateActor
+from serving.gate_actor import GateActor
 from serving.publisher import get_or_create_publisher
 
 SPEC = {"kind": "text_classifier"}
@@ -49,8 +49,7 @@ class FeedbackLoop:
         self.learner: dict[str, Any] = {}
         self.gate_summary: dict[str, Any] = {}
         self.joiner_stats: dict[str, Any] = {}
-        self.gate = self.publisher = self.app = self.board = self.thread = None
-        self.outcome: dict[str, Any] = {}
+        self.gate = self.publisher = self.app = self.board = self.learner_run = None
         self.origin: dict[str, Any] = {}
         self.resumed_from: int | None = None
         self.reached_at: float | None = None
@@ -159,22 +158,12 @@ class FeedbackLoop:
             seed=self.cfg.run.seed,
             board=self.board,
         )
-        trainer = fit(spec, num_workers=learner.num_workers, use_gpu=learner.use_gpu,
-                      cpus_per_worker=learner.cpus_per_worker, resources_per_worker=learner.resources_per_worker,
-                      storage_path=str((self.ctx.run_dir.path / "train").resolve()), name=self.name)
-        self.thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True, name=f"evolve-{self.name}-fit")
-        self.thread.start()
-
-    def _fit(self, trainer) -> None:
-        try:
-            self.outcome["result"] = trainer.fit()
-        except BaseException as exc:  # reported by poll()
-            self.outcome["error"] = exc
+        self.learner_run = LearnerRun(self.name, spec, learner, self.ctx.run_dir)
 
     # ---- poll --------------------------------------------------------------------------
     def poll(self) -> dict[str, Any]:
-        if "error" in self.outcome:
-            raise RuntimeError(f"{self.name} learner failed: {' '.join(str(self.outcome['error']).split())[:300]}")
+        if self.learner_run is not None:
+            self.learner_run.check()
         self._poll_traffic()
         self._poll_learner()
         self._poll_gate()
@@ -245,8 +234,8 @@ class FeedbackLoop:
             self.traffic_stats[i] = _get(ref, self.traffic_stats.get(i, {}))
         if self.board is not None:
             self.board.request_stop.remote()
-        if self.thread is not None:
-            self.thread.join(timeout=120)  # the learner checkpoints before it returns
+        if self.learner_run is not None:
+            self.learner_run.join()  # the learner checkpoints before it returns
         if self.board is not None:
             self._poll_learner()
         if self.gate is not None:
@@ -304,24 +293,8 @@ def _exists(uri: str) -> bool:
     return fs.exists(root)
 
 
-def _get(ref, default):
-    try:
-        return ray.get(ref, timeout=5.0)
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
-        return default
-
-
 def _quiet(fn) -> None:
     try:
         fn()
     except Exception:  # teardown goes on
         pass
-
-
-def _mean(values: list[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
-def _round(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None or value != value else round(float(value), digits)

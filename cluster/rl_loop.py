@@ -14,7 +14,6 @@ says `done` once the greedy evaluation reaches the solve return.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -24,12 +23,13 @@ import ray
 from actors.evaluator import EvaluatorActor
 from actors.rollout import RolloutActor
 from cluster.errors import UserError
+from cluster.loop_support import LearnerRun, get_or as _get, mean_or_none as _mean, round_or_none as _round
 from core.config import EvolveConfig
 from core.rl.models import PolicySpec, obs_width, spec_for_env
 from learners.dqn import DQNObjective
 from learners.q_learning import QSetup, QTableObjective
 from learners.replay_source import ReplayTransitionSource
-from learners.train_loop import LoopSpec, ProgressBoard, fit
+from learners.train_loop import LoopSpec, ProgressBoard
 from serving.policy_server import deploy_policy_server, undeploy_policy_server
 from serving.publisher import PolicySubscription, get_or_create_publisher
 
@@ -46,8 +46,7 @@ class RLLoop:
         self.steps_at: list[tuple[float, int]] = [(self.started, 0)]  # (time, env steps): to date the solve
         self.solved_at: dict[str, Any] | None = None
         self.publish_stats: dict[str, Any] = {}
-        self.evaluator = self.publisher = self.board = self.thread = None
-        self.outcome: dict[str, Any] = {}
+        self.evaluator = self.publisher = self.board = self.learner_run = None
         self.resumed_from: int | None = None
 
     # ---- start -------------------------------------------------------------------------
@@ -125,28 +124,12 @@ class RLLoop:
             seed=rl.seed,
             board=self.board,
         )
-        trainer = fit(
-            spec,
-            num_workers=learner.num_workers,
-            use_gpu=learner.use_gpu,
-            cpus_per_worker=learner.cpus_per_worker,
-            resources_per_worker=learner.resources_per_worker,
-            storage_path=str((self.ctx.run_dir.path / "train").resolve()),
-            name=self.name,
-        )
-        self.thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True, name=f"evolve-{self.name}-fit")
-        self.thread.start()
-
-    def _fit(self, trainer) -> None:
-        try:
-            self.outcome["result"] = trainer.fit()
-        except BaseException as exc:  # reported by poll()
-            self.outcome["error"] = exc
+        self.learner_run = LearnerRun(self.name, spec, learner, self.ctx.run_dir)
 
     # ---- poll --------------------------------------------------------------------------
     def poll(self) -> dict[str, Any]:
-        if "error" in self.outcome:
-            raise RuntimeError(f"{self.name} learner failed: {' '.join(str(self.outcome['error']).split())[:300]}")
+        if self.learner_run is not None:
+            self.learner_run.check()
         self._poll_actors()
         self._poll_learner()
         self._poll_evaluator()
@@ -219,15 +202,15 @@ class RLLoop:
 
     def done(self) -> bool:
         return (self.solved_at is not None and self.rl.stop_when_solved) or (
-            self.thread is not None and not self.thread.is_alive() and "result" in self.outcome
+            self.learner_run is not None and self.learner_run.finished()
         )
 
     # ---- stop and summary ----------------------------------------------------------------
     def stop(self) -> None:
         if self.board is not None:
             self.board.request_stop.remote()
-        if self.thread is not None:
-            self.thread.join(timeout=120)  # the learner checkpoints before it returns
+        if self.learner_run is not None:
+            self.learner_run.join()  # the learner checkpoints before it returns
         if self.board is not None:
             self._poll_learner()
         stops = [a.stop.remote() for a in self.actors]
@@ -276,14 +259,6 @@ def _threshold(env_id: str) -> float:
     return float(threshold)
 
 
-def _get(ref, default):
-    """A reply within 5 s, else the previous figures (an actor may be restarting)."""
-    try:
-        return ray.get(ref, timeout=5.0)
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
-        return default
-
-
 def _rate(points: list[tuple[float, int]], window_s: float = 15.0) -> float:
     now, steps = points[-1]
     older = [p for p in points if now - p[0] >= window_s] or points[:1]
@@ -296,12 +271,3 @@ def _steps_at(points: list[tuple[float, int]], when: float) -> int:
     times = np.array([p[0] for p in points])
     steps = np.array([p[1] for p in points], dtype=float)
     return int(np.interp(when, times, steps))
-
-
-def _mean(values: list[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
-def _round(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None or value != value else round(float(value), digits)

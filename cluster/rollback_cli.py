@@ -43,7 +43,7 @@ def _registry_uri(registry: str | None, run_dir: str | None) -> str:
 
 
 def _rollback_offline(policy_id: str, to: int | None, uri: str) -> dict:
-    from serving.gate import GateError, rollback_registry
+    from serving.rollback import GateError, rollback_registry
 
     try:
         return rollback_registry(uri, policy_id, to, reason="manual (evolve rollback)")

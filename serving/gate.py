@@ -4,8 +4,8 @@
                                                      |        --refuse---> registry.publish (stored, never live)
     feedback join --check_window(correct, n)-------->+ ------rollback----> registry.rollback + publisher.restore
 
-`PublishGate` is a plain class (tests run it without Ray); `GateActor` is its
-thin Ray shell.  The statistics live in `core.gate_stats` (read its docstring
+`PublishGate` is a plain class (tests run it without Ray); `GateActor`
+(`serving/gate_actor.py`) is its thin Ray shell.  The statistics live in `core.gate_stats` (read its docstring
 for the decision rule).  Every decision is stored in the registry (metadata
 `gate`, `metrics.heldout_accuracy`), so the lineage shows refusals too, and is
 reported through `emit(kind, **fields)`.
@@ -35,19 +35,15 @@ import ray
 
 from core.feedback_config import GateSection
 from core.gate_stats import compare, prequential_check, prequential_check_counts
-from core.registry import LoadedPolicy, PolicyNotFound, PolicyRegistry, RegistryError
+from core.registry import LoadedPolicy, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_version
+from serving.rollback import GateError, rollback_registry, rollback_target
 
 log = logging.getLogger(__name__)
 
 EmitFn = Callable[..., None]  # emit(kind, **fields)
 DEFAULT_SPEC = {"kind": "text_classifier"}
-ROLLED_BACK = "rolled_back"  # key in a version's metadata.info once it was rolled back from
 GATE_ACTOR_NAME = "evolve-gate"
-
-
-class GateError(RuntimeError):
-    """The gate cannot do what was asked (nothing to start from, nothing to roll back to)."""
 
 
 class Publisher(Protocol):
@@ -81,43 +77,6 @@ def as_publisher(obj: Any) -> Publisher:
 def heldout_correct(bundle: ClassifierBundle, texts: Sequence[str], labels: np.ndarray, batch: int = 128) -> np.ndarray:
     """[N] bool: did the model's argmax match the label."""
     return bundle.predict_proba(list(texts), batch=batch).argmax(-1) == labels
-
-
-# ---- rollback without Ray (the gate and `evolve rollback` share it) -------------------------
-def rollback_target(registry: PolicyRegistry, policy_id: str, stage: str = "live") -> int | None:
-    """The most recent earlier live version that was not itself rolled back from; None if none."""
-    entry = registry.stages(policy_id).get(stage) or {}
-    current = entry.get("version")
-    for v in reversed(entry.get("history", [])):
-        if v != current and ROLLED_BACK not in registry.get(policy_id, v).info:
-            return v
-    return None
-
-
-def rollback_registry(registry: PolicyRegistry | str, policy_id: str, to: int | None = None,
-                      reason: str = "manual", stage: str = "live") -> dict[str, Any]:
-    """Move the live pointer back (to `to`, or `rollback_target`) and mark the version it leaves.
-
-    Works on a registry URI alone (no Ray): this is what `evolve rollback` runs.  A running
-    publisher does not see the pointer move by itself; see `GateActor.rollback`.
-    """
-    reg = PolicyRegistry(registry) if isinstance(registry, str) else registry
-    current = (reg.stages(policy_id).get(stage) or {}).get("version")
-    if current is None:
-        raise PolicyNotFound(f"policy {policy_id!r} has no {stage!r} version to roll back from")
-    if to is None:
-        to = rollback_target(reg, policy_id, stage)
-        if to is None:
-            raise GateError(f"policy {policy_id!r}: no earlier {stage} version to roll back to (v{current} is the first)")
-    elif to == current:
-        raise GateError(f"policy {policy_id!r}: v{to} is already {stage}")
-    target = reg.get(policy_id, to)  # raises PolicyNotFound for a version that does not exist
-    reg.rollback(policy_id, to=to, stage=stage)  # the pointer first: a crash after it leaves only a missing mark
-    left = reg.get(policy_id, current)
-    reg.update_metadata(policy_id, current, info={**left.info, ROLLED_BACK: {"at": time.time(), "to": to, "reason": reason}})
-    if ROLLED_BACK in target.info:  # explicitly made live again: no longer "bad"
-        reg.update_metadata(policy_id, to, info={k: v for k, v in target.info.items() if k != ROLLED_BACK})
-    return {"policy_id": policy_id, "from": current, "to": to, "reason": reason}
 
 
 # ---- the gate ----------------------------------------------------------------------------------
@@ -481,54 +440,3 @@ def _events_seen(metadata: Mapping[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
-
-
-# ---- Ray shell -----------------------------------------------------------------------------------
-@ray.remote(num_cpus=0.5, max_restarts=-1, max_concurrency=4)
-class GateActor:
-    """`PublishGate` in an actor.  Threaded (max_concurrency 4): `summary`, `drain_events` and
-    `check_prequential` are answered while a candidate is scored; candidates themselves run one at
-    a time (newest wins).  No task retries: `submit` is not idempotent.  After a restart the
-    registry still says what is live; the decision list starts over (events.jsonl keeps all)."""
-
-    def __init__(self, registry_uri: str, heldout: list[tuple[str, int]], gate: dict | GateSection, publisher: Any,
-                 spec: dict | None = None, emit: EmitFn | None = None, torch_threads: int | None = None,
-                 max_events: int = 10_000):
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
-        self._events: deque[dict] = deque(maxlen=max_events)
-        self._lock = threading.Lock()
-        cfg = gate if isinstance(gate, GateSection) else GateSection.model_validate(gate)
-        self.gate = PublishGate(registry_uri, heldout, cfg, publisher=publisher, emit=emit or self._buffer, spec=spec)
-
-    def _buffer(self, kind: str, **fields: Any) -> None:
-        with self._lock:
-            self._events.append({"event": kind, "time": time.time(), **fields})
-
-    def drain_events(self) -> list[dict]:
-        """Buffered events (when no `emit` was given), oldest first; the driver writes them to events.jsonl."""
-        with self._lock:
-            out = list(self._events)
-            self._events.clear()
-        return out
-
-    def bootstrap(self, policy_id: str, weights: dict | None = None, files: dict | None = None,
-                  metadata: dict | None = None) -> dict:
-        return self.gate.bootstrap(policy_id, weights=weights, files=files, metadata=metadata)
-
-    def submit(self, policy_id: str, weights: dict, files: dict, metadata: dict | None = None) -> dict:
-        return self.gate.submit(policy_id, weights, files, metadata)
-
-    def rollback(self, policy_id: str, to: int | None = None, reason: str = "manual") -> dict:
-        return self.gate.rollback(policy_id, to, reason)
-
-    def check_prequential(self, policy_id: str, version: int, correct_flags: list[bool]) -> dict:
-        return self.gate.check_prequential(policy_id, version, correct_flags)
-
-    def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict:
-        return self.gate.check_window(policy_id, version, correct, n)
-
-    def summary(self, policy_id: str | None = None) -> dict:
-        return self.gate.summary(policy_id)

@@ -16,7 +16,8 @@ from core.labeled_data import sentiment_reviews
 from core.registry import PolicyRegistry
 from core.text_classifier import ClassifierBundle, from_encoder, from_version
 from core.tokenizer import tokenizer_files, train_wordpiece
-from serving.gate import GateError, PublishGate, rollback_registry
+from serving.gate import PublishGate
+from serving.rollback import GateError, rollback_registry
 
 P = "sentiment"
 CFG = GateSection(test="mcnemar", tolerance=0.01, alpha=0.05, window=20, rollback_margin=0.1)

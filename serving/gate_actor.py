@@ -1,0 +1,63 @@
+"""`GateActor`: the publish gate (`serving/gate.py`) in a Ray actor, named per policy by the loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import ray
+
+from core.feedback_config import GateSection
+from serving.gate import EmitFn, PublishGate
+
+
+@ray.remote(num_cpus=0.5, max_restarts=-1, max_concurrency=4)
+class GateActor:
+    """`PublishGate` in an actor.  Threaded (max_concurrency 4): `summary`, `drain_events` and
+    `check_prequential` are answered while a candidate is scored; candidates themselves run one at
+    a time (newest wins).  No task retries: `submit` is not idempotent.  After a restart the
+    registry still says what is live; the decision list starts over (events.jsonl keeps all)."""
+
+    def __init__(self, registry_uri: str, heldout: list[tuple[str, int]], gate: dict | GateSection, publisher: Any,
+                 spec: dict | None = None, emit: EmitFn | None = None, torch_threads: int | None = None,
+                 max_events: int = 10_000):
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self._events: deque[dict] = deque(maxlen=max_events)
+        self._lock = threading.Lock()
+        cfg = gate if isinstance(gate, GateSection) else GateSection.model_validate(gate)
+        self.gate = PublishGate(registry_uri, heldout, cfg, publisher=publisher, emit=emit or self._buffer, spec=spec)
+
+    def _buffer(self, kind: str, **fields: Any) -> None:
+        with self._lock:
+            self._events.append({"event": kind, "time": time.time(), **fields})
+
+    def drain_events(self) -> list[dict]:
+        """Buffered events (when no `emit` was given), oldest first; the driver writes them to events.jsonl."""
+        with self._lock:
+            out = list(self._events)
+            self._events.clear()
+        return out
+
+    def bootstrap(self, policy_id: str, weights: dict | None = None, files: dict | None = None,
+                  metadata: dict | None = None) -> dict:
+        return self.gate.bootstrap(policy_id, weights=weights, files=files, metadata=metadata)
+
+    def submit(self, policy_id: str, weights: dict, files: dict, metadata: dict | None = None) -> dict:
+        return self.gate.submit(policy_id, weights, files, metadata)
+
+    def rollback(self, policy_id: str, to: int | None = None, reason: str = "manual") -> dict:
+        return self.gate.rollback(policy_id, to, reason)
+
+    def check_prequential(self, policy_id: str, version: int, correct_flags: list[bool]) -> dict:
+        return self.gate.check_prequential(policy_id, version, correct_flags)
+
+    def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict:
+        return self.gate.check_window(policy_id, version, correct, n)
+
+    def summary(self, policy_id: str | None = None) -> dict:
+        return self.gate.summary(policy_id)
