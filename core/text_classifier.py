@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from core.text_models import encoder_hidden
 from core.tokenizer import tokenizer_files, tokenizer_from_files
 
 
@@ -37,7 +38,7 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(config.hidden_size, num_labels)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, H]
+        hidden = encoder_hidden(self.bert, ids, mask)  # [B, T, H]
         m = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # mean over real tokens
         return self.head(self.drop(pooled))  # [B, L] logits

@@ -4,6 +4,12 @@ Presets:
   cpu-small  4 layers x 256 wide, 4 heads: learns a character-level Chinese
              MLM in minutes on 2 CPU cores.
   gpu-base   BERT-base shape (12 x 768, 12 heads) for a GPU learner.
+
+Models built here carry ALiBi slopes in their config (`alibi_slopes`, kept in
+config.json); `encoder_hidden` adds the bias in every attention layer through
+BERT's 4-D attention mask.  A plain `BertModel.from_pretrained` of such a
+directory loads the weights but not the bias: call `encoder_hidden` (or pass
+`attention_bias(...)` as the attention mask) to get the same outputs.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from transformers import BertConfig, BertForMaskedLM
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from core.mlm_config import ModelConfig
 
@@ -41,6 +48,7 @@ def bert_config(cfg: ModelConfig, vocab_size: int, pad_token_id: int, max_positi
     if p["hidden_size"] % p["num_attention_heads"]:
         raise ModelError(f"hidden_size {p['hidden_size']} is not a multiple of num_heads {p['num_attention_heads']}")
     dropout = p.pop("dropout")
+    extra = {"alibi_slopes": alibi_slopes(p["num_attention_heads"])} if cfg.position_bias == "alibi" else {}
     return BertConfig(
         vocab_size=vocab_size,
         pad_token_id=pad_token_id,
@@ -48,12 +56,45 @@ def bert_config(cfg: ModelConfig, vocab_size: int, pad_token_id: int, max_positi
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         **p,
+        **extra,
     )
 
 
-def build_mlm_model(config: BertConfig | dict[str, Any], seed: int = 0) -> BertForMaskedLM:
-    import torch
+def alibi_slopes(num_heads: int) -> list[float]:
+    """Per-head slopes from 1 (a head that looks at its neighbours) down to 1/32 (nearly global)."""
+    if num_heads == 1:
+        return [1.0]
+    return [2.0 ** (-5.0 * h / (num_heads - 1)) for h in range(num_heads)]
 
+
+def attention_bias(config: BertConfig, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The attention mask to hand BERT for ids [B, T] and padding mask [B, T] (1 = real token).
+
+    Without ALiBi slopes in the config this is `mask` itself (BERT's own padding
+    handling).  With them: an additive [B, H, T, T] mask, -slope_h * |i - j| plus a
+    large negative at padded keys, in the autocast dtype when autocast is on (the
+    fused attention kernels want the mask in the query's dtype).
+    """
+    slopes = getattr(config, "alibi_slopes", None)
+    if not slopes:
+        return mask
+    T, device = ids.shape[1], ids.device
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+    pos = torch.arange(T, device=device)
+    dist = (pos[:, None] - pos[None, :]).abs().to(torch.float32)  # [T, T]
+    bias = -torch.tensor(slopes, device=device, dtype=torch.float32)[:, None, None] * dist  # [H, T, T]
+    bias = bias.unsqueeze(0)  # [1, H, T, T]
+    if mask is not None:
+        bias = bias.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(dtype).min / 2)  # [B, H, T, T]
+    return bias.to(dtype)
+
+
+def encoder_hidden(bert: BertModel, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """last_hidden_state [B, T, H] of a BertModel, with the config's ALiBi bias if it has one."""
+    return bert(input_ids=ids, attention_mask=attention_bias(bert.config, ids, mask)).last_hidden_state
+
+
+def build_mlm_model(config: BertConfig | dict[str, Any], seed: int = 0) -> BertForMaskedLM:
     if isinstance(config, dict):
         config = BertConfig.from_dict(config)
     torch.manual_seed(seed)  # every DDP rank starts from the same weights

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.mlm_config import MLMConfig
+from core.text_models import encoder_hidden
 from learners.objective import ExportedPolicy, WorkerContext
 
 EVAL_SEED = 1234
@@ -92,7 +93,7 @@ class MaskedOnlyMLM(nn.Module):
         self.mlm = mlm
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):
-        hidden = self.mlm.bert(input_ids=input_ids).last_hidden_state  # [B, T, H]
+        hidden = encoder_hidden(self.mlm.bert, input_ids)  # [B, T, H]; packed blocks: no padding
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [M, H]
         logits = self.mlm.cls(picked)  # [M, V]
         return F.cross_entropy(logits.float(), labels), logits
