@@ -14,6 +14,7 @@ directory loads the weights but not the bias: call `encoder_hidden` (or pass
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -78,15 +79,21 @@ def attention_bias(config: BertConfig, ids: torch.Tensor, mask: torch.Tensor | N
     slopes = getattr(config, "alibi_slopes", None)
     if not slopes:
         return mask
-    T, device = ids.shape[1], ids.device
+    device = ids.device
     dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
-    pos = torch.arange(T, device=device)
+    bias = _distance_bias(tuple(slopes), ids.shape[1], device, dtype)  # [1, H, T, T], shared: never written to
+    if mask is None:
+        return bias
+    return bias.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(dtype).min / 2)  # [B, H, T, T]
+
+
+@functools.lru_cache(maxsize=64)
+def _distance_bias(slopes: tuple[float, ...], length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """-slope_h * |i - j| as [1, H, T, T]: the same for every forward pass of a length, so built once."""
+    pos = torch.arange(length, device=device)
     dist = (pos[:, None] - pos[None, :]).abs().to(torch.float32)  # [T, T]
     bias = -torch.tensor(slopes, device=device, dtype=torch.float32)[:, None, None] * dist  # [H, T, T]
-    bias = bias.unsqueeze(0)  # [1, H, T, T]
-    if mask is not None:
-        bias = bias.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(dtype).min / 2)  # [B, H, T, T]
-    return bias.to(dtype)
+    return bias.unsqueeze(0).to(dtype)
 
 
 def encoder_hidden(bert: BertModel, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
