@@ -8,7 +8,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import httpx
 
@@ -61,6 +62,17 @@ class CliProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+@contextmanager
+def serving(proc: CliProcess, needle: str = "evolve: endpoints", timeout_s: float = 120) -> Iterator[str]:
+    """A fixture's lifetime of a run: wait for `needle` (yields that line), then kill it and
+    print the tail of its output (pytest shows it when a test of the module failed)."""
+    try:
+        yield proc.wait_for_line(needle, timeout_s=timeout_s)
+    finally:
+        proc.kill()
+        print(proc.output[-6000:])
 
 
 def wait_until(check: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.5) -> object:

@@ -8,7 +8,7 @@ import torch
 
 from core.registry import PolicyRegistry
 from tests.conftest import free_port
-from tests.integration.helpers import CliProcess, http_get_json, run_cli, wait_until
+from tests.integration.helpers import CliProcess, http_get_json, run_cli, serving, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +29,9 @@ def live_run(tmp_path_factory):
         "--set", f"registry.uri={tmp / 'registry'}", "--set", "run.progress_interval_s=2",
         "--set", "loops=[]",  # the spine: cluster, gateway, budget, summary (the loops have their own tests)
     )
-    try:
-        endpoint_line = proc.wait_for_line("evolve: endpoints", timeout_s=120)
+    with serving(proc, timeout_s=120) as endpoint_line:
         yield {"proc": proc, "tmp": tmp, "http": f"http://127.0.0.1:{http_port}", "dash_port": dash_port,
                "endpoint_line": endpoint_line}
-    finally:
-        proc.kill()
 
 
 def test_prints_dashboard_and_endpoint_urls(live_run):

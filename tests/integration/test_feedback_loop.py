@@ -14,7 +14,7 @@ import pytest
 from cluster.cli import main as evolve
 from core.registry import PolicyRegistry
 from tests.conftest import free_port
-from tests.integration.helpers import CliProcess, wait_until
+from tests.integration.helpers import CliProcess, serving, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,8 @@ def sentiment_run(tmp_path_factory):
         "--set", "feedback.candidate_every=5", "--set", "feedback.batch_size=16",
         "--set", "feedback.traffic.requests_per_s=20",
     )
-    try:
-        proc.wait_for_line("evolve: endpoints", timeout_s=150)
+    with serving(proc, timeout_s=150):
         yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}"}
-    finally:
-        proc.kill()
-        print(proc.output[-6000:])  # shown by pytest when a test of the module failed
 
 
 def test_clients_get_predictions_and_feedback_is_joined(sentiment_run):

@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from tests.conftest import free_port
-from tests.integration.helpers import CliProcess, wait_until
+from tests.integration.helpers import CliProcess, serving, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,8 @@ def taxi_run(tmp_path_factory):
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
         "--set", "run.progress_interval_s=2", "--set", "rl.stop_when_solved=false",
     )
-    try:
-        proc.wait_for_line("evolve: endpoints", timeout_s=120)
+    with serving(proc, timeout_s=120):
         yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}"}
-    finally:
-        proc.kill()
-        print(proc.output[-6000:])  # shown by pytest when a test of the module failed
 
 
 def _act(http: str, policy: str, obs) -> httpx.Response:
