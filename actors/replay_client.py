@@ -18,6 +18,7 @@ import ray
 from core.replay.config import ReplayConfig
 from core.replay.store import shard_of
 from core.replay.table import KEY, PROBABILITY, ReplayError
+from core.replay.wire import to_ipc
 from core.schemas import schema_for, to_record_batch
 
 SHARD_BITS = 48  # global key = shard << 48 | seq within the shard
@@ -62,7 +63,7 @@ class ReplayClient:
         ticket = AddTicket(table)
         for s in np.unique(owner):
             part = rb if len(self.shards) == 1 else rb.filter(pa.array(owner == s))
-            ticket.refs.append(self.shards[s].add.remote(table, part, timeout_s))
+            ticket.refs.append(self.shards[s].add.remote(table, to_ipc(part), timeout_s))
         self._pending.append(ticket)
         while len(self._pending) > self.cfg.max_in_flight:
             self._settle(self._pending.popleft())  # backpressure; raises the shard's error if any

@@ -20,6 +20,7 @@ from ray.util import metrics
 
 from core.replay.config import ReplayConfig
 from core.replay.store import ShardStore
+from core.replay.wire import from_ipc
 
 ACTOR_PREFIX = "evolve-replay-shard-"
 
@@ -56,8 +57,9 @@ class ReplayShard:
         self.store = ShardStore(ReplayConfig.model_validate(cfg), directory, shard, seed)
         self.metrics = ShardMetrics(shard)
 
-    def add(self, table: str, batch: pa.RecordBatch, timeout_s: float | None = None) -> dict[str, int]:
-        ack = self.store.add(table, batch, timeout_s)
+    def add(self, table: str, batch: pa.RecordBatch | pa.Buffer, timeout_s: float | None = None) -> dict[str, int]:
+        """Rows as a RecordBatch or as the IPC buffer the ReplayClient sends (core.replay.wire)."""
+        ack = self.store.add(table, from_ipc(batch), timeout_s)
         tags = self.metrics.tags(table)
         if ack["accepted"]:
             self.metrics.inserts.inc(ack["accepted"], tags=tags)

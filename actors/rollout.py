@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
 from ray.util import metrics
@@ -273,11 +274,14 @@ class RolloutWorker:
         n, width = len(act), obs.shape[1]
         start = self.rows_written
         ts = pa.array(np.full(n, time.time_ns() // 1000, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC"))
+        # ids "<actor>-<incarnation>-<row>" and the constant string columns built in
+        # Arrow, not per row in Python: at 4,096 rows per add they cost ~2 ms that way
+        seq = pc.cast(pa.array(np.arange(start, start + n, dtype=np.int64)), pa.string())
+        ids = pc.binary_join_element_wise(f"{self.actor_id}-{self.incarnation}-", seq, "")
         return pa.RecordBatch.from_arrays(
             [
-                pa.array([f"{self.actor_id}-{self.incarnation}-{i}" for i in range(start, start + n)]),
-                pa.array([self.cfg.table] * n), pa.array(["rollout"] * n), pa.array([self.actor_id] * n),
-                pa.array([self.cfg.policy_id] * n), pa.array(version.astype(np.int64)), ts,
+                ids, _repeat(self.cfg.table, n), _repeat("rollout", n), _repeat(self.actor_id, n),
+                _repeat(self.cfg.policy_id, n), pa.array(version.astype(np.int64)), ts,
                 pa.FixedSizeListArray.from_arrays(pa.array(obs.reshape(-1)), width),
                 pa.array(act.astype(np.int64)), pa.array(rew.astype(np.float32)),
                 pa.FixedSizeListArray.from_arrays(pa.array(nxt.reshape(-1).astype(np.float32)), width),
@@ -298,6 +302,13 @@ class RolloutWorker:
             "mean_length": float(np.mean(self.recent_lengths)) if self.recent_lengths else None,
             "epsilon": self.cfg.epsilon.at(self.env_steps // self.cfg.num_envs),
         }
+
+
+def _repeat(text: str, n: int) -> pa.StringArray:
+    """`pa.array([text] * n)` without the Python list: offsets and one data buffer."""
+    data = text.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(len(data))
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
 
 
 @ray.remote(max_restarts=-1, max_concurrency=4)
