@@ -38,7 +38,8 @@ def test_presets_load_as_rl_loops_whose_table_fits_the_env(path, env_id, algo, n
 def test_cartpole_preset_values_reach_the_section():
     rl = load_config(CARTPOLE).rl
     assert rl.n_step == 3 and rl.target_update_every == 200 and rl.hidden == [128, 128]
-    assert rl.epsilon == EpsilonSchedule(start=1.0, end=0.02, decay_steps=1500)
+    assert rl.epsilon == EpsilonSchedule(start=1.0, end=0.02, decay_steps=375)
+    assert rl.num_envs * rl.epsilon.decay_steps == 12_000  # env steps of exploration, whatever num_envs
 
 
 # ---- rl.table must be a declared transitions table ---------------------------------------
