@@ -329,10 +329,17 @@ class RolloutActor:
 
     def _loop(self) -> None:
         w = self.worker
+        flush = getattr(w.writer, "flush", None)
         try:
             while not self._stop.is_set():
                 before = w.env_steps
                 w.run(w.cfg.steps_per_write)
+                # Wait for the store to take this batch before stepping on: when the rate
+                # limiter holds adds back, rows queued behind it would be acted by a policy
+                # many versions old by the time the learner sees them (8 queued adds of
+                # 8,192 rows were ~20 s of learner consumption).  Costs ~one shard ack per batch.
+                if flush is not None:
+                    flush()
                 self._steps.inc(w.env_steps - before, tags=self._tags)
                 if w.recent_returns:
                     self._return.set(float(np.mean(w.recent_returns)), tags=self._tags)

@@ -56,15 +56,15 @@ class RLLoop:
         self.steps_at = [(self.started, 0)]
         self.spec = self._spec()
         self.solve_return = rl.solve_return if rl.solve_return is not None else _threshold(rl.env_id)
+        marks = {}
         self.publisher = get_or_create_publisher(ctx.registry.uri)
         self._restore_live_version()
-        if self.cfg.serving.enabled:
-            prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus)
-            ctx.endpoints[f"{self.name}_act"] = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
+        marks["publisher_s"] = time.time()
+        # The learner first: Ray Train's worker group takes the longest to come up, and
+        # it does so while the actors fill the replay table and Serve deploys.
+        self._start_learner()
+        marks["learner_launched_s"] = time.time()
         spec = self.spec.to_dict()
-        self.evaluator = EvaluatorActor.remote(
-            rl.env_id, spec, rl.eval_episodes, PolicySubscription(self.publisher, rl.policy_id, None), seed=rl.seed + 10_000
-        )
         for i in range(rl.num_actors):
             actor_id = f"{self.name}-actor-{i}"
             self.actors.append(
@@ -73,7 +73,15 @@ class RLLoop:
                     PolicySubscription(self.publisher, rl.policy_id, actor_id), seed=rl.seed + 1000 * i,
                 )
             )
-        self._start_learner()
+        self.evaluator = EvaluatorActor.remote(
+            rl.env_id, spec, rl.eval_episodes, PolicySubscription(self.publisher, rl.policy_id, None), seed=rl.seed + 10_000
+        )
+        marks["actors_launched_s"] = time.time()
+        if self.cfg.serving.enabled:
+            prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus)
+            ctx.endpoints[f"{self.name}_act"] = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
+            marks["serve_ready_s"] = time.time()
+        ctx.run_dir.event(self.name, "startup", **{k: round(t - self.started, 3) for k, t in marks.items()})
 
     def _restore_live_version(self) -> None:
         """A resumed run (or a registry shared with an earlier one) starts acting with the live
