@@ -19,6 +19,9 @@ class ClusterConnectError(UserError):
     """Ray could not be started or reached."""
 
 
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
 @dataclass(frozen=True)
 class ClusterHandle:
     address: str  # GCS address (or ray:// URL)
@@ -34,6 +37,10 @@ def connect(cfg: ClusterConfig, address: str | None = None) -> ClusterHandle:
         raise ClusterConnectError("Ray is already initialized in this process")
     try:
         if address is None:
+            # Ray Train's controller steps through its start-up states once per health-check
+            # interval (2 s by default): at 0.5 s a learner's first update comes ~3 s sooner.
+            # The embedded cluster's processes inherit this; an explicit setting wins.
+            os.environ.setdefault(TRAIN_POLL_ENV, "0.5")
             ctx = ray.init(
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.num_gpus,
