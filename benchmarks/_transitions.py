@@ -27,7 +27,7 @@ def cartpole_batch(n: int, start: int, table: str = "transitions", actor: str = 
             pa.array(rng.integers(0, 2, n)), pa.array(np.ones(n, np.float32)),
             pa.FixedSizeListArray.from_arrays(pa.array(nxt.ravel()), 4),
             pa.array(rng.random(n) < 0.05), pa.array(np.zeros(n, bool)),
-            pa.array(np.full(n, -0.69, np.float32)),
+            pa.array(np.full(n, -0.69, np.float32)), pa.array(np.full(n, 0.99**3, np.float32)),
         ],
         schema=transitions_schema(4),
     )

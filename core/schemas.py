@@ -56,6 +56,9 @@ def transitions_schema(obs_dim: int | None = None) -> pa.Schema:
         pa.field("terminated", pa.bool_(), nullable=False),
         pa.field("truncated", pa.bool_(), nullable=False),
         pa.field("logp", pa.float32(), nullable=True),
+        # gamma**k for the k rewards folded into `reward`: k < n where an n-step row was cut
+        # short by the end of an episode (a truncated one still bootstraps).  Null: gamma**n.
+        pa.field("discount", pa.float32(), nullable=True),
     )
     return _with_meta(COMMON_FIELDS + payload, "transitions")
 

@@ -3,7 +3,8 @@
 Double DQN targets (van Hasselt et al. 2016): the online net picks the next
 action, the target net values it; the target net is a hard copy refreshed
 every `rl.target_update_every` updates.  Huber loss, n-step returns (the
-actors fold n rewards into each row, so the bootstrap discount is gamma^n),
+actors fold n rewards into each row and stamp its bootstrap discount: gamma^n,
+or gamma^k for a row an episode end cut to k rewards),
 prioritized-replay importance weights on the loss and |TD| back to the store
 as new priorities.  The online net runs under DDP when there are several
 workers; a non-finite loss is refused (no step, nothing published).
@@ -42,7 +43,7 @@ class DQNObjective(QObjectiveBase):
             chooser = self.model if cfg.double_q else self.target
             best = chooser(nxt).argmax(dim=1, keepdim=True)
             next_q = self.target(nxt).gather(1, best).squeeze(1)
-            y = batch["reward"] + (cfg.gamma**cfg.n_step) * (1.0 - batch["terminated"]) * next_q
+            y = batch["reward"] + self.bootstrap_discount(batch) * (1.0 - batch["terminated"]) * next_q
         per_row = F.huber_loss(q, y, reduction="none", delta=cfg.huber_delta)
         loss = (batch["weight"] * per_row).mean()
         self.optimizer.zero_grad(set_to_none=True)

@@ -73,6 +73,14 @@ class QObjectiveBase:
         """One learning update; (loss, per-row TD errors) or (None, None) when the loss is not finite."""
         raise NotImplementedError
 
+    def bootstrap_discount(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """Per row gamma**k (k rewards in the row's return), gamma**n where the row does not say."""
+        full = self.cfg.gamma**self.cfg.n_step
+        disc = batch.get("discount")
+        if disc is None:
+            return full
+        return torch.where(torch.isnan(disc), torch.full_like(disc, full), disc)
+
     # ---- publishing --------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -136,8 +144,7 @@ class QTableObjective(QObjectiveBase):
         s = batch["obs"].reshape(-1).long()
         s2 = batch["next_obs"].reshape(-1).long()
         a = batch["action"]
-        discount = self.cfg.gamma ** self.cfg.n_step
-        target = batch["reward"] + discount * (1.0 - batch["terminated"]) * q[s2].max(dim=1).values
+        target = batch["reward"] + self.bootstrap_discount(batch) * (1.0 - batch["terminated"]) * q[s2].max(dim=1).values
         td = target - q[s, a]
         if not bool(torch.isfinite(td).all()):
             return None, None

@@ -29,7 +29,7 @@ class TransitionSampler(Protocol):
 
 
 def transitions_to_tensors(rb: Any) -> dict[str, torch.Tensor]:
-    """A sampled RecordBatch -> {obs, action, reward, next_obs, terminated, weight, key} tensors."""
+    """A sampled RecordBatch -> {obs, action, reward, next_obs, terminated, weight, key, discount} tensors."""
     n = rb.num_rows
 
     def matrix(name: str) -> torch.Tensor:
@@ -47,6 +47,10 @@ def transitions_to_tensors(rb: Any) -> dict[str, torch.Tensor]:
         "weight": torch.from_numpy(rb.column(WEIGHT).to_numpy().astype(np.float32)) if WEIGHT in names
         else torch.ones(n),
         "key": torch.from_numpy(rb.column(KEY).to_numpy().astype(np.int64)),
+        # gamma**k of a row cut short by an episode end; NaN (null, or rows written without
+        # the column) means the learner's gamma**n
+        "discount": torch.from_numpy(rb.column("discount").to_numpy(zero_copy_only=False).astype(np.float32))
+        if "discount" in names else torch.full((n,), float("nan")),
     }
 
 

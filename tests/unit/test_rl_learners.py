@@ -102,20 +102,26 @@ def test_qtable_bootstraps_with_gamma_to_the_n():
     assert obj.model.q.data[0, 0].item() == pytest.approx(1 + 0.25 * 4)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the learners bootstrap every n-step row with gamma**n, but a "
-                   "row NStep cuts short at a truncation (time limit) after k < n steps holds k rewards "
-                   "and needs gamma**k; rows carry no step count to tell")
 def test_a_row_truncated_after_one_step_bootstraps_with_gamma():
     ns = NStep(3, 0.5)
     for t in range(3):  # the episode is truncated right after the first step
         row = ns.push(np.array([[0.0]]), np.array([0]), np.array([1.0], np.float32), np.array([[1.0]]),
                       np.array([False]), np.array([t == 0]))
-    obs, act, ret, nxt, term, trunc = row
-    assert trunc.tolist() == [True] and ret.tolist() == [1.0]
+    obs, act, ret, nxt, term, trunc, disc = row
+    assert trunc.tolist() == [True] and ret.tolist() == [1.0] and disc.tolist() == [0.5]
     obj = _objective(QTableObjective, TABLE, gamma=0.5, n_step=3, qtable_alpha=1.0)
     obj.model.q.data[1] = torch.tensor([4.0, 0.0])
-    obj.step(_batch(obs, act, ret, nxt, term))
+    obj.step({**_batch(obs, act, ret, nxt, term), "discount": torch.as_tensor(disc)})
     assert obj.model.q.data[0, 0].item() == pytest.approx(1 + 0.5 * 4)  # one reward, one discount
+
+
+@pytest.mark.parametrize("objective", [QTableObjective, DQNObjective])
+def test_rows_without_a_discount_bootstrap_with_gamma_to_the_n(objective):
+    obj = _objective(objective, TABLE if objective is QTableObjective else MLP, gamma=0.5, n_step=3)
+    batch = _batch([0], [0], [1.0], [1], [0])
+    assert obj.bootstrap_discount(batch) == pytest.approx(0.125)  # no column: gamma**n
+    nan = torch.tensor([float("nan"), 0.25])
+    assert obj.bootstrap_discount({**batch, "discount": nan}).tolist() == pytest.approx([0.125, 0.25])
 
 
 def test_qtable_refuses_a_non_finite_batch():

@@ -37,17 +37,18 @@ def test_nstep_one_passes_steps_through():
     ns = NStep(1, 0.9)
     out = ns.push(*_step(0, E=2))
     assert out[2].tolist() == [1.0, 1.0] and out[3].tolist() == [[1.0], [1.0]]
+    assert out[6].tolist() == pytest.approx([0.9, 0.9])
 
 
 def test_nstep_discounts_n_rewards_and_bootstraps_from_the_nth_next_obs():
     ns = NStep(3, 0.5)
     assert ns.push(*_step(0)) is None and ns.push(*_step(1, reward=2.0)) is None
-    obs, act, ret, nxt, te, tr = ns.push(*_step(2, reward=4.0))
-    assert obs.tolist() == [[0.0]] and act.tolist() == [0]
+    obs, act, ret, nxt, te, tr, disc = ns.push(*_step(2, reward=4.0))
+    assert obs.tolist() == [[0.0]] and act.tolist() == [0] and disc.tolist() == [0.125]  # gamma**3
     assert ret.tolist() == [1.0 + 0.5 * 2.0 + 0.25 * 4.0]
     assert nxt.tolist() == [[3.0]] and not te[0] and not tr[0]
     # the window slides: the next row starts at step 1
-    obs, _, ret, nxt, _, _ = ns.push(*_step(3, reward=8.0))
+    obs, _, ret, nxt, _, _, _ = ns.push(*_step(3, reward=8.0))
     assert obs.tolist() == [[1.0]] and ret.tolist() == [2.0 + 0.5 * 4.0 + 0.25 * 8.0] and nxt.tolist() == [[4.0]]
 
 
@@ -56,8 +57,9 @@ def test_nstep_stops_at_the_first_episode_end_per_env():
     ns = NStep(3, 0.5)
     ns.push(*_step(0, E=3))
     ns.push(*_step(1, E=3, term=[0]))
-    obs, _, ret, nxt, te, tr = ns.push(*_step(2, E=3, trunc=[1]))
+    obs, _, ret, nxt, te, tr, disc = ns.push(*_step(2, E=3, trunc=[1]))
     assert ret.tolist() == [1.5, 1.75, 1.75]
+    assert disc.tolist() == [0.25, 0.125, 0.125]  # gamma**k for the k rewards each row holds
     assert nxt.reshape(-1).tolist() == [2.0, 3.0, 3.0]  # the obs after each env's own last step
     assert te.tolist() == [True, False, False] and tr.tolist() == [False, True, False]
 
@@ -183,6 +185,9 @@ def test_worker_writes_valid_transition_batches_that_chain_per_env():
         same = np.all(nxt[t] == obs[t + 1], axis=1)
         assert same[~done[t]].all()
         assert not same[done[t]].any()
+    # n = 1: every row holds one reward, so every row bootstraps with gamma
+    disc = np.concatenate([b.column("discount").to_numpy() for _, b in w.writer.adds])
+    np.testing.assert_allclose(disc, w.cfg.gamma)
 
 
 def test_worker_tracks_episodes_consistently_with_the_rows():
