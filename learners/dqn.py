@@ -33,7 +33,7 @@ class DQNObjective(QObjectiveBase):
         for p in self.target.parameters():
             p.requires_grad_(False)
         self.train_model = ctx.wrap_model(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = _adam(self.model.parameters(), config.lr)
 
     def update(self, batch: dict[str, torch.Tensor]) -> tuple[float | None, torch.Tensor | None]:
         cfg = self.cfg
@@ -50,7 +50,7 @@ class DQNObjective(QObjectiveBase):
         if not bool(torch.isfinite(loss)):
             return None, None
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
         self.optimizer.step()
         if (self.updates + 1) % cfg.target_update_every == 0:
             self.target.load_state_dict(self.model.state_dict())
@@ -63,3 +63,13 @@ class DQNObjective(QObjectiveBase):
         super().load_state_dict(state)
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _adam(params, lr: float) -> torch.optim.Optimizer:
+    """Fused Adam where torch has it for these tensors (one kernel for all parameters: ~10%
+    of a small network's update on CPU), else the default implementation."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
