@@ -129,8 +129,11 @@ def _read_intact(path: Path, schema: pa.Schema | None) -> Iterator[pa.RecordBatc
         reader = pa.ipc.open_stream(data)
     except (pa.ArrowInvalid, OSError):
         return  # killed before the schema was fully written
+    added: list[pa.Field] = []
     if schema is not None and not reader.schema.equals(schema):
-        raise ValueError(f"{path}: schema on disk does not match the table's declared schema")
+        added = _added_nullable_fields(reader.schema, schema)
+        if added is None:
+            raise ValueError(f"{path}: schema on disk does not match the table's declared schema")
     while True:
         try:
             batch = reader.read_next_batch()
@@ -138,4 +141,17 @@ def _read_intact(path: Path, schema: pa.Schema | None) -> Iterator[pa.RecordBatc
             return
         except (pa.ArrowInvalid, OSError):
             return  # a torn tail: written by a killed process, never acknowledged
+        if added:  # written before those columns existed: they read as nulls
+            batch = pa.RecordBatch.from_arrays(
+                batch.columns + [pa.nulls(batch.num_rows, f.type) for f in added], schema=schema)
         yield batch
+
+
+def _added_nullable_fields(on_disk: pa.Schema, declared: pa.Schema) -> list[pa.Field] | None:
+    """The declared fields after the on-disk ones, when the on-disk schema is the declared one
+    minus nullable fields at its end (a column added in a later release); else None."""
+    n = len(on_disk)
+    if n >= len(declared) or any(not on_disk.field(i).equals(declared.field(i)) for i in range(n)):
+        return None
+    added = [declared.field(i) for i in range(n, len(declared))]
+    return added if all(f.nullable for f in added) else None

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from core.replay.config import ReplayConfig, TableConfig
-from core.replay.segments import scan
+from core.replay.segments import SegmentLog, scan
 from core.replay.store import ShardStore
 from core.replay.table import KEY, ReplayError, ReplayTable, ReplayTimeout
 from core.schemas import SchemaError
@@ -118,6 +118,24 @@ def test_a_directory_of_another_schema_is_refused(tmp_path):
     with pytest.raises(ValueError, match="schema on disk does not match"):
         ReplayTable(NAME, TableConfig(kind="transitions", obs_dim=5), tmp_path)
     assert sum(segment_files(tmp_path).values()) > 0  # and nothing was deleted
+
+
+def test_segments_written_before_a_nullable_column_existed_recover_with_nulls(tmp_path):
+    # A run dir from before transitions had `discount`: its rows survive an upgrade.
+    new = batch(6)
+    old_schema = pa.schema(list(new.schema)[:-1], metadata=new.schema.metadata)
+    old = pa.RecordBatch.from_arrays(new.columns[:-1], schema=old_schema)
+    log = SegmentLog(tmp_path, old_schema, segment_rows=16)
+    log.append(0, old)
+    log.close()
+    t = open_table(tmp_path, capacity=100)
+    assert t.size == 6 and ids(t.export()) == [f"a-{i}" for i in range(6)]
+    assert t.export().column("discount").null_count == 6
+    t.add(batch(4, 6))  # new rows go to a new segment in the new schema
+    t.close()
+    again = open_table(tmp_path, capacity=100)
+    rows = again.export()
+    assert ids(rows) == [f"a-{i}" for i in range(10)] and rows.column("discount").null_count == 6
 
 
 def test_evicted_segments_are_deleted_so_disk_stays_bounded(tmp_path):
