@@ -19,13 +19,7 @@ def to_ipc(batch: pa.RecordBatch) -> pa.Buffer:
 
 
 def from_ipc(data: pa.RecordBatch | pa.Buffer | bytes) -> pa.RecordBatch:
-    """`to_ipc`'s inverse, zero-copy; a RecordBatch passes through (callers that send one)."""
+    """`to_ipc`'s inverse (its one batch, zero-copy); a RecordBatch passes through."""
     if isinstance(data, pa.RecordBatch):
         return data
-    reader = pa.ipc.open_stream(data)
-    batches = list(reader)
-    if not batches:
-        return pa.RecordBatch.from_pylist([], schema=reader.schema)
-    if len(batches) == 1:
-        return batches[0]
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+    return pa.ipc.open_stream(data).read_next_batch()
