@@ -1,0 +1,190 @@
+"""Learner updates to solve CartPole for an RL preset, over many seeds, without Ray.
+
+    .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --json
+    .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --set rl.steps_per_write=256
+
+A whole `evolve run` costs a minute or two and its time to solve swings 2-5x
+between runs, so comparing presets that way needs more runs than anyone makes.
+This replays the loop's data flow in one process, with the real parts that
+decide what is learned: a `RolloutWorker` (same vector env, epsilon schedule,
+n-step rows) and a `DQNObjective` (same update), paced by the replay store's
+`RateLimiter` rule the way the running loop is:
+
+* the actor writes `steps_per_write` vector steps with the latest published
+  version (the learner publishes every `rl.publish_every` updates), then its add
+  waits until the limiter admits it; meanwhile the learner samples uniformly
+  (`batch_size` rows) from what is in the table;
+* every second published version is played greedily for `rl.eval_episodes`
+  episodes; the first with a mean return >= 475 ends the seed.
+
+Not emulated: timing (the real learner runs ~300-450 updates/s here, so
+updates / 400 + ~15 s of start-up approximates a run's time to solve), the two
+shards (one table here), and prioritized sampling (uniform only).  Each seed
+runs in its own process (`--jobs`, default 2), one torch thread each.  The last
+line is one JSON object: per-seed updates and env steps to solve (null when not
+solved within `--max-updates`) and their median (unsolved counted as the cap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class _Table:
+    """The replay table reduced to what sampling needs: a uniform ring buffer."""
+
+    COLS = ("obs", "next_obs", "action", "reward", "terminated", "discount")
+
+    def __init__(self, capacity: int, obs_dim: int):
+        import numpy as np
+
+        self.capacity, self.size, self.ptr = capacity, 0, 0
+        self.cols = {c: np.zeros((capacity, obs_dim) if "obs" in c else capacity,
+                                 np.int64 if c == "action" else np.float32) for c in self.COLS}
+
+    def insert(self, rb: Any) -> None:
+        import numpy as np
+
+        n = rb.num_rows
+        idx = (self.ptr + np.arange(n)) % self.capacity
+        for c in self.COLS:
+            col = rb.column(c)
+            if c.endswith("obs"):
+                self.cols[c][idx] = col.values.to_numpy().reshape(n, -1)
+            else:
+                self.cols[c][idx] = col.to_numpy(zero_copy_only=False)
+        self.ptr, self.size = (self.ptr + n) % self.capacity, min(self.capacity, self.size + n)
+
+    def sample(self, rng: Any, n: int) -> dict[str, Any]:
+        import torch
+
+        i = rng.integers(0, self.size, n)
+        batch = {c: torch.from_numpy(v[i]) for c, v in self.cols.items()}
+        batch["weight"] = torch.ones(n)
+        return batch
+
+
+def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, Any]:
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from actors.rollout import RolloutWorker
+    from core.replay.ratelimit import RateLimiter
+    from core.rl.config import RLConfig
+    from core.rl.models import obs_width, spec_for_env
+    from learners.dqn import DQNObjective
+    from learners.objective import WorkerContext
+    from learners.q_learning import QSetup
+
+    torch.set_num_threads(1)
+    rl = RLConfig.model_validate({**config["rl"], "seed": seed})
+    tcfg = config["replay"]["tables"][rl.table]
+    batch_size, lr = config["learner"]["batch_size"], config["learner"]["lr"]
+    spec = spec_for_env(rl.env_id, rl.algo, rl.hidden)
+    writer, source = _LastBatch(), _Pending()
+    actor = RolloutWorker(rl, spec, "emulated", writer, source, seed=seed)
+    learner = DQNObjective()
+    learner.setup(QSetup(rl=rl, spec=spec.to_dict(), lr=lr), WorkerContext())
+    table = _Table(tcfg["capacity"], obs_width(spec))
+    limiter = RateLimiter(tcfg["samples_per_insert"], tcfg["min_size"], tcfg["error_buffer"])
+    eval_env = gym.make_vec(rl.env_id, num_envs=rl.eval_episodes, vectorization_mode="sync")
+    threshold = rl.solve_return or gym.spec(rl.env_id).reward_threshold
+    rng, best = np.random.default_rng(seed), 0.0
+    while learner.updates < max_updates:
+        actor.run(rl.steps_per_write)
+        # the learner trains until the limiter admits this add (or it may not sample more)
+        while not limiter.can_insert(table.size) and limiter.can_sample(batch_size, table.size):
+            learner.step(table.sample(rng, batch_size))
+            limiter.record_sample(batch_size)
+            if learner.updates % rl.publish_every:
+                continue
+            source.pending = (learner.updates // rl.publish_every, learner.weights())
+            if learner.updates % (2 * rl.publish_every) == 0:
+                ret = _greedy_return(eval_env, learner.model, seed=learner.updates)
+                best = max(best, ret)
+                if ret >= threshold:
+                    return {"seed": seed, "updates": learner.updates, "env_steps": actor.env_steps, "best": ret}
+        table.insert(writer.batch)
+        limiter.record_insert(writer.batch.num_rows)
+    return {"seed": seed, "updates": None, "env_steps": None, "best": best}
+
+
+class _LastBatch:
+    def __init__(self):
+        self.batch = None
+
+    def add(self, table: str, batch: Any) -> None:
+        self.batch = batch
+
+
+class _Pending:
+    """A policy source: the version the learner published last, once."""
+
+    def __init__(self):
+        self.pending = None
+
+    def poll(self):
+        update, self.pending = self.pending, None
+        return update
+
+    def ack(self, version: int) -> None:
+        pass
+
+
+def _greedy_return(env: Any, model: Any, seed: int) -> float:
+    import numpy as np
+    import torch
+
+    obs, _ = env.reset(seed=seed)
+    total, done = np.zeros(env.num_envs), np.zeros(env.num_envs, bool)
+    with torch.no_grad():
+        while not done.all():
+            obs, reward, term, trunc, _ = env.step(model(torch.as_tensor(obs, dtype=torch.float32)).argmax(1).numpy())
+            total += reward * ~done
+            done |= term | trunc
+    return float(total.mean())
+
+
+def main() -> None:
+    from core.config_loader import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "cartpole.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--max-updates", type=int, default=30_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.set)
+    if cfg.rl.algo != "dqn":
+        raise SystemExit(f"{args.config}: rl.algo is {cfg.rl.algo!r}; this emulates the DQN learner")
+    config = {"rl": cfg.rl.model_dump(mode="json"), "learner": cfg.learner.model_dump(mode="json"),
+              "replay": cfg.replay.model_dump(mode="json")}
+    with ProcessPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(run_seed, [config] * args.seeds, range(args.seeds), [args.max_updates] * args.seeds))
+    for r in results:
+        print(f"[dqn_emulation] seed {r['seed']}: updates {r['updates']}, env steps {r['env_steps']}, "
+              f"best eval {r['best']:.1f}", file=sys.stderr)
+    capped = [r["updates"] if r["updates"] is not None else args.max_updates for r in results]
+    print(json.dumps({
+        "overrides": args.set, "seeds": args.seeds, "max_updates": args.max_updates,
+        "solved": sum(r["updates"] is not None for r in results),
+        "median_updates_to_solve": statistics.median(capped),
+        "updates_to_solve": [r["updates"] for r in results],
+        "env_steps_to_solve": [r["env_steps"] for r in results],
+    }))
+
+
+if __name__ == "__main__":
+    main()
