@@ -183,6 +183,29 @@ class _NumpyQ:
         return x
 
 
+class WriteSize:
+    """Vector steps per replay add, between `lo` and `hi`.
+
+    Each add costs the actor ~10 ms whatever its size, so big adds are cheap per
+    row; but when the store's rate limiter paces the actor (a learner that is
+    slower than its actors: the usual case), a big add means the learner trains
+    on rows a policy hundreds of updates old acted.  So: when the last add was
+    held back longer than stepping it took, halve the size (the actor waits
+    either way, smaller adds cost it nothing); when it came back in under a
+    quarter of that, double it.  In between, keep it.
+    """
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi, self.now = lo, hi, hi
+
+    def update(self, step_s: float, wait_s: float) -> int:
+        if wait_s > step_s:
+            self.now = max(self.lo, self.now // 2)
+        elif wait_s < 0.25 * step_s:
+            self.now = min(self.hi, self.now * 2)
+        return self.now
+
+
 class RolloutWorker:
     def __init__(self, cfg: RLConfig, spec: PolicySpec, actor_id: str, writer: Writer,
                  source: PolicySource | None = None, seed: int = 0):
@@ -332,6 +355,8 @@ class RolloutActor:
         self._return = metrics.Gauge("evolve_rollout_episode_return", "mean return of recent episodes", tag_keys=("actor",))
         self._version = metrics.Gauge("evolve_rollout_policy_version", "policy version acting", tag_keys=("actor",))
         self._tags = tags
+        rl = self.worker.cfg
+        self._write_size = WriteSize(rl.min_steps_per_write or rl.steps_per_write, rl.steps_per_write)
         self._stop = threading.Event()
         self._error: str | None = None
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"rollout-{actor_id}")
@@ -340,16 +365,20 @@ class RolloutActor:
     def _loop(self) -> None:
         w = self.worker
         flush = getattr(w.writer, "flush", None)
+        size = self._write_size
         try:
             while not self._stop.is_set():
-                before = w.env_steps
-                w.run(w.cfg.steps_per_write)
+                before, t0 = w.env_steps, time.perf_counter()
+                w.run(size.now)
+                t1 = time.perf_counter()
                 # Wait for the store to take this batch before stepping on: when the rate
                 # limiter holds adds back, rows queued behind it would be acted by a policy
                 # many versions old by the time the learner sees them (8 queued adds of
                 # 8,192 rows were ~20 s of learner consumption).  Costs ~one shard ack per batch.
+                # How long the store held it sets the next batch's size (WriteSize).
                 if flush is not None:
                     flush()
+                    size.update(t1 - t0, time.perf_counter() - t1)
                 self._steps.inc(w.env_steps - before, tags=self._tags)
                 if w.recent_returns:
                     self._return.set(float(np.mean(w.recent_returns)), tags=self._tags)
@@ -358,7 +387,8 @@ class RolloutActor:
             self._error = f"{type(exc).__name__}: {exc}"
 
     def stats(self) -> dict[str, Any]:
-        return {**self.worker.stats(), "error": self._error, "running": self._thread.is_alive()}
+        return {**self.worker.stats(), "steps_per_write": self._write_size.now, "error": self._error,
+                "running": self._thread.is_alive()}
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,7 +1,7 @@
 """Learner updates to solve CartPole for an RL preset, over many seeds, without Ray.
 
     .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --json
-    .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --set rl.steps_per_write=256
+    .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --set rl.min_steps_per_write=256
 
 A whole `evolve run` costs a minute or two and its time to solve swings 2-5x
 between runs, so comparing presets that way needs more runs than anyone makes.
@@ -10,8 +10,9 @@ decide what is learned: a `RolloutWorker` (same vector env, epsilon schedule,
 n-step rows) and a `DQNObjective` (same update), paced by the replay store's
 `RateLimiter` rule the way the running loop is:
 
-* the actor writes `steps_per_write` vector steps with the latest published
-  version (the learner publishes every `rl.publish_every` updates), then its add
+* the actor writes `min_steps_per_write` vector steps (`steps_per_write` when
+  that is unset: here the limiter always paces the actor, so its adaptive add
+  size sits at the floor) with the latest published version (the learner publishes every `rl.publish_every` updates), then its add
   waits until the limiter admits it; meanwhile the learner samples uniformly
   (`batch_size` rows) from what is in the table;
 * every second published version is played greedily for `rl.eval_episodes`
@@ -100,8 +101,9 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     eval_env = gym.make_vec(rl.env_id, num_envs=rl.eval_episodes, vectorization_mode="sync")
     threshold = rl.solve_return or gym.spec(rl.env_id).reward_threshold
     rng, best = np.random.default_rng(seed), 0.0
+    steps_per_add = rl.min_steps_per_write or rl.steps_per_write
     while learner.updates < max_updates:
-        actor.run(rl.steps_per_write)
+        actor.run(steps_per_add)
         # the learner trains until the limiter admits this add (or it may not sample more)
         while not limiter.can_insert(table.size) and limiter.can_sample(batch_size, table.size):
             learner.step(table.sample(rng, batch_size))

@@ -10,7 +10,9 @@ Three numbers, all on the same gymnasium vector env (`--env`, `--num-envs`):
   No rollout loop can beat it on one core.
 * ours: the real path. A local Ray (2 CPUs), 2 replay shards behind a
   `ReplayClient`, and one `RolloutActor` (epsilon-greedy `QPolicy` inference
-  every vector step, one replay add per `steps_per_write` vector steps).  Its
+  every vector step, one replay add per `steps_per_write` vector steps, or
+  fewer while the store holds adds back when `min_steps_per_write` is set;
+  nothing does here, so the actor runs at the maximum: `actor_steps_per_write`).  Its
   `stats()["env_steps"]` is read after a warm-up and again `--seconds` later.
   The shards run on the same two cores and do real work (validate, write an
   Arrow segment, flush) for every row, so this is what a run on this machine gets.
@@ -236,6 +238,9 @@ def main() -> None:
         "env": cfg.env_id,
         "num_envs": cfg.num_envs,
         "steps_per_write": cfg.steps_per_write,
+        "min_steps_per_write": cfg.min_steps_per_write,
+        # the adaptive add size the actor ran at the end (nothing holds it back here: the maximum)
+        "actor_steps_per_write": extra["stats"].get("steps_per_write"),
         "seconds": args.seconds,
         "ours_steps_per_s": round(ours),
         "ceiling_steps_per_s": round(ceiling),

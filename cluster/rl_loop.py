@@ -154,6 +154,10 @@ class RLLoop:
             "eval_return": _round(last.get("eval_return")),
             "version": self.publish_stats.get("live_version"),
             "steps_per_s": round(rate),
+            # vector steps per replay add (the smallest over actors): at its floor while the
+            # replay rate limiter paces the actors, as it does when the learner is the bottleneck
+            "steps_per_add": min((s["steps_per_write"] for s in self.actor_stats.values() if "steps_per_write" in s),
+                                 default=None),
             "updates": int(self.learner.get("updates", 0)),
             "loss": _round(self.learner.get("loss"), 4),
         }

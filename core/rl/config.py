@@ -30,7 +30,11 @@ class RLConfig(Section):
     # acting
     num_actors: int = Field(default=1, ge=1)
     num_envs: int = Field(default=8, ge=1)  # per actor: one gymnasium vector env
-    steps_per_write: int = Field(default=16, ge=1)  # vector steps per replay add
+    steps_per_write: int = Field(default=16, ge=1)  # vector steps per replay add (the most, when adaptive)
+    # Set: adds shrink toward this many vector steps while the replay store holds them back
+    # (its rate limiter pacing the actor), so rows stay close to the policy that acted them,
+    # and grow back to steps_per_write when adds return quickly (see actors.rollout.WriteSize).
+    min_steps_per_write: int | None = Field(default=None, ge=1)
     epsilon: EpsilonSchedule = Field(default_factory=EpsilonSchedule)
     actor_num_cpus: float = Field(default=0.5, gt=0)
     # learning
@@ -56,6 +60,8 @@ class RLConfig(Section):
         for key in ("name", "policy_id", "table"):
             if not NAME_PATTERN.match(getattr(self, key)):
                 raise ValueError(f"{key} must be letters, digits, '_', '.', '-'")
+        if self.min_steps_per_write is not None and self.min_steps_per_write > self.steps_per_write:
+            raise ValueError("min_steps_per_write must be <= steps_per_write")
         if any(h < 1 for h in self.hidden):
             raise ValueError("hidden layer sizes must be >= 1")
         return self

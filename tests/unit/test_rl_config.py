@@ -37,9 +37,15 @@ def test_presets_load_as_rl_loops_whose_table_fits_the_env(path, env_id, algo, n
 
 def test_cartpole_preset_values_reach_the_section():
     rl = load_config(CARTPOLE).rl
-    assert rl.n_step == 3 and rl.target_update_every == 200 and rl.hidden == [128, 128]
+    assert rl.n_step == 3 and rl.target_update_every == 100 and rl.hidden == [128, 128]
     assert rl.epsilon == EpsilonSchedule(start=1.0, end=0.02, decay_steps=375)
     assert rl.num_envs * rl.epsilon.decay_steps == 12_000  # env steps of exploration, whatever num_envs
+    assert (rl.min_steps_per_write, rl.steps_per_write) == (64, 256)
+
+
+def test_min_steps_per_write_above_the_maximum_is_refused():
+    with pytest.raises(ConfigError, match="min_steps_per_write must be <= steps_per_write"):
+        load_config(CARTPOLE, ["rl.min_steps_per_write=512"])
 
 
 # ---- rl.table must be a declared transitions table ---------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from actors.evaluator import Evaluator, greedy_returns
-from actors.rollout import NStep, RolloutWorker, _NumpyQ
+from actors.rollout import NStep, RolloutWorker, WriteSize, _NumpyQ
 from core.rl.config import EpsilonSchedule, RLConfig
 from core.rl.models import PolicySpec, QNetwork, build_model, spec_for_env
 from core.rl.policy import QPolicy
@@ -318,3 +318,26 @@ def test_evaluator_keeps_one_result_per_version():
         np.mean([_first_episode_return("CartPole-v1", 5 + i, 0) for i in range(3)]))
     assert first["eval_return_min"] <= first["eval_return"] and first["episodes"] == 3
     assert np.isfinite(second["eval_return"]) and second["eval_return"] >= 5
+
+
+# ---- WriteSize: adds shrink while the store paces the actor, grow back when it does not ----
+
+
+def test_write_size_halves_to_its_floor_while_adds_are_held_back():
+    size = WriteSize(32, 256)
+    assert size.now == 256
+    assert [size.update(step_s=0.1, wait_s=2.0) for _ in range(4)] == [128, 64, 32, 32]
+
+
+def test_write_size_doubles_back_when_adds_return_quickly_and_holds_in_between():
+    size = WriteSize(32, 256)
+    for _ in range(3):
+        size.update(step_s=0.1, wait_s=2.0)
+    assert size.now == 32
+    assert size.update(step_s=0.1, wait_s=0.05) == 32  # between a quarter and all of the step time: keep
+    assert [size.update(step_s=0.1, wait_s=0.01) for _ in range(4)] == [64, 128, 256, 256]
+
+
+def test_fixed_write_size_without_a_floor():
+    size = WriteSize(64, 64)
+    assert size.update(step_s=0.1, wait_s=5.0) == 64 and size.update(step_s=0.1, wait_s=0.0) == 64
