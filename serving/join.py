@@ -353,5 +353,8 @@ FeedbackJoiner = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Jo
 
 def get_or_create_joiner(writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                          text_table: str | None = "text", window: int = 300, name: str = JOINER_NAME) -> Any:
-    return FeedbackJoiner.options(name=name, get_if_exists=True).remote(
+    # Ray warns about any ray.get in an async actor; the joiner's run in worker threads
+    # (asyncio.to_thread in _write), never on the event loop, so the warning is noise here.
+    quiet = {"env_vars": {"RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}}
+    return FeedbackJoiner.options(name=name, get_if_exists=True, runtime_env=quiet).remote(
         writer, feedback_ttl_s, feedback_table, text_table, window)
