@@ -13,6 +13,16 @@ def test_every_preset_loads(preset):
     assert isinstance(load_config(preset), EvolveConfig)
 
 
+def test_cluster_preset_runs_the_default_loops_with_gpu_learners():
+    default, cluster = load_config(REPO / "configs/default.yaml"), load_config(REPO / "configs/cluster.yaml")
+    assert cluster.loops == default.loops == ["feedback", "rl"]
+    assert cluster.cluster.address == "auto" and cluster.serving.host == "0.0.0.0"
+    assert cluster.learner.use_gpu and cluster.learner.resources_per_worker == {"learner": 1}
+    # what the loops learn is the default's; only placement and scale differ
+    assert cluster.feedback == default.feedback and cluster.replay == default.replay
+    assert cluster.rl.model_copy(update={"num_actors": default.rl.num_actors}) == default.rl
+
+
 def test_defaults_without_a_file():
     cfg = load_config(None)
     assert cfg.cluster.address is None
