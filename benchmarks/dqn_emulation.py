@@ -7,8 +7,8 @@ A whole `evolve run` costs a minute or two and its time to solve swings 2-5x
 between runs, so comparing presets that way needs more runs than anyone makes.
 This replays the loop's data flow in one process, with the real parts that
 decide what is learned: a `RolloutWorker` (same vector env, epsilon schedule,
-n-step rows) and a `DQNObjective` (same update), paced by the replay store's
-`RateLimiter` rule the way the running loop is:
+n-step rows), a `DQNObjective` (same update) and an in-memory `ReplayTable` (a
+shard's table: same sampler, same rate limiter), paced the way the running loop is:
 
 * the actor writes `min_steps_per_write` vector steps (`steps_per_write` when
   that is unset: here the limiter always paces the actor, so its adaptive add
@@ -19,8 +19,10 @@ n-step rows) and a `DQNObjective` (same update), paced by the replay store's
   episodes; the first with a mean return >= 475 ends the seed.
 
 Not emulated: timing (the real learner runs ~300-450 updates/s here, so
-updates / 400 + ~15 s of start-up approximates a run's time to solve), the two
-shards (one table here), and prioritized sampling (uniform only).  Each seed
+updates / 400 + ~15 s of start-up approximates a run's time to solve) and the
+two shards: one in-memory `ReplayTable` (the shards' own table class, sampler and
+rate limiter) stands for both.  Uniform tables only: prioritized sampling would
+also need the client's importance weights and priority updates.  Each seed
 runs in its own process (`--jobs`, default 2), one torch thread each.  The last
 line is one JSON object: per-seed updates and env steps to solve (null when not
 solved within `--max-updates`) and their median (unsolved counted as the cap).
@@ -40,52 +42,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-class _Table:
-    """The replay table reduced to what sampling needs: a uniform ring buffer."""
-
-    COLS = ("obs", "next_obs", "action", "reward", "terminated", "discount")
-
-    def __init__(self, capacity: int, obs_dim: int):
-        import numpy as np
-
-        self.capacity, self.size, self.ptr = capacity, 0, 0
-        self.cols = {c: np.zeros((capacity, obs_dim) if "obs" in c else capacity,
-                                 np.int64 if c == "action" else np.float32) for c in self.COLS}
-
-    def insert(self, rb: Any) -> None:
-        import numpy as np
-
-        n = rb.num_rows
-        idx = (self.ptr + np.arange(n)) % self.capacity
-        for c in self.COLS:
-            col = rb.column(c)
-            if c.endswith("obs"):
-                self.cols[c][idx] = col.values.to_numpy().reshape(n, -1)
-            else:
-                self.cols[c][idx] = col.to_numpy(zero_copy_only=False)
-        self.ptr, self.size = (self.ptr + n) % self.capacity, min(self.capacity, self.size + n)
-
-    def sample(self, rng: Any, n: int) -> dict[str, Any]:
-        import torch
-
-        i = rng.integers(0, self.size, n)
-        batch = {c: torch.from_numpy(v[i]) for c, v in self.cols.items()}
-        batch["weight"] = torch.ones(n)
-        return batch
-
-
 def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, Any]:
     import gymnasium as gym
-    import numpy as np
     import torch
 
     from actors.rollout import RolloutWorker
-    from core.replay.ratelimit import RateLimiter
+    from core.replay.config import TableConfig
+    from core.replay.table import ReplayTable
     from core.rl.config import RLConfig
-    from core.rl.models import obs_width, spec_for_env
+    from core.rl.models import spec_for_env
     from learners.dqn import DQNObjective
     from learners.objective import WorkerContext
     from learners.q_learning import QSetup
+    from learners.replay_source import transitions_to_tensors
 
     torch.set_num_threads(1)
     rl = RLConfig.model_validate({**config["rl"], "seed": seed})
@@ -96,18 +65,17 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     actor = RolloutWorker(rl, spec, "emulated", writer, source, seed=seed)
     learner = DQNObjective()
     learner.setup(QSetup(rl=rl, spec=spec.to_dict(), lr=lr), WorkerContext())
-    table = _Table(tcfg["capacity"], obs_width(spec))
-    limiter = RateLimiter(tcfg["samples_per_insert"], tcfg["min_size"], tcfg["error_buffer"])
+    table = ReplayTable(rl.table, TableConfig.model_validate(tcfg), seed=seed)  # in memory: no directory
+    limiter = table.limiter
     eval_env = gym.make_vec(rl.env_id, num_envs=rl.eval_episodes, vectorization_mode="sync")
     threshold = rl.solve_return or gym.spec(rl.env_id).reward_threshold
-    rng, best = np.random.default_rng(seed), 0.0
+    best = 0.0
     steps_per_add = rl.min_steps_per_write or rl.steps_per_write
     while learner.updates < max_updates:
         actor.run(steps_per_add)
         # the learner trains until the limiter admits this add (or it may not sample more)
         while not limiter.can_insert(table.size) and limiter.can_sample(batch_size, table.size):
-            learner.step(table.sample(rng, batch_size))
-            limiter.record_sample(batch_size)
+            learner.step(transitions_to_tensors(table.sample(batch_size, timeout_s=0)))
             if learner.updates % rl.publish_every:
                 continue
             source.pending = (learner.updates // rl.publish_every, learner.weights())
@@ -116,8 +84,7 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
                 best = max(best, ret)
                 if ret >= threshold:
                     return {"seed": seed, "updates": learner.updates, "env_steps": actor.env_steps, "best": ret}
-        table.insert(writer.batch)
-        limiter.record_insert(writer.batch.num_rows)
+        table.add(writer.batch, timeout_s=0)  # admitted: the loop above ran until it was
     return {"seed": seed, "updates": None, "env_steps": None, "best": best}
 
 
@@ -171,6 +138,8 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     if cfg.rl.algo != "dqn":
         raise SystemExit(f"{args.config}: rl.algo is {cfg.rl.algo!r}; this emulates the DQN learner")
+    if cfg.replay.tables[cfg.rl.table].sampler != "uniform":
+        raise SystemExit(f"{args.config}: replay.tables.{cfg.rl.table}.sampler must be uniform here")
     config = {"rl": cfg.rl.model_dump(mode="json"), "learner": cfg.learner.model_dump(mode="json"),
               "replay": cfg.replay.model_dump(mode="json")}
     with ProcessPoolExecutor(args.jobs) as pool:
