@@ -57,6 +57,9 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     from learners.replay_source import transitions_to_tensors
 
     torch.set_num_threads(1)
+    # a pool process runs several seeds in turn: without this the actor's first (random) policy
+    # came from whatever torch's generator held after the seed before, so results varied run to run
+    torch.manual_seed(seed)
     rl = RLConfig.model_validate({**config["rl"], "seed": seed})
     tcfg = config["replay"]["tables"][rl.table]
     batch_size, lr = config["learner"]["batch_size"], config["learner"]["lr"]
