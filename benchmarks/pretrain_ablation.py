@@ -15,6 +15,7 @@ One draw's gain moves by about +-0.01, so the figures are means over `--seeds`
 (3) draws of split, initialisation and order; `per_seed` keeps each.
 
 Usage: .venv/bin/python benchmarks/pretrain_ablation.py [--registry runs/mlm/registry] [--seeds 3] [--json]
+       [--dropout P] [--layer-decay D]   (recipe knobs, applied to both arms alike)
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="first seed (data split, init, order)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds to average over")
     ap.add_argument("--heldout-fraction", type=float, default=0.02, help="the pretraining run's held-out fraction")
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="encoder dropout while fine-tuning (default: the encoder's config)")
+    ap.add_argument("--layer-decay", type=float, default=1.0,
+                    help="lr x decay^(layers above): lower layers move less (1.0: one lr for all)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -78,9 +83,12 @@ def main() -> None:
         raise SystemExit(f"no policy {args.policy!r} in {args.registry}: run `evolve pretrain configs/mlm.yaml` first")
     loaded = registry.load(args.policy, meta.version)
     config = BertConfig.from_dict(json.loads(loaded.files["config.json"]))
+    if args.dropout is not None:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = args.dropout
     tok = tokenizer_from_files({k: v for k, v in loaded.files.items() if k.startswith("tokenizer")})
     out = {"encoder_version": meta.version, "encoder_masked_accuracy": meta.metrics.get("masked_accuracy"),
            "train_examples": args.train, "test_examples": args.test, "epochs": args.epochs, "lr": args.lr,
+           "dropout": args.dropout, "layer_decay": args.layer_decay,
            "seeds": list(range(args.seed, args.seed + args.seeds))}
     print(f"encoder {args.policy} v{meta.version} (masked accuracy {meta.metrics.get('masked_accuracy')}); "
           f"{args.train} train / {args.test} test reviews, seeds {out['seeds']}", flush=True)
@@ -134,7 +142,7 @@ def _finetune(config, weights, tok, train, test, args) -> tuple[float, float, in
     model = Classifier(config)
     if weights is not None:
         model.bert.load_state_dict(weights)  # strict: the encoder must fit exactly
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(_param_groups(model, args.lr, args.layer_decay), lr=args.lr, weight_decay=0.01)
     steps = args.epochs * ((len(train) + args.batch_size - 1) // args.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * max(0.0, 1 - s / steps))
     rng = random.Random(args.seed)
@@ -155,6 +163,21 @@ def _finetune(config, weights, tok, train, test, args) -> tuple[float, float, in
     unseen = [i for i, (t, _) in enumerate(test) if stable_unit_hash(t) < args.heldout_fraction]
     acc_unseen = sum(correct[i] for i in unseen) / max(1, len(unseen))
     return sum(correct) / len(correct), acc_unseen, len(unseen)
+
+
+def _param_groups(model: Classifier, lr: float, decay: float) -> list[dict]:
+    """Layer-wise lr: the head and top layer at lr, each layer below x decay, embeddings lowest."""
+    n = model.bert.config.num_hidden_layers
+    groups: dict[int, list] = {}
+    for name, p in model.named_parameters():
+        if name.startswith("bert.embeddings"):
+            depth = n
+        elif name.startswith("bert.encoder.layer."):
+            depth = n - 1 - int(name.split(".")[3])
+        else:
+            depth = 0
+        groups.setdefault(depth, []).append(p)
+    return [{"params": ps, "lr": lr * decay**d} for d, ps in sorted(groups.items())]
 
 
 @torch.no_grad()
