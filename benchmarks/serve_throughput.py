@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--model", choices=["cpu-small", "feedback", "tiny"], default="cpu-small",
                         help="cpu-small: BERT 4 x 256; feedback: the config's feedback.model default; "
                              "tiny: 1 x 32, to see the serving overhead alone")
+    parser.add_argument("--max-batch-size", type=int, default=None, help="default: feedback.max_batch_size")
+    parser.add_argument("--batch-wait-s", type=float, default=None, help="default: feedback.batch_wait_timeout_s")
     args = parser.parse_args()
 
     import ray
@@ -148,7 +150,9 @@ def main() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     log(f"building the {args.model} classifier")
     bundle, texts = build_model(args.model)
-    cfg = FeedbackConfig()  # max_batch_size, batch_wait_timeout_s, max_text_chars: the defaults
+    overrides = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s}
+    # max_batch_size, batch_wait_timeout_s (unless given), max_text_chars: the config's defaults
+    cfg = FeedbackConfig(**{k: v for k, v in overrides.items() if v is not None})
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with socket.socket() as sock:
