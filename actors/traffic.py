@@ -35,7 +35,7 @@ import numpy as np
 import ray
 
 from core.feedback_config import DataSection, TrafficSection
-from core.labeled_data import LabeledData, load_labeled, ordered
+from core.labeled_data import LabeledData, ordered
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
@@ -367,8 +367,7 @@ class TrafficActor:
     def __init__(self, base_url: str, traffic: dict, data: dict, actor_id: str, *, seed: int = 0,
                  shard: tuple[int, int] = (0, 1), poison: bool = False, autostart: bool = True, **kwargs: Any):
         d = DataSection.model_validate(data)
-        labeled = load_labeled(d.path, d.text_column, d.label_column, d.heldout_fraction, d.max_heldout, d.group_column)
-        self.worker = TrafficWorker.from_data(base_url, labeled, TrafficSection.model_validate(traffic), order=d.order,
+        self.worker = TrafficWorker.from_data(base_url, d.load(), TrafficSection.model_validate(traffic), order=d.order,
                                               seed=seed, shard=shard, actor_id=actor_id, poison=poison, **kwargs)
         if autostart:
             self.worker.start()

@@ -25,7 +25,7 @@ from actors.traffic import TrafficActor
 from cluster.errors import UserError
 from cluster.loop_support import LearnerRun, get_or as _get, mean_or_none as _mean, round_or_none as _round
 from core.config import EvolveConfig
-from core.labeled_data import LabeledData, load_labeled
+from core.labeled_data import LabeledData
 from core.registry import PolicyNotFound, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder
 from core.text_corpus import CorpusError
@@ -34,7 +34,7 @@ from learners.online import OnlineObjective, OnlineSetup, split_batch
 from learners.train_loop import LoopSpec, ProgressBoard
 from serving.feedback_app import deploy_feedback_app, undeploy_feedback_app
 from serving.gate_actor import GateActor
-from serving.publisher import get_or_create_publisher
+from serving.publisher import PUBLISHER_NAME, get_or_create_publisher
 
 SPEC = {"kind": "text_classifier"}
 
@@ -63,7 +63,10 @@ class FeedbackLoop:
         data = self._data()
         self.publisher = get_or_create_publisher(ctx.registry.uri)
         self.gate = GateActor.options(name=f"evolve-gate-{fb.policy_id}", get_if_exists=True).remote(
-            ctx.registry.uri, data.heldout, fb.gate.model_dump(), self.publisher, SPEC, torch_threads=1,
+            # names, not objects: the held-out rows (~200 KB) and an actor handle would be constructor
+            # arguments in the object store, which a restart of the gate cannot count on (ray#53727)
+            ctx.registry.uri, fb.data.model_dump(mode="json"), fb.gate.model_dump(), PUBLISHER_NAME, SPEC,
+            torch_threads=1,
         )
         first = self._bootstrap(data)
         ctx.run_dir.event(self.name, "bootstrap", **_plain(first), origin=self.origin)
@@ -83,9 +86,8 @@ class FeedbackLoop:
         self._start_learner(data)
 
     def _data(self) -> LabeledData:
-        d = self.fb.data
         try:
-            return load_labeled(d.path, d.text_column, d.label_column, d.heldout_fraction, d.max_heldout, d.group_column)
+            return self.fb.data.load()
         except CorpusError as exc:
             raise UserError(f"feedback.data: {exc}") from None
 

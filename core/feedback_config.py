@@ -7,12 +7,15 @@ clients in a run on this machine.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from core.config_base import NAME_PATTERN, Section
 from core.mlm_config import ModelConfig
+
+if TYPE_CHECKING:
+    from core.labeled_data import LabeledData
 
 
 class DataSection(Section):
@@ -31,6 +34,13 @@ class DataSection(Section):
         if self.order == "grouped" and not self.group_column:
             raise ValueError("order 'grouped' needs data.group_column")
         return self
+
+    def load(self) -> "LabeledData":
+        """The rows this section names, split into traffic and the fixed held-out set."""
+        from core.labeled_data import load_labeled
+
+        return load_labeled(self.path, self.text_column, self.label_column, self.heldout_fraction,
+                            self.max_heldout, self.group_column)
 
 
 class TrafficSection(Section):

@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from core.feedback_config import GateSection
+from core.feedback_config import DataSection, GateSection
 from serving.gate import EmitFn, PublishGate
 
 
@@ -20,8 +20,8 @@ class GateActor:
     a time (newest wins).  No task retries: `submit` is not idempotent.  After a restart the
     registry still says what is live; the decision list starts over (events.jsonl keeps all)."""
 
-    def __init__(self, registry_uri: str, heldout: list[tuple[str, int]], gate: dict | GateSection, publisher: Any,
-                 spec: dict | None = None, emit: EmitFn | None = None, torch_threads: int | None = None,
+    def __init__(self, registry_uri: str, heldout: list[tuple[str, int]] | dict, gate: dict | GateSection,
+                 publisher: Any, spec: dict | None = None, emit: EmitFn | None = None, torch_threads: int | None = None,
                  max_events: int = 10_000):
         if torch_threads:
             import torch
@@ -30,6 +30,10 @@ class GateActor:
         self._events: deque[dict] = deque(maxlen=max_events)
         self._lock = threading.Lock()
         cfg = gate if isinstance(gate, GateSection) else GateSection.model_validate(gate)
+        if isinstance(heldout, dict):  # a `feedback.data` section: read here, and again after a restart
+            heldout = DataSection.model_validate(heldout).load().heldout
+        if isinstance(publisher, str):  # the publisher's actor name (see `cluster/feedback_loop.py`)
+            publisher = ray.get_actor(publisher)
         self.gate = PublishGate(registry_uri, heldout, cfg, publisher=publisher, emit=emit or self._buffer, spec=spec)
 
     def _buffer(self, kind: str, **fields: Any) -> None:

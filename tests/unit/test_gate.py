@@ -304,3 +304,15 @@ def test_drift_guard_stops_a_slide_of_small_accepted_losses(tmp_path, monkeypatc
         assert registry.latest(P, "live").version == 2
     else:
         assert third["decision"] == "promote" and registry.latest(P, "live").version == 3
+
+
+def test_the_data_section_gives_the_gate_the_same_held_out_rows_every_time():
+    """The gate actor is handed `feedback.data` (not ~200 KB of rows, which Ray would keep in the
+    object store for restarts): it must read back exactly the set the loop kept off the traffic."""
+    from core.feedback_config import DataSection
+    from core.labeled_data import load_labeled
+
+    section = DataSection(max_heldout=50)
+    first = DataSection.model_validate(section.model_dump(mode="json")).load()  # as the actor gets it
+    assert first.heldout == load_labeled(max_heldout=50).heldout == section.load().heldout
+    assert len(first.heldout) == 50 and not set(first.heldout) & set(first.train)
