@@ -68,7 +68,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
         _start_serving(cfg, ctx, say)
         loops = [LOOP_FACTORIES[name](cfg, ctx) for name in _loop_names(cfg)]
         for loop in loops:
-            loop.start()
+            _start_loop(loop, ctx, say)
         rd.event("run", "started", address=handle.address, dashboard_url=handle.dashboard_url, endpoints=ctx.endpoints)
         reason = _drive(cfg, rd, loops, started, stop, say, ctx)
     finally:
@@ -126,6 +126,17 @@ def _progress_line(elapsed: float, budget: float | None, usage: dict, figures: d
     for name, fig in figures.items():
         parts.append(name + " " + " ".join(f"{k}={v}" for k, v in fig.items()))
     return " | ".join(parts)
+
+
+def _start_loop(loop: Loop, ctx: RunContext, say) -> None:
+    """Start one loop, saying so: a loop takes seconds to tens of seconds to come up (Serve
+    apps, Ray Train workers, scoring the first version), before the first progress line."""
+    before, t0 = dict(ctx.endpoints), time.monotonic()
+    say(f"evolve: starting loop {loop.name!r} ...")
+    loop.start()
+    added = [url for key, url in ctx.endpoints.items() if key not in before]
+    say(f"evolve: loop {loop.name!r} started in {time.monotonic() - t0:.1f}s"
+        + (f"; endpoints {'  '.join(added)}" if added else ""))
 
 
 def _start_replay(cfg: EvolveConfig, ctx: RunContext, say) -> None:
