@@ -63,8 +63,6 @@ class FeedbackLoop:
         data = self._data()
         self.publisher = get_or_create_publisher(ctx.registry.uri)
         self.gate = GateActor.options(name=f"evolve-gate-{fb.policy_id}", get_if_exists=True).remote(
-            # names, not objects: the held-out rows (~200 KB) and an actor handle would be constructor
-            # arguments in the object store, which a restart of the gate cannot count on (ray#53727)
             ctx.registry.uri, fb.data.model_dump(mode="json"), fb.gate.model_dump(), PUBLISHER_NAME, SPEC,
             torch_threads=1,
         )

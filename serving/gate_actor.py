@@ -20,9 +20,12 @@ class GateActor:
     a time (newest wins).  No task retries: `submit` is not idempotent.  After a restart the
     registry still says what is live; the decision list starts over (events.jsonl keeps all)."""
 
-    def __init__(self, registry_uri: str, heldout: list[tuple[str, int]] | dict, gate: dict | GateSection,
-                 publisher: Any, spec: dict | None = None, emit: EmitFn | None = None, torch_threads: int | None = None,
+    def __init__(self, registry_uri: str, data: dict | DataSection, gate: dict | GateSection, publisher_name: str,
+                 spec: dict | None = None, emit: EmitFn | None = None, torch_threads: int | None = None,
                  max_events: int = 10_000):
+        """Names, not objects: held-out rows (~200 KB) or an actor handle would be constructor
+        arguments in the object store, which a restart cannot count on (ray#53727).  `data` is the
+        `feedback.data` section; the held-out rows are read here, and again after a restart."""
         if torch_threads:
             import torch
 
@@ -30,10 +33,8 @@ class GateActor:
         self._events: deque[dict] = deque(maxlen=max_events)
         self._lock = threading.Lock()
         cfg = gate if isinstance(gate, GateSection) else GateSection.model_validate(gate)
-        if isinstance(heldout, dict):  # a `feedback.data` section: read here, and again after a restart
-            heldout = DataSection.model_validate(heldout).load().heldout
-        if isinstance(publisher, str):  # the publisher's actor name (see `cluster/feedback_loop.py`)
-            publisher = ray.get_actor(publisher)
+        heldout = DataSection.model_validate(data).load().heldout
+        publisher = ray.get_actor(publisher_name)
         self.gate = PublishGate(registry_uri, heldout, cfg, publisher=publisher, emit=emit or self._buffer, spec=spec)
 
     def _buffer(self, kind: str, **fields: Any) -> None:
