@@ -3,7 +3,11 @@
 Training episodes are epsilon-greedy and lag the learner, so they are not
 what the loop is judged by.  The evaluator waits for the newest live version
 (skipping versions published while it was busy), runs `eval_episodes`
-episodes at once in a vector env with epsilon 0, and keeps the result.
+episodes at once in a vector env with epsilon 0, and keeps the result.  A
+version whose mean reaches `solve_return` is played again for
+`confirm_episodes` episodes on other seeds: a mean over a few episodes of a
+still-changing policy reaches a threshold by luck, so only the confirmed
+mean says "solved".
 It follows the publisher without counting as a subscriber: publish latency
 is about actors and replicas, not about this judge.
 """
@@ -44,8 +48,10 @@ def greedy_returns(env_id: str, policy: QPolicy, episodes: int, seed: int) -> np
 class Evaluator:
     """Plain logic: evaluate a (version, weights) pair; keeps every result."""
 
-    def __init__(self, env_id: str, spec: PolicySpec, episodes: int, seed: int = 10_000):
+    def __init__(self, env_id: str, spec: PolicySpec, episodes: int, seed: int = 10_000,
+                 solve_return: float | None = None, confirm_episodes: int = 100):
         self.env_id, self.episodes, self.seed = env_id, episodes, seed
+        self.solve_return, self.confirm_episodes = solve_return, confirm_episodes
         self.policy = QPolicy(spec)
         self.results: list[dict[str, Any]] = []
 
@@ -58,9 +64,13 @@ class Evaluator:
             "eval_return": float(returns.mean()),
             "eval_return_min": float(returns.min()),
             "episodes": self.episodes,
-            "eval_s": round(time.time() - started, 3),
-            "time": time.time(),
         }
+        if self.solve_return is not None and returns.mean() >= self.solve_return:
+            confirm = greedy_returns(self.env_id, self.policy, self.confirm_episodes,
+                                     self.seed + self.episodes)  # seeds the first eval did not use
+            result.update(confirm_return=float(confirm.mean()), confirm_episodes=self.confirm_episodes,
+                          confirmed=bool(confirm.mean() >= self.solve_return))
+        result.update(eval_s=round(time.time() - started, 3), time=time.time())
         self.results.append(result)
         return result
 
@@ -69,9 +79,10 @@ class Evaluator:
 class EvaluatorActor:
     """Follows the policy source in a thread; `results()` hands over what is new."""
 
-    def __init__(self, env_id: str, spec: dict, episodes: int, source: Any, seed: int = 10_000):
+    def __init__(self, env_id: str, spec: dict, episodes: int, source: Any, seed: int = 10_000,
+                 solve_return: float | None = None, confirm_episodes: int = 100):
         torch.set_num_threads(1)
-        self.evaluator = Evaluator(env_id, PolicySpec.from_dict(spec), episodes, seed)
+        self.evaluator = Evaluator(env_id, PolicySpec.from_dict(spec), episodes, seed, solve_return, confirm_episodes)
         self.source = source
         self._given = 0
         self._error: str | None = None

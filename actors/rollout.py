@@ -145,11 +145,11 @@ class NStep:
 class _NumpyQ:
     """The QNetwork's forward pass in numpy, on C-contiguous copies of the model's parameters.
 
-    For the tiny MLPs and batches of a rollout (8 x 4 -> 128 -> 128 -> 2) torch's
+    For the tiny MLPs and batches of a rollout (CartPole: [num_envs, 4] -> 128 -> 128 -> 2) torch's
     per-op dispatch costs several times the arithmetic; numpy on the same float32
     weights gives the same Q-values (to rounding) in a fraction of the time.  The
     weights are copied transposed and C-contiguous (a transposed view of
-    torch's [out, in] layout makes numpy's matmul ~2.5x slower at these sizes), so
+    torch's [out, in] layout makes numpy's matmul markedly slower at these sizes), so
     the caller rebuilds on every new version (RolloutWorker keys it by version).
     `build` returns None for anything but a plain
     Linear/ReLU stack on Box observations; the caller then uses QPolicy.act.
@@ -186,7 +186,7 @@ class _NumpyQ:
 class WriteSize:
     """Vector steps per replay add, between `lo` and `hi`.
 
-    Each add costs the actor ~10 ms whatever its size, so big adds are cheap per
+    Each add has a fixed cost to the actor whatever its size, so big adds are cheap per
     row; but when the store's rate limiter paces the actor (a learner that is
     slower than its actors: the usual case), a big add means the learner trains
     on rows a policy hundreds of updates old acted.  So: when the last add was
@@ -307,7 +307,7 @@ class RolloutWorker:
         start = self.rows_written
         ts = pa.array(np.full(n, time.time_ns() // 1000, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC"))
         # ids "<actor>-<incarnation>-<row>" and the constant string columns built in
-        # Arrow, not per row in Python: at 4,096 rows per add they cost ~2 ms that way
+        # Arrow, not per row in Python: a Python loop over thousands of rows per add is slow
         seq = pc.cast(pa.array(np.arange(start, start + n, dtype=np.int64)), pa.string())
         ids = pc.binary_join_element_wise(f"{self.actor_id}-{self.incarnation}-", seq, "")
         return pa.RecordBatch.from_arrays(
@@ -373,8 +373,8 @@ class RolloutActor:
                 t1 = time.perf_counter()
                 # Wait for the store to take this batch before stepping on: when the rate
                 # limiter holds adds back, rows queued behind it would be acted by a policy
-                # many versions old by the time the learner sees them (8 queued adds of
-                # 8,192 rows were ~20 s of learner consumption).  Costs ~one shard ack per batch.
+                # many versions old by the time the learner sees them (a few queued large
+                # adds are many seconds of learner consumption).  Costs one shard ack per batch.
                 # How long the store held it sets the next batch's size (WriteSize).
                 if flush is not None:
                     flush()

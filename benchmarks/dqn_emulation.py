@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --json
     .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --set rl.min_steps_per_write=256
 
-A whole `evolve run` costs a minute or two and its time to solve swings 2-5x
+A whole `evolve run` takes minutes and its time to solve varies several-fold
 between runs, so comparing presets that way needs more runs than anyone makes.
 This replays the loop's data flow in one process, with the real parts that
 decide what is learned: a `RolloutWorker` (same vector env, epsilon schedule,
@@ -12,16 +12,17 @@ shard's table: same sampler, same rate limiter), paced the way the running loop 
 
 * the actor writes `min_steps_per_write` vector steps (`steps_per_write` when
   that is unset: here the limiter always paces the actor, so its adaptive add
-  size sits at the floor) with the latest published version (the learner publishes every `rl.publish_every` updates), then its add
-  waits until the limiter admits it; meanwhile the learner samples uniformly
+  size sits at the floor) with the latest published version (the learner
+  publishes every `rl.publish_every` updates), then its add waits until the
+  limiter admits it; meanwhile the learner samples uniformly
   (`batch_size` rows) from what is in the table;
 * every second published version is played greedily for `rl.eval_episodes`
   episodes; the first with a mean return >= 475 ends the seed.
 
-Not emulated: timing (the real learner runs ~300-450 updates/s here, so
-updates / 400 + ~15 s of start-up approximates a run's time to solve) and the
-two shards: one in-memory `ReplayTable` (the shards' own table class, sampler and
-rate limiter) stands for both.  Uniform tables only: prioritized sampling would
+Not emulated: timing (a run's time to solve is roughly its start-up plus the
+updates divided by the real learner's update rate) and the two shards: one
+in-memory `ReplayTable` (the shards' own table class, sampler and rate limiter)
+stands for both.  Uniform tables only: prioritized sampling would
 also need the client's importance weights and priority updates.  Each seed
 runs in its own process (`--jobs`, default 2), one torch thread each.  The last
 line is one JSON object: per-seed updates and env steps to solve (null when not
@@ -50,7 +51,7 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     from core.replay.config import TableConfig
     from core.replay.table import ReplayTable
     from core.rl.config import RLConfig
-    from core.rl.models import spec_for_env
+    from core.rl.models import obs_width, spec_for_env
     from learners.dqn import DQNObjective
     from learners.objective import WorkerContext
     from learners.q_learning import QSetup
@@ -58,17 +59,18 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
 
     torch.set_num_threads(1)
     # a pool process runs several seeds in turn: without this the actor's first (random) policy
-    # came from whatever torch's generator held after the seed before, so results varied run to run
+    # would come from whatever torch's generator holds after the seed before, so a seed's result
+    # would depend on which seeds ran before it in the same process
     torch.manual_seed(seed)
     rl = RLConfig.model_validate({**config["rl"], "seed": seed})
     tcfg = config["replay"]["tables"][rl.table]
-    batch_size, lr = config["learner"]["batch_size"], config["learner"]["lr"]
+    batch_size = rl.batch_size
     spec = spec_for_env(rl.env_id, rl.algo, rl.hidden)
     writer, source = _LastBatch(), _Pending()
     actor = RolloutWorker(rl, spec, "emulated", writer, source, seed=seed)
     learner = DQNObjective()
-    learner.setup(QSetup(rl=rl, spec=spec.to_dict(), lr=lr), WorkerContext())
-    table = ReplayTable(rl.table, TableConfig.model_validate(tcfg), seed=seed)  # in memory: no directory
+    learner.setup(QSetup(rl=rl, spec=spec.to_dict()), WorkerContext())
+    table = ReplayTable(rl.table, TableConfig.model_validate({**tcfg, "obs_dim": tcfg.get("obs_dim") or obs_width(spec)}), seed=seed)  # in memory: no directory
     limiter = table.limiter
     eval_env = gym.make_vec(rl.env_id, num_envs=rl.eval_episodes, vectorization_mode="sync")
     threshold = rl.solve_return or gym.spec(rl.env_id).reward_threshold
@@ -143,8 +145,7 @@ def main() -> None:
         raise SystemExit(f"{args.config}: rl.algo is {cfg.rl.algo!r}; this emulates the DQN learner")
     if cfg.replay.tables[cfg.rl.table].sampler != "uniform":
         raise SystemExit(f"{args.config}: replay.tables.{cfg.rl.table}.sampler must be uniform here")
-    config = {"rl": cfg.rl.model_dump(mode="json"), "learner": cfg.learner.model_dump(mode="json"),
-              "replay": cfg.replay.model_dump(mode="json")}
+    config = {"rl": cfg.rl.model_dump(mode="json"), "replay": cfg.replay.model_dump(mode="json")}
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(run_seed, [config] * args.seeds, range(args.seeds), [args.max_updates] * args.seeds))
     for r in results:

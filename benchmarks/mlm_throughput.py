@@ -129,7 +129,7 @@ def _ours(data, cfg: MLMConfig, args) -> dict[str, float]:
         for workers in (1, 2):
             board = ProgressBoard.remote()
             setup = MLMSetup(
-                mlm=cfg.model_copy(update={"eval_sequences": 16, "warmup_steps": 0}), lr=1e-3,
+                mlm=cfg.model_copy(update={"eval_sequences": 16, "warmup_steps": 0, "lr": 1e-3}),
                 model_config=data.model_config.to_dict(), pretrained_dir=None,
                 tokenizer_files=data.tokenizer_files(), special_ids=data.special_ids,
                 heldout=data.heldout_blocks, info={},

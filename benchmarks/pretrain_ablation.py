@@ -11,8 +11,8 @@ unlabeled pool of semi-supervised learning does); the labels are only ever
 seen here.  `heldout_mlm_*` repeats the accuracy on the test reviews that were
 also in the MLM held-out split, i.e. texts the encoder never saw.
 
-One draw's gain moves by about +-0.01, so the figures are means over `--seeds`
-(3) draws of split, initialisation and order; `per_seed` keeps each.
+One draw's gain varies with its split, initialisation and order, so the
+figures are means over `--seeds` (3) draws; `per_seed` keeps each.
 
 Usage: .venv/bin/python benchmarks/pretrain_ablation.py [--registry runs/mlm/registry] [--seeds 3] [--json]
        [--dropout P] [--layer-decay D]   (recipe knobs, applied to both arms alike)
@@ -92,8 +92,8 @@ def main() -> None:
            "seeds": list(range(args.seed, args.seed + args.seeds))}
     print(f"encoder {args.policy} v{meta.version} (masked accuracy {meta.metrics.get('masked_accuracy')}); "
           f"{args.train} train / {args.test} test reviews, seeds {out['seeds']}", flush=True)
-    # One seed's gain moves by about +-0.01 (2,000 test reviews, a different split and init):
-    # the reported figures are means over --seeds draws, each seed's kept in per_seed.
+    # One seed's gain varies with its split and init: the reported figures are means
+    # over --seeds draws, each seed's kept in per_seed.
     per_seed = []
     for seed in out["seeds"]:
         args.seed = seed

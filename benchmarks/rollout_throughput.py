@@ -28,8 +28,8 @@ building the Arrow batch, but no replay add, no Ray).
 
 `ratio_to_ceiling` = ours / ceiling: the share of raw env speed left after
 inference and replay writes (the target is >= 0.5).  If ours_no_replay is
-well above ours, replay ingest is the limit, not the actor: every add costs a
-shard a few milliseconds whatever its size, so `--steps-per-write` (rows per
+well above ours, replay ingest is the limit, not the actor: every add has a
+fixed cost on the shard whatever its size, so `--steps-per-write` (rows per
 add) moves ours far more than anything in the actor.  The rllib figure is the
 same quantity for RLlib's sampler, for scale.  Shared, busy CPUs make all three
 noisy; compare figures from one run only.  The last line is one JSON object.

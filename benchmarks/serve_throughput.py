@@ -15,9 +15,9 @@ Progress goes to stderr; the last line is one JSON object (`batched_texts_per_fo
 says how full the batches were).
 
 Reading it on a 2-core machine: the client, Serve's proxy and the replica share
-the cores, so batching can only win back the model's per-call cost (cpu-small,
-1 thread: 18 ms for one text, ~8 ms per text in batches of 16), not the proxy's
-per-request cost (`--model tiny` shows that ceiling: ~140-170 req/s there).
+the cores, so batching can only win back the model's per-call cost (a batch
+costs less per text than single texts do), not the proxy's per-request cost
+(`--model tiny` shows that ceiling).
 """
 
 from __future__ import annotations

@@ -24,23 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the evolution loops of a config", description="Run the loops of CONFIG.")
-    run.add_argument("config", metavar="CONFIG", help="YAML preset, e.g. configs/default.yaml")
-    run.add_argument("--budget-s", type=_positive_float, help="stop after this many seconds (default: the config's, else until Ctrl-C)")
-    run.add_argument("--address", help="join a running cluster: 'auto' or ray://host:10001 (default: start an embedded one)")
-    run.add_argument("--run-dir", help="write the run here instead of runs/<name>/")
-    _add_set(run)
+    _add_run_arguments(run, "configs/default.yaml")
     run.set_defaults(func=_cmd_run)
 
     pretrain = sub.add_parser(
         "pretrain",
         help="masked-LM pretraining of the encoder, published to the registry",
-        description="Pretrain a BERT encoder by masked language modelling on Ray Train (config section `mlm`); "
-        "a second call with the same --run-dir resumes from its last checkpoint.",
+        description="Pretrain a BERT encoder by masked language modelling on Ray Train (config section `mlm`): "
+        "the same as `evolve run CONFIG --set loops=[mlm] --set serving.enabled=false`. At the budget it "
+        "evaluates, checkpoints and publishes; a second call with the same --run-dir resumes from its last "
+        "checkpoint.",
     )
-    pretrain.add_argument("config", metavar="CONFIG", help="YAML preset, e.g. configs/mlm.yaml")
-    pretrain.add_argument("--budget-s", type=_positive_float, help="stop after this many seconds, then evaluate, checkpoint and publish")
-    pretrain.add_argument("--run-dir", help="write the run here instead of runs/<name>/ (the same directory resumes)")
-    _add_set(pretrain)
+    _add_run_arguments(pretrain, "configs/mlm.yaml")
     pretrain.set_defaults(func=_cmd_pretrain)
 
     rollback = sub.add_parser(
@@ -95,6 +90,16 @@ def _replay_cli():
     return replay_cli
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("config", metavar="CONFIG", help=f"YAML preset, e.g. {example}")
+    parser.add_argument("--budget-s", type=_positive_float,
+                        help="stop after this many seconds (default: the config's, else until Ctrl-C)")
+    parser.add_argument("--address",
+                        help="join a running cluster: 'auto' or ray://host:10001 (default: start an embedded one)")
+    parser.add_argument("--run-dir", help="write the run here instead of runs/<name>/ (the same directory resumes)")
+    _add_set(parser)
+
+
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
@@ -102,7 +107,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set learner.lr=1e-4 (repeatable; VALUE is YAML)",
+        help="override a config value, e.g. --set rl.lr=1e-4 (repeatable; VALUE is YAML)",
     )
 
 
@@ -116,29 +121,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = ()) -> int:
     from cluster.run import execute
 
-    overrides = list(args.overrides)
+    overrides = [*args.overrides, *extra]
     if args.budget_s is not None:
         overrides.append(f"run.budget_s={args.budget_s}")
     if args.address is not None:
         overrides.append(f"cluster.address={json.dumps(args.address)}")
     if args.run_dir is not None:
         overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
-    cfg = load_config(args.config, overrides)
-    return execute(cfg)
+    return execute(load_config(args.config, overrides))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from cluster.pretrain import execute
-
-    overrides = list(args.overrides)
-    if args.budget_s is not None:
-        overrides.append(f"run.budget_s={args.budget_s}")
-    if args.run_dir is not None:
-        overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
-    return execute(load_config(args.config, overrides))
+    """`evolve run CONFIG --set loops=[mlm] --set serving.enabled=false`: the same driver, on the
+    config's mlm loop alone (pretraining serves nothing)."""
+    return _cmd_run(args, ["loops=[mlm]", "serving.enabled=false"])
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:

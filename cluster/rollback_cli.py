@@ -16,11 +16,6 @@ from cluster.errors import UserError
 from core.registry import PolicyNotFound
 
 
-def gate_actor_name(policy_id: str) -> str:
-    """The name `cluster/feedback_loop.py` gives its `GateActor` (one per policy)."""
-    return f"evolve-gate-{policy_id}"
-
-
 def rollback(policy_id: str, to: int | None = None, registry: str | None = None, run_dir: str | None = None,
              address: str | None = None, namespace: str = "evolve") -> dict:
     if address is not None:
@@ -55,6 +50,7 @@ def _rollback_live(policy_id: str, to: int | None, address: str, namespace: str)
     import ray
 
     from cluster.connect import ClusterConnectError, probe
+    from serving.gate_actor import gate_name
 
     try:
         probe(address)
@@ -63,10 +59,10 @@ def _rollback_live(policy_id: str, to: int | None, address: str, namespace: str)
         raise UserError(f"cannot reach Ray at {address}: {exc}") from None
     try:
         try:
-            gate = ray.get_actor(gate_actor_name(policy_id), namespace=namespace)
+            gate = ray.get_actor(gate_name(policy_id), namespace=namespace)
         except ValueError:
             raise UserError(f"no live run serves policy {policy_id!r} on {address} "
-                            f"(no actor {gate_actor_name(policy_id)!r}); use --run-dir or --registry") from None
+                            f"(no actor {gate_name(policy_id)!r}); use --run-dir or --registry") from None
         try:
             return ray.get(gate.rollback.remote(policy_id, to, "manual (evolve rollback)"), timeout=120)
         except ray.exceptions.RayTaskError as exc:

@@ -1,100 +1,82 @@
-"""Wire one run from its config: cluster, registry, serving, loops, budget, reports.
+"""`evolve run`: wire one run from its config and drive its loops to the end.
 
-The driver owns no learning logic.  It starts the components, then polls every
-loop each `progress_interval_s`, prints one progress line, appends events, and
-on exit (budget, every loop done, Ctrl-C or SIGTERM) writes summary.json.
+    config -> loops built and prepared (bad input refused before Ray starts)
+           -> Ray (embedded or joined) -> replay shards -> Serve gateway -> each loop started
+           -> every progress interval: each loop polled, one progress line, events
+           -> budget, every loop done, Ctrl-C or SIGTERM -> each loop stopped -> summary.json
+
+The driver owns no learning logic: the loop protocol is in `cluster.loop`.
+`evolve pretrain` is this same driver on an `mlm` loop.
 """
 
 from __future__ import annotations
 
 import platform
 import signal
-import sys
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import ray
 
+from cluster import loops as loop_kinds
 from cluster.connect import ClusterHandle, connect, disconnect, resource_report
+from cluster.loop import Loop, RunContext, quietly
 from cluster.rundir import RunDir
 from core.config import EvolveConfig
 from core.registry import PolicyRegistry
 
 
-class Loop(Protocol):
-    """One evolution loop as the driver sees it (the later stages implement these)."""
-
-    name: str
-
-    def start(self) -> None: ...
-    def poll(self) -> dict[str, Any]: ...  # progress figures, also logged as an event
-    def done(self) -> bool: ...  # reached its goal: the run may end early
-    def summary(self) -> dict[str, Any]: ...  # goes to summary.json loops.<name>
-    def stop(self) -> None: ...
-
-
-# Loop kinds register a factory here: (config, context) -> Loop.
-LOOP_FACTORIES: dict[str, Callable[[EvolveConfig, "RunContext"], Loop]] = {}
-
-
-class RunContext:
-    """What a loop gets from the driver: config, run directory, registry, endpoints."""
-
-    def __init__(self, cfg: EvolveConfig, run_dir: RunDir, registry: PolicyRegistry, cluster: ClusterHandle):
-        self.cfg, self.run_dir, self.registry, self.cluster = cfg, run_dir, registry, cluster
-        self.endpoints: dict[str, str] = {}
-        self.replay = None  # a ReplayClient when cfg.replay.enabled
-
-
 def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
     """Run until the budget ends, every loop is done, or the user stops it; returns an exit code."""
-    started = time.time()
     rd = RunDir(cfg.run.resolved_run_dir())
-    rd.write_config(cfg)
-    stop = _StopFlag()
-    loops: list[Loop] = []
+    ctx = RunContext(cfg, rd, PolicyRegistry(cfg.registry.uri or rd.path / "registry"))
+    started = ctx.started
+    ctx.say = say
     run_info: dict[str, Any] = {"name": cfg.run.name, "run_dir": str(rd.path), "started_at": started}
+    stop = StopSignals()
+    loops: list[Loop] = []
+    running: list[Loop] = []  # started (or starting): these are stopped at the end
     reason = "error"
-    ctx: RunContext | None = None
     try:
-        handle = connect(cfg.cluster)
-        run_info.update(address=handle.address, embedded=handle.embedded, dashboard_url=handle.dashboard_url)
-        ctx = RunContext(cfg, rd, PolicyRegistry(cfg.registry.uri or rd.path / "registry"), handle)
         say(f"evolve: run {cfg.run.name!r} -> {rd.path}")
+        loops = [loop_kinds.build(kind, cfg, ctx) for kind in cfg.loops]
+        for loop in loops:
+            loop.prepare()
+        rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded
+        ctx.cluster = handle = connect(cfg.cluster)
+        run_info.update(address=handle.address, embedded=handle.embedded, dashboard_url=handle.dashboard_url)
         say(f"evolve: Ray {ray.__version__} {'embedded' if handle.embedded else 'cluster'} at {handle.address}")
         say(f"evolve: dashboard {handle.dashboard_url or '(disabled)'}" + _auth_hint(handle))
-        _start_replay(cfg, ctx, say)
-        _start_serving(cfg, ctx, say)
-        loops = [LOOP_FACTORIES[name](cfg, ctx) for name in _loop_names(cfg)]
+        if any(loop.uses_replay for loop in loops):
+            _start_replay(cfg, ctx, say)
+        if cfg.serving.enabled:
+            _start_serving(cfg, ctx, say)
         for loop in loops:
+            running.append(loop)
             _start_loop(loop, ctx, say)
         rd.event("run", "started", address=handle.address, dashboard_url=handle.dashboard_url, endpoints=ctx.endpoints)
         reason = _drive(cfg, rd, loops, started, stop, say, ctx)
     finally:
-        for loop in loops:
-            _quietly(loop.stop)
-        if ctx is not None and ctx.replay is not None:
-            run_info["replay"] = _quietly(lambda: _replay_summary(ctx.replay))
-        summaries = {loop.name: _quietly(loop.summary) or {} for loop in loops}
-        run_info.update(
-            wall_s=round(time.time() - started, 3),
-            stopped_by=reason,
-            ray_version=ray.__version__,
-            python=platform.python_version(),
-        )
+        for loop in running:
+            quietly(loop.stop, f"stopping loop {loop.name!r}")
+        if ctx.replay is not None:
+            run_info["replay"] = quietly(lambda: _replay_summary(ctx.replay), "reading the replay store")
+        summaries = {loop.name: quietly(loop.summary, f"summary of loop {loop.name!r}") or {} for loop in loops}
+        run_info.update(wall_s=round(time.time() - started, 3), stopped_by=reason, ray_version=ray.__version__,
+                        python=platform.python_version())
         rd.event("run", "finished", stopped_by=reason, wall_s=run_info["wall_s"])
         path = rd.write_summary(run_info, summaries)
         rd.close()
         stop.restore()
-        if cfg.serving.enabled:
-            _quietly(_undeploy)
+        if "http" in ctx.endpoints:
+            quietly(_undeploy, "undeploying the gateway")
         disconnect()
     say(f"evolve: stopped ({reason}) after {run_info['wall_s']:.1f}s; summary: {path}")
     return 0
 
 
-def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, stop: "_StopFlag", say, ctx) -> str:
+def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, stop: StopSignals, say, ctx) -> str:
     budget = cfg.run.budget_s
     interval = cfg.run.progress_interval_s
     while True:
@@ -130,7 +112,7 @@ def _progress_line(elapsed: float, budget: float | None, usage: dict, figures: d
 
 def _start_loop(loop: Loop, ctx: RunContext, say) -> None:
     """Start one loop, saying so: a loop takes seconds to tens of seconds to come up (Serve
-    apps, Ray Train workers, scoring the first version), before the first progress line."""
+    apps, Ray Train workers, scoring the first version) before its first progress line."""
     before, t0 = dict(ctx.endpoints), time.monotonic()
     say(f"evolve: starting loop {loop.name!r} ...")
     loop.start()
@@ -140,7 +122,7 @@ def _start_loop(loop: Loop, ctx: RunContext, say) -> None:
 
 
 def _start_replay(cfg: EvolveConfig, ctx: RunContext, say) -> None:
-    if not cfg.replay.enabled:
+    if not cfg.replay.enabled or not cfg.replay.tables:
         return
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
@@ -161,8 +143,6 @@ def _replay_summary(client) -> dict[str, dict]:
 
 
 def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:
-    if not cfg.serving.enabled:
-        return
     from serving.gateway import deploy_gateway
 
     grpc = None
@@ -184,40 +164,15 @@ def _undeploy() -> None:
     undeploy()
 
 
-def _loop_names(cfg: EvolveConfig) -> list[str]:
-    _register_builtin_loops(cfg.loops)
-    return [name for name in cfg.loops if name in LOOP_FACTORIES]
-
-
-def _register_builtin_loops(names: list[str]) -> None:
-    # imported here, and only the loops the run names: a loop pulls in torch, gymnasium,
-    # transformers and Ray Train, which `evolve status` never needs
-    if "rl" in names and "rl" not in LOOP_FACTORIES:
-        from cluster.rl_loop import RLLoop
-
-        LOOP_FACTORIES["rl"] = RLLoop
-    if "feedback" in names and "feedback" not in LOOP_FACTORIES:
-        from cluster.feedback_loop import FeedbackLoop
-
-        LOOP_FACTORIES["feedback"] = FeedbackLoop
-
-
 def _auth_hint(handle: ClusterHandle) -> str:
     if handle.dashboard_url and handle.auth_mode.startswith("token"):
         return "  (token auth: `ray get-auth-token` prints the token the dashboard asks for)"
     return ""
 
 
-def _quietly(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except Exception as exc:  # teardown must go on; report, do not mask the real error
-        print(f"evolve: warning: {getattr(fn, '__qualname__', fn)} failed during shutdown: {exc}", file=sys.stderr)
-        return None
-
-
-class _StopFlag:
-    """Ctrl-C and SIGTERM end the run cleanly: the summary is still written."""
+class StopSignals:
+    """Ctrl-C and SIGTERM end the run cleanly (each loop stopped, the summary written); a second
+    Ctrl-C stops waiting for that."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -228,6 +183,8 @@ class _StopFlag:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame) -> None:
+        if self._event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.reason = "interrupt" if signum == signal.SIGINT else "terminated"
         self._event.set()
 

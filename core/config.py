@@ -2,8 +2,9 @@
 
 Every section forbids unknown keys so a typo fails at load time instead of
 being silently ignored; `core.config_loader` turns validation errors into one
-line naming the file, the key and the reason.  Loops of later stages add their
-own sections here; each stays small and owns its defaults.
+line naming the file, the key and the reason.  Each loop kind has its own
+section (`rl`, `feedback`, `mlm`) that owns its learning settings; `learner`
+says only where learners run.
 """
 
 from __future__ import annotations
@@ -73,17 +74,14 @@ class RegistryConfig(Section):
 
 
 class LearnerConfig(Section):
-    """Defaults shared by every learner; loop sections may override per loop."""
+    """Where every loop's Ray Train learner runs; what it learns and how fast is the loop's own section."""
 
-    num_workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False
-    # Extra Ray resources per Train worker, e.g. {"learner": 1} so learners
-    # land on the GPU node type of ray_cluster.yaml.
+    num_workers: int = Field(default=1, ge=1)  # Train workers (DDP ranks)
+    use_gpu: bool = False  # one GPU per worker
+    # Extra Ray resources per worker, e.g. {"learner": 1} so learners land on the
+    # GPU node type of ray_cluster.yaml.
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    lr: float = Field(default=1e-3, gt=0, lt=1)
-    batch_size: int = Field(default=64, ge=1)
-    checkpoint_every: int = Field(default=500, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)  # reserved in Ray's scheduler
 
     @field_validator("resources_per_worker")
     @classmethod
@@ -92,6 +90,12 @@ class LearnerConfig(Section):
         if bad:
             raise ValueError(f"resources must be >= 0, got {bad}")
         return v
+
+
+# Keys that moved out of `learner:` into each loop kind's section; a config that still
+# sets one is refused with the new place (core.config_loader).
+MOVED_KEYS = {f"learner.{key}": key for key in ("lr", "batch_size", "checkpoint_every")}
+LOOP_SECTIONS = ("rl", "feedback", "mlm")
 
 
 class EvolveConfig(Section):
@@ -104,9 +108,8 @@ class EvolveConfig(Section):
     mlm: MLMConfig = Field(default_factory=MLMConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
-    # The evolution loops `evolve run` starts; each kind reads its own section
-    # ("rl" -> rl:, "feedback" -> feedback:).
-    loops: list[Literal["rl", "feedback"]] = Field(default_factory=list)
+    # The loops `evolve run` starts; each kind reads the section of its name.
+    loops: list[Literal["rl", "feedback", "mlm"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> "EvolveConfig":
@@ -121,14 +124,12 @@ class EvolveConfig(Section):
             self._check_rl_table()
         if "feedback" in self.loops:
             self._check_feedback_tables()
+        if "mlm" in self.loops and self.mlm.source == "replay":
+            self._check_table("mlm.replay_table", self.mlm.replay_table, "text")
         return self
 
     def _check_rl_table(self) -> None:
-        table = self.replay.tables.get(self.rl.table) if self.replay.enabled else None
-        if table is None:
-            raise ValueError(f"rl.table {self.rl.table!r} must be a table declared under replay.tables")
-        if table.kind != "transitions":
-            raise ValueError(f"rl.table {self.rl.table!r} must be of kind 'transitions', not {table.kind!r}")
+        self._check_table("rl.table", self.rl.table, "transitions")
 
     def _check_feedback_tables(self) -> None:
         fb = self.feedback
@@ -136,8 +137,11 @@ class EvolveConfig(Section):
         if fb.text_table is not None:
             wanted.append(("feedback.text_table", fb.text_table, "text"))
         for key, name, kind in wanted:
-            table = self.replay.tables.get(name) if self.replay.enabled else None
-            if table is None:
-                raise ValueError(f"{key} {name!r} must be a table declared under replay.tables")
-            if table.kind != kind:
-                raise ValueError(f"{key} {name!r} must be of kind {kind!r}, not {table.kind!r}")
+            self._check_table(key, name, kind)
+
+    def _check_table(self, key: str, name: str, kind: str) -> None:
+        table = self.replay.tables.get(name) if self.replay.enabled else None
+        if table is None:
+            raise ValueError(f"{key} {name!r} must be a table declared under replay.tables")
+        if table.kind != kind:
+            raise ValueError(f"{key} {name!r} must be of kind {kind!r}, not {table.kind!r}")

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from core.config import EvolveConfig
+from core.config import LOOP_SECTIONS, MOVED_KEYS, EvolveConfig
 
 
 class ConfigError(ValueError):
@@ -27,11 +27,11 @@ class ConfigError(ValueError):
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """`learner.lr=1e-4` -> ("learner.lr", 1e-4); the value is read as YAML."""
+    """`rl.lr=1e-4` -> ("rl.lr", 1e-4); the value is read as YAML."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError("--set", item, "expected KEY=VALUE with a dotted key, e.g. learner.lr=1e-4")
+        raise ConfigError("--set", item, "expected KEY=VALUE with a dotted key, e.g. rl.lr=1e-4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
@@ -66,6 +66,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     source = str(path) if path is not None else "<defaults>"
     data = _read_yaml(Path(path)) if path is not None else {}
     data, touched = apply_overrides(data, overrides or [])
+    _refuse_moved_keys(data, source, touched)
     try:
         return EvolveConfig.model_validate(data)
     except ValidationError as exc:
@@ -74,6 +75,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         key = ".".join(loc)
         hits = [t for t in touched if t == key or t.startswith(key + ".") or key.startswith(t + ".")]
         raise ConfigError(f"--set {hits[0]}" if hits else source, key, _reason(err, loc)) from None
+
+
+def _refuse_moved_keys(data: dict[str, Any], source: str, touched: set[str]) -> None:
+    """A key that moved into the loop sections names its new place (the loops of this config)."""
+    for old, key in MOVED_KEYS.items():
+        section, _, name = old.partition(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            loops = [k for k in (data.get("loops") or []) if k in LOOP_SECTIONS] or list(LOOP_SECTIONS)
+            where = f"--set {old}" if old in touched else source
+            raise ConfigError(where, "", f"{old} moved: set " + " / ".join(f"{loop}.{key}" for loop in loops)
+                              + " (each loop kind owns its learning settings)")
 
 
 def dump_config(cfg: EvolveConfig) -> str:

@@ -85,7 +85,7 @@ class FeedbackConfig(Section):
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(num_layers=3, hidden_size=192, num_heads=4,
                                                                    intermediate_size=768))
     vocab_size: int = Field(default=6000, ge=100)  # of the tokenizer trained when there is no encoder
-    max_len: int = Field(default=128, ge=8, le=512)  # a quarter of the reviews run past 94 characters
+    max_len: int = Field(default=128, ge=8, le=512)  # tokens per text; longer ones are cut
     max_text_chars: int = Field(default=2000, ge=1)  # longer request texts are refused (413)
     feedback_ttl_s: float = Field(default=600.0, gt=0)  # feedback after this -> 410
     feedback_table: str = "feedback"
@@ -94,17 +94,28 @@ class FeedbackConfig(Section):
     traffic: TrafficSection = Field(default_factory=TrafficSection)
     gate: GateSection = Field(default_factory=GateSection)
     # learning
-    lr: float = Field(default=5e-4, gt=0, lt=1)
-    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=5e-4, gt=0, lt=1)  # AdamW step size
+    weight_decay: float = Field(default=0.01, ge=0)  # AdamW decoupled weight decay
+    grad_clip: float = Field(default=1.0, gt=0)  # global gradient norm cap
+    batch_size: int = Field(default=32, ge=1)  # rows per update, fresh + rehearsal
     rehearsal: float = Field(default=0.5, ge=0, lt=1)  # share of each batch replayed from older feedback
+    reservoir_size: int = Field(default=5000, ge=1)  # older feedback kept for rehearsal (reservoir sample)
     pg_weight: float = Field(default=1.0, ge=0)  # weight of the reward-only policy-gradient term
     max_importance_weight: float = Field(default=10.0, gt=0)  # clip 1/p of the logged prediction
+    baseline_init: float = Field(default=0.5, ge=0, le=1)  # reward baseline before any reward: guessing on 2 classes
+    baseline_decay: float = Field(default=0.99, gt=0, lt=1)  # EMA decay of the reward baseline, per reward row
+    max_backlog: int = Field(default=16, ge=1)  # fresh batches a rank holds while another waits for data (DDP)
     candidate_every: int = Field(default=50, ge=1)  # learner updates between candidates
-    checkpoint_every: int = Field(default=200, ge=1)
+    # The gate judges only the newest queued candidate; True drops a candidate while the gate
+    # still judges the previous one, which spares the object store on slow gates.
+    skip_when_gate_busy: bool = False
+    report_every: int = Field(default=10, ge=1)  # learner updates between progress records
+    checkpoint_every: int = Field(default=200, ge=1)  # learner updates between checkpoints
+    curve_rows: int = Field(default=200, ge=0)  # held-out rows the learner scores for its own curve
     # serving
-    num_replicas: int = Field(default=1, ge=1)
+    num_replicas: int = Field(default=1, ge=1)  # Serve replicas of the classifier
     max_batch_size: int = Field(default=32, ge=1)  # @serve.batch
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)  # how long a batch waits to fill
     stop_accuracy: float | None = Field(default=None, gt=0, le=1)  # stop the run when live reaches it
 
     @model_validator(mode="after")

@@ -1,8 +1,7 @@
-"""The `mlm` config section: corpus, tokenizer, model and masked-LM knobs.
+"""The `mlm` config section: the masked-LM pretraining loop (corpus, tokenizer, model, learning).
 
-Worker count, GPU use, learning rate, batch size and checkpoint cadence come
-from the shared `learner` section; only what is specific to masked language
-modelling lives here.
+Where the learner runs (workers, GPU, CPUs) is the shared `learner` section;
+everything about what it learns and how fast lives here.
 """
 
 from __future__ import annotations
@@ -71,6 +70,7 @@ class ModelConfig(Section):
 
 
 class MLMConfig(Section):
+    name: str = "mlm"  # the loop's name in events and summary.json
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -78,6 +78,9 @@ class MLMConfig(Section):
     source: Literal["corpus", "replay"] = "corpus"
     replay_table: str = "text"
     seq_len: int = Field(default=128, ge=8, le=4096)
+    lr: float = Field(default=1e-3, gt=0, lt=1)  # AdamW peak step size
+    batch_size: int = Field(default=32, ge=1)  # blocks of seq_len tokens per worker step
+    checkpoint_every: int = Field(default=500, ge=1)  # steps between checkpoints
     # BERT's dynamic masking: choose mask_prob of the tokens each step; of those
     # 80% become [MASK], 10% a random token, 10% stay as they are.
     mask_prob: float = Field(default=0.15, gt=0, lt=1)
@@ -99,7 +102,7 @@ class MLMConfig(Section):
     grad_clip: float = Field(default=1.0, gt=0)
     bf16: bool = True  # autocast on GPU
     # bf16 autocast on CPU: "auto" = only where the CPU has native bf16 (AVX512-BF16 / AMX), where
-    # it is ~1.5x faster; elsewhere it would be slower than fp32.
+    # it is faster than fp32; elsewhere it would be slower.
     cpu_bf16: Literal["auto", "on", "off"] = "auto"
     # Held-out masking: "bert" = 80/10/10 like training (what transformers' run_mlm reports);
     # "strict" = every chosen token becomes [MASK].  Both accuracies are always computed; this
@@ -119,8 +122,9 @@ class MLMConfig(Section):
     def _check(self) -> "MLMConfig":
         if self.mask_token_frac + self.random_token_frac > 1:
             raise ValueError("mask_token_frac + random_token_frac must be <= 1")
-        if not NAME_PATTERN.match(self.policy_id):
-            raise ValueError("policy_id must be 1-64 letters, digits, '_', '.', '-'")
+        for key in ("name", "policy_id"):
+            if not NAME_PATTERN.match(getattr(self, key)):
+                raise ValueError(f"{key} must be 1-64 letters, digits, '_', '.', '-'")
         if self.tokenizer.pretrained_dir is None and self.model.pretrained_dir is not None:
             raise ValueError("a pretrained model needs its tokenizer: set tokenizer.pretrained_dir too")
         return self

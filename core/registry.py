@@ -91,10 +91,17 @@ class LoadedPolicy:
 
 
 class PolicyRegistry:
-    def __init__(self, uri: str | os.PathLike[str]):
+    def __init__(self, uri: str | os.PathLike[str], create: bool = True):
+        """`create=False` opens a registry only to read it: a missing root reads as empty, and
+        nothing is created (looking for an encoder must not leave an empty registry behind)."""
         self.uri = str(uri)
         self.fs, self.root = fsspec.core.url_to_fs(self.uri)
-        self.fs.makedirs(self.root, exist_ok=True)
+        if create:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def has(self, policy_id: str) -> bool:
+        """Whether any version of the policy exists (creates nothing)."""
+        return bool(self.versions(policy_id))
 
     # ---- writing -----------------------------------------------------------------
     def publish(

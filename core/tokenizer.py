@@ -68,7 +68,7 @@ def _stable_ids(tok):
     """The same texts -> the same token ids in every process.
 
     The trainer adds the "##" continuation alphabet in hash-map order, so those ids (and with
-    them a seeded model's embeddings) changed from process to process.  WordPiece matches the
+    them a seeded model's embeddings) would differ from process to process.  WordPiece matches the
     longest piece whatever its id, so renumbering is free: special tokens first, the rest sorted.
     """
     from tokenizers import Tokenizer

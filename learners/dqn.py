@@ -33,7 +33,7 @@ class DQNObjective(QObjectiveBase):
         for p in self.target.parameters():
             p.requires_grad_(False)
         self.train_model = ctx.wrap_model(self.model)
-        self.optimizer = _adam(self.model.parameters(), config.lr)
+        self.optimizer = _adam(self.model.parameters(), config.rl.lr)
 
     def update(self, batch: dict[str, torch.Tensor]) -> tuple[float | None, torch.Tensor | None]:
         cfg = self.cfg
@@ -66,8 +66,8 @@ class DQNObjective(QObjectiveBase):
 
 
 def _adam(params, lr: float) -> torch.optim.Optimizer:
-    """Fused Adam where torch has it for these tensors (one kernel for all parameters: ~10%
-    of a small network's update on CPU), else the default implementation."""
+    """Fused Adam where torch has it for these tensors (one kernel for all parameters
+    instead of one per tensor: most of a small network's update is that overhead), else the default."""
     params = list(params)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)

@@ -37,7 +37,6 @@ class MLMSetup:
     """Everything a worker needs to build the MLM objective (pickled into the Train loop config)."""
 
     mlm: MLMConfig
-    lr: float
     model_config: dict[str, Any]  # BertConfig.to_dict(); ignored when pretrained_dir is set
     pretrained_dir: str | None
     tokenizer_files: dict[str, bytes]
@@ -122,7 +121,7 @@ class MLMObjective:
         self.core = MaskedOnlyMLM(self.model)
         self.train_core = ctx.wrap_model(self.core)
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, config.mlm.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6
+            _param_groups(self.model, config.mlm.weight_decay), lr=config.mlm.lr, betas=(0.9, 0.98), eps=1e-6
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.gen = torch.Generator(device=ctx.device).manual_seed(config.mlm.seed * 1000 + ctx.rank)

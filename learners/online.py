@@ -71,15 +71,6 @@ class OnlineSetup:
     # Opaque handle with submit.remote(policy_id, weights, files, metadata); None = no candidates.
     gate: Any = None
     heldout: list[tuple[str, int]] | None = None  # a few rows for evaluate()'s curve; the gate has its own
-    reservoir_size: int = 5000
-    grad_clip: float = 1.0
-    weight_decay: float = 0.01
-    baseline_decay: float = 0.99  # EMA of rewards
-    baseline_init: float = 0.5
-    max_backlog: int = 16  # fresh batches held while another rank waits for data (DDP)
-    # The gate queues candidates and judges only the newest, so by default every K-th update is sent;
-    # True: drop a candidate while the gate still judges the previous one (spares the object store).
-    skip_when_gate_busy: bool = False
     seed: int = 0
 
 
@@ -144,12 +135,12 @@ class OnlineObjective:
         self.labels = self.bundle.labels
         self.model = self.bundle.model.to(ctx.device)
         self.train_model = ctx.wrap_model(self.model)  # DDP when world_size > 1
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.fb.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.fb.lr, weight_decay=config.fb.weight_decay)
         self.fresh_rows, self.rehearsal_rows = split_batch(self.fb.batch_size, self.fb.rehearsal)
-        self.reservoir = Reservoir(config.reservoir_size)
+        self.reservoir = Reservoir(config.fb.reservoir_size)
         self.backlog: deque[FeedbackBatch] = deque()
         self.updates = self.skipped = self.idle = self.candidates = self.candidates_dropped = 0
-        self.baseline = config.baseline_init
+        self.baseline = config.fb.baseline_init
         self.last: dict[str, float] = {"loss": math.nan, "ce_loss": math.nan, "pg_loss": math.nan,
                                        "train_accuracy": math.nan, "importance_weight": math.nan,
                                        "clipped_share": math.nan}
@@ -167,7 +158,7 @@ class OnlineObjective:
     def step(self, batch: FeedbackBatch | None) -> dict[str, float]:
         if batch is not None and len(batch):
             self.backlog.append(batch)
-        while len(self.backlog) > self.setup_.max_backlog:  # too far ahead: learn those rows by rehearsal only
+        while len(self.backlog) > self.fb.max_backlog:  # too far ahead: learn those rows by rehearsal only
             self.reservoir.add(self.backlog.popleft(), self.rng)
         fresh = self.backlog.popleft() if self.backlog else None
         # Under DDP every rank must run the same forward/backward: wait until all have data.
@@ -208,7 +199,7 @@ class OnlineObjective:
             return False, figures
         loss.backward()
         # DDP has averaged the gradients, so every rank sees the same norm and takes the same branch
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.setup_.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.fb.grad_clip)
         if not bool(torch.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
@@ -228,7 +219,7 @@ class OnlineObjective:
                 self.last["clipped_share"] = float((parts["ratio"][bandit] > w).float().mean())
                 # the baseline moves after the step: a row never serves as its own baseline
                 r = float(parts["reward"][bandit].mean())
-                d = self.setup_.baseline_decay ** n_bandit
+                d = self.fb.baseline_decay ** n_bandit
                 self.baseline = d * self.baseline + (1.0 - d) * r
         self.window.loss_sum += float(loss.detach())
         self.window.updates += 1
@@ -264,7 +255,7 @@ class OnlineObjective:
         self.window = _DataWindow()
         if self.ctx.rank != 0 or self.setup_.gate is None:
             return
-        if self.setup_.skip_when_gate_busy and not _done(self._gate_ref):
+        if self.fb.skip_when_gate_busy and not _done(self._gate_ref):
             self.candidates_dropped += 1
             return
         weights = self.numpy_weights()

@@ -1,4 +1,4 @@
-"""Q-learning objectives on the shared train loop: the common part, and the seed's tabular rule.
+"""Q-learning objectives on the shared train loop: the common part, and the tabular rule.
 
 Both learn from replay-store transitions (`learners.replay_source`), publish
 every `rl.publish_every` updates from rank 0, and checkpoint through the
@@ -29,7 +29,6 @@ class QSetup:
 
     rl: RLConfig
     spec: dict[str, Any]  # PolicySpec.to_dict()
-    lr: float
     publisher: Any = None  # actor handle with publish.remote(policy_id, weights, metadata, spec, published_at)
     # Where |TD| priorities go: a ReplayTransitionSource of a prioritized table, else None.
     priorities: Any = None
@@ -131,7 +130,7 @@ class QObjectiveBase:
 
 
 class QTableObjective(QObjectiveBase):
-    """The seed's rule, Q(s,a) += alpha * (r + gamma^n * max_a' Q(s',a') - Q(s,a)), on replayed batches.
+    """Tabular Q-learning, Q(s,a) += alpha * (r + gamma^n * max_a' Q(s',a') - Q(s,a)), on replayed batches.
 
     Rows of a batch that hit the same (s, a) share one averaged step; with several
     workers the table deltas are averaged across ranks so every copy stays equal.

@@ -62,8 +62,8 @@ class ReplayTransitionSource:
     table: str
     batch_size: int
     # Batches fetched per round trip: one sample of k x batch_size rows is cut into k
-    # batches.  A round trip to the shards costs more than a small network's update
-    # (at 8, sampling was ~14% of a CartPole learner's CPU).
+    # batches.  A round trip to the shards costs more than a small network's update,
+    # so a large k keeps sampling a small share of the learner's CPU.
     batches_per_sample: int = 32
     prefetch: int = 2
     sample_timeout_s: float = 5.0  # one attempt; below min_size the thread simply asks again

@@ -1,4 +1,4 @@
-"""The one training loop every objective runs in (MLM now; DQN and online learners later).
+"""The one training loop every objective runs in (MLM, DQN, tabular Q, online feedback).
 
     spec -> TorchTrainer(num_workers, DDP: gloo on CPU / nccl on GPU)
          -> each worker: objective.setup -> resume from ray.train.get_checkpoint()

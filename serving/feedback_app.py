@@ -387,13 +387,14 @@ def grpc_options(port: int) -> dict[str, Any]:
 def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, writer: Any | None, *,
                         batching: bool = True, num_cpus: float = 0.1, max_ongoing_requests: int | None = None,
                         app_name: str = APP_NAME, route_prefix: str = ROUTE_PREFIX,
-                        joiner_name: str = JOINER_NAME) -> FeedbackApp:
-    """Start the shared joiner (writes to `writer`, a replay client; None = rows dropped) and the app.
+                        joiner_name: str = JOINER_NAME, gate_name: str | None = None) -> FeedbackApp:
+    """Start the shared joiner (writes to `writer`, a replay client; None = rows dropped; it tells
+    the gate actor `gate_name`, when given, the live version's accuracy on feedback) and the app.
 
     Serve must already run (deploy_gateway's serve.start, with `grpc_options(...)` for gRPC).
     """
     joiner = get_or_create_joiner(writer, cfg.feedback_ttl_s, cfg.feedback_table, cfg.text_table,
-                                  cfg.gate.window, name=joiner_name)
+                                  cfg.gate.window, name=joiner_name, gate_name=gate_name, policy_id=cfg.policy_id)
     # a replica must admit a whole batch of requests at once, or Serve's default (5) caps the batch
     ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
     app = FeedbackServer.options(

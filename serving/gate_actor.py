@@ -13,6 +13,11 @@ from core.feedback_config import DataSection, GateSection
 from serving.gate import EmitFn, PublishGate
 
 
+def gate_name(policy_id: str) -> str:
+    """The gate actor's name: the feedback joiner finds it by this name."""
+    return f"evolve-gate-{policy_id}"
+
+
 @ray.remote(num_cpus=0.5, max_restarts=-1, max_concurrency=4)
 class GateActor:
     """`PublishGate` in an actor.  Threaded (max_concurrency 4): `summary`, `drain_events` and
@@ -23,7 +28,7 @@ class GateActor:
     def __init__(self, registry_uri: str, data: dict | DataSection, gate: dict | GateSection, publisher_name: str,
                  spec: dict | None = None, emit: EmitFn | None = None, torch_threads: int | None = None,
                  max_events: int = 10_000):
-        """Names, not objects: held-out rows (~200 KB) or an actor handle would be constructor
+        """Names, not objects: held-out rows or an actor handle would be constructor
         arguments in the object store, which a restart cannot count on (ray#53727).  `data` is the
         `feedback.data` section; the held-out rows are read here, and again after a restart."""
         if torch_threads:

@@ -1,7 +1,7 @@
 """The HTTP gateway every run deploys: health and the model catalog.
 
-A thin `@serve.deployment` shell over `serving.catalog`; the loops of later
-stages add their routes (predict, feedback, act) as their own deployments.
+A thin `@serve.deployment` shell over `serving.catalog`; the loops add their
+routes (predict, feedback, act) as their own deployments.
 """
 
 from __future__ import annotations

@@ -255,11 +255,16 @@ class Joiner:
     previous write was in flight (one `add_and_wait` per table), retrying a failed
     write (row ids are deterministic, so the replay store drops duplicates).  A
     restarted joiner has forgotten its events: their feedback gets 404.
+
+    With a `gate_name`, every `push_every` joined feedbacks the joiner hands that gate
+    actor the predicting version's prequential window, so the rollback guard hears
+    about a drop as the feedback arrives.
     """
 
     def __init__(self, writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                  text_table: str | None = "text", window: int = 300, max_events: int = 200_000,
-                 commit_interval_s: float = 0.05):
+                 commit_interval_s: float = 0.05, gate_name: str | None = None, policy_id: str | None = None,
+                 push_every: int = 10):
         self.join = EventJoin(feedback_ttl_s, feedback_table=feedback_table, text_table=text_table,
                               window=window, max_events=max_events)
         self.writer, self.commit_interval_s = writer, commit_interval_s
@@ -269,6 +274,9 @@ class Joiner:
         self._writing = False
         self._task: asyncio.Task | None = None
         self._dirty: asyncio.Event | None = None
+        self.gate_name, self.policy_id, self.push_every = gate_name, policy_id, push_every
+        self._gate: Any = None
+        self._unpushed = 0
 
     async def record(self, events: list[dict[str, Any]]) -> int:
         self._queue(self.join.text_table, self.join.record(events))
@@ -282,7 +290,22 @@ class Joiner:
             return {"status": exc.status, "detail": exc.detail}
         if row is not None:
             self._queue(self.join.feedback_table, [row])
+            self._push_window(answer["model_version"])
         return {"status": 200, "body": answer}
+
+    def _push_window(self, version: int) -> None:
+        self._unpushed += 1
+        if self.gate_name is None or self._unpushed < self.push_every:
+            return
+        self._unpushed = 0
+        try:
+            if self._gate is None:
+                self._gate = ray.get_actor(self.gate_name)
+            correct, n = self.join.prequential()[version]
+            self._gate.check_window.remote(self.policy_id, version, correct, n)
+        except Exception as exc:  # the gate is restarting or gone: the next push tries again
+            self._gate = None
+            log.warning("feedback joiner: cannot reach gate %r: %s", self.gate_name, exc)
 
     def prequential(self) -> dict[int, tuple[float, int]]:
         return self.join.prequential()
@@ -352,9 +375,10 @@ FeedbackJoiner = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Jo
 
 
 def get_or_create_joiner(writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
-                         text_table: str | None = "text", window: int = 300, name: str = JOINER_NAME) -> Any:
+                         text_table: str | None = "text", window: int = 300, name: str = JOINER_NAME,
+                         gate_name: str | None = None, policy_id: str | None = None) -> Any:
     # Ray warns about any ray.get in an async actor; the joiner's run in worker threads
     # (asyncio.to_thread in _write), never on the event loop, so the warning is noise here.
     quiet = {"env_vars": {"RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}}
     return FeedbackJoiner.options(name=name, get_if_exists=True, runtime_env=quiet).remote(
-        writer, feedback_ttl_s, feedback_table, text_table, window)
+        writer, feedback_ttl_s, feedback_table, text_table, window, gate_name=gate_name, policy_id=policy_id)

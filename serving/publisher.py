@@ -6,7 +6,8 @@ once, promotes the version, and wakes every subscriber long-polling
 `next_version`.  Subscribers (rollout actors, the evaluator, Serve replicas)
 fetch the weights by reference and `ack`; the publish latency of a version is
 the time from the learner's call until the last subscriber acknowledged it.
-Weights never travel as JSON, and Serve's `reconfigure` (seconds) is not used.
+Weights never travel as JSON, and Serve's `reconfigure` (far slower than a
+long-poll) is not used.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Three kinds, chosen from the Arrow type:
 - everything else (ids, text, variable-length lists): an object ring holding
   the Python values; used by text and feedback tables, whose rates are low.
 
-Arrow's own `take` on a chunked table concatenates every chunk first (about
-8 ms per draw at a million rows); these rings keep a draw in microseconds.
+Arrow's own `take` on a chunked table concatenates every chunk first, so a
+draw costs time in proportion to the whole table; with these rings a draw
+costs in proportion to the rows drawn.
 """
 
 from __future__ import annotations

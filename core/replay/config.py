@@ -102,7 +102,7 @@ class ReplayConfig(Section):
     # power cut, at a large cost in insert rate.
     fsync: bool = False
     segment_rows: int = Field(default=65_536, ge=1)
-    # Client side: rows buffered per shard before a send, and calls in flight.
+    # Client side: add calls in flight before the next `add` waits for the oldest (backpressure).
     max_in_flight: int = Field(default=8, ge=1)
     shard_num_cpus: float = Field(default=0.25, gt=0)
     tables: dict[str, TableConfig] = Field(

@@ -1,16 +1,16 @@
 """How record batches travel to a shard: one Arrow IPC stream buffer.
 
 Ray ships a `pa.Buffer` as one out-of-band buffer; a pickled RecordBatch
-costs a cloudpickle walk over every column and buffer, about half the CPU of
-a whole `add` on the rollout actor's side (0.8 ms vs 0.4 ms per call for
-2,048 CartPole rows).
+costs a cloudpickle walk over every column and buffer, a large share of the
+CPU a whole `add` costs the rollout actor.
 
 A batch over `COMPRESS_ABOVE` bytes is written with lz4 buffer compression:
 Ray sends an argument under 100 KB inside the task request and puts a bigger one
-in the object store (a put and a fetch: ~0.7 ms more per call here).  A shard's
-half of a 2,048-row CartPole add is 136 KB raw and 63 KB as lz4, for ~0.4 ms of
-encoding; smaller batches go uncompressed.  Readers need no flag: the IPC
-stream says how its buffers are compressed.
+in the object store, which adds a put and a fetch to the call.  lz4 roughly
+halves a transitions batch, which keeps a typical shard's share of an add under
+that limit for less than the put and fetch would cost; smaller batches go
+uncompressed.  Readers need no flag: the IPC stream says how its buffers are
+compressed.
 """
 
 from __future__ import annotations

@@ -22,37 +22,44 @@ class EpsilonSchedule(Section):
 
 
 class RLConfig(Section):
+    """One RL loop: DQN or tabular Q-learning on a gymnasium env, judged by greedy evaluation."""
+
     name: str = "cartpole"  # the loop's name in events and summary.json
-    env_id: str = "CartPole-v1"
+    env_id: str = "CartPole-v1"  # any gymnasium id
     algo: Literal["dqn", "qtable"] = "dqn"
-    policy_id: str = "cartpole"
-    table: str = "transitions"  # replay table the actors write and learners sample
+    policy_id: str = "cartpole"  # registry and Serve name of the policy
+    table: str = "transitions"  # replay table the actors write and the learner samples
     # acting
-    num_actors: int = Field(default=1, ge=1)
+    num_actors: int = Field(default=1, ge=1)  # rollout actors
     num_envs: int = Field(default=8, ge=1)  # per actor: one gymnasium vector env
     steps_per_write: int = Field(default=16, ge=1)  # vector steps per replay add (the most, when adaptive)
-    # Set: adds shrink toward this many vector steps while the replay store holds them back
-    # (its rate limiter pacing the actor), so rows stay close to the policy that acted them,
-    # and grow back to steps_per_write when adds return quickly (see actors.rollout.WriteSize).
+    # Set: adds shrink toward this many vector steps while the replay rate limiter holds them
+    # back, so rows stay close to the policy that acted them (actors.rollout.WriteSize).
     min_steps_per_write: int | None = Field(default=None, ge=1)
-    epsilon: EpsilonSchedule = Field(default_factory=EpsilonSchedule)
-    actor_num_cpus: float = Field(default=0.5, gt=0)
+    epsilon: EpsilonSchedule = Field(default_factory=EpsilonSchedule)  # exploration of the actors
+    actor_num_cpus: float = Field(default=0.5, gt=0)  # Ray CPUs per rollout actor
     # learning
-    gamma: float = Field(default=0.99, gt=0, le=1)
-    n_step: int = Field(default=1, ge=1, le=20)
-    hidden: list[int] = Field(default_factory=lambda: [128, 128])
-    double_q: bool = True
-    huber_delta: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=1e-3, gt=0, lt=1)  # Adam step size (DQN)
+    batch_size: int = Field(default=64, ge=1)  # transitions per update
+    gamma: float = Field(default=0.99, gt=0, le=1)  # discount
+    n_step: int = Field(default=1, ge=1, le=20)  # rewards summed before bootstrapping
+    hidden: list[int] = Field(default_factory=lambda: [128, 128])  # Q-network layer widths
+    double_q: bool = True  # the online net picks the bootstrap action, the target net scores it
+    huber_delta: float = Field(default=1.0, gt=0)  # TD error beyond which the loss is linear
     target_update_every: int = Field(default=250, ge=1)  # learner updates between target syncs
-    grad_clip: float = Field(default=10.0, gt=0)
+    grad_clip: float = Field(default=10.0, gt=0)  # global gradient norm cap
     qtable_alpha: float = Field(default=0.5, gt=0, le=1)  # tabular step size
-    updates_per_report: int = Field(default=50, ge=1)
+    updates_per_report: int = Field(default=50, ge=1)  # learner updates between progress records
     publish_every: int = Field(default=100, ge=1)  # learner updates between published versions
-    max_updates: int | None = Field(default=None, ge=1)
+    checkpoint_every: int = Field(default=500, ge=1)  # learner updates between checkpoints
+    max_updates: int | None = Field(default=None, ge=1)  # the learner stops here; None = the run's budget
     # judging
-    eval_episodes: int = Field(default=10, ge=1)
+    eval_episodes: int = Field(default=10, ge=1)  # greedy episodes per published version
+    # A version whose eval reaches solve_return is played again for this many episodes; only a
+    # mean at the threshold over those counts as solved (a 10-episode mean is too noisy to stop on).
+    confirm_episodes: int = Field(default=100, ge=1)
     solve_return: float | None = None  # None: the env's reward_threshold
-    stop_when_solved: bool = True
+    stop_when_solved: bool = True  # end the run once solved (confirmed)
     seed: int = 0
 
     @model_validator(mode="after")

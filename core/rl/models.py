@@ -75,7 +75,7 @@ class QNetwork(nn.Module):
 
 
 class QTable(nn.Module):
-    """The seed's tabular Q: a [n_states, n_actions] table, updated in place (no gradients)."""
+    """Tabular Q: a [n_states, n_actions] table, updated in place (no gradients)."""
 
     def __init__(self, spec: PolicySpec):
         super().__init__()

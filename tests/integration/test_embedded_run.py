@@ -1,6 +1,10 @@
 """`evolve run` on an embedded local Ray: dashboard, gateway endpoints, status, budget, summary."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,13 +38,56 @@ def live_run(tmp_path_factory):
                "endpoint_line": endpoint_line}
 
 
+def _auth_mode() -> str:
+    """The mode this module's run was started under: tests/conftest.py sets RAY_AUTH_MODE (token
+    unless the shell said otherwise) before the run is launched, and the run inherits it."""
+    mode = os.environ["RAY_AUTH_MODE"].lower()
+    assert mode in ("token", "disabled"), f"RAY_AUTH_MODE={mode!r}: this test knows token and disabled"
+    return mode
+
+
+def _ray_auth_token() -> str:
+    """What `ray get-auth-token` prints (the token the run's hint points to), in the run's environment."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_cli)] if ray_cli.is_file() else [sys.executable, "-m", "ray.scripts.scripts"]
+    res = subprocess.run([*cmd, "get-auth-token"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip(), f"ray get-auth-token failed: {res.stderr[-2000:]}"
+    return res.stdout.strip()
+
+
+def _dashboard_version(base: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """GET /api/version once the dashboard's module behind it is up (a 404/5xx while it starts is
+    asked again); the auth middleware's 401/403 come back as they are."""
+
+    def answered():
+        r = httpx.get(f"{base}/api/version", headers=headers or {}, timeout=10)
+        return r if r.status_code not in (404, 500, 502, 503, 504) else None
+
+    return wait_until(answered, 60, "the dashboard's /api/version")
+
+
 def test_prints_dashboard_and_endpoint_urls(live_run):
     dash = live_run["proc"].wait_for_line("evolve: dashboard", timeout_s=5)
     assert f"http://127.0.0.1:{live_run['dash_port']}" in dash
     assert live_run["http"] + "/healthz" in live_run["endpoint_line"]
-    # the dashboard answers on loopback (401 without the token: auth is on)
-    status = httpx.get(f"http://127.0.0.1:{live_run['dash_port']}/api/version", timeout=5).status_code
-    assert status in (200, 401)
+    mode = _auth_mode()
+    assert ("ray get-auth-token" in dash) == (mode == "token"), dash  # the hint only where a token is asked for
+    base = f"http://127.0.0.1:{live_run['dash_port']}"
+    # public even with token auth on: the dashboard says which mode it runs in
+    said = wait_until(lambda: httpx.get(f"{base}/api/authentication_mode", timeout=5).json(), 60, "the dashboard")
+    assert said == {"authentication_mode": mode}
+    anonymous = _dashboard_version(base)
+    if mode == "disabled":  # no auth: anyone on loopback gets the answer
+        assert anonymous.status_code == 200, (anonymous.status_code, anonymous.text)
+        assert anonymous.json()["ray_version"].startswith("2.60")
+        return
+    # token auth (the default): no token 401, a wrong one 403, the one `ray get-auth-token` prints 200
+    assert anonymous.status_code == 401, (anonymous.status_code, anonymous.text)
+    wrong = _dashboard_version(base, {"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 403, (wrong.status_code, wrong.text)
+    authed = _dashboard_version(base, {"Authorization": f"Bearer {_ray_auth_token()}"})
+    assert authed.status_code == 200, (authed.status_code, authed.text)
+    assert authed.json()["ray_version"].startswith("2.60")
 
 
 def test_gateway_health_and_models(live_run):

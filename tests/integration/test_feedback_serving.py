@@ -9,6 +9,7 @@ one-shard replay store, so "nothing written" is read back from the store.
 import json
 import threading
 import time
+import traceback
 
 import grpc
 import httpx
@@ -212,37 +213,75 @@ def test_openapi_is_served_and_matches_the_checked_in_copy(served):
 
 
 def test_hot_swap_under_load_fails_no_request(served):
+    """Every request of every client counts: a non-200 answer, an exception (timeouts, refused or
+    reset connections, a body that is not the predict answer) and a client thread that died or
+    hung are all failures, and there must be none."""
     http, stop = served["http"], threading.Event()
-    results: list[list[tuple[int, int | None]]] = [[] for _ in range(4)]
+    n_clients = 4
+    results: list[list[tuple[int, int]]] = [[] for _ in range(n_clients)]  # (status, model_version) of each 200
+    failures: list[list[str]] = [[] for _ in range(n_clients)]  # one line per failed request
+    crashed: list[str | None] = [None] * n_clients  # the traceback of a client thread that died
 
     def client(i: int) -> None:
-        with httpx.Client(timeout=30) as c:
-            while not stop.is_set():
-                r = c.post(f"{http}/predict", json={"texts": served["texts"][i * 5:i * 5 + 1 + i % 3]})
-                version = r.json()["predictions"][0]["model_version"] if r.status_code == 200 else None
-                results[i].append((r.status_code, version))
+        try:
+            with httpx.Client(timeout=30) as c:
+                while not stop.is_set():
+                    try:
+                        r = c.post(f"{http}/predict", json={"texts": served["texts"][i * 5:i * 5 + 1 + i % 3]})
+                    except httpx.HTTPError as exc:  # timeouts, connection errors: a failed request
+                        failures[i].append(f"{type(exc).__name__}: {exc}")
+                        continue
+                    if r.status_code != 200:
+                        failures[i].append(f"HTTP {r.status_code}: {r.text[:200]}")
+                        continue
+                    try:
+                        version = r.json()["predictions"][0]["model_version"]
+                    except Exception as exc:  # a 200 that is not the predict answer
+                        failures[i].append(f"bad body ({type(exc).__name__}: {exc}): {r.text[:200]}")
+                        continue
+                    results[i].append((r.status_code, version))
+        except BaseException:  # anything else ends this client: surfaced by the asserts below
+            crashed[i] = traceback.format_exc()
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    def problems() -> str:
+        dead = [f"client {i} died:\n{tb}" for i, tb in enumerate(crashed) if tb]
+        failed = [f"client {i}: {line}" for i, lines in enumerate(failures) for line in lines]
+        if failed:
+            dead.append(f"{len(failed)} failed request(s), the first: {failed[:5]}")
+        return "\n".join(dead)
+
+    def served_by_clients(v: int) -> bool:
+        if any(crashed):
+            raise AssertionError("a client thread died")  # wait_until passes AssertionError through: stop waiting
+        return any(r[1] == v for res in results for r in res[-5:])
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n_clients)]
     for t in threads:
         t.start()
-    published = []
+    published, waited = [], None
     try:
         for seed in (1, 2, 3):
             bundle = from_encoder(None, served["files"], LABELS, seed=seed)
             ref = served["publisher"].publish.remote(POLICY, bundle.weights(), {}, files=bundle.files())
             v = ray.get(ref, timeout=60)
             published.append(v)
-            wait_until(lambda: any(r[1] == v for res in results for r in res[-5:]), 60, f"version {v} served")
+            wait_until(lambda: served_by_clients(v), 60, f"version {v} served")
+    except AssertionError as exc:  # reported below, with what the clients saw, once they stopped
+        waited = exc
     finally:
         deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and min(len(r) for r in results) < 5:
+        while time.monotonic() < deadline and min(len(r) for r in results) < 5 and not any(crashed):
             stop.wait(0.1)  # every client got some requests in
         stop.set()
         for t in threads:
             t.join(timeout=60)
+    if waited is not None:
+        raise AssertionError(f"{waited}\n{problems()}") from None
+    hung = [i for i, t in enumerate(threads) if t.is_alive()]
+    assert not hung, f"client(s) {hung} still running 60 s after stop (a request stuck past its timeout)"
+    assert not any(crashed) and not any(failures), problems()
     flat = [r for res in results for r in res]
-    failed = [r for r in flat if r[0] != 200]
-    assert len(flat) >= 20 and not failed, f"{len(failed)} of {len(flat)} requests failed during swaps: {failed[:5]}"
+    assert len(flat) >= 20 and all(len(res) > 0 for res in results), [len(res) for res in results]
     assert published == [served["v1"] + 1, served["v1"] + 2, served["v1"] + 3]
     for res in results:  # one replica: each client sees versions only move forward
         versions = [v for _, v in res]

@@ -17,7 +17,7 @@ TINY = [
     "--set", "mlm.corpus.max_texts=1500", "--set", "mlm.tokenizer.vocab_size=600",
     "--set", "mlm.model.num_layers=1", "--set", "mlm.model.hidden_size=32", "--set", "mlm.model.num_heads=2",
     "--set", "mlm.model.intermediate_size=64", "--set", "mlm.seq_len=32", "--set", "mlm.eval_sequences=32",
-    "--set", "learner.batch_size=8", "--set", "mlm.eval_every=10", "--set", "learner.checkpoint_every=10",
+    "--set", "mlm.batch_size=8", "--set", "mlm.eval_every=10", "--set", "mlm.checkpoint_every=10",
     "--set", "mlm.report_every=5", "--set", "run.progress_interval_s=1", "--set", "learner.num_workers=2",
     "--set", "cluster.include_dashboard=true",
 ]
@@ -29,7 +29,7 @@ def test_ddp_run_stopped_midway_resumes_from_its_checkpoint(tmp_path):
                        "--set", f"cluster.dashboard_port={free_port()}")
     try:
         try:
-            first.wait_for_line("| ckpt ", timeout_s=150)  # a periodic checkpoint exists: stop mid-way
+            first.wait_for_line("ckpt=", timeout_s=150)  # a periodic checkpoint exists: stop mid-way
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{first.output[-3000:]}") from None
         first.proc.send_signal(signal.SIGINT)
@@ -42,9 +42,10 @@ def test_ddp_run_stopped_midway_resumes_from_its_checkpoint(tmp_path):
     assert mlm1["steps"] >= 10 and mlm1["published_version"] == 1
     assert mlm1["initial_masked_accuracy"] < 0.01
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
-    progress = [e for e in events if e["loop"] == "mlm" and e["event"] == "progress"]
-    assert progress and all(e["world_size"] == 2 for e in progress)  # DDP on two workers
-    assert "mlm step" in first.output and "tok/s" in first.output and "held-out acc" in first.output
+    learner = [e for e in events if e["loop"] == "mlm" and e["event"] == "learner"]
+    assert learner and all(e["world_size"] == 2 for e in learner)  # DDP on two workers
+    assert "mlm step=" in first.output and "tok/s=" in first.output and "heldout_acc=" in first.output
+    assert mlm1["stopped_by"] == "run_stopped"
 
     target = mlm1["steps"] + 10
     second = run_cli("pretrain", "configs/mlm.yaml", "--run-dir", str(run), *TINY,
@@ -54,7 +55,7 @@ def test_ddp_run_stopped_midway_resumes_from_its_checkpoint(tmp_path):
     assert f"resumed from the checkpoint at step {mlm1['steps']}" in second.stdout
     s2 = json.loads((run / "summary.json").read_text())
     mlm2 = s2["loops"]["mlm"]
-    assert s2["run"]["stopped_by"] == "max_steps"
+    assert s2["run"]["stopped_by"] == "loops_done" and mlm2["stopped_by"] == "max_steps"
     assert mlm2["resumed_from_step"] == mlm1["steps"] and mlm2["steps"] == target
     assert mlm2["tokens"] > mlm1["tokens"]
     steps = [p["step"] for p in mlm2["curve"]]

@@ -31,20 +31,38 @@ def test_defaults_without_a_file():
 
 
 def test_override_sets_nested_values_as_yaml():
-    cfg = load_config(REPO / "configs/default.yaml", ["learner.lr=1e-4", "learner.resources_per_worker={learner: 1}"])
-    assert cfg.learner.lr == pytest.approx(1e-4)
+    cfg = load_config(REPO / "configs/default.yaml", ["rl.lr=1e-4", "learner.resources_per_worker={learner: 1}"])
+    assert cfg.rl.lr == pytest.approx(1e-4)
     assert cfg.learner.resources_per_worker == {"learner": 1}
+
+
+@pytest.mark.parametrize("key", ["lr", "batch_size", "checkpoint_every"])
+def test_a_moved_learner_key_names_its_new_place(key):
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "configs/default.yaml", [f"learner.{key}=1"])
+    msg = str(info.value)
+    assert msg.startswith(f"--set learner.{key}: learner.{key} moved: set feedback.{key} / rl.{key}")
+    assert "\n" not in msg
+
+
+def test_a_moved_key_in_a_file_names_the_file_and_every_loop_section(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("learner:\n  lr: 0.01\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}: learner.lr moved: set rl.lr / feedback.lr / mlm.lr "
+                               "(each loop kind owns its learning settings)")
 
 
 def test_unknown_key_in_file_names_file_key_and_reason(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("learner:\n  lrr: 0.1\n")
+    path.write_text("learner:\n  num_worker: 1\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
     msg = str(info.value)
-    assert str(path) in msg and "learner.lrr" in msg and "unknown key" in msg
+    assert str(path) in msg and "learner.num_worker" in msg and "unknown key" in msg
     assert "\n" not in msg
-    assert "lr" in msg.split("known here:")[1]
+    assert "num_workers" in msg.split("known here:")[1]
 
 
 def test_unknown_override_key_names_the_override():
@@ -56,7 +74,7 @@ def test_unknown_override_key_names_the_override():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("learner.lr=-1", "learner.lr"),
+        ("rl.lr=-1", "rl.lr"),
         ("learner.num_workers=0", "learner.num_workers"),
         ("run.name=has space", "run.name"),
         ("serving.http_port=8265", ""),  # collides with the dashboard port
@@ -90,7 +108,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_dump_round_trips(tmp_path):
-    cfg = load_config(REPO / "configs/default.yaml", ["learner.lr=0.01"])
+    cfg = load_config(REPO / "configs/default.yaml", ["rl.lr=0.01"])
     out = tmp_path / "resolved.yaml"
     out.write_text(dump_config(cfg))
     assert load_config(out) == cfg

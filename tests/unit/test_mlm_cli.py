@@ -16,7 +16,7 @@ def _no_ray(monkeypatch):
     def refuse(*_a, **_k):
         raise AssertionError("Ray must not start for bad input")
 
-    monkeypatch.setattr("cluster.pretrain.connect", refuse)
+    monkeypatch.setattr("cluster.run.connect", refuse)
 
 
 def test_empty_corpus(tmp_path, capsys):

@@ -62,8 +62,8 @@ def test_masked_only_projection_equals_the_full_head():
 
 def _objective(heldout, **mlm):
     setup = MLMSetup(
-        mlm=MLMConfig(seq_len=T, warmup_steps=5, decay_steps=200, eval_sequences=32, cpu_bf16="off", **mlm),
-        lr=3e-3,
+        mlm=MLMConfig(**{"seq_len": T, "warmup_steps": 5, "decay_steps": 200, "eval_sequences": 32, "cpu_bf16": "off",
+                         "lr": 3e-3, **mlm}),
         model_config=_tiny_config().to_dict(),
         pretrained_dir=None,
         tokenizer_files={"tokenizer.json": b"{}"},

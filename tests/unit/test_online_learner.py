@@ -138,7 +138,7 @@ def test_unusable_rows_are_ignored_without_nan_gradients():
 
 
 def test_the_baseline_follows_rewards(encoder_files, reviews):
-    obj = _objective(encoder_files, setup_kw={"baseline_decay": 0.5})
+    obj = _objective(encoder_files, baseline_decay=0.5)
     obj.step(_rewarded([t for t, _ in reviews[:4]], 0, 1.0))
     assert obj.baseline == pytest.approx(0.5 * 0.5**4 + 1.0 * (1 - 0.5**4))
 
@@ -147,7 +147,7 @@ def test_the_baseline_follows_rewards(encoder_files, reviews):
 def test_rehearsal_share_comes_from_older_feedback(encoder_files, reviews):
     fresh, replay = split_batch(16, 0.25)
     assert (fresh, replay) == (12, 4) and split_batch(8, 0.99) == (1, 7)
-    obj = _objective(encoder_files, rehearsal=0.25, setup_kw={"reservoir_size": 20})
+    obj = _objective(encoder_files, rehearsal=0.25, reservoir_size=20)
     seen: list[list[str]] = []
     encode = obj.bundle.encode
     obj.bundle.encode = lambda texts: (seen.append(list(texts)), encode(texts))[1]

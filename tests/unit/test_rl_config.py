@@ -22,17 +22,43 @@ CARTPOLE, TAXI, DEFAULT = REPO / "configs/cartpole.yaml", REPO / "configs/taxi.y
     [(CARTPOLE, "CartPole-v1", "dqn", 2), (TAXI, "Taxi-v3", "qtable", 6)],
     ids=["cartpole", "taxi"],
 )
-def test_presets_load_as_rl_loops_whose_table_fits_the_env(path, env_id, algo, n_actions):
+def test_presets_load_as_rl_loops_whose_table_fits_the_env(path, env_id, algo, n_actions, tmp_path):
     cfg = load_config(path)
     assert cfg.loops == ["rl"]
     assert (cfg.rl.env_id, cfg.rl.algo) == (env_id, algo)
     table = cfg.replay.tables[cfg.rl.table]
-    assert table.kind == "transitions"
-    # cluster.rl_loop refuses a run whose table width differs from the env's stored obs width;
-    # a preset that failed that check would only show up at `evolve run` time.
+    assert table.kind == "transitions" and table.obs_dim is None  # taken from the env
+    _prepared(cfg, tmp_path)
     spec = spec_for_env(cfg.rl.env_id, cfg.rl.algo, cfg.rl.hidden)
     assert table.obs_dim == obs_width(spec)
     assert spec.n_actions == n_actions
+
+
+def _prepared(cfg, tmp_path):
+    """RLLoop.prepare() as `evolve run` calls it before Ray starts (no cluster here)."""
+    from cluster.loop import RunContext
+    from cluster.loops.rl import RLLoop
+    from cluster.rundir import RunDir
+    from core.registry import PolicyRegistry
+
+    loop = RLLoop(cfg, RunContext(cfg, RunDir(tmp_path / "run"), PolicyRegistry(tmp_path / "registry")))
+    loop.prepare()
+    return loop
+
+
+def test_another_env_with_the_cartpole_preset_takes_its_obs_width_from_the_env(tmp_path):
+    cfg = load_config(CARTPOLE, ["rl.env_id=MountainCar-v0"])
+    loop = _prepared(cfg, tmp_path)
+    assert cfg.replay.tables["transitions"].obs_dim == 2 and loop.spec.n_actions == 3
+    assert loop.solve_return == -110.0
+
+
+def test_an_obs_width_that_does_not_fit_the_env_is_refused_naming_the_key(tmp_path):
+    from cluster.errors import UserError
+
+    cfg = load_config(CARTPOLE, ["replay.tables.transitions.obs_dim=3"])
+    with pytest.raises(UserError, match=r"replay.tables.transitions.obs_dim must be 4 for CartPole-v1 \(got 3"):
+        _prepared(cfg, tmp_path)
 
 
 def test_cartpole_preset_values_reach_the_section():

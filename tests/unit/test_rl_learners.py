@@ -41,10 +41,11 @@ class FakePublisher:
 
 
 def _objective(cls, spec, ctx=None, lr=1e-2, publisher=None, priorities=None, **rl):
+    rl.setdefault("lr", lr)
     rl.setdefault("algo", "qtable" if cls is QTableObjective else "dqn")
     rl.setdefault("hidden", list(spec.hidden))
     obj = cls()
-    obj.setup(QSetup(rl=RLConfig(**rl), spec=spec.to_dict(), lr=lr, publisher=publisher, priorities=priorities),
+    obj.setup(QSetup(rl=RLConfig(**rl), spec=spec.to_dict(), publisher=publisher, priorities=priorities),
               ctx or WorkerContext())
     return obj
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -82,8 +83,23 @@ def test_a_pickled_subscription_starts_over_from_version_zero():
     assert (again.policy_id, again.subscriber, again.version, again._pending) == ("cart", "actor-0", 0, None)
 
 
+class _AckRecorder:
+    """Stands in for the publisher's actor handle: records every `ack.remote(...)` call."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.ack = SimpleNamespace(remote=lambda *args: self.calls.append(args))
+
+
 def test_an_anonymous_subscription_never_acks():
-    PolicySubscription(publisher=None, policy_id="cart", subscriber=None).ack(3)  # no publisher call made
+    # The evaluator follows versions anonymously: its acks must never reach the publisher, or it
+    # would count toward (and hold back) every version's publish latency.
+    publisher = _AckRecorder()
+    PolicySubscription(publisher=publisher, policy_id="cart", subscriber=None).ack(3)
+    assert publisher.calls == []
+    # ...while a named subscriber's ack does reach it (the recorder would have seen the anonymous one)
+    PolicySubscription(publisher=publisher, policy_id="cart", subscriber="actor-0").ack(3)
+    assert publisher.calls == [("cart", 3, "actor-0")]
 
 
 def test_a_rollback_reaches_subscribers_that_run_a_newer_version(pub):

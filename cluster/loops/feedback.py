@@ -1,0 +1,202 @@
+"""The live feedback loop: Serve predict/feedback -> replay -> online learner -> gate -> live on every replica.
+
+    TrafficActor x n --HTTP predict--> FeedbackServer (Serve, @serve.batch) --events--> FeedbackJoiner
+          |                                 ^                                          |  joined rows     | prequential
+          +------HTTP feedback--------------+                         replay `feedback` (+ `text`)     | windows
+                                            | long-poll                                | sample        v
+                                   PolicyPublisher <--promote-- GateActor <--candidate-- TorchTrainer(OnlineObjective)
+
+Version 1 is the starting classifier (core.classifier_start).  The joiner
+hands the gate the live version's accuracy on incoming feedback as it
+arrives, and the gate rolls back on a drop; this loop reports what the gate
+decided.  Done once live reaches `feedback.stop_accuracy`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.traffic import TrafficActor
+from cluster.errors import UserError
+from cluster.learner_run import get_or
+from cluster.loop import LoopBase, RunContext, mean_or_none, round_or_none
+from core.classifier_start import starting_classifier
+from core.config import EvolveConfig
+from core.labeled_data import LabeledData
+from core.text_classifier import ClassifierError
+from core.text_corpus import CorpusError
+from learners.feedback_source import FeedbackSource
+from learners.online import OnlineObjective, OnlineSetup, split_batch
+from learners.train_loop import LoopSpec
+from serving.feedback_app import deploy_feedback_app, undeploy_feedback_app
+from serving.gate_actor import GateActor, gate_name
+from serving.publisher import PUBLISHER_NAME, get_or_create_publisher
+
+SPEC = {"kind": "text_classifier"}
+
+
+class FeedbackLoop(LoopBase):
+    def __init__(self, cfg: EvolveConfig, ctx: RunContext):
+        super().__init__(cfg, ctx, cfg.feedback.name)
+        self.fb = cfg.feedback
+        self.actors.counters = ("predicts",)
+        self.gate_summary: dict[str, Any] = {}
+        self.joiner_stats: dict[str, Any] = {}
+        self.gate = self.publisher = self.app = None
+        self.origin: dict[str, Any] = {}
+        self.reached_at: float | None = None
+
+    def prepare(self) -> None:
+        if not self.cfg.serving.enabled:
+            raise UserError("the feedback loop serves its model: set serving.enabled: true")
+        try:
+            self.data: LabeledData = self.fb.data.load()
+        except CorpusError as exc:
+            raise UserError(f"feedback.data: {exc}") from None
+
+    # ---- start -------------------------------------------------------------------------
+    def launch(self) -> None:
+        fb, ctx = self.fb, self.ctx
+        self.publisher = get_or_create_publisher(ctx.registry.uri)
+        self.gate = GateActor.options(name=gate_name(fb.policy_id), get_if_exists=True).remote(
+            ctx.registry.uri, fb.data.model_dump(mode="json"), fb.gate.model_dump(), PUBLISHER_NAME, SPEC,
+            torch_threads=1,
+        )
+        first = self._bootstrap()
+        self.event("bootstrap", **_plain(first), origin=self.origin)
+        self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
+                                       num_cpus=self.cfg.serving.replica_num_cpus, gate_name=gate_name(fb.policy_id))
+        base = ctx.endpoints.get("http", f"http://{self.cfg.serving.host}:{self.cfg.serving.http_port}")
+        ctx.endpoints[f"{self.name}_predict"] = f"{base}{self.app.route_prefix}/predict"
+        ctx.endpoints[f"{self.name}_feedback"] = f"{base}{self.app.route_prefix}/feedback"
+        if "grpc" in ctx.endpoints:
+            ctx.endpoints[f"{self.name}_grpc"] = ctx.endpoints["grpc"]
+        n = fb.traffic.num_actors
+        for i in range(n):
+            self.actors.add(TrafficActor.options(num_cpus=fb.traffic.actor_num_cpus).remote(
+                base, fb.traffic.model_dump(mode="json"), fb.data.model_dump(mode="json"), f"{self.name}-traffic-{i}",
+                seed=self.cfg.run.seed + i, shard=(i, n),
+            ))
+        self._launch_learner()
+
+    def _bootstrap(self) -> dict[str, Any]:
+        """Publish the starting classifier as version 1, unless a version is live already (a
+        resumed run, a shared registry): the gate then re-announces that one."""
+        pid = self.fb.policy_id
+        if self.ctx.registry.latest(pid, "live") is not None:
+            return ray.get(self.gate.bootstrap.remote(pid))
+        try:
+            start = starting_classifier(self.fb, self.data, seed=self.cfg.run.seed)
+        except ClassifierError as exc:
+            raise UserError(f"feedback: cannot build the starting classifier: {exc}") from None
+        self.origin = start.origin
+        if start.missing_encoder:
+            self.event("no_encoder", missing=start.missing_encoder)
+            self.ctx.say(f"evolve: warning: no encoder {start.missing_encoder} "
+                         "(run `evolve pretrain configs/mlm.yaml` first); starting from a random init")
+        weights = {k: v.numpy() for k, v in start.bundle.weights().items()}
+        meta = {"info": {"origin": self.origin}}
+        return ray.get(self.gate.bootstrap.remote(pid, weights=weights, files=start.bundle.files(), metadata=meta))
+
+    def _launch_learner(self) -> None:
+        fb = self.fb
+        live = self.ctx.registry.load(fb.policy_id, stage="live", as_numpy=True)
+        fresh, _ = split_batch(fb.batch_size, fb.rehearsal)
+        setup = OnlineSetup(fb=fb, files=dict(live.files), weights=dict(live.weights), labels=self.data.labels,
+                            parent_version=live.meta.version, gate=self.gate,
+                            heldout=self.data.heldout[:fb.curve_rows], seed=self.cfg.run.seed)
+        self.launch_learner(LoopSpec(
+            objective_factory=OnlineObjective,
+            objective_config=setup,
+            source=FeedbackSource(self.ctx.replay, fb.feedback_table, fresh),
+            report_every=fb.report_every,
+            eval_every=fb.candidate_every,
+            checkpoint_every=fb.checkpoint_every,
+            threads=max(1, int(self.cfg.learner.cpus_per_worker)),
+            seed=self.cfg.run.seed,
+        ))
+
+    # ---- poll --------------------------------------------------------------------------
+    def poll(self) -> dict[str, Any]:
+        figures = super().poll()
+        self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
+        self._take_gate_events()
+        live, acc = self.gate_summary.get("live_version"), self.gate_summary.get("heldout_accuracy")
+        if self.reached_at is None and acc is not None and self.fb.stop_accuracy is not None \
+                and acc >= self.fb.stop_accuracy:
+            self.reached_at = time.time()
+            self.event("reached", heldout_accuracy=acc, version=live, elapsed_s=round(self.reached_at - self.started, 3))
+        return {
+            "predicts": int(self.actors.total("predicts")),
+            "feedback": self.joiner_stats.get("joined", 0),
+            "online_acc": round_or_none(mean_or_none(self.actors.values("recent_accuracy")), 3),
+            "heldout_acc": round_or_none(acc, 3),
+            "version": live,
+            "promoted": self.gate_summary.get("promoted", 0),
+            "refused": self.gate_summary.get("refusals", 0),
+            **figures,
+        }
+
+    def figures(self) -> dict[str, Any]:
+        return self.learner_figures()
+
+    def _take_gate_events(self) -> None:
+        for ev in get_or(self.gate.drain_events.remote(), []):
+            self.event(ev.pop("event", "gate"), **_plain(ev))
+        self.gate_summary = get_or(self.gate.summary.remote(self.fb.policy_id), self.gate_summary)
+
+    def done(self) -> bool:
+        return self.reached_at is not None
+
+    # ---- stop and summary ----------------------------------------------------------------
+    def finish(self) -> None:
+        if self.gate is not None:
+            self._take_gate_events()
+        if self.app is not None:
+            self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
+
+    def teardown(self) -> None:
+        undeploy_feedback_app()
+        if self.gate is not None:
+            ray.kill(self.gate, no_restart=True)
+
+    def summary(self) -> dict[str, Any]:
+        g = self.gate_summary
+        promotions = [
+            {k: p.get(k) for k in ("version", "parent", "heldout_accuracy", "parent_heldout_accuracy", "decision")}
+            for p in g.get("promotions", [])
+        ]
+        curve = [{"events": c.get("events"), "heldout_accuracy": c.get("heldout_accuracy"), "version": c.get("version")}
+                 for c in g.get("curve", [])]
+        return {
+            "policy_id": self.fb.policy_id,
+            "origin": self.origin,
+            "initial_heldout_accuracy": g.get("initial_heldout_accuracy"),
+            "heldout_accuracy": g.get("heldout_accuracy"),
+            "live_version": g.get("live_version"),
+            "feedback_events": self.joiner_stats.get("joined", 0),
+            "predictions": int(self.actors.total("predicts")),
+            "traffic_errors": {i: s.get("errors") for i, s in self.actors.stats.items()},
+            "learner_updates": self.learner_figures()["updates"],
+            "promoted": g.get("promoted", 0),
+            "refused": g.get("refusals", 0),
+            "rollbacks": g.get("rollbacks", []),
+            "reached_stop_accuracy_s": round(self.reached_at - self.started, 3) if self.reached_at else None,
+            "resumed_from_update": self.learner.resumed_from if self.learner else None,
+            "curve": curve,
+            "promotions": promotions,
+        }
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-friendly copy (numpy scalars -> Python); the event writer owns `time`, `loop`, `event`."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        out[f"gate_{k}" if k in ("time", "loop", "event") else k] = v
+    return out

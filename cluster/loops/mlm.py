@@ -1,0 +1,199 @@
+"""The MLM loop: masked-LM pretraining on Ray Train, then the encoder + tokenizer published to the registry.
+
+    prepare: corpus, tokenizer, model checked (before Ray starts)
+    start:   Ray Data blocks -> TorchTrainer(MLMObjective) in the background
+    poll:    progress and held-out evaluations; at `budget - finish_reserve_s` it asks the
+             workers to stop, so the last evaluation, checkpoint and publish fit in the budget
+    stop:    the final checkpoint's policy -> PolicyRegistry (safetensors + tokenizer + lineage)
+
+Running it again with the same run directory resumes from the last checkpoint
+(<run dir>/train/<name>) with the same tokenizer; the published version's
+parent is then the one the earlier run published.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.errors import UserError
+from cluster.loop import LoopBase, RunContext, round_or_none
+from core.config import EvolveConfig
+from core.mlm_data import MLMData, prepare_mlm_data
+from core.registry import RegistryError
+from learners.mlm import MLMObjective, MLMSetup
+from learners.text_source import RayDataSource, ReplayTextSource
+from learners.train_loop import POLICY_DIR, LoopSpec, read_policy
+
+CURVE_KEYS = ("step", "tokens", "train_s", "masked_accuracy", "perplexity", "eval_loss")
+
+
+class MLMLoop(LoopBase):
+    def __init__(self, cfg: EvolveConfig, ctx: RunContext):
+        super().__init__(cfg, ctx, cfg.mlm.name)
+        self.mlm = cfg.mlm
+        self.curve: list[dict[str, Any]] = []
+        self.tokens = self.train_s = 0.0
+        self.step = 0
+        self.checkpoint_step: int | None = None
+        self.stopped_by: str | None = None
+        self.published_version: int | None = None
+        self.uses_replay = cfg.mlm.source == "replay"  # continual MLM on request texts; else the corpus
+
+    def prepare(self) -> None:
+        if not self.cfg.learner.use_gpu and self.mlm.model.preset == "gpu-base":
+            self.ctx.say("evolve: warning: the gpu-base preset on CPU learners will be slow")
+        try:
+            self.data: MLMData = prepare_mlm_data(self.mlm, tokenizer_dir=self.ctx.run_dir.path / "tokenizer")
+        except ValueError as exc:  # CorpusError, TokenizerError, ModelError: the user's input
+            raise UserError(str(exc)) from None
+        facts = self.data.facts
+        self.ctx.say(f"evolve: corpus {facts['train_texts']} train / {facts['heldout_texts']} held-out texts, "
+                     f"{facts['train_tokens']:,} tokens, vocab {facts['vocab_size']} ({facts['tokenizer']})")
+        self.event("data", **facts)
+
+    # ---- start -------------------------------------------------------------------------
+    def launch(self) -> None:
+        mlm, data = self.mlm, self.data
+        budget = self.cfg.run.budget_s
+        self.deadline = None if budget is None else self.ctx.started + budget - mlm.finish_reserve_s
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the run's progress line is the display
+        setup = MLMSetup(mlm=mlm, model_config=data.model_config.to_dict(),
+                         pretrained_dir=str(mlm.model.pretrained_dir) if mlm.model.pretrained_dir else None,
+                         tokenizer_files=data.tokenizer_files(), special_ids=data.special_ids,
+                         heldout=data.heldout_blocks, info=data.facts)
+        if self.uses_replay:
+            source = ReplayTextSource(self.ctx.replay, mlm.replay_table, mlm.batch_size, mlm.seq_len,
+                                      data.tokenizer_files())
+            datasets = None
+        else:
+            source = RayDataSource("train", batch_size=mlm.batch_size)
+            blocks = [data.train_blocks[i : i + 1024] for i in range(0, len(data.train_blocks), 1024)]
+            datasets = {"train": ray.data.from_numpy(blocks)}
+        spec = LoopSpec(objective_factory=MLMObjective, objective_config=setup, source=source,
+                        max_steps=mlm.max_steps, report_every=mlm.report_every, eval_every=mlm.eval_every,
+                        checkpoint_every=mlm.checkpoint_every, threads=self._threads(), seed=mlm.seed)
+        self.launch_learner(spec, datasets=datasets)
+        self.ctx.say(f"evolve: {self.name}: {self.cfg.learner.num_workers} worker(s) x {spec.threads} thread(s), "
+                     f"{mlm.batch_size} x {mlm.seq_len} tokens per worker step")
+
+    def _threads(self) -> int:
+        """Torch threads per worker: as configured, else the worker's share of an embedded machine
+        (a worker reserves learner.cpus_per_worker in Ray, 1 leaves room for Ray Data on a 2-core
+        laptop, but may compute with every core its siblings do not use)."""
+        if self.mlm.threads_per_worker is not None:
+            return self.mlm.threads_per_worker
+        learner = self.cfg.learner
+        own = max(1, int(learner.cpus_per_worker))
+        if not self.ctx.cluster.embedded:
+            return own
+        return max(own, int(ray.cluster_resources().get("CPU", own)) // learner.num_workers)
+
+    # ---- poll --------------------------------------------------------------------------
+    def poll(self) -> dict[str, Any]:
+        if self.deadline is not None and time.time() >= self.deadline and self.stopped_by is None:
+            self.stopped_by = "budget"
+            self.learner.request_stop()
+        return super().poll()
+
+    def on_learner(self, records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            kind = rec["kind"]
+            if kind == "progress":
+                self.tokens, self.train_s, self.step = rec["total_tokens"], rec["train_s"], rec["step"]
+            elif kind == "eval":
+                self.curve.append(rec)
+                self.tokens, self.step = max(self.tokens, rec["tokens"]), max(self.step, rec["step"])
+                self.train_s = max(self.train_s, rec["train_s"])
+            elif kind == "checkpoint":
+                self.checkpoint_step = rec["step"]
+            elif kind == "resumed":
+                self.ctx.say(f"evolve: {self.name}: resumed from the checkpoint at step {rec['step']}")
+
+    def figures(self) -> dict[str, Any]:
+        last = self.learner.figures if self.learner is not None else {}
+        return {
+            "step": self.step,
+            "tok/s": round(last.get("tokens_per_s", 0)),
+            "loss": round_or_none(last.get("loss"), 3),
+            "heldout_acc": round_or_none(self.curve[-1]["masked_accuracy"] if self.curve else None, 3),
+            **({"ckpt": self.checkpoint_step} if self.checkpoint_step is not None else {}),
+        }
+
+    def done(self) -> bool:
+        return self.learner is not None and self.learner.finished()
+
+    # ---- stop and summary ----------------------------------------------------------------
+    def stop(self) -> None:
+        if self.stopped_by is None:  # before stop() ends the learner: did it reach max_steps itself?
+            self.stopped_by = "max_steps" if self.done() else "run_stopped"
+        super().stop()
+
+    def finish(self) -> None:
+        if self.learner is None or self.learner.result is None:
+            return  # the learner failed: nothing to publish
+        self.published_version = self._publish(self.learner.result)
+        if self.published_version is not None:
+            s = self.summary()
+            self.ctx.say(f"evolve: published {self.mlm.policy_id} v{self.published_version} "
+                         f"(masked accuracy {s['masked_accuracy']:.3f}, perplexity {s['perplexity']:.1f})")
+
+    def _publish(self, result) -> int | None:
+        if result.checkpoint is None:
+            return None
+        with result.checkpoint.as_directory() as ckpt:
+            if not (Path(ckpt) / POLICY_DIR).is_dir():
+                return None
+            weights, files, meta = read_policy(Path(ckpt) / POLICY_DIR)
+        registry, policy_id, facts = self.ctx.registry, self.mlm.policy_id, self.data.facts
+        latest = registry.latest(policy_id)
+        resumed = self.learner.resumed_from
+        # A resumed run continues the model the previous run published: that version is the parent.
+        parent = latest.version if (latest is not None and resumed is not None) else None
+        metadata = {
+            "parent_version": parent,
+            "metrics": {k: v for k, v in meta["metrics"].items() if k in ("masked_accuracy", "perplexity", "eval_loss")},
+            "data_range": {"corpus": facts["corpus_path"], "texts": facts["train_texts"],
+                           "tokens_seen": self.tokens, "steps": [resumed or 0, meta["step"]]},
+            "info": {"objective": "mlm", "kind": "bert-encoder", "run_dir": str(self.ctx.run_dir.path),
+                     "run": self.cfg.run.name, "ray_version": ray.__version__,
+                     **{k: v for k, v in facts.items() if k != "corpus_path"}},
+        }
+        try:
+            version = registry.publish(policy_id, weights, metadata, files=files)
+        except RegistryError as exc:
+            raise UserError(f"cannot publish {policy_id}: {exc}") from None
+        self.event("published", policy_id=policy_id, version=version, parent_version=parent)
+        return version
+
+    def summary(self) -> dict[str, Any]:
+        """The curve of a resumed run includes the earlier runs' points."""
+        full = self._full_curve()
+        first, last = (full[0], full[-1]) if full else ({}, {})
+        return {
+            "initial_masked_accuracy": first.get("masked_accuracy"),
+            "masked_accuracy": last.get("masked_accuracy"),
+            "perplexity": last.get("perplexity"),
+            "eval_loss": last.get("eval_loss"),
+            "tokens": last.get("tokens", self.tokens),
+            "tokens_per_s": (self.tokens / self.train_s) if self.train_s > 0 else None,
+            "steps": max(self.step, last.get("step", 0)),
+            "train_s": round(self.train_s, 3),
+            "stopped_by": self.stopped_by,
+            "resumed_from_step": self.learner.resumed_from if self.learner else None,
+            "published_version": self.published_version,
+            "curve": [{k: p[k] for k in CURVE_KEYS if k in p} for p in full],
+        }
+
+    def _full_curve(self) -> list[dict[str, Any]]:
+        # The workers' curve lives in the checkpoint; after a resume this run only saw its own
+        # points, so earlier points come from this run directory's event log.
+        from cluster.rundir import read_events
+
+        points = {e["step"]: e for e in read_events(self.ctx.run_dir.events_path)
+                  if e.get("loop") == self.name and e.get("event") == "learner_eval"}
+        points.update({p["step"]: p for p in self.curve})
+        return [points[s] for s in sorted(points)]

@@ -1,0 +1,63 @@
+"""The classifier a feedback loop starts from: a published encoder with a fresh head, or a random init.
+
+    feedback.encoder_registry + encoder_policy (+ encoder_version)
+        found     -> that encoder, its tokenizer, a new head for the data's labels
+        not found -> a WordPiece tokenizer trained on the traffic texts and a random
+                     encoder of `feedback.model` (the loop still learns, from a weaker start)
+
+`origin` is the lineage of the start; it goes into version 1's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.feedback_config import FeedbackConfig
+from core.labeled_data import LabeledData
+from core.registry import PolicyNotFound, PolicyRegistry
+from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder
+
+
+@dataclass
+class StartingClassifier:
+    bundle: ClassifierBundle
+    origin: dict[str, Any] = field(default_factory=dict)
+    # Set when an encoder was asked for and is not there: the loop warns that it starts from scratch.
+    missing_encoder: str | None = None
+
+
+def starting_classifier(fb: FeedbackConfig, data: LabeledData, seed: int = 0) -> StartingClassifier:
+    """Raises ClassifierError for an encoder version that does not exist or does not load."""
+    if fb.encoder_registry:
+        registry = PolicyRegistry(fb.encoder_registry, create=False)
+        if fb.encoder_version is not None or registry.has(fb.encoder_policy):
+            return _from_registry(fb, registry, data, seed)
+        start = _random_init(fb, data, seed)
+        start.missing_encoder = f"{fb.encoder_policy!r} in {fb.encoder_registry}"
+        return start
+    return _random_init(fb, data, seed)
+
+
+def _from_registry(fb: FeedbackConfig, registry: PolicyRegistry, data: LabeledData, seed: int) -> StartingClassifier:
+    version = fb.encoder_version if fb.encoder_version is not None else registry.latest(fb.encoder_policy).version
+    try:
+        loaded = registry.load(fb.encoder_policy, version, as_numpy=True)
+    except PolicyNotFound as exc:
+        raise ClassifierError(f"feedback.encoder_version: {exc}") from None
+    origin = {"encoder_registry": fb.encoder_registry, "encoder_policy": fb.encoder_policy,
+              "encoder_version": version, "encoder_masked_accuracy": loaded.meta.metrics.get("masked_accuracy")}
+    bundle = from_encoder(loaded.weights, loaded.files, data.labels, fb.max_len, seed=seed)
+    return StartingClassifier(bundle, origin)
+
+
+def _random_init(fb: FeedbackConfig, data: LabeledData, seed: int) -> StartingClassifier:
+    from core.text_models import bert_config
+    from core.tokenizer import tokenizer_files, train_wordpiece
+
+    tok = train_wordpiece([t for t, _ in data.train], fb.vocab_size)
+    config = bert_config(fb.model, len(tok), tok.pad_token_id, max_positions=max(fb.max_len, 128))
+    files = {**tokenizer_files(tok), "config.json": json.dumps(config.to_dict(), default=str).encode()}
+    bundle = from_encoder(None, files, data.labels, fb.max_len, seed=seed)
+    return StartingClassifier(bundle, {"encoder": "random_init", "vocab_size": len(tok)})
