@@ -35,7 +35,7 @@ import numpy as np
 import ray
 
 from core.feedback_config import DataSection, TrafficSection
-from core.labeled_data import LabeledData, ordered
+from core.labeled_data import LabeledData, ordered_index
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
@@ -61,11 +61,15 @@ class TrafficWorker:
         feedback_path: str = "/v1/feedback",
         recent_window: int = 300,
         transport: httpx.BaseTransport | None = None,  # tests: httpx.MockTransport
+        groups: Sequence[str] | None = None,  # per row: its group, reported as the stream's position
     ):
         self.cfg = traffic or TrafficSection()
         if not rows:
             raise ValueError("traffic needs at least one row")
         self.rows, self.labels = list(rows), list(labels)
+        self.groups = list(groups) if groups is not None else None
+        if self.groups is not None and len(self.groups) != len(self.rows):
+            raise ValueError("groups must name one group per row")
         self.actor_id, self.poison, self.label_format, self.repeat = actor_id, poison, label_format, repeat
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.incarnation = uuid.uuid4().hex[:8]
@@ -79,7 +83,9 @@ class TrafficWorker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._stream: Iterator[tuple[str, int]] = itertools.cycle(self.rows) if repeat else iter(self.rows)
+        order = range(len(self.rows))
+        self._stream: Iterator[int] = itertools.cycle(order) if repeat else iter(order)
+        self.rows_taken, self.group = 0, None  # where the stream is
         self._exhausted = False
         self._pending: list[tuple[float, int, dict[str, Any]]] = []  # feedback heap: (due, seq, payload)
         self._seq = itertools.count()
@@ -97,12 +103,15 @@ class TrafficWorker:
     @classmethod
     def from_data(cls, base_url: str, data: LabeledData, traffic: TrafficSection | None = None, *,
                   order: Literal["shuffled", "as_is", "grouped"] = "shuffled", seed: int = 0,
-                  shard: tuple[int, int] = (0, 1), **kwargs: Any) -> "TrafficWorker":
+                  shard: tuple[int, int] = (0, 1), group_order: list[str] | None = None,
+                  **kwargs: Any) -> "TrafficWorker":
         """The traffic split only (shard i of n: every n-th row), never a held-out text."""
         i, n = shard
         held = {t for t, _ in data.heldout}
-        rows = [r for r in ordered(data, order, seed)[i::n] if r[0] not in held]
-        return cls(base_url, rows, data.labels, traffic, seed=seed + 7919 * i, **kwargs)
+        picked = [j for j in ordered_index(data, order, seed, group_order)[i::n] if data.train[j][0] not in held]
+        groups = [data.groups[j] for j in picked] if data.groups is not None else None
+        return cls(base_url, [data.train[j] for j in picked], data.labels, traffic, seed=seed + 7919 * i,
+                   groups=groups, **kwargs)
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,10 +194,13 @@ class TrafficWorker:
 
     def _take_rows(self, k: int) -> list[tuple[str, int]]:
         with self._lock:
-            rows = list(itertools.islice(self._stream, k))
-            if len(rows) < k:
+            taken = list(itertools.islice(self._stream, k))
+            if len(taken) < k:
                 self._exhausted = True
-            return rows
+            if taken:
+                self.rows_taken += len(taken)
+                self.group = self.groups[taken[-1]] if self.groups is not None else None
+            return [self.rows[j] for j in taken]
 
     def _predict(self, rows: list[tuple[str, int]]) -> None:
         texts = [t for t, _ in rows]
@@ -331,6 +343,8 @@ class TrafficWorker:
                 "latency_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat is not None else None,
                 "latency_p95_ms": float(np.percentile(lat, 95) * 1e3) if lat is not None else None,
                 "last_error": self.last_error,
+                "rows_taken": self.rows_taken,
+                "group": self.group,
             }
 
 
@@ -368,7 +382,8 @@ class TrafficActor:
                  shard: tuple[int, int] = (0, 1), poison: bool = False, autostart: bool = True, **kwargs: Any):
         d = DataSection.model_validate(data)
         self.worker = TrafficWorker.from_data(base_url, d.load(), TrafficSection.model_validate(traffic), order=d.order,
-                                              seed=seed, shard=shard, actor_id=actor_id, poison=poison, **kwargs)
+                                              seed=seed, shard=shard, group_order=d.group_order, actor_id=actor_id,
+                                              poison=poison, **kwargs)
         if autostart:
             self.worker.start()
 

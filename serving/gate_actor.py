@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from core.adapt.config import AdaptSection
 from core.feedback_config import DataSection, GateSection
 from serving.gate import EmitFn, PublishGate
 
@@ -27,7 +28,7 @@ class GateActor:
 
     def __init__(self, registry_uri: str, data: dict | DataSection, gate: dict | GateSection, publisher_name: str,
                  spec: dict | None = None, emit: EmitFn | None = None, torch_threads: int | None = None,
-                 max_events: int = 10_000):
+                 max_events: int = 10_000, adapt: dict | None = None):
         """Names, not objects: held-out rows or an actor handle would be constructor
         arguments in the object store, which a restart cannot count on (ray#53727).  `data` is the
         `feedback.data` section; the held-out rows are read here, and again after a restart."""
@@ -38,9 +39,10 @@ class GateActor:
         self._events: deque[dict] = deque(maxlen=max_events)
         self._lock = threading.Lock()
         cfg = gate if isinstance(gate, GateSection) else GateSection.model_validate(gate)
-        heldout = DataSection.model_validate(data).load().heldout
+        loaded = DataSection.model_validate(data).load()
         publisher = ray.get_actor(publisher_name)
-        self.gate = PublishGate(registry_uri, heldout, cfg, publisher=publisher, emit=emit or self._buffer, spec=spec)
+        self.gate = PublishGate(registry_uri, loaded.heldout, cfg, publisher=publisher, emit=emit or self._buffer,
+                                spec=spec, adapt=AdaptSection.model_validate(adapt or {}), groups=loaded.heldout_groups)
 
     def _buffer(self, kind: str, **fields: Any) -> None:
         with self._lock:
@@ -68,6 +70,15 @@ class GateActor:
 
     def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict:
         return self.gate.check_window(policy_id, version, correct, n)
+
+    def observe(self, policy_id: str, pairs: list, events: int) -> list[dict]:
+        return self.gate.observe(policy_id, [tuple(p) for p in pairs], events)
+
+    def adaptation(self, policy_id: str) -> dict | None:
+        return self.gate.adaptation(policy_id)
+
+    def group_accuracy(self, policy_id: str, version: int | None = None) -> dict:
+        return self.gate.group_accuracy(policy_id, version)
 
     def summary(self, policy_id: str | None = None) -> dict:
         return self.gate.summary(policy_id)

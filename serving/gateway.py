@@ -57,7 +57,4 @@ def deploy_gateway(cfg: ServingConfig, registry_uri: str, grpc_options: dict | N
 
 
 def undeploy() -> None:
-    try:
-        serve.delete(APP_NAME)
-    except Exception:  # Serve already gone (cluster shutting down): nothing to undo
-        pass
+    serve.delete(APP_NAME)

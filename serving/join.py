@@ -257,8 +257,8 @@ class Joiner:
     restarted joiner has forgotten its events: their feedback gets 404.
 
     With a `gate_name`, every `push_every` joined feedbacks the joiner hands that gate
-    actor the predicting version's prequential window, so the rollback guard hears
-    about a drop as the feedback arrives.
+    actor the predicting version's prequential window (the rollback guard) and each
+    feedback's verdict on its version (the drift detector), as the feedback arrives.
     """
 
     def __init__(self, writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
@@ -276,7 +276,7 @@ class Joiner:
         self._dirty: asyncio.Event | None = None
         self.gate_name, self.policy_id, self.push_every = gate_name, policy_id, push_every
         self._gate: Any = None
-        self._unpushed = 0
+        self._unpushed: list[tuple[int, float]] = []  # (predicting version, 1/0 or reward) since the last push
 
     async def record(self, events: list[dict[str, Any]]) -> int:
         self._queue(self.join.text_table, self.join.record(events))
@@ -290,17 +290,21 @@ class Joiner:
             return {"status": exc.status, "detail": exc.detail}
         if row is not None:
             self._queue(self.join.feedback_table, [row])
-            self._push_window(answer["model_version"])
+            verdict = answer["correct"] if answer["correct"] is not None else row["reward"]
+            self._push_window(answer["model_version"], float(verdict))
         return {"status": 200, "body": answer}
 
-    def _push_window(self, version: int) -> None:
-        self._unpushed += 1
-        if self.gate_name is None or self._unpushed < self.push_every:
+    def _push_window(self, version: int, verdict: float) -> None:
+        if self.gate_name is None:
             return
-        self._unpushed = 0
+        self._unpushed.append((version, verdict))
+        if len(self._unpushed) < self.push_every:
+            return
+        pairs, self._unpushed = self._unpushed, []
         try:
             if self._gate is None:
                 self._gate = ray.get_actor(self.gate_name)
+            self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined)
             correct, n = self.join.prequential()[version]
             self._gate.check_window.remote(self.policy_id, version, correct, n)
         except Exception as exc:  # the gate is restarting or gone: the next push tries again

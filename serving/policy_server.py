@@ -117,7 +117,4 @@ def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 
 
 
 def undeploy_policy_server() -> None:
-    try:
-        serve.delete(APP_NAME)
-    except Exception:  # Serve already gone (cluster shutting down): nothing to undo
-        pass
+    serve.delete(APP_NAME)

@@ -8,8 +8,11 @@
 
 Version 1 is the starting classifier (core.classifier_start).  The joiner
 hands the gate the live version's accuracy on incoming feedback as it
-arrives, and the gate rolls back on a drop; this loop reports what the gate
-decided.  Done once live reaches `feedback.stop_accuracy`.
+arrives: the gate rolls back on a drop and, with `feedback.adapt`, its drift
+detector boosts the learner and holds the rollback while the data changes.
+This loop reports what the gate decided, and for a grouped stream (domain
+after domain) the accuracy matrix of the continual-learning metrics.  Done
+once live reaches `feedback.stop_accuracy`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import ray
 from actors.traffic import TrafficActor
 from cluster.errors import UserError
 from cluster.learner_run import get_or
-from cluster.loop import LoopBase, RunContext, mean_or_none, round_or_none
+from cluster.loop import LoopBase, RunContext, mean_or_none, quietly, round_or_none
+from core.adapt.continual import AccuracyMatrix
 from core.classifier_start import starting_classifier
 from core.config import EvolveConfig
 from core.labeled_data import LabeledData
@@ -32,7 +36,7 @@ from core.text_corpus import CorpusError
 from learners.feedback_source import FeedbackSource
 from learners.online import OnlineObjective, OnlineSetup, split_batch
 from learners.train_loop import LoopSpec
-from serving.feedback_app import deploy_feedback_app, undeploy_feedback_app
+from serving.feedback_app import deploy_feedback_app, stop_joiner, undeploy_feedback_app
 from serving.gate_actor import GateActor, gate_name
 from serving.publisher import PUBLISHER_NAME, get_or_create_publisher
 
@@ -49,6 +53,9 @@ class FeedbackLoop(LoopBase):
         self.gate = self.publisher = self.app = None
         self.origin: dict[str, Any] = {}
         self.reached_at: float | None = None
+        self.adaptations = 0
+        self.matrix: AccuracyMatrix | None = None  # a grouped stream's R[i][j]
+        self.group: str | None = None  # where the traffic stream is
 
     def prepare(self) -> None:
         if not self.cfg.serving.enabled:
@@ -57,6 +64,8 @@ class FeedbackLoop(LoopBase):
             self.data: LabeledData = self.fb.data.load()
         except CorpusError as exc:
             raise UserError(f"feedback.data: {exc}") from None
+        if self.fb.data.order == "grouped":
+            self.matrix = AccuracyMatrix(self.fb.data.group_order or sorted(set(self.data.groups)))
 
     # ---- start -------------------------------------------------------------------------
     def launch(self) -> None:
@@ -64,10 +73,12 @@ class FeedbackLoop(LoopBase):
         self.publisher = get_or_create_publisher(ctx.registry.uri)
         self.gate = GateActor.options(name=gate_name(fb.policy_id), get_if_exists=True).remote(
             ctx.registry.uri, fb.data.model_dump(mode="json"), fb.gate.model_dump(), PUBLISHER_NAME, SPEC,
-            torch_threads=1,
+            torch_threads=1, adapt=fb.adapt.model_dump(),
         )
         first = self._bootstrap()
         self.event("bootstrap", **_plain(first), origin=self.origin)
+        if self.matrix is not None:
+            self.matrix.record_baseline(ray.get(self.gate.group_accuracy.remote(fb.policy_id)))
         self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
                                        num_cpus=self.cfg.serving.replica_num_cpus, gate_name=gate_name(fb.policy_id))
         base = ctx.endpoints.get("http", f"http://{self.cfg.serving.host}:{self.cfg.serving.http_port}")
@@ -125,6 +136,7 @@ class FeedbackLoop(LoopBase):
         figures = super().poll()
         self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
         self._take_gate_events()
+        self._follow_groups()
         live, acc = self.gate_summary.get("live_version"), self.gate_summary.get("heldout_accuracy")
         if self.reached_at is None and acc is not None and self.fb.stop_accuracy is not None \
                 and acc >= self.fb.stop_accuracy:
@@ -138,6 +150,8 @@ class FeedbackLoop(LoopBase):
             "version": live,
             "promoted": self.gate_summary.get("promoted", 0),
             "refused": self.gate_summary.get("refusals", 0),
+            **({"adapt": self.adaptations} if self.fb.adapt.enabled else {}),
+            **({"group": self.group} if self.matrix is not None else {}),
             **figures,
         }
 
@@ -146,8 +160,29 @@ class FeedbackLoop(LoopBase):
 
     def _take_gate_events(self) -> None:
         for ev in get_or(self.gate.drain_events.remote(), []):
-            self.event(ev.pop("event", "gate"), **_plain(ev))
+            kind = ev.pop("event", "gate")
+            self.adaptations += kind == "adapt" and bool(ev.get("actions"))
+            self.event(kind, **_plain(ev))
         self.gate_summary = get_or(self.gate.summary.remote(self.fb.policy_id), self.gate_summary)
+
+    def _follow_groups(self) -> None:
+        """When the stream leaves a group (first pass only), score live on every group: a row of R."""
+        if self.matrix is None:
+            return
+        now = self.actors.stats.get(0, {}).get("group")
+        if now is not None and now != self.group:
+            if self.group is not None:
+                self._record_group(self.group)
+            self.group = now
+
+    def _record_group(self, group: str) -> None:
+        if self.matrix.index[group] in self.matrix.rows:
+            return  # a stream that cycles: the first pass defines the matrix
+        accuracy = get_or(self.gate.group_accuracy.remote(self.fb.policy_id), {}, timeout_s=120)
+        if accuracy:
+            self.matrix.record(group, accuracy)
+            self.event("continual", after_group=group, group_accuracy=accuracy,
+                       version=self.gate_summary.get("live_version"))
 
     def done(self) -> bool:
         return self.reached_at is not None
@@ -156,11 +191,14 @@ class FeedbackLoop(LoopBase):
     def finish(self) -> None:
         if self.gate is not None:
             self._take_gate_events()
+            if self.matrix is not None and self.group is not None:
+                self._record_group(self.group)  # where the run ended
         if self.app is not None:
             self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
 
     def teardown(self) -> None:
-        undeploy_feedback_app()
+        quietly(undeploy_feedback_app, f"{self.name}: deleting the Serve app")
+        quietly(stop_joiner, f"{self.name}: flushing the feedback joiner")
         if self.gate is not None:
             ray.kill(self.gate, no_restart=True)
 
@@ -189,6 +227,8 @@ class FeedbackLoop(LoopBase):
             "resumed_from_update": self.learner.resumed_from if self.learner else None,
             "curve": curve,
             "promotions": promotions,
+            "adaptations": self.adaptations,
+            **({"continual": self.matrix.metrics()} if self.matrix is not None else {}),
         }
 
 

@@ -25,7 +25,7 @@ from core.replay.config import ReplayConfig, TableConfig
 from core.text_classifier import from_encoder
 from core.text_corpus import review_texts
 from core.tokenizer import tokenizer_files, train_wordpiece
-from serving.feedback_app import deploy_feedback_app, grpc_options, undeploy_feedback_app
+from serving.feedback_app import deploy_feedback_app, grpc_options, stop_joiner, undeploy_feedback_app
 from serving.publisher import PolicyPublisher
 from tests.conftest import REPO, free_port
 from tests.integration.helpers import wait_until
@@ -77,6 +77,7 @@ def served(tmp_path_factory):
                "publisher": publisher, "files": files, "texts": texts, "v1": v1, "early": early,
                "early_health": early_health}
         undeploy_feedback_app()
+        stop_joiner()
         serve.shutdown()
     finally:
         ray.shutdown()

@@ -43,7 +43,7 @@ def _numpy(bundle: ClassifierBundle) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def world():
-    """300 training reviews, 200 held-out ones, a live model (~0.65) and candidates derived from it."""
+    """300 training reviews, 200 held-out ones, a live model better than chance and candidates derived from it."""
     torch.set_num_threads(1)
     rows = sentiment_reviews()
     pick = np.random.default_rng(0).permutation(len(rows))[:500]
@@ -307,7 +307,7 @@ def test_drift_guard_stops_a_slide_of_small_accepted_losses(tmp_path, monkeypatc
 
 
 def test_the_data_section_gives_the_gate_the_same_held_out_rows_every_time():
-    """The gate actor is handed `feedback.data` (not ~200 KB of rows, which Ray would keep in the
+    """The gate actor is handed `feedback.data` (not the rows, which Ray would keep in the
     object store for restarts): it must read back exactly the set the loop kept off the traffic."""
     from core.feedback_config import DataSection
     from core.labeled_data import load_labeled
@@ -316,3 +316,53 @@ def test_the_data_section_gives_the_gate_the_same_held_out_rows_every_time():
     first = DataSection.model_validate(section.model_dump(mode="json")).load()  # as the actor gets it
     assert first.heldout == load_labeled(max_heldout=50).heldout == section.load().heldout
     assert len(first.heldout) == 50 and not set(first.heldout) & set(first.train)
+
+
+def _adaptive_gate(tmp_path, world, **adapt):
+    from core.adapt.config import AdaptSection
+
+    registry = PolicyRegistry(tmp_path / "registry")
+    events: list[tuple[str, dict]] = []
+    cfg = AdaptSection(enabled=True, cooldown_events=500, **adapt)
+    groups = ["a" if i % 2 else "b" for i in range(len(world["heldout"]))]
+    gate = PublishGate(registry, world["heldout"], CFG, publisher=FakePublisher(registry), adapt=cfg, groups=groups,
+                       emit=lambda kind, **fields: events.append((kind, fields)))
+    return gate, registry, events
+
+
+def test_a_drift_alarm_acts_and_holds_the_rollback_guard_while_the_data_changes(tmp_path, world):
+    gate, registry, events = _adaptive_gate(tmp_path, world)
+    _start(gate, world)
+    gate.submit(P, world["base"], world["files"], {})  # v2 live
+    rng = np.random.default_rng(0)
+    stable = [(2, float(x)) for x in rng.random(600) < 0.9]
+    assert gate.observe(P, stable, events=600) == [] and gate.adaptation(P) is None
+    assert gate.observe(P, [(1, 0.0)] * 200, events=800) == []  # not live: not watched
+    changed = [(2, float(x)) for x in rng.random(600) < 0.6]
+    new = gate.observe(P, changed, events=1400)
+    assert new and new[0]["actions"] and gate.adaptation(P)["id"] == new[0]["id"]
+    adapt = [f for k, f in events if k == "adapt"]
+    assert adapt and adapt[0]["action"] == ["learner_boost", "hold_rollback"] and adapt[0]["signal"] == "correctness"
+    # live's accuracy on feedback fell, but the data changed: no rollback while the alarm holds
+    held = gate.check_prequential(P, 2, [False] * 20)
+    assert not held["rollback"] and "drift alarm" in held["reason"] and registry.latest(P, "live").version == 2
+    assert [k for k, _ in events].count("rollback_held") == 1
+    gate.observe(P, [], events=1400 + 500)  # the cooldown has passed: the guard judges again
+    assert gate.check_prequential(P, 2, [False] * 20)["rollback"]
+
+
+def test_without_adapt_the_gate_never_watches_drift(setup, world):
+    gate, _, _, events = setup
+    _start(gate, world)
+    assert gate.observe(P, [(1, 0.0)] * 2000, events=2000) == [] and gate.adaptation(P) is None
+    assert gate.group_accuracy(P) == {}
+
+
+def test_group_accuracy_splits_the_held_out_set_and_reaches_the_decision_events(tmp_path, world):
+    gate, _, events = _adaptive_gate(tmp_path, world)
+    d = _start(gate, world)
+    acc = gate.group_accuracy(P)
+    assert set(acc) == {"a", "b"}
+    assert min(acc.values()) <= d["heldout_accuracy"] <= max(acc.values())
+    decision = next(f for k, f in events if k == "gate_decision")
+    assert decision["group_accuracy"] == acc

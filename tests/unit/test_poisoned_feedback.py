@@ -83,7 +83,7 @@ def world():
                         attention_probs_dropout_prob=0.0)
     enc_files = {**tok_files, "config.json": json.dumps(config.to_dict(), default=str).encode()}
     live = from_encoder(None, enc_files, LABELS, max_len=32, seed=0)
-    _train(live, train, steps=150, seed=0)  # held-out accuracy 0.665
+    _train(live, train, steps=150, seed=0)  # well above chance on the held-out rows
     weights = {k: v.numpy().copy() for k, v in live.weights().items()}
     return {"heldout": heldout, "traffic": traffic, "files": live.files(), "v1": weights}
 
@@ -186,7 +186,7 @@ def _accuracy(weights, world) -> float:
 def test_one_poisoning_client_gets_its_candidate_refused_and_v1_stays_live(tmp_path, world):
     run = _pipeline(tmp_path, world, poison=True)
     live_acc = run.start["heldout_accuracy"]
-    assert live_acc > 0.6  # a live model worth protecting (0.665)
+    assert live_acc > 0.6  # a live model worth protecting
 
     # the client's feedback: every row joined, every label the opposite of the truth (poison mode)
     truth = dict(world["traffic"])
@@ -201,7 +201,7 @@ def test_one_poisoning_client_gets_its_candidate_refused_and_v1_stays_live(tmp_p
     assert decision["events"] == len(run.batch)  # the candidate's lineage: every poisoned row, learned once
     cand_acc = _accuracy(run.handle.weights[0], world)
 
-    # the poisoning worked: the candidate is clearly worse than live on the held-out set (0.39 vs 0.665) ...
+    # the poisoning worked: the candidate is clearly worse than live on the held-out set ...
     assert decision["heldout_accuracy"] == pytest.approx(cand_acc)
     assert cand_acc < live_acc - 0.15, (cand_acc, live_acc)
 
@@ -226,5 +226,5 @@ def test_the_same_pipeline_with_an_honest_client_goes_live(tmp_path, world):
     assert (run.batch.label == np.array([truth[t] for t in run.batch.text])).all()
     assert run.obj.candidates == 1 and len(run.handle.decisions) == 1
     decision = run.handle.decisions[0]
-    assert decision["decision"] == "promote", decision["reason"]  # 0.655 vs 0.665: not worse beyond tolerance
+    assert decision["decision"] == "promote", decision["reason"]  # not worse beyond tolerance
     assert run.registry.latest(P, "live").version == 2 and [v for v, _ in run.publisher.published] == [1, 2]

@@ -121,7 +121,7 @@ def test_a_directory_of_another_schema_is_refused(tmp_path):
 
 
 def test_segments_written_before_a_nullable_column_existed_recover_with_nulls(tmp_path):
-    # A run dir from before transitions had `discount`: its rows survive an upgrade.
+    # Segments that lack the nullable `discount` column still load, with nulls there.
     new = batch(6)
     old_schema = pa.schema(list(new.schema)[:-1], metadata=new.schema.metadata)
     old = pa.RecordBatch.from_arrays(new.columns[:-1], schema=old_schema)

@@ -205,3 +205,19 @@ def test_a_live_stream_runs_until_stopped():
     s = w.stats()
     assert s["predicts"] >= 50 and not s["running"] and s["recent_accuracy"] == pytest.approx(0.4, abs=0.1)
     w.close()
+
+
+def test_a_grouped_stream_reports_the_group_it_is_in():
+    train = [(f"a {i}", i % 2) for i in range(10)] + [(f"b {i}", i % 2) for i in range(10)]
+    data = LabeledData(train=train, heldout=[("held", 0)], labels=LABELS, groups=["a"] * 10 + ["b"] * 10)
+    server = FakeServe()
+    cfg = TrafficSection(concurrency=1, feedback_delay_s=(0.0, 0.0))
+    w = TrafficWorker.from_data("http://evolve.test", data, cfg, order="grouped", group_order=["b", "a"],
+                                repeat=False, transport=server.transport)
+    assert w.stats()["group"] is None and w.stats()["rows_taken"] == 0
+    w.run(timeout_s=30)
+    sent = [b["text"] for b in server.bodies]
+    assert [t[0] for t in sent] == ["b"] * 10 + ["a"] * 10  # group after group, in group_order
+    assert w.stats()["group"] == "a" and w.stats()["rows_taken"] == 20
+    with pytest.raises(ValueError, match="one group per row"):
+        TrafficWorker("http://evolve.test", _rows(3), LABELS, cfg, groups=["a"], transport=server.transport)

@@ -1,0 +1,73 @@
+"""The adaptive controller: what the feedback loop changes when the world changes.
+
+An alarm on the live version's prequential correctness (the share of its
+predictions that incoming feedback confirms) means the data moved: a new
+domain, or users who now call other things "good".  A worse model would look
+the same on that signal, so the controller does not judge; it makes the loop
+learn the new data sooner and makes the gate compare versions on it:
+
+    learner_boost   for `boost_updates` updates: lr x `lr_factor` (bounded), rehearsal down to
+                    `boost_rehearsal` (fresher batches), a candidate every `boost_candidate_every`
+    hold_rollback   for `cooldown_events` feedback events the rollback guard does not read live's
+                    drop on feedback as a regression (the gate still refuses worse candidates on
+                    the fixed held-out set, which guards against forgetting)
+
+One adaptation per `cooldown_events` feedback events: alarms inside the
+cooldown are recorded and answered with no action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.adapt.config import AdaptSection
+from core.adapt.detectors import Alarm
+
+
+@dataclass
+class Decision:
+    alarm: Alarm
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    suppressed: str | None = None  # why no action was taken
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.alarm.to_dict(), "actions": self.actions, "suppressed": self.suppressed}
+
+
+class Controller:
+    def __init__(self, cfg: AdaptSection):
+        self.cfg = cfg
+        self.last_action_at: int | None = None  # feedback events when it last acted
+        self.decisions: list[Decision] = []
+
+    def on_alarm(self, alarm: Alarm, events: int) -> Decision:
+        """`events`: feedback events seen by the loop so far (the cooldown's clock)."""
+        cfg = self.cfg
+        if self.last_action_at is not None and events - self.last_action_at < cfg.cooldown_events:
+            wait = cfg.cooldown_events - (events - self.last_action_at)
+            decision = Decision(alarm, suppressed=f"cooldown: {wait} more feedback events")
+        else:
+            self.last_action_at = events
+            decision = Decision(alarm, actions=[
+                {"action": "learner_boost", "updates": cfg.boost_updates, "lr_factor": cfg.lr_factor,
+                 "rehearsal": cfg.boost_rehearsal, "candidate_every": cfg.boost_candidate_every},
+                {"action": "hold_rollback", "events": cfg.cooldown_events},
+            ])
+        self.decisions.append(decision)
+        return decision
+
+
+@dataclass
+class Boost:
+    """The learner's side of `learner_boost`: the settings in force for the next `updates` updates."""
+
+    updates: int
+    lr_factor: float
+    rehearsal: float
+    candidate_every: int
+
+    @classmethod
+    def from_action(cls, action: dict[str, Any]) -> "Boost":
+        return cls(int(action["updates"]), float(action["lr_factor"]), float(action["rehearsal"]),
+                   int(action["candidate_every"]))

@@ -1,0 +1,59 @@
+"""The gate's adaptive side: a drift detector on the live version's prequential correctness, and
+the controller's decisions, with the state the learner and the rollback guard read.
+
+    joiner --observe(version, values, events)--> FeedbackAdaptation --alarm--> Controller
+                                                    |  decisions (ids)            | actions
+                                                    v                             v
+        learner: latest() every few updates   rollback guard: held(events) -> no rollback for a
+        (applies a new learner_boost once)    changed world, only for a worse model (see gate.py)
+
+Plain logic (tests drive it without Ray); `serving/gate.py` owns one per policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from core.adapt.config import AdaptSection
+from core.adapt.controller import Controller
+from core.adapt.detectors import Detector
+
+
+class FeedbackAdaptation:
+    def __init__(self, cfg: AdaptSection):
+        self.cfg = cfg
+        self.detector = Detector("correctness", cfg.correctness, direction="down")
+        self.controller = Controller(cfg)
+        self.version: int | None = None  # the live version the detector has been watching
+        self.events = 0
+        self.decisions: list[dict[str, Any]] = []
+
+    def observe(self, live: int | None, pairs: Iterable[tuple[int, float]], events: int) -> list[dict[str, Any]]:
+        """Feed the live version's values ((predicting version, 1/0 or reward) pairs; others are
+        ignored); returns the decisions this made, each once."""
+        self.events = max(self.events, int(events))
+        new = []
+        for version, value in pairs:
+            if version != live:
+                continue
+            alarm = self.detector.update(value)
+            if alarm is None:
+                continue
+            decision = self.controller.on_alarm(alarm, self.events)
+            record = {"id": len(self.decisions) + 1, "events": self.events, "version": live, **decision.to_dict()}
+            self.decisions.append(record)
+            new.append(record)
+        return new
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest decision that acted (the learner applies each id once)."""
+        acted = [d for d in self.decisions if d["actions"]]
+        return acted[-1] if acted else None
+
+    def held(self) -> dict[str, Any] | None:
+        """The decision that holds rollbacks now: the data changed less than a cooldown ago, so a
+        drop of live's accuracy on feedback says nothing about the model."""
+        last = self.latest()
+        if last is None or self.events - last["events"] >= max(self.cfg.cooldown_events, 1):
+            return None
+        return last
