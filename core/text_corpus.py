@@ -14,13 +14,13 @@ on both sides.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Iterable
 
 from datasets import Dataset
 
+from core.hashing import stable_unit_hash
 from core.mlm_config import CorpusConfig
 
 
@@ -164,12 +164,6 @@ def split_heldout(ds: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
             f"{len(train)} train / {len(heldout)} held out"
         )
     return ds.select(train), ds.select(heldout)
-
-
-def stable_unit_hash(text: str) -> float:
-    """A stable number in [0, 1) for a text (Python's hash() is salted per process)."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 def _one_line(exc: BaseException) -> str:

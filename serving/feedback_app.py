@@ -394,7 +394,8 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
     Serve must already run (deploy_gateway's serve.start, with `grpc_options(...)` for gRPC).
     """
     joiner = get_or_create_joiner(writer, cfg.feedback_ttl_s, cfg.feedback_table, cfg.text_table,
-                                  cfg.gate.window, name=joiner_name, gate_name=gate_name, policy_id=cfg.policy_id)
+                                  cfg.gate.window, name=joiner_name, gate_name=gate_name, policy_id=cfg.policy_id,
+                                  recent_fraction=cfg.adapt.recent_fraction if cfg.adapt.enabled else 0.0)
     # a replica must admit a whole batch of requests at once, or Serve's default (5) caps the batch
     ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
     app = FeedbackServer.options(

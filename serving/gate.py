@@ -39,6 +39,7 @@ from core.gate_stats import compare, prequential_check, prequential_check_counts
 from core.registry import LoadedPolicy, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_version
 from serving.adaptation import FeedbackAdaptation
+from serving.recent_slice import RecentSlice
 from serving.rollback import GateError, rollback_registry, rollback_target
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class _PolicyState:
     ever_live: list[int] = field(default_factory=list)  # versions that went live and were not rolled back from
     adaptation: FeedbackAdaptation | None = None  # with adapt.enabled
     held_reported: set[int] = field(default_factory=set)  # adaptation decisions a held rollback was reported for
+    recent: RecentSlice | None = None  # with adapt.enabled: feedback held out of training
+    recent_refused: set[tuple[int, int]] = field(default_factory=set)  # (live, target) rollbacks the slice refused
 
 
 class PublishGate:
@@ -135,6 +138,7 @@ class PublishGate:
             raise GateError("groups must name one group per held-out row")
         self.started = time.time()
         self._states: dict[str, _PolicyState] = {}
+        self._bundles: dict[tuple[str, int], ClassifierBundle] = {}
         self._mu = threading.Lock()  # state; short; always taken inside _eval, never around it
         self._eval = threading.Lock()  # one evaluation / live change at a time
 
@@ -197,15 +201,19 @@ class PublishGate:
         minus `rollback_margin`.  Flags of a version that is no longer live are ignored."""
         return self._prequential(policy_id, version, flags=correct_flags)
 
-    def observe(self, policy_id: str, pairs: Sequence[tuple[int, float]], events: int) -> list[dict[str, Any]]:
+    def observe(self, policy_id: str, pairs: Sequence[tuple[int, float]], events: int,
+                recent: Sequence[tuple[str, int]] = ()) -> list[dict[str, Any]]:
         """Joined feedback as (predicting version, 1/0 or reward) pairs, `events` joined so far: the
-        live version's values feed the drift detector; returns (and emits) new adaptation decisions."""
+        live version's values feed the drift detector; returns (and emits) new adaptation decisions.
+        `recent`: labeled (text, label id) rows the learner never sees, for the recent slice."""
         if not self.adapt.enabled:
             return []
         with self._mu:
             st = self._state(policy_id)
             if st.adaptation is None:
                 st.adaptation = FeedbackAdaptation(self.adapt)
+                st.recent = RecentSlice(self.adapt.recent_size, self.adapt.recent_min)
+            st.recent.add(recent)
             new = st.adaptation.observe(st.live_version, pairs, events)
         for decision in new:
             self._emit("adapt", policy_id=policy_id, action=[a["action"] for a in decision["actions"]] or None,
@@ -279,6 +287,18 @@ class PublishGate:
             if self._refresh_live(policy_id, st) != version:
                 return {**out, "rollback": False, "reason": f"v{version} was replaced meanwhile"}
             target = rollback_target(self.registry, policy_id)
+            if target is not None and st.recent is not None and st.recent.ready():
+                better, target_acc, live_acc = st.recent.better(self._bundle(policy_id, target),
+                                                                self._bundle(policy_id, version))
+                if not better:
+                    out.update(rollback=False, reason=f"{result.reason}; v{target} is no better than live on the "
+                                                      f"recent feedback ({target_acc:.3f} vs {live_acc:.3f})")
+                    if (version, target) not in st.recent_refused:
+                        st.recent_refused.add((version, target))
+                        self._emit("rollback_refused", policy_id=policy_id, version=version, target=target,
+                                   target_recent_accuracy=target_acc, live_recent_accuracy=live_acc,
+                                   reason=out["reason"])
+                    return out
             if target is None:
                 out.update(rollback=False, reason=f"{result.reason}; no earlier version to roll back to")
                 if version not in st.no_target_reported:
@@ -333,8 +353,12 @@ class PublishGate:
                          min_gain=cfg.min_gain, bootstrap_samples=cfg.bootstrap_samples, seed=self.seed)
         if result.decision == "promote" and cfg.drift_guard:
             result = self._against_best(st, live, correct, result)
+        recent = None
+        if result.decision == "promote" and st.recent is not None and st.recent.ready():
+            result, recent = self._on_recent(policy_id, st, live, candidate, result)
         eval_s = time.perf_counter() - t0
-        gate = {**result.to_dict(), "compared_with": live, "decided_at": time.time(), "eval_s": eval_s}
+        gate = {**result.to_dict(), "compared_with": live, "decided_at": time.time(), "eval_s": eval_s,
+                **({"recent": recent} if recent else {})}
         meta = _with_gate(metadata, live, result.candidate_accuracy, live_acc, gate)
         if result.decision == "promote":
             version = int(self.publisher.publish(policy_id, weights, meta, self.spec, files))
@@ -345,6 +369,27 @@ class PublishGate:
             st.correct[version] = correct
         return self._record(policy_id, st, version, live, result.decision, result.reason,
                             result.candidate_accuracy, live_acc, lineage_parent=meta["parent_version"], gate=gate)
+
+    def _on_recent(self, policy_id: str, st: _PolicyState, live: int, candidate: ClassifierBundle, result):
+        """The recent slice's verdict as well: a candidate worse than live on the newest feedback is
+        refused however it does on the fixed set (which then only guards against forgetting)."""
+        vs = st.recent.compare(candidate, self._bundle(policy_id, live), self.config, self.seed)
+        evidence = {k: getattr(vs, k) for k in ("decision", "candidate_accuracy", "live_accuracy", "diff", "p_value",
+                                                "n", "wins", "losses")}
+        if vs.decision == "refuse":
+            result = replace(result, decision="refuse",
+                             reason=f"on the recent slice ({vs.n} rows of the newest feedback): {vs.reason}")
+        return result, evidence
+
+    def _bundle(self, policy_id: str, version: int) -> ClassifierBundle:
+        """A stored version as a model (the last few kept: live and rollback targets recur)."""
+        key = (policy_id, version)
+        if key not in self._bundles:
+            loaded = self.registry.load(policy_id, version, as_numpy=True)
+            self._bundles[key] = from_version(loaded.weights, loaded.files)
+            while len(self._bundles) > 3:
+                self._bundles.pop(next(iter(self._bundles)))
+        return self._bundles[key]
 
     def _against_best(self, st: _PolicyState, live: int, correct: np.ndarray, result):
         """Drift guard: each step may lose up to `tolerance` to live, so a chain of them can slide far

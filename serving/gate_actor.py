@@ -71,8 +71,8 @@ class GateActor:
     def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict:
         return self.gate.check_window(policy_id, version, correct, n)
 
-    def observe(self, policy_id: str, pairs: list, events: int) -> list[dict]:
-        return self.gate.observe(policy_id, [tuple(p) for p in pairs], events)
+    def observe(self, policy_id: str, pairs: list, events: int, recent: list = ()) -> list[dict]:
+        return self.gate.observe(policy_id, [tuple(p) for p in pairs], events, [tuple(r) for r in recent])
 
     def adaptation(self, policy_id: str) -> dict | None:
         return self.gate.adaptation(policy_id)

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import ray
 
 from core.schemas import SchemaError
+from core.hashing import stable_unit_hash
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +260,14 @@ class Joiner:
     With a `gate_name`, every `push_every` joined feedbacks the joiner hands that gate
     actor the predicting version's prequential window (the rollback guard) and each
     feedback's verdict on its version (the drift detector), as the feedback arrives.
+    With `recent_fraction`, that share of labeled feedback (by a hash of the event id)
+    goes to the gate's recent slice instead of the replay store: no learner sees it.
     """
 
     def __init__(self, writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                  text_table: str | None = "text", window: int = 300, max_events: int = 200_000,
                  commit_interval_s: float = 0.05, gate_name: str | None = None, policy_id: str | None = None,
-                 push_every: int = 10):
+                 push_every: int = 10, recent_fraction: float = 0.0):
         self.join = EventJoin(feedback_ttl_s, feedback_table=feedback_table, text_table=text_table,
                               window=window, max_events=max_events)
         self.writer, self.commit_interval_s = writer, commit_interval_s
@@ -277,6 +280,9 @@ class Joiner:
         self.gate_name, self.policy_id, self.push_every = gate_name, policy_id, push_every
         self._gate: Any = None
         self._unpushed: list[tuple[int, float]] = []  # (predicting version, 1/0 or reward) since the last push
+        self.recent_fraction = recent_fraction if gate_name is not None else 0.0
+        self._recent: list[tuple[str, int]] = []  # held-out labeled rows for the gate, since the last push
+        self.held_for_gate = 0
 
     async def record(self, events: list[dict[str, Any]]) -> int:
         self._queue(self.join.text_table, self.join.record(events))
@@ -289,7 +295,11 @@ class Joiner:
         except FeedbackRejected as exc:
             return {"status": exc.status, "detail": exc.detail}
         if row is not None:
-            self._queue(self.join.feedback_table, [row])
+            if row["label"] is not None and stable_unit_hash(f"{event_id}#recent") < self.recent_fraction:
+                self._recent.append((row["text"], int(row["label"])))  # the gate's, never the learner's
+                self.held_for_gate += 1
+            else:
+                self._queue(self.join.feedback_table, [row])
             verdict = answer["correct"] if answer["correct"] is not None else row["reward"]
             self._push_window(answer["model_version"], float(verdict))
         return {"status": 200, "body": answer}
@@ -301,10 +311,11 @@ class Joiner:
         if len(self._unpushed) < self.push_every:
             return
         pairs, self._unpushed = self._unpushed, []
+        recent, self._recent = self._recent, []
         try:
             if self._gate is None:
                 self._gate = ray.get_actor(self.gate_name)
-            self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined)
+            self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined, recent)
             correct, n = self.join.prequential()[version]
             self._gate.check_window.remote(self.policy_id, version, correct, n)
         except Exception as exc:  # the gate is restarting or gone: the next push tries again
@@ -320,7 +331,7 @@ class Joiner:
                 "evicted_for_capacity": s.evicted_for_capacity, "held_events": len(self.join.events),
                 "tombstones": len(self.join.tombs), "rows_written": dict(self.written),
                 "rows_pending": sum(map(len, self.pending.values())), "write_errors": self.write_errors,
-                "rows_dropped": self.dropped}
+                "rows_dropped": self.dropped, "held_for_gate": self.held_for_gate}
 
     async def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued row is written (True) or `timeout_s` passes (False)."""
@@ -380,9 +391,11 @@ FeedbackJoiner = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Jo
 
 def get_or_create_joiner(writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                          text_table: str | None = "text", window: int = 300, name: str = JOINER_NAME,
-                         gate_name: str | None = None, policy_id: str | None = None) -> Any:
+                         gate_name: str | None = None, policy_id: str | None = None,
+                         recent_fraction: float = 0.0) -> Any:
     # Ray warns about any ray.get in an async actor; the joiner's run in worker threads
     # (asyncio.to_thread in _write), never on the event loop, so the warning is noise here.
     quiet = {"env_vars": {"RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}}
     return FeedbackJoiner.options(name=name, get_if_exists=True, runtime_env=quiet).remote(
-        writer, feedback_ttl_s, feedback_table, text_table, window, gate_name=gate_name, policy_id=policy_id)
+        writer, feedback_ttl_s, feedback_table, text_table, window, gate_name=gate_name, policy_id=policy_id,
+        recent_fraction=recent_fraction)

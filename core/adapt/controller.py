@@ -9,8 +9,8 @@ learn the new data sooner and makes the gate compare versions on it:
     learner_boost   for `boost_updates` updates: lr x `lr_factor` (bounded), rehearsal down to
                     `boost_rehearsal` (fresher batches), a candidate every `boost_candidate_every`
     hold_rollback   for `cooldown_events` feedback events the rollback guard does not read live's
-                    drop on feedback as a regression (the gate still refuses worse candidates on
-                    the fixed held-out set, which guards against forgetting)
+                    drop on feedback as a regression (candidates are still judged on the fixed
+                    held-out set and the gate's recent slice: serving/recent_slice.py)
 
 One adaptation per `cooldown_events` feedback events: alarms inside the
 cooldown are recorded and answered with no action.

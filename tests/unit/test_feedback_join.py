@@ -223,3 +223,51 @@ def test_joiner_without_a_writer_drops_rows():
 
     stats = asyncio.run(run())
     assert stats["rows_dropped"] == 2 and stats["rows_written"] == {}
+
+
+class FakeGate:
+    """The gate actor's shape for the joiner: observe.remote / check_window.remote, recorded."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.observed, self.windows = [], []
+        self.observe = SimpleNamespace(remote=lambda pid, pairs, events, recent: self.observed.append(
+            (pid, list(pairs), events, list(recent))))
+        self.check_window = SimpleNamespace(remote=lambda *args: self.windows.append(args))
+
+
+def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_from_the_learner():
+    import asyncio
+
+    from core.hashing import stable_unit_hash
+    from serving.join import Joiner
+
+    n = 200
+
+    async def run():
+        writer, gate = FlakyWriter(), FakeGate()
+        joiner = Joiner(writer, 60.0, commit_interval_s=0.001, gate_name="evolve-gate-sentiment",
+                        policy_id="sentiment", push_every=10, recent_fraction=0.25)
+        joiner._gate = gate  # what ray.get_actor(gate_name) returns in a run
+        await joiner.record([_event(i, prediction=1) for i in range(n)])
+        for i in range(n):
+            if i % 4 == 3:
+                assert (await joiner.feedback(f"e{i}", reward=1.0))["status"] == 200
+            else:
+                assert (await joiner.feedback(f"e{i}", "pos" if i % 2 else "neg"))["status"] == 200
+        assert await joiner.flush(timeout_s=10)
+        return writer, gate, joiner.stats()
+
+    writer, gate, stats = asyncio.run(run())
+    held = {f"e{i}" for i in range(n) if i % 4 != 3 and stable_unit_hash(f"e{i}#recent") < 0.25}
+    assert 20 < len(held) < 80 and stats["held_for_gate"] == len(held)
+    trained = set(writer.rows["feedback"])
+    assert trained == {f"feedback-e{i}" for i in range(n)} - {f"feedback-{e}" for e in held}  # never trained on
+    recent = [row for *_, rows in gate.observed for row in rows]
+    assert sorted(t for t, _ in recent) == sorted(f"text {e[1:]}" for e in held)
+    assert all(y == (1 if int(t.split()[1]) % 2 else 0) for t, y in recent)
+    pairs = [p for _, ps, _, _ in gate.observed for p in ps]
+    assert len(pairs) == n and all(v == 3 for v, _ in pairs)  # every verdict, for the predicting version
+    assert [x for _, x in pairs[:4]] == [0.0, 1.0, 0.0, 1.0]  # predicted pos: right only for label pos; reward 1
+    assert len(gate.windows) == n // 10 and gate.observed[-1][2] == n

@@ -323,7 +323,7 @@ def _adaptive_gate(tmp_path, world, **adapt):
 
     registry = PolicyRegistry(tmp_path / "registry")
     events: list[tuple[str, dict]] = []
-    cfg = AdaptSection(enabled=True, cooldown_events=500, **adapt)
+    cfg = AdaptSection(**{"enabled": True, "cooldown_events": 500, **adapt})
     groups = ["a" if i % 2 else "b" for i in range(len(world["heldout"]))]
     gate = PublishGate(registry, world["heldout"], CFG, publisher=FakePublisher(registry), adapt=cfg, groups=groups,
                        emit=lambda kind, **fields: events.append((kind, fields)))
@@ -366,3 +366,43 @@ def test_group_accuracy_splits_the_held_out_set_and_reaches_the_decision_events(
     assert min(acc.values()) <= d["heldout_accuracy"] <= max(acc.values())
     decision = next(f for k, f in events if k == "gate_decision")
     assert decision["group_accuracy"] == acc
+
+
+def _flipped(rows):
+    return [(t, 1 - y) for t, y in rows]
+
+
+def test_the_recent_slice_refuses_a_candidate_that_is_worse_on_the_newest_feedback(tmp_path, world):
+    gate, registry, events = _adaptive_gate(tmp_path, world, recent_min=50, recent_size=200)
+    _start(gate, world)  # v1: base
+    # the newest feedback says the opposite of the held-out labels (concept drift): base is bad at it
+    gate.observe(P, [], events=10, recent=_flipped(world["heldout"][:200]))
+    d = gate.submit(P, world["better"], world["files"], {})
+    assert d["decision"] == "refuse" and "recent slice" in d["reason"]
+    assert d["gate"]["recent"]["n"] == 200 and d["gate"]["recent"]["decision"] == "refuse"
+    # the fixed set alone would have promoted it: the same candidate without a recent slice goes live
+    plain, _, _, _ = _setup_plain(tmp_path / "plain", world)
+    _start(plain, world)
+    assert plain.submit(P, world["better"], world["files"], {})["decision"] == "promote"
+
+
+def _setup_plain(path, world):
+    registry = PolicyRegistry(path / "registry")
+    publisher = FakePublisher(registry)
+    return PublishGate(registry, world["heldout"], CFG, publisher=publisher), registry, publisher, []
+
+
+@pytest.mark.parametrize("recent_says_target_is_better", [True, False])
+def test_a_rollback_goes_only_to_a_version_better_on_the_recent_slice(tmp_path, world, recent_says_target_is_better):
+    gate, registry, events = _adaptive_gate(tmp_path, world, recent_min=50, recent_size=200, cooldown_events=1)
+    gate.bootstrap(P, weights=world["poisoned"], files=world["files"])  # v1: the reversed head
+    assert gate.submit(P, world["base"], world["files"], {})["decision"] == "promote"  # v2 live
+    rows = world["heldout"][:200]
+    gate.observe(P, [], events=10, recent=_flipped(rows) if recent_says_target_is_better else rows)
+    d = gate.check_prequential(P, 2, [False] * 20)
+    if recent_says_target_is_better:
+        assert d["rollback"] and d["rolled_back_to"] == 1 and registry.latest(P, "live").version == 1
+    else:
+        assert not d["rollback"] and "no better than live on the recent feedback" in d["reason"]
+        assert registry.latest(P, "live").version == 2
+        assert [k for k, _ in events].count("rollback_refused") == 1

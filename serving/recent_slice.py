@@ -1,0 +1,51 @@
+"""The gate's recent slice: the newest labeled feedback, held out of training, as a second test set.
+
+The fixed held-out set says what the model knew; after the traffic moves to
+new data it no longer says what the model must know now.  The feedback
+joiner keeps a share of labeled feedback (`adapt.recent_fraction`, chosen by
+a hash of the event id) out of the replay store, so the learner never trains
+on it, and hands it to the gate.  With enough of it (`adapt.recent_min`):
+
+    a candidate      must not be worse than live on the recent slice (the same paired test
+                     as on the fixed set, which now guards against forgetting)
+    a rollback       goes only to a version that is better than live on the recent slice:
+                     a drop in live's accuracy on feedback alone may be the world changing
+
+Plain logic; `serving/gate.py` owns one per policy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from core.feedback_config import GateSection
+from core.gate_stats import GateResult, compare
+from core.text_classifier import ClassifierBundle
+
+
+class RecentSlice:
+    def __init__(self, size: int, min_rows: int):
+        self.rows: deque[tuple[str, int]] = deque(maxlen=size)
+        self.min_rows = min_rows
+
+    def add(self, rows: Iterable[Sequence[Any]]) -> None:
+        self.rows.extend((str(t), int(y)) for t, y in rows)
+
+    def ready(self) -> bool:
+        return len(self.rows) >= self.min_rows
+
+    def correct(self, bundle: ClassifierBundle, batch: int = 128) -> np.ndarray:
+        texts, labels = zip(*self.rows)
+        return bundle.predict_proba(list(texts), batch=batch).argmax(-1) == np.asarray(labels)
+
+    def compare(self, candidate: ClassifierBundle, live: ClassifierBundle, cfg: GateSection, seed: int = 0) -> GateResult:
+        return compare(self.correct(candidate), self.correct(live), test=cfg.test, tolerance=cfg.tolerance,
+                       alpha=cfg.alpha, bootstrap_samples=cfg.bootstrap_samples, seed=seed)
+
+    def better(self, target: ClassifierBundle, live: ClassifierBundle) -> tuple[bool, float, float]:
+        """(target better than live on the slice, target's accuracy, live's)."""
+        t, l = float(self.correct(target).mean()), float(self.correct(live).mean())
+        return t > l, t, l
