@@ -197,10 +197,19 @@ class TrafficWorker:
             taken = list(itertools.islice(self._stream, k))
             if len(taken) < k:
                 self._exhausted = True
-            if taken:
-                self.rows_taken += len(taken)
-                self.group = self.groups[taken[-1]] if self.groups is not None else None
-            return [self.rows[j] for j in taken]
+            rows = []
+            for j in taken:
+                self.rows_taken += 1
+                self.group = self.groups[j] if self.groups is not None else None
+                rows.append(self._meant(self.rows[j], self.group))
+            return rows
+
+    def _meant(self, row: tuple[str, int], group: str | None) -> tuple[str, int]:
+        """The row as the user means it now (call under _lock): after a concept drift, the next label."""
+        drift = self.cfg.concept_drift
+        if drift is None or self.rows_taken <= drift.after_rows or (drift.groups is not None and group not in drift.groups):
+            return row
+        return row[0], (row[1] + 1) % len(self.labels)
 
     def _predict(self, rows: list[tuple[str, int]]) -> None:
         texts = [t for t, _ in rows]

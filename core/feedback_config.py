@@ -47,6 +47,14 @@ class DataSection(Section):
                             self.max_heldout, self.group_column)
 
 
+class ConceptDrift(Section):
+    """After `after_rows` rows, the users of `groups` (None: all) mean the next label where they
+    meant a label before (label id + 1, modulo the labels): what they call "good" changed."""
+
+    after_rows: int = Field(ge=0)  # rows taken by a traffic actor before the change
+    groups: list[str] | None = None
+
+
 class TrafficSection(Section):
     """Traffic actors: simulated users calling the real HTTP endpoint."""
 
@@ -58,6 +66,7 @@ class TrafficSection(Section):
     label_noise: float = Field(default=0.0, ge=0, le=1)  # share of labels flipped
     feedback_delay_s: tuple[float, float] = (0.0, 0.5)  # uniform random delay before feedback
     actor_num_cpus: float = Field(default=0.2, gt=0)
+    concept_drift: ConceptDrift | None = None  # labels that change meaning part-way through the stream
 
 
 class GateSection(Section):

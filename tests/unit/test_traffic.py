@@ -221,3 +221,21 @@ def test_a_grouped_stream_reports_the_group_it_is_in():
     assert w.stats()["group"] == "a" and w.stats()["rows_taken"] == 20
     with pytest.raises(ValueError, match="one group per row"):
         TrafficWorker("http://evolve.test", _rows(3), LABELS, cfg, groups=["a"], transport=server.transport)
+
+
+def test_after_a_concept_drift_the_users_of_a_group_mean_the_other_label():
+    from core.feedback_config import ConceptDrift
+
+    train = [(f"a {i}", 1) for i in range(10)] + [(f"b {i}", 1) for i in range(10)]
+    data = LabeledData(train=train, heldout=[("held", 0)], labels=LABELS, groups=["a"] * 10 + ["b"] * 10)
+    server = FakeServe()  # answers "pos" (1) to everything
+    cfg = TrafficSection(concurrency=1, feedback_delay_s=(0.0, 0.0),
+                         concept_drift=ConceptDrift(after_rows=15, groups=["b"]))
+    w = TrafficWorker.from_data("http://evolve.test", data, cfg, order="grouped", group_order=["a", "b"],
+                                repeat=False, transport=server.transport)
+    w.run(timeout_s=30)
+    by_text = {server.events[f["event_id"]]["text"]: f["label"] for f in server.feedback}
+    assert all(by_text[f"a {i}"] == "pos" for i in range(10))  # group a: never drifted
+    # group b (rows 11-20 of the stream, shuffled within the group): "neg" from row 16 on
+    assert sorted(by_text[f"b {i}"] for i in range(10)) == ["neg"] * 5 + ["pos"] * 5
+    assert w.stats()["accuracy"] == pytest.approx(15 / 20)  # "pos" is wrong for the users who now mean "neg"
