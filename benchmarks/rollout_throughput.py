@@ -200,9 +200,9 @@ def bench_rllib(env_id: str, num_envs: int, seconds: float, warmup_s: float, chu
 def main() -> None:
     parser = argparse.ArgumentParser(description="rollout env steps/s: ours vs the raw env and RLlib's env runner")
     parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("--num-envs", type=int, default=None, help="default: configs/cartpole.yaml (8)")
+    parser.add_argument("--num-envs", type=int, default=None, help="default: configs/cartpole.yaml's rl.num_envs")
     parser.add_argument("--steps-per-write", type=int, default=None,
-                        help="vector steps per replay add (default: the preset's 16); ours only")
+                        help="vector steps per replay add (default: the preset's); ours only")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window of each of the three")
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--rllib-chunk", type=int, default=1000, help="num_timesteps per RLlib sample() call")
