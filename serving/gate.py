@@ -230,13 +230,17 @@ class PublishGate:
         """Held-out accuracy of a version (default: live) per group; {} without groups."""
         if self.groups is None:
             return {}
-        with self._eval:
+        with self._mu:
             st = self._state(policy_id)
-            version = version if version is not None else self._refresh_live(policy_id, st)
-            if version is None:
-                return {}
-            self._accuracy(policy_id, st, version)
-            correct = st.correct[version]
+            version = version if version is not None else st.live_version
+            correct = st.correct.get(version)
+        if correct is None:  # not scored yet (rare: live versions are scored as they go live)
+            with self._eval:
+                version = version if version is not None else self._refresh_live(policy_id, st)
+                if version is None:
+                    return {}
+                self._accuracy(policy_id, st, version)
+                correct = st.correct[version]
         return {str(g): float(correct[self.groups == g].mean()) for g in sorted(set(self.groups.tolist()))}
 
     def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict[str, Any]:
@@ -288,8 +292,8 @@ class PublishGate:
                 return {**out, "rollback": False, "reason": f"v{version} was replaced meanwhile"}
             target = rollback_target(self.registry, policy_id)
             if target is not None and st.recent is not None and st.recent.ready():
-                better, target_acc, live_acc = st.recent.better(self._bundle(policy_id, target),
-                                                                self._bundle(policy_id, version))
+                better, target_acc, live_acc = st.recent.better_cached(
+                    (version, target), lambda: self._bundle(policy_id, target), lambda: self._bundle(policy_id, version))
                 if not better:
                     out.update(rollback=False, reason=f"{result.reason}; v{target} is no better than live on the "
                                                       f"recent feedback ({target_acc:.3f} vs {live_acc:.3f})")

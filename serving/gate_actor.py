@@ -19,7 +19,9 @@ def gate_name(policy_id: str) -> str:
     return f"evolve-gate-{policy_id}"
 
 
-@ray.remote(num_cpus=0.5, max_restarts=-1, max_concurrency=4)
+# The joiner's fire-and-forget calls (observe, check_window) run one at a time in their own group:
+# however many queue up, the driver's queries and the learner's candidates still get threads.
+@ray.remote(num_cpus=0.5, max_restarts=-1, max_concurrency=4, concurrency_groups={"feedback": 1})
 class GateActor:
     """`PublishGate` in an actor.  Threaded (max_concurrency 4): `summary`, `drain_events` and
     `check_prequential` are answered while a candidate is scored; candidates themselves run one at
@@ -65,12 +67,15 @@ class GateActor:
     def rollback(self, policy_id: str, to: int | None = None, reason: str = "manual") -> dict:
         return self.gate.rollback(policy_id, to, reason)
 
+    @ray.method(concurrency_group="feedback")
     def check_prequential(self, policy_id: str, version: int, correct_flags: list[bool]) -> dict:
         return self.gate.check_prequential(policy_id, version, correct_flags)
 
+    @ray.method(concurrency_group="feedback")
     def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict:
         return self.gate.check_window(policy_id, version, correct, n)
 
+    @ray.method(concurrency_group="feedback")
     def observe(self, policy_id: str, pairs: list, events: int, recent: list = ()) -> list[dict]:
         return self.gate.observe(policy_id, [tuple(p) for p in pairs], events, [tuple(r) for r in recent])
 

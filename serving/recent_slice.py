@@ -30,9 +30,13 @@ class RecentSlice:
     def __init__(self, size: int, min_rows: int):
         self.rows: deque[tuple[str, int]] = deque(maxlen=size)
         self.min_rows = min_rows
+        self.added = 0  # rows ever added: how much the slice changed since a verdict
+        self._verdicts: dict[tuple[int, int], tuple[int, tuple[bool, float, float]]] = {}
 
     def add(self, rows: Iterable[Sequence[Any]]) -> None:
-        self.rows.extend((str(t), int(y)) for t, y in rows)
+        new = [(str(t), int(y)) for t, y in rows]
+        self.rows.extend(new)
+        self.added += len(new)
 
     def ready(self) -> bool:
         return len(self.rows) >= self.min_rows
@@ -49,3 +53,12 @@ class RecentSlice:
         """(target better than live on the slice, target's accuracy, live's)."""
         t, l = float(self.correct(target).mean()), float(self.correct(live).mean())
         return t > l, t, l
+
+    def better_cached(self, key: tuple[int, int], target, live) -> tuple[bool, float, float]:
+        """`better`, scored again only once the slice has taken in `min_rows // 2` new rows: the
+        rollback guard asks after every few feedbacks while live's accuracy stays low."""
+        seen = self._verdicts.get(key)
+        if seen is None or self.added - seen[0] >= max(1, self.min_rows // 2):
+            seen = (self.added, self.better(target(), live()))
+            self._verdicts[key] = seen
+        return seen[1]

@@ -56,6 +56,7 @@ class FeedbackLoop(LoopBase):
         self.adaptations = 0
         self.matrix: AccuracyMatrix | None = None  # a grouped stream's R[i][j]
         self.group: str | None = None  # where the traffic stream is
+        self.unrecorded: list[str] = []  # groups the stream left whose row the gate has not given yet
 
     def prepare(self) -> None:
         if not self.cfg.serving.enabled:
@@ -172,17 +173,21 @@ class FeedbackLoop(LoopBase):
         now = self.actors.stats.get(0, {}).get("group")
         if now is not None and now != self.group:
             if self.group is not None:
-                self._record_group(self.group)
+                self.unrecorded.append(self.group)
             self.group = now
+        self.unrecorded = [g for g in self.unrecorded if not self._record_group(g)]
 
-    def _record_group(self, group: str) -> None:
+    def _record_group(self, group: str) -> bool:
+        """A row of R for `group` (the live version now); False: the gate did not answer in time."""
         if self.matrix.index[group] in self.matrix.rows:
-            return  # a stream that cycles: the first pass defines the matrix
-        accuracy = get_or(self.gate.group_accuracy.remote(self.fb.policy_id), {}, timeout_s=120)
-        if accuracy:
-            self.matrix.record(group, accuracy)
-            self.event("continual", after_group=group, group_accuracy=accuracy,
-                       version=self.gate_summary.get("live_version"))
+            return True  # a stream that cycles: the first pass defines the matrix
+        accuracy = get_or(self.gate.group_accuracy.remote(self.fb.policy_id), {}, timeout_s=30)
+        if not accuracy:
+            return False
+        self.matrix.record(group, accuracy)
+        self.event("continual", after_group=group, group_accuracy=accuracy,
+                   version=self.gate_summary.get("live_version"))
+        return True
 
     def done(self) -> bool:
         return self.reached_at is not None
@@ -192,7 +197,8 @@ class FeedbackLoop(LoopBase):
         if self.gate is not None:
             self._take_gate_events()
             if self.matrix is not None and self.group is not None:
-                self._record_group(self.group)  # where the run ended
+                for group in [*self.unrecorded, self.group]:  # where the run ended, last
+                    self._record_group(group)
         if self.app is not None:
             self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
 
