@@ -21,7 +21,7 @@ class ClusterConnectError(UserError):
 
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 # The raylet starts at most this many worker processes at once (Ray's default: the CPU count)
-# and warns each time the workers started reach another multiple of it past 4x.  A run starts
+# and warns each time the workers started reach a further multiple of it.  A run starts
 # a few dozen small actors, which on a small machine is many multiples of the CPU count, and
 # those warnings need no action; a higher cap silences them without slowing the start.
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
@@ -43,7 +43,7 @@ def connect(cfg: ClusterConfig, address: str | None = None) -> ClusterHandle:
     try:
         if address is None:
             # Ray Train's controller steps through its start-up states once per health-check
-            # interval (2 s by default): a shorter interval brings a learner's first update sooner.
+            # interval: a shorter one than Ray's default brings a learner's first update sooner.
             # The embedded cluster's processes inherit this; an explicit setting wins.
             os.environ.setdefault(TRAIN_POLL_ENV, "0.5")
             os.environ.setdefault(STARTUP_CONCURRENCY_ENV, "8")

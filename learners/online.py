@@ -53,12 +53,9 @@ import torch.nn.functional as F
 
 from core.feedback_config import FeedbackConfig
 from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
-from core.adapt.controller import Boost
 from learners.feedback_source import FeedbackBatch, Reservoir
 from learners.objective import ExportedPolicy, WorkerContext
-
-
-ADAPT_POLL_EVERY = 10  # updates between asking the gate for a new adaptation decision
+from learners.online_boost import BoostFollower, answered
 
 
 @dataclass
@@ -156,10 +153,7 @@ class OnlineObjective:
         self.total = _DataWindow()  # ... since the start of the run (survives resume)
         self._files = self.bundle.files()
         self._gate_ref: Any = None
-        self.rehearsal, self.candidate_every = self.fb.rehearsal, self.fb.candidate_every
-        self.boost_left, self.adapted = 0, 0  # updates the current boost still lasts; the decision applied
-        self._adapt_ref: Any = None
-        self._decisions: dict[int, dict[str, Any]] = {}  # adaptation decisions heard from the gate, by id
+        self.boost = BoostFollower(self.fb, config.gate, self.optimizer, ctx)  # the gate's learner_boost
         self._reseed()
 
     def _reseed(self) -> None:
@@ -181,7 +175,7 @@ class OnlineObjective:
             return self._metrics(idle=1.0)
         fb = self.fb
         # rehearsal rows are drawn before the fresh rows join the reservoir: they are older
-        k = int(round(len(fresh) * self.rehearsal / (1.0 - self.rehearsal)))
+        k = int(round(len(fresh) * self.boost.rehearsal / (1.0 - self.boost.rehearsal)))
         old = self.reservoir.sample(k, self.rng)
         self.reservoir.add(fresh, self.rng)
         rows = FeedbackBatch.concat([fresh, old])
@@ -189,9 +183,9 @@ class OnlineObjective:
         if updated:
             self.window.add(rows, len(fresh))
             self.total.add(rows, len(fresh))
-            if self.updates % self.candidate_every == 0:
+            if self.updates % self.boost.candidate_every == 0:
                 self._candidate()
-            self._adapt()
+            self.boost.after_update(self.updates)
         return self._metrics(samples=float(len(rows)), updates=float(updated), fresh_rows=float(len(fresh)),
                              rehearsal_rows=float(len(old)), **figures)
 
@@ -241,57 +235,7 @@ class OnlineObjective:
     def _metrics(self, **counts: float) -> dict[str, float]:
         base = {k: 0.0 for k in self.summed_metrics}
         return {**base, **counts, **self.last, "baseline": self.baseline, "skipped_nonfinite": float(self.skipped),
-                "reservoir": float(len(self.reservoir)), "backlog": float(len(self.backlog)),
-                "lr": float(self.optimizer.param_groups[0]["lr"]), "boost_left": float(self.boost_left),
-                "adapted": float(self.adapted)}
-
-    # ---- adaptation ----------------------------------------------------------------------
-    def _adapt(self) -> None:
-        """After each update (every rank, in lockstep): count the boost down, and every
-        ADAPT_POLL_EVERY updates apply the newest adaptation every rank has heard of."""
-        if self.boost_left:
-            self.boost_left -= 1
-            if not self.boost_left:
-                self._set_boost(1.0, self.fb.rehearsal, self.fb.candidate_every)
-        if self.updates % ADAPT_POLL_EVERY:
-            return
-        self._hear_gate()
-        newest = max(self._decisions, default=0)
-        if self.ctx.world_size > 1:  # apply only what every rank has heard, at the same update
-            import torch.distributed as dist
-
-            t = torch.tensor([float(newest)], device=self.ctx.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            newest = int(t.item())
-        if newest > self.adapted and newest in self._decisions:
-            boost = next((a for a in self._decisions[newest]["actions"] if a["action"] == "learner_boost"), None)
-            self.adapted = newest
-            if boost is not None:
-                b = Boost.from_action(boost)
-                self.boost_left = b.updates
-                self._set_boost(b.lr_factor, b.rehearsal, b.candidate_every)
-
-    def _hear_gate(self) -> None:
-        gate = self.setup_.gate
-        if gate is None or not hasattr(getattr(gate, "adaptation", None), "remote"):
-            return
-        if self._adapt_ref is not None and _done(self._adapt_ref):
-            import ray
-
-            try:
-                decision = ray.get(self._adapt_ref) if isinstance(self._adapt_ref, ray.ObjectRef) else self._adapt_ref
-            except Exception:  # the gate is restarting: ask again next time
-                decision = None
-            if decision:
-                self._decisions[int(decision["id"])] = decision
-            self._adapt_ref = None
-        if self._adapt_ref is None:
-            self._adapt_ref = gate.adaptation.remote(self.fb.policy_id)
-
-    def _set_boost(self, lr_factor: float, rehearsal: float, candidate_every: int) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.fb.lr * lr_factor
-        self.rehearsal, self.candidate_every = rehearsal, candidate_every
+                "reservoir": float(len(self.reservoir)), "backlog": float(len(self.backlog)), **self.boost.metrics()}
 
     # ---- ranks agree -----------------------------------------------------------------------
     def _all(self, flag: bool) -> bool:
@@ -318,7 +262,7 @@ class OnlineObjective:
         self.window = _DataWindow()
         if self.ctx.rank != 0 or self.setup_.gate is None:
             return
-        if self.fb.skip_when_gate_busy and not _done(self._gate_ref):
+        if self.fb.skip_when_gate_busy and not answered(self._gate_ref):
             self.candidates_dropped += 1
             return
         weights = self.numpy_weights()
@@ -360,7 +304,7 @@ class OnlineObjective:
             "optimizer": self.optimizer.state_dict(),
             "counters": {"updates": self.updates, "skipped": self.skipped, "idle": self.idle,
                          "candidates": self.candidates, "candidates_dropped": self.candidates_dropped,
-                         "adapted": self.adapted},
+                         "adapted": self.boost.adapted},
             "baseline": self.baseline,
             "last": dict(self.last),
             "reservoir": self.reservoir.state_dict(),
@@ -370,9 +314,9 @@ class OnlineObjective:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._set_boost(1.0, self.fb.rehearsal, self.fb.candidate_every)  # a resumed learner starts unboosted
+        self.boost.reset()  # a resumed learner starts unboosted
         for k, v in state["counters"].items():
-            setattr(self, k, int(v))
+            setattr(self.boost if k == "adapted" else self, k, int(v))
         self.baseline = float(state["baseline"])
         self.last.update({k: float(v) for k, v in state["last"].items()})
         self.reservoir.load_state_dict(state["reservoir"])
@@ -470,15 +414,3 @@ def _max(a: int | None, b: int) -> int:
 
 def _iso(us: int | None) -> str | None:
     return None if us is None else datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
-
-
-def _done(ref: Any) -> bool:
-    """Has the gate answered the last submit?  (Non-Ray handles in tests answer at once.)"""
-    if ref is None:
-        return True
-    import ray
-
-    if not isinstance(ref, ray.ObjectRef):
-        return True
-    ready, _ = ray.wait([ref], timeout=0)
-    return bool(ready)

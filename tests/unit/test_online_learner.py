@@ -460,16 +460,16 @@ def test_an_adaptation_boosts_lr_rehearsal_and_candidates_for_its_updates_then_e
     for i in range(40):  # the learner asks every ADAPT_POLL_EVERY updates and applies the answer next time
         start = (16 * i) % 280
         obj.step(_labeled(reviews[start:start + 16]))
-        if obj.adapted:
+        if obj.boost.adapted:
             break
-    assert obj.adapted == 1 and gate.asked >= 1
+    assert obj.boost.adapted == 1 and gate.asked >= 1
     assert obj.optimizer.param_groups[0]["lr"] == pytest.approx(3 * base_lr)
-    assert (obj.rehearsal, obj.candidate_every, obj.boost_left) == (0.1, 5, 25)
+    assert (obj.boost.rehearsal, obj.boost.candidate_every, obj.boost.left) == (0.1, 5, 25)
     metrics = obj.step(_labeled(reviews[:16]))
     assert metrics["boost_left"] == 24 and metrics["lr"] == pytest.approx(3 * base_lr)
     for _ in range(30):
         obj.step(_labeled(reviews[16:32]))
-    assert obj.boost_left == 0 and obj.optimizer.param_groups[0]["lr"] == pytest.approx(base_lr)
-    assert (obj.rehearsal, obj.candidate_every) == (0.5, 1000)
+    assert obj.boost.left == 0 and obj.optimizer.param_groups[0]["lr"] == pytest.approx(base_lr)
+    assert (obj.boost.rehearsal, obj.boost.candidate_every) == (0.5, 1000)
     assert len(gate.calls) >= 5  # candidates every 5 updates while boosted; none at every 1000
-    assert obj.adapted == 1  # the same decision is applied once
+    assert obj.boost.adapted == 1  # the same decision is applied once

@@ -1,0 +1,95 @@
+"""The online learner's side of the gate's adaptation: follow its `learner_boost` decisions.
+
+Every ADAPT_POLL_EVERY updates the learner asks the gate (non-blocking) for
+its newest decision; a new one is applied once, on every rank at the same
+update (an all-reduce of the decision id), for the number of updates it
+says: the learning rate times `lr_factor`, a smaller rehearsal share,
+candidates more often.  Then the section's own settings return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from core.adapt.controller import Boost
+from core.feedback_config import FeedbackConfig
+from learners.objective import WorkerContext
+
+ADAPT_POLL_EVERY = 10  # updates between asking the gate for a new adaptation decision
+
+
+class BoostFollower:
+    def __init__(self, fb: FeedbackConfig, gate: Any, optimizer: torch.optim.Optimizer, ctx: WorkerContext):
+        self.fb, self.gate, self.optimizer, self.ctx = fb, gate, optimizer, ctx
+        self.rehearsal, self.candidate_every = fb.rehearsal, fb.candidate_every  # in force now
+        self.left, self.adapted = 0, 0  # updates the current boost still lasts; the decision applied
+        self._ref: Any = None
+        self._decisions: dict[int, dict[str, Any]] = {}  # heard from the gate, by id
+
+    def after_update(self, updates: int) -> None:
+        """Every rank, in lockstep: count the boost down; every ADAPT_POLL_EVERY updates apply the
+        newest decision every rank has heard of."""
+        if self.left:
+            self.left -= 1
+            if not self.left:
+                self.reset()
+        if updates % ADAPT_POLL_EVERY:
+            return
+        self._hear_gate()
+        newest = max(self._decisions, default=0)
+        if self.ctx.world_size > 1:  # apply only what every rank has heard, at the same update
+            import torch.distributed as dist
+
+            t = torch.tensor([float(newest)], device=self.ctx.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            newest = int(t.item())
+        if newest > self.adapted and newest in self._decisions:
+            boost = next((a for a in self._decisions[newest]["actions"] if a["action"] == "learner_boost"), None)
+            self.adapted = newest
+            if boost is not None:
+                b = Boost.from_action(boost)
+                self.left = b.updates
+                self._set(b.lr_factor, b.rehearsal, b.candidate_every)
+
+    def reset(self) -> None:
+        """The section's own settings (also for a resumed learner: it starts unboosted)."""
+        self._set(1.0, self.fb.rehearsal, self.fb.candidate_every)
+
+    def metrics(self) -> dict[str, float]:
+        return {"lr": float(self.optimizer.param_groups[0]["lr"]), "boost_left": float(self.left),
+                "adapted": float(self.adapted)}
+
+    def _hear_gate(self) -> None:
+        if self.gate is None or not hasattr(getattr(self.gate, "adaptation", None), "remote"):
+            return
+        if self._ref is not None and answered(self._ref):
+            import ray
+
+            try:
+                decision = ray.get(self._ref) if isinstance(self._ref, ray.ObjectRef) else self._ref
+            except Exception:  # the gate is restarting: ask again next time
+                decision = None
+            if decision:
+                self._decisions[int(decision["id"])] = decision
+            self._ref = None
+        if self._ref is None:
+            self._ref = self.gate.adaptation.remote(self.fb.policy_id)
+
+    def _set(self, lr_factor: float, rehearsal: float, candidate_every: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.fb.lr * lr_factor
+        self.rehearsal, self.candidate_every = rehearsal, candidate_every
+
+
+def answered(ref: Any) -> bool:
+    """Has the gate answered a call?  (Non-Ray handles in tests answer at once.)"""
+    if ref is None:
+        return True
+    import ray
+
+    if not isinstance(ref, ray.ObjectRef):
+        return True
+    ready, _ = ray.wait([ref], timeout=0)
+    return bool(ready)
