@@ -28,10 +28,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import ray
 
 from core.adapt.config import AdaptSection
 from core.feedback_config import GateSection
@@ -39,6 +38,8 @@ from core.gate_stats import compare, prequential_check, prequential_check_counts
 from core.registry import LoadedPolicy, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_version
 from serving.adaptation import FeedbackAdaptation
+from serving.gate_adaptive import AdaptiveGate
+from serving.gate_publisher import as_publisher
 from serving.recent_slice import RecentSlice
 from serving.rollback import GateError, rollback_registry, rollback_target
 
@@ -47,34 +48,6 @@ log = logging.getLogger(__name__)
 EmitFn = Callable[..., None]  # emit(kind, **fields)
 DEFAULT_SPEC = {"kind": "text_classifier"}
 GATE_ACTOR_NAME = "evolve-gate"
-
-
-class Publisher(Protocol):
-    """What the gate needs from the publisher (blocking calls; see `RayPublisher`)."""
-
-    def publish(self, policy_id: str, weights: dict[str, Any], metadata: dict[str, Any], spec: dict | None,
-                files: dict[str, bytes]) -> int: ...
-
-    def restore(self, policy_id: str, weights: dict[str, Any], version: int, spec: dict | None) -> None: ...
-
-
-class RayPublisher:
-    """A `PolicyPublisher` actor handle as blocking calls (the gate runs in a threaded actor)."""
-
-    def __init__(self, handle: Any, timeout_s: float = 300.0):
-        self.handle, self.timeout_s = handle, timeout_s
-
-    def publish(self, policy_id, weights, metadata, spec, files) -> int:
-        ref = self.handle.publish.remote(policy_id, weights, metadata, spec=spec, files=files)
-        return int(ray.get(ref, timeout=self.timeout_s))
-
-    def restore(self, policy_id, weights, version, spec) -> None:
-        ray.get(self.handle.restore.remote(policy_id, weights, version, spec), timeout=self.timeout_s)
-
-
-def as_publisher(obj: Any) -> Publisher:
-    """A Ray actor handle gets wrapped; anything else (a test fake) is used as it is."""
-    return RayPublisher(obj) if hasattr(getattr(obj, "publish", None), "remote") else obj
 
 
 def heldout_correct(bundle: ClassifierBundle, texts: Sequence[str], labels: np.ndarray, batch: int = 128) -> np.ndarray:
@@ -103,7 +76,7 @@ class _PolicyState:
     recent_refused: set[tuple[int, int]] = field(default_factory=set)  # (live, target) rollbacks the slice refused
 
 
-class PublishGate:
+class PublishGate(AdaptiveGate):
     """Scores candidates on the fixed held-out set and decides which go live.
 
     registry   the policy registry (or its URI); the source of truth for what is live
@@ -201,48 +174,6 @@ class PublishGate:
         minus `rollback_margin`.  Flags of a version that is no longer live are ignored."""
         return self._prequential(policy_id, version, flags=correct_flags)
 
-    def observe(self, policy_id: str, pairs: Sequence[tuple[int, float]], events: int,
-                recent: Sequence[tuple[str, int]] = ()) -> list[dict[str, Any]]:
-        """Joined feedback as (predicting version, 1/0 or reward) pairs, `events` joined so far: the
-        live version's values feed the drift detector; returns (and emits) new adaptation decisions.
-        `recent`: labeled (text, label id) rows the learner never sees, for the recent slice."""
-        if not self.adapt.enabled:
-            return []
-        with self._mu:
-            st = self._state(policy_id)
-            if st.adaptation is None:
-                st.adaptation = FeedbackAdaptation(self.adapt)
-                st.recent = RecentSlice(self.adapt.recent_size, self.adapt.recent_min)
-            st.recent.add(recent)
-            new = st.adaptation.observe(st.live_version, pairs, events)
-        for decision in new:
-            self._emit("adapt", policy_id=policy_id, action=[a["action"] for a in decision["actions"]] or None,
-                       **decision)
-        return new
-
-    def adaptation(self, policy_id: str) -> dict[str, Any] | None:
-        """The newest adaptation decision that acted (None: none yet); the learner polls it."""
-        with self._mu:
-            st = self._state(policy_id)
-            return st.adaptation.latest() if st.adaptation is not None else None
-
-    def group_accuracy(self, policy_id: str, version: int | None = None) -> dict[str, float]:
-        """Held-out accuracy of a version (default: live) per group; {} without groups."""
-        if self.groups is None:
-            return {}
-        with self._mu:
-            st = self._state(policy_id)
-            version = version if version is not None else st.live_version
-            correct = st.correct.get(version)
-        if correct is None:  # not scored yet (rare: live versions are scored as they go live)
-            with self._eval:
-                version = version if version is not None else self._refresh_live(policy_id, st)
-                if version is None:
-                    return {}
-                self._accuracy(policy_id, st, version)
-                correct = st.correct[version]
-        return {str(g): float(correct[self.groups == g].mean()) for g in sorted(set(self.groups.tolist()))}
-
     def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict[str, Any]:
         """The same check on counts the caller keeps over the version's last `n <= window` feedback
         events (`serving/join.py` `prequential()` gives {version: (correct, n)}); not incremental."""
@@ -278,31 +209,14 @@ class PublishGate:
         out = {"policy_id": policy_id, "version": version, **result.to_dict()}
         if not result.rollback:
             return out
-        held = st.adaptation.held() if st.adaptation is not None else None
-        if held is not None:  # the data changed: live's drop on feedback is no evidence against the model
-            out.update(rollback=False, reason=f"{result.reason}; held: drift alarm #{held['id']} at feedback event "
-                                              f"{held['events']} says the data changed, not the model")
-            if held["id"] not in st.held_reported:
-                st.held_reported.add(held["id"])
-                self._emit("rollback_held", policy_id=policy_id, version=version, alarm=held["id"],
-                           reason=out["reason"])
+        if self._held(policy_id, st, version, out, result.reason):
             return out
         with self._eval:
             if self._refresh_live(policy_id, st) != version:
                 return {**out, "rollback": False, "reason": f"v{version} was replaced meanwhile"}
             target = rollback_target(self.registry, policy_id)
-            if target is not None and st.recent is not None and st.recent.ready():
-                better, target_acc, live_acc = st.recent.better_cached(
-                    (version, target), lambda: self._bundle(policy_id, target), lambda: self._bundle(policy_id, version))
-                if not better:
-                    out.update(rollback=False, reason=f"{result.reason}; v{target} is no better than live on the "
-                                                      f"recent feedback ({target_acc:.3f} vs {live_acc:.3f})")
-                    if (version, target) not in st.recent_refused:
-                        st.recent_refused.add((version, target))
-                        self._emit("rollback_refused", policy_id=policy_id, version=version, target=target,
-                                   target_recent_accuracy=target_acc, live_recent_accuracy=live_acc,
-                                   reason=out["reason"])
-                    return out
+            if target is not None and self._refused_by_recent(policy_id, st, version, target, out, result.reason):
+                return out
             if target is None:
                 out.update(rollback=False, reason=f"{result.reason}; no earlier version to roll back to")
                 if version not in st.no_target_reported:
@@ -373,27 +287,6 @@ class PublishGate:
             st.correct[version] = correct
         return self._record(policy_id, st, version, live, result.decision, result.reason,
                             result.candidate_accuracy, live_acc, lineage_parent=meta["parent_version"], gate=gate)
-
-    def _on_recent(self, policy_id: str, st: _PolicyState, live: int, candidate: ClassifierBundle, result):
-        """The recent slice's verdict as well: a candidate worse than live on the newest feedback is
-        refused however it does on the fixed set (which then only guards against forgetting)."""
-        vs = st.recent.compare(candidate, self._bundle(policy_id, live), self.config, self.seed)
-        evidence = {k: getattr(vs, k) for k in ("decision", "candidate_accuracy", "live_accuracy", "diff", "p_value",
-                                                "n", "wins", "losses")}
-        if vs.decision == "refuse":
-            result = replace(result, decision="refuse",
-                             reason=f"on the recent slice ({vs.n} rows of the newest feedback): {vs.reason}")
-        return result, evidence
-
-    def _bundle(self, policy_id: str, version: int) -> ClassifierBundle:
-        """A stored version as a model (the last few kept: live and rollback targets recur)."""
-        key = (policy_id, version)
-        if key not in self._bundles:
-            loaded = self.registry.load(policy_id, version, as_numpy=True)
-            self._bundles[key] = from_version(loaded.weights, loaded.files)
-            while len(self._bundles) > 3:
-                self._bundles.pop(next(iter(self._bundles)))
-        return self._bundles[key]
 
     def _against_best(self, st: _PolicyState, live: int, correct: np.ndarray, result):
         """Drift guard: each step may lose up to `tolerance` to live, so a chain of them can slide far
