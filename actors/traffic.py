@@ -104,11 +104,11 @@ class TrafficWorker:
     def from_data(cls, base_url: str, data: LabeledData, traffic: TrafficSection | None = None, *,
                   order: Literal["shuffled", "as_is", "grouped"] = "shuffled", seed: int = 0,
                   shard: tuple[int, int] = (0, 1), group_order: list[str] | None = None,
-                  **kwargs: Any) -> "TrafficWorker":
+                  group_rows: int | None = None, **kwargs: Any) -> "TrafficWorker":
         """The traffic split only (shard i of n: every n-th row), never a held-out text."""
         i, n = shard
         held = {t for t, _ in data.heldout}
-        picked = [j for j in ordered_index(data, order, seed, group_order)[i::n] if data.train[j][0] not in held]
+        picked = [j for j in ordered_index(data, order, seed, group_order, group_rows)[i::n] if data.train[j][0] not in held]
         groups = [data.groups[j] for j in picked] if data.groups is not None else None
         return cls(base_url, [data.train[j] for j in picked], data.labels, traffic, seed=seed + 7919 * i,
                    groups=groups, **kwargs)
@@ -391,7 +391,8 @@ class TrafficActor:
                  shard: tuple[int, int] = (0, 1), poison: bool = False, autostart: bool = True, **kwargs: Any):
         d = DataSection.model_validate(data)
         self.worker = TrafficWorker.from_data(base_url, d.load(), TrafficSection.model_validate(traffic), order=d.order,
-                                              seed=seed, shard=shard, group_order=d.group_order, actor_id=actor_id,
+                                              seed=seed, shard=shard, group_order=d.group_order,
+                                              group_rows=d.group_rows, actor_id=actor_id,
                                               poison=poison, **kwargs)
         if autostart:
             self.worker.start()

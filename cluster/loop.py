@@ -32,7 +32,7 @@ from cluster.actor_group import ActorGroup
 from cluster.connect import ClusterHandle
 from cluster.learner_run import LearnerRun
 from cluster.rundir import RunDir
-from core.config import EvolveConfig
+from core.config import EvolveConfig, LearnerConfig
 from core.registry import PolicyRegistry
 from learners.train_loop import LoopSpec
 
@@ -125,8 +125,11 @@ class LoopBase:
     def event(self, kind: str, **fields: Any) -> None:
         self.ctx.run_dir.event(self.name, kind, **fields)
 
-    def launch_learner(self, spec: LoopSpec, datasets: dict[str, Any] | None = None) -> LearnerRun:
-        self.learner = LearnerRun(self.name, spec, self.cfg.learner, self.ctx.run_dir, datasets=datasets)
+    def launch_learner(self, spec: LoopSpec, datasets: dict[str, Any] | None = None,
+                       placement: LearnerConfig | None = None) -> LearnerRun:
+        """`placement`: where this learner runs, when not the run's `learner` section."""
+        self.learner = LearnerRun(self.name, spec, placement or self.cfg.learner, self.ctx.run_dir,
+                                  datasets=datasets)
         return self.learner
 
     def learner_figures(self) -> dict[str, Any]:

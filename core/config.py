@@ -18,6 +18,7 @@ from core.config_base import NAME_PATTERN as _NAME
 from core.config_base import Section
 from core.feedback_config import FeedbackConfig
 from core.mlm_config import MLMConfig
+from core.novelty_config import NoveltyConfig
 from core.replay.config import ReplayConfig
 from core.rl.config import RLConfig
 
@@ -95,7 +96,7 @@ class LearnerConfig(Section):
 # Keys that moved out of `learner:` into each loop kind's section; a config that still
 # sets one is refused with the new place (core.config_loader).
 MOVED_KEYS = {f"learner.{key}": key for key in ("lr", "batch_size", "checkpoint_every")}
-LOOP_SECTIONS = ("rl", "feedback", "mlm")
+LOOP_SECTIONS = ("rl", "feedback", "mlm", "novelty")
 
 
 class EvolveConfig(Section):
@@ -108,8 +109,9 @@ class EvolveConfig(Section):
     mlm: MLMConfig = Field(default_factory=MLMConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
-    # The loops `evolve run` starts; each kind reads the section of its name.
-    loops: list[Literal["rl", "feedback", "mlm"]] = Field(default_factory=list)
+    novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
+    # The loops `evolve run` starts, in this order; each kind reads the section of its name.
+    loops: list[Literal["rl", "feedback", "mlm", "novelty"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> "EvolveConfig":
@@ -126,7 +128,19 @@ class EvolveConfig(Section):
             self._check_feedback_tables()
         if "mlm" in self.loops and self.mlm.source == "replay":
             self._check_table("mlm.replay_table", self.mlm.replay_table, "text")
+        if "novelty" in self.loops:
+            self._check_novelty()
         return self
+
+    def _check_novelty(self) -> None:
+        """The novelty loop reads the request texts of a feedback loop started before it."""
+        loops = self.loops
+        if "feedback" not in loops or loops.index("feedback") > loops.index("novelty"):
+            raise ValueError("loops: 'novelty' watches a feedback loop: list 'feedback' before it")
+        if self.novelty.policy_id != self.feedback.policy_id:
+            raise ValueError(f"novelty.policy_id {self.novelty.policy_id!r} must be feedback.policy_id "
+                             f"{self.feedback.policy_id!r}")
+        self._check_table("novelty.table", self.novelty.table, "text")
 
     def _check_rl_table(self) -> None:
         self._check_table("rl.table", self.rl.table, "transitions")

@@ -29,6 +29,7 @@ class DataSection(Section):
     # product (hotel, book, laptop: core/domains.py) and drops those of no clear domain.
     group_column: str | None = None
     group_order: list[str] | None = None  # the groups of a grouped stream, in order; None: by name
+    group_rows: int | None = Field(default=None, ge=1)  # a grouped stream: at most this many rows per group
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
     max_heldout: int | None = Field(default=1000, ge=10)  # scoring cost grows with it
     order: Literal["shuffled", "as_is", "grouped"] = "shuffled"

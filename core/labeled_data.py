@@ -82,9 +82,10 @@ def ordered(data: LabeledData, order: Literal["shuffled", "as_is", "grouped"], s
 
 
 def ordered_index(data: LabeledData, order: Literal["shuffled", "as_is", "grouped"], seed: int = 0,
-                  group_order: list[str] | None = None) -> list[int]:
+                  group_order: list[str] | None = None, group_rows: int | None = None) -> list[int]:
     """Indices into `data.train` in stream order; a grouped stream is shuffled within each group
-    and goes through the groups in `group_order` (default: sorted by name)."""
+    and goes through the groups in `group_order` (default: sorted by name), taking at most
+    `group_rows` rows of each."""
     import random
 
     index = list(range(len(data.train)))
@@ -99,7 +100,16 @@ def ordered_index(data: LabeledData, order: Literal["shuffled", "as_is", "groupe
     missing = sorted(set(data.groups) - set(rank))
     if missing:
         raise CorpusError(f"groups {missing} are not in group_order {list(rank)}")
-    return sorted(index, key=lambda i: rank[data.groups[i]])  # stable: shuffled within a group
+    index = sorted(index, key=lambda i: rank[data.groups[i]])  # stable: shuffled within a group
+    if group_rows is None:
+        return index
+    seen: dict[str, int] = {}
+    kept = []
+    for i in index:
+        seen[data.groups[i]] = seen.get(data.groups[i], 0) + 1
+        if seen[data.groups[i]] <= group_rows:
+            kept.append(i)
+    return kept
 
 
 def _file_rows(path: Path, text_column: str, label_column: str, group_column: str | None):

@@ -38,10 +38,13 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(config.hidden_size, num_labels)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.pooled(ids, mask)))  # [B, L] logits
+
+    def pooled(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, H]: the encoder's last hidden state, mean over real tokens (what the head reads)."""
         hidden = encoder_hidden(self.bert, ids, mask)  # [B, T, H]
         m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # mean over real tokens
-        return self.head(self.drop(pooled))  # [B, L] logits
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 @dataclass
@@ -65,6 +68,16 @@ class ClassifierBundle:
             ids, mask = self.encode(texts[start : start + batch])
             out.append(torch.softmax(self.model(ids, mask).float(), -1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    @torch.no_grad()
+    def pooled_features(self, texts: Sequence[str], batch: int = 128) -> np.ndarray:
+        """[N, H] float32: the pooled hidden state of each text (the novelty autoencoder's input)."""
+        self.model.eval()
+        out = []
+        for start in range(0, len(texts), batch):
+            ids, mask = self.encode(texts[start : start + batch])
+            out.append(self.model.pooled(ids, mask).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.head.in_features), np.float32)
 
     def files(self) -> dict[str, bytes]:
         """The registry files of a classifier version (weights travel separately)."""

@@ -121,3 +121,32 @@ class ReplayTextSource:
         if "text" not in batch.schema.names:
             raise ValueError(f"replay table {self.table!r} has no 'text' column (columns: {batch.schema.names})")
         return [t for t in batch.column("text").to_pylist() if t]
+
+
+@dataclass
+class ReplayTextBatches:
+    """Batches of raw request texts sampled from a replay table, at most `max_batches_per_s`:
+    a learner that watches a loop must leave that loop the machine."""
+
+    sampler: TextSampler
+    table: str
+    batch_size: int
+    max_batches_per_s: float
+    sample_timeout_s: float = 5.0
+
+    def batches(self, ctx: WorkerContext, seed: int) -> Iterator[list[str]]:
+        gap = 1.0 / self.max_batches_per_s
+        last = 0.0
+        while True:
+            try:
+                batch = self.sampler.sample(self.table, self.batch_size, self.sample_timeout_s)
+            except TimeoutError:
+                continue  # no text yet (below the table's min_size): ask again
+            texts = [t for t in batch.column("text").to_pylist() if t]
+            if not texts:
+                continue
+            wait = last + gap - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            last = time.monotonic()
+            yield texts

@@ -1,7 +1,9 @@
-"""The gate's adaptive side: a drift detector on the live version's prequential correctness, and
-the controller's decisions, with the state the learner and the rollback guard read.
+"""The gate's adaptive side: drift detectors on the live version's prequential correctness, on the
+requests' novelty and on the predicted-label mix, and the controller's decisions, with the state
+the learner and the rollback guard read.
 
     joiner --observe(version, values, events)--> FeedbackAdaptation --alarm--> Controller
+           --inputs(version, novelty, label)-->
                                                     |  decisions (ids)            | actions
                                                     v                             v
         learner: latest() every few updates   rollback guard: held(events) -> no rollback for a
@@ -16,13 +18,16 @@ from typing import Any, Iterable
 
 from core.adapt.config import AdaptSection
 from core.adapt.controller import Controller
-from core.adapt.detectors import Detector
+from core.adapt.detectors import Alarm, Detector
 
 
 class FeedbackAdaptation:
     def __init__(self, cfg: AdaptSection):
         self.cfg = cfg
         self.detector = Detector("correctness", cfg.correctness, direction="down")
+        self.novelty = Detector("novelty", cfg.novelty, direction="up")
+        self.label_mix = Detector("label_mix", cfg.label_mix, direction="both")
+        self.mix_version: int | None = None  # the version the label-mix detector watches
         self.controller = Controller(cfg)
         self.version: int | None = None  # the live version the detector has been watching
         self.events = 0
@@ -36,14 +41,30 @@ class FeedbackAdaptation:
         for version, value in pairs:
             if version != live:
                 continue
-            alarm = self.detector.update(value)
-            if alarm is None:
-                continue
-            decision = self.controller.on_alarm(alarm, self.events)
-            record = {"id": len(self.decisions) + 1, "events": self.events, "version": live, **decision.to_dict()}
-            self.decisions.append(record)
-            new.append(record)
+            new += self._decide(self.detector.update(value), live)
         return new
+
+    def observe_inputs(self, live: int | None, inputs: Iterable[tuple[int, float | None, int]]) -> list[dict[str, Any]]:
+        """Feed what the replicas answered: (version, novelty 0..100 or None, predicted label id)."""
+        new = []
+        for version, novelty, label in inputs:
+            if novelty is not None:
+                new += self._decide(self.novelty.update(float(novelty) / 100.0), live)
+            if version != live:
+                continue
+            if version != self.mix_version:  # each version's own mix: restart the detector
+                self.label_mix = Detector("label_mix", self.cfg.label_mix, direction="both")
+                self.mix_version = version
+            new += self._decide(self.label_mix.update(1.0 if int(label) == 0 else 0.0), live)
+        return new
+
+    def _decide(self, alarm: Alarm | None, live: int | None) -> list[dict[str, Any]]:
+        if alarm is None:
+            return []
+        decision = self.controller.on_alarm(alarm, self.events)
+        record = {"id": len(self.decisions) + 1, "events": self.events, "version": live, **decision.to_dict()}
+        self.decisions.append(record)
+        return [record]
 
     def latest(self) -> dict[str, Any] | None:
         """The newest decision that acted (the learner applies each id once)."""

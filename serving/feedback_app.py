@@ -1,6 +1,7 @@
 """The feedback loop's model server: predict and feedback over HTTP (FastAPI) and gRPC, one Serve deployment.
 
-    POST /v1/predict   {"text": "..."} | {"texts": [...]}  -> label, probabilities, event_id, model_version
+    POST /v1/predict   {"text": "..."} | {"texts": [...]}  -> label, probabilities, event_id, model_version,
+                                                           novelty (with a `novelty` loop: core/novelty.py)
     POST /v1/feedback  {"event_id", "label"?, "reward"?}    -> accepted (joined by the shared FeedbackJoiner)
     GET  /v1/healthz   readiness: 200 once a version is live, else 503
     GET  /v1/models    the registry catalog (the app owns the /v1 prefix, so it answers what the gateway would)
@@ -42,13 +43,15 @@ from core.feedback_config import FeedbackConfig
 from core.registry import WEIGHTS_FILE, PolicyRegistry
 from core.text_classifier import ClassifierBundle, from_version
 from serving.catalog import describe_policies
-from serving.join import JOINER_NAME, MAX_EVENT_ID_CHARS, FeedbackRejected, get_or_create_joiner
+from serving.novelty import NoveltyFollower
+from serving.novelty import follow as follow_novelty
+from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
+from serving.requests import MAX_TEXTS, check_texts, parse_feedback, parse_json, parse_predict
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "feedback"
 ROUTE_PREFIX = "/v1"
-MAX_TEXTS = 256  # per request: bounds one request's share of a batch
 GRPC_SERVICER = "serving.proto.evolve_pb2_grpc.add_EvolveFeedbackServicer_to_server"
 
 api = FastAPI(
@@ -71,6 +74,8 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(..., description="label name -> probability")
     event_id: str = Field(..., description="name this prediction in its feedback")
     model_version: int
+    novelty: float | None = Field(None, description="0..100: how unlike the requests seen so far "
+                                  "(the novelty autoencoder's percentile; null before its first version)")
 
 
 class PredictBatchResponse(BaseModel):
@@ -114,64 +119,6 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-# ---- request validation (plain functions; the same rules for HTTP and gRPC) ----------
-def parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise FeedbackRejected(400, f"body is not UTF-8 (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise FeedbackRejected(400, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-
-
-def check_texts(texts: Any, max_text_chars: int, max_texts: int = MAX_TEXTS, single: bool = False) -> list[str]:
-    if not isinstance(texts, list) or not 1 <= len(texts) <= max_texts:
-        raise FeedbackRejected(422, f"'texts' must be a list of 1..{max_texts} strings")
-    for i, text in enumerate(texts):
-        where = "'text'" if single else f"texts[{i}]"
-        if not isinstance(text, str):
-            raise FeedbackRejected(422, f"{where} must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise FeedbackRejected(422, f"{where} is empty")
-        if len(text) > max_text_chars:
-            raise FeedbackRejected(413, f"{where} has {len(text)} characters; the limit is {max_text_chars}")
-    return texts
-
-
-def parse_predict(body: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> tuple[list[str], bool]:
-    """(texts, single) from a predict body; raises FeedbackRejected with the status and reason."""
-    body = _object(body, ("text", "texts"))
-    if ("text" in body) == ("texts" in body):
-        raise FeedbackRejected(422, "give either 'text' (a string) or 'texts' (a list of strings)")
-    if "text" in body:
-        return check_texts([body["text"]], max_text_chars, max_texts, single=True), True
-    return check_texts(body["texts"], max_text_chars, max_texts), False
-
-
-def parse_feedback(body: Any) -> tuple[str, int | str | None, float | None]:
-    """(event_id, label, reward); label membership is the joiner's check (it knows the event's labels)."""
-    body = _object(body, ("event_id", "label", "reward"))
-    event_id, label, reward = body.get("event_id"), body.get("label"), body.get("reward")
-    if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS:
-        raise FeedbackRejected(422, f"'event_id' must be a string of 1..{MAX_EVENT_ID_CHARS} characters")
-    if label is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
-        raise FeedbackRejected(422, f"'label' must be a label name or index, got {label!r}")
-    if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
-        raise FeedbackRejected(422, f"'reward' must be a number in [0, 1], got {reward!r}")
-    if label is None and reward is None:
-        raise FeedbackRejected(422, "feedback needs a 'label' or a 'reward'")
-    return event_id, label, reward  # the reward's range: checked by the join (one rule for both APIs)
-
-
-def _object(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise FeedbackRejected(422, f"body must be a JSON object with {', '.join(map(repr, fields))}")
-    extra = sorted(set(body) - set(fields))
-    if extra:
-        raise FeedbackRejected(422, f"unknown field {extra[0]!r}; expected {', '.join(map(repr, fields))}")
-    return body
-
-
 # ---- inference -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Served:
@@ -181,23 +128,29 @@ class Served:
     version: int
 
 
-def classify(served: Served, texts: list[str], policy_id: str, replica: str) -> tuple[list[dict], list[dict]]:
+def classify(served: Served, texts: list[str], policy_id: str, replica: str,
+             novelty: NoveltyFollower | None = None) -> tuple[list[dict], list[dict]]:
     """(predictions for the client, events for the joiner) of one batch, by one version."""
     probs = served.bundle.predict_proba(texts)  # [N, L]
+    novel = novelty.score(texts) if novelty is not None else [None] * len(texts)
     labels = served.bundle.labels
     preds, events = [], []
-    for text, p in zip(texts, probs):
+    for text, p, nov in zip(texts, probs, novel):
         event_id, k = uuid.uuid4().hex, int(np.argmax(p))
         preds.append({"label": labels[k], "probabilities": {name: float(x) for name, x in zip(labels, p)},
-                      "event_id": event_id, "model_version": served.version})
+                      "event_id": event_id, "model_version": served.version, "novelty": nov})
         events.append({"event_id": event_id, "text": text, "prediction": k, "probs": [float(x) for x in p],
                        "labels": labels, "policy_id": policy_id, "policy_version": served.version,
-                       "actor_id": replica})
+                       "actor_id": replica, "novelty": nov})
     return preds, events
 
 
 _GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",
                409: "ALREADY_EXISTS", 410: "FAILED_PRECONDITION", 503: "UNAVAILABLE"}
+
+
+def _set(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}  # protobuf: an unset optional, not None
 
 
 def _count_texts(requests: list[list[str]]) -> int:
@@ -218,7 +171,8 @@ def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
 @serve.ingress(api)
 class FeedbackServer:
     def __init__(self, publisher: Any, joiner: Any, registry_uri: str, policy_id: str, max_text_chars: int,
-                 max_batch_size: int, batch_wait_timeout_s: float, batching: bool = True):
+                 max_batch_size: int, batch_wait_timeout_s: float, batching: bool = True,
+                 novelty_policy_id: str | None = None):
         self.publisher, self.joiner, self.policy_id = publisher, joiner, policy_id
         self.registry = PolicyRegistry(registry_uri)
         self.max_text_chars, self.batching, self.max_batch_size = max_text_chars, batching, max_batch_size
@@ -231,6 +185,9 @@ class FeedbackServer:
         self._classify_batch.set_max_batch_size(max_batch_size)
         self._classify_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._task = asyncio.get_event_loop().create_task(self._follow())
+        self.novelty = NoveltyFollower(registry_uri, novelty_policy_id) if novelty_policy_id else None
+        if self.novelty is not None:
+            self._novelty_task = asyncio.get_event_loop().create_task(follow_novelty(self.novelty))
 
     # ---- following the publisher (hot swap) ------------------------------------------
     async def _follow(self) -> None:
@@ -289,7 +246,7 @@ class FeedbackServer:
         served = self.served  # read once: the whole batch is answered by one version
         loop = asyncio.get_running_loop()
         preds, events = await loop.run_in_executor(self._infer_pool, classify, served, texts, self.policy_id,
-                                                   self.replica)
+                                                   self.replica, self.novelty)
         self._forwards, self._texts = self._forwards + 1, self._texts + len(texts)
         # recorded in the background: the next batch need not wait for the joiner's answer
         return preds, asyncio.ensure_future(self._record(events))
@@ -349,7 +306,7 @@ class FeedbackServer:
         except FeedbackRejected as exc:
             _grpc_error(grpc_context, exc)
             return evolve_pb2.PredictResponse()
-        return evolve_pb2.PredictResponse(predictions=[evolve_pb2.Prediction(**p) for p in preds])
+        return evolve_pb2.PredictResponse(predictions=[evolve_pb2.Prediction(**_set(p)) for p in preds])
 
     async def Feedback(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         from serving.proto import evolve_pb2
@@ -387,7 +344,8 @@ def grpc_options(port: int) -> dict[str, Any]:
 def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, writer: Any | None, *,
                         batching: bool = True, num_cpus: float = 0.1, max_ongoing_requests: int | None = None,
                         app_name: str = APP_NAME, route_prefix: str = ROUTE_PREFIX,
-                        joiner_name: str = JOINER_NAME, gate_name: str | None = None) -> FeedbackApp:
+                        joiner_name: str = JOINER_NAME, gate_name: str | None = None,
+                        novelty_policy_id: str | None = None) -> FeedbackApp:
     """Start the shared joiner (writes to `writer`, a replay client; None = rows dropped; it tells
     the gate actor `gate_name`, when given, the live version's accuracy on feedback) and the app.
 
@@ -401,7 +359,7 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
     app = FeedbackServer.options(
         num_replicas=cfg.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus},
     ).bind(publisher, joiner, registry_uri, cfg.policy_id, cfg.max_text_chars, cfg.max_batch_size,
-           cfg.batch_wait_timeout_s, batching)
+           cfg.batch_wait_timeout_s, batching, novelty_policy_id)
     serve.run(app, name=app_name, route_prefix=route_prefix, logging_config={"log_level": "WARNING"})
     return FeedbackApp(app_name, route_prefix, joiner)
 

@@ -76,8 +76,9 @@ class GateActor:
         return self.gate.check_window(policy_id, version, correct, n)
 
     @ray.method(concurrency_group="feedback")
-    def observe(self, policy_id: str, pairs: list, events: int, recent: list = ()) -> list[dict]:
-        return self.gate.observe(policy_id, [tuple(p) for p in pairs], events, [tuple(r) for r in recent])
+    def observe(self, policy_id: str, pairs: list, events: int, recent: list = (), inputs: list = ()) -> list[dict]:
+        return self.gate.observe(policy_id, [tuple(p) for p in pairs], events, [tuple(r) for r in recent],
+                                 [tuple(i) for i in inputs])
 
     def adaptation(self, policy_id: str) -> dict | None:
         return self.gate.adaptation(policy_id)

@@ -22,10 +22,12 @@ from serving.recent_slice import RecentSlice
 
 class AdaptiveGate:
     def observe(self, policy_id: str, pairs: Sequence[tuple[int, float]], events: int,
-                recent: Sequence[tuple[str, int]] = ()) -> list[dict[str, Any]]:
+                recent: Sequence[tuple[str, int]] = (),
+                inputs: Sequence[tuple[int, float | None, int]] = ()) -> list[dict[str, Any]]:
         """Joined feedback as (predicting version, 1/0 or reward) pairs, `events` joined so far: the
         live version's values feed the drift detector; returns (and emits) new adaptation decisions.
-        `recent`: labeled (text, label id) rows the learner never sees, for the recent slice."""
+        `recent`: labeled (text, label id) rows the learner never sees, for the recent slice;
+        `inputs`: (version, novelty or None, predicted label id) of each answered request."""
         if not self.adapt.enabled:
             return []
         with self._mu:
@@ -35,6 +37,7 @@ class AdaptiveGate:
                 st.recent = RecentSlice(self.adapt.recent_size, self.adapt.recent_min)
             st.recent.add(recent)
             new = st.adaptation.observe(st.live_version, pairs, events)
+            new += st.adaptation.observe_inputs(st.live_version, inputs)
         for decision in new:
             self._emit("adapt", policy_id=policy_id, action=[a["action"] for a in decision["actions"]] or None,
                        **decision)

@@ -65,6 +65,7 @@ class Event:
     policy_id: str
     policy_version: int
     actor_id: str  # the replica that served it
+    novelty: float | None = None  # 0..100 percentile, when a novelty version scored it
     created: float = 0.0  # set by the join's clock
     feedback: tuple[int | None, float | None] | None = None  # what was accepted (label, reward)
     answer: dict[str, Any] | None = None  # the answer given to it (repeated verbatim)
@@ -283,9 +284,14 @@ class Joiner:
         self.recent_fraction = recent_fraction if gate_name is not None else 0.0
         self._recent: list[tuple[str, int]] = []  # held-out labeled rows for the gate, since the last push
         self.held_for_gate = 0
+        # (version, novelty, predicted label) of answered requests since the last push, for the
+        # gate's input detectors; the newest only, if feedback (and so pushes) stalls
+        self._inputs: deque[tuple[int, float | None, int]] = deque(maxlen=5000)
 
     async def record(self, events: list[dict[str, Any]]) -> int:
         self._queue(self.join.text_table, self.join.record(events))
+        if self.gate_name is not None:
+            self._inputs.extend((int(e["policy_version"]), e.get("novelty"), int(e["prediction"])) for e in events)
         return len(events)
 
     async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None) -> dict:
@@ -312,10 +318,12 @@ class Joiner:
             return
         pairs, self._unpushed = self._unpushed, []
         recent, self._recent = self._recent, []
+        inputs = list(self._inputs)
+        self._inputs.clear()
         try:
             if self._gate is None:
                 self._gate = ray.get_actor(self.gate_name)
-            self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined, recent)
+            self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined, recent, inputs)
             correct, n = self.join.prequential()[version]
             self._gate.check_window.remote(self.policy_id, version, correct, n)
         except Exception as exc:  # the gate is restarting or gone: the next push tries again

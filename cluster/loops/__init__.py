@@ -17,6 +17,7 @@ KINDS = {
     "rl": "cluster.loops.rl:RLLoop",
     "feedback": "cluster.loops.feedback:FeedbackLoop",
     "mlm": "cluster.loops.mlm:MLMLoop",
+    "novelty": "cluster.loops.novelty:NoveltyLoop",
 }
 
 

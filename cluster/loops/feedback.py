@@ -54,6 +54,7 @@ class FeedbackLoop(LoopBase):
         self.origin: dict[str, Any] = {}
         self.reached_at: float | None = None
         self.adaptations = 0
+        self.alarms: dict[str, int] = {}  # per signal, acted on or not
         self.matrix: AccuracyMatrix | None = None  # a grouped stream's R[i][j]
         self.group: str | None = None  # where the traffic stream is
         self.unrecorded: list[str] = []  # groups the stream left whose row the gate has not given yet
@@ -80,8 +81,10 @@ class FeedbackLoop(LoopBase):
         self.event("bootstrap", **_plain(first), origin=self.origin)
         if self.matrix is not None:
             self.matrix.record_baseline(ray.get(self.gate.group_accuracy.remote(fb.policy_id)))
+        novelty = self.cfg.novelty.novelty_policy_id if "novelty" in self.cfg.loops else None
         self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
-                                       num_cpus=self.cfg.serving.replica_num_cpus, gate_name=gate_name(fb.policy_id))
+                                       num_cpus=self.cfg.serving.replica_num_cpus, gate_name=gate_name(fb.policy_id),
+                                       novelty_policy_id=novelty)
         base = ctx.endpoints.get("http", f"http://{self.cfg.serving.host}:{self.cfg.serving.http_port}")
         ctx.endpoints[f"{self.name}_predict"] = f"{base}{self.app.route_prefix}/predict"
         ctx.endpoints[f"{self.name}_feedback"] = f"{base}{self.app.route_prefix}/feedback"
@@ -162,7 +165,9 @@ class FeedbackLoop(LoopBase):
     def _take_gate_events(self) -> None:
         for ev in get_or(self.gate.drain_events.remote(), []):
             kind = ev.pop("event", "gate")
-            self.adaptations += kind == "adapt" and bool(ev.get("actions"))
+            if kind == "adapt":
+                self.adaptations += bool(ev.get("actions"))
+                self.alarms[ev.get("signal", "?")] = self.alarms.get(ev.get("signal", "?"), 0) + 1
             self.event(kind, **_plain(ev))
         self.gate_summary = get_or(self.gate.summary.remote(self.fb.policy_id), self.gate_summary)
 
@@ -174,6 +179,7 @@ class FeedbackLoop(LoopBase):
         if now is not None and now != self.group:
             if self.group is not None:
                 self.unrecorded.append(self.group)
+            self.event("group_change", group=now, left=self.group, feedback_events=self.joiner_stats.get("joined", 0))
             self.group = now
         self.unrecorded = [g for g in self.unrecorded if not self._record_group(g)]
 
@@ -234,6 +240,7 @@ class FeedbackLoop(LoopBase):
             "curve": curve,
             "promotions": promotions,
             "adaptations": self.adaptations,
+            "alarms": self.alarms,
             **({"continual": self.matrix.metrics()} if self.matrix is not None else {}),
         }
 

@@ -30,6 +30,14 @@ class AdaptSection(Section):
 
     enabled: bool = False
     correctness: DetectorConfig = Field(default_factory=DetectorConfig)  # on live's prequential correctness
+    # On each prediction's novelty percentile (with a `novelty` loop), alarming on a rise.
+    novelty: DetectorConfig = Field(default_factory=DetectorConfig)
+    # On the live version's share of predictions of the first label (restarted with each version:
+    # a new version's own bias would read as a change).
+    label_mix: DetectorConfig = Field(default_factory=DetectorConfig)
+    # The signals whose alarms act; the others are logged only.  The label mix is watched, not acted
+    # on: a shift in what users ask is no evidence the model needs to change.
+    act_on: list[Literal["correctness", "novelty", "label_mix"]] = ["correctness", "novelty"]
     cooldown_events: int = Field(default=1000, ge=0)  # feedback events between two adaptations
     # The learner, for `boost_updates` updates after an alarm: a bounded lr boost, fresher batches,
     # candidates more often.

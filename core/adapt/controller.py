@@ -1,6 +1,8 @@
 """The adaptive controller: what the feedback loop changes when the world changes.
 
-An alarm on the live version's prequential correctness (the share of its
+The signals (serving/adaptation.py): the live version's prequential
+correctness, the novelty of the requests, the mix of predicted labels.  An
+alarm on the live version's prequential correctness (the share of its
 predictions that incoming feedback confirms) means the data moved: a new
 domain, or users who now call other things "good".  A worse model would look
 the same on that signal, so the controller does not judge; it makes the loop
@@ -44,7 +46,9 @@ class Controller:
     def on_alarm(self, alarm: Alarm, events: int) -> Decision:
         """`events`: feedback events seen by the loop so far (the cooldown's clock)."""
         cfg = self.cfg
-        if self.last_action_at is not None and events - self.last_action_at < cfg.cooldown_events:
+        if alarm.signal not in cfg.act_on:
+            decision = Decision(alarm, suppressed=f"{alarm.signal} is watched only (adapt.act_on)")
+        elif self.last_action_at is not None and events - self.last_action_at < cfg.cooldown_events:
             wait = cfg.cooldown_events - (events - self.last_action_at)
             decision = Decision(alarm, suppressed=f"cooldown: {wait} more feedback events")
         else:

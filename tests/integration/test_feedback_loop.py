@@ -44,6 +44,10 @@ def sentiment_run(tmp_path_factory):
         "--set", "feedback.candidate_every=5", "--set", "feedback.batch_size=16",
         "--set", "feedback.traffic.requests_per_s=20",
         "--set", f"feedback.gate.tolerance={GATE_TOLERANCE}", "--set", "feedback.gate.rollback_margin=1.0",
+        # the novelty loop beside it, publishing early (its share of a CPU comes from the traffic actor's)
+        "--set", "loops=[feedback, novelty]", "--set", "feedback.traffic.actor_num_cpus=0.1",
+        "--set", "novelty={batch_size: 16, calibration_every: 2, min_calibration: 40, publish_every: 10, "
+                 "max_steps_per_s: 5}",
     )
     with serving(proc, timeout_s=150):
         yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}"}
@@ -58,6 +62,9 @@ def test_clients_get_predictions_and_feedback_is_joined(sentiment_run):
 
     pred = wait_until(predict, 150, "the feedback app answering /v1/predict")
     assert pred["label"] in ("neg", "pos") and pred["model_version"] >= 1
+    novel = wait_until(lambda: (p := predict()) and p["novelty"] is not None and p, 120,
+                       "a prediction scored by the novelty loop's first autoencoder")
+    assert 0 <= novel["novelty"] <= 100
     fb = httpx.post(f"{http}/v1/feedback", json={"event_id": pred["event_id"], "label": "pos"}, timeout=10)
     assert fb.status_code == 200 and fb.json()["accepted"]
     unknown = httpx.post(f"{http}/v1/feedback", json={"event_id": "no-such-event", "label": "pos"}, timeout=10)
@@ -67,8 +74,10 @@ def test_clients_get_predictions_and_feedback_is_joined(sentiment_run):
 def test_the_run_learns_gates_and_reports(sentiment_run):
     proc, run = sentiment_run["proc"], sentiment_run["run"]
     assert proc.wait(timeout_s=BUDGET_S + 240) == 0, proc.output[-3000:]
-    s = json.loads((run / "summary.json").read_text())["loops"]["sentiment"]
+    loops = json.loads((run / "summary.json").read_text())["loops"]
+    s = loops["sentiment"]
     assert s["origin"]["encoder"] == "random_init"
+    assert loops["novelty"]["versions_published"] >= 1 and loops["novelty"]["reference"]["version"] == 1
     assert s["predictions"] > 100 and s["feedback_events"] > 100, s
     assert s["learner_updates"] >= 5 and s["initial_heldout_accuracy"] is not None
     promotions = s["promotions"]

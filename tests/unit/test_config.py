@@ -23,6 +23,14 @@ def test_cluster_preset_runs_the_default_loops_with_gpu_learners():
     assert cluster.rl.model_copy(update={"num_actors": default.rl.num_actors}) == default.rl
 
 
+def test_the_novelty_loop_watches_a_feedback_loop_listed_before_it():
+    assert load_config(REPO / "configs/drift_text.yaml").loops == ["feedback", "novelty"]
+    with pytest.raises(ConfigError, match="list 'feedback' before it"):
+        load_config(REPO / "configs/drift_text.yaml", ["loops=[novelty, feedback]"])
+    with pytest.raises(ConfigError, match="novelty.policy_id 'other' must be feedback.policy_id"):
+        load_config(REPO / "configs/drift_text.yaml", ["novelty.policy_id=other"])
+
+
 def test_defaults_without_a_file():
     cfg = load_config(None)
     assert cfg.cluster.address is None
@@ -50,7 +58,7 @@ def test_a_moved_key_in_a_file_names_the_file_and_every_loop_section(tmp_path):
     path.write_text("learner:\n  lr: 0.01\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == (f"{path}: learner.lr moved: set rl.lr / feedback.lr / mlm.lr "
+    assert str(info.value) == (f"{path}: learner.lr moved: set rl.lr / feedback.lr / mlm.lr / novelty.lr "
                                "(each loop kind owns its learning settings)")
 
 

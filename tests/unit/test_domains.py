@@ -25,6 +25,8 @@ def test_the_reviews_grouped_by_domain_stream_domain_after_domain():
     assert changes == order
     labels = [data.train[i][1] for i in ordered_index(data, "grouped", seed=0, group_order=order)[:200]]
     assert 0 < sum(labels) < 200  # shuffled within a domain: not all the negatives first
+    short = [data.groups[i] for i in ordered_index(data, "grouped", seed=0, group_order=order, group_rows=300)]
+    assert short == ["laptop"] * 300 + ["hotel"] * 300 + ["book"] * 300  # a shorter stream, same order
 
 
 def test_a_group_order_must_name_every_group():

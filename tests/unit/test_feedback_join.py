@@ -231,9 +231,9 @@ class FakeGate:
     def __init__(self):
         from types import SimpleNamespace
 
-        self.observed, self.windows = [], []
-        self.observe = SimpleNamespace(remote=lambda pid, pairs, events, recent: self.observed.append(
-            (pid, list(pairs), events, list(recent))))
+        self.observed, self.windows, self.inputs = [], [], []
+        self.observe = SimpleNamespace(remote=lambda pid, pairs, events, recent, inputs: (self.observed.append(
+            (pid, list(pairs), events, list(recent))), self.inputs.extend(inputs)))
         self.check_window = SimpleNamespace(remote=lambda *args: self.windows.append(args))
 
 
@@ -271,3 +271,4 @@ def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_fr
     assert len(pairs) == n and all(v == 3 for v, _ in pairs)  # every verdict, for the predicting version
     assert [x for _, x in pairs[:4]] == [0.0, 1.0, 0.0, 1.0]  # predicted pos: right only for label pos; reward 1
     assert len(gate.windows) == n // 10 and gate.observed[-1][2] == n
+    assert len(gate.inputs) == n and {i[2] for i in gate.inputs} == {1}  # every answer: (version, novelty, label)

@@ -6,17 +6,9 @@ import pytest
 
 from core.text_classifier import from_encoder
 from core.tokenizer import tokenizer_files, train_wordpiece
-from serving.feedback_app import (
-    MAX_TEXTS,
-    Served,
-    check_texts,
-    classify,
-    openapi_spec,
-    parse_feedback,
-    parse_json,
-    parse_predict,
-)
+from serving.feedback_app import Served, classify, openapi_spec
 from serving.join import FeedbackRejected
+from serving.requests import MAX_TEXTS, check_texts, parse_feedback, parse_json, parse_predict
 from tests.conftest import REPO
 
 
