@@ -55,6 +55,7 @@ from core.feedback_config import FeedbackConfig
 from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
 from learners.feedback_source import FeedbackBatch, Reservoir
 from learners.objective import ExportedPolicy, WorkerContext
+from learners.domain_mlm import DomainMLM
 from learners.online_boost import BoostFollower, answered
 
 
@@ -147,6 +148,7 @@ class OnlineObjective:
         self.updates = self.skipped = self.idle = self.candidates = self.candidates_dropped = 0
         self.baseline = config.fb.baseline_init
         self.last: dict[str, float] = {"loss": math.nan, "ce_loss": math.nan, "pg_loss": math.nan,
+                                       "mlm_loss": math.nan,
                                        "train_accuracy": math.nan, "importance_weight": math.nan,
                                        "clipped_share": math.nan}
         self.window = _DataWindow()  # rows learned from since the last candidate
@@ -154,6 +156,7 @@ class OnlineObjective:
         self._files = self.bundle.files()
         self._gate_ref: Any = None
         self.boost = BoostFollower(self.fb, config.gate, self.optimizer, ctx)  # the gate's learner_boost
+        self.domain_mlm: DomainMLM | None = None  # built at the first boost that asks for it
         self._reseed()
 
     def _reseed(self) -> None:
@@ -196,6 +199,12 @@ class OnlineObjective:
         logits = self.train_model(ids.to(dev), mask.to(dev)).float()  # [B, L]
         loss, parts = feedback_loss(logits, _tensors(rows, dev), self.baseline, self.fb.pg_weight,
                                     self.fb.max_importance_weight)
+        if self.boost.domain_mlm > 0:  # continual MLM on these rows' texts while the boost lasts
+            if self.domain_mlm is None:
+                self.domain_mlm = DomainMLM(self.model, self.bundle.tokenizer, self.fb.lr, self.setup_.seed)
+            mlm_loss = self.domain_mlm.loss(self.model, ids.to(dev), mask.to(dev))
+            self.last["mlm_loss"] = float(mlm_loss.detach())
+            loss = loss + self.boost.domain_mlm * mlm_loss
         labeled, bandit = parts["labeled"], parts["bandit"]
         n_lab, n_bandit = int(labeled.sum()), int(bandit.sum())
         figures = {"labeled_rows": float(n_lab), "reward_rows": float(n_bandit)}
@@ -212,6 +221,8 @@ class OnlineObjective:
             self.skipped += 1
             return False, figures
         self.optimizer.step()
+        if self.boost.domain_mlm > 0 and self.domain_mlm is not None:
+            self.domain_mlm.step()
         self.updates += 1
 
         with torch.no_grad():

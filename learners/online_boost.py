@@ -4,7 +4,8 @@ Every ADAPT_POLL_EVERY updates the learner asks the gate (non-blocking) for
 its newest decision; a new one is applied once, on every rank at the same
 update (an all-reduce of the decision id), for the number of updates it
 says: the learning rate times `lr_factor`, a smaller rehearsal share,
-candidates more often.  Then the section's own settings return.
+candidates more often, and the weight of the continual masked-LM loss
+(learners/domain_mlm.py).  Then the section's own settings return.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class BoostFollower:
     def __init__(self, fb: FeedbackConfig, gate: Any, optimizer: torch.optim.Optimizer, ctx: WorkerContext):
         self.fb, self.gate, self.optimizer, self.ctx = fb, gate, optimizer, ctx
         self.rehearsal, self.candidate_every = fb.rehearsal, fb.candidate_every  # in force now
+        self.domain_mlm = 0.0
         self.left, self.adapted = 0, 0  # updates the current boost still lasts; the decision applied
         self._ref: Any = None
         self._decisions: dict[int, dict[str, Any]] = {}  # heard from the gate, by id
@@ -51,7 +53,7 @@ class BoostFollower:
             if boost is not None:
                 b = Boost.from_action(boost)
                 self.left = b.updates
-                self._set(b.lr_factor, b.rehearsal, b.candidate_every)
+                self._set(b.lr_factor, b.rehearsal, b.candidate_every, b.domain_mlm)
 
     def reset(self) -> None:
         """The section's own settings (also for a resumed learner: it starts unboosted)."""
@@ -59,7 +61,7 @@ class BoostFollower:
 
     def metrics(self) -> dict[str, float]:
         return {"lr": float(self.optimizer.param_groups[0]["lr"]), "boost_left": float(self.left),
-                "adapted": float(self.adapted)}
+                "adapted": float(self.adapted), "domain_mlm": self.domain_mlm}
 
     def _hear_gate(self) -> None:
         if self.gate is None or not hasattr(getattr(self.gate, "adaptation", None), "remote"):
@@ -77,10 +79,10 @@ class BoostFollower:
         if self._ref is None:
             self._ref = self.gate.adaptation.remote(self.fb.policy_id)
 
-    def _set(self, lr_factor: float, rehearsal: float, candidate_every: int) -> None:
+    def _set(self, lr_factor: float, rehearsal: float, candidate_every: int, domain_mlm: float = 0.0) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.fb.lr * lr_factor
-        self.rehearsal, self.candidate_every = rehearsal, candidate_every
+        self.rehearsal, self.candidate_every, self.domain_mlm = rehearsal, candidate_every, domain_mlm
 
 
 def answered(ref: Any) -> bool:

@@ -45,6 +45,9 @@ class AdaptSection(Section):
     lr_factor: float = Field(default=2.0, ge=1, le=10)
     boost_rehearsal: float = Field(default=0.2, ge=0, lt=1)
     boost_candidate_every: int = Field(default=20, ge=1)
+    # Continual MLM during a boost: each update adds this weight x a masked-LM loss on its rows'
+    # texts, re-basing the encoder on the changed stream (learners/domain_mlm.py); 0 turns it off.
+    domain_mlm: float = Field(default=0.0, ge=0, le=10)
     # The gate's recent slice: this share of labeled feedback (by a hash of the event id) is held out
     # of training; the newest `recent_size` rows judge candidates and rollback targets once there are
     # `recent_min` of them (serving/recent_slice.py).

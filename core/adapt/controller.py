@@ -9,7 +9,8 @@ the same on that signal, so the controller does not judge; it makes the loop
 learn the new data sooner and makes the gate compare versions on it:
 
     learner_boost   for `boost_updates` updates: lr x `lr_factor` (bounded), rehearsal down to
-                    `boost_rehearsal` (fresher batches), a candidate every `boost_candidate_every`
+                    `boost_rehearsal` (fresher batches), a candidate every `boost_candidate_every`,
+                    and with `domain_mlm` > 0 a masked-LM loss on the new texts (continual MLM)
     hold_rollback   for `cooldown_events` feedback events the rollback guard does not read live's
                     drop on feedback as a regression (candidates are still judged on the fixed
                     held-out set and the gate's recent slice: serving/recent_slice.py)
@@ -55,7 +56,8 @@ class Controller:
             self.last_action_at = events
             decision = Decision(alarm, actions=[
                 {"action": "learner_boost", "updates": cfg.boost_updates, "lr_factor": cfg.lr_factor,
-                 "rehearsal": cfg.boost_rehearsal, "candidate_every": cfg.boost_candidate_every},
+                 "rehearsal": cfg.boost_rehearsal, "candidate_every": cfg.boost_candidate_every,
+                 "domain_mlm": cfg.domain_mlm},
                 {"action": "hold_rollback", "events": cfg.cooldown_events},
             ])
         self.decisions.append(decision)
@@ -70,8 +72,9 @@ class Boost:
     lr_factor: float
     rehearsal: float
     candidate_every: int
+    domain_mlm: float = 0.0  # weight of the masked-LM loss on the rows' texts
 
     @classmethod
     def from_action(cls, action: dict[str, Any]) -> "Boost":
         return cls(int(action["updates"]), float(action["lr_factor"]), float(action["rehearsal"]),
-                   int(action["candidate_every"]))
+                   int(action["candidate_every"]), float(action.get("domain_mlm", 0.0)))
