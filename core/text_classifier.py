@@ -59,25 +59,22 @@ class ClassifierBundle:
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return encode(self.tokenizer, texts, self.max_len)
 
-    @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch: int = 128) -> np.ndarray:
         """[N, L] float32 class probabilities (eval mode, no dropout)."""
-        self.model.eval()
-        out = []
-        for start in range(0, len(texts), batch):
-            ids, mask = self.encode(texts[start : start + batch])
-            out.append(torch.softmax(self.model(ids, mask).float(), -1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+        return self._batched(texts, batch, len(self.labels), lambda ids, mask: torch.softmax(self.model(ids, mask), -1))
 
-    @torch.no_grad()
     def pooled_features(self, texts: Sequence[str], batch: int = 128) -> np.ndarray:
         """[N, H] float32: the pooled hidden state of each text (the novelty autoencoder's input)."""
+        return self._batched(texts, batch, self.model.head.in_features, self.model.pooled)
+
+    @torch.no_grad()
+    def _batched(self, texts: Sequence[str], batch: int, width: int, fn) -> np.ndarray:
         self.model.eval()
         out = []
         for start in range(0, len(texts), batch):
             ids, mask = self.encode(texts[start : start + batch])
-            out.append(self.model.pooled(ids, mask).float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.model.head.in_features), np.float32)
+            out.append(fn(ids, mask).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
     def files(self) -> dict[str, bytes]:
         """The registry files of a classifier version (weights travel separately)."""
