@@ -10,27 +10,33 @@ still-changing policy reaches a threshold by luck, so only the confirmed
 mean says "solved".
 It follows the publisher without counting as a subscriber: publish latency
 is about actors and replicas, not about this judge.
+With `rl.drift`, `apply_drift()` makes every later evaluation play the changed
+env (core/rl/drift.py); each result says which env it played (`drifted`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
 import ray
 import torch
 
+from core.rl.drift import physics_wrappers
 from core.rl.models import PolicySpec
 from core.rl.policy import QPolicy
 
 
-def greedy_returns(env_id: str, policy: QPolicy, episodes: int, seed: int) -> np.ndarray:
-    """Return of the first episode of each of `episodes` envs under the greedy policy."""
+def greedy_returns(env_id: str, policy: QPolicy, episodes: int, seed: int,
+                   physics: Mapping[str, float] | None = None) -> np.ndarray:
+    """Return of the first episode of each of `episodes` envs under the greedy policy
+    (on envs with `physics` set, when given)."""
     env = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync",
-                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                       wrappers=physics_wrappers(physics, shifted=True))
     try:
         obs, _ = env.reset(seed=seed)
         returns = np.zeros(episodes)
@@ -49,25 +55,35 @@ class Evaluator:
     """Plain logic: evaluate a (version, weights) pair; keeps every result."""
 
     def __init__(self, env_id: str, spec: PolicySpec, episodes: int, seed: int = 10_000,
-                 solve_return: float | None = None, confirm_episodes: int = 100):
+                 solve_return: float | None = None, confirm_episodes: int = 100,
+                 drift: Mapping[str, float] | None = None):
         self.env_id, self.episodes, self.seed = env_id, episodes, seed
         self.solve_return, self.confirm_episodes = solve_return, confirm_episodes
         self.policy = QPolicy(spec)
         self.results: list[dict[str, Any]] = []
+        self.drift = dict(drift) if drift else None  # what apply_drift sets
+        self.physics: dict[str, float] | None = None  # set on the envs evaluations play
+
+    def apply_drift(self) -> None:
+        if self.drift is None:
+            raise ValueError("rl.drift is not configured: there is no change to apply")
+        self.physics = self.drift
 
     def evaluate(self, version: int, weights: dict[str, Any]) -> dict[str, Any]:
         self.policy.load(weights, version)
         started = time.time()
-        returns = greedy_returns(self.env_id, self.policy, self.episodes, self.seed)
+        physics = self.physics  # one env for the whole evaluation, also when a drift comes meanwhile
+        returns = greedy_returns(self.env_id, self.policy, self.episodes, self.seed, physics)
         result = {
             "version": version,
             "eval_return": float(returns.mean()),
             "eval_return_min": float(returns.min()),
             "episodes": self.episodes,
+            **({"drifted": physics is not None} if self.drift else {}),
         }
         if self.solve_return is not None and returns.mean() >= self.solve_return:
             confirm = greedy_returns(self.env_id, self.policy, self.confirm_episodes,
-                                     self.seed + self.episodes)  # seeds the first eval did not use
+                                     self.seed + self.episodes, physics)  # seeds the first eval did not use
             result.update(confirm_return=float(confirm.mean()), confirm_episodes=self.confirm_episodes,
                           confirmed=bool(confirm.mean() >= self.solve_return))
         result.update(eval_s=round(time.time() - started, 3), time=time.time())
@@ -80,9 +96,11 @@ class EvaluatorActor:
     """Follows the policy source in a thread; `results()` hands over what is new."""
 
     def __init__(self, env_id: str, spec: dict, episodes: int, source: Any, seed: int = 10_000,
-                 solve_return: float | None = None, confirm_episodes: int = 100):
+                 solve_return: float | None = None, confirm_episodes: int = 100,
+                 drift: Mapping[str, float] | None = None):
         torch.set_num_threads(1)
-        self.evaluator = Evaluator(env_id, PolicySpec.from_dict(spec), episodes, seed, solve_return, confirm_episodes)
+        self.evaluator = Evaluator(env_id, PolicySpec.from_dict(spec), episodes, seed, solve_return,
+                                   confirm_episodes, drift)
         self.source = source
         self._given = 0
         self._error: str | None = None
@@ -103,6 +121,10 @@ class EvaluatorActor:
         new = self.evaluator.results[self._given :]
         self._given += len(new)
         return {"results": new, "error": self._error}
+
+    def apply_drift(self) -> None:
+        """Later evaluations play the changed env (a restart forgets it: the driver asks again)."""
+        self.evaluator.apply_drift()
 
     def stop(self) -> None:
         self._stop.set()

@@ -136,6 +136,15 @@ class ReplayClient:
         ]
         return sum(ray.get(refs)) if wait else None
 
+    def cutoff(self, table: str, timeout_s: float | None = 30.0) -> int:
+        """Every shard stops serving `table`'s rows inserted before now (core/replay/table.py
+        `cutoff`); returns the rows removed.  Other clients' samples wait until the shards hold
+        `min_size` new rows again."""
+        self._table_cfg(table)
+        removed = sum(ray.get([s.cutoff.remote(table) for s in self.shards], timeout=timeout_s))
+        self._mass.pop(table, None)
+        return removed
+
     def info(self) -> dict[str, dict[str, Any]]:
         """Per table, summed over shards (rates too); `shards` keeps each shard's view."""
         per_shard = ray.get([s.info.remote() for s in self.shards])

@@ -82,6 +82,9 @@ class ReplayShard:
     def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> int:
         return self.store.update_priorities(table, keys, priorities)
 
+    def cutoff(self, table: str) -> int:
+        return self.store.cutoff(table)
+
     def info(self) -> dict[str, dict[str, Any]]:
         return self.store.info()
 

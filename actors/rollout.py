@@ -3,7 +3,9 @@
 `RolloutWorker` is the plain logic (a unit test drives it with a list as the
 writer); `RolloutActor` is the Ray shell that runs it in a loop.  An actor
 gets a replay writer and a policy source, never a learner: it switches to a
-new policy version on its next step after the source reports one.
+new policy version on its next step after the source reports one.  The loop's
+drift watch changes its envs' physics (`apply_drift`), boosts its epsilon for
+a while and takes its finished episodes' returns (core/rl/drift.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +25,7 @@ import torch
 from ray.util import metrics
 
 from core.rl.config import RLConfig
+from core.rl.drift import EpsilonBoost, physics_wrappers
 from core.rl.models import PolicySpec, obs_width
 from core.rl.policy import QPolicy
 from core.schemas import transitions_schema
@@ -37,11 +40,14 @@ class PolicySource(Protocol):
     def ack(self, version: int) -> None: ...  # "this subscriber now runs `version`"
 
 
-def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+def make_vec_env(env_id: str, num_envs: int, seed: int,
+                 physics: Mapping[str, float] | None = None) -> gym.vector.VectorEnv:
     # SAME_STEP autoreset: a finished env resets inside the same step and its last
     # observation comes back in info["final_obs"], so every step is a real transition.
+    # `physics`: each sub-env is wrapped in a PhysicsShift that `env.call("shift")` applies.
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                       wrappers=physics_wrappers(physics))
     env.reset(seed=seed)
     return env
 
@@ -213,7 +219,9 @@ class RolloutWorker:
         self.cfg, self.spec, self.writer, self.source = cfg, spec, writer, source
         self.actor_id = actor_id
         self.incarnation = uuid.uuid4().hex[:8]  # row ids stay unique across actor restarts
-        self.env = make_vec_env(cfg.env_id, cfg.num_envs, seed)
+        self.env = make_vec_env(cfg.env_id, cfg.num_envs, seed, cfg.drift.set if cfg.drift.enabled else None)
+        self.drifted_at: int | None = None  # own env steps when the physics changed
+        self.boost: EpsilonBoost | None = None
         self.obs = self._shape(self.env.reset(seed=seed)[0])
         self.policy = QPolicy(spec)
         self._fast_q: _NumpyQ | None = None
@@ -226,6 +234,8 @@ class RolloutWorker:
         self.episode_len = np.zeros(cfg.num_envs, dtype=np.int64)
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_lengths: deque[int] = deque(maxlen=100)
+        # (own env steps, return) of each finished episode until `drain_returns` takes them
+        self.finished: deque[tuple[int, float]] = deque(maxlen=10_000)
 
     def _shape(self, obs: np.ndarray) -> np.ndarray:
         return np.asarray(obs, dtype=np.float32).reshape(self.cfg.num_envs, -1)
@@ -248,8 +258,7 @@ class RolloutWorker:
         for t in range(vector_steps):
             self.maybe_switch_policy()
             versions[t] = self.policy.version
-            eps = self.cfg.epsilon.at(self.env_steps // self.cfg.num_envs)
-            actions = self._act(eps)
+            actions = self._act(self.epsilon())
             raw_next, reward, terminated, truncated, info = self.env.step(actions)
             next_obs = self._shape(raw_next)
             done = terminated | truncated
@@ -297,6 +306,7 @@ class RolloutWorker:
         for i in np.flatnonzero(done):
             self.recent_returns.append(float(self.episode_return[i]))
             self.recent_lengths.append(int(self.episode_len[i]))
+            self.finished.append((self.env_steps, float(self.episode_return[i])))
             self.episodes += 1
         self.episode_return[done] = 0.0
         self.episode_len[done] = 0
@@ -333,8 +343,34 @@ class RolloutWorker:
             "policy_version": self.policy.version,
             "mean_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
             "mean_length": float(np.mean(self.recent_lengths)) if self.recent_lengths else None,
-            "epsilon": self.cfg.epsilon.at(self.env_steps // self.cfg.num_envs),
+            "epsilon": self.epsilon(),
+            "drifted": self.drifted_at is not None,
         }
+
+    # ---- drift and the adaptive layer's answer -----------------------------------------
+    def epsilon(self) -> float:
+        step = self.env_steps // self.cfg.num_envs
+        return self.boost.at(self.cfg.epsilon, step) if self.boost else self.cfg.epsilon.at(step)
+
+    def boost_epsilon(self, value: float, steps: int) -> None:
+        """Epsilon restarts at `value` and is back at the schedule's end after `steps` vector steps."""
+        self.boost = EpsilonBoost(self.env_steps // self.cfg.num_envs, value, steps)
+
+    def apply_drift(self) -> int:
+        """Change every env's physics to `rl.drift.set` (once); returns own env steps at the change."""
+        if not self.cfg.drift.enabled:
+            raise ValueError("rl.drift is not configured: there is no change to apply")
+        if self.drifted_at is None:
+            self.env.call("shift")
+            self.drifted_at = self.env_steps
+        return self.drifted_at
+
+    def drain_returns(self) -> list[tuple[int, float]]:
+        """(own env steps, return) of the episodes finished since the last call, oldest first."""
+        out = []
+        while self.finished:  # popleft is safe against the stepping thread's appends
+            out.append(self.finished.popleft())
+        return out
 
 
 def _repeat(text: str, n: int) -> pa.StringArray:
@@ -389,6 +425,15 @@ class RolloutActor:
     def stats(self) -> dict[str, Any]:
         return {**self.worker.stats(), "steps_per_write": self._write_size.now, "error": self._error,
                 "running": self._thread.is_alive()}
+
+    def apply_drift(self) -> int:
+        return self.worker.apply_drift()
+
+    def boost_epsilon(self, value: float, steps: int) -> None:
+        self.worker.boost_epsilon(value, steps)
+
+    def drain_returns(self) -> list[tuple[int, float]]:
+        return self.worker.drain_returns()
 
     def stop(self) -> None:
         self._stop.set()

@@ -8,7 +8,10 @@
                          PolicyServer (Serve)    EvaluatorActor (greedy episodes -> eval events)
 
 Done once a version's greedy evaluation reaches the solve return and holds it
-over `rl.confirm_episodes` more episodes.
+over `rl.confirm_episodes` more episodes.  With `rl.drift`, the env's physics
+change during the run and the loop is done once the greedy evaluation on the
+changed env is back at the solve return (`RLDriftWatch`, cluster/loops/rl_drift.py,
+with the adaptive layer of `rl.adapt`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from actors.rollout import RolloutActor
 from cluster.errors import UserError
 from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, round_or_none
+from cluster.loops.rl_drift import RLDriftWatch, check_drift
 from core.config import EvolveConfig
 from core.rl.models import PolicySpec, obs_width, spec_for_env
 from learners.dqn import DQNObjective
@@ -44,6 +48,7 @@ class RLLoop(LoopBase):
         self.solved_at: dict[str, Any] | None = None
         self.publish_stats: dict[str, Any] = {}
         self.evaluator = self.publisher = None
+        self.watch = RLDriftWatch(cfg.rl, self.event)
 
     def prepare(self) -> None:
         """The env's spaces fix the model and the table's obs width (taken from the env unless set)."""
@@ -59,6 +64,10 @@ class RLLoop(LoopBase):
             raise UserError(f"replay.tables.{rl.table}.obs_dim must be {width} for {rl.env_id} (got {table.obs_dim}; "
                             "leave it unset to take it from the env)")
         self.solve_return = rl.solve_return if rl.solve_return is not None else _threshold(rl.env_id)
+        try:
+            check_drift(rl)
+        except ValueError as exc:
+            raise UserError(f"rl.drift.set: {exc}") from None
 
     # ---- start -------------------------------------------------------------------------
     def launch(self) -> None:
@@ -83,7 +92,9 @@ class RLLoop(LoopBase):
         self.evaluator = EvaluatorActor.remote(
             rl.env_id, spec, rl.eval_episodes, PolicySubscription(self.publisher, rl.policy_id, None),
             seed=rl.seed + 10_000, solve_return=self.solve_return, confirm_episodes=rl.confirm_episodes,
+            drift=rl.drift.set if rl.drift.enabled else None,
         )
+        self.watch.bind(self.actors, self.evaluator, ctx.replay, self.solve_return)
         marks["actors_launched_s"] = time.time()
         if self.cfg.serving.enabled:
             prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus)
@@ -130,9 +141,11 @@ class RLLoop(LoopBase):
     def poll(self) -> dict[str, Any]:
         figures = super().poll()
         self._take_evals()
+        if self.watch.active:
+            self.watch.poll(figures["env_steps"], self.solved_at is not None)
         self.publish_stats = get_or(self.publisher.stats.remote(self.rl.policy_id), self.publish_stats)
         return {**figures, "eval_return": round_or_none(self.evals[-1]["eval_return"] if self.evals else None),
-                "version": self.publish_stats.get("live_version")}
+                "version": self.publish_stats.get("live_version"), **self.watch.figures()}
 
     def figures(self) -> dict[str, Any]:
         steps = int(self.actors.total("env_steps"))
@@ -156,6 +169,7 @@ class RLLoop(LoopBase):
             result["elapsed_s"] = round(result["time"] - self.started, 3)
             self.evals.append(result)
             self.event("eval", **result)
+            self.watch.on_eval(result, _steps_at(self.steps_at, result["time"]))
             if self.solved_at is None and result.get("confirmed"):
                 self.solved_at = result
                 self.event("solved", **result, solve_return=self.solve_return)
@@ -166,9 +180,11 @@ class RLLoop(LoopBase):
                 self.event("actor_error", actor=stats["actor_id"], error=stats["error"])
 
     def done(self) -> bool:
-        return (self.solved_at is not None and self.rl.stop_when_solved) or (
-            self.learner is not None and self.learner.finished()
-        )
+        if self.learner is not None and self.learner.finished():
+            return True
+        if self.rl.drift.enabled:  # solved before the change is half of what it measures
+            return self.watch.done()
+        return self.solved_at is not None and self.rl.stop_when_solved
 
     # ---- stop and summary ----------------------------------------------------------------
     def finish(self) -> None:
@@ -206,6 +222,7 @@ class RLLoop(LoopBase):
             "learner_updates": self.learner_figures()["updates"],
             "resumed_from_update": self.learner.resumed_from if self.learner else None,
             "curve": [{k: e[k] for k in ("elapsed_s", "version", "eval_return")} for e in self.evals],
+            **({"drift": self.watch.summary()} if self.watch.active else {}),
         }
 
 

@@ -46,6 +46,10 @@ class ShardStore:
     def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> int:
         return self.table(table).update_priorities(keys, priorities)
 
+    def cutoff(self, table: str) -> int:
+        """The table stops serving rows inserted before now (ReplayTable.cutoff); rows removed."""
+        return self.table(table).cutoff()
+
     def info(self) -> dict[str, dict[str, Any]]:
         return {name: t.info() for name, t in self.tables.items()}
 

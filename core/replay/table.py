@@ -140,6 +140,23 @@ class ReplayTable:
         fresh_at = int(np.argmin(stale)) if not stale.all() else window
         self._advance_head(self.head + fresh_at)
 
+    def cutoff(self) -> int:
+        """Stop serving the rows inserted so far (the world they were acted in has changed); returns
+        how many were removed.
+
+        They are removed, in memory and on disk (the recorded head moves past them, so a restarted
+        shard does not bring them back): every sampler then draws only rows added after the call.
+        The table is empty, so samples wait as they do at the start, until `min_size` new rows are
+        in, while adds go on (the rate limiter lets inserts through below `min_size`).
+        """
+        with self.cond:
+            removed = self.size
+            self._advance_head(self.tail)
+            if self.log is not None:
+                self.log.write_head(self.head)
+            self.cond.notify_all()
+            return removed
+
     # ---- sample --------------------------------------------------------------
     def sample(self, n: int, timeout_s: float | None = None) -> pa.RecordBatch:
         """n rows with `_key`, `_probability` and `_times_sampled` columns added.

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from core.adapt.rl_controller import RLAdaptSection
 from core.config_base import NAME_PATTERN, Section
+from core.rl.drift_config import DriftConfig
 
 
 class EpsilonSchedule(Section):
@@ -59,8 +61,11 @@ class RLConfig(Section):
     # mean at the threshold over those counts as solved (a 10-episode mean is too noisy to stop on).
     confirm_episodes: int = Field(default=100, ge=1)
     solve_return: float | None = None  # None: the env's reward_threshold
-    stop_when_solved: bool = True  # end the run once solved (confirmed)
+    stop_when_solved: bool = True  # end the run once solved (confirmed); with a drift, see drift.stop_when_recovered
     seed: int = 0
+    # a change of the env's physics during the run, and the adaptive layer's answer to it
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    adapt: RLAdaptSection = Field(default_factory=RLAdaptSection)
 
     @model_validator(mode="after")
     def _names(self) -> "RLConfig":
