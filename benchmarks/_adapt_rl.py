@@ -58,7 +58,12 @@ def cartpole_drift(adapt: bool, seed: int, budget_s: float, workdir: str | Path,
     if proc.returncode != 0 or not summary_path.exists():
         tail = (Path(workdir) / "evolve.log").read_text()[-2000:]
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
-    summary = json.loads(summary_path.read_text())
+    return figures(run_dir, seed, round(time.time() - started, 1))
+
+
+def figures(run_dir: Path, seed: int, wall_s: float | None) -> dict[str, Any]:
+    """`loops.cartpole.drift` of a finished run's summary.json, with the solve and the wall time."""
+    summary = json.loads((run_dir / "summary.json").read_text())
     loop = summary["loops"][LOOP]
     drift = loop.get("drift") or {}
     return {
@@ -69,7 +74,7 @@ def cartpole_drift(adapt: bool, seed: int, budget_s: float, workdir: str | Path,
         "time_to_solve_s": loop.get("time_to_solve_s"),
         "env_steps": loop.get("env_steps"),
         "stopped_by": summary["run"].get("stopped_by"),
-        "wall_s": round(time.time() - started, 1),
+        "wall_s": wall_s,
         "run_dir": str(run_dir),
     }
 

@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def evolve_run(config: str, run_dir: Path, budget_s: float, overrides: list[str]) -> dict:
+def evolve_run(config: str, run_dir: Path, budget_s: float, overrides: list[str], reuse: bool = False) -> dict:
+    if reuse and (run_dir / "summary.json").exists():
+        return _read_run(run_dir, None)
     cmd = [sys.executable, "-m", "cluster.cli", "run", config, "--budget-s", str(budget_s), "--run-dir", str(run_dir)]
     for o in overrides:
         cmd += ["--set", o]
@@ -41,22 +43,38 @@ def evolve_run(config: str, run_dir: Path, budget_s: float, overrides: list[str]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget_s + 600)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return _read_run(run_dir, round(time.time() - started, 1))
+
+
+def _read_run(run_dir: Path, wall_s: float | None) -> dict:
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"events": events, "summary": summary, "wall_s": round(time.time() - started, 1)}
+    return {"events": events, "summary": summary, "wall_s": wall_s}
+
+
+def feedback_clock(events: list[dict]) -> tuple[list[float], list[float]]:
+    """(times, feedback events joined by then) from the loop's progress lines: the one clock that
+    group changes, alarms and gate decisions share (a decision's own `events` counts its data window)."""
+    points = [(e["time"], e["feedback"]) for e in events
+              if e.get("event") == "progress" and e.get("loop") == "sentiment" and "feedback" in e]
+    return [t for t, _ in points], [float(f) for _, f in points]
 
 
 def live_group_accuracy(events: list[dict]) -> list[tuple[int, dict[str, float]]]:
     """(feedback events, live's accuracy per group) after each change of the live version."""
+    import numpy as np
+
+    times, counts = feedback_clock(events)
     by_version: dict[int, dict[str, float]] = {}
     timeline = []
     for e in events:
+        at = int(np.interp(e["time"], times, counts)) if times else 0
         if e.get("event") == "gate_decision" and e.get("group_accuracy"):
             by_version[e["version"]] = e["group_accuracy"]
             if e.get("decision") in ("initial", "promote"):
-                timeline.append((e.get("events") or 0, e["group_accuracy"]))
+                timeline.append((at, e["group_accuracy"]))
         elif e.get("event") == "rollback" and e.get("to") in by_version:
-            timeline.append((e.get("events") or 0, by_version[e["to"]]))
+            timeline.append((at, by_version[e["to"]]))
     return timeline
 
 
@@ -74,9 +92,12 @@ def recoveries(events: list[dict], total_events: int) -> list[dict]:
             continue
         final = inside[-1][1]
         start = before[-1] if before else None
-        first = next(ev for ev, a in inside if a >= final - 0.02)
+        if start is not None and start >= final - 0.02:
+            first = at  # live was already within 0.02 of the level the segment ended at
+        else:
+            first = next(ev for ev, a in inside if a >= final - 0.02)
         out.append({"group": group, "at": at, "start_accuracy": start, "final_accuracy": round(final, 4),
-                    "recovery_events": first - at})
+                    "versions": len(inside), "recovery_events": first - at})
     return out
 
 
@@ -94,9 +115,9 @@ def detection_delays(events: list[dict]) -> list[int]:
 
 def text_runs(args, work: Path) -> dict:
     common = [f"feedback.data.group_rows={args.group_rows}", f"run.seed={args.seed}"]
-    on = evolve_run("configs/drift_text.yaml", work / "text_on", args.text_budget_s, common)
+    on = evolve_run("configs/drift_text.yaml", work / "text_on", args.text_budget_s, common, args.reuse)
     off = evolve_run("configs/drift_text.yaml", work / "text_off", args.text_budget_s,
-                     common + ["feedback.adapt.enabled=false"])
+                     common + ["feedback.adapt.enabled=false"], args.reuse)
     out = {}
     for name, run in (("on", on), ("off", off)):
         loop = run["summary"]["loops"]["sentiment"]
@@ -116,7 +137,7 @@ def text_runs(args, work: Path) -> dict:
 
 def calm_run(args, work: Path) -> dict:
     run = evolve_run("configs/drift_text.yaml", work / "calm", args.calm_budget_s,
-                     [f"run.seed={args.seed}", "feedback.data.order=shuffled"])
+                     [f"run.seed={args.seed}", "feedback.data.order=shuffled"], args.reuse)
     loop = run["summary"]["loops"]["sentiment"]
     alarms = [{k: e.get(k) for k in ("events", "signal", "detector", "before", "after", "suppressed")}
               for e in run["events"] if e.get("event") == "adapt"]
@@ -177,6 +198,7 @@ def main() -> None:
     ap.add_argument("--skip-rl", action="store_true")
     ap.add_argument("--skip-text", action="store_true")
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true", help="read the text runs already in --work-dir, run the rest")
     args = ap.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="evolve-adapt-"))
     started = time.time()
@@ -186,10 +208,14 @@ def main() -> None:
         out.update(text_runs(args, work))
         out.update(calm_run(args, work))
     if not args.skip_rl:
-        from benchmarks._adapt_rl import cartpole_drift
+        from benchmarks._adapt_rl import cartpole_drift, figures
 
         for name, adapt in (("on", True), ("off", False)):
-            rl = cartpole_drift(adapt=adapt, seed=args.seed, budget_s=args.rl_budget_s, workdir=work / f"rl_{name}")
+            done = work / f"rl_{name}" / "run"
+            if args.reuse and (done / "summary.json").exists():
+                rl = figures(done, args.seed, None)
+            else:
+                rl = cartpole_drift(adapt=adapt, seed=args.seed, budget_s=args.rl_budget_s, workdir=work / f"rl_{name}")
             out[f"recovery_env_steps_{name}"] = rl.get("recovery_env_steps")
             out[f"rl_{name}"] = rl
     out["wall_s"] = round(time.time() - started, 1)
