@@ -38,10 +38,26 @@ class Decision:
         return {**self.alarm.to_dict(), "actions": self.actions, "suppressed": self.suppressed}
 
 
+@dataclass
+class Cooldown:
+    """One adaptation per `length` on a loop's own clock (feedback events, env steps)."""
+
+    length: int
+    unit: str  # what the clock counts, for the suppressed alarm's reason
+    last: int | None = None  # the clock when the controller last acted
+
+    def busy(self, now: int) -> str | None:
+        """Why an alarm at `now` gets no action, or None: the controller may act (and starts over)."""
+        if self.last is not None and now - self.last < self.length:
+            return f"cooldown: {self.length - (now - self.last)} more {self.unit}"
+        self.last = now
+        return None
+
+
 class Controller:
     def __init__(self, cfg: AdaptSection):
         self.cfg = cfg
-        self.last_action_at: int | None = None  # feedback events when it last acted
+        self.cooldown = Cooldown(cfg.cooldown_events, "feedback events")
         self.decisions: list[Decision] = []
 
     def on_alarm(self, alarm: Alarm, events: int) -> Decision:
@@ -49,11 +65,9 @@ class Controller:
         cfg = self.cfg
         if alarm.signal not in cfg.act_on:
             decision = Decision(alarm, suppressed=f"{alarm.signal} is watched only (adapt.act_on)")
-        elif self.last_action_at is not None and events - self.last_action_at < cfg.cooldown_events:
-            wait = cfg.cooldown_events - (events - self.last_action_at)
-            decision = Decision(alarm, suppressed=f"cooldown: {wait} more feedback events")
+        elif (busy := self.cooldown.busy(events)) is not None:
+            decision = Decision(alarm, suppressed=busy)
         else:
-            self.last_action_at = events
             decision = Decision(alarm, actions=[
                 {"action": "learner_boost", "updates": cfg.boost_updates, "lr_factor": cfg.lr_factor,
                  "rehearsal": cfg.boost_rehearsal, "candidate_every": cfg.boost_candidate_every,

@@ -29,7 +29,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from core.adapt.config import DetectorConfig
-from core.adapt.controller import Decision
+from core.adapt.controller import Cooldown, Decision
 from core.adapt.detectors import Alarm
 from core.config_base import Section
 
@@ -58,17 +58,16 @@ class RLAdaptSection(Section):
 class RLController:
     def __init__(self, cfg: RLAdaptSection):
         self.cfg = cfg
-        self.last_action_at: int | None = None  # env steps when it last acted
+        self.cooldown = Cooldown(cfg.cooldown_env_steps, "env steps")
         self.decisions: list[Decision] = []
 
     def on_alarm(self, alarm: Alarm, env_steps: int) -> Decision:
         """`env_steps`: the loop's env steps so far, all actors (the cooldown's clock)."""
         cfg = self.cfg
-        if self.last_action_at is not None and env_steps - self.last_action_at < cfg.cooldown_env_steps:
-            wait = cfg.cooldown_env_steps - (env_steps - self.last_action_at)
-            decision = Decision(alarm, suppressed=f"cooldown: {wait} more env steps")
+        busy = self.cooldown.busy(env_steps)
+        if busy is not None:
+            decision = Decision(alarm, suppressed=busy)
         else:
-            self.last_action_at = env_steps
             actions = []
             if cfg.replay_cutoff:
                 actions.append({"action": "replay_cutoff"})
