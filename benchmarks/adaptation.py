@@ -7,8 +7,9 @@
             per 10,000 feedback events; every alarm is listed under `alarms_calm`)
     rl:     `evolve run configs/drift_cartpole.yaml` twice, adapt on / off (benchmarks/_adapt_rl.py)
             -> recovery_env_steps_on / _off
-    novelty: an autoencoder on the pretrained encoder's pooled features of reviews, scored on
+    novelty: an autoencoder on the pretrained encoder's [CLS] features of reviews, scored on
             held-out reviews against People's Daily sentences -> novelty_auroc
+            (and on the token-mean features, the other `novelty.pooling` -> novelty_auroc_mean)
 
 Recovery after a change to group g: feedback events from the change until the live version's
 accuracy on g's held-out rows is first within 0.02 of its level when the stream left g (or the
@@ -148,7 +149,7 @@ def calm_run(args, work: Path) -> dict:
             "calm_feedback_events": loop["feedback_events"], "alarms_calm": alarms}
 
 
-def novelty_auroc(args) -> dict:
+def novelty_auroc(args, pooling: str = "cls") -> dict:
     import numpy as np
 
     from core.classifier_start import starting_classifier
@@ -166,8 +167,9 @@ def novelty_auroc(args) -> dict:
     train = [t for t, _ in data.train]
     rng.shuffle(train)
     objective = AutoencoderObjective()
-    objective.setup(AutoencoderSetup(cfg=NoveltyConfig(), registry_uri=None, reference={"policy_id": "-", "version": 0},
-                                     weights=start.bundle.weights(), files=start.bundle.files()), WorkerContext())
+    objective.setup(AutoencoderSetup(cfg=NoveltyConfig(pooling=pooling), registry_uri=None,
+                                     reference={"policy_id": "-", "version": 0}, weights=start.bundle.weights(),
+                                     files=start.bundle.files()), WorkerContext())
     feats = objective.features(train[: args.novelty_texts])
     for epoch in range(args.novelty_epochs):
         for i in rng.permutation(len(feats) // 64):
@@ -204,6 +206,7 @@ def main() -> None:
     started = time.time()
     out: dict = {"work_dir": str(work)}
     out.update(novelty_auroc(args))
+    out["novelty_auroc_mean"] = novelty_auroc(args, "mean")["novelty_auroc"]
     if not args.skip_text:
         out.update(text_runs(args, work))
         out.update(calm_run(args, work))

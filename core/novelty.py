@@ -1,6 +1,6 @@
 """Novelty: how unlike the inputs seen so far a request is, as an autoencoder's reconstruction error.
 
-    request text -> reference encoder (the served classifier's first version) -> pooled [H]
+    request text -> reference encoder (the served classifier's first version) -> [CLS] or mean [H]
                  -> standardise (running mean / std of the training features)
                  -> autoencoder H -> hidden -> bottleneck -> hidden -> H
                  -> squared error -> percentile among the calibration set's errors (0..100)
@@ -10,8 +10,10 @@ representation moves with every version, which would read as novelty.  The
 calibration set is features the autoencoder never trained on, drawn from the
 same stream, so on inputs like those it has seen the percentile is uniform
 over 0..100 whatever the autoencoder version; inputs from a new domain score
-near the top.  A version in the registry holds the autoencoder's weights and
-`novelty.json` (shape, the reference version and the sorted calibration errors).
+near the top.  The [CLS] state is the default feature: an MLM-pretrained
+encoder's token mean is dominated by the characters both domains share, and
+the [CLS] state separates reviews from news sentences better (benchmarks/README.md).  A version in the registry holds the autoencoder's weights and
+`novelty.json` (shape, pooling, the reference version and the sorted calibration errors).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class NoveltyScorer:
     model: Autoencoder
     calibration: np.ndarray  # sorted reconstruction errors of held-back features
     reference: dict[str, Any]  # {"policy_id", "version"}: the encoder whose features it reads
+    pooling: str = "cls"  # which of that encoder's states: cls | mean
 
     @torch.no_grad()
     def errors(self, features: np.ndarray) -> np.ndarray:
@@ -77,6 +80,7 @@ class NoveltyScorer:
     def files(self) -> dict[str, bytes]:
         in_dim, hidden, bottleneck = self.model.shape
         meta = {"in_dim": in_dim, "hidden": hidden, "bottleneck": bottleneck, "reference": self.reference,
+                "pooling": self.pooling,
                 "calibration": [float(x) for x in self.calibration]}
         return {FILE: json.dumps(meta).encode()}
 
@@ -84,8 +88,9 @@ class NoveltyScorer:
         return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
 
 
-def calibrate(model: Autoencoder, features: np.ndarray, reference: dict[str, Any]) -> NoveltyScorer:
-    scorer = NoveltyScorer(model, np.zeros(0), reference)
+def calibrate(model: Autoencoder, features: np.ndarray, reference: dict[str, Any],
+              pooling: str = "cls") -> NoveltyScorer:
+    scorer = NoveltyScorer(model, np.zeros(0), reference, pooling)
     scorer.calibration = np.sort(scorer.errors(features))
     return scorer
 
@@ -99,7 +104,8 @@ def scorer_from_version(weights: Mapping[str, Any], files: Mapping[str, bytes]) 
     state = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True))
              for k, v in weights.items()}
     model.load_state_dict(state)
-    return NoveltyScorer(model, np.asarray(meta["calibration"], dtype=np.float64), dict(meta["reference"]))
+    return NoveltyScorer(model, np.asarray(meta["calibration"], dtype=np.float64), dict(meta["reference"]),
+                         str(meta.get("pooling", "mean")))
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:

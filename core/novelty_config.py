@@ -9,6 +9,8 @@ replica of the feedback app follows it and answers each prediction with a
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from core.config_base import Section
@@ -18,6 +20,8 @@ class NoveltyConfig(Section):
     name: str = "novelty"
     policy_id: str = "sentiment"  # the served classifier whose requests it watches
     table: str = "text"  # the replay table of request texts
+    # The reference encoder's state the autoencoder reads: [CLS] or the mean over tokens (core/novelty.py).
+    pooling: Literal["cls", "mean"] = "cls"
     hidden: int = Field(default=128, ge=2)
     bottleneck: int = Field(default=16, ge=1)
     lr: float = Field(default=1e-3, gt=0)

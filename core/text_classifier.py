@@ -46,6 +46,10 @@ class TextClassifier(nn.Module):
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
+    def first_token(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, H]: the encoder's last hidden state at [CLS]."""
+        return encoder_hidden(self.bert, ids, mask)[:, 0]
+
 
 @dataclass
 class ClassifierBundle:
@@ -63,9 +67,10 @@ class ClassifierBundle:
         """[N, L] float32 class probabilities (eval mode, no dropout)."""
         return self._batched(texts, batch, len(self.labels), lambda ids, mask: torch.softmax(self.model(ids, mask), -1))
 
-    def pooled_features(self, texts: Sequence[str], batch: int = 128) -> np.ndarray:
-        """[N, H] float32: the pooled hidden state of each text (the novelty autoencoder's input)."""
-        return self._batched(texts, batch, self.model.head.in_features, self.model.pooled)
+    def pooled_features(self, texts: Sequence[str], pooling: str = "mean", batch: int = 128) -> np.ndarray:
+        """[N, H] float32: each text's last hidden state, the mean over tokens or [CLS] (`pooling`: mean | cls)."""
+        fn = {"mean": self.model.pooled, "cls": self.model.first_token}[pooling]
+        return self._batched(texts, batch, self.model.head.in_features, fn)
 
     @torch.no_grad()
     def _batched(self, texts: Sequence[str], batch: int, width: int, fn) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""The novelty objective: an autoencoder on the reference encoder's pooled features of request texts.
+"""The novelty objective: an autoencoder on the reference encoder's features of request texts.
 
-    batch of request texts (replay `text` table) -> reference encoder (frozen) -> pooled features
+    batch of request texts (replay `text` table) -> reference encoder (frozen) -> [CLS] (or mean) features
         3 batches in 4: one Adam step on the reconstruction error
         1 batch in 4:   held back as calibration features (never trained on)
     every `publish_every` steps (the loop's evaluation): calibrate on the held-back features
@@ -52,7 +52,7 @@ class AutoencoderObjective:
         self.published: int | None = None
 
     def features(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.pooled_features(texts)
+        return self.encoder.pooled_features(texts, self.cfg.pooling)
 
     def step(self, texts: list[str]) -> dict[str, float]:
         feats = self.features(texts)
@@ -76,7 +76,7 @@ class AutoencoderObjective:
         figures: dict[str, float] = {"held_back": float(len(self.held))}
         if len(self.held) < self.cfg.min_calibration:
             return figures
-        self.scorer = calibrate(self.model, np.stack(self.held), self.setup_cfg.reference)
+        self.scorer = calibrate(self.model, np.stack(self.held), self.setup_cfg.reference, self.cfg.pooling)
         cal = self.scorer.calibration
         figures.update(calibration_p50=float(np.quantile(cal, 0.5)), calibration_p95=float(np.quantile(cal, 0.95)))
         if self.setup_cfg.registry_uri is not None:
@@ -109,6 +109,7 @@ class AutoencoderObjective:
 
     def export_policy(self) -> ExportedPolicy:
         scorer = self.scorer or calibrate(self.model, np.stack(self.held) if self.held else
-                                          np.zeros((1, self.model.shape[0]), np.float32), self.setup_cfg.reference)
+                                          np.zeros((1, self.model.shape[0]), np.float32), self.setup_cfg.reference,
+                                          self.cfg.pooling)
         return ExportedPolicy(weights=scorer.weights(), files=scorer.files(),
                               info={"reference": self.setup_cfg.reference})

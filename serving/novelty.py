@@ -58,7 +58,7 @@ class NoveltyFollower:
         scoring = self.current
         if scoring is None:
             return [None] * len(texts)
-        values = scoring.scorer.percentiles(scoring.encoder.pooled_features(list(texts)))
+        values = scoring.scorer.percentiles(scoring.encoder.pooled_features(list(texts), scoring.scorer.pooling))
         return [round(float(v), 1) for v in values]
 
 

@@ -63,14 +63,20 @@ def test_calibrated_percentiles_are_uniform_on_the_calibration_distribution():
     fresh = scorer.percentiles(rng.normal(size=(2000, 4)).astype(np.float32))
     assert 45 < fresh.mean() < 55 and fresh.min() >= 0 and fresh.max() <= 100
     rebuilt = scorer_from_version(scorer.weights(), scorer.files())
+    assert rebuilt.pooling == "cls"
+    meta = json.loads(scorer.files()["novelty.json"])
+    del meta["pooling"]  # a version written before the [CLS] features read the token mean
+    assert scorer_from_version(scorer.weights(), {"novelty.json": json.dumps(meta).encode()}).pooling == "mean"
     assert np.allclose(rebuilt.percentiles(rng.normal(size=(5, 4)).astype(np.float32) * 5), 100.0)
 
 
-def test_objective_publishes_a_version_a_replica_scores_with(tmp_path):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_objective_publishes_a_version_a_replica_scores_with(tmp_path, pooling):
     registry = PolicyRegistry(tmp_path / "registry")
     ref = _classifier()
     v1 = registry.publish("sentiment", ref.weights(), files=ref.files())
-    cfg = NoveltyConfig(batch_size=16, calibration_every=4, min_calibration=40, calibration_size=200)
+    cfg = NoveltyConfig(batch_size=16, calibration_every=4, min_calibration=40, calibration_size=200,
+                        pooling=pooling)
     setup = AutoencoderSetup(cfg=cfg, registry_uri=registry.uri, reference={"policy_id": "sentiment", "version": v1},
                              weights=ref.weights(), files=ref.files())
     objective = AutoencoderObjective()
@@ -85,7 +91,7 @@ def test_objective_publishes_a_version_a_replica_scores_with(tmp_path):
 
     follower = NoveltyFollower(registry.uri, "sentiment-novelty")
     assert follower.score(["x"]) == [None]  # before the first refresh
-    assert follower.refresh() == 1
+    assert follower.refresh() == 1 and follower.current.scorer.pooling == pooling
     familiar = np.array(follower.score(_stream(rng, FAMILIAR, 200)))
     strange = np.array(follower.score(STRANGE * 50))
     assert familiar.mean() < 70 and strange.mean() > 90, (familiar.mean(), strange.mean())
