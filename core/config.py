@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.config_base import NAME_PATTERN as _NAME
 from core.config_base import Section
+from core.exploration import ExplorationSection
 from core.feedback_config import FeedbackConfig
 from core.mlm_config import MLMConfig
 from core.novelty_config import NoveltyConfig
@@ -66,6 +67,12 @@ class ServingConfig(Section):
     # Fractional CPUs keep Serve from starving actors and learners on small machines.
     replica_num_cpus: float = Field(default=0.1, gt=0)
     route_prefix: str = "/"
+    # How replicas pick the answer they serve, and per policy id (core/exploration.py).
+    exploration: ExplorationSection = Field(default_factory=ExplorationSection)
+    exploration_by_policy: dict[str, ExplorationSection] = Field(default_factory=dict)
+
+    def exploration_for(self, policy_id: str) -> ExplorationSection:
+        return self.exploration_by_policy.get(policy_id, self.exploration)
 
 
 class RegistryConfig(Section):
