@@ -70,8 +70,26 @@ class TrafficSection(Section):
     concept_drift: ConceptDrift | None = None  # labels that change meaning part-way through the stream
 
 
+class OPESection(Section):
+    """The gate's off-policy stage: a share of joined feedback, never trained on, evaluates candidates
+    counterfactually (core/ope.py); meaningful when serving explores (serving.exploration)."""
+
+    fraction: float = Field(default=0.1, gt=0, lt=1)  # of joined feedback, by a hash of the event id
+    method: Literal["ips", "snips", "dr"] = "dr"
+    size: int = Field(default=3000, ge=10)  # newest rows kept
+    min_rows: int = Field(default=300, ge=10)  # fewer: a candidate is refused for lack of evidence
+    level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval on candidate - live
+    bootstrap_samples: int = Field(default=500, ge=50)
+
+
 class GateSection(Section):
-    """A candidate goes live only if it is not worse than live beyond `tolerance` on the held-out set."""
+    """A candidate goes live only if each of the gate's stages says it is not worse than live."""
+
+    # In order; a candidate refused by one never reaches the next.  `heldout`: the paired test on
+    # the fixed held-out set (always scored: its accuracy is the lineage's `heldout_accuracy`);
+    # `ope`: the candidate's off-policy estimate on held-back live feedback against live's.
+    stages: list[Literal["heldout", "ope"]] = Field(default_factory=lambda: ["heldout"], min_length=1)
+    ope: OPESection = Field(default_factory=OPESection)
 
     test: Literal["mcnemar", "bootstrap"] = "mcnemar"
     tolerance: float = Field(default=0.01, ge=0, lt=1)  # accuracy points a candidate may lose

@@ -75,6 +75,10 @@ def feedback_schema() -> pa.Schema:
         pa.field("probs", pa.list_(pa.float32()), nullable=False),
         pa.field("label", pa.int64(), nullable=True),
         pa.field("reward", pa.float32(), nullable=True),
+        # the probability `prediction` was served with, and the serving distribution it was drawn
+        # from (core/exploration.py); null in rows logged before serving logged them
+        pa.field("propensity", pa.float32(), nullable=True),
+        pa.field("action_probs", pa.list_(pa.float32()), nullable=True),
     )
     return _with_meta(COMMON_FIELDS + payload, "feedback")
 

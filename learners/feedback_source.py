@@ -1,8 +1,9 @@
 """Joined feedback rows from the replay store, as batches for the online learner.
 
 A `FeedbackBatch` is the columns the learner needs, in numpy (texts stay a
-list): the served prediction, the probability the served model gave it (the
-logging propensity for off-policy learning), the label or the reward, and
+list): the served prediction, the logging propensity for off-policy learning
+(the probability it was served with when serving explored; for a greedy
+answer, propensity 1, the served model's confidence), the label or the reward, and
 where the row came from (created_at, policy_version) for lineage.
 
 `FeedbackSource` samples `rows` fresh rows per batch in a background thread
@@ -100,6 +101,10 @@ def feedback_to_batch(rb: pa.RecordBatch) -> FeedbackBatch:
     ok = (pred >= 0) & (pred < lengths)
     logged = np.full(n, np.nan, np.float32)
     logged[ok] = flat[offsets[:-1][ok] + pred[ok]]
+    if "propensity" in rb.schema.names:  # an explored answer's true propensity replaces the confidence
+        served = pc.fill_null(rb.column("propensity"), np.float32(1.0)).to_numpy(zero_copy_only=False)
+        explored = served < 1.0
+        logged[explored] = served[explored]
     return FeedbackBatch(
         rb.column("text").to_pylist(),
         pred,

@@ -15,7 +15,8 @@ learned from in one of two ways:
       loss_i = -pg_weight * w_i * (r_i - b) * log pi(a_i | x_i)
       w_i    = min(pi(a_i | x_i) / mu(a_i | x_i), max_importance_weight)   (no gradient through w)
 
-  mu is the probability the *served* model gave a (logged with the event);
+  mu is the probability a was served with (logged with the event when
+  `serving.exploration` samples answers, core/exploration.py);
   pi is the model being trained.  w * grad log pi = grad pi / mu, so without
   the clip this is an unbiased estimate of the gradient of the expected
   reward under pi from data logged under mu; the clip trades a little bias

@@ -39,10 +39,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 
+from core.exploration import ExplorationSection
 from core.feedback_config import FeedbackConfig
 from core.registry import WEIGHTS_FILE, PolicyRegistry
-from core.text_classifier import ClassifierBundle, from_version
+from core.text_classifier import from_version
 from serving.catalog import describe_policies
+from serving.classify import Served, classify
 from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
@@ -76,6 +78,8 @@ class Prediction(BaseModel):
     model_version: int
     novelty: float | None = Field(None, description="0..100: how unlike the requests seen so far "
                                   "(the novelty autoencoder's percentile; null before its first version)")
+    propensity: float = Field(1.0, description="the probability `label` was served with "
+                              "(1 unless serving.exploration samples the answer)")
 
 
 class PredictBatchResponse(BaseModel):
@@ -119,32 +123,6 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-# ---- inference -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Served:
-    """What answers requests now; replaced whole (never mutated) by a hot swap."""
-
-    bundle: ClassifierBundle
-    version: int
-
-
-def classify(served: Served, texts: list[str], policy_id: str, replica: str,
-             novelty: NoveltyFollower | None = None) -> tuple[list[dict], list[dict]]:
-    """(predictions for the client, events for the joiner) of one batch, by one version."""
-    probs = served.bundle.predict_proba(texts)  # [N, L]
-    novel = novelty.score(texts) if novelty is not None else [None] * len(texts)
-    labels = served.bundle.labels
-    preds, events = [], []
-    for text, p, nov in zip(texts, probs, novel):
-        event_id, k = uuid.uuid4().hex, int(np.argmax(p))
-        preds.append({"label": labels[k], "probabilities": {name: float(x) for name, x in zip(labels, p)},
-                      "event_id": event_id, "model_version": served.version, "novelty": nov})
-        events.append({"event_id": event_id, "text": text, "prediction": k, "probs": [float(x) for x in p],
-                       "labels": labels, "policy_id": policy_id, "policy_version": served.version,
-                       "actor_id": replica, "novelty": nov})
-    return preds, events
-
-
 _GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",
                409: "ALREADY_EXISTS", 410: "FAILED_PRECONDITION", 503: "UNAVAILABLE"}
 
@@ -172,8 +150,10 @@ def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
 class FeedbackServer:
     def __init__(self, publisher: Any, joiner: Any, registry_uri: str, policy_id: str, max_text_chars: int,
                  max_batch_size: int, batch_wait_timeout_s: float, batching: bool = True,
-                 novelty_policy_id: str | None = None):
+                 novelty_policy_id: str | None = None, exploration: dict | None = None):
         self.publisher, self.joiner, self.policy_id = publisher, joiner, policy_id
+        self.explore = ExplorationSection.model_validate(exploration or {})
+        self._rng = np.random.default_rng()
         self.registry = PolicyRegistry(registry_uri)
         self.max_text_chars, self.batching, self.max_batch_size = max_text_chars, batching, max_batch_size
         self._forwards, self._texts = 0, 0  # texts per forward: how well batching works
@@ -246,7 +226,7 @@ class FeedbackServer:
         served = self.served  # read once: the whole batch is answered by one version
         loop = asyncio.get_running_loop()
         preds, events = await loop.run_in_executor(self._infer_pool, classify, served, texts, self.policy_id,
-                                                   self.replica, self.novelty)
+                                                   self.replica, self.novelty, self.explore, self._rng)
         self._forwards, self._texts = self._forwards + 1, self._texts + len(texts)
         # recorded in the background: the next batch need not wait for the joiner's answer
         return preds, asyncio.ensure_future(self._record(events))
@@ -345,7 +325,8 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
                         batching: bool = True, num_cpus: float = 0.1, max_ongoing_requests: int | None = None,
                         app_name: str = APP_NAME, route_prefix: str = ROUTE_PREFIX,
                         joiner_name: str = JOINER_NAME, gate_name: str | None = None,
-                        novelty_policy_id: str | None = None) -> FeedbackApp:
+                        novelty_policy_id: str | None = None,
+                        exploration: ExplorationSection | None = None) -> FeedbackApp:
     """Start the shared joiner (writes to `writer`, a replay client; None = rows dropped; it tells
     the gate actor `gate_name`, when given, the live version's accuracy on feedback) and the app.
 
@@ -353,13 +334,15 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
     """
     joiner = get_or_create_joiner(writer, cfg.feedback_ttl_s, cfg.feedback_table, cfg.text_table,
                                   cfg.gate.window, name=joiner_name, gate_name=gate_name, policy_id=cfg.policy_id,
-                                  recent_fraction=cfg.adapt.recent_fraction if cfg.adapt.enabled else 0.0)
+                                  recent_fraction=cfg.adapt.recent_fraction if cfg.adapt.enabled else 0.0,
+                                  ope_fraction=cfg.gate.ope.fraction if "ope" in cfg.gate.stages else 0.0)
     # a replica must admit a whole batch of requests at once, or Serve's default (5) caps the batch
     ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
     app = FeedbackServer.options(
         num_replicas=cfg.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus},
     ).bind(publisher, joiner, registry_uri, cfg.policy_id, cfg.max_text_chars, cfg.max_batch_size,
-           cfg.batch_wait_timeout_s, batching, novelty_policy_id)
+           cfg.batch_wait_timeout_s, batching, novelty_policy_id,
+           (exploration or ExplorationSection()).model_dump())
     serve.run(app, name=app_name, route_prefix=route_prefix, logging_config={"log_level": "WARNING"})
     return FeedbackApp(app_name, route_prefix, joiner)
 

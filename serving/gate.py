@@ -39,7 +39,10 @@ from core.registry import LoadedPolicy, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_version
 from serving.adaptation import FeedbackAdaptation
 from serving.gate_adaptive import AdaptiveGate
+from serving.gate_lineage import events_seen, with_gate
+from serving.gate_ope import OffPolicyGate
 from serving.gate_publisher import as_publisher
+from serving.ope_slice import OPESlice
 from serving.recent_slice import RecentSlice
 from serving.rollback import GateError, rollback_registry, rollback_target
 
@@ -74,9 +77,10 @@ class _PolicyState:
     held_reported: set[int] = field(default_factory=set)  # adaptation decisions a held rollback was reported for
     recent: RecentSlice | None = None  # with adapt.enabled: feedback held out of training
     recent_refused: set[tuple[int, int]] = field(default_factory=set)  # (live, target) rollbacks the slice refused
+    offpolicy: OPESlice | None = None  # with the `ope` stage: held-back live feedback
 
 
-class PublishGate(AdaptiveGate):
+class PublishGate(AdaptiveGate, OffPolicyGate):
     """Scores candidates on the fixed held-out set and decides which go live.
 
     registry   the policy registry (or its URI); the source of truth for what is live
@@ -253,7 +257,7 @@ class PublishGate(AdaptiveGate):
     # ---- internals (called with _eval held) -------------------------------------------------
     def _evaluate(self, policy_id: str, st: _PolicyState, weights: dict, files: dict, metadata: dict) -> dict[str, Any]:
         t0 = time.perf_counter()
-        events = _events_seen(metadata)
+        events = events_seen(metadata)
         if events is not None:
             st.events = events
         try:
@@ -274,10 +278,11 @@ class PublishGate(AdaptiveGate):
         recent = None
         if result.decision == "promote" and st.recent is not None and st.recent.ready():
             result, recent = self._on_recent(policy_id, st, live, candidate, result)
+        result, stages = self._staged(policy_id, st, live, candidate, result)
         eval_s = time.perf_counter() - t0
         gate = {**result.to_dict(), "compared_with": live, "decided_at": time.time(), "eval_s": eval_s,
-                **({"recent": recent} if recent else {})}
-        meta = _with_gate(metadata, live, result.candidate_accuracy, live_acc, gate)
+                "stages": stages, **({"recent": recent} if recent else {})}
+        meta = with_gate(metadata, live, result.candidate_accuracy, live_acc, gate)
         if result.decision == "promote":
             version = int(self.publisher.publish(policy_id, weights, meta, self.spec, files))
             self._went_live(st, version)
@@ -314,7 +319,7 @@ class PublishGate(AdaptiveGate):
         reason = "first version: nothing live to compare with"
         gate = {"decision": "initial", "test": "none", "reason": reason, "n": int(correct.size),
                 "candidate_accuracy": acc, "decided_at": time.time()}
-        meta = _with_gate(metadata, None, acc, None, gate)
+        meta = with_gate(metadata, None, acc, None, gate)
         version = int(self.publisher.publish(policy_id, weights, meta, self.spec, files))
         with self._mu:
             st.correct[version] = correct
@@ -333,7 +338,7 @@ class PublishGate(AdaptiveGate):
             st.decisions.append(record)
             if decision in ("promote", "initial"):
                 self._curve(st, version, acc, decision)
-        extra = {k: gate.get(k) for k in ("test", "diff", "p_value", "ci", "wins", "losses", "n", "eval_s")}
+        extra = {k: gate.get(k) for k in ("test", "diff", "p_value", "ci", "wins", "losses", "n", "eval_s", "stages")}
         if self.groups is not None and version in st.correct:
             correct = st.correct[version]
             extra["group_accuracy"] = {str(g): float(correct[self.groups == g].mean())
@@ -399,45 +404,3 @@ class PublishGate(AdaptiveGate):
             self._emit_fn(kind, **fields)
         except Exception:  # a broken event sink must not take a decision down with it
             log.exception("gate: emitting %s failed", kind)
-
-
-REGISTRY_KEYS = ("parent_version", "metrics", "data_range", "gate", "info")  # core.registry.PublishMetadata
-
-
-def _with_gate(metadata: dict, live: int | None, acc: float, live_acc: float | None, gate: dict) -> dict:
-    """The learner's metadata plus the gate's measurements (lineage: parent defaults to the live version).
-
-    The registry's metadata schema is strict and its metrics are finite floats (a NaN would be
-    written as null and make metadata.json unreadable); what does not fit moves to `info`, so a
-    learner's extra fields never cost a decision.
-    """
-    meta = {k: metadata[k] for k in REGISTRY_KEYS if k in metadata}
-    info = dict(meta.get("info") or {})
-    info.update({k: v for k, v in metadata.items() if k not in REGISTRY_KEYS})
-    metrics, other = {}, {}
-    for k, v in (meta.get("metrics") or {}).items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
-            metrics[k] = float(v)
-        else:
-            other[k] = v if v is None or isinstance(v, (bool, str)) else repr(v)
-    if other:
-        info["metrics_not_numbers"] = other
-    meta["info"] = info
-    if meta.get("parent_version") is None and live is not None:
-        meta["parent_version"] = live
-    metrics["heldout_accuracy"] = acc
-    if live_acc is not None:
-        metrics["parent_heldout_accuracy"] = live_acc
-    meta["metrics"] = metrics
-    meta["gate"] = gate
-    return meta
-
-
-def _events_seen(metadata: Mapping[str, Any]) -> int | None:
-    """How much feedback the candidate has learned from, for the curve: `data_range.events`, or the
-    online learner's `data_range.total.fresh_rows` (distinct rows; rehearsal replays not counted)."""
-    data_range = metadata.get("data_range") or {}
-    for value in (data_range.get("events"), (data_range.get("total") or {}).get("fresh_rows")):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None

@@ -80,6 +80,10 @@ class GateActor:
         return self.gate.observe(policy_id, [tuple(p) for p in pairs], events, [tuple(r) for r in recent],
                                  [tuple(i) for i in inputs])
 
+    @ray.method(concurrency_group="feedback")
+    def offpolicy(self, policy_id: str, rows: list) -> int:
+        return self.gate.offpolicy(policy_id, rows)
+
     def adaptation(self, policy_id: str) -> dict | None:
         return self.gate.adaptation(policy_id)
 

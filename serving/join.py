@@ -66,6 +66,8 @@ class Event:
     policy_version: int
     actor_id: str  # the replica that served it
     novelty: float | None = None  # 0..100 percentile, when a novelty version scored it
+    propensity: float | None = None  # the probability `prediction` was served with (core/exploration.py)
+    action_probs: list[float] | None = None  # the serving distribution it was drawn from
     created: float = 0.0  # set by the join's clock
     feedback: tuple[int | None, float | None] | None = None  # what was accepted (label, reward)
     answer: dict[str, Any] | None = None  # the answer given to it (repeated verbatim)
@@ -171,7 +173,8 @@ class EventJoin:
         self.stats.joined += 1
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
             "event_id": event_id, "text": text, "prediction": ev.prediction, "probs": list(ev.probs),
-            "label": label_idx, "reward": reward,
+            "label": label_idx, "reward": reward, "propensity": ev.propensity,
+            "action_probs": None if ev.action_probs is None else list(ev.action_probs),
         }
         return dict(ev.answer), row
 
@@ -262,13 +265,14 @@ class Joiner:
     actor the predicting version's prequential window (the rollback guard) and each
     feedback's verdict on its version (the drift detector), as the feedback arrives.
     With `recent_fraction`, that share of labeled feedback (by a hash of the event id)
-    goes to the gate's recent slice instead of the replay store: no learner sees it.
+    goes to the gate's recent slice instead of the replay store: no learner sees it;
+    with `ope_fraction`, that share of all feedback goes to the gate's off-policy slice.
     """
 
     def __init__(self, writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                  text_table: str | None = "text", window: int = 300, max_events: int = 200_000,
                  commit_interval_s: float = 0.05, gate_name: str | None = None, policy_id: str | None = None,
-                 push_every: int = 10, recent_fraction: float = 0.0):
+                 push_every: int = 10, recent_fraction: float = 0.0, ope_fraction: float = 0.0):
         self.join = EventJoin(feedback_ttl_s, feedback_table=feedback_table, text_table=text_table,
                               window=window, max_events=max_events)
         self.writer, self.commit_interval_s = writer, commit_interval_s
@@ -283,6 +287,8 @@ class Joiner:
         self._unpushed: list[tuple[int, float]] = []  # (predicting version, 1/0 or reward) since the last push
         self.recent_fraction = recent_fraction if gate_name is not None else 0.0
         self._recent: list[tuple[str, int]] = []  # held-out labeled rows for the gate, since the last push
+        self.ope_fraction = ope_fraction if gate_name is not None else 0.0
+        self._offpolicy: list[dict[str, Any]] = []  # held-out rows for the gate's off-policy stage
         self.held_for_gate = 0
         # (version, novelty, predicted label) of answered requests since the last push, for the
         # gate's input detectors; the newest only, if feedback (and so pushes) stalls
@@ -304,6 +310,9 @@ class Joiner:
             if row["label"] is not None and stable_unit_hash(f"{event_id}#recent") < self.recent_fraction:
                 self._recent.append((row["text"], int(row["label"])))  # the gate's, never the learner's
                 self.held_for_gate += 1
+            elif stable_unit_hash(f"{event_id}#ope") < self.ope_fraction:
+                self._offpolicy.append({k: row[k] for k in ("text", "prediction", "propensity", "label", "reward")})
+                self.held_for_gate += 1
             else:
                 self._queue(self.join.feedback_table, [row])
             verdict = answer["correct"] if answer["correct"] is not None else row["reward"]
@@ -318,12 +327,15 @@ class Joiner:
             return
         pairs, self._unpushed = self._unpushed, []
         recent, self._recent = self._recent, []
+        offpolicy, self._offpolicy = self._offpolicy, []
         inputs = list(self._inputs)
         self._inputs.clear()
         try:
             if self._gate is None:
                 self._gate = ray.get_actor(self.gate_name)
             self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined, recent, inputs)
+            if offpolicy:
+                self._gate.offpolicy.remote(self.policy_id, offpolicy)
             correct, n = self.join.prequential()[version]
             self._gate.check_window.remote(self.policy_id, version, correct, n)
         except Exception as exc:  # the gate is restarting or gone: the next push tries again
@@ -400,10 +412,10 @@ FeedbackJoiner = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Jo
 def get_or_create_joiner(writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                          text_table: str | None = "text", window: int = 300, name: str = JOINER_NAME,
                          gate_name: str | None = None, policy_id: str | None = None,
-                         recent_fraction: float = 0.0) -> Any:
+                         recent_fraction: float = 0.0, ope_fraction: float = 0.0) -> Any:
     # Ray warns about any ray.get in an async actor; the joiner's run in worker threads
     # (asyncio.to_thread in _write), never on the event loop, so the warning is noise here.
     quiet = {"env_vars": {"RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}}
     return FeedbackJoiner.options(name=name, get_if_exists=True, runtime_env=quiet).remote(
         writer, feedback_ttl_s, feedback_table, text_table, window, gate_name=gate_name, policy_id=policy_id,
-        recent_fraction=recent_fraction)
+        recent_fraction=recent_fraction, ope_fraction=ope_fraction)

@@ -1,4 +1,10 @@
-"""`POST /v1/policies/{policy_id}/act`: observation in, greedy action, q-values and version out.
+"""`POST /v1/policies/{policy_id}/act`: observation in, action, q-values and version out.
+
+The action is greedy unless the policy's `serving.exploration` samples it
+(epsilon, or a softmax over the Q-values); the answer then says the
+probability it was drawn with (`propensity`) and the distribution
+(`action_probs`), so a client that logs them can evaluate other policies on
+its own transitions (core/ope.py `per_decision_is`).
 
 Each replica subscribes to the publisher (long-poll) for every policy it
 serves and swaps weights in place when a new version is live: requests keep
@@ -19,6 +25,9 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from ray import serve
 
+import numpy as np
+
+from core.exploration import ExplorationSection, choose, serving_distribution
 from core.rl.models import PolicySpec
 from core.rl.policy import QPolicy
 
@@ -41,6 +50,8 @@ class ActResponse(BaseModel):
     version: int
     action: int | list[int]
     q_values: list[float] | list[list[float]]
+    propensity: float | list[float] = Field(..., description="the probability each action was served with")
+    action_probs: list[float] | list[list[float]] = Field(..., description="the serving distribution")
 
 
 def to_batch(obs: Any, spec: PolicySpec) -> tuple[list[list[float]], bool]:
@@ -63,8 +74,10 @@ def to_batch(obs: Any, spec: PolicySpec) -> tuple[list[list[float]], bool]:
 @serve.deployment(name="policy_server", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class PolicyServer:
-    def __init__(self, publisher: Any, policy_ids: list[str]):
+    def __init__(self, publisher: Any, policy_ids: list[str], exploration: dict[str, dict] | None = None):
         self.publisher = publisher
+        self.explore = {pid: ExplorationSection.model_validate((exploration or {}).get(pid, {})) for pid in policy_ids}
+        self._rng = np.random.default_rng()
         self.policies: dict[str, QPolicy] = {}
         self.subscriber = f"serve-{uuid.uuid4().hex[:8]}"
         self.policy_ids = set(policy_ids)
@@ -102,16 +115,19 @@ class PolicyServer:
             rows, single = to_batch(request.obs, policy.spec)
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from None
-        actions, q = policy.act(rows)
-        return ActResponse(
-            policy_id=policy_id, version=policy.version,
-            action=int(actions[0]) if single else actions.tolist(),
-            q_values=q[0].tolist() if single else q.tolist(),
-        )
+        q = policy.q_values(np.asarray(rows, dtype=np.float32))
+        dist = serving_distribution(q, self.explore[policy_id], log_probs=False)
+        actions, propensity = choose(dist, self._rng)
+        one = (lambda x: x[0].tolist()) if single else (lambda x: x.tolist())
+        return ActResponse(policy_id=policy_id, version=policy.version, action=one(actions), q_values=one(q),
+                           propensity=one(propensity), action_probs=one(dist))
 
 
-def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 1, num_cpus: float = 0.1) -> str:
-    app = PolicyServer.options(num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}).bind(publisher, policy_ids)
+def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 1, num_cpus: float = 0.1,
+                         exploration: dict[str, ExplorationSection] | None = None) -> str:
+    explore = {pid: cfg.model_dump() for pid, cfg in (exploration or {}).items()}
+    app = PolicyServer.options(num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}).bind(
+        publisher, policy_ids, explore)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, logging_config={"log_level": "WARNING"})
     return ROUTE_PREFIX
 

@@ -97,7 +97,8 @@ class RLLoop(LoopBase):
         self.watch.bind(self.actors, self.evaluator, ctx.replay, self.solve_return)
         marks["actors_launched_s"] = time.time()
         if self.cfg.serving.enabled:
-            prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus)
+            prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus,
+                                          exploration={rl.policy_id: self.cfg.serving.exploration_for(rl.policy_id)})
             ctx.endpoints[f"{self.name}_act"] = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
             marks["serve_ready_s"] = time.time()
         self.event("startup", **{k: round(t - self.started, 3) for k, t in marks.items()})

@@ -31,6 +31,7 @@ def taxi_run(tmp_path_factory):
         "run", "configs/taxi.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
         "--set", "run.progress_interval_s=2", "--set", "rl.stop_when_solved=false",
+        "--set", "serving.exploration=epsilon",
     )
     with serving(proc, timeout_s=120):
         yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}"}
@@ -46,6 +47,9 @@ def test_published_versions_reach_serve(taxi_run):
     body = _act(http, "taxi", 3).json()
     assert body["policy_id"] == "taxi" and body["version"] >= 1
     assert 0 <= body["action"] < 6 and len(body["q_values"]) == 6
+    # epsilon 0.1 over 6 actions: the greedy one at 0.9 + 0.1 / 6, each other at 0.1 / 6
+    assert sorted(body["action_probs"]) == pytest.approx([0.1 / 6] * 5 + [0.9 + 0.1 / 6])
+    assert body["propensity"] == pytest.approx(body["action_probs"][body["action"]])
     first = body["version"]
     wait_until(lambda: _act(http, "taxi", 3).json()["version"] > first, 60, "a newer version on Serve")
     batch = _act(http, "taxi", [[1], [2], [499]]).json()

@@ -2,8 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 
+from core.exploration import ExplorationSection
 from core.text_classifier import from_encoder
 from core.tokenizer import tokenizer_files, train_wordpiece
 from serving.feedback_app import Served, classify, openapi_spec
@@ -87,17 +89,36 @@ def test_grpc_texts_share_the_rules():
     assert _status(check_texts, [], 5)[0] == 422
 
 
-def test_classify_stamps_one_version_and_gives_events():
+def _bundle():
     tok = train_wordpiece(["很好很好", "太差了", "一般般吧"] * 10, vocab_size=60, min_frequency=1)
     config = {"vocab_size": len(tok), "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
               "intermediate_size": 32, "max_position_embeddings": 32, "pad_token_id": tok.pad_token_id}
-    bundle = from_encoder(None, {**tokenizer_files(tok), "config.json": json.dumps(config).encode()}, ["neg", "pos"])
+    return from_encoder(None, {**tokenizer_files(tok), "config.json": json.dumps(config).encode()}, ["neg", "pos"])
+
+
+def test_classify_stamps_one_version_and_gives_events():
+    bundle = _bundle()
     preds, events = classify(Served(bundle, 7), ["很好", "太差"], "sentiment", "serve-x")
     assert [p["model_version"] for p in preds] == [7, 7] and len({p["event_id"] for p in preds}) == 2
     for p, e in zip(preds, events):
         assert abs(sum(p["probabilities"].values()) - 1) < 1e-5 and p["label"] in ("neg", "pos")
         assert e["event_id"] == p["event_id"] and e["labels"] == ["neg", "pos"]
         assert ["neg", "pos"][e["prediction"]] == p["label"] and e["policy_version"] == 7
+        assert p["propensity"] == e["propensity"] == 1.0 and e["action_probs"][e["prediction"]] == 1.0  # greedy
+
+
+def test_exploring_serves_sampled_labels_and_logs_their_propensities():
+    bundle = _bundle()
+    explore = ExplorationSection(kind="epsilon", epsilon=0.5)
+    preds, events = classify(Served(bundle, 1), ["很好"] * 2000, "sentiment", "serve-x", explore=explore,
+                             rng=np.random.default_rng(0))
+    greedy = int(np.argmax(events[0]["probs"]))
+    served = np.array([e["prediction"] for e in events])
+    assert 0.7 < (served == greedy).mean() < 0.8  # 1 - eps + eps / 2
+    for p, e in zip(preds, events):
+        assert e["propensity"] == (0.75 if e["prediction"] == greedy else 0.25) == p["propensity"]
+        assert e["action_probs"] == ([0.75, 0.25] if greedy == 0 else [0.25, 0.75])
+        assert p["label"] == ["neg", "pos"][e["prediction"]]
 
 
 def test_checked_in_openapi_matches_the_app():

@@ -289,6 +289,14 @@ def test_feedback_rows_to_batch():
     assert b.created_at[0] == 1_700_000_000_000_000 and b.policy_version.tolist() == [3] * 6
 
 
+def test_an_explored_answer_brings_its_own_propensity():
+    rb = _feedback_rb(4)
+    # rows 0 and 1 were served greedily (propensity 1), row 2 explored, row 3 predates the column
+    rb = rb.set_column(rb.schema.get_field_index("propensity"), "propensity",
+                       pa.array([1.0, 1.0, 0.25, None], pa.float32()))
+    np.testing.assert_allclose(feedback_to_batch(rb).logged_p, [0.8, 0.7, 0.25, 0.7], rtol=1e-6)
+
+
 class _Sampler:
     """Empty for the first `empty` calls (TimeoutError, as a fifo table below n rows), then rows."""
 

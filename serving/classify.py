@@ -1,0 +1,53 @@
+"""One batch of texts answered by one classifier version: predictions for clients, events for the joiner.
+
+    probabilities [N, L] -> serving distribution (core/exploration.py) -> served label ~ it
+    client:  label, probabilities (the model's), propensity (the served label's probability), novelty
+    event:   prediction (the served label), probs, propensity, action_probs (the serving distribution)
+
+The event keeps both distributions: the learner's reward-only update and
+off-policy evaluation (core/ope.py) need the probability the answer was
+served with, the reward model of a doubly robust estimate the model's own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.exploration import ExplorationSection, choose, serving_distribution
+from core.text_classifier import ClassifierBundle
+from serving.novelty import NoveltyFollower
+
+GREEDY = ExplorationSection()
+
+
+@dataclass(frozen=True)
+class Served:
+    """What answers requests now; replaced whole (never mutated) by a hot swap."""
+
+    bundle: ClassifierBundle
+    version: int
+
+
+def classify(served: Served, texts: list[str], policy_id: str, replica: str,
+             novelty: NoveltyFollower | None = None, explore: ExplorationSection = GREEDY,
+             rng: np.random.Generator | None = None) -> tuple[list[dict], list[dict]]:
+    """(predictions for the client, events for the joiner) of one batch, by one version."""
+    probs = served.bundle.predict_proba(texts)  # [N, L]
+    dist = serving_distribution(probs, explore)
+    actions, propensities = choose(dist, rng if rng is not None else np.random.default_rng())
+    novel = novelty.score(texts) if novelty is not None else [None] * len(texts)
+    labels = served.bundle.labels
+    preds, events = [], []
+    for text, p, d, k, mu, nov in zip(texts, probs, dist, actions.tolist(), propensities.tolist(), novel):
+        event_id = uuid.uuid4().hex
+        preds.append({"label": labels[k], "probabilities": {name: float(x) for name, x in zip(labels, p)},
+                      "event_id": event_id, "model_version": served.version, "novelty": nov,
+                      "propensity": float(mu)})
+        events.append({"event_id": event_id, "text": text, "prediction": k, "probs": [float(x) for x in p],
+                       "labels": labels, "policy_id": policy_id, "policy_version": served.version,
+                       "actor_id": replica, "novelty": nov, "propensity": float(mu),
+                       "action_probs": [float(x) for x in d]})
+    return preds, events
