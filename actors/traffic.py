@@ -80,6 +80,7 @@ class TrafficWorker:
         self.client = httpx.Client(timeout=timeout_s, transport=transport,
                                    limits=httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n))
         self._rng = random.Random(seed)
+        self.client_prefix = f"traffic{seed}"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -215,7 +216,9 @@ class TrafficWorker:
         texts = [t for t, _ in rows]
         body: dict[str, Any] = {"text": texts[0]} if self.cfg.batch_size == 1 else {"texts": texts}
         started = time.monotonic()
-        reply = self._post("predict", self.predict_url, body)
+        with self._lock:
+            client = f"{self.client_prefix}-u{self._rng.randrange(self.cfg.clients)}"
+        reply = self._post("predict", self.predict_url, body, {"x-evolve-client": client})
         with self._lock:
             self.predict_requests += 1
             if reply is None:
@@ -294,12 +297,12 @@ class TrafficWorker:
             else:
                 self.feedback_rewards += 1
 
-    def _post(self, kind: str, url: str, body: dict[str, Any]) -> Any | None:
+    def _post(self, kind: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any | None:
         """POST with retries on transient failures; the JSON reply, or None (counted)."""
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
-                resp = self.client.post(url, json=body)
+                resp = self.client.post(url, json=body, headers=headers)
             except httpx.TransportError as exc:  # refused, reset, timed out
                 self._count(kind, "connection" if not isinstance(exc, httpx.TimeoutException) else "timeout")
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.adapt.config import AdaptSection
 from core.config_base import NAME_PATTERN, Section
@@ -64,6 +64,9 @@ class TrafficSection(Section):
     requests_per_s: float | None = Field(default=None, gt=0)  # per actor; None = as fast as served
     batch_size: int = Field(default=1, ge=1, le=64)  # texts per predict request
     p_label: float = Field(default=1.0, ge=0, le=1)  # feedback with the true label; else reward only
+    # Simulated users per actor: each request names one in the `x-evolve-client` header (a canary
+    # keeps a user on one side).
+    clients: int = Field(default=1000, ge=1)
     label_noise: float = Field(default=0.0, ge=0, le=1)  # share of labels flipped
     feedback_delay_s: tuple[float, float] = (0.0, 0.5)  # uniform random delay before feedback
     actor_num_cpus: float = Field(default=0.2, gt=0)
@@ -82,14 +85,36 @@ class OPESection(Section):
     bootstrap_samples: int = Field(default=500, ge=50)
 
 
+class CanarySection(Section):
+    """The gate's canary stage: a share of live traffic answered by the candidate, judged by an
+    always-valid sequential test on the feedback rewards (core/sequential.py)."""
+
+    fraction: float = Field(default=0.1, gt=0, lt=1)  # of predict requests, sticky per client key
+    max_requests: int = Field(default=2000, ge=10)  # the candidate's exposure cap (joined feedbacks)
+    min_requests: int = Field(default=30, ge=2)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    n_opt: int = Field(default=500, ge=10)  # where the confidence sequence is tightest
+
+
 class GateSection(Section):
     """A candidate goes live only if each of the gate's stages says it is not worse than live."""
 
     # In order; a candidate refused by one never reaches the next.  `heldout`: the paired test on
     # the fixed held-out set (always scored: its accuracy is the lineage's `heldout_accuracy`);
-    # `ope`: the candidate's off-policy estimate on held-back live feedback against live's.
-    stages: list[Literal["heldout", "ope"]] = Field(default_factory=lambda: ["heldout"], min_length=1)
+    # `ope`: the candidate's off-policy estimate on held-back live feedback against live's;
+    # `canary` (last): it answers a share of live traffic until a sequential test decides.
+    stages: list[Literal["heldout", "ope", "canary"]] = Field(default_factory=lambda: ["heldout"], min_length=1)
     ope: OPESection = Field(default_factory=OPESection)
+    canary: CanarySection = Field(default_factory=CanarySection)
+
+    @field_validator("stages")
+    @classmethod
+    def _canary_last(cls, v: list[str]) -> list[str]:
+        if "canary" in v and v[-1] != "canary":
+            raise ValueError("`canary` must be the last gate stage: it decides on live traffic, after the others")
+        if len(set(v)) != len(v):
+            raise ValueError(f"each gate stage at most once, got {v}")
+        return v
 
     test: Literal["mcnemar", "bootstrap"] = "mcnemar"
     tolerance: float = Field(default=0.01, ge=0, lt=1)  # accuracy points a candidate may lose

@@ -147,6 +147,14 @@ class PolicyRegistry:
         entry["history"].append(version)
         self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
 
+    def clear(self, policy_id: str, stage: str) -> None:
+        """Point a stage at no version (history kept): a canary that ended."""
+        stages = self._stages(policy_id)
+        if stages.get(stage, {}).get("version") is None:
+            return
+        stages[stage]["version"] = None
+        self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
+
     def rollback(self, policy_id: str, to: int | None = None, stage: str = "live") -> int:
         """Make `to` (default: the version live before the current one) live again."""
         entry = self._stages(policy_id).get(stage)

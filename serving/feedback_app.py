@@ -43,6 +43,8 @@ from core.exploration import ExplorationSection
 from core.feedback_config import FeedbackConfig
 from core.registry import WEIGHTS_FILE, PolicyRegistry
 from core.text_classifier import from_version
+from serving.canary import CanaryFollower
+from serving.canary import follow as follow_canary
 from serving.catalog import describe_policies
 from serving.classify import Served, classify
 from serving.novelty import NoveltyFollower
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "feedback"
 ROUTE_PREFIX = "/v1"
+CLIENT_HEADER = "x-evolve-client"  # a client's stable key: a canary keeps each client on one side
 GRPC_SERVICER = "serving.proto.evolve_pb2_grpc.add_EvolveFeedbackServicer_to_server"
 
 api = FastAPI(
@@ -150,7 +153,8 @@ def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
 class FeedbackServer:
     def __init__(self, publisher: Any, joiner: Any, registry_uri: str, policy_id: str, max_text_chars: int,
                  max_batch_size: int, batch_wait_timeout_s: float, batching: bool = True,
-                 novelty_policy_id: str | None = None, exploration: dict | None = None):
+                 novelty_policy_id: str | None = None, exploration: dict | None = None,
+                 canary_fraction: float | None = None):
         self.publisher, self.joiner, self.policy_id = publisher, joiner, policy_id
         self.explore = ExplorationSection.model_validate(exploration or {})
         self._rng = np.random.default_rng()
@@ -168,6 +172,9 @@ class FeedbackServer:
         self.novelty = NoveltyFollower(registry_uri, novelty_policy_id) if novelty_policy_id else None
         if self.novelty is not None:
             self._novelty_task = asyncio.get_event_loop().create_task(follow_novelty(self.novelty))
+        self.canary = CanaryFollower(registry_uri, policy_id, canary_fraction) if canary_fraction else None
+        if self.canary is not None:
+            self._canary_task = asyncio.get_event_loop().create_task(follow_canary(self.canary, Served))
 
     # ---- following the publisher (hot swap) ------------------------------------------
     async def _follow(self) -> None:
@@ -200,10 +207,13 @@ class FeedbackServer:
         return self._files
 
     # ---- shared request logic ----------------------------------------------------------
-    async def _predict(self, texts: list[str]) -> list[dict]:
+    async def _predict(self, texts: list[str], client_key: str | None = None) -> list[dict]:
         if self.served is None:
             raise FeedbackRejected(503, f"no live version of {self.policy_id!r} yet; retry shortly")
-        if self.batching and len(texts) < self.max_batch_size:
+        canary = self.canary.routes(client_key) if self.canary is not None else None
+        if canary is not None:  # a small share of traffic: answered alone, by the canary version
+            preds, recorded = await self._classify(texts, canary)
+        elif self.batching and len(texts) < self.max_batch_size:
             preds, recorded = await self._classify_batch(texts)
         else:  # batching off, or the request is a full batch already
             preds, recorded = await self._classify(texts)
@@ -222,8 +232,8 @@ class FeedbackServer:
             start += len(texts)
         return out
 
-    async def _classify(self, texts: list[str]) -> tuple[list[dict], asyncio.Future]:
-        served = self.served  # read once: the whole batch is answered by one version
+    async def _classify(self, texts: list[str], served: Served | None = None) -> tuple[list[dict], asyncio.Future]:
+        served = served or self.served  # read once: the whole batch is answered by one version
         loop = asyncio.get_running_loop()
         preds, events = await loop.run_in_executor(self._infer_pool, classify, served, texts, self.policy_id,
                                                    self.replica, self.novelty, self.explore, self._rng)
@@ -249,7 +259,7 @@ class FeedbackServer:
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
         try:
             texts, single = parse_predict(parse_json(await request.body()), self.max_text_chars)
-            preds = await self._predict(texts)
+            preds = await self._predict(texts, request.headers.get(CLIENT_HEADER))
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail) from None
         return Prediction(**preds[0]) if single else PredictBatchResponse(predictions=preds)
@@ -342,7 +352,8 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
         num_replicas=cfg.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus},
     ).bind(publisher, joiner, registry_uri, cfg.policy_id, cfg.max_text_chars, cfg.max_batch_size,
            cfg.batch_wait_timeout_s, batching, novelty_policy_id,
-           (exploration or ExplorationSection()).model_dump())
+           (exploration or ExplorationSection()).model_dump(),
+           cfg.gate.canary.fraction if "canary" in cfg.gate.stages else None)
     serve.run(app, name=app_name, route_prefix=route_prefix, logging_config={"log_level": "WARNING"})
     return FeedbackApp(app_name, route_prefix, joiner)
 

@@ -39,6 +39,7 @@ from core.registry import LoadedPolicy, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_version
 from serving.adaptation import FeedbackAdaptation
 from serving.gate_adaptive import AdaptiveGate
+from serving.gate_canary import CanaryGate
 from serving.gate_lineage import events_seen, with_gate
 from serving.gate_ope import OffPolicyGate
 from serving.gate_publisher import as_publisher
@@ -78,9 +79,10 @@ class _PolicyState:
     recent: RecentSlice | None = None  # with adapt.enabled: feedback held out of training
     recent_refused: set[tuple[int, int]] = field(default_factory=set)  # (live, target) rollbacks the slice refused
     offpolicy: OPESlice | None = None  # with the `ope` stage: held-back live feedback
+    canary: Any = None  # serving/gate_canary.py `Canary`: the candidate on live traffic
 
 
-class PublishGate(AdaptiveGate, OffPolicyGate):
+class PublishGate(AdaptiveGate, OffPolicyGate, CanaryGate):
     """Scores candidates on the fixed held-out set and decides which go live.
 
     registry   the policy registry (or its URI); the source of truth for what is live
@@ -256,6 +258,9 @@ class PublishGate(AdaptiveGate, OffPolicyGate):
 
     # ---- internals (called with _eval held) -------------------------------------------------
     def _evaluate(self, policy_id: str, st: _PolicyState, weights: dict, files: dict, metadata: dict) -> dict[str, Any]:
+        busy = self._canary_busy(policy_id, st)
+        if busy is not None:
+            return busy
         t0 = time.perf_counter()
         events = events_seen(metadata)
         if events is not None:
@@ -283,14 +288,18 @@ class PublishGate(AdaptiveGate, OffPolicyGate):
         gate = {**result.to_dict(), "compared_with": live, "decided_at": time.time(), "eval_s": eval_s,
                 "stages": stages, **({"recent": recent} if recent else {})}
         meta = with_gate(metadata, live, result.candidate_accuracy, live_acc, gate)
-        if result.decision == "promote":
+        decision, reason = result.decision, result.reason
+        if decision == "promote" and "canary" in cfg.stages:
+            version = self._start_canary(policy_id, st, live, weights, files, meta, result.candidate_accuracy, live_acc)
+            decision, reason = "canary", f"{reason}; canary on {cfg.canary.fraction:.0%} of traffic"
+        elif decision == "promote":
             version = int(self.publisher.publish(policy_id, weights, meta, self.spec, files))
             self._went_live(st, version)
         else:
             version = self.registry.publish(policy_id, weights, meta, files=files)  # stored, never promoted
         with self._mu:
             st.correct[version] = correct
-        return self._record(policy_id, st, version, live, result.decision, result.reason,
+        return self._record(policy_id, st, version, live, decision, reason,
                             result.candidate_accuracy, live_acc, lineage_parent=meta["parent_version"], gate=gate)
 
     def _against_best(self, st: _PolicyState, live: int, correct: np.ndarray, result):

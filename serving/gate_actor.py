@@ -84,6 +84,9 @@ class GateActor:
     def offpolicy(self, policy_id: str, rows: list) -> int:
         return self.gate.offpolicy(policy_id, rows)
 
+    def canary(self, policy_id: str) -> dict | None:
+        return self.gate.canary(policy_id)
+
     def adaptation(self, policy_id: str) -> dict | None:
         return self.gate.adaptation(policy_id)
 

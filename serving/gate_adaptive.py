@@ -28,6 +28,7 @@ class AdaptiveGate:
         live version's values feed the drift detector; returns (and emits) new adaptation decisions.
         `recent`: labeled (text, label id) rows the learner never sees, for the recent slice;
         `inputs`: (version, novelty or None, predicted label id) of each answered request."""
+        self._canary_feed(policy_id, pairs)
         if not self.adapt.enabled:
             return []
         with self._mu:

@@ -55,4 +55,4 @@ class OffPolicyGate:
                 if verdict.decision != "promote":
                     return replace(result, decision="refuse", reason=verdict.reason), trail
                 result = replace(result, reason=f"{result.reason}; {verdict.reason}")
-        return result, trail
+        return result, trail  # `canary` runs after these, on live traffic (serving/gate_canary.py)

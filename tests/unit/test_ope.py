@@ -113,3 +113,50 @@ def test_bad_propensities_are_refused():
         Logged.of([0], [0.0], [1.0])
     with pytest.raises(ValueError, match="reward model"):
         estimate(np.ones((1, 2)) / 2, Logged.of([0], [0.5], [1.0]), "dr")
+
+
+def _stream(test, p_live: float, p_cand: float, share: float, rng, limit: int = 20000):
+    """Feed Bernoulli rewards until the test decides; returns (decision, candidate requests)."""
+    for _ in range(limit):
+        arm = "candidate" if rng.random() < share else "live"
+        test.add(arm, float(rng.random() < (p_cand if arm == "candidate" else p_live)))
+        decision, _ = test.decision()
+        if decision != "continue":
+            return decision, test.candidate.n
+    return "continue", test.candidate.n
+
+
+def test_canary_aborts_a_poisoned_candidate_within_a_few_dozen_requests():
+    from core.sequential import CanaryTest
+
+    exposures = []
+    for seed in range(20):
+        decision, n = _stream(CanaryTest(), 0.8, 0.3, 0.2, np.random.default_rng(seed))
+        assert decision == "abort"
+        exposures.append(n)
+    assert np.median(exposures) <= 60, exposures
+
+
+def test_canary_error_rates_hold_under_continuous_monitoring():
+    from core.sequential import CanaryTest
+
+    rng = np.random.default_rng(0)
+    equal = [_stream(CanaryTest(max_requests=1500), 0.8, 0.8, 0.2, rng)[0] for _ in range(40)]
+    assert equal.count("abort") <= 2  # alpha 0.05, read after every request
+    worse = [_stream(CanaryTest(max_requests=3000), 0.8, 0.7, 0.2, rng)[0] for _ in range(20)]
+    assert worse.count("abort") >= 18  # 10 points worse: caught before the cap
+
+
+def test_confidence_sequence_covers_the_mean_at_all_times():
+    from core.sequential import Arm
+
+    misses = 0
+    for seed in range(100):
+        rng, arm = np.random.default_rng(seed), Arm()
+        for _ in range(2000):
+            arm.add(float(rng.random() < 0.7))
+            lo, hi = arm.interval(0.05, 500)
+            if not lo <= 0.7 <= hi:
+                misses += 1
+                break
+    assert misses <= 8  # at most alpha of the runs ever leave it (asymptotically; a little slack)

