@@ -89,8 +89,8 @@ class CanarySection(Section):
     """The gate's canary stage: a share of live traffic answered by the candidate, judged by an
     always-valid sequential test on the feedback rewards (core/sequential.py)."""
 
-    fraction: float = Field(default=0.1, gt=0, lt=1)  # of predict requests, sticky per client key
-    max_requests: int = Field(default=2000, ge=10)  # the candidate's exposure cap (joined feedbacks)
+    fraction: float = Field(default=0.2, gt=0, lt=1)  # of predict requests, sticky per client key
+    max_requests: int = Field(default=500, ge=10)  # the candidate's exposure cap (joined feedbacks)
     min_requests: int = Field(default=30, ge=2)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     n_opt: int = Field(default=500, ge=10)  # where the confidence sequence is tightest

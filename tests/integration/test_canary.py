@@ -1,0 +1,155 @@
+"""A canary under live traffic on a real Ray cluster: sticky per client, a poisoned candidate aborted, no failed request.
+
+One cluster for the module: the real PolicyPublisher, GateActor (`gate.stages: [canary]`),
+joiner and feedback app.  The users in this test agree with the live version (each
+feedback's label is what live answers), so live's reward is 1 and the poisoned candidate
+(live's head flipped) earns 0: the sequential test must abort it quickly.
+"""
+
+import json
+import threading
+import time
+from collections import defaultdict
+
+import httpx
+import numpy as np
+import pytest
+import ray
+from ray import serve
+from transformers import BertConfig
+
+from core.feedback_config import FeedbackConfig
+from core.text_classifier import from_encoder, from_version
+from core.text_corpus import review_texts
+from core.tokenizer import tokenizer_files, train_wordpiece
+from serving.feedback_app import CLIENT_HEADER, deploy_feedback_app, stop_joiner, undeploy_feedback_app
+from serving.gate_actor import GateActor, gate_name
+from serving.publisher import PolicyPublisher
+from tests.conftest import free_port
+from tests.integration.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+POLICY = "sentiment"
+LABELS = ["neg", "pos"]
+
+
+@pytest.fixture(scope="module")
+def canary_world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("canary")
+    ray.init(num_cpus=2, include_dashboard=False, namespace="canary-test", log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+        registry = str(tmp / "registry")
+        publisher = PolicyPublisher.options(name="canary-test-publisher").remote(registry)
+        texts = review_texts()[::50][:600]
+        tok = train_wordpiece(texts, vocab_size=800, min_frequency=1)
+        config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=128, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+        files = {**tokenizer_files(tok), "config.json": json.dumps(config.to_dict(), default=str).encode()}
+        live = from_encoder(None, files, LABELS, seed=0)
+        cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=60, max_batch_size=8, batch_wait_timeout_s=0.005)
+        cfg.gate.stages = ["canary"]
+        cfg.gate.canary.fraction, cfg.gate.canary.min_requests = 0.3, 20
+        cfg.data.max_heldout = 50
+        gate = GateActor.options(name=gate_name(POLICY)).remote(
+            registry, cfg.data.model_dump(mode="json"), cfg.gate.model_dump(), "canary-test-publisher", torch_threads=1)
+        weights = {k: v.numpy() for k, v in live.weights().items()}
+        assert ray.get(gate.bootstrap.remote(POLICY, weights, live.files()), timeout=120)["version"] == 1
+        app = deploy_feedback_app(publisher, registry, cfg, None, gate_name=gate_name(POLICY))
+        http = f"http://127.0.0.1:{port}/v1"
+        wait_until(lambda: httpx.post(f"{http}/predict", json={"text": "很好"}, timeout=30).status_code == 200, 90,
+                   "version 1 served")
+        poisoned = {k: v.copy() for k, v in weights.items()}
+        poisoned["head.weight"], poisoned["head.bias"] = weights["head.weight"][::-1].copy(), weights["head.bias"][::-1].copy()
+        agreed = [LABELS[k] for k in from_version(weights, live.files()).predict_proba(texts).argmax(1)]
+        yield {"http": http, "gate": gate, "agreed": agreed, "poisoned": poisoned,
+               "files": live.files(), "texts": texts, "app": app}
+        undeploy_feedback_app()
+        stop_joiner()
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+class Users:
+    """Threads of users with stable keys: predict, then feedback with the label live would give."""
+
+    def __init__(self, world, threads: int = 4, keys: int = 40):
+        self.world, self.keys = world, [f"user-{k}" for k in range(keys)]
+        self.seen: list[tuple[float, str, int]] = []  # (time, client key, answering version)
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        rng = np.random.default_rng(i)
+        texts, agreed, http = self.world["texts"], self.world["agreed"], self.world["http"]
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.is_set():
+                key, i = self.keys[rng.integers(len(self.keys))], int(rng.integers(len(texts)))
+                try:
+                    r = client.post(f"{http}/predict", json={"text": texts[i]}, headers={CLIENT_HEADER: key})
+                except Exception as exc:  # a client error is a failed request too
+                    with self.lock:
+                        self.failed.append(f"predict {exc!r}")
+                    continue
+                if r.status_code != 200:
+                    with self.lock:
+                        self.failed.append(f"predict {r.status_code} {r.text[:200]}")
+                    continue
+                answer = r.json()
+                with self.lock:
+                    self.seen.append((time.time(), key, answer["model_version"]))
+                f = client.post(f"{http}/feedback", json={"event_id": answer["event_id"], "label": agreed[i]})
+                if f.status_code != 200:
+                    with self.lock:
+                        self.failed.append(f"feedback {f.status_code} {f.text[:200]}")
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def _no_failures(users: Users) -> bool:
+    assert users.failed == [], users.failed[:3]
+    return True
+
+
+def test_a_poisoned_canary_is_aborted_and_traffic_returns_to_live(canary_world):
+    w, gate = canary_world, canary_world["gate"]
+    with Users(w) as users:
+        wait_until(lambda: _no_failures(users) and len(users.seen) >= 40, 180, "traffic on version 1")
+        started = ray.get(gate.submit.remote(POLICY, w["poisoned"], w["files"], {}), timeout=120)
+        assert started["decision"] == "canary" and started["version"] == 2
+        wait_until(lambda: any(v == 2 for _, _, v in users.seen), 60, "the canary answering some clients")
+        first_canary = min(t for t, _, v in users.seen if v == 2)
+        wait_until(lambda: ray.get(gate.canary.remote(POLICY)) is None, 120, "the canary decided")
+        ended_at = time.time()
+        time.sleep(3)  # replicas re-read the registry's canary stage every second
+        back = len(users.seen)
+        wait_until(lambda: len(users.seen) >= back + 60, 60, "traffic after the canary")
+    events = ray.get(gate.drain_events.remote())
+    ended = [e for e in events if e["event"] == "canary_ended"]
+    assert len(ended) == 1 and ended[0]["decision"] == "refuse", ended
+    assert ended[0]["diff_cs"][1] < 0 and ended[0]["candidate_requests"] <= 300
+    assert users.failed == [], users.failed[:5]
+    during = defaultdict(set)
+    for t, key, v in users.seen:
+        if first_canary + 1.5 <= t <= ended_at:  # every replica follows the canary by then
+            during[key].add(v)
+    assert all(len(vs) == 1 for vs in during.values()), {k: vs for k, vs in during.items() if len(vs) > 1}
+    assert {2} in during.values() and {1} in during.values()  # some clients on each side
+    assert {v for _, _, v in users.seen[back:]} == {1}  # 100 % back on live
+    summary = ray.get(gate.summary.remote(POLICY))
+    assert summary["live_version"] == 1
+    print(f"canary aborted after {ended[0]['candidate_requests']} candidate requests "
+          f"({ended[0]['duration_s']} s); {len(users.seen)} requests, 0 failed")
