@@ -14,6 +14,7 @@ def describe_policies(registry: PolicyRegistry, max_versions: int = 20) -> dict[
         versions = registry.versions(policy_id)
         stages = registry.stages(policy_id)
         live = (stages.get("live") or {}).get("version")
+        canary = (stages.get("canary") or {}).get("version")  # a candidate on live traffic now
         shown = []
         for v in versions[-max_versions:]:
             meta = registry.get(policy_id, v)
@@ -26,6 +27,7 @@ def describe_policies(registry: PolicyRegistry, max_versions: int = 20) -> dict[
                     "data_range": meta.data_range,
                     "gate": meta.gate,
                     "live": v == live,
+                    "canary": v == canary,
                 }
             )
         policies.append(

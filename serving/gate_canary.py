@@ -40,6 +40,8 @@ class CanaryGate:
                       acc: float, live_acc: float) -> int:
         """Store the candidate and point the `canary` stage at it; call under _eval."""
         c = self.config.canary
+        meta["gate"] = {**meta["gate"], "decision": "canary",
+                        "reason": f"{meta['gate'].get('reason')}; canary on {c.fraction:.0%} of traffic"}
         version = self.registry.publish(policy_id, weights, meta, files=files)
         test = CanaryTest(tolerance=self.config.tolerance, alpha=c.alpha, max_requests=c.max_requests,
                           min_requests=c.min_requests, n_opt=c.n_opt)

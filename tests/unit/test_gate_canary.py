@@ -33,6 +33,7 @@ def test_a_poisoned_canary_is_aborted_and_an_equal_one_promoted_at_the_cap(tmp_p
     bad = gate.submit(P, world["better"], world["files"], {})
     assert bad["decision"] == "canary" and registry.stages(P)["canary"]["version"] == 2
     assert registry.latest(P, "live").version == 1 and gate.canary(P)["version"] == 2
+    assert registry.get(P, 2).gate["decision"] == "canary"  # what /v1/models shows while it runs
     assert gate.submit(P, world["base"], world["files"], {})["decision"] == "dropped"  # one at a time
     _feed(gate, rng, 1, 0.8, 2, 0.2, 400)  # v2 does badly on live traffic
     assert gate.canary(P) is None and registry.stages(P)["canary"]["version"] is None
