@@ -20,6 +20,7 @@ Plain logic; `serving/gate_ope.py` owns one per policy.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -42,6 +43,7 @@ class OPESlice:
     def __init__(self, size: int, min_rows: int):
         self.rows: deque[tuple[str, int, float, float, int]] = deque(maxlen=size)
         self.min_rows = min_rows
+        self._lock = threading.Lock()  # the joiner's rows arrive on another gate thread while a candidate is scored
 
     def add(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Joined rows: text, prediction (the served label), propensity, and label and / or reward."""
@@ -53,20 +55,24 @@ class OPESlice:
             mu = r.get("propensity")
             if reward is None or mu is None or not 0 < float(mu) <= 1:
                 continue  # nothing to learn from, or logged before propensities were
-            self.rows.append((str(r["text"]), action, float(mu), float(reward), label))
+            with self._lock:
+                self.rows.append((str(r["text"]), action, float(mu), float(reward), label))
             added += 1
         return added
 
     def ready(self) -> bool:
-        return len(self.rows) >= self.min_rows
+        with self._lock:
+            return len(self.rows) >= self.min_rows
 
     def judge(self, candidate: ClassifierBundle, live: ClassifierBundle, cfg: GateSection,
               seed: int = 0) -> OPEVerdict:
         ope = cfg.ope
-        if not self.ready():
-            return OPEVerdict("refuse", f"not enough off-policy evidence yet: {len(self.rows)} of "
-                                        f"{self.min_rows} held-back feedback rows", {"n": len(self.rows)})
-        texts, actions, mu, rewards, labels = zip(*self.rows)
+        with self._lock:
+            rows = list(self.rows)  # both models are scored on the same rows
+        if len(rows) < self.min_rows:
+            return OPEVerdict("refuse", f"not enough off-policy evidence yet: {len(rows)} of "
+                                        f"{self.min_rows} held-back feedback rows", {"n": len(rows)})
+        texts, actions, mu, rewards, labels = zip(*rows)
         logged = Logged.of(actions, mu, rewards, labels)
         live_probs = live.predict_proba(list(texts))
         cand_probs = candidate.predict_proba(list(texts))

@@ -16,6 +16,7 @@ Plain logic; `serving/gate.py` owns one per policy.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any, Iterable, Sequence
 
@@ -32,26 +33,38 @@ class RecentSlice:
         self.min_rows = min_rows
         self.added = 0  # rows ever added: how much the slice changed since a verdict
         self._verdicts: dict[tuple[int, int], tuple[int, tuple[bool, float, float]]] = {}
+        # the joiner's rows arrive on another gate thread while a candidate is scored
+        self._lock = threading.Lock()
 
     def add(self, rows: Iterable[Sequence[Any]]) -> None:
         new = [(str(t), int(y)) for t, y in rows]
-        self.rows.extend(new)
-        self.added += len(new)
+        with self._lock:
+            self.rows.extend(new)
+            self.added += len(new)
+
+    def snapshot(self) -> list[tuple[str, int]]:
+        """The rows now: both sides of a comparison are scored on the same ones."""
+        with self._lock:
+            return list(self.rows)
 
     def ready(self) -> bool:
-        return len(self.rows) >= self.min_rows
+        with self._lock:
+            return len(self.rows) >= self.min_rows
 
-    def correct(self, bundle: ClassifierBundle, batch: int = 128) -> np.ndarray:
-        texts, labels = zip(*self.rows)
+    @staticmethod
+    def correct(bundle: ClassifierBundle, rows: Sequence[tuple[str, int]], batch: int = 128) -> np.ndarray:
+        texts, labels = zip(*rows)
         return bundle.predict_proba(list(texts), batch=batch).argmax(-1) == np.asarray(labels)
 
     def compare(self, candidate: ClassifierBundle, live: ClassifierBundle, cfg: GateSection, seed: int = 0) -> GateResult:
-        return compare(self.correct(candidate), self.correct(live), test=cfg.test, tolerance=cfg.tolerance,
-                       alpha=cfg.alpha, bootstrap_samples=cfg.bootstrap_samples, seed=seed)
+        rows = self.snapshot()
+        return compare(self.correct(candidate, rows), self.correct(live, rows), test=cfg.test,
+                       tolerance=cfg.tolerance, alpha=cfg.alpha, bootstrap_samples=cfg.bootstrap_samples, seed=seed)
 
     def better(self, target: ClassifierBundle, live: ClassifierBundle) -> tuple[bool, float, float]:
         """(target better than live on the slice, target's accuracy, live's)."""
-        t, l = float(self.correct(target).mean()), float(self.correct(live).mean())
+        rows = self.snapshot()
+        t, l = float(self.correct(target, rows).mean()), float(self.correct(live, rows).mean())
         return t > l, t, l
 
     def better_cached(self, key: tuple[int, int], target, live) -> tuple[bool, float, float]:
