@@ -94,7 +94,10 @@ class CanaryGate:
             self.publisher.restore(policy_id, canary.weights, canary.version, self.spec)
             self._went_live(st, canary.version)
         elif evidence["decision"] == "promote":  # live moved meanwhile (a rollback, the CLI): judged against another
-            evidence["decision"], reason = "refuse", f"{reason}; but live changed to v{live_now} meanwhile"
+            reason = f"{reason}; but live changed to v{live_now} meanwhile"
+            evidence.update(decision="refuse", reason=reason)
+            gate.update(decision="refuse", reason=reason)
+            self.registry.update_metadata(policy_id, canary.version, gate=gate)
         self._emit("canary_ended", policy_id=policy_id, version=canary.version, **evidence)
         self._record(policy_id, st, canary.version, canary.live, evidence["decision"], reason,
                      canary.heldout_accuracy, canary.live_accuracy, lineage_parent=canary.meta.get("parent_version"),

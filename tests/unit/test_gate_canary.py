@@ -51,3 +51,19 @@ def test_a_poisoned_canary_is_aborted_and_an_equal_one_promoted_at_the_cap(tmp_p
     assert gate.summary(P)["live_version"] == 3
     decisions = [(f["version"], f["decision"]) for k, f in events if k == "gate_decision"]
     assert decisions == [(1, "initial"), (2, "canary"), (2, "refuse"), (3, "canary"), (3, "promote")]
+
+
+def test_a_canary_judged_against_a_live_version_that_changed_meanwhile_is_not_promoted(tmp_path, world):
+    registry = PolicyRegistry(tmp_path / "registry")
+    events = []
+    cfg = GateSection(stages=["canary"], canary=CanarySection(min_requests=20, max_requests=60))
+    gate = PublishGate(registry, world["heldout"], cfg, publisher=FakePublisher(registry),
+                       emit=lambda kind, **fields: events.append((kind, fields)))
+    _start(gate, world)
+    assert gate.submit(P, world["better"], world["files"], {})["decision"] == "canary"
+    v3 = registry.publish(P, world["base"], files=world["files"])
+    registry.promote(P, v3)  # the CLI moves live while the canary runs
+    _feed(gate, np.random.default_rng(1), 1, 0.8, 2, 0.8, 1000)
+    ended = [f for k, f in events if k == "canary_ended"][-1]
+    assert ended["decision"] == "refuse" and "live changed to v3" in ended["reason"]
+    assert registry.get(P, 2).gate["decision"] == "refuse" and registry.latest(P, "live").version == v3
