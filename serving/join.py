@@ -104,7 +104,7 @@ class EventJoin:
         self.feedback_table, self.text_table, self.clock = feedback_table, text_table, clock
         self.events: OrderedDict[str, Event] = OrderedDict()  # insertion (= time) order: evict from the front
         self.tombs: OrderedDict[str, Tombstone] = OrderedDict()
-        self.scores: dict[int, deque[float]] = {}  # policy_version -> last `window` scores
+        self.scores: dict[int, deque[tuple[float, float]]] = {}  # version -> last `window` (value, weight)
         self.stats = JoinStats()
 
     # ---- events ------------------------------------------------------------------
@@ -168,8 +168,7 @@ class EventJoin:
         ev.feedback = key
         ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
         text, ev.text = ev.text, ""  # the row has it; the event only answers repeats from now on
-        # prequential score of the version that predicted: the label's verdict, else the reward itself
-        self._score(ev.policy_version, float(correct) if correct is not None else float(reward))
+        self._score(ev.policy_version, *_greedy_verdict(ev, label_idx, reward))
         self.stats.joined += 1
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
             "event_id": event_id, "text": text, "prediction": ev.prediction, "probs": list(ev.probs),
@@ -182,17 +181,25 @@ class EventJoin:
     def prequential(self) -> dict[int, tuple[float, int]]:
         """{policy_version: (correct, n)} over each version's last `window` feedbacks.
 
-        `correct` sums 1/0 for labeled feedback and the reward itself for reward-only
-        feedback (reward 1 = the prediction was right), so correct / n is an accuracy.
+        correct / n is the version's accuracy as it would answer greedily, the figure the gate
+        measured on the held-out set: 1/0 for labeled feedback (the label against the version's
+        argmax), the reward for reward-only feedback.  With exploration the served answer is
+        sometimes not the argmax; its reward then says nothing about the greedy answer, and the
+        window is self-normalised over the rows served greedily, each weighted 1 / propensity.
         """
-        return {v: (float(sum(s)), len(s)) for v, s in sorted(self.scores.items())}
+        out = {}
+        for v, s in sorted(self.scores.items()):
+            weight = sum(w for _, w in s)
+            if weight > 0:
+                out[v] = (sum(x * w for x, w in s) / weight * len(s), len(s))
+        return out
 
-    def _score(self, version: int, value: float) -> None:
+    def _score(self, version: int, value: float, weight: float) -> None:
         if version not in self.scores:
             self.scores[version] = deque(maxlen=self.window)
             for old in sorted(self.scores)[:-MAX_VERSIONS_TRACKED]:
                 del self.scores[old]
-        self.scores[version].append(value)
+        self.scores[version].append((value, weight))
 
     # ---- memory ------------------------------------------------------------------
     def _evict(self, now: float) -> None:
@@ -232,6 +239,16 @@ class EventJoin:
         return {"id": row_id, "table": table, "source": "feedback", "actor_id": ev.actor_id,
                 "policy_id": ev.policy_id, "policy_version": ev.policy_version,
                 "created_at": datetime.fromtimestamp(now, timezone.utc)}
+
+
+def _greedy_verdict(ev: Event, label: int | None, reward: float | None) -> tuple[float, float]:
+    """(value, weight) of one feedback for the version's greedy accuracy (EventJoin.prequential)."""
+    greedy = max(range(len(ev.probs)), key=ev.probs.__getitem__)
+    if label is not None:
+        return float(label == greedy), 1.0
+    if ev.propensity is None or ev.propensity >= 1.0:
+        return float(reward), 1.0
+    return float(reward), (1.0 / ev.propensity if ev.prediction == greedy else 0.0)
 
 
 def _check_reward(reward: Any) -> float | None:
@@ -336,8 +353,9 @@ class Joiner:
             self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined, recent, inputs)
             if offpolicy:
                 self._gate.offpolicy.remote(self.policy_id, offpolicy)
-            correct, n = self.join.prequential()[version]
-            self._gate.check_window.remote(self.policy_id, version, correct, n)
+            window = self.join.prequential().get(version)  # None: nothing served greedily yet
+            if window is not None:
+                self._gate.check_window.remote(self.policy_id, version, *window)
         except Exception as exc:  # the gate is restarting or gone: the next push tries again
             self._gate = None
             log.warning("feedback joiner: cannot reach gate %r: %s", self.gate_name, exc)

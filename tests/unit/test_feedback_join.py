@@ -155,6 +155,22 @@ def test_prequential_accuracy_per_version_over_a_window(join):
     assert join.prequential() == {1: (2.0, 4), 2: (1.5, 2)}
 
 
+def test_prequential_judges_the_greedy_answer_when_serving_explores(clock):
+    join = EventJoin(60.0, clock=clock, window=10)
+    # probs say the greedy answer is 1; events 0-1 were served 1 (propensity 0.8), 2-3 explored to 0
+    events = [{**_event(i, prediction=1 if i < 2 else 0), "probs": [0.2, 0.8], "propensity": 0.8 if i < 2 else 0.2}
+              for i in range(5)]
+    join.record(events)
+    join.join("e0", reward=1.0)
+    join.join("e1", reward=0.0)
+    join.join("e2", reward=1.0)  # the explored answer was right: says nothing about the greedy one
+    join.join("e3", reward=0.0)
+    assert join.prequential() == {3: (0.5 * 4, 4)}  # (1 + 0) / 2 over the greedy-served rows
+    join.join("e4", label=1)  # a label judges the greedy answer whatever was served (0 here)
+    correct, n = join.prequential()[3]
+    assert n == 5 and correct == pytest.approx((1.25 + 0 + 1) / (1.25 + 1.25 + 1) * 5)
+
+
 def test_bad_event_ids_are_422(join):
     assert _status(join.join, "", label="pos")[0] == 422
     assert _status(join.join, "x" * 500, label="pos")[0] == 422
