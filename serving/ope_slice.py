@@ -8,7 +8,9 @@ candidate is judged on it against live:
     targets      each model's greedy answer on the slice's texts (what it would serve)
     reward model live's class probabilities (the doubly robust estimate's q)
     estimate     core.ope.compare: candidate and live values and the paired difference, with a
-                 bootstrap interval; refuse when the whole interval lies below -tolerance
+                 bootstrap interval; refuse when the whole interval lies below -tolerance, or
+                 when the observed difference does (the held-out stage's rule, core/gate_stats.py:
+                 a candidate is never promoted on the strength of a wide interval alone)
 
 Labeled rows count as full information (the label names the reward of every
 answer); reward-only rows (`p_label: 0`) are reweighted by their propensity.
@@ -86,6 +88,9 @@ class OPESlice:
                    f"live {l.value:.3f}, diff {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
         if d.high < -cfg.tolerance:
             return OPEVerdict("refuse", f"{summary}: worse than live beyond {cfg.tolerance:.3f}", evidence)
+        if d.value < -cfg.tolerance:
+            return OPEVerdict("refuse", f"{summary}: observed worse than live beyond {cfg.tolerance:.3f}",
+                              evidence)
         return OPEVerdict("promote", f"{summary}: not worse than live beyond {cfg.tolerance:.3f}", evidence)
 
 

@@ -65,9 +65,9 @@ def test_stages_run_in_order_and_each_leaves_its_verdict(tmp_path, world):
     gate.offpolicy(P, _logged_rows(world, 400, 0.0))
     bad = gate.submit(P, world["poisoned"], world["files"], {})
     assert [s["stage"] for s in registry.get(P, bad["version"]).gate["stages"]] == ["heldout"]  # refused first
-    good = gate.submit(P, world["better"], world["files"], {})
+    good = gate.submit(P, world["base"], world["files"], {})  # "better" on the held-out set, not on this traffic
     stages = registry.get(P, good["version"]).gate["stages"]
-    assert good["decision"] == "promote" and [s["stage"] for s in stages] == ["heldout", "ope"]
+    assert good["decision"] == "promote" and [s["stage"] for s in stages] == ["heldout", "ope"], good["reason"]
     assert all(s["decision"] == "promote" for s in stages)
 
 
@@ -75,3 +75,35 @@ def test_rows_without_a_propensity_are_not_evidence(tmp_path, world):
     gate, _ = _gate(tmp_path, world, ["ope"], [])
     assert gate.offpolicy(P, [{"text": "x", "prediction": 0, "propensity": None, "label": 1, "reward": None},
                               {"text": "y", "prediction": 0, "propensity": 0.5, "label": None, "reward": None}]) == 0
+
+
+class _Fixed:
+    """A model whose answers are given: its probabilities put 0.9 on `answers`."""
+
+    def __init__(self, answers):
+        self.answers = np.asarray(answers)
+
+    def predict_proba(self, texts):
+        p = np.full((len(texts), 2), 0.1)
+        p[np.arange(len(texts)), self.answers[: len(texts)]] = 0.9
+        return p
+
+
+def test_a_candidate_observed_worse_than_the_tolerance_is_refused_though_its_interval_is_wide():
+    from serving.ope_slice import OPESlice
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(0, 2, n)
+    live = np.where(rng.random(n) < 0.85, labels, 1 - labels)
+    cand = live.copy()
+    cand[np.flatnonzero(live == labels)[:7]] ^= 1  # 1.75 points worse on these rows
+    slice_ = OPESlice(size=n, min_rows=100)
+    served = np.where(rng.random(n) < 0.8, live, 1 - live)  # epsilon-like logging, rewards only
+    slice_.add({"text": str(i), "prediction": int(a), "propensity": 0.8 if a == live[i] else 0.2,
+                "label": None, "reward": float(a == labels[i])} for i, a in enumerate(served))
+    verdict = slice_.judge(_Fixed(cand), _Fixed(live), GateSection(stages=["ope"], tolerance=0.01,
+                                                                   ope=OPESection(bootstrap_samples=200)))
+    ev = verdict.evidence
+    assert ev["diff"] < -0.01 and ev["diff_ci"][1] >= -0.01, ev  # the interval alone would promote
+    assert verdict.decision == "refuse" and "observed worse" in verdict.reason
