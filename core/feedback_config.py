@@ -85,6 +85,20 @@ class OPESection(Section):
     bootstrap_samples: int = Field(default=500, ge=50)
 
 
+class ShadowSection(Section):
+    """The gate's shadow stage: the candidate also answers a share of live requests (clients get live's
+    answer); its answers, joined with the feedback, are judged against live's off-policy (core/ope.py)."""
+
+    fraction: float = Field(default=0.5, gt=0, le=1)  # of predict requests, drawn per request
+    min_rows: int = Field(default=300, ge=10)  # joined feedbacks with a shadow answer before it decides
+    # A shadow that gathers fewer rows in this long is refused for lack of evidence, so a quiet
+    # endpoint never holds the gate (newer candidates are dropped while a shadow runs).
+    max_s: float = Field(default=1800.0, gt=0)
+    method: Literal["ips", "snips", "dr"] = "dr"
+    level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval on candidate - live
+    bootstrap_samples: int = Field(default=500, ge=50)
+
+
 class CanarySection(Section):
     """The gate's canary stage: a share of live traffic answered by the candidate, judged by an
     always-valid sequential test on the feedback rewards (core/sequential.py)."""
@@ -102,18 +116,24 @@ class GateSection(Section):
     # In order; a candidate refused by one never reaches the next.  `heldout`: the paired test on
     # the fixed held-out set (always scored: its accuracy is the lineage's `heldout_accuracy`);
     # `ope`: the candidate's off-policy estimate on held-back live feedback against live's;
+    # `shadow`: it also answers a share of live requests, judged on their feedback (clients get live's);
     # `canary` (last): it answers a share of live traffic until a sequential test decides.
-    stages: list[Literal["heldout", "ope", "canary"]] = Field(default_factory=lambda: ["heldout"], min_length=1)
+    stages: list[Literal["heldout", "ope", "shadow", "canary"]] = Field(default_factory=lambda: ["heldout"],
+                                                                         min_length=1)
     ope: OPESection = Field(default_factory=OPESection)
+    shadow: ShadowSection = Field(default_factory=ShadowSection)
     canary: CanarySection = Field(default_factory=CanarySection)
 
     @field_validator("stages")
     @classmethod
-    def _canary_last(cls, v: list[str]) -> list[str]:
-        if "canary" in v and v[-1] != "canary":
-            raise ValueError("`canary` must be the last gate stage: it decides on live traffic, after the others")
+    def _live_stages_last(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"each gate stage at most once, got {v}")
+        if "canary" in v and v[-1] != "canary":
+            raise ValueError("`canary` must be the last gate stage: it decides on live traffic, after the others")
+        if "shadow" in v and v[v.index("shadow") + 1:] not in ([], ["canary"]):
+            raise ValueError(f"`shadow` runs on live traffic after `heldout` and `ope`, only `canary` may follow "
+                             f"it; got {v}")
         return v
 
     test: Literal["mcnemar", "bootstrap"] = "mcnemar"

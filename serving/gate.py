@@ -43,6 +43,7 @@ from serving.gate_canary import CanaryGate
 from serving.gate_lineage import events_seen, with_gate
 from serving.gate_ope import OffPolicyGate
 from serving.gate_publisher import as_publisher
+from serving.gate_shadow import ShadowGate
 from serving.ope_slice import OPESlice
 from serving.recent_slice import RecentSlice
 from serving.rollback import GateError, rollback_registry, rollback_target
@@ -80,9 +81,10 @@ class _PolicyState:
     recent_refused: set[tuple[int, int]] = field(default_factory=set)  # (live, target) rollbacks the slice refused
     offpolicy: OPESlice | None = None  # with the `ope` stage: held-back live feedback
     canary: Any = None  # serving/gate_canary.py `Canary`: the candidate on live traffic
+    shadow: Any = None  # serving/gate_shadow.py `Shadow`: the candidate answering beside live
 
 
-class PublishGate(AdaptiveGate, OffPolicyGate, CanaryGate):
+class PublishGate(AdaptiveGate, OffPolicyGate, ShadowGate, CanaryGate):
     """Scores candidates on the fixed held-out set and decides which go live.
 
     registry   the policy registry (or its URI); the source of truth for what is live
@@ -258,7 +260,7 @@ class PublishGate(AdaptiveGate, OffPolicyGate, CanaryGate):
 
     # ---- internals (called with _eval held) -------------------------------------------------
     def _evaluate(self, policy_id: str, st: _PolicyState, weights: dict, files: dict, metadata: dict) -> dict[str, Any]:
-        busy = self._canary_busy(policy_id, st)
+        busy = self._shadow_busy(policy_id, st) or self._canary_busy(policy_id, st)
         if busy is not None:
             return busy
         t0 = time.perf_counter()
@@ -289,7 +291,10 @@ class PublishGate(AdaptiveGate, OffPolicyGate, CanaryGate):
                 "stages": stages, **({"recent": recent} if recent else {})}
         meta = with_gate(metadata, live, result.candidate_accuracy, live_acc, gate)
         decision, reason = result.decision, result.reason
-        if decision == "promote" and "canary" in cfg.stages:
+        if decision == "promote" and "shadow" in cfg.stages:
+            version = self._start_shadow(policy_id, st, live, weights, files, meta, result.candidate_accuracy, live_acc)
+            decision, reason = "shadow", f"{reason}; shadow on {cfg.shadow.fraction:.0%} of requests"
+        elif decision == "promote" and "canary" in cfg.stages:
             version = self._start_canary(policy_id, st, live, weights, files, meta, result.candidate_accuracy, live_acc)
             decision, reason = "canary", f"{reason}; canary on {cfg.canary.fraction:.0%} of traffic"
         elif decision == "promote":

@@ -84,6 +84,13 @@ class GateActor:
     def offpolicy(self, policy_id: str, rows: list) -> int:
         return self.gate.offpolicy(policy_id, rows)
 
+    @ray.method(concurrency_group="feedback")
+    def shadow_rows(self, policy_id: str, rows: list) -> int:
+        return self.gate.shadow_rows(policy_id, rows)
+
+    def shadow(self, policy_id: str) -> dict | None:
+        return self.gate.shadow(policy_id)
+
     def canary(self, policy_id: str) -> dict | None:
         return self.gate.canary(policy_id)
 

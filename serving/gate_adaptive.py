@@ -29,6 +29,7 @@ class AdaptiveGate:
         `recent`: labeled (text, label id) rows the learner never sees, for the recent slice;
         `inputs`: (version, novelty or None, predicted label id) of each answered request."""
         self._canary_feed(policy_id, pairs)
+        self.shadow_rows(policy_id, ())  # a shadow past `max_s` ends even when none of its rows arrive
         if not self.adapt.enabled:
             return []
         with self._mu:

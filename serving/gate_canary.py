@@ -39,17 +39,25 @@ class CanaryGate:
     def _start_canary(self, policy_id: str, st: Any, live: int, weights: dict, files: dict, meta: dict,
                       acc: float, live_acc: float) -> int:
         """Store the candidate and point the `canary` stage at it; call under _eval."""
-        c = self.config.canary
-        meta["gate"] = {**meta["gate"], "decision": "canary",
-                        "reason": f"{meta['gate'].get('reason')}; canary on {c.fraction:.0%} of traffic"}
+        meta["gate"] = self._canary_gate(meta["gate"])
         version = self.registry.publish(policy_id, weights, meta, files=files)
+        self._run_canary(policy_id, st, version, live, weights, meta, acc, live_acc)
+        return version
+
+    def _canary_gate(self, gate: dict) -> dict:
+        return {**gate, "decision": "canary",
+                "reason": f"{gate.get('reason')}; canary on {self.config.canary.fraction:.0%} of traffic"}
+
+    def _run_canary(self, policy_id: str, st: Any, version: int, live: int, weights: dict, meta: dict,
+                    acc: float, live_acc: float) -> None:
+        """Point the `canary` stage at a stored version (its metadata says `canary`); call under _eval."""
+        c = self.config.canary
         test = CanaryTest(tolerance=self.config.tolerance, alpha=c.alpha, max_requests=c.max_requests,
                           min_requests=c.min_requests, n_opt=c.n_opt)
         with self._mu:
             st.canary = Canary(version, live, test, weights, meta, heldout_accuracy=acc, live_accuracy=live_acc)
         self.registry.promote(policy_id, version, stage=STAGE)
         self._emit("canary_started", policy_id=policy_id, version=version, live=live, fraction=c.fraction)
-        return version
 
     def _canary_busy(self, policy_id: str, st: Any) -> dict | None:
         canary = st.canary

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from core.feedback_config import GateSection
-from core.ope import Logged, compare
+from core.ope import Estimate, Logged, compare
 from core.text_classifier import ClassifierBundle
 
 
@@ -78,23 +78,30 @@ class OPESlice:
         logged = Logged.of(actions, mu, rewards, labels)
         live_probs = live.predict_proba(list(texts))
         cand_probs = candidate.predict_proba(list(texts))
-        c, l, d = compare(_greedy(cand_probs), _greedy(live_probs), logged, ope.method, reward_model=live_probs,
+        c, l, d = compare(greedy(cand_probs), greedy(live_probs), logged, ope.method, reward_model=live_probs,
                           samples=ope.bootstrap_samples, level=ope.level, seed=seed)
-        evidence = {"method": ope.method, "n": d.n, "labeled": d.labeled, "ess": round(d.ess, 1),
-                    "candidate": round(c.value, 4), "candidate_ci": [round(c.low, 4), round(c.high, 4)],
-                    "live": round(l.value, 4), "diff": round(d.value, 4), "diff_ci": [round(d.low, 4), round(d.high, 4)],
-                    "level": ope.level}
-        summary = (f"off-policy ({ope.method}, {d.n} rows, {d.labeled} labeled): candidate {c.value:.3f}, "
-                   f"live {l.value:.3f}, diff {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
-        if d.high < -cfg.tolerance:
-            return OPEVerdict("refuse", f"{summary}: worse than live beyond {cfg.tolerance:.3f}", evidence)
-        if d.value < -cfg.tolerance:
-            return OPEVerdict("refuse", f"{summary}: observed worse than live beyond {cfg.tolerance:.3f}",
-                              evidence)
-        return OPEVerdict("promote", f"{summary}: not worse than live beyond {cfg.tolerance:.3f}", evidence)
+        return decide(c, l, d, cfg.tolerance, "off-policy")
 
 
-def _greedy(probs: np.ndarray) -> np.ndarray:
+def decide(c: Estimate, l: Estimate, d: Estimate, tolerance: float, what: str) -> OPEVerdict:
+    """The decision rule on a paired comparison (candidate, live, candidate - live): refuse when the
+    whole interval on the difference lies below -tolerance, or the observed difference does (the
+    held-out stage's rule: never promoted on the strength of a wide interval alone)."""
+    evidence = {"method": d.method, "n": d.n, "labeled": d.labeled, "ess": round(d.ess, 1),
+                "candidate": round(c.value, 4), "candidate_ci": [round(c.low, 4), round(c.high, 4)],
+                "live": round(l.value, 4), "diff": round(d.value, 4), "diff_ci": [round(d.low, 4), round(d.high, 4)],
+                "level": d.level}
+    summary = (f"{what} ({d.method}, {d.n} rows, {d.labeled} labeled): candidate {c.value:.3f}, "
+               f"live {l.value:.3f}, diff {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
+    if d.high < -tolerance:
+        return OPEVerdict("refuse", f"{summary}: worse than live beyond {tolerance:.3f}", evidence)
+    if d.value < -tolerance:
+        return OPEVerdict("refuse", f"{summary}: observed worse than live beyond {tolerance:.3f}", evidence)
+    return OPEVerdict("promote", f"{summary}: not worse than live beyond {tolerance:.3f}", evidence)
+
+
+def greedy(probs: np.ndarray) -> np.ndarray:
+    """[N, K] one-hot of each row's argmax: the policy that answers its most probable class."""
     out = np.zeros_like(probs, dtype=np.float64)
     out[np.arange(len(probs)), probs.argmax(1)] = 1.0
     return out

@@ -1,0 +1,131 @@
+"""The gate's shadow stage without Ray: the candidate's answers beside live's, judged on the joined feedback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.exploration import ExplorationSection, choose, serving_distribution
+from core.feedback_config import CanarySection, GateSection, ShadowSection
+from core.labeled_data import sentiment_reviews
+from core.registry import PolicyRegistry
+from core.text_classifier import from_version
+from serving.gate import PublishGate
+from tests.unit.test_gate import P, FakePublisher, _start, world  # noqa: F401 (world: a fixture)
+
+MIN_ROWS = 200
+
+
+def _shadowed_rows(world, candidate: dict, version: int, n: int, p_label: float, seed: int = 0) -> list[dict]:
+    """Traffic live (v1) answered with epsilon 0.3 exploration while `candidate` (the shadow `version`)
+    answered too: the joined rows the joiner hands the gate."""
+    rows = sentiment_reviews()
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(rows))[-n:]  # away from the fixture's 500 train / held-out rows
+    texts, labels = [rows[i][0] for i in pick], np.array([rows[i][1] for i in pick])
+    probs = from_version(world["base"], world["files"]).predict_proba(texts)
+    actions, mu = choose(serving_distribution(probs, ExplorationSection(kind="epsilon", epsilon=0.3)), rng)
+    shadow = from_version(candidate, world["files"]).predict_proba(texts).argmax(1)
+    out = []
+    for a, m, y, p, s in zip(actions, mu, labels, probs, shadow):
+        labeled = rng.random() < p_label
+        out.append({"prediction": int(a), "propensity": float(m), "probs": p.tolist(), "policy_version": 1,
+                    "label": int(y) if labeled else None, "reward": None if labeled else float(a == y),
+                    "shadow_version": version, "shadow_prediction": int(s)})
+    return out
+
+
+def _feed(gate, rows: list[dict], push: int = 10) -> None:
+    """In pushes of `push`, as the joiner sends them."""
+    for i in range(0, len(rows), push):
+        gate.shadow_rows(P, rows[i:i + push])
+
+
+def _gate(tmp_path, world, stages, events, **shadow):
+    registry = PolicyRegistry(tmp_path / "registry")
+    cfg = GateSection(stages=stages, shadow=ShadowSection(min_rows=MIN_ROWS, bootstrap_samples=200, **shadow),
+                      canary=CanarySection(min_requests=20, max_requests=100))
+    publisher = FakePublisher(registry)
+    gate = PublishGate(registry, world["heldout"], cfg, publisher=publisher,
+                       emit=lambda kind, **fields: events.append((kind, fields)))
+    _start(gate, world)
+    return gate, registry, publisher
+
+
+@pytest.mark.parametrize("p_label", [0.0, 0.5])
+def test_a_poisoned_shadow_is_refused_after_min_rows_and_an_equal_one_goes_live(tmp_path, world, p_label):
+    events: list = []
+    gate, registry, publisher = _gate(tmp_path, world, ["shadow"], events)
+    bad = gate.submit(P, world["poisoned"], world["files"], {})
+    assert bad["decision"] == "shadow" and registry.stages(P)["shadow"]["version"] == 2
+    assert registry.latest(P, "live").version == 1 and gate.shadow(P)["version"] == 2
+    assert registry.get(P, 2).gate["decision"] == "shadow"  # what /v1/models shows while it runs
+    assert gate.submit(P, world["base"], world["files"], {})["decision"] == "dropped"  # one at a time
+
+    rows = _shadowed_rows(world, world["poisoned"], 2, MIN_ROWS + 100, p_label)
+    _feed(gate, rows[:MIN_ROWS - 10])
+    assert gate.shadow(P)["rows"] == MIN_ROWS - 10  # not decided before min_rows
+    gate.shadow_rows(P, [{**r, "shadow_version": 9} for r in rows[-10:]])  # another shadow's rows: ignored
+    gate.shadow_rows(P, [{**r, "policy_version": 7} for r in rows[-10:]])  # served by another live: ignored
+    assert gate.shadow(P)["rows"] == MIN_ROWS - 10
+    _feed(gate, rows[MIN_ROWS - 10:])
+    assert gate.shadow(P) is None and registry.stages(P)["shadow"]["version"] is None
+    ended = [f for k, f in events if k == "shadow_ended"][-1]
+    assert ended["decision"] == "refuse" and ended["diff_ci"][1] < -gate.config.tolerance, ended
+    assert ended["exposure"] == MIN_ROWS and ended["n"] == MIN_ROWS
+    assert ended["labeled"] == sum(r["label"] is not None for r in rows[:MIN_ROWS])
+    lineage = registry.get(P, 2).gate
+    assert lineage["decision"] == "refuse" and [s["stage"] for s in lineage["stages"]] == ["shadow"]
+    assert lineage["stages"][0]["diff"] == ended["diff"] and registry.latest(P, "live").version == 1
+
+    same = gate.submit(P, world["base"], world["files"], {})
+    assert same["decision"] == "shadow" and same["version"] == 3
+    _feed(gate, _shadowed_rows(world, world["base"], 3, MIN_ROWS, p_label, seed=1))
+    ended = [f for k, f in events if k == "shadow_ended"][-1]
+    assert ended["decision"] == "promote" and ended["diff"] == 0.0, ended  # the same answers: no difference
+    assert registry.latest(P, "live").version == 3 and publisher.restored[-1][0] == 3
+    assert gate.summary(P)["live_version"] == 3 and registry.get(P, 3).gate["decision"] == "promote"
+    decisions = [(f["version"], f["decision"]) for k, f in events if k == "gate_decision"]
+    assert decisions == [(1, "initial"), (2, "shadow"), (2, "refuse"), (3, "shadow"), (3, "promote")]
+
+
+def test_a_shadow_that_passes_goes_on_to_the_canary_with_every_stage_in_its_lineage(tmp_path, world):
+    events: list = []
+    gate, registry, _ = _gate(tmp_path, world, ["heldout", "shadow", "canary"], events)
+    assert gate.submit(P, world["base"], world["files"], {})["decision"] == "shadow"
+    _feed(gate, _shadowed_rows(world, world["base"], 2, MIN_ROWS, 0.5))
+    assert gate.shadow(P) is None and gate.canary(P)["version"] == 2
+    stages = registry.stages(P)
+    assert stages["canary"]["version"] == 2 and stages["shadow"]["version"] is None
+    assert stages["live"]["version"] == 1
+    assert gate.submit(P, world["better"], world["files"], {})["decision"] == "dropped"  # the canary runs
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # the canary's feedback: both arms equally good
+        gate.observe(P, [(2 if rng.random() < 0.5 else 1, float(rng.random() < 0.8)) for _ in range(10)], 0)
+        if gate.canary(P) is None:
+            break
+    assert registry.latest(P, "live").version == 2
+    lineage = registry.get(P, 2).gate
+    assert [s["stage"] for s in lineage["stages"]] == ["heldout", "shadow", "canary"]
+    assert lineage["stages"][1]["decision"] == "promote" and lineage["stages"][1]["exposure"] == MIN_ROWS
+    decisions = [(f["version"], f["decision"]) for k, f in events if k == "gate_decision"]
+    assert decisions == [(1, "initial"), (2, "shadow"), (2, "canary"), (2, "promote")]
+
+
+def test_a_shadow_without_traffic_is_refused_at_max_s_and_the_next_candidate_gets_its_turn(tmp_path, world):
+    events: list = []
+    gate, registry, _ = _gate(tmp_path, world, ["shadow"], events, max_s=60)
+    assert gate.submit(P, world["base"], world["files"], {})["decision"] == "shadow"
+    gate._state(P).shadow.started -= 61  # a minute without shadowed feedback
+    nxt = gate.submit(P, world["better"], world["files"], {})
+    assert nxt["decision"] == "shadow" and nxt["version"] == 3 and gate.shadow(P)["version"] == 3
+    ended = [f for k, f in events if k == "shadow_ended"]
+    assert len(ended) == 1 and ended[0]["decision"] == "refuse" and "not enough shadow evidence" in ended[0]["reason"]
+    assert registry.get(P, 2).gate["decision"] == "refuse" and registry.latest(P, "live").version == 1
+
+
+def test_shadow_must_come_after_the_offline_stages_and_before_the_canary():
+    assert GateSection(stages=["heldout", "ope", "shadow", "canary"]).stages[2] == "shadow"
+    for stages in (["shadow", "heldout"], ["shadow", "ope", "canary"], ["canary", "shadow"]):
+        with pytest.raises(ValueError, match="shadow|canary"):
+            GateSection(stages=stages)
