@@ -6,6 +6,12 @@ probability it was drawn with (`propensity`) and the distribution
 (`action_probs`), so a client that logs them can evaluate other policies on
 its own transitions (core/ope.py `per_decision_is`).
 
+While the RL gate runs a canary (serving/rl_gate.py), a share of client keys
+is answered by the candidate (serving/act_canary.py): the key is the
+`x-evolve-client` header, or one key per observation in `clients` for a
+batch of several clients' observations; `version` then says, per row,
+which version answered.
+
 Each replica subscribes to the publisher (long-poll) for every policy it
 serves and swaps weights in place when a new version is live: requests keep
 being answered by the previous version until the swap, which is one
@@ -21,13 +27,15 @@ import math
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 from ray import serve
 
 import numpy as np
 
 from core.exploration import ExplorationSection, choose, serving_distribution
+from serving.act_canary import ActCanary
+from serving.act_canary import follow as follow_canary
 from core.rl.models import PolicySpec
 from core.rl.policy import QPolicy
 
@@ -35,6 +43,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "policies"
 ROUTE_PREFIX = "/v1/policies"
 MAX_BATCH = 1024
+CLIENT_HEADER = "x-evolve-client"
 
 api = FastAPI(title="Evolve policies", version="0.1.0")
 
@@ -43,11 +52,13 @@ class ActRequest(BaseModel):
     """One observation (a list of floats, or an int state) or a batch of them."""
 
     obs: float | list[float] | list[list[float]] = Field(..., description="observation or batch of observations")
+    clients: list[str] | None = Field(None, description="a batch's client keys, one per observation "
+                                                        "(a canary keeps each client on one side)")
 
 
 class ActResponse(BaseModel):
     policy_id: str
-    version: int
+    version: int | list[int] = Field(..., description="the version that answered (per row during a canary)")
     action: int | list[int]
     q_values: list[float] | list[list[float]]
     propensity: float | list[float] = Field(..., description="the probability each action was served with")
@@ -71,10 +82,20 @@ def to_batch(obs: Any, spec: PolicySpec) -> tuple[list[list[float]], bool]:
     return rows, single
 
 
+def client_keys(clients: list[str] | None, header: str | None, n: int) -> list[str | None]:
+    """One client key per row: the batch's own, else the request's header for every row."""
+    if clients is None:
+        return [header] * n
+    if len(clients) != n:
+        raise ValueError(f"clients must name one key per observation: {len(clients)} keys for {n} observations")
+    return list(clients)
+
+
 @serve.deployment(name="policy_server", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class PolicyServer:
-    def __init__(self, publisher: Any, policy_ids: list[str], exploration: dict[str, dict] | None = None):
+    def __init__(self, publisher: Any, policy_ids: list[str], exploration: dict[str, dict] | None = None,
+                 registry_uri: str | None = None, canary: dict[str, float] | None = None):
         self.publisher = publisher
         self.explore = {pid: ExplorationSection.model_validate((exploration or {}).get(pid, {})) for pid in policy_ids}
         self._rng = np.random.default_rng()
@@ -82,6 +103,10 @@ class PolicyServer:
         self.subscriber = f"serve-{uuid.uuid4().hex[:8]}"
         self.policy_ids = set(policy_ids)
         self._tasks = [asyncio.get_event_loop().create_task(self._follow(pid)) for pid in policy_ids]
+        self.canaries = {pid: ActCanary(registry_uri, pid, fraction) for pid, fraction in (canary or {}).items()}
+        for pid, follower in self.canaries.items():
+            self._tasks.append(asyncio.get_event_loop().create_task(
+                follow_canary(follower, lambda pid=pid: getattr(self.policies.get(pid), "spec", None))))
 
     async def _follow(self, policy_id: str) -> None:
         version = 0
@@ -105,7 +130,7 @@ class PolicyServer:
                 await asyncio.sleep(1.0)
 
     @api.post("/{policy_id}/act", response_model=ActResponse)
-    async def act(self, policy_id: str, request: ActRequest) -> ActResponse:
+    async def act(self, policy_id: str, request: ActRequest, http: Request) -> ActResponse:
         policy = self.policies.get(policy_id)
         if policy_id not in self.policy_ids:
             raise HTTPException(404, detail=f"unknown policy {policy_id!r}; served: {sorted(self.policy_ids)}")
@@ -113,21 +138,31 @@ class PolicyServer:
             raise HTTPException(503, detail=f"policy {policy_id!r} has no live version yet; retry shortly")
         try:
             rows, single = to_batch(request.obs, policy.spec)
+            keys = client_keys(request.clients, http.headers.get(CLIENT_HEADER), len(rows))
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from None
-        q = policy.q_values(np.asarray(rows, dtype=np.float32))
+        obs = np.asarray(rows, dtype=np.float32)
+        q, versions = policy.q_values(obs), np.full(len(rows), policy.version)
+        canary = self.canaries.get(policy_id)
+        on_canary = canary.route(keys) if canary is not None else np.zeros(len(rows), dtype=bool)
+        if on_canary.any() and canary.current is not None:
+            q[on_canary] = canary.current.q_values(obs[on_canary])
+            versions[on_canary] = canary.current.version
         dist = serving_distribution(q, self.explore[policy_id], log_probs=False)
         actions, propensity = choose(dist, self._rng)
         one = (lambda x: x[0].tolist()) if single else (lambda x: x.tolist())
-        return ActResponse(policy_id=policy_id, version=policy.version, action=one(actions), q_values=one(q),
+        version = int(versions[0]) if single or not on_canary.any() else versions.tolist()
+        return ActResponse(policy_id=policy_id, version=version, action=one(actions), q_values=one(q),
                            propensity=one(propensity), action_probs=one(dist))
 
 
 def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 1, num_cpus: float = 0.1,
-                         exploration: dict[str, ExplorationSection] | None = None) -> str:
+                         exploration: dict[str, ExplorationSection] | None = None, registry_uri: str | None = None,
+                         canary: dict[str, float] | None = None) -> str:
+    """`canary`: policy id -> the share of client keys its canary answers (needs `registry_uri`)."""
     explore = {pid: cfg.model_dump() for pid, cfg in (exploration or {}).items()}
     app = PolicyServer.options(num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}).bind(
-        publisher, policy_ids, explore)
+        publisher, policy_ids, explore, registry_uri, canary)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, logging_config={"log_level": "WARNING"})
     return ROUTE_PREFIX
 

@@ -11,7 +11,9 @@ Done once a version's greedy evaluation reaches the solve return and holds it
 over `rl.confirm_episodes` more episodes.  With `rl.drift`, the env's physics
 change during the run and the loop is done once the greedy evaluation on the
 changed env is back at the solve return (`RLDriftWatch`, cluster/loops/rl_drift.py,
-with the adaptive layer of `rl.adapt`).
+with the adaptive layer of `rl.adapt`).  With `rl.gate.stages`, the learner's versions go
+through a gate judged on `/act` traffic before they are live (`ActGate`,
+cluster/loops/rl_gated.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cluster.errors import UserError
 from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, round_or_none
 from cluster.loops.rl_drift import RLDriftWatch, check_drift
+from cluster.loops.rl_gated import ActGate
 from core.config import EvolveConfig
 from core.rl.models import PolicySpec, obs_width, spec_for_env
 from learners.dqn import DQNObjective
@@ -49,6 +52,7 @@ class RLLoop(LoopBase):
         self.publish_stats: dict[str, Any] = {}
         self.evaluator = self.publisher = None
         self.watch = RLDriftWatch(cfg.rl, self.event)
+        self.act_gate = ActGate(cfg, self.event)
 
     def prepare(self) -> None:
         """The env's spaces fix the model and the table's obs width (taken from the env unless set)."""
@@ -68,6 +72,7 @@ class RLLoop(LoopBase):
             check_drift(rl)
         except ValueError as exc:
             raise UserError(f"rl.drift.set: {exc}") from None
+        self.act_gate.check()
 
     # ---- start -------------------------------------------------------------------------
     def launch(self) -> None:
@@ -98,8 +103,11 @@ class RLLoop(LoopBase):
         marks["actors_launched_s"] = time.time()
         if self.cfg.serving.enabled:
             prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus,
-                                          exploration={rl.policy_id: self.cfg.serving.exploration_for(rl.policy_id)})
-            ctx.endpoints[f"{self.name}_act"] = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
+                                          exploration={rl.policy_id: self.cfg.serving.exploration_for(rl.policy_id)},
+                                          registry_uri=ctx.registry.uri, canary=self.act_gate.canary())
+            act_url = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
+            ctx.endpoints[f"{self.name}_act"] = act_url
+            self.act_gate.start_clients(act_url)
             marks["serve_ready_s"] = time.time()
         self.event("startup", **{k: round(t - self.started, 3) for k, t in marks.items()})
 
@@ -124,7 +132,8 @@ class RLLoop(LoopBase):
         rl = self.rl
         source = ReplayTransitionSource(self.ctx.replay, rl.table, rl.batch_size)
         prioritized = self.cfg.replay.tables[rl.table].sampler == "prioritized"
-        setup = QSetup(rl=rl, spec=self.spec.to_dict(), publisher=self.publisher,
+        gate = self.act_gate.start_gate(self.ctx.registry.uri, self.spec.to_dict(), rl.seed)
+        setup = QSetup(rl=rl, spec=self.spec.to_dict(), publisher=gate or self.publisher,
                        priorities=source if prioritized else None)
         self.launch_learner(LoopSpec(
             objective_factory=DQNObjective if rl.algo == "dqn" else QTableObjective,
@@ -146,7 +155,7 @@ class RLLoop(LoopBase):
             self.watch.poll(figures["env_steps"], self.solved_at is not None)
         self.publish_stats = get_or(self.publisher.stats.remote(self.rl.policy_id), self.publish_stats)
         return {**figures, "eval_return": round_or_none(self.evals[-1]["eval_return"] if self.evals else None),
-                "version": self.publish_stats.get("live_version"), **self.watch.figures()}
+                "version": self.publish_stats.get("live_version"), **self.watch.figures(), **self.act_gate.poll()}
 
     def figures(self) -> dict[str, Any]:
         steps = int(self.actors.total("env_steps"))
@@ -189,6 +198,9 @@ class RLLoop(LoopBase):
 
     # ---- stop and summary ----------------------------------------------------------------
     def finish(self) -> None:
+        self.act_gate.stop()
+        self.act_gate.poll()
+        self.gate_summary = self.act_gate.summary()
         if self.evaluator is not None:
             ray.wait([self.evaluator.stop.remote()], timeout=10)
             self._take_evals()
@@ -196,6 +208,7 @@ class RLLoop(LoopBase):
             self.publish_stats = get_or(self.publisher.stats.remote(self.rl.policy_id), self.publish_stats)
 
     def teardown(self) -> None:
+        self.act_gate.teardown()
         if self.evaluator is not None:
             ray.kill(self.evaluator, no_restart=True)
         if self.cfg.serving.enabled:
@@ -224,6 +237,7 @@ class RLLoop(LoopBase):
             "resumed_from_update": self.learner.resumed_from if self.learner else None,
             "curve": [{k: e[k] for k in ("elapsed_s", "version", "eval_return")} for e in self.evals],
             **({"drift": self.watch.summary()} if self.watch.active else {}),
+            **getattr(self, "gate_summary", {}),
         }
 
 

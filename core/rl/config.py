@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from core.adapt.rl_controller import RLAdaptSection
 from core.config_base import NAME_PATTERN, Section
 from core.rl.drift_config import DriftConfig
+from core.rl.gate_config import ActTrafficSection, RLGateSection
 
 
 class EpsilonSchedule(Section):
@@ -66,6 +67,9 @@ class RLConfig(Section):
     # a change of the env's physics during the run, and the adaptive layer's answer to it
     drift: DriftConfig = Field(default_factory=DriftConfig)
     adapt: RLAdaptSection = Field(default_factory=RLAdaptSection)
+    # the publish gate on /act traffic (core/rl/gate_config.py); no stages: every version goes live
+    gate: RLGateSection = Field(default_factory=RLGateSection)
+    traffic: ActTrafficSection = Field(default_factory=ActTrafficSection)
 
     @model_validator(mode="after")
     def _names(self) -> "RLConfig":

@@ -1,0 +1,105 @@
+"""The RL loop's gate on `/act` traffic (`rl.gate.stages`): its actors, events and figures.
+
+    RLGateActor (serving/rl_gate.py)  <- the learner publishes to it instead of the publisher
+         ^ episodes                       -> live on evidence, through PolicyPublisher
+    ActClientActor (actors/act_traffic.py) -> POST /v1/policies/<id>/act, canary rows sticky per client
+
+Without stages nothing here runs and the learner publishes straight to the
+publisher, as before.  `rl.traffic.enabled` starts the clients alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ray
+
+from actors.act_traffic import ActClientActor
+from cluster.errors import UserError
+from cluster.learner_run import get_or
+from core.config import EvolveConfig
+from serving.publisher import PUBLISHER_NAME
+from serving.rl_gate_actor import RLGateActor, rl_gate_name
+
+
+class ActGate:
+    def __init__(self, cfg: EvolveConfig, event: Callable[..., None]):
+        self.cfg, self.rl, self.event = cfg, cfg.rl, event
+        self.gated = bool(cfg.rl.gate.stages)
+        self.gate = self.clients = None
+        self.figures_: dict[str, Any] = {}
+        self.client_stats: dict[str, Any] = {}
+
+    def check(self) -> tuple[float, float] | None:
+        """The return range (None when ungated); a gate without Serve is the user's config error."""
+        if not (self.gated or self.rl.traffic.enabled):
+            return None
+        if not self.cfg.serving.enabled:
+            raise UserError("rl.gate.stages and rl.traffic need serving.enabled: true (the gate judges /act traffic)")
+        if self.rl.gate.return_range is not None:
+            return tuple(self.rl.gate.return_range)
+        import gymnasium as gym
+
+        steps = gym.spec(self.rl.env_id).max_episode_steps
+        if steps is None:
+            raise UserError(f"{self.rl.env_id} has no max_episode_steps: set rl.gate.return_range")
+        return 0.0, float(steps)
+
+    def start_gate(self, registry_uri: str, spec: dict, seed: int) -> Any | None:
+        """The learner's publisher: the gate actor, or None (publish straight to the publisher)."""
+        if not self.gated:
+            return None
+        rl = self.rl
+        self.gate = RLGateActor.options(name=rl_gate_name(rl.policy_id), get_if_exists=True).remote(
+            registry_uri, rl.gate.model_dump(), spec, self.cfg.serving.exploration_for(rl.policy_id).model_dump(),
+            PUBLISHER_NAME, self.check(), seed)
+        return self.gate
+
+    def canary(self) -> dict[str, float] | None:
+        return {self.rl.policy_id: self.rl.gate.canary.fraction} if "canary" in self.rl.gate.stages else None
+
+    def start_clients(self, act_url: str) -> None:
+        rl = self.rl
+        if not rl.traffic.active(rl.gate):
+            return
+        self.clients = ActClientActor.options(num_cpus=rl.traffic.num_cpus).remote(
+            act_url, rl.env_id, rl.traffic.model_dump(), self.gate or _Nowhere.remote(), rl.policy_id,
+            name=f"{rl.name}-act")
+
+    def poll(self) -> dict[str, Any]:
+        if self.clients is not None:
+            self.client_stats = get_or(self.clients.stats.remote(), self.client_stats)
+            if self.client_stats.get("error"):
+                self.event("act_clients_error", error=self.client_stats["error"])
+        if self.gate is not None:
+            for ev in get_or(self.gate.drain_events.remote(), []):
+                ev.pop("time", None)
+                self.event(ev.pop("event", "rl_gate"), **ev)
+            s = get_or(self.gate.summary.remote(), {})
+            self.figures_ = {k: s.get(k) for k in ("promoted", "refused", "aborted", "dropped", "canary")}
+        return {**self.figures_, **({"act_episodes": self.client_stats.get("episodes")} if self.clients else {})}
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.gate is not None:
+            out["gate"] = {"stages": self.rl.gate.stages, **get_or(self.gate.summary.remote(), {})}
+        if self.client_stats:
+            out["act_clients"] = self.client_stats
+        return out
+
+    def stop(self) -> None:
+        if self.clients is not None:
+            ray.wait([self.clients.stop.remote()], timeout=10)
+
+    def teardown(self) -> None:
+        for handle in (self.clients, self.gate):
+            if handle is not None:
+                ray.kill(handle, no_restart=True)
+
+
+@ray.remote(num_cpus=0)
+class _Nowhere:
+    """Where an ungated loop's clients send episodes (`rl.traffic.enabled` alone)."""
+
+    def episode(self, policy_id: str, episode: dict) -> None:
+        pass

@@ -1,0 +1,150 @@
+"""The RL gate: CartPole policies judged on /act episodes (off-policy, then a sticky canary), without Ray.
+
+Policies are hand-built Q-networks: `balancer` pushes toward the pole's lean
+(Q[right] - Q[left] = angle + 0.5 * angular velocity, which keeps CartPole up
+for hundreds of steps), `poisoned` is the same network with its two outputs
+swapped (the pole falls in about ten steps).  Episodes are played here the
+way serving/policy_server.py answers /act: Q-values through the serving
+exploration, canary rows chosen by serving/act_canary.py's sticky hash.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from core.exploration import ExplorationSection, choose, serving_distribution
+from core.registry import PolicyRegistry
+from core.rl.gate_config import RLCanarySection, RLGateSection, RLOPESection
+from core.rl.models import spec_for_env
+from core.rl.policy import QPolicy
+from core.hashing import stable_unit_hash
+from serving.rl_gate import RLGate
+from tests.unit.test_gate import FakePublisher
+
+P = "cart"
+EXPLORE = ExplorationSection(kind="epsilon", epsilon=0.1)
+SPEC = spec_for_env("CartPole-v1", "dqn", [2])
+
+
+def _balancer(flip: bool = False, gain: float = 1.0) -> dict[str, torch.Tensor]:
+    w = torch.tensor([0.0, 0.0, 1.0, 0.5]) * gain  # z = angle + 0.5 * angular velocity
+    weights = {"net.0.weight": torch.stack([w, -w]), "net.0.bias": torch.zeros(2),  # relu(z), relu(-z)
+               "net.2.weight": torch.tensor([[-1.0, 1.0], [1.0, -1.0]]), "net.2.bias": torch.zeros(2)}
+    if flip:
+        weights["net.2.weight"] = weights["net.2.weight"].flip(0)
+    return weights
+
+
+def _play(arms: dict[int, dict], episodes: int, seed: int, canary: int | None = None,
+          fraction: float = 0.0) -> list[dict]:
+    """Episodes logged by clients: each under a client key, answered by the canary version when the
+    key's hash says so (as the replicas route), else by the lowest (live) version."""
+    policies = {v: QPolicy(SPEC, w, v) for v, w in arms.items()}
+    live = min(arms)
+    rng, env, out = np.random.default_rng(seed), gym.make("CartPole-v1"), []
+    for i in range(episodes):
+        key = f"client-{seed}-{i}"
+        version = canary if canary is not None and stable_unit_hash(f"{key}#canary-v{canary}") < fraction else live
+        obs, _ = env.reset(seed=seed * 1000 + i)
+        log = {"obs": [], "actions": [], "propensities": [], "rewards": [], "version": version, "client": key}
+        done = False
+        while not done:
+            dist = serving_distribution(policies[version].q_values(obs[None]), EXPLORE, log_probs=False)
+            a, mu = choose(dist, rng)
+            log["obs"].append(obs.tolist()), log["actions"].append(int(a[0])), log["propensities"].append(float(mu[0]))
+            obs, r, term, trunc, _ = env.step(int(a[0]))
+            log["rewards"].append(float(r))
+            done = term or trunc
+        out.append(log)
+    return out
+
+
+def _gate(tmp_path, stages, **canary) -> tuple[RLGate, PolicyRegistry, FakePublisher, list]:
+    registry = PolicyRegistry(tmp_path / "registry")
+    publisher, events = FakePublisher(registry), []
+    cfg = RLGateSection(stages=stages, ope=RLOPESection(min_episodes=20, bootstrap_samples=100),
+                        canary=RLCanarySection(**{"min_episodes": 10, "max_episodes": 40, **canary}))
+    gate = RLGate(registry, cfg, SPEC.to_dict(), EXPLORE, publisher, return_range=(0.0, 500.0),
+                  emit=lambda kind, **f: events.append((kind, f)))
+    return gate, registry, publisher, events
+
+
+def test_ope_refuses_before_it_has_evidence_and_passes_a_copy_of_live(tmp_path):
+    gate, registry, publisher, _ = _gate(tmp_path, ["ope"])
+    assert gate.publish(P, _balancer()) == 1 and registry.latest(P, "live").version == 1  # the first goes live
+    early = gate.publish(P, _balancer())
+    assert registry.get(P, early).gate["decision"] == "refuse"
+    assert "not enough off-policy evidence" in registry.get(P, early).gate["reason"]
+    for ep in _play({1: _balancer()}, 25, seed=0):
+        gate.episode(P, ep)
+    same = gate.publish(P, _balancer())
+    ope = registry.get(P, same).gate["stages"][0]
+    assert registry.latest(P, "live").version == same, ope
+    assert ope["verdict"] == "not worse" and ope["ess"] == pytest.approx(25, abs=0.01)  # every ratio is 1
+    assert ope["candidate"] == pytest.approx(ope["live"], abs=1e-9)
+
+
+def test_a_poisoned_candidate_never_goes_live_and_its_canary_aborts(tmp_path):
+    gate, registry, publisher, events = _gate(tmp_path, ["ope", "canary"])
+    gate.publish(P, _balancer())
+    for ep in _play({1: _balancer()}, 30, seed=1):
+        gate.episode(P, ep)
+    bad = gate.publish(P, _balancer(flip=True))
+    record = registry.get(P, bad)
+    ope = record.gate["stages"][0]  # weights collapse on a policy that disagrees everywhere: no verdict
+    assert record.gate["decision"] == "canary" and ope["verdict"] == "inconclusive", record.gate
+    assert ope["candidate"] < ope["live"]
+    assert registry.stages(P)["canary"]["version"] == bad
+    assert gate.publish(P, _balancer()) is None  # one experiment at a time
+    exposed = 0
+    for seed in range(2, 30):
+        for ep in _play({1: _balancer(), bad: _balancer(flip=True)}, 20, seed=seed, canary=bad, fraction=0.2):
+            exposed += ep["version"] == bad
+            gate.episode(P, ep)
+        if gate.canary() is None:
+            break
+    record = registry.get(P, bad)
+    assert registry.stages(P)["canary"]["version"] is None  # every client back on live
+    canary = record.gate["stages"][-1]
+    assert canary["stage"] == "canary" and canary["candidate_requests"] <= exposed <= 40
+    assert [k for k, _ in events].count("canary_ended") == 1
+    assert record.gate["decision"] == "refuse", record.gate
+    assert registry.latest(P, "live").version == 1 and publisher.restored == []
+
+
+def test_an_equal_candidate_is_promoted_through_the_canary(tmp_path):
+    gate, registry, publisher, events = _gate(tmp_path, ["ope", "canary"], max_episodes=15, fraction=0.5)
+    gate.publish(P, _balancer())
+    for ep in _play({1: _balancer()}, 25, seed=3):
+        gate.episode(P, ep)
+    cand = gate.publish(P, _balancer(gain=2.0))  # the same actions everywhere: the same policy
+    assert registry.get(P, cand).gate["decision"] == "canary"
+    for seed in range(4, 40):
+        for ep in _play({1: _balancer(), cand: _balancer(gain=2.0)}, 20, seed=seed, canary=cand, fraction=0.5):
+            gate.episode(P, ep)
+        if gate.canary() is None:
+            break
+    record = registry.get(P, cand)
+    assert record.gate["decision"] == "promote", record.gate
+    assert [s["stage"] for s in record.gate["stages"]] == ["ope", "canary"]
+    assert registry.latest(P, "live").version == cand and publisher.restored[-1][0] == cand
+    assert gate.summary()["promoted"] == 1
+    assert any(k == "gate_decision" and f["decision"] == "promote" for k, f in events)
+
+
+def test_a_canary_keeps_each_client_on_one_side(tmp_path):
+    from serving.act_canary import ActCanary
+
+    gate, registry, _, _ = _gate(tmp_path, ["canary"])
+    gate.publish(P, _balancer())
+    cand = gate.publish(P, _balancer(gain=3.0))
+    follower = ActCanary(str(tmp_path / "registry"), P, fraction=0.3)
+    assert follower.refresh(SPEC) == cand
+    keys = [f"k{i}" for i in range(400)]
+    first = follower.route(keys)
+    assert (follower.route(keys) == first).all() and 0.2 < first.mean() < 0.4
+    registry.clear(P, "canary")
+    assert follower.refresh(SPEC) is None and not follower.route(keys).any()
