@@ -1,11 +1,13 @@
-"""A feedback replica's canary: the version the gate's `canary` stage points at, and who gets it.
+"""A feedback replica's canary (or shadow): the version a gate stage points at, and which requests get it.
 
-    refresh() (every second, off the event loop) -> the registry's `canary` stage changed?
+    refresh() (every second, off the event loop) -> the registry's stage changed?
         -> load that version (or drop it when the stage is cleared: 100 % back on live)
-    routes(client_key) -> answer this request with the canary?  A stable hash of the client
-        key and the canary version against `fraction`: a client stays on one side for the
-        whole canary (sticky), and each canary draws its own clients.  A request without a
-        key is routed by a fresh random draw (not sticky).
+    routes(client_key) -> does this request go to the stage's version?
+        canary  a stable hash of the client key and the canary version against `fraction`: a
+                client stays on one side for the whole canary (sticky), and each canary draws
+                its own clients.  A request without a key is routed by a fresh random draw.
+        shadow  (sticky=False) a fresh random draw per request: the shadow answers beside live,
+                the client never sees it, so nothing needs to stay put
 
 Plain logic; `serving/feedback_app.py` calls it, tests drive it with a registry on disk.
 """
@@ -26,13 +28,13 @@ STAGE = "canary"
 
 
 class CanaryFollower:
-    def __init__(self, registry_uri: str, policy_id: str, fraction: float):
+    def __init__(self, registry_uri: str, policy_id: str, fraction: float, stage: str = STAGE, sticky: bool = True):
         self.registry = PolicyRegistry(registry_uri, create=False)
-        self.policy_id, self.fraction = policy_id, fraction
-        self.current: Any = None  # serving.classify.Served of the canary version, or None
+        self.policy_id, self.fraction, self.stage, self.sticky = policy_id, fraction, stage, sticky
+        self.current: Any = None  # serving.classify.Served of the stage's version, or None
 
     def refresh(self, served_type: Any) -> int | None:
-        entry = self.registry.stages(self.policy_id).get(STAGE) or {}
+        entry = self.registry.stages(self.policy_id).get(self.stage) or {}
         version = entry.get("version")
         if version is None:
             self.current = None
@@ -42,11 +44,12 @@ class CanaryFollower:
         return version
 
     def routes(self, client_key: str | None) -> Any:
-        """The canary's Served when this request goes to it, else None."""
+        """The stage version's Served when this request goes to it, else None."""
         canary = self.current
         if canary is None:
             return None
-        draw = random.random() if not client_key else stable_unit_hash(f"{client_key}#canary-v{canary.version}")
+        sticky = self.sticky and client_key
+        draw = stable_unit_hash(f"{client_key}#{self.stage}-v{canary.version}") if sticky else random.random()
         return canary if draw < self.fraction else None
 
 
@@ -56,6 +59,6 @@ async def follow(follower: CanaryFollower, served_type: Any, interval_s: float =
             await asyncio.to_thread(follower.refresh, served_type)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # keep the canary we have (or none); the next read tries again
-            log.warning("canary: following %s failed (%s); retrying", follower.policy_id, exc)
+        except Exception as exc:  # keep the version we have (or none); the next read tries again
+            log.warning("%s: following %s failed (%s); retrying", follower.stage, follower.policy_id, exc)
         await asyncio.sleep(interval_s)

@@ -2,7 +2,8 @@
 
     probabilities [N, L] -> serving distribution (core/exploration.py) -> served label ~ it
     client:  label, probabilities (the model's), propensity (the served label's probability), novelty
-    event:   prediction (the served label), probs, propensity, action_probs (the serving distribution)
+    event:   prediction (the served label), probs, propensity, action_probs (the serving distribution),
+             and with a shadow (serving/gate_shadow.py) its version and greedy answer
 
 The event keeps both distributions: the learner's reward-only update and
 off-policy evaluation (core/ope.py) need the probability the answer was
@@ -31,17 +32,25 @@ class Served:
     version: int
 
 
+def greedy_answers(served: Served, texts: list[str]) -> list[tuple[int, int]]:
+    """(version, label id) per text: what `served` answers without exploring (a shadow's answers)."""
+    return [(served.version, k) for k in served.bundle.predict_proba(texts).argmax(-1).tolist()]
+
+
 def classify(served: Served, texts: list[str], policy_id: str, replica: str,
              novelty: NoveltyFollower | None = None, explore: ExplorationSection = GREEDY,
-             rng: np.random.Generator | None = None) -> tuple[list[dict], list[dict]]:
-    """(predictions for the client, events for the joiner) of one batch, by one version."""
+             rng: np.random.Generator | None = None,
+             shadow: list[tuple[int, int] | None] | None = None) -> tuple[list[dict], list[dict]]:
+    """(predictions for the client, events for the joiner) of one batch, by one version; `shadow`:
+    per text, the shadow's (version, answer) or None, logged in the event only."""
     probs = served.bundle.predict_proba(texts)  # [N, L]
     dist = serving_distribution(probs, explore)
     actions, propensities = choose(dist, rng if rng is not None else np.random.default_rng())
     novel = novelty.score(texts) if novelty is not None else [None] * len(texts)
     labels = served.bundle.labels
+    shadow = shadow or [None] * len(texts)
     preds, events = [], []
-    for text, p, d, k, mu, nov in zip(texts, probs, dist, actions.tolist(), propensities.tolist(), novel):
+    for text, p, d, k, mu, nov, sh in zip(texts, probs, dist, actions.tolist(), propensities.tolist(), novel, shadow):
         event_id = uuid.uuid4().hex
         preds.append({"label": labels[k], "probabilities": {name: float(x) for name, x in zip(labels, p)},
                       "event_id": event_id, "model_version": served.version, "novelty": nov,
@@ -49,5 +58,7 @@ def classify(served: Served, texts: list[str], policy_id: str, replica: str,
         events.append({"event_id": event_id, "text": text, "prediction": k, "probs": [float(x) for x in p],
                        "labels": labels, "policy_id": policy_id, "policy_version": served.version,
                        "actor_id": replica, "novelty": nov, "propensity": float(mu),
-                       "action_probs": [float(x) for x in d]})
+                       "action_probs": [float(x) for x in d],
+                       "shadow_version": None if sh is None else sh[0],
+                       "shadow_prediction": None if sh is None else sh[1]})
     return preds, events

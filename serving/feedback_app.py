@@ -21,6 +21,11 @@ object store, the bundle is built off the event loop and swapped in by one
 reference assignment.  A batch reads the reference once and a request's texts
 stay in one batch, so a request is answered by one version, and no request
 fails during a swap.
+
+Gate stages on live traffic: with `canary`, a sticky share of clients is answered
+by the canary version; with `shadow`, a random share of requests is also
+classified (greedily) by the shadow version, whose answers only the events carry
+(`shadow_version`, `shadow_prediction`): the client gets live's answer.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the annotations themselves
@@ -46,7 +51,7 @@ from core.text_classifier import from_version
 from serving.canary import CanaryFollower
 from serving.canary import follow as follow_canary
 from serving.catalog import describe_policies
-from serving.classify import Served, classify
+from serving.classify import Served, classify, greedy_answers
 from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
@@ -134,8 +139,8 @@ def _set(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}  # protobuf: an unset optional, not None
 
 
-def _count_texts(requests: list[list[str]]) -> int:
-    return sum(len(texts) for texts in requests)
+def _count_texts(requests: list[tuple[list[str], Any]]) -> int:
+    return sum(len(texts) for texts, _ in requests)
 
 
 # defined above the deployment class: @serve.ingress pickles the FastAPI app, and with it this
@@ -154,7 +159,7 @@ class FeedbackServer:
     def __init__(self, publisher: Any, joiner: Any, registry_uri: str, policy_id: str, max_text_chars: int,
                  max_batch_size: int, batch_wait_timeout_s: float, batching: bool = True,
                  novelty_policy_id: str | None = None, exploration: dict | None = None,
-                 canary_fraction: float | None = None):
+                 canary_fraction: float | None = None, shadow_fraction: float | None = None):
         self.publisher, self.joiner, self.policy_id = publisher, joiner, policy_id
         self.explore = ExplorationSection.model_validate(exploration or {})
         self._rng = np.random.default_rng()
@@ -175,6 +180,11 @@ class FeedbackServer:
         self.canary = CanaryFollower(registry_uri, policy_id, canary_fraction) if canary_fraction else None
         if self.canary is not None:
             self._canary_task = asyncio.get_event_loop().create_task(follow_canary(self.canary, Served))
+        # the gate's `shadow` stage: its version also answers a random share of requests, unseen by clients
+        self.shadow = (CanaryFollower(registry_uri, policy_id, shadow_fraction, stage="shadow", sticky=False)
+                       if shadow_fraction else None)
+        if self.shadow is not None:
+            self._shadow_task = asyncio.get_event_loop().create_task(follow_canary(self.shadow, Served))
 
     # ---- following the publisher (hot swap) ------------------------------------------
     async def _follow(self) -> None:
@@ -211,32 +221,45 @@ class FeedbackServer:
         if self.served is None:
             raise FeedbackRejected(503, f"no live version of {self.policy_id!r} yet; retry shortly")
         canary = self.canary.routes(client_key) if self.canary is not None else None
+        shadow = await self._shadow_answers(texts)
         if canary is not None:  # a small share of traffic: answered alone, by the canary version
-            preds, recorded = await self._classify(texts, canary)
+            preds, recorded = await self._classify(texts, canary, shadow)
         elif self.batching and len(texts) < self.max_batch_size:
-            preds, recorded = await self._classify_batch(texts)
+            preds, recorded = await self._classify_batch((texts, shadow))
         else:  # batching off, or the request is a full batch already
-            preds, recorded = await self._classify(texts)
+            preds, recorded = await self._classify(texts, None, shadow)
         # the client gets its event ids only once any replica's feedback can find them
         await asyncio.shield(recorded)
         return preds
 
-    # one item = one request's texts (all answered by one forward, hence one version);
-    # the batch is counted in texts; the config's size and wait are set in __init__
+    async def _shadow_answers(self, texts: list[str]) -> list[tuple[int, int]] | None:
+        """The shadow's greedy (version, answer) per text for a drawn share of requests, else None.
+        Scored before live's forward so the events carry both when the joiner records them."""
+        shadow = self.shadow.routes(None) if self.shadow is not None else None
+        if shadow is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(self._infer_pool, greedy_answers, shadow, texts)
+
+    # one item = one request's texts (all answered by one forward, hence one version) and its
+    # shadow answers or None; the batch is counted in texts; the config's size and wait are set in __init__
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_count_texts)
-    async def _classify_batch(self, requests: list[list[str]]) -> list[tuple[list[dict], asyncio.Future]]:
-        preds, recorded = await self._classify([text for texts in requests for text in texts])
+    async def _classify_batch(self, requests: list[tuple[list[str], list | None]]
+                              ) -> list[tuple[list[dict], asyncio.Future]]:
+        shadow = [a for texts, answers in requests for a in (answers or [None] * len(texts))]
+        preds, recorded = await self._classify([text for texts, _ in requests for text in texts], None,
+                                               shadow if any(a is not None for a in shadow) else None)
         out, start = [], 0
-        for texts in requests:
+        for texts, _ in requests:
             out.append((preds[start:start + len(texts)], recorded))
             start += len(texts)
         return out
 
-    async def _classify(self, texts: list[str], served: Served | None = None) -> tuple[list[dict], asyncio.Future]:
+    async def _classify(self, texts: list[str], served: Served | None = None,
+                        shadow: list | None = None) -> tuple[list[dict], asyncio.Future]:
         served = served or self.served  # read once: the whole batch is answered by one version
         loop = asyncio.get_running_loop()
         preds, events = await loop.run_in_executor(self._infer_pool, classify, served, texts, self.policy_id,
-                                                   self.replica, self.novelty, self.explore, self._rng)
+                                                   self.replica, self.novelty, self.explore, self._rng, shadow)
         self._forwards, self._texts = self._forwards + 1, self._texts + len(texts)
         # recorded in the background: the next batch need not wait for the joiner's answer
         return preds, asyncio.ensure_future(self._record(events))
@@ -353,7 +376,8 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
     ).bind(publisher, joiner, registry_uri, cfg.policy_id, cfg.max_text_chars, cfg.max_batch_size,
            cfg.batch_wait_timeout_s, batching, novelty_policy_id,
            (exploration or ExplorationSection()).model_dump(),
-           cfg.gate.canary.fraction if "canary" in cfg.gate.stages else None)
+           cfg.gate.canary.fraction if "canary" in cfg.gate.stages else None,
+           cfg.gate.shadow.fraction if "shadow" in cfg.gate.stages else None)
     serve.run(app, name=app_name, route_prefix=route_prefix, logging_config={"log_level": "WARNING"})
     return FeedbackApp(app_name, route_prefix, joiner)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -36,23 +35,13 @@ import ray
 
 from core.schemas import SchemaError
 from core.hashing import stable_unit_hash
+from serving.join_rules import FeedbackRejected, check_reward, describe, greedy_verdict, split_shadow
 
 log = logging.getLogger(__name__)
 
 JOINER_NAME = "evolve-feedback-joiner"
 MAX_EVENT_ID_CHARS = 128
 MAX_VERSIONS_TRACKED = 100  # prequential windows kept (newest versions)
-
-
-class FeedbackRejected(Exception):
-    """A feedback (or request) refused with an HTTP status and the reason."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-    def __reduce__(self):  # crosses process boundaries (Ray) intact
-        return (type(self), (self.status, self.detail))
 
 
 @dataclass
@@ -68,6 +57,8 @@ class Event:
     novelty: float | None = None  # 0..100 percentile, when a novelty version scored it
     propensity: float | None = None  # the probability `prediction` was served with (core/exploration.py)
     action_probs: list[float] | None = None  # the serving distribution it was drawn from
+    shadow_version: int | None = None  # the gate's shadow version, when it answered this text too
+    shadow_prediction: int | None = None  # its greedy answer (the client got `prediction`)
     created: float = 0.0  # set by the join's clock
     feedback: tuple[int | None, float | None] | None = None  # what was accepted (label, reward)
     answer: dict[str, Any] | None = None  # the answer given to it (repeated verbatim)
@@ -153,13 +144,13 @@ class EventJoin:
             raise FeedbackRejected(410, f"event {event_id!r}: {tomb.reason or self._late(now - tomb.created)}")
         if label is None and reward is None:
             raise FeedbackRejected(422, "feedback needs a label or a reward")
-        key = (self._label_index(label, ev.labels if ev else tomb.labels), _check_reward(reward))
+        key = (self._label_index(label, ev.labels if ev else tomb.labels), check_reward(reward))
         if accepted is not None:
             if accepted == key:
                 self.stats.repeats += 1
                 # idempotent, even after the event expired: the same answer, nothing written
                 return dict(ev.answer if ev else tomb.answer), None
-            raise FeedbackRejected(409, f"event {event_id!r} already has feedback {_describe(accepted)}; "
+            raise FeedbackRejected(409, f"event {event_id!r} already has feedback {describe(accepted)}; "
                                         "one feedback per prediction")
         if now - ev.created > self.ttl:  # not swept yet (a clock that stepped back)
             raise FeedbackRejected(410, f"event {event_id!r}: {self._late(now - ev.created)}")
@@ -168,13 +159,15 @@ class EventJoin:
         ev.feedback = key
         ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
         text, ev.text = ev.text, ""  # the row has it; the event only answers repeats from now on
-        self._score(ev.policy_version, *_greedy_verdict(ev, label_idx, reward))
+        self._score(ev.policy_version, *greedy_verdict(ev, label_idx, reward))
         self.stats.joined += 1
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
             "event_id": event_id, "text": text, "prediction": ev.prediction, "probs": list(ev.probs),
             "label": label_idx, "reward": reward, "propensity": ev.propensity,
             "action_probs": None if ev.action_probs is None else list(ev.action_probs),
         }
+        if ev.shadow_prediction is not None:  # the gate's, split off before the replay store (join_rules.py)
+            row.update(shadow_version=ev.shadow_version, shadow_prediction=ev.shadow_prediction)
         return dict(ev.answer), row
 
     # ---- prequential accuracy ----------------------------------------------------
@@ -241,29 +234,6 @@ class EventJoin:
                 "created_at": datetime.fromtimestamp(now, timezone.utc)}
 
 
-def _greedy_verdict(ev: Event, label: int | None, reward: float | None) -> tuple[float, float]:
-    """(value, weight) of one feedback for the version's greedy accuracy (EventJoin.prequential)."""
-    greedy = max(range(len(ev.probs)), key=ev.probs.__getitem__)
-    if label is not None:
-        return float(label == greedy), 1.0
-    if ev.propensity is None or ev.propensity >= 1.0:
-        return float(reward), 1.0
-    return float(reward), (1.0 / ev.propensity if ev.prediction == greedy else 0.0)
-
-
-def _check_reward(reward: Any) -> float | None:
-    if reward is None:
-        return None
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward) \
-            or not 0.0 <= reward <= 1.0:
-        raise FeedbackRejected(422, f"reward must be a number in [0, 1], got {reward!r}")
-    return float(reward)
-
-
-def _describe(fb: tuple[int | None, float | None]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in (("label", fb[0]), ("reward", fb[1])) if v is not None)
-
-
 def to_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     """Row dicts -> the column dict `to_record_batch` / `writer.add` take."""
     return {name: [r[name] for r in rows] for name in rows[0]} if rows else {}
@@ -284,6 +254,8 @@ class Joiner:
     With `recent_fraction`, that share of labeled feedback (by a hash of the event id)
     goes to the gate's recent slice instead of the replay store: no learner sees it;
     with `ope_fraction`, that share of all feedback goes to the gate's off-policy slice.
+    Feedback on an event the gate's shadow answered too goes to the gate's shadow stage as
+    well (the shadow's answer never reaches the replay store).
     """
 
     def __init__(self, writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
@@ -306,6 +278,7 @@ class Joiner:
         self._recent: list[tuple[str, int]] = []  # held-out labeled rows for the gate, since the last push
         self.ope_fraction = ope_fraction if gate_name is not None else 0.0
         self._offpolicy: list[dict[str, Any]] = []  # held-out rows for the gate's off-policy stage
+        self._shadowed: list[dict[str, Any]] = []  # rows with a shadow's answer, for the gate's shadow stage
         self.held_for_gate = 0
         # (version, novelty, predicted label) of answered requests since the last push, for the
         # gate's input detectors; the newest only, if feedback (and so pushes) stalls
@@ -324,6 +297,9 @@ class Joiner:
         except FeedbackRejected as exc:
             return {"status": exc.status, "detail": exc.detail}
         if row is not None:
+            row, shadowed = split_shadow(row)
+            if shadowed is not None and self.gate_name is not None:
+                self._shadowed.append(shadowed)
             if row["label"] is not None and stable_unit_hash(f"{event_id}#recent") < self.recent_fraction:
                 self._recent.append((row["text"], int(row["label"])))  # the gate's, never the learner's
                 self.held_for_gate += 1
@@ -345,6 +321,7 @@ class Joiner:
         pairs, self._unpushed = self._unpushed, []
         recent, self._recent = self._recent, []
         offpolicy, self._offpolicy = self._offpolicy, []
+        shadowed, self._shadowed = self._shadowed, []
         inputs = list(self._inputs)
         self._inputs.clear()
         try:
@@ -353,6 +330,8 @@ class Joiner:
             self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined, recent, inputs)
             if offpolicy:
                 self._gate.offpolicy.remote(self.policy_id, offpolicy)
+            if shadowed:
+                self._gate.shadow_rows.remote(self.policy_id, shadowed)
             window = self.join.prequential().get(version)  # None: nothing served greedily yet
             if window is not None:
                 self._gate.check_window.remote(self.policy_id, version, *window)

@@ -10,6 +10,7 @@ from core.feedback_config import CanarySection, GateSection, ShadowSection
 from core.labeled_data import sentiment_reviews
 from core.registry import PolicyRegistry
 from core.text_classifier import from_version
+from serving.catalog import describe_policies
 from serving.gate import PublishGate
 from tests.unit.test_gate import P, FakePublisher, _start, world  # noqa: F401 (world: a fixture)
 
@@ -59,7 +60,8 @@ def test_a_poisoned_shadow_is_refused_after_min_rows_and_an_equal_one_goes_live(
     bad = gate.submit(P, world["poisoned"], world["files"], {})
     assert bad["decision"] == "shadow" and registry.stages(P)["shadow"]["version"] == 2
     assert registry.latest(P, "live").version == 1 and gate.shadow(P)["version"] == 2
-    assert registry.get(P, 2).gate["decision"] == "shadow"  # what /v1/models shows while it runs
+    (flight,) = describe_policies(registry)["policies"][0]["in_flight"]  # what /v1/models shows while it runs
+    assert flight["version"] == 2 and flight["stage"] == "shadow" and "shadow on" in flight["reason"]
     assert gate.submit(P, world["base"], world["files"], {})["decision"] == "dropped"  # one at a time
 
     rows = _shadowed_rows(world, world["poisoned"], 2, MIN_ROWS + 100, p_label)
@@ -70,6 +72,7 @@ def test_a_poisoned_shadow_is_refused_after_min_rows_and_an_equal_one_goes_live(
     assert gate.shadow(P)["rows"] == MIN_ROWS - 10
     _feed(gate, rows[MIN_ROWS - 10:])
     assert gate.shadow(P) is None and registry.stages(P)["shadow"]["version"] is None
+    assert describe_policies(registry)["policies"][0]["in_flight"] == []
     ended = [f for k, f in events if k == "shadow_ended"][-1]
     assert ended["decision"] == "refuse" and ended["diff_ci"][1] < -gate.config.tolerance, ended
     assert ended["exposure"] == MIN_ROWS and ended["n"] == MIN_ROWS
@@ -97,6 +100,8 @@ def test_a_shadow_that_passes_goes_on_to_the_canary_with_every_stage_in_its_line
     assert gate.shadow(P) is None and gate.canary(P)["version"] == 2
     stages = registry.stages(P)
     assert stages["canary"]["version"] == 2 and stages["shadow"]["version"] is None
+    (flight,) = describe_policies(registry)["policies"][0]["in_flight"]
+    assert flight["stage"] == "canary" and [e["stage"] for e in flight["evidence"]] == ["heldout", "shadow"]
     assert stages["live"]["version"] == 1
     assert gate.submit(P, world["better"], world["files"], {})["decision"] == "dropped"  # the canary runs
     rng = np.random.default_rng(0)
@@ -129,3 +134,73 @@ def test_shadow_must_come_after_the_offline_stages_and_before_the_canary():
     for stages in (["shadow", "heldout"], ["shadow", "ope", "canary"], ["canary", "shadow"]):
         with pytest.raises(ValueError, match="shadow|canary"):
             GateSection(stages=stages)
+
+
+# ---- the replica and the joiner's side --------------------------------------------------------
+def test_a_replica_follows_the_shadow_stage_and_draws_it_per_request_not_per_client(tmp_path, world):
+    from serving.canary import CanaryFollower
+    from serving.classify import Served
+
+    registry = PolicyRegistry(tmp_path / "registry")
+    registry.promote(P, registry.publish(P, world["base"], files=world["files"]))
+    v2 = registry.publish(P, world["poisoned"], files=world["files"])
+    follower = CanaryFollower(str(tmp_path / "registry"), P, 0.5, stage="shadow", sticky=False)
+    assert follower.refresh(Served) is None and follower.routes("user-1") is None  # no shadow yet
+    registry.promote(P, v2, stage="shadow")
+    assert follower.refresh(Served) == v2 and follower.current.version == v2
+    drawn = [follower.routes("user-1") is not None for _ in range(400)]
+    assert 0.35 < np.mean(drawn) < 0.65  # the same client: drawn anew each request, about `fraction`
+    registry.clear(P, "shadow")
+    assert follower.refresh(Served) is None and follower.routes("user-1") is None
+
+
+def test_the_client_gets_lives_answer_and_the_event_carries_the_shadows(world):
+    from core.text_classifier import from_version as load
+    from serving.classify import Served, classify, greedy_answers
+
+    w = world
+    texts = [t for t, _ in w["heldout"][:20]]
+    live, shadow = Served(load(w["base"], w["files"]), 1), Served(load(w["poisoned"], w["files"]), 2)
+    answers = greedy_answers(shadow, texts)
+    plain, _ = classify(live, texts, P, "serve-test")
+    preds, events = classify(live, texts, P, "serve-test", shadow=answers)
+    strip = ("event_id",)
+    assert [{k: v for k, v in p.items() if k not in strip} for p in preds] \
+        == [{k: v for k, v in p.items() if k not in strip} for p in plain]  # unchanged for the client
+    assert {p["model_version"] for p in preds} == {1}
+    assert [e["shadow_version"] for e in events] == [2] * len(texts)
+    assert [e["shadow_prediction"] for e in events] == [1 - e["prediction"] for e in events]  # the flipped head
+    _, unshadowed = classify(live, texts[:2], P, "serve-test")
+    assert [(e["shadow_version"], e["shadow_prediction"]) for e in unshadowed] == [(None, None)] * 2
+
+
+def test_the_joiner_hands_shadowed_feedback_to_the_gate_and_keeps_it_out_of_the_replay_rows():
+    import asyncio
+    from types import SimpleNamespace
+
+    from serving.join import Joiner
+    from tests.unit.test_feedback_join import FakeGate, FlakyWriter, _event
+
+    n = 40
+
+    async def run():
+        writer, gate = FlakyWriter(), FakeGate()
+        gate.shadow_rows = SimpleNamespace(remote=lambda pid, rows: shadowed.extend(rows))
+        joiner = Joiner(writer, 60.0, commit_interval_s=0.001, gate_name="evolve-gate-sentiment",
+                        policy_id="sentiment", push_every=10)
+        joiner._gate = gate
+        await joiner.record([{**_event(i, prediction=1), "propensity": 1.0, "shadow_version": 4,
+                              "shadow_prediction": 0} if i % 2 else _event(i) for i in range(n)])
+        for i in range(n):
+            assert (await joiner.feedback(f"e{i}", "pos"))["status"] == 200
+        assert await joiner.flush(timeout_s=10)
+        return writer
+
+    shadowed: list[dict] = []
+    writer = asyncio.run(run())
+    assert len(writer.rows["feedback"]) == n  # every row trained on, none with a shadow column
+    assert not any("shadow_version" in r for r in writer.rows["feedback"].values())
+    assert len(shadowed) == n // 2 and {r["shadow_version"] for r in shadowed} == {4}
+    assert all(r["shadow_prediction"] == 0 and r["prediction"] == 1 and r["label"] == 1 for r in shadowed)
+    assert {r["policy_version"] for r in shadowed} == {3}
+
