@@ -199,6 +199,14 @@ class RLGate:
                 self.episodes.clear()  # another policy served those: not live's behaviour any more
             self._live_cached = version
 
+    def close(self, policy_id: str) -> None:
+        """The run ends: a canary still undecided is ended (refused, the stage cleared), never left pointing."""
+        with self._eval:
+            canary = self.canary_run
+            if canary is not None:
+                said = canary.test.decision()[1]
+                self._finish_canary(policy_id, canary, "abort", f"{said}; the run ended before the canary decided")
+
     # ---- queries -----------------------------------------------------------------------------
     def canary(self) -> dict | None:
         with self._mu:

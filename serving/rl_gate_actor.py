@@ -50,6 +50,9 @@ class RLGateActor:
     def episode(self, policy_id: str, episode: dict) -> None:
         self.gate.episode(policy_id, episode)
 
+    def close(self, policy_id: str) -> None:
+        self.gate.close(policy_id)
+
     def drain_events(self) -> list[dict]:
         with self._lock:
             out = list(self._events)

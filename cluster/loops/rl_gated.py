@@ -90,6 +90,8 @@ class ActGate:
     def stop(self) -> None:
         if self.clients is not None:
             ray.wait([self.clients.stop.remote()], timeout=10)
+        if self.gate is not None:
+            ray.wait([self.gate.close.remote(self.rl.policy_id)], timeout=30)
 
     def teardown(self) -> None:
         for handle in (self.clients, self.gate):

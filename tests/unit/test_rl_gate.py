@@ -148,3 +148,14 @@ def test_a_canary_keeps_each_client_on_one_side(tmp_path):
     assert (follower.route(keys) == first).all() and 0.2 < first.mean() < 0.4
     registry.clear(P, "canary")
     assert follower.refresh(SPEC) is None and not follower.route(keys).any()
+
+
+def test_a_canary_undecided_when_the_run_ends_is_cleared_and_refused(tmp_path):
+    gate, registry, _, events = _gate(tmp_path, ["canary"])
+    gate.publish(P, _balancer())
+    cand = gate.publish(P, _balancer(gain=2.0))
+    assert registry.stages(P)["canary"]["version"] == cand
+    gate.close(P)
+    record = registry.get(P, cand).gate
+    assert registry.stages(P)["canary"]["version"] is None and record["decision"] == "refuse"
+    assert "the run ended before the canary decided" in record["reason"]
