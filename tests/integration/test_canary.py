@@ -1,9 +1,11 @@
-"""A canary under live traffic on a real Ray cluster: sticky per client, a poisoned candidate aborted, no failed request.
+"""Gate stages on live traffic on a real Ray cluster: a canary (sticky per client) and a shadow (unseen by clients).
 
 One cluster for the module: the real PolicyPublisher, GateActor (`gate.stages: [canary]`),
-joiner and feedback app.  The users in this test agree with the live version (each
+joiner and feedback app; a second policy with its own gate (`gate.stages: [shadow]`),
+joiner and app beside them.  The users in this test agree with the live version (each
 feedback's label is what live answers), so live's reward is 1 and the poisoned candidate
-(live's head flipped) earns 0: the sequential test must abort it quickly.
+(live's head flipped) earns 0: the sequential test must abort it quickly, and the shadow
+stage must refuse it once its answers are joined with enough feedback.
 """
 
 import json
@@ -64,13 +66,38 @@ def canary_world(tmp_path_factory):
         poisoned = {k: v.copy() for k, v in weights.items()}
         poisoned["head.weight"], poisoned["head.bias"] = weights["head.weight"][::-1].copy(), weights["head.bias"][::-1].copy()
         agreed = [LABELS[k] for k in from_version(weights, live.files()).predict_proba(texts).argmax(1)]
-        yield {"http": http, "gate": gate, "agreed": agreed, "poisoned": poisoned,
-               "files": live.files(), "texts": texts, "app": app}
+        yield {"http": http, "gate": gate, "agreed": agreed, "poisoned": poisoned, "weights": weights,
+               "files": live.files(), "texts": texts, "app": app, "port": port, "registry": registry,
+               "publisher": publisher}
         undeploy_feedback_app()
         stop_joiner()
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+SHADOW_POLICY, SHADOW_APP, SHADOW_JOINER = "sentiment-shadow", "feedback-shadow", "shadow-test-joiner"
+
+
+@pytest.fixture(scope="module")
+def shadow_world(canary_world):
+    """A second policy served beside the first, its gate with the `shadow` stage only."""
+    w = canary_world
+    cfg = FeedbackConfig(policy_id=SHADOW_POLICY, feedback_ttl_s=60, max_batch_size=8, batch_wait_timeout_s=0.005)
+    cfg.gate.stages = ["shadow"]
+    cfg.gate.shadow.fraction, cfg.gate.shadow.min_rows = 0.5, 40
+    cfg.data.max_heldout = 50
+    gate = GateActor.options(name=gate_name(SHADOW_POLICY)).remote(
+        w["registry"], cfg.data.model_dump(mode="json"), cfg.gate.model_dump(), "canary-test-publisher", torch_threads=1)
+    assert ray.get(gate.bootstrap.remote(SHADOW_POLICY, w["weights"], w["files"]), timeout=120)["version"] == 1
+    deploy_feedback_app(w["publisher"], w["registry"], cfg, None, gate_name=gate_name(SHADOW_POLICY),
+                        app_name=SHADOW_APP, route_prefix="/shadow", joiner_name=SHADOW_JOINER)
+    http = f"http://127.0.0.1:{w['port']}/shadow"
+    wait_until(lambda: httpx.post(f"{http}/predict", json={"text": "很好"}, timeout=30).status_code == 200, 90,
+               "the shadow policy's version 1 served")
+    yield {**w, "http": http, "gate": gate}
+    undeploy_feedback_app(SHADOW_APP)
+    stop_joiner(SHADOW_JOINER)
 
 
 class Users:
@@ -153,3 +180,25 @@ def test_a_poisoned_canary_is_aborted_and_traffic_returns_to_live(canary_world):
     assert summary["live_version"] == 1
     print(f"canary aborted after {ended[0]['candidate_requests']} candidate requests "
           f"({ended[0]['duration_s']} s); {len(users.seen)} requests, 0 failed")
+
+
+def test_a_poisoned_shadow_never_answers_a_client_and_is_refused_on_its_joined_answers(shadow_world):
+    w, gate = shadow_world, shadow_world["gate"]
+    with Users(w) as users:
+        wait_until(lambda: _no_failures(users) and len(users.seen) >= 20, 120, "traffic on version 1")
+        started = ray.get(gate.submit.remote(SHADOW_POLICY, w["poisoned"], w["files"], {}), timeout=120)
+        assert started["decision"] == "shadow" and started["version"] == 2
+        assert ray.get(gate.shadow.remote(SHADOW_POLICY))["version"] == 2
+        wait_until(lambda: ray.get(gate.shadow.remote(SHADOW_POLICY)) is None, 120, "the shadow decided")
+        models = httpx.get(f"{w['http']}/models", timeout=30).json()
+    events = ray.get(gate.drain_events.remote())
+    ended = [e for e in events if e["event"] == "shadow_ended"]
+    assert len(ended) == 1 and ended[0]["decision"] == "refuse", ended
+    assert ended[0]["exposure"] >= 40 and ended[0]["diff_ci"][1] < 0, ended  # its own answers, joined
+    assert users.failed == [], users.failed[:5]
+    assert {v for _, _, v in users.seen} == {1}  # every client got live's answer, all along
+    (policy,) = [p for p in models["policies"] if p["policy_id"] == SHADOW_POLICY]
+    assert policy["in_flight"] == [] and policy["live_version"] == 1
+    assert [s["stage"] for s in policy["versions"][-1]["gate"]["stages"]] == ["shadow"]
+    print(f"shadow refused after {ended[0]['exposure']} joined answers ({ended[0]['duration_s']} s); "
+          f"{len(users.seen)} requests, all answered by v1")
