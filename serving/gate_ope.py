@@ -5,6 +5,7 @@
     ope       the off-policy slice (serving/ope_slice.py): the candidate's estimated value on
               held-back live feedback against live's; refuse when its interval lies below
               -tolerance
+    shadow, canary  on live traffic, after these (serving/gate_shadow.py, serving/gate_canary.py)
 
 A stage list without `heldout` still scores the held-out set (the lineage's
 `heldout_accuracy` and the forgetting guard's matrix), but its verdict does
@@ -55,4 +56,4 @@ class OffPolicyGate:
                 if verdict.decision != "promote":
                     return replace(result, decision="refuse", reason=verdict.reason), trail
                 result = replace(result, reason=f"{result.reason}; {verdict.reason}")
-        return result, trail  # `canary` runs after these, on live traffic (serving/gate_canary.py)
+        return result, trail  # `shadow` and `canary` run after these, on live traffic
