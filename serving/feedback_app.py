@@ -315,7 +315,8 @@ class FeedbackServer:
         from serving.proto import evolve_pb2
 
         try:
-            preds = await self._predict(check_texts(list(request.texts), self.max_text_chars))
+            preds = await self._predict(check_texts(list(request.texts), self.max_text_chars),
+                                        grpc_client_key(grpc_context))
         except FeedbackRejected as exc:
             _grpc_error(grpc_context, exc)
             return evolve_pb2.PredictResponse()
@@ -341,6 +342,12 @@ class FeedbackApp:
     app_name: str
     route_prefix: str
     joiner: Any  # FeedbackJoiner handle: prequential(), stats(), flush()
+
+
+def grpc_client_key(grpc_context: Any) -> str | None:
+    """The `x-evolve-client` metadata of a gRPC call: the same sticky key as the HTTP header."""
+    metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
+    return next((v for k, v in metadata if k.lower() == CLIENT_HEADER), None)
 
 
 def grpc_options(port: int) -> dict[str, Any]:

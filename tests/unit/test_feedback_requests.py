@@ -127,3 +127,14 @@ def test_checked_in_openapi_matches_the_app():
     assert checked_in == openapi_spec(), "stale: python -m serving.feedback_app > docs/openapi.json"
     assert {"/predict", "/feedback", "/healthz", "/models"} <= set(checked_in["paths"])
     assert checked_in["servers"] == [{"url": "/v1"}]
+
+
+def test_a_grpc_call_names_its_client_in_metadata_as_http_does_in_a_header():
+    from types import SimpleNamespace
+
+    from serving.feedback_app import grpc_client_key
+
+    call = SimpleNamespace(invocation_metadata=lambda: [("user-agent", "grpc"), ("x-evolve-client", "c-7")])
+    assert grpc_client_key(call) == "c-7"
+    assert grpc_client_key(SimpleNamespace(invocation_metadata=lambda: [])) is None
+    assert grpc_client_key(None) is None
