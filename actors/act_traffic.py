@@ -130,7 +130,7 @@ class ActClientWorker:
                 "error": self.error}
 
 
-@ray.remote(num_cpus=0.25, max_restarts=-1)
+@ray.remote(num_cpus=0, max_restarts=-1)
 class ActClientActor:
     """Plays episodes through `/act` and hands each to the RL gate (fire-and-forget, at most 32 in flight)."""
 

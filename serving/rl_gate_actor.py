@@ -25,7 +25,7 @@ def rl_gate_name(policy_id: str) -> str:
 
 # Episodes arrive in their own group, one at a time: the learner's candidates and the driver's
 # queries get threads however many episodes queue up.
-@ray.remote(num_cpus=0.25, max_restarts=-1, max_concurrency=4, concurrency_groups={"episodes": 1})
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=4, concurrency_groups={"episodes": 1})
 class RLGateActor:
     def __init__(self, registry_uri: str, gate: dict, spec: dict, exploration: dict, publisher_name: str,
                  return_range: tuple[float, float], seed: int = 0, max_events: int = 10_000):

@@ -68,7 +68,7 @@ class ActTrafficSection(Section):
     episodes_at_once: int = Field(default=16, ge=1)  # episodes in flight: one batched /act per step
     clients: int = Field(default=1000, ge=1)  # distinct client keys; each episode draws one
     max_requests_per_s: float = Field(default=40.0, gt=0)  # batched /act calls per second at most
-    num_cpus: float = Field(default=0.25, gt=0)
+    num_cpus: float = Field(default=0.0, ge=0)  # Ray CPUs: light (it mostly waits on HTTP), not reserved
     seed: int = 0
 
     def active(self, gate: RLGateSection) -> bool:
