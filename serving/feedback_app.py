@@ -153,6 +153,12 @@ def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
         context.set_details(exc.detail)
 
 
+def grpc_client_key(grpc_context: Any) -> str | None:
+    """The `x-evolve-client` metadata of a gRPC call: the same sticky key as the HTTP header."""
+    metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
+    return next((v for k, v in metadata if k.lower() == CLIENT_HEADER), None)
+
+
 @serve.deployment(name="feedback_server", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class FeedbackServer:
@@ -342,12 +348,6 @@ class FeedbackApp:
     app_name: str
     route_prefix: str
     joiner: Any  # FeedbackJoiner handle: prequential(), stats(), flush()
-
-
-def grpc_client_key(grpc_context: Any) -> str | None:
-    """The `x-evolve-client` metadata of a gRPC call: the same sticky key as the HTTP header."""
-    metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
-    return next((v for k, v in metadata if k.lower() == CLIENT_HEADER), None)
 
 
 def grpc_options(port: int) -> dict[str, Any]:
