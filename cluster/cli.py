@@ -69,6 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--learner-resource", default="learner", help="custom resource learners ask for")
     validate.set_defaults(func=_cmd_validate)
 
+    keys = sub.add_parser("keys", help="API keys for the served endpoints",
+                          description="Create, list and revoke API keys (serving.auth). A key is printed once; "
+                          "the file keeps its SHA-256 only.")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    kcreate = ksub.add_parser("create", help="make a key and print it once")
+    kcreate.add_argument("--scopes", default="predict,feedback",
+                         help="comma-separated: predict, feedback, admin (default: predict,feedback)")
+    kcreate.add_argument("--name", default="", help="who the key is for")
+    kcreate.set_defaults(func=lambda a: _keys_cli().create(a.file, a.scopes, a.name))
+    klist = ksub.add_parser("list", help="ids, names, scopes, state")
+    klist.set_defaults(func=lambda a: _keys_cli().list_keys(a.file))
+    krevoke = ksub.add_parser("revoke", help="refuse a key from now on")
+    krevoke.add_argument("key_id", metavar="ID")
+    krevoke.set_defaults(func=lambda a: _keys_cli().revoke(a.file, a.key_id))
+    for p in (kcreate, klist, krevoke):
+        p.add_argument("--file", default="~/.evolve/keys.json",
+                       help="the key store (serving.auth.keys_file; default: ~/.evolve/keys.json)")
+
     replay = sub.add_parser("replay", help="a run's replay store", description="Look into a run's replay store (offline).")
     rsub = replay.add_subparsers(dest="replay_command", required=True, metavar="SUBCOMMAND")
     inspect = rsub.add_parser("inspect", help="tables, sizes, version ranges, disk use",
@@ -82,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", metavar="OUT")
     export.set_defaults(func=lambda a: _replay_cli().export_run(a.run_dir, a.table, a.out))
     return parser
+
+
+def _keys_cli():
+    from cluster import keys_cli
+
+    return keys_cli
 
 
 def _replay_cli():

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from core.config_base import NAME_PATTERN as _NAME
+from core.auth import AuthSection
 from core.config_base import Section
 from core.exploration import ExplorationSection
 from core.feedback_config import FeedbackConfig
@@ -70,6 +71,8 @@ class ServingConfig(Section):
     # How replicas pick the answer they serve, and per policy id (core/exploration.py).
     exploration: ExplorationSection = Field(default_factory=ExplorationSection)
     exploration_by_policy: dict[str, ExplorationSection] = Field(default_factory=dict)
+    # API keys, scopes and per-key limits (core/auth.py); on by default beyond loopback.
+    auth: AuthSection = Field(default_factory=AuthSection)
 
     def exploration_for(self, policy_id: str) -> ExplorationSection:
         return self.exploration_by_policy.get(policy_id, self.exploration)

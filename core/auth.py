@@ -1,0 +1,217 @@
+"""API keys with scopes, a request rate and a feedback share per key (`serving.auth`).
+
+A key is shown once, when `evolve keys create` makes it: `evk_<id>_<secret>`. The store
+keeps its id, name, scopes and the SHA-256 of the whole key, never the key itself; keys
+carry 192 random bits, so a fast hash is enough (a slow one guards guessable passwords).
+The store is a JSON file (`serving.auth.keys_file`) or the same JSON in an environment
+variable (`serving.auth.keys_env`), for deployments that mount secrets that way.
+
+`Authenticator.authorize(key, scope)` answers what a route needs: the key's record, or
+`AuthFailed` with the HTTP status (401 no or unknown key, 403 wrong scope, 429 over the
+rate or the feedback share, with `Retry-After`) and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from core.config_base import Section
+
+Scope = Literal["predict", "feedback", "admin"]
+SCOPES: tuple[str, ...] = ("predict", "feedback", "admin")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+KEY_PREFIX = "evk"
+
+
+class AuthSection(Section):
+    # None: on whenever serving binds beyond loopback (serving.host), off on 127.0.0.1.
+    enabled: bool | None = None
+    keys_file: Path = Path("~/.evolve/keys.json")
+    # An environment variable holding the store's JSON instead of the file (when set, it wins).
+    keys_env: str = "EVOLVE_API_KEYS"
+    rate_per_s: float = Field(default=50.0, gt=0)  # requests per second per key, sustained
+    burst: int = Field(default=100, ge=1)  # ...and at once
+    # No key's feedback may exceed this share of the last `share_window` feedbacks a replica took;
+    # 1 admits all (a deployment with one feedback client); the gate caps shares in its evidence anyway.
+    max_feedback_share: float = Field(default=1.0, gt=0, le=1)
+    share_window: int = Field(default=1000, ge=10)
+
+    def active(self, host: str) -> bool:
+        return self.enabled if self.enabled is not None else host not in LOOPBACK
+
+
+class KeyRecord(BaseModel):
+    id: str
+    name: str = ""
+    scopes: list[Scope]
+    sha256: str
+    created: float
+    revoked: bool = False
+
+
+class AuthFailed(Exception):
+    def __init__(self, status: int, reason: str, retry_after_s: float | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.retry_after_s = status, reason, retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id(key: str) -> str | None:
+    """The id inside a key (`evk_<id>_<secret>`), or None for something that is not a key."""
+    parts = key.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX and parts[1] else None
+
+
+class KeyStore:
+    """The keys of one deployment: a JSON file, or the JSON in an environment variable."""
+
+    def __init__(self, path: str | os.PathLike[str], env: str | None = None):
+        self.path = Path(path).expanduser()
+        self.env = env
+
+    def records(self) -> dict[str, KeyRecord]:
+        text = os.environ.get(self.env) if self.env else None
+        if text is None:
+            text = self.path.read_text() if self.path.exists() else "[]"
+        try:
+            return {r.id: r for r in (KeyRecord.model_validate(x) for x in json.loads(text))}
+        except (ValueError, TypeError) as exc:
+            where = f"${self.env}" if self.env and self.env in os.environ else str(self.path)
+            raise ValueError(f"{where}: not an Evolve key store ({exc})") from exc
+
+    def version(self) -> tuple:
+        """Changes whenever the keys may have changed (a revoke takes effect without a restart)."""
+        if self.env and self.env in os.environ:
+            return ("env", os.environ[self.env])
+        try:
+            st = self.path.stat()
+            return ("file", st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return ("file", None)
+
+    def create(self, scopes: list[str], name: str = "") -> tuple[KeyRecord, str]:
+        bad = sorted(set(scopes) - set(SCOPES))
+        if bad or not scopes:
+            raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
+        records = self._file_records()
+        kid = secrets.token_hex(4)
+        while kid in records:
+            kid = secrets.token_hex(4)
+        key = f"{KEY_PREFIX}_{kid}_{secrets.token_urlsafe(24)}"
+        record = KeyRecord(id=kid, name=name, scopes=sorted(set(scopes)), sha256=_digest(key), created=time.time())
+        records[kid] = record
+        self._save(records)
+        return record, key
+
+    def revoke(self, kid: str) -> KeyRecord:
+        records = self._file_records()
+        if kid not in records:
+            raise KeyError(f"no key with id {kid!r} in {self.path}")
+        records[kid] = records[kid].model_copy(update={"revoked": True})
+        self._save(records)
+        return records[kid]
+
+    def _file_records(self) -> dict[str, KeyRecord]:
+        env, self.env = self.env, None  # create and revoke edit the file, whatever the environment says
+        try:
+            return self.records()
+        finally:
+            self.env = env
+
+    def _save(self, records: dict[str, KeyRecord]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps([r.model_dump() for r in records.values()], indent=2)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keys-")
+        with os.fdopen(fd, "w") as f:  # mkstemp's file is 0600: only the owner reads the hashes
+            f.write(body)
+        os.replace(tmp, self.path)
+
+
+class _Bucket:
+    def __init__(self, rate: float, burst: int, now: float):
+        self.rate, self.burst, self.tokens, self.at = rate, burst, float(burst), now
+
+    def take(self, now: float) -> float:
+        """0 when a request may pass now, else the seconds until one may."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Authenticator:
+    """What a replica asks before it answers: whose key, allowed this scope, within its limits."""
+
+    def __init__(self, store: KeyStore, section: AuthSection, clock=time.monotonic):
+        self.store, self.section, self.clock = store, section, clock
+        self._seen: tuple | None = None
+        self._records: dict[str, KeyRecord] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._feedback: deque[str] = deque(maxlen=section.share_window)
+
+    def authorize(self, key: str | None, scope: str) -> KeyRecord:
+        if not key:
+            raise AuthFailed(401, "an API key is required: send 'Authorization: Bearer <key>'")
+        record = self._lookup(key)
+        if record is None:
+            raise AuthFailed(401, "unknown or revoked API key")
+        if scope not in record.scopes and "admin" not in record.scopes:
+            raise AuthFailed(403, f"key {record.id} lacks the {scope!r} scope (has {', '.join(record.scopes)})")
+        now = self.clock()
+        bucket = self._buckets.setdefault(record.id, _Bucket(self.section.rate_per_s, self.section.burst, now))
+        wait = bucket.take(now)
+        if wait > 0:
+            raise AuthFailed(429, f"key {record.id} is over {self.section.rate_per_s:g} requests/s", wait)
+        if scope == "feedback":
+            self._check_share(record.id)
+        return record
+
+    def _check_share(self, kid: str) -> None:
+        window, cap = self._feedback, self.section.max_feedback_share
+        if cap >= 1:
+            return
+        mine = sum(1 for k in window if k == kid)
+        # only a full enough window says anything about shares: the first clients are not capped
+        if len(window) >= window.maxlen // 10 and mine + 1 > cap * (len(window) + 1):
+            raise AuthFailed(429, f"key {kid} sent over {cap:.0%} of recent feedback; others must send some first",
+                             1.0)
+        window.append(kid)
+
+    def _lookup(self, key: str) -> KeyRecord | None:
+        version = self.store.version()
+        if version != self._seen:
+            self._records, self._seen = self.store.records(), version
+        kid = key_id(key)
+        record = self._records.get(kid) if kid else None
+        if record is None or record.revoked or not hmac.compare_digest(record.sha256, _digest(key)):
+            return None
+        return record
+
+
+def bearer(authorization: str | None, x_key: str | None = None) -> str | None:
+    """The key of a request: `Authorization: Bearer <key>`, else the `x-evolve-key` header."""
+    if authorization:
+        kind, _, value = authorization.partition(" ")
+        if kind.lower() == "bearer" and value.strip():
+            return value.strip()
+    return x_key or None
