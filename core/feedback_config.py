@@ -148,6 +148,11 @@ class GateSection(Section):
     # falls below what the gate measured by more than `rollback_margin`.
     window: int = Field(default=300, ge=20)
     rollback_margin: float = Field(default=0.1, ge=0, le=1)
+    # Feedback trust: the guard rolls back only on a window sent by at least `min_clients`
+    # distinct clients (API keys when serving.auth is on, else the x-evolve-client header),
+    # and no one client's rows count beyond `max_client_share` of the window.
+    min_clients: int = Field(default=3, ge=1)
+    max_client_share: float = Field(default=0.2, gt=0, le=1)
 
 
 class FeedbackConfig(Section):

@@ -182,9 +182,16 @@ class PublishGate(AdaptiveGate, OffPolicyGate, ShadowGate, CanaryGate):
         minus `rollback_margin`.  Flags of a version that is no longer live are ignored."""
         return self._prequential(policy_id, version, flags=correct_flags)
 
-    def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict[str, Any]:
+    def check_window(self, policy_id: str, version: int, correct: float, n: int,
+                     clients: int | None = None) -> dict[str, Any]:
         """The same check on counts the caller keeps over the version's last `n <= window` feedback
-        events (`serving/join.py` `prequential()` gives {version: (correct, n)}); not incremental."""
+        events (`serving/join.py` `prequential()` gives {version: (correct, n)}); not incremental.
+
+        `clients`: distinct senders in that window. Fewer than `gate.min_clients` never roll back:
+        one client (or a few), however many labels they send, cannot move the live version."""
+        if clients is not None and clients < self.config.min_clients:
+            return {"policy_id": policy_id, "version": version, "rollback": False,
+                    "reason": f"feedback from {clients} client(s); a rollback needs {self.config.min_clients}"}
         return self._prequential(policy_id, version, counts=(float(correct), int(n)))
 
     def _prequential(self, policy_id: str, version: int, flags: Sequence[bool] | None = None,

@@ -72,8 +72,8 @@ class GateActor:
         return self.gate.check_prequential(policy_id, version, correct_flags)
 
     @ray.method(concurrency_group="feedback")
-    def check_window(self, policy_id: str, version: int, correct: float, n: int) -> dict:
-        return self.gate.check_window(policy_id, version, correct, n)
+    def check_window(self, policy_id: str, version: int, correct: float, n: int, clients: int | None = None) -> dict:
+        return self.gate.check_window(policy_id, version, correct, n, clients)
 
     @ray.method(concurrency_group="feedback")
     def observe(self, policy_id: str, pairs: list, events: int, recent: list = (), inputs: list = ()) -> list[dict]:

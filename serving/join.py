@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -86,7 +88,7 @@ class JoinStats:
 class EventJoin:
     def __init__(self, feedback_ttl_s: float, *, feedback_table: str = "feedback", text_table: str | None = "text",
                  max_events: int = 200_000, tombstone_s: float | None = None, max_tombstones: int | None = None,
-                 window: int = 300, clock: Callable[[], float] = time.time):
+                 window: int = 300, max_client_share: float = 1.0, clock: Callable[[], float] = time.time):
         if feedback_ttl_s <= 0 or max_events < 1 or window < 1:
             raise ValueError("feedback_ttl_s, max_events and window must be positive")
         self.ttl, self.max_events, self.window = feedback_ttl_s, max_events, window
@@ -95,7 +97,9 @@ class EventJoin:
         self.feedback_table, self.text_table, self.clock = feedback_table, text_table, clock
         self.events: OrderedDict[str, Event] = OrderedDict()  # insertion (= time) order: evict from the front
         self.tombs: OrderedDict[str, Tombstone] = OrderedDict()
-        self.scores: dict[int, deque[tuple[float, float]]] = {}  # version -> last `window` (value, weight)
+        # version -> last `window` (value, weight, client): who sent each feedback, for the share cap
+        self.scores: dict[int, deque[tuple[float, float, str | None]]] = {}
+        self.max_client_share = max_client_share
         self.stats = JoinStats()
 
     # ---- events ------------------------------------------------------------------
@@ -120,16 +124,19 @@ class EventJoin:
                                           f"{self.max_events} events")
         return rows
 
-    def join(self, event_id: str, label: int | str | None = None,
-             reward: float | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """(answer, feedback row or None for a repeat); raises FeedbackRejected with the status."""
+    def join(self, event_id: str, label: int | str | None = None, reward: float | None = None,
+             client: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(answer, feedback row or None for a repeat); raises FeedbackRejected with the status.
+
+        `client` is who sent the feedback (an API key's id, else the client header; None: unknown).
+        """
         try:
-            return self._join(event_id, label, reward)
+            return self._join(event_id, label, reward, client)
         except FeedbackRejected as exc:
             self.stats.rejected[exc.status] = self.stats.rejected.get(exc.status, 0) + 1
             raise
 
-    def _join(self, event_id: str, label: int | str | None, reward: float | None):
+    def _join(self, event_id: str, label: int | str | None, reward: float | None, client: str | None):
         now = self.clock()
         self._evict(now)
         if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
@@ -159,7 +166,7 @@ class EventJoin:
         ev.feedback = key
         ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
         text, ev.text = ev.text, ""  # the row has it; the event only answers repeats from now on
-        self._score(ev.policy_version, *greedy_verdict(ev, label_idx, reward))
+        self._score(ev.policy_version, *greedy_verdict(ev, label_idx, reward), client)
         self.stats.joined += 1
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
             "event_id": event_id, "text": text, "prediction": ev.prediction, "probs": list(ev.probs),
@@ -182,17 +189,41 @@ class EventJoin:
         """
         out = {}
         for v, s in sorted(self.scores.items()):
-            weight = sum(w for _, w in s)
+            kept = self._capped(s)
+            weight = sum(w for _, w, _ in kept)
             if weight > 0:
-                out[v] = (sum(x * w for x, w in s) / weight * len(s), len(s))
+                out[v] = (sum(x * w for x, w, _ in kept) / weight * len(kept), len(kept))
         return out
 
-    def _score(self, version: int, value: float, weight: float) -> None:
+    def clients(self) -> dict[int, int]:
+        """{policy_version: distinct feedback senders in its window}.
+
+        An unattributed row (no API key, no client header: possible only with auth off, where any
+        sender may claim any name anyway) counts as a sender of its own and is never capped.
+        """
+        return {v: len({c for _, _, c in s if c is not None}) + sum(c is None for _, _, c in s)
+                for v, s in sorted(self.scores.items())}
+
+    def _capped(self, rows: deque) -> list[tuple[float, float, str | None]]:
+        """The window with each sender's rows beyond `max_client_share` of it left out (its oldest):
+        one client, however busy, moves the figure by at most its share."""
+        if self.max_client_share >= 1:
+            return list(rows)
+        cap = max(1, math.ceil(self.max_client_share * len(rows)))
+        seen: dict[str | None, int] = {}
+        kept = []
+        for row in reversed(rows):
+            seen[row[2]] = seen.get(row[2], 0) + 1
+            if row[2] is None or seen[row[2]] <= cap:
+                kept.append(row)
+        return kept[::-1]
+
+    def _score(self, version: int, value: float, weight: float, client: str | None = None) -> None:
         if version not in self.scores:
             self.scores[version] = deque(maxlen=self.window)
             for old in sorted(self.scores)[:-MAX_VERSIONS_TRACKED]:
                 del self.scores[old]
-        self.scores[version].append((value, weight))
+        self.scores[version].append((value, weight, client))
 
     # ---- memory ------------------------------------------------------------------
     def _evict(self, now: float) -> None:
@@ -250,8 +281,10 @@ class Joiner:
 
     With a `gate_name`, every `push_every` joined feedbacks the joiner hands that gate
     actor the predicting version's prequential window (the rollback guard) and each
-    feedback's verdict on its version (the drift detector), as the feedback arrives.
-    With `recent_fraction`, that share of labeled feedback (by a hash of the event id)
+    feedback's verdict on its version (the drift detector), as the feedback arrives, and
+    how many distinct clients sent the window (the guard needs `gate.min_clients`).
+    With `recent_fraction`, that share of labeled feedback (by a salted hash of the event id:
+    the salt is the joiner's own secret, so a client cannot tell which of its feedback is held out)
     goes to the gate's recent slice instead of the replay store: no learner sees it;
     with `ope_fraction`, that share of all feedback goes to the gate's off-policy slice.
     Feedback on an event the gate's shadow answered too goes to the gate's shadow stage as
@@ -261,9 +294,11 @@ class Joiner:
     def __init__(self, writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                  text_table: str | None = "text", window: int = 300, max_events: int = 200_000,
                  commit_interval_s: float = 0.05, gate_name: str | None = None, policy_id: str | None = None,
-                 push_every: int = 10, recent_fraction: float = 0.0, ope_fraction: float = 0.0):
+                 push_every: int = 10, recent_fraction: float = 0.0, ope_fraction: float = 0.0,
+                 max_client_share: float = 1.0, salt: str | None = None):
         self.join = EventJoin(feedback_ttl_s, feedback_table=feedback_table, text_table=text_table,
-                              window=window, max_events=max_events)
+                              window=window, max_events=max_events, max_client_share=max_client_share)
+        self.salt = secrets.token_hex(16) if salt is None else salt
         self.writer, self.commit_interval_s = writer, commit_interval_s
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self.written: dict[str, int] = {}
@@ -290,20 +325,21 @@ class Joiner:
             self._inputs.extend((int(e["policy_version"]), e.get("novelty"), int(e["prediction"])) for e in events)
         return len(events)
 
-    async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None) -> dict:
+    async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None,
+                       client: str | None = None) -> dict:
         """{"status": 200, "body": answer} or {"status": 4xx, "detail": reason} (never raises for a client error)."""
         try:
-            answer, row = self.join.join(event_id, label, reward)
+            answer, row = self.join.join(event_id, label, reward, client)
         except FeedbackRejected as exc:
             return {"status": exc.status, "detail": exc.detail}
         if row is not None:
             row, shadowed = split_shadow(row)
             if shadowed is not None and self.gate_name is not None:
                 self._shadowed.append(shadowed)
-            if row["label"] is not None and stable_unit_hash(f"{event_id}#recent") < self.recent_fraction:
+            if row["label"] is not None and stable_unit_hash(f"{self.salt}{event_id}#recent") < self.recent_fraction:
                 self._recent.append((row["text"], int(row["label"])))  # the gate's, never the learner's
                 self.held_for_gate += 1
-            elif stable_unit_hash(f"{event_id}#ope") < self.ope_fraction:
+            elif stable_unit_hash(f"{self.salt}{event_id}#ope") < self.ope_fraction:
                 self._offpolicy.append({k: row[k] for k in ("text", "prediction", "propensity", "label", "reward")})
                 self.held_for_gate += 1
             else:
@@ -334,7 +370,7 @@ class Joiner:
                 self._gate.shadow_rows.remote(self.policy_id, shadowed)
             window = self.join.prequential().get(version)  # None: nothing served greedily yet
             if window is not None:
-                self._gate.check_window.remote(self.policy_id, version, *window)
+                self._gate.check_window.remote(self.policy_id, version, *window, self.join.clients()[version])
         except Exception as exc:  # the gate is restarting or gone: the next push tries again
             self._gate = None
             log.warning("feedback joiner: cannot reach gate %r: %s", self.gate_name, exc)
@@ -409,10 +445,11 @@ FeedbackJoiner = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Jo
 def get_or_create_joiner(writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                          text_table: str | None = "text", window: int = 300, name: str = JOINER_NAME,
                          gate_name: str | None = None, policy_id: str | None = None,
-                         recent_fraction: float = 0.0, ope_fraction: float = 0.0) -> Any:
+                         recent_fraction: float = 0.0, ope_fraction: float = 0.0,
+                         max_client_share: float = 1.0) -> Any:
     # Ray warns about any ray.get in an async actor; the joiner's run in worker threads
     # (asyncio.to_thread in _write), never on the event loop, so the warning is noise here.
     quiet = {"env_vars": {"RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}}
     return FeedbackJoiner.options(name=name, get_if_exists=True, runtime_env=quiet).remote(
         writer, feedback_ttl_s, feedback_table, text_table, window, gate_name=gate_name, policy_id=policy_id,
-        recent_fraction=recent_fraction, ope_fraction=ope_fraction)
+        recent_fraction=recent_fraction, ope_fraction=ope_fraction, max_client_share=max_client_share)

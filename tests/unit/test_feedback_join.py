@@ -264,7 +264,7 @@ def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_fr
     async def run():
         writer, gate = FlakyWriter(), FakeGate()
         joiner = Joiner(writer, 60.0, commit_interval_s=0.001, gate_name="evolve-gate-sentiment",
-                        policy_id="sentiment", push_every=10, recent_fraction=0.25)
+                        policy_id="sentiment", push_every=10, recent_fraction=0.25, salt="s3cret")
         joiner._gate = gate  # what ray.get_actor(gate_name) returns in a run
         await joiner.record([_event(i, prediction=1) for i in range(n)])
         for i in range(n):
@@ -276,7 +276,7 @@ def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_fr
         return writer, gate, joiner.stats()
 
     writer, gate, stats = asyncio.run(run())
-    held = {f"e{i}" for i in range(n) if i % 4 != 3 and stable_unit_hash(f"e{i}#recent") < 0.25}
+    held = {f"e{i}" for i in range(n) if i % 4 != 3 and stable_unit_hash(f"s3crete{i}#recent") < 0.25}
     assert 20 < len(held) < 80 and stats["held_for_gate"] == len(held)
     trained = set(writer.rows["feedback"])
     assert trained == {f"feedback-e{i}" for i in range(n)} - {f"feedback-{e}" for e in held}  # never trained on
@@ -288,3 +288,32 @@ def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_fr
     assert [x for _, x in pairs[:4]] == [0.0, 1.0, 0.0, 1.0]  # predicted pos: right only for label pos; reward 1
     assert len(gate.windows) == n // 10 and gate.observed[-1][2] == n
     assert len(gate.inputs) == n and {i[2] for i in gate.inputs} == {1}  # every answer: (version, novelty, label)
+
+
+def test_the_held_out_share_is_salted_per_joiner():
+    from serving.join import Joiner
+
+    a, b = (Joiner(None, 60.0, gate_name="g", policy_id="p", recent_fraction=0.25) for _ in range(2))
+    assert len(a.salt) == 32 and a.salt != b.salt  # an outsider cannot compute which events are held out
+
+
+def test_one_client_moves_the_window_by_its_share_and_counts_once():
+    join = EventJoin(60.0, window=100, max_client_share=0.2)
+    join.record([_event(i, prediction=1) for i in range(100)])
+    for i in range(50):  # honest clients: all right
+        join.join(f"e{i}", "pos", client=f"user{i % 10}")
+    for i in range(50, 100):  # one client: all wrong
+        join.join(f"e{i}", "neg", client="mallory")
+    correct, n = join.prequential()[3]
+    assert n == 70 and correct == 50  # mallory's newest 20 of the window's 100 count, not 50
+    assert join.clients() == {3: 11}
+    lone = EventJoin(60.0, window=100, max_client_share=0.2)
+    lone.record([_event(i, prediction=1) for i in range(100)])
+    for i in range(100):
+        lone.join(f"e{i}", "neg", client="mallory")
+    assert lone.clients() == {3: 1} and lone.prequential()[3] == (0.0, 20)
+    anonymous = EventJoin(60.0, window=100, max_client_share=0.2)
+    anonymous.record([_event(i, prediction=1) for i in range(30)])
+    for i in range(30):
+        anonymous.join(f"e{i}", "neg")
+    assert anonymous.clients() == {3: 30} and anonymous.prequential()[3] == (0.0, 30)  # unattributed: as before

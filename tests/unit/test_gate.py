@@ -276,7 +276,9 @@ def test_prequential_on_the_joiners_window_counts(setup, world):
     gate.submit(P, world["base"], world["files"], {})
     assert not gate.check_window(P, 2, correct=5, n=10)["rollback"]  # not a full window yet
     assert not gate.check_window(P, 2, correct=18, n=20)["rollback"]
-    d = gate.check_window(P, 2, correct=6.5, n=20)  # reward-only feedback makes it fractional
+    few = gate.check_window(P, 2, correct=0, n=20, clients=2)  # below gate.min_clients (3): not trusted
+    assert not few["rollback"] and "2 client(s)" in few["reason"]
+    d = gate.check_window(P, 2, correct=6.5, n=20, clients=3)  # reward-only feedback makes it fractional
     assert d["rollback"] and d["rolled_back_to"] == 1 and d["windowed_accuracy"] == pytest.approx(0.325)
     assert registry.latest(P, "live").version == 1 and publisher.restored[-1][0] == 1
 
