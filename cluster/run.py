@@ -146,16 +146,20 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:
     from serving.gateway import deploy_gateway
 
     grpc = None
-    if "feedback" in cfg.loops:  # the feedback app also answers predict/feedback over gRPC
+    if cfg.serving.grpc and "feedback" in cfg.loops:  # the feedback app's predict/feedback over gRPC
         from serving.feedback_app import grpc_options
 
         grpc = grpc_options(cfg.serving.grpc_port)
     endpoints = deploy_gateway(cfg.serving, ctx.registry.uri, grpc)
     ctx.endpoints["http"] = endpoints.http
-    if endpoints.grpc:
-        ctx.endpoints["grpc"] = endpoints.grpc
+    if grpc:
+        # the address bound, not the one asked for: Ray's gRPC proxy has no host option
+        ctx.endpoints["grpc"] = f"[::]:{cfg.serving.grpc_port}"
+        if cfg.serving.host in ("127.0.0.1", "localhost", "::1"):
+            say(f"evolve: warning: gRPC listens on every interface ([::]:{cfg.serving.grpc_port}), not "
+                f"{cfg.serving.host}: Ray Serve's gRPC proxy has no host option; firewall the port")
     say(f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"
-        + (f"  gRPC {endpoints.grpc} (EvolveFeedback)" if endpoints.grpc else ""))
+        + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback)" if grpc else ""))
 
 
 def _undeploy() -> None:

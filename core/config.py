@@ -64,6 +64,9 @@ class ServingConfig(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+    # Serve's gRPC proxy for the feedback app: off unless asked for, since Ray's proxy binds
+    # every interface ([::]:grpc_port) whatever `host` says.
+    grpc: bool = False
     grpc_port: int = Field(default=9000, ge=1, le=65535)
     # Fractional CPUs keep Serve from starving actors and learners on small machines.
     replica_num_cpus: float = Field(default=0.1, gt=0)
