@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -37,13 +36,13 @@ import ray
 
 from core.schemas import SchemaError
 from core.hashing import stable_unit_hash
+from serving.join_window import PrequentialWindows
 from serving.join_rules import FeedbackRejected, check_reward, describe, greedy_verdict, split_shadow
 
 log = logging.getLogger(__name__)
 
 JOINER_NAME = "evolve-feedback-joiner"
 MAX_EVENT_ID_CHARS = 128
-MAX_VERSIONS_TRACKED = 100  # prequential windows kept (newest versions)
 
 
 @dataclass
@@ -97,9 +96,7 @@ class EventJoin:
         self.feedback_table, self.text_table, self.clock = feedback_table, text_table, clock
         self.events: OrderedDict[str, Event] = OrderedDict()  # insertion (= time) order: evict from the front
         self.tombs: OrderedDict[str, Tombstone] = OrderedDict()
-        # version -> last `window` (value, weight, client): who sent each feedback, for the share cap
-        self.scores: dict[int, deque[tuple[float, float, str | None]]] = {}
-        self.max_client_share = max_client_share
+        self.windows = PrequentialWindows(window, max_client_share)
         self.stats = JoinStats()
 
     # ---- events ------------------------------------------------------------------
@@ -166,7 +163,7 @@ class EventJoin:
         ev.feedback = key
         ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
         text, ev.text = ev.text, ""  # the row has it; the event only answers repeats from now on
-        self._score(ev.policy_version, *greedy_verdict(ev, label_idx, reward), client)
+        self.windows.add(ev.policy_version, *greedy_verdict(ev, label_idx, reward), client)
         self.stats.joined += 1
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
             "event_id": event_id, "text": text, "prediction": ev.prediction, "probs": list(ev.probs),
@@ -177,53 +174,12 @@ class EventJoin:
             row.update(shadow_version=ev.shadow_version, shadow_prediction=ev.shadow_prediction)
         return dict(ev.answer), row
 
-    # ---- prequential accuracy ----------------------------------------------------
+    # ---- prequential accuracy (serving/join_window.py) ----------------------------
     def prequential(self) -> dict[int, tuple[float, int]]:
-        """{policy_version: (correct, n)} over each version's last `window` feedbacks.
-
-        correct / n is the version's accuracy as it would answer greedily, the figure the gate
-        measured on the held-out set: 1/0 for labeled feedback (the label against the version's
-        argmax), the reward for reward-only feedback.  With exploration the served answer is
-        sometimes not the argmax; its reward then says nothing about the greedy answer, and the
-        window is self-normalised over the rows served greedily, each weighted 1 / propensity.
-        """
-        out = {}
-        for v, s in sorted(self.scores.items()):
-            kept = self._capped(s)
-            weight = sum(w for _, w, _ in kept)
-            if weight > 0:
-                out[v] = (sum(x * w for x, w, _ in kept) / weight * len(kept), len(kept))
-        return out
+        return self.windows.prequential()
 
     def clients(self) -> dict[int, int]:
-        """{policy_version: distinct feedback senders in its window}.
-
-        An unattributed row (no API key, no client header: possible only with auth off, where any
-        sender may claim any name anyway) counts as a sender of its own and is never capped.
-        """
-        return {v: len({c for _, _, c in s if c is not None}) + sum(c is None for _, _, c in s)
-                for v, s in sorted(self.scores.items())}
-
-    def _capped(self, rows: deque) -> list[tuple[float, float, str | None]]:
-        """The window with each sender's rows beyond `max_client_share` of it left out (its oldest):
-        one client, however busy, moves the figure by at most its share."""
-        if self.max_client_share >= 1:
-            return list(rows)
-        cap = max(1, math.ceil(self.max_client_share * len(rows)))
-        seen: dict[str | None, int] = {}
-        kept = []
-        for row in reversed(rows):
-            seen[row[2]] = seen.get(row[2], 0) + 1
-            if row[2] is None or seen[row[2]] <= cap:
-                kept.append(row)
-        return kept[::-1]
-
-    def _score(self, version: int, value: float, weight: float, client: str | None = None) -> None:
-        if version not in self.scores:
-            self.scores[version] = deque(maxlen=self.window)
-            for old in sorted(self.scores)[:-MAX_VERSIONS_TRACKED]:
-                del self.scores[old]
-        self.scores[version].append((value, weight, client))
+        return self.windows.clients()
 
     # ---- memory ------------------------------------------------------------------
     def _evict(self, now: float) -> None:
@@ -295,12 +251,18 @@ class Joiner:
                  text_table: str | None = "text", window: int = 300, max_events: int = 200_000,
                  commit_interval_s: float = 0.05, gate_name: str | None = None, policy_id: str | None = None,
                  push_every: int = 10, recent_fraction: float = 0.0, ope_fraction: float = 0.0,
-                 max_client_share: float = 1.0, salt: str | None = None):
+                 max_client_share: float = 1.0, salt: str | None = None, max_pending: int = 20_000,
+                 durable_timeout_s: float = 10.0):
         self.join = EventJoin(feedback_ttl_s, feedback_table=feedback_table, text_table=text_table,
                               window=window, max_events=max_events, max_client_share=max_client_share)
         self.salt = secrets.token_hex(16) if salt is None else salt
         self.writer, self.commit_interval_s = writer, commit_interval_s
         self.pending: dict[str, list[dict[str, Any]]] = {}
+        # futures of the queued rows' commit, by table: feedback is acknowledged once its row is durable
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._durable: dict[str, asyncio.Future] = {}  # event id -> its row's commit, while pending
+        self.max_pending, self.durable_timeout_s = max_pending, durable_timeout_s
+        self.refused_full = 0
         self.written: dict[str, int] = {}
         self.write_errors, self.dropped = 0, 0
         self._writing = False
@@ -327,11 +289,17 @@ class Joiner:
 
     async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None,
                        client: str | None = None) -> dict:
-        """{"status": 200, "body": answer} or {"status": 4xx, "detail": reason} (never raises for a client error)."""
+        """{"status": 200, "body": answer} once the feedback's row is in the replay store, or
+        {"status": 4xx/503, "detail": reason} (never raises for a client error)."""
+        if sum(map(len, self.pending.values())) >= self.max_pending:
+            self.refused_full += 1  # the replay store is behind: refuse before accepting anything
+            return {"status": 503, "detail": f"feedback queue full ({self.max_pending} rows waiting for the "
+                                              "replay store); retry later", "retry_after_s": 1}
         try:
             answer, row = self.join.join(event_id, label, reward, client)
         except FeedbackRejected as exc:
             return {"status": exc.status, "detail": exc.detail}
+        durable = self._durable.get(event_id)  # a repeat while the first one's row is still queued
         if row is not None:
             row, shadowed = split_shadow(row)
             if shadowed is not None and self.gate_name is not None:
@@ -343,9 +311,21 @@ class Joiner:
                 self._offpolicy.append({k: row[k] for k in ("text", "prediction", "propensity", "label", "reward")})
                 self.held_for_gate += 1
             else:
-                self._queue(self.join.feedback_table, [row])
+                durable = self._queue(self.join.feedback_table, [row])
+                if durable is not None:
+                    self._durable[event_id] = durable
+                    durable.add_done_callback(lambda _, e=event_id: self._durable.pop(e, None))
             verdict = answer["correct"] if answer["correct"] is not None else row["reward"]
             self._push_window(answer["model_version"], float(verdict))
+        if durable is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(durable), self.durable_timeout_s)
+            except RuntimeError as exc:  # a bug, said as one: the feedback is not acknowledged
+                return {"status": 500, "detail": f"feedback on {event_id!r} could not be stored: {exc}"}
+            except asyncio.TimeoutError:
+                return {"status": 503, "detail": f"feedback on {event_id!r} is taken but not yet in the replay "
+                                                  "store; send the same feedback again to learn when it is",
+                        "retry_after_s": 1}
         return {"status": 200, "body": answer}
 
     def _push_window(self, version: int, verdict: float) -> None:
@@ -384,7 +364,7 @@ class Joiner:
                 "evicted_for_capacity": s.evicted_for_capacity, "held_events": len(self.join.events),
                 "tombstones": len(self.join.tombs), "rows_written": dict(self.written),
                 "rows_pending": sum(map(len, self.pending.values())), "write_errors": self.write_errors,
-                "rows_dropped": self.dropped, "held_for_gate": self.held_for_gate}
+                "rows_dropped": self.dropped, "held_for_gate": self.held_for_gate, "refused_full": self.refused_full}
 
     async def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued row is written (True) or `timeout_s` passes (False)."""
@@ -394,17 +374,21 @@ class Joiner:
         return not (self.pending or self._writing)
 
     # ---- group commit ------------------------------------------------------------
-    def _queue(self, table: str | None, rows: list[dict[str, Any]]) -> None:
+    def _queue(self, table: str | None, rows: list[dict[str, Any]]) -> asyncio.Future | None:
+        """Queue rows for the next group commit; the future resolves once they are written."""
         if table is None or not rows:
-            return
+            return None
         if self.writer is None:  # serving without a replay store (benchmarks): count and drop
             self.dropped += len(rows)
-            return
+            return None
         self.pending.setdefault(table, []).extend(rows)
+        done = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(table, []).append(done)
         if self._task is None or self._task.done():  # here: an async actor's __init__ runs outside its loop
             self._dirty = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._commit_loop())
         self._dirty.set()
+        return done
 
     async def _commit_loop(self) -> None:
         while True:
@@ -412,25 +396,30 @@ class Joiner:
             self._dirty.clear()
             await asyncio.sleep(self.commit_interval_s)  # let a group accumulate
             batch, self.pending = self.pending, {}
+            waiters, self._waiters = self._waiters, {}
             self._writing = True
             try:
                 for table, rows in batch.items():
-                    await self._write(table, rows)
+                    written = await self._write(table, rows)
+                    for done in waiters.pop(table, ()):
+                        if not done.done():
+                            done.set_result(True) if written else done.set_exception(
+                                RuntimeError(f"rows for {table!r} refused by the replay store's schema"))
             finally:
                 self._writing = False
 
-    async def _write(self, table: str, rows: list[dict[str, Any]]) -> None:
+    async def _write(self, table: str, rows: list[dict[str, Any]]) -> bool:
         backoff = 0.1
         while True:
             try:
                 write = getattr(self.writer, "add_and_wait", None) or self.writer.add
                 await asyncio.to_thread(write, table, to_columns(rows))  # blocks on the shard's ack
                 self.written[table] = self.written.get(table, 0) + len(rows)
-                return
+                return True
             except SchemaError as exc:  # a bug, not weather: retrying cannot help
                 log.error("feedback joiner: %d rows for %r refused: %s", len(rows), table, exc)
                 self.dropped += len(rows)
-                return
+                return False
             except Exception as exc:  # shard restarting, ...: same ids again, duplicates are dropped
                 self.write_errors += 1
                 log.warning("feedback joiner: writing %d rows to %r failed (%s); retrying", len(rows), table, exc)

@@ -317,3 +317,63 @@ def test_one_client_moves_the_window_by_its_share_and_counts_once():
     for i in range(30):
         anonymous.join(f"e{i}", "neg")
     assert anonymous.clients() == {3: 30} and anonymous.prequential()[3] == (0.0, 30)  # unattributed: as before
+
+
+class GatedWriter(FlakyWriter):
+    """Holds every write until the test opens the gate (a slow or restarting replay store)."""
+
+    def __init__(self):
+        super().__init__()
+        import threading
+
+        self.open = threading.Event()
+
+    def add_and_wait(self, table, columns):
+        self.open.wait(10)
+        return super().add_and_wait(table, columns)
+
+
+def test_feedback_is_acknowledged_only_once_its_row_is_written():
+    import asyncio
+
+    from serving.join import Joiner
+
+    async def run():
+        writer = GatedWriter()
+        joiner = Joiner(writer, 60.0, commit_interval_s=0.001, durable_timeout_s=0.3)
+        await joiner.record([_event(i) for i in range(3)])
+        pending = asyncio.ensure_future(joiner.feedback("e0", "pos"))
+        await asyncio.sleep(0.1)
+        assert not pending.done() and "feedback" not in writer.rows  # not answered while only in memory
+        writer.open.set()
+        assert (await pending)["status"] == 200 and "feedback-e0" in writer.rows["feedback"]
+        writer.open.clear()
+        slow = await joiner.feedback("e1", "neg")  # the store stays away past the timeout: not acknowledged
+        assert slow["status"] == 503 and "not yet in the replay store" in slow["detail"]
+        repeat = asyncio.ensure_future(joiner.feedback("e1", "neg"))  # a retry waits for the same row
+        await asyncio.sleep(0.05)
+        assert not repeat.done()
+        writer.open.set()
+        assert (await repeat)["status"] == 200 and "feedback-e1" in writer.rows["feedback"]
+
+    asyncio.run(run())
+
+
+def test_a_full_queue_answers_503_before_taking_the_feedback():
+    import asyncio
+
+    from serving.join import Joiner
+
+    async def run():
+        writer = GatedWriter()
+        joiner = Joiner(writer, 60.0, text_table=None, commit_interval_s=0.001, max_pending=1, durable_timeout_s=5)
+        await joiner.record([_event(i) for i in range(3)])
+        first = asyncio.ensure_future(joiner.feedback("e0", "pos"))
+        await asyncio.sleep(0)  # queued, not yet taken by the commit loop
+        full = await joiner.feedback("e1", "pos")
+        assert full["status"] == 503 and "queue full" in full["detail"] and joiner.stats()["refused_full"] == 1
+        writer.open.set()
+        assert (await first)["status"] == 200
+        assert (await joiner.feedback("e1", "pos"))["status"] == 200  # not taken before: a fresh feedback now
+
+    asyncio.run(run())
