@@ -1,6 +1,9 @@
 """A loop's Ray Train learner: `trainer.fit()` in a background thread, and the board it reports on.
 
     LearnerRun(spec) -> ProgressBoard actor + TorchTrainer (learners.train_loop.fit) in a thread
+    check()          -> a learner that failed for good (past `learner.max_failures` restarts, each
+                        resuming from the last checkpoint): one `learner_failed` event, `failed` set;
+                        the loop goes on degraded (serving keeps the live version), the run does not end
     drain()          -> rank 0's records into events.jsonl as the loop's events `learner` (progress),
                         `learner_eval` (the objective's own held-out figures), `checkpoint`, `resumed`
     stop()           -> ask the workers to stop at their next report; they checkpoint, then return
@@ -17,17 +20,12 @@ from typing import Any
 
 import ray
 
-from cluster.errors import UserError
 from core.config import LearnerConfig
 from learners.train_loop import LoopSpec, ProgressBoard, fit
 
 
 # The learner's records as the loop's events; `eval` stays free for what judges a loop (the RL evaluator).
 EVENT_NAMES = {"progress": "learner", "eval": "learner_eval"}
-
-
-class LearnerFailed(UserError):
-    """The learner's workers failed; the message is the first line of their error."""
 
 
 class LearnerRun:
@@ -39,9 +37,11 @@ class LearnerRun:
         self.figures: dict[str, Any] = {}  # the newest progress record
         self.resumed_from: int | None = None
         self.outcome: dict[str, Any] = {}
+        self.failed: str | None = None  # why the learner failed for good, once it has
         trainer = fit(self.spec, num_workers=placement.num_workers, use_gpu=placement.use_gpu,
                       cpus_per_worker=placement.cpus_per_worker, resources_per_worker=placement.resources_per_worker,
-                      storage_path=str((run_dir.path / "train").resolve()), name=name, datasets=datasets)
+                      storage_path=str((run_dir.path / "train").resolve()), name=name, datasets=datasets,
+                      max_failures=placement.max_failures)
         self.thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True, name=f"evolve-{name}-fit")
         self.thread.start()
 
@@ -64,11 +64,14 @@ class LearnerRun:
                 self.figures.setdefault("step", self.resumed_from)
         return records
 
-    def check(self) -> None:
-        if "error" in self.outcome:
-            error = self.outcome["error"]
-            self.run_dir.event(self.name, "learner_failed", error=f"{type(error).__name__}: {error}")
-            raise LearnerFailed(f"{self.name} learner failed: {' '.join(str(error).split())[:300]}") from error
+    def check(self) -> str | None:
+        """The reason, the first time the learner is seen failed for good; else None."""
+        if "error" not in self.outcome or self.failed is not None:
+            return None
+        error = self.outcome["error"]
+        self.failed = f"{self.name} learner failed: {' '.join(str(error).split())[:300]}"
+        self.run_dir.event(self.name, "learner_failed", error=f"{type(error).__name__}: {error}")
+        return self.failed
 
     def finished(self) -> bool:
         return not self.thread.is_alive() and "result" in self.outcome

@@ -83,10 +83,19 @@ class LoopBase:
 
     def poll(self) -> dict[str, Any]:
         if self.learner is not None:
-            self.learner.check()
+            failed = self.learner.check()
+            if failed:
+                self.ctx.say(f"evolve: warning: {failed}; loop {self.name!r} goes on degraded: serving keeps "
+                             "the live version, nothing new is learned")
             self.on_learner(self.learner.drain())
         self.actors.poll()
-        return self.figures()
+        figures = self.figures()
+        return {**figures, "learner": "failed"} if self.degraded else figures
+
+    @property
+    def degraded(self) -> bool:
+        """The loop's learner failed for good: it serves and acts on, it does not learn."""
+        return self.learner is not None and self.learner.failed is not None
 
     def done(self) -> bool:
         return False

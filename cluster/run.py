@@ -63,8 +63,11 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
         if ctx.replay is not None:
             run_info["replay"] = quietly(lambda: _replay_summary(ctx.replay), "reading the replay store")
         summaries = {loop.name: quietly(loop.summary, f"summary of loop {loop.name!r}") or {} for loop in loops}
+        degraded = [loop.name for loop in loops if getattr(loop, "degraded", False)]
+        for name in degraded:
+            summaries[name]["status"] = "degraded"
         run_info.update(wall_s=round(time.time() - started, 3), stopped_by=reason, ray_version=ray.__version__,
-                        python=platform.python_version())
+                        python=platform.python_version(), status="degraded" if degraded else "ok")
         rd.event("run", "finished", stopped_by=reason, wall_s=run_info["wall_s"])
         path = rd.write_summary(run_info, summaries)
         rd.close()

@@ -96,6 +96,9 @@ class LearnerConfig(Section):
     # GPU node type of ray_cluster.yaml.
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
     cpus_per_worker: float = Field(default=1.0, gt=0)  # reserved in Ray's scheduler
+    # Worker-group failures Ray Train recovers from (restart, resume from the last checkpoint)
+    # before the learner fails for good; -1: no limit. Then the loop runs on `degraded`.
+    max_failures: int = Field(default=3, ge=-1)
 
     @field_validator("resources_per_worker")
     @classmethod

@@ -282,9 +282,10 @@ def fit(
     name: str,
     datasets: dict[str, Any] | None = None,
     keep_checkpoints: int = 2,
+    max_failures: int = 0,
 ):
     """Run the loop on a TorchTrainer; a second call with the same storage_path/name resumes."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
@@ -297,7 +298,8 @@ def fit(
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {}), **resources_per_worker},
         ),
         run_config=RunConfig(
-            storage_path=storage_path, name=name, checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)
+            storage_path=storage_path, name=name, checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+            failure_config=FailureConfig(max_failures=max_failures),
         ),
         datasets=datasets or {},
     )

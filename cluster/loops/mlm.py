@@ -124,12 +124,13 @@ class MLMLoop(LoopBase):
         }
 
     def done(self) -> bool:
-        return self.learner is not None and self.learner.finished()
+        # a pretraining loop has nothing to serve: a learner failed for good ends it
+        return self.learner is not None and (self.learner.finished() or self.learner.failed is not None)
 
     # ---- stop and summary ----------------------------------------------------------------
     def stop(self) -> None:
         if self.stopped_by is None:  # before stop() ends the learner: did it reach max_steps itself?
-            self.stopped_by = "max_steps" if self.done() else "run_stopped"
+            self.stopped_by = ("learner_failed" if self.degraded else "max_steps") if self.done() else "run_stopped"
         super().stop()
 
     def finish(self) -> None:
