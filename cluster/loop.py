@@ -58,6 +58,8 @@ class RunContext:
         self.cluster: ClusterHandle | None = None
         self.replay: Any = None  # a ReplayClient when replay tables are declared
         self.endpoints: dict[str, str] = {}
+        # serving/auth_guard.guard_settings: what replicas check keys with; None: auth is off
+        self.auth: dict[str, Any] | None = None
         self.say: Callable[[str], None] = print
 
 

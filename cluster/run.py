@@ -21,6 +21,7 @@ import ray
 
 from cluster import loops as loop_kinds
 from cluster.connect import ClusterHandle, connect, disconnect, resource_report
+from cluster.errors import UserError
 from cluster.loop import Loop, RunContext, quietly
 from cluster.rundir import RunDir
 from core.config import EvolveConfig
@@ -44,6 +45,8 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
         for loop in loops:
             loop.prepare()
         rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded
+        if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
+            ctx.auth = _auth_settings(cfg)
         ctx.cluster = handle = connect(cfg.cluster)
         run_info.update(address=handle.address, embedded=handle.embedded, dashboard_url=handle.dashboard_url)
         say(f"evolve: Ray {ray.__version__} {'embedded' if handle.embedded else 'cluster'} at {handle.address}")
@@ -145,8 +148,20 @@ def _replay_summary(client) -> dict[str, dict]:
     return {name: {k: t[k] for k in keep} for name, t in client.info().items()}
 
 
+def _auth_settings(cfg: EvolveConfig) -> dict[str, Any] | None:
+    from serving.auth_guard import AuthNotReady, guard_settings
+
+    try:
+        return guard_settings(cfg.serving.auth, cfg.serving.host)
+    except AuthNotReady as exc:
+        raise UserError(str(exc)) from None
+
+
 def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:
     from serving.gateway import deploy_gateway
+
+    if ctx.auth is not None:
+        say(f"evolve: API keys required (serving.auth) on {cfg.serving.host}")
 
     grpc = None
     if cfg.serving.grpc and "feedback" in cfg.loops:  # the feedback app's predict/feedback over gRPC

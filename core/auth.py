@@ -83,14 +83,21 @@ def key_id(key: str) -> str | None:
 class KeyStore:
     """The keys of one deployment: a JSON file, or the JSON in an environment variable."""
 
-    def __init__(self, path: str | os.PathLike[str], env: str | None = None):
+    def __init__(self, path: str | os.PathLike[str], env: str | None = None, snapshot: str | None = None):
         self.path = Path(path).expanduser()
         self.env = env
+        # the driver's copy, for a replica on a node without the file (the file, when there, wins:
+        # a revoke on it takes effect at once)
+        self.snapshot = snapshot
 
-    def records(self) -> dict[str, KeyRecord]:
+    def text(self) -> str:
         text = os.environ.get(self.env) if self.env else None
         if text is None:
-            text = self.path.read_text() if self.path.exists() else "[]"
+            text = self.path.read_text() if self.path.exists() else self.snapshot or "[]"
+        return text
+
+    def records(self) -> dict[str, KeyRecord]:
+        text = self.text()
         try:
             return {r.id: r for r in (KeyRecord.model_validate(x) for x in json.loads(text))}
         except (ValueError, TypeError) as exc:
@@ -105,7 +112,7 @@ class KeyStore:
             st = self.path.stat()
             return ("file", st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            return ("file", None)
+            return ("snapshot", self.snapshot)
 
     def create(self, scopes: list[str], name: str = "") -> tuple[KeyRecord, str]:
         bad = sorted(set(scopes) - set(SCOPES))
@@ -130,11 +137,12 @@ class KeyStore:
         return records[kid]
 
     def _file_records(self) -> dict[str, KeyRecord]:
-        env, self.env = self.env, None  # create and revoke edit the file, whatever the environment says
+        env, snapshot = self.env, self.snapshot
+        self.env = self.snapshot = None  # create and revoke edit the file, whatever else says
         try:
             return self.records()
         finally:
-            self.env = env
+            self.env, self.snapshot = env, snapshot
 
     def _save(self, records: dict[str, KeyRecord]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +214,10 @@ class Authenticator:
         if record is None or record.revoked or not hmac.compare_digest(record.sha256, _digest(key)):
             return None
         return record
+
+
+def active_keys(store: KeyStore) -> int:
+    return sum(not r.revoked for r in store.records().values())
 
 
 def bearer(authorization: str | None, x_key: str | None = None) -> str | None:

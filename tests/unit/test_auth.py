@@ -134,3 +134,29 @@ def test_evolve_keys_create_list_revoke(tmp_path, capsys):
     assert failed(auth, key, "feedback").status == 401
     assert main(["keys", "create", "--scopes", "write", "--file", path]) == 1
     assert "scopes must be" in capsys.readouterr().err
+
+
+def test_route_guard_names_the_sender_and_travels_as_a_snapshot(tmp_path):
+    from types import SimpleNamespace
+
+    from serving.auth_guard import AuthNotReady, RouteGuard, guard_settings
+
+    section = AuthSection(keys_file=tmp_path / "keys.json", keys_env="EVOLVE_TEST_KEYS_UNSET")
+    assert guard_settings(section, "127.0.0.1") is None  # loopback: off
+    off = RouteGuard(None)
+    assert off.client({"x-evolve-client": "u1"}, "feedback") == "u1" and off.client({}, "predict") is None
+    with pytest.raises(AuthNotReady, match="evolve keys create"):
+        guard_settings(section, "0.0.0.0")  # beyond loopback with no key: refused before serving
+    record, key = KeyStore(section.keys_file).create(["feedback"])
+    settings = guard_settings(section, "0.0.0.0")
+    section.keys_file.unlink()  # a replica on another node: only the snapshot
+    guard = RouteGuard(settings)
+    assert guard.client({"authorization": f"Bearer {key}", "x-evolve-client": "forged"}, "feedback") == record.id
+    assert guard.client({"x-evolve-key": key}, "feedback") == record.id
+    with pytest.raises(AuthFailed) as info:
+        guard.client({"x-evolve-client": "u1"}, "feedback")
+    assert info.value.status == 401
+    call = SimpleNamespace(invocation_metadata=lambda: [("Authorization", f"Bearer {key}")])
+    with pytest.raises(AuthFailed) as info:
+        guard.grpc_client(call, "predict")
+    assert info.value.status == 403

@@ -1,0 +1,75 @@
+"""A replica's API-key check (core/auth.py) for HTTP routes and gRPC calls.
+
+`RouteGuard(settings)` is built in each replica from `guard_settings(...)`, which the driver
+makes: the `serving.auth` section and a snapshot of the key store (a replica on a node
+without the key file still knows the keys; where the file is, it is re-read on change).
+`None` settings: auth is off, and the guard only names the client (the `x-evolve-client`
+header), as before.
+
+`client(headers, scope)` returns who sent the request — the key's id with auth on, else the
+client header — or raises `AuthFailed` (401 / 403 / 429, with `Retry-After` for 429).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from core.auth import AuthFailed, Authenticator, AuthSection, KeyStore, active_keys, bearer
+
+KEY_HEADER = "x-evolve-key"
+CLIENT_HEADER = "x-evolve-client"
+GRPC_STATUS = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED"}
+
+
+class AuthNotReady(ValueError):
+    """Auth is on but no key can pass: said before anything is served."""
+
+
+def guard_settings(section: AuthSection, host: str) -> dict[str, Any] | None:
+    """What replicas need (picklable), or None when auth is off for `host`."""
+    if not section.active(host):
+        return None
+    store = KeyStore(section.keys_file, section.keys_env)
+    where = f"${section.keys_env}" if store.version()[0] == "env" else str(store.path)
+    try:
+        keys = active_keys(store)
+    except ValueError as exc:
+        raise AuthNotReady(str(exc)) from exc
+    if keys == 0:
+        why = "serving.auth.enabled" if section.enabled else f"serving.host {host} is beyond loopback"
+        raise AuthNotReady(f"API keys are required ({why}) but {where} has none: run `evolve keys create "
+                           f"--scopes predict,feedback`, or set serving.auth.enabled: false")
+    return {"section": section.model_dump(mode="json"), "snapshot": store.text()}
+
+
+class RouteGuard:
+    def __init__(self, settings: dict[str, Any] | None):
+        self.auth: Authenticator | None = None
+        if settings is not None:
+            section = AuthSection.model_validate(settings["section"])
+            store = KeyStore(section.keys_file, section.keys_env, snapshot=settings["snapshot"])
+            self.auth = Authenticator(store, section)
+
+    @property
+    def enabled(self) -> bool:
+        return self.auth is not None
+
+    def client(self, headers: Mapping[str, str], scope: str) -> str | None:
+        """Who sent the request (raises AuthFailed when its key may not)."""
+        if self.auth is None:
+            return headers.get(CLIENT_HEADER) or None
+        record = self.auth.authorize(bearer(headers.get("authorization"), headers.get(KEY_HEADER)), scope)
+        return record.id
+
+    def grpc_client(self, grpc_context: Any, scope: str) -> str | None:
+        """The same for a gRPC call: `authorization` / `x-evolve-key` / `x-evolve-client` metadata."""
+        metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
+        return self.client({k.lower(): v for k, v in metadata}, scope)
+
+
+def grpc_refuse(grpc_context: Any, exc: AuthFailed) -> None:
+    import grpc
+
+    if grpc_context is not None:
+        grpc_context.set_code(getattr(grpc.StatusCode, GRPC_STATUS.get(exc.status, "UNKNOWN")))
+        grpc_context.set_details(exc.reason)
