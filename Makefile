@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.evolve-installed
 
-.PHONY: install run test test-unit test-integration test-slow lint-imports clean
+.PHONY: install run test test-unit test-integration test-slow test-chaos lint-imports clean
 
 install: $(STAMP)
 
@@ -33,16 +33,20 @@ run: $(STAMP)
 
 # unit + integration (real Ray); `slow` learning runs are left to `make test-slow`
 test: $(STAMP) lint-imports
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not chaos" $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not integration and not chaos" $(PYTEST_ARGS)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m "integration and not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# SIGKILLs and disk faults under live traffic (tests/chaos); each reports its recovery time
+test-chaos: $(STAMP)
+	$(BIN)/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 lint-imports: $(STAMP)
 	$(BIN)/lint-imports
