@@ -25,12 +25,16 @@ SHADOW_ROW = ("prediction", "propensity", "label", "reward", "probs", "policy_ve
 class FeedbackRejected(Exception):
     """A feedback (or request) refused with an HTTP status and the reason."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, retry_after_s: float | None = None):
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.retry_after_s = status, detail, retry_after_s
+
+    def headers(self) -> dict[str, str] | None:
+        """`Retry-After` for a refusal that passes (a full queue, overload)."""
+        return None if self.retry_after_s is None else {"Retry-After": str(max(1, round(self.retry_after_s)))}
 
     def __reduce__(self):  # crosses process boundaries (Ray) intact
-        return (type(self), (self.status, self.detail))
+        return (type(self), (self.status, self.detail, self.retry_after_s))
 
 
 def greedy_verdict(ev: "Event", label: int | None, reward: float | None) -> tuple[float, float]:
