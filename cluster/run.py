@@ -168,7 +168,7 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:
         from serving.feedback_app import grpc_options
 
         grpc = grpc_options(cfg.serving.grpc_port)
-    endpoints = deploy_gateway(cfg.serving, ctx.registry.uri, grpc)
+    endpoints = deploy_gateway(cfg.serving, ctx.registry.uri, grpc, ctx.auth)
     ctx.endpoints["http"] = endpoints.http
     if grpc:
         # the address bound, not the one asked for: Ray's gRPC proxy has no host option

@@ -7,6 +7,9 @@
     GET  /v1/models    the registry catalog (the app owns the /v1 prefix, so it answers what the gateway would)
     gRPC evolve.v1.EvolveFeedback/{Predict,Feedback} through Serve's gRPC proxy (metadata application=feedback)
 
+With `serving.auth` on, every route but healthz needs an API key (`Authorization: Bearer`,
+or gRPC metadata) of its scope (serving/auth_guard.py); the key's id is the feedback's sender.
+
 Texts from concurrent requests (HTTP and gRPC alike) are classified together by
 `@serve.batch` (feedback.max_batch_size counted in texts, batch_wait_timeout_s; a
 request of max_batch_size texts or more is a batch by itself); `batching=False`
@@ -54,6 +57,7 @@ from serving.catalog import describe_policies
 from serving.classify import Served, classify, greedy_answers
 from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
+from serving.auth_guard import RouteGuard
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
 from serving.requests import MAX_TEXTS, check_texts, parse_feedback, parse_json, parse_predict
 
@@ -132,7 +136,8 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 _GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",
-               409: "ALREADY_EXISTS", 410: "FAILED_PRECONDITION", 503: "UNAVAILABLE"}
+               409: "ALREADY_EXISTS", 410: "FAILED_PRECONDITION", 503: "UNAVAILABLE",
+               401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}
 
 
 def _set(fields: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +158,21 @@ def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
         context.set_details(exc.detail)
 
 
+def _admit(guard: RouteGuard, headers: Any, scope: str) -> str | None:
+    """Who sent the request, or FeedbackRejected (401 / 403 / 429) when its API key may not."""
+    from core.auth import AuthFailed
+
+    try:
+        return guard.client(headers, scope)
+    except AuthFailed as exc:
+        raise FeedbackRejected(exc.status, exc.reason, exc.retry_after_s) from None
+
+
+def _grpc_headers(grpc_context: Any) -> dict[str, str]:
+    metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
+    return {k.lower(): v for k, v in metadata}
+
+
 def grpc_client_key(grpc_context: Any) -> str | None:
     """The `x-evolve-client` metadata of a gRPC call: the same sticky key as the HTTP header."""
     metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
@@ -165,8 +185,10 @@ class FeedbackServer:
     def __init__(self, publisher: Any, joiner: Any, registry_uri: str, policy_id: str, max_text_chars: int,
                  max_batch_size: int, batch_wait_timeout_s: float, batching: bool = True,
                  novelty_policy_id: str | None = None, exploration: dict | None = None,
-                 canary_fraction: float | None = None, shadow_fraction: float | None = None):
+                 canary_fraction: float | None = None, shadow_fraction: float | None = None,
+                 auth: dict | None = None):
         self.publisher, self.joiner, self.policy_id = publisher, joiner, policy_id
+        self.guard = RouteGuard(auth)  # API keys (serving.auth), or only the client header when off
         self.explore = ExplorationSection.model_validate(exploration or {})
         self._rng = np.random.default_rng()
         self.registry = PolicyRegistry(registry_uri)
@@ -276,30 +298,32 @@ class FeedbackServer:
         except Exception as exc:  # the predictions still stand; their feedback will get 404
             log.warning("feedback server: recording %d events failed (%s)", len(events), exc)
 
-    async def _feedback(self, event_id: str, label: Any, reward: Any) -> dict:
-        reply = await self.joiner.feedback.remote(event_id, label, reward)
+    async def _feedback(self, event_id: str, label: Any, reward: Any, client: str | None = None) -> dict:
+        reply = await self.joiner.feedback.remote(event_id, label, reward, client)
         if reply["status"] != 200:
-            raise FeedbackRejected(reply["status"], reply["detail"])
+            raise FeedbackRejected(reply["status"], reply["detail"], reply.get("retry_after_s"))
         return reply["body"]
 
     # ---- HTTP ------------------------------------------------------------------------
     @api.post("/predict", response_model=Prediction | PredictBatchResponse, openapi_extra=_body(PredictRequest),
-              responses=_errors(400, 413, 422, 503))
+              responses=_errors(400, 401, 403, 413, 422, 429, 503))
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
         try:
+            _admit(self.guard, request.headers, "predict")
             texts, single = parse_predict(parse_json(await request.body()), self.max_text_chars)
             preds = await self._predict(texts, request.headers.get(CLIENT_HEADER))
         except FeedbackRejected as exc:
-            raise HTTPException(exc.status, detail=exc.detail) from None
+            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return Prediction(**preds[0]) if single else PredictBatchResponse(predictions=preds)
 
     @api.post("/feedback", response_model=FeedbackResponse, openapi_extra=_body(FeedbackRequest),
-              responses=_errors(400, 404, 409, 410, 422))
+              responses=_errors(400, 401, 403, 404, 409, 410, 422, 429, 503))
     async def feedback(self, request: Request) -> FeedbackResponse:
         try:
-            answer = await self._feedback(*parse_feedback(parse_json(await request.body())))
+            client = _admit(self.guard, request.headers, "feedback")
+            answer = await self._feedback(*parse_feedback(parse_json(await request.body())), client)
         except FeedbackRejected as exc:
-            raise HTTPException(exc.status, detail=exc.detail) from None
+            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return FeedbackResponse(**answer)
 
     @api.get("/healthz", response_model=Health, responses={503: {"model": Health}})
@@ -312,8 +336,13 @@ class FeedbackServer:
             return JSONResponse(body.model_dump(), status_code=503)
         return body
 
-    @api.get("/models")
-    async def models(self) -> dict:
+    @api.get("/models", responses=_errors(401, 403, 429))
+    async def models(self, request: Request) -> dict:
+        if self.guard.enabled:  # lineage and metrics: operators only
+            try:
+                _admit(self.guard, request.headers, "admin")
+            except FeedbackRejected as exc:
+                raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return await asyncio.to_thread(describe_policies, self.registry)
 
     # ---- gRPC (Serve's proxy calls the method named like the rpc) --------------------------
@@ -321,6 +350,7 @@ class FeedbackServer:
         from serving.proto import evolve_pb2
 
         try:
+            _admit(self.guard, _grpc_headers(grpc_context), "predict")
             preds = await self._predict(check_texts(list(request.texts), self.max_text_chars),
                                         grpc_client_key(grpc_context))
         except FeedbackRejected as exc:
@@ -334,7 +364,8 @@ class FeedbackServer:
         label = request.label if request.HasField("label") else None
         reward = request.reward if request.HasField("reward") else None
         try:
-            answer = await self._feedback(request.event_id, label, reward)
+            client = _admit(self.guard, _grpc_headers(grpc_context), "feedback")
+            answer = await self._feedback(request.event_id, label, reward, client)
         except FeedbackRejected as exc:
             _grpc_error(grpc_context, exc)
             return evolve_pb2.FeedbackResponse()
@@ -366,7 +397,7 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
                         app_name: str = APP_NAME, route_prefix: str = ROUTE_PREFIX,
                         joiner_name: str = JOINER_NAME, gate_name: str | None = None,
                         novelty_policy_id: str | None = None,
-                        exploration: ExplorationSection | None = None) -> FeedbackApp:
+                        exploration: ExplorationSection | None = None, auth: dict | None = None) -> FeedbackApp:
     """Start the shared joiner (writes to `writer`, a replay client; None = rows dropped; it tells
     the gate actor `gate_name`, when given, the live version's accuracy on feedback) and the app.
 
@@ -375,7 +406,8 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
     joiner = get_or_create_joiner(writer, cfg.feedback_ttl_s, cfg.feedback_table, cfg.text_table,
                                   cfg.gate.window, name=joiner_name, gate_name=gate_name, policy_id=cfg.policy_id,
                                   recent_fraction=cfg.adapt.recent_fraction if cfg.adapt.enabled else 0.0,
-                                  ope_fraction=cfg.gate.ope.fraction if "ope" in cfg.gate.stages else 0.0)
+                                  ope_fraction=cfg.gate.ope.fraction if "ope" in cfg.gate.stages else 0.0,
+                                  max_client_share=cfg.gate.max_client_share)
     # a replica must admit a whole batch of requests at once, or Serve's default (5) caps the batch
     ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
     app = FeedbackServer.options(
@@ -384,7 +416,7 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
            cfg.batch_wait_timeout_s, batching, novelty_policy_id,
            (exploration or ExplorationSection()).model_dump(),
            cfg.gate.canary.fraction if "canary" in cfg.gate.stages else None,
-           cfg.gate.shadow.fraction if "shadow" in cfg.gate.stages else None)
+           cfg.gate.shadow.fraction if "shadow" in cfg.gate.stages else None, auth)
     serve.run(app, name=app_name, route_prefix=route_prefix, logging_config={"log_level": "WARNING"})
     return FeedbackApp(app_name, route_prefix, joiner)
 

@@ -1,7 +1,8 @@
 """The HTTP gateway every run deploys: health and the model catalog.
 
 A thin `@serve.deployment` shell over `serving.catalog`; the loops add their
-routes (predict, feedback, act) as their own deployments.
+routes (predict, feedback, act) as their own deployments. With `serving.auth` on,
+the catalog (lineage, metrics) needs an `admin` key.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from ray import serve
 
 from core.config import ServingConfig
 from core.registry import PolicyRegistry
+from serving.auth_guard import RouteGuard
 from serving.catalog import describe_policies
 
 APP_NAME = "evolve"
@@ -24,8 +26,9 @@ api = FastAPI(title="Evolve", description="Keeps models learning after they ship
 @serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, registry_uri: str):
+    def __init__(self, registry_uri: str, auth: dict | None = None):
         self._registry = PolicyRegistry(registry_uri)
+        self._guard = RouteGuard(auth)
         self._started = time.time()
 
     @api.get("/healthz")
@@ -33,7 +36,14 @@ class Gateway:
         return {"status": "ok", "uptime_s": round(time.time() - self._started, 3)}
 
     @api.get("/v1/models")
-    def models(self) -> dict:
+    def models(self, request: Request) -> dict:
+        if self._guard.enabled:
+            from core.auth import AuthFailed
+
+            try:
+                self._guard.client(request.headers, "admin")
+            except AuthFailed as exc:
+                raise HTTPException(exc.status, detail=exc.reason, headers=exc.headers()) from None
         return describe_policies(self._registry)
 
 
@@ -43,14 +53,15 @@ class Endpoints:
     grpc: str | None = None
 
 
-def deploy_gateway(cfg: ServingConfig, registry_uri: str, grpc_options: dict | None = None) -> Endpoints:
+def deploy_gateway(cfg: ServingConfig, registry_uri: str, grpc_options: dict | None = None,
+                   auth: dict | None = None) -> Endpoints:
     """Start Serve's HTTP proxy on cfg.host:cfg.http_port (and its gRPC proxy when `grpc_options`
     names servicers) and deploy the gateway app."""
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     quiet = {"log_level": "WARNING"}  # Serve's INFO lines would drown the progress display
     extra = {"grpc_options": grpc_options} if grpc_options else {}
     serve.start(http_options={"host": cfg.host, "port": cfg.http_port}, logging_config=quiet, **extra)
-    app = Gateway.options(ray_actor_options={"num_cpus": cfg.replica_num_cpus}).bind(registry_uri)
+    app = Gateway.options(ray_actor_options={"num_cpus": cfg.replica_num_cpus}).bind(registry_uri, auth)
     serve.run(app, name=APP_NAME, route_prefix=cfg.route_prefix, logging_config=quiet)
     grpc = f"{cfg.host}:{grpc_options['port']}" if grpc_options else None
     return Endpoints(http=f"http://{cfg.host}:{cfg.http_port}{cfg.route_prefix.rstrip('/')}", grpc=grpc)

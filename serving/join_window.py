@@ -30,10 +30,10 @@ class PrequentialWindows:
         """
         out = {}
         for v, s in sorted(self.scores.items()):
-            kept = self._capped(s)
+            kept = self._capped(s)  # the mean over the capped rows; n stays the window's (is it full yet)
             weight = sum(w for _, w, _ in kept)
             if weight > 0:
-                out[v] = (sum(x * w for x, w, _ in kept) / weight * len(kept), len(kept))
+                out[v] = (sum(x * w for x, w, _ in kept) / weight * len(s), len(s))
         return out
 
     def clients(self) -> dict[int, int]:

@@ -85,7 +85,7 @@ class FeedbackLoop(LoopBase):
         self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
                                        num_cpus=self.cfg.serving.replica_num_cpus, gate_name=gate_name(fb.policy_id),
                                        novelty_policy_id=novelty,
-                                       exploration=self.cfg.serving.exploration_for(fb.policy_id))
+                                       exploration=self.cfg.serving.exploration_for(fb.policy_id), auth=ctx.auth)
         base = ctx.endpoints.get("http", f"http://{self.cfg.serving.host}:{self.cfg.serving.http_port}")
         ctx.endpoints[f"{self.name}_predict"] = f"{base}{self.app.route_prefix}/predict"
         ctx.endpoints[f"{self.name}_feedback"] = f"{base}{self.app.route_prefix}/feedback"

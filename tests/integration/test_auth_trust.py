@@ -1,0 +1,135 @@
+"""API keys and feedback trust on a live feedback app (real Serve, gate actor and joiner).
+
+Keys come from a real key store file (`evolve keys create`'s format). Without a key the
+app answers 401, with a key of the wrong scope 403, over the key's rate 429 with
+`Retry-After`. Then the rollback guard: v2 is live (v1 behind it); 300 wrong labels from
+ONE key must not roll it back (one client, however busy, is not trusted), while 300 wrong
+labels from three keys still do.
+"""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from transformers import BertConfig
+
+from core.auth import AuthSection, KeyStore
+from core.feedback_config import FeedbackConfig
+from core.registry import PolicyRegistry
+from core.text_classifier import from_encoder
+from core.text_corpus import review_texts
+from core.tokenizer import tokenizer_files, train_wordpiece
+from serving.auth_guard import guard_settings
+from serving.feedback_app import deploy_feedback_app, stop_joiner, undeploy_feedback_app
+from serving.gate_actor import GateActor, gate_name
+from serving.publisher import PolicyPublisher
+from tests.conftest import free_port
+from tests.integration.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+POLICY = "sentiment"
+LABELS = ["neg", "pos"]
+RATE, BURST = 40.0, 60
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("auth")
+    ray.init(num_cpus=2, include_dashboard=False, namespace="auth-test", log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+        registry = str(tmp / "registry")
+        publisher = PolicyPublisher.options(name="auth-test-publisher").remote(registry)
+        texts = review_texts()[::50][:600]
+        tok = train_wordpiece(texts, vocab_size=800, min_frequency=1)
+        config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=128, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+        files = {**tokenizer_files(tok), "config.json": json.dumps(config.to_dict(), default=str).encode()}
+        model = from_encoder(None, files, LABELS, seed=0)
+        cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=120, max_batch_size=8, batch_wait_timeout_s=0.005)
+        cfg.data.max_heldout = 50
+        gate = GateActor.options(name=gate_name(POLICY)).remote(
+            registry, cfg.data.model_dump(mode="json"), cfg.gate.model_dump(), "auth-test-publisher", torch_threads=1)
+        weights = {k: v.numpy() for k, v in model.weights().items()}
+        assert ray.get(gate.bootstrap.remote(POLICY, weights, model.files()), timeout=120)["version"] == 1
+        assert ray.get(gate.submit.remote(POLICY, weights, model.files(), {}), timeout=120)["decision"] == "promote"
+        store = KeyStore(tmp / "keys.json")
+        keys = {name: store.create(scopes, name=name)[1] for name, scopes in [
+            ("mallory", ["predict", "feedback"]), ("reader", ["predict"]),
+            *[(f"user{i}", ["predict", "feedback"]) for i in range(3)]]}
+        section = AuthSection(enabled=True, keys_file=tmp / "keys.json", keys_env="EVOLVE_AUTH_TEST_UNSET",
+                              rate_per_s=RATE, burst=BURST)
+        deploy_feedback_app(publisher, registry, cfg, None, gate_name=gate_name(POLICY),
+                            auth=guard_settings(section, "127.0.0.1"))
+        http = f"http://127.0.0.1:{port}/v1"
+        bearer = {"Authorization": f"Bearer {keys['reader']}"}
+        wait_until(lambda: httpx.post(f"{http}/predict", json={"text": "很好"}, headers=bearer,
+                                      timeout=30).json().get("model_version") == 2, 90, "version 2 served")
+        yield {"http": http, "gate": gate, "keys": keys, "texts": texts, "registry": PolicyRegistry(registry)}
+        undeploy_feedback_app()
+        stop_joiner()
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def _post(client: httpx.Client, url: str, key: str, body: dict) -> httpx.Response:
+    """A polite client: on 429 it waits as long as Retry-After says, then sends again."""
+    while True:
+        r = client.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+        if r.status_code != 429:
+            return r
+        threading.Event().wait(float(r.headers["Retry-After"]))
+
+
+def _wrong_labels(world, key: str, n: int, offset: int) -> int:
+    """Predict, then send the label live did NOT give; returns the feedbacks accepted."""
+    accepted = 0
+    with httpx.Client(timeout=30) as client:
+        for i in range(n):
+            r = _post(client, f"{world['http']}/predict", key, {"text": world["texts"][(offset + i) % 600]})
+            assert r.status_code == 200, r.text
+            wrong = LABELS[1 - LABELS.index(r.json()["label"])]
+            f = _post(client, f"{world['http']}/feedback", key, {"event_id": r.json()["event_id"], "label": wrong})
+            accepted += f.status_code == 200
+    return accepted
+
+
+def test_no_key_is_401_a_wrong_scope_403_over_the_rate_429(world):
+    http, keys = world["http"], world["keys"]
+    none = httpx.post(f"{http}/feedback", json={"event_id": "x", "label": "pos"}, timeout=30)
+    assert none.status_code == 401 and "API key" in none.json()["detail"]
+    bad = httpx.post(f"{http}/predict", json={"text": "好"}, headers={"Authorization": "Bearer evk_0_x"}, timeout=30)
+    assert bad.status_code == 401
+    reader = {"Authorization": f"Bearer {keys['reader']}"}
+    scope = httpx.post(f"{http}/feedback", json={"event_id": "x", "label": "pos"}, headers=reader, timeout=30)
+    assert scope.status_code == 403 and "feedback" in scope.json()["detail"]
+    assert httpx.get(f"{http}/models", headers=reader, timeout=30).status_code == 403  # lineage: admin only
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(16) as pool:  # faster than RATE per second
+        replies = list(pool.map(lambda _: client.post(f"{http}/predict", json={"text": "很好"}, headers=reader),
+                                range(3 * BURST)))
+    over = [r for r in replies if r.status_code == 429]
+    assert over and {r.status_code for r in replies} == {200, 429}
+    assert all(int(r.headers["Retry-After"]) >= 1 and "requests/s" in r.json()["detail"] for r in over)
+
+
+def test_one_key_cannot_roll_back_three_keys_can(world):
+    gate, registry = world["gate"], world["registry"]
+    assert _wrong_labels(world, world["keys"]["mallory"], 300, 0) == 300
+    summary = ray.get(gate.summary.remote(POLICY), timeout=60)
+    assert registry.latest(POLICY, "live").version == 2 and summary["rollbacks"] == []
+    threads = [threading.Thread(target=_wrong_labels, args=(world, world["keys"][f"user{i}"], 100, 100 * i))
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    wait_until(lambda: registry.latest(POLICY, "live").version == 1, 60, "the rollback to v1")
+    rollbacks = ray.get(gate.summary.remote(POLICY), timeout=60)["rollbacks"]
+    assert [r["to"] for r in rollbacks] == [1]
