@@ -60,6 +60,7 @@ class RunContext:
         self.endpoints: dict[str, str] = {}
         # serving/auth_guard.guard_settings: what replicas check keys with; None: auth is off
         self.auth: dict[str, Any] | None = None
+        self.run_key: str | None = None  # the run's own clients' API key (traffic, act clients) when auth is on
         self.say: Callable[[str], None] = print
 
 

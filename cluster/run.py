@@ -46,7 +46,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
             loop.prepare()
         rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded
         if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
-            ctx.auth = _auth_settings(cfg)
+            ctx.auth, ctx.run_key = _auth_settings(cfg)
         ctx.cluster = handle = connect(cfg.cluster)
         run_info.update(address=handle.address, embedded=handle.embedded, dashboard_url=handle.dashboard_url)
         say(f"evolve: Ray {ray.__version__} {'embedded' if handle.embedded else 'cluster'} at {handle.address}")
@@ -148,11 +148,11 @@ def _replay_summary(client) -> dict[str, dict]:
     return {name: {k: t[k] for k in keep} for name, t in client.info().items()}
 
 
-def _auth_settings(cfg: EvolveConfig) -> dict[str, Any] | None:
-    from serving.auth_guard import AuthNotReady, guard_settings
+def _auth_settings(cfg: EvolveConfig) -> tuple[dict[str, Any] | None, str | None]:
+    from serving.auth_guard import AuthNotReady, guard_settings, with_run_key
 
     try:
-        return guard_settings(cfg.serving.auth, cfg.serving.host)
+        return with_run_key(guard_settings(cfg.serving.auth, cfg.serving.host))
     except AuthNotReady as exc:
         raise UserError(str(exc)) from None
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 from pydantic import BaseModel, Field
 
@@ -83,9 +83,12 @@ def key_id(key: str) -> str | None:
 class KeyStore:
     """The keys of one deployment: a JSON file, or the JSON in an environment variable."""
 
-    def __init__(self, path: str | os.PathLike[str], env: str | None = None, snapshot: str | None = None):
+    def __init__(self, path: str | os.PathLike[str], env: str | None = None, snapshot: str | None = None,
+                 extra: list[dict] | None = None):
         self.path = Path(path).expanduser()
         self.env = env
+        # keys that live only as long as a run (its own traffic actors'): never written anywhere
+        self.extra = [KeyRecord.model_validate(r) for r in extra or ()]
         # the driver's copy, for a replica on a node without the file (the file, when there, wins:
         # a revoke on it takes effect at once)
         self.snapshot = snapshot
@@ -99,7 +102,7 @@ class KeyStore:
     def records(self) -> dict[str, KeyRecord]:
         text = self.text()
         try:
-            return {r.id: r for r in (KeyRecord.model_validate(x) for x in json.loads(text))}
+            return {r.id: r for r in (*(KeyRecord.model_validate(x) for x in json.loads(text)), *self.extra)}
         except (ValueError, TypeError) as exc:
             where = f"${self.env}" if self.env and self.env in os.environ else str(self.path)
             raise ValueError(f"{where}: not an Evolve key store ({exc})") from exc
@@ -115,16 +118,9 @@ class KeyStore:
             return ("snapshot", self.snapshot)
 
     def create(self, scopes: list[str], name: str = "") -> tuple[KeyRecord, str]:
-        bad = sorted(set(scopes) - set(SCOPES))
-        if bad or not scopes:
-            raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
         records = self._file_records()
-        kid = secrets.token_hex(4)
-        while kid in records:
-            kid = secrets.token_hex(4)
-        key = f"{KEY_PREFIX}_{kid}_{secrets.token_urlsafe(24)}"
-        record = KeyRecord(id=kid, name=name, scopes=sorted(set(scopes)), sha256=_digest(key), created=time.time())
-        records[kid] = record
+        record, key = mint(scopes, name, taken=records)
+        records[record.id] = record
         self._save(records)
         return record, key
 
@@ -151,6 +147,18 @@ class KeyStore:
         with os.fdopen(fd, "w") as f:  # mkstemp's file is 0600: only the owner reads the hashes
             f.write(body)
         os.replace(tmp, self.path)
+
+
+def mint(scopes: list[str], name: str = "", taken: Mapping[str, object] = {}) -> tuple[KeyRecord, str]:
+    """A new key and its record (the only time the key itself exists in the clear)."""
+    bad = sorted(set(scopes) - set(SCOPES))
+    if bad or not scopes:
+        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
+    kid = secrets.token_hex(4)
+    while kid in taken:
+        kid = secrets.token_hex(4)
+    key = f"{KEY_PREFIX}_{kid}_{secrets.token_urlsafe(24)}"
+    return KeyRecord(id=kid, name=name, scopes=sorted(set(scopes)), sha256=_digest(key), created=time.time()), key
 
 
 class _Bucket:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from core.auth import AuthFailed, Authenticator, AuthSection, KeyStore, active_keys, bearer
+from core.auth import AuthFailed, Authenticator, AuthSection, KeyStore, active_keys, bearer, mint
 
 KEY_HEADER = "x-evolve-key"
 CLIENT_HEADER = "x-evolve-client"
@@ -42,12 +42,22 @@ def guard_settings(section: AuthSection, host: str) -> dict[str, Any] | None:
     return {"section": section.model_dump(mode="json"), "snapshot": store.text()}
 
 
+def with_run_key(settings: dict[str, Any] | None, name: str = "evolve-run") -> tuple[dict[str, Any] | None, str | None]:
+    """The settings plus a key that lives as long as the run, for its own traffic and act clients
+    (simulated users): replicas know its hash; the key itself goes only to those actors."""
+    if settings is None:
+        return None, None
+    record, key = mint(["predict", "feedback"], name)
+    return {**settings, "internal": [*settings.get("internal", []), record.model_dump()]}, key
+
+
 class RouteGuard:
     def __init__(self, settings: dict[str, Any] | None):
         self.auth: Authenticator | None = None
         if settings is not None:
             section = AuthSection.model_validate(settings["section"])
-            store = KeyStore(section.keys_file, section.keys_env, snapshot=settings["snapshot"])
+            store = KeyStore(section.keys_file, section.keys_env, snapshot=settings["snapshot"],
+                             extra=settings.get("internal"))
             self.auth = Authenticator(store, section)
 
     @property

@@ -160,3 +160,19 @@ def test_route_guard_names_the_sender_and_travels_as_a_snapshot(tmp_path):
     with pytest.raises(AuthFailed) as info:
         guard.grpc_client(call, "predict")
     assert info.value.status == 403
+
+
+def test_a_run_key_passes_without_ever_being_written(tmp_path):
+    from serving.auth_guard import RouteGuard, guard_settings, with_run_key
+
+    section = AuthSection(keys_file=tmp_path / "keys.json", keys_env="EVOLVE_TEST_KEYS_UNSET")
+    KeyStore(section.keys_file).create(["admin"])
+    before = section.keys_file.read_text()
+    settings, key = with_run_key(guard_settings(section, "0.0.0.0"))
+    assert key not in json.dumps(settings) and section.keys_file.read_text() == before
+    guard = RouteGuard(settings)
+    assert guard.client({"authorization": f"Bearer {key}"}, "feedback") == key_id(key)
+    with pytest.raises(AuthFailed) as info:
+        guard.client({"authorization": f"Bearer {key}"}, "admin")
+    assert info.value.status == 403
+    assert with_run_key(None) == (None, None)
