@@ -197,6 +197,9 @@ class FeedbackConfig(Section):
     curve_rows: int = Field(default=200, ge=0)  # held-out rows the learner scores for its own curve
     # serving
     num_replicas: int = Field(default=1, ge=1)  # Serve replicas of the classifier
+    # Requests waiting for a replica beyond this answer 503 with Retry-After at once, instead of
+    # queueing without bound (Serve's max_queued_requests, per caller).
+    max_queued_requests: int = Field(default=1000, ge=1)
     max_batch_size: int = Field(default=32, ge=1)  # @serve.batch
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)  # how long a batch waits to fill
     stop_accuracy: float | None = Field(default=None, gt=0, le=1)  # stop the run when live reaches it

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from core.auth import AuthFailed, Authenticator, AuthSection, KeyStore, active_keys, bearer, mint
+from serving.join_rules import FeedbackRejected
 
 KEY_HEADER = "x-evolve-key"
 CLIENT_HEADER = "x-evolve-client"
-GRPC_STATUS = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED"}
 
 
 class AuthNotReady(ValueError):
@@ -73,13 +73,18 @@ class RouteGuard:
 
     def grpc_client(self, grpc_context: Any, scope: str) -> str | None:
         """The same for a gRPC call: `authorization` / `x-evolve-key` / `x-evolve-client` metadata."""
-        metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
-        return self.client({k.lower(): v for k, v in metadata}, scope)
+        return self.client(grpc_headers(grpc_context), scope)
 
 
-def grpc_refuse(grpc_context: Any, exc: AuthFailed) -> None:
-    import grpc
+def admit(guard: RouteGuard, headers: Mapping[str, str], scope: str) -> str | None:
+    """Who sent the request, or FeedbackRejected (401 / 403 / 429, the routes' one refusal type)."""
+    try:
+        return guard.client(headers, scope)
+    except AuthFailed as exc:
+        raise FeedbackRejected(exc.status, exc.reason, exc.retry_after_s) from None
 
-    if grpc_context is not None:
-        grpc_context.set_code(getattr(grpc.StatusCode, GRPC_STATUS.get(exc.status, "UNKNOWN")))
-        grpc_context.set_details(exc.reason)
+
+def grpc_headers(grpc_context: Any) -> dict[str, str]:
+    """A gRPC call's metadata as lower-case headers."""
+    metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
+    return {k.lower(): v for k, v in metadata}

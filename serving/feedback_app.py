@@ -46,6 +46,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 from core.exploration import ExplorationSection
 from core.feedback_config import FeedbackConfig
@@ -57,7 +58,7 @@ from serving.catalog import describe_policies
 from serving.classify import Served, classify, greedy_answers
 from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
-from serving.auth_guard import RouteGuard
+from serving.auth_guard import RouteGuard, admit, grpc_headers
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
 from serving.requests import MAX_TEXTS, check_texts, parse_feedback, parse_json, parse_predict
 
@@ -156,21 +157,6 @@ def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
     if context is not None:
         context.set_code(getattr(grpc.StatusCode, _GRPC_CODES.get(exc.status, "UNKNOWN")))
         context.set_details(exc.detail)
-
-
-def _admit(guard: RouteGuard, headers: Any, scope: str) -> str | None:
-    """Who sent the request, or FeedbackRejected (401 / 403 / 429) when its API key may not."""
-    from core.auth import AuthFailed
-
-    try:
-        return guard.client(headers, scope)
-    except AuthFailed as exc:
-        raise FeedbackRejected(exc.status, exc.reason, exc.retry_after_s) from None
-
-
-def _grpc_headers(grpc_context: Any) -> dict[str, str]:
-    metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
-    return {k.lower(): v for k, v in metadata}
 
 
 def grpc_client_key(grpc_context: Any) -> str | None:
@@ -309,7 +295,7 @@ class FeedbackServer:
               responses=_errors(400, 401, 403, 413, 422, 429, 503))
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
         try:
-            _admit(self.guard, request.headers, "predict")
+            admit(self.guard, request.headers, "predict")
             texts, single = parse_predict(parse_json(await request.body()), self.max_text_chars)
             preds = await self._predict(texts, request.headers.get(CLIENT_HEADER))
         except FeedbackRejected as exc:
@@ -320,7 +306,7 @@ class FeedbackServer:
               responses=_errors(400, 401, 403, 404, 409, 410, 422, 429, 503))
     async def feedback(self, request: Request) -> FeedbackResponse:
         try:
-            client = _admit(self.guard, request.headers, "feedback")
+            client = admit(self.guard, request.headers, "feedback")
             answer = await self._feedback(*parse_feedback(parse_json(await request.body())), client)
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
@@ -340,7 +326,7 @@ class FeedbackServer:
     async def models(self, request: Request) -> dict:
         if self.guard.enabled:  # lineage and metrics: operators only
             try:
-                _admit(self.guard, request.headers, "admin")
+                admit(self.guard, request.headers, "admin")
             except FeedbackRejected as exc:
                 raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return await asyncio.to_thread(describe_policies, self.registry)
@@ -350,7 +336,7 @@ class FeedbackServer:
         from serving.proto import evolve_pb2
 
         try:
-            _admit(self.guard, _grpc_headers(grpc_context), "predict")
+            admit(self.guard, grpc_headers(grpc_context), "predict")
             preds = await self._predict(check_texts(list(request.texts), self.max_text_chars),
                                         grpc_client_key(grpc_context))
         except FeedbackRejected as exc:
@@ -364,7 +350,7 @@ class FeedbackServer:
         label = request.label if request.HasField("label") else None
         reward = request.reward if request.HasField("reward") else None
         try:
-            client = _admit(self.guard, _grpc_headers(grpc_context), "feedback")
+            client = admit(self.guard, grpc_headers(grpc_context), "feedback")
             answer = await self._feedback(request.event_id, label, reward, client)
         except FeedbackRejected as exc:
             _grpc_error(grpc_context, exc)
@@ -412,6 +398,8 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
     ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
     app = FeedbackServer.options(
         num_replicas=cfg.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus},
+        max_queued_requests=cfg.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
     ).bind(publisher, joiner, registry_uri, cfg.policy_id, cfg.max_text_chars, cfg.max_batch_size,
            cfg.batch_wait_timeout_s, batching, novelty_policy_id,
            (exploration or ExplorationSection()).model_dump(),
