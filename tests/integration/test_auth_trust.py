@@ -1,4 +1,4 @@
-"""API keys and feedback trust on a live feedback app (real Serve, gate actor and joiner).
+"""API keys, feedback trust and overload on a live feedback app (real Serve, gate actor and joiner).
 
 Keys come from a real key store file (`evolve keys create`'s format). Without a key the
 app answers 401, with a key of the wrong scope 403, over the key's rate 429 with
@@ -71,7 +71,8 @@ def world(tmp_path_factory):
         bearer = {"Authorization": f"Bearer {keys['reader']}"}
         wait_until(lambda: httpx.post(f"{http}/predict", json={"text": "很好"}, headers=bearer,
                                       timeout=30).json().get("model_version") == 2, 90, "version 2 served")
-        yield {"http": http, "gate": gate, "keys": keys, "texts": texts, "registry": PolicyRegistry(registry)}
+        yield {"http": http, "gate": gate, "keys": keys, "texts": texts, "registry": PolicyRegistry(registry),
+               "registry_uri": registry, "publisher": publisher}
         undeploy_feedback_app()
         stop_joiner()
         serve.shutdown()
@@ -133,3 +134,21 @@ def test_one_key_cannot_roll_back_three_keys_can(world):
     wait_until(lambda: registry.latest(POLICY, "live").version == 1, 60, "the rollback to v1")
     rollbacks = ray.get(gate.summary.remote(POLICY), timeout=60)["rollbacks"]
     assert [r["to"] for r in rollbacks] == [1]
+
+
+def test_overload_answers_503_with_retry_after(world):
+    """A second app beside the first, one request in flight and one queued: the rest are turned away."""
+    cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=60, max_queued_requests=1)
+    deploy_feedback_app(world["publisher"], world["registry_uri"], cfg, None, batching=False, max_ongoing_requests=1,
+                        app_name="overload", route_prefix="/overload", joiner_name="overload-joiner")
+    url = world["http"].replace("/v1", "/overload") + "/predict"
+    try:
+        wait_until(lambda: httpx.post(url, json={"text": "很好"}, timeout=30).status_code == 200, 90, "the app up")
+        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(32) as pool:
+            replies = list(pool.map(lambda i: client.post(url, json={"text": world["texts"][i]}), range(96)))
+        codes = [r.status_code for r in replies]
+        busy = [r for r in replies if r.status_code == 503]
+        assert set(codes) == {200, 503} and all(r.headers.get("retry-after") == "1" for r in busy), codes
+    finally:
+        undeploy_feedback_app("overload")
+        stop_joiner("overload-joiner")
