@@ -1,25 +1,119 @@
-"""Request validation for the feedback app: plain functions, the same rules for HTTP and gRPC.
+"""Request validation for the serving apps: plain functions, the same rules for HTTP and gRPC.
 
 Each raises `FeedbackRejected(status, reason)`: a 4xx with a one-line reason for that request alone.
+A body is read with a size limit (413) before it is parsed; its nesting depth is measured on the
+raw text before `json.loads` (which would raise RecursionError, a 500); text that is not valid
+Unicode (a lone surrogate, legal as a JSON escape) is refused before any of it reaches a batch,
+the tokenizer, Arrow or an answer's JSON encoder, each of which would fail on it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import numpy as np
 
 from serving.join import MAX_EVENT_ID_CHARS, FeedbackRejected
 
 MAX_TEXTS = 256  # per request: bounds one request's share of a batch
+MAX_JSON_DEPTH = 32  # nesting of arrays and objects; every valid body here nests 2 deep at most
+MAX_REASON_VALUE = 60  # characters of a client's value quoted in a reason
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string literal (unrolled: no backtracking)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way a lone surrogate gets into a JSON text
 
 
-def parse_json(raw: bytes) -> Any:
+def max_body_bytes(max_text_chars: int, max_texts: int = MAX_TEXTS) -> int:
+    """A predict body's size limit: the most texts of the most characters, each escaped as \\uXXXX."""
+    return 64 * 1024 + max_texts * max_text_chars * 6
+
+
+async def read_body(request: Any, max_bytes: int) -> bytes:
+    """The body of a Starlette request, refused (413) past `max_bytes`: by its Content-Length before
+    reading any of it, else (chunked, or a length that lies) as soon as the streamed bytes pass it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise FeedbackRejected(400, f"Content-Length {short(declared)} is not a number of bytes")
+        if int(declared) > max_bytes:
+            raise FeedbackRejected(413, f"body has {int(declared)} bytes; the limit is {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise FeedbackRejected(413, f"body has more than {max_bytes} bytes; the limit is {max_bytes}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, brackets inside strings not counted.
+    Linear, in C-speed passes: no recursion, whatever the input."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
+    return int(np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)).max())
+
+
+def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     try:
-        return json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FeedbackRejected(400, f"body is not UTF-8 (byte {exc.start})") from None
+    if json_depth(text) > max_depth:
+        raise FeedbackRejected(400, f"body nests arrays/objects deeper than {max_depth} levels")
+    try:
+        body = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise FeedbackRejected(400, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an integer of > 4300 digits
+        raise FeedbackRejected(400, f"body is not JSON: {short(str(exc))}") from None
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then walk the values (a surrogate pair is fine)
+        where = invalid_unicode(body)
+        if where is not None:
+            raise FeedbackRejected(422, f"{where} is not valid Unicode text (a lone surrogate)")
+    return body
+
+
+def invalid_unicode(value: Any, where: str = "body") -> str | None:
+    """Where a string of a parsed body cannot be encoded as UTF-8 (a lone surrogate), else None."""
+    if isinstance(value, str):
+        return None if valid_unicode(value) else where
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not valid_unicode(key):
+                return f"a key of {where}"
+            found = invalid_unicode(item, f"{where}[{short(key)}]")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = invalid_unicode(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def short(value: Any, limit: int = MAX_REASON_VALUE) -> str:
+    """A client's value quoted in a one-line reason: repr (escapes newlines), cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def check_texts(texts: Any, max_text_chars: int, max_texts: int = MAX_TEXTS, single: bool = False) -> list[str]:
@@ -31,6 +125,8 @@ def check_texts(texts: Any, max_text_chars: int, max_texts: int = MAX_TEXTS, sin
             raise FeedbackRejected(422, f"{where} must be a string, got {type(text).__name__}")
         if not text.strip():
             raise FeedbackRejected(422, f"{where} is empty")
+        if not valid_unicode(text):  # checked before batching: it would fail every request in the batch
+            raise FeedbackRejected(422, f"{where} is not valid Unicode text (a lone surrogate)")
         if len(text) > max_text_chars:
             raise FeedbackRejected(413, f"{where} has {len(text)} characters; the limit is {max_text_chars}")
     return texts
@@ -53,9 +149,9 @@ def parse_feedback(body: Any) -> tuple[str, int | str | None, float | None]:
     if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS:
         raise FeedbackRejected(422, f"'event_id' must be a string of 1..{MAX_EVENT_ID_CHARS} characters")
     if label is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
-        raise FeedbackRejected(422, f"'label' must be a label name or index, got {label!r}")
+        raise FeedbackRejected(422, f"'label' must be a label name or index, got {short(label)}")
     if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
-        raise FeedbackRejected(422, f"'reward' must be a number in [0, 1], got {reward!r}")
+        raise FeedbackRejected(422, f"'reward' must be a number in [0, 1], got {short(reward)}")
     if label is None and reward is None:
         raise FeedbackRejected(422, "feedback needs a 'label' or a 'reward'")
     return event_id, label, reward  # the reward's range: checked by the join (one rule for both APIs)
@@ -66,5 +162,5 @@ def _object(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
         raise FeedbackRejected(422, f"body must be a JSON object with {', '.join(map(repr, fields))}")
     extra = sorted(set(body) - set(fields))
     if extra:
-        raise FeedbackRejected(422, f"unknown field {extra[0]!r}; expected {', '.join(map(repr, fields))}")
+        raise FeedbackRejected(422, f"unknown field {short(extra[0])}; expected {', '.join(map(repr, fields))}")
     return body
