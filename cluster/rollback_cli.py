@@ -5,7 +5,8 @@ Two ways, for two situations:
   `evolve-gate-<policy>`), which moves the registry pointer *and* pushes the version to every
   Serve replica and rollout actor at once;
 - no run is live (`--registry URI` or `--run-dir DIR`): move the pointer in the registry; the next
-  run, or a publisher that re-reads the registry, serves that version.
+  run, or a publisher that re-reads the registry, serves that version.  Refused while a run holds
+  a lease on that registry (`core.registry_lease`): its replicas would keep serving the old version.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.errors import UserError
-from core.registry import PolicyNotFound
+from core.registry import PolicyNotFound, StageConflict
+from core.registry_lease import RegistryInUse, refuse_if_live
 
 
 def rollback(policy_id: str, to: int | None = None, registry: str | None = None, run_dir: str | None = None,
@@ -41,8 +43,9 @@ def _rollback_offline(policy_id: str, to: int | None, uri: str) -> dict:
     from serving.rollback import GateError, rollback_registry
 
     try:
+        refuse_if_live(uri, f"roll {policy_id!r} back")
         return rollback_registry(uri, policy_id, to, reason="manual (evolve rollback)")
-    except (PolicyNotFound, GateError) as exc:
+    except (PolicyNotFound, GateError, RegistryInUse, StageConflict) as exc:
         raise UserError(str(exc)) from None
 
 

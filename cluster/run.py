@@ -26,6 +26,9 @@ from cluster.loop import Loop, RunContext, quietly
 from cluster.rundir import RunDir
 from core.config import EvolveConfig
 from core.registry import PolicyRegistry
+from core.registry_lease import RegistryLease
+
+LEASE_TTL_S = 30.0  # a run killed without cleanup stops blocking offline rollbacks after this
 
 
 def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
@@ -39,6 +42,8 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
     loops: list[Loop] = []
     running: list[Loop] = []  # started (or starting): these are stopped at the end
     reason = "error"
+    # while this run is live, an offline `evolve rollback` on its registry is refused
+    lease = RegistryLease(ctx.registry.uri, cfg.run.name, str(rd.path), ttl_s=LEASE_TTL_S).acquire()
     try:
         say(f"evolve: run {cfg.run.name!r} -> {rd.path}")
         loops = [loop_kinds.build(kind, cfg, ctx) for kind in cfg.loops]
@@ -78,6 +83,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
         if "http" in ctx.endpoints:
             quietly(_undeploy, "undeploying the gateway")
         disconnect()
+        quietly(lease.release, "releasing the registry lease")  # nothing serves the registry's versions now
     say(f"evolve: stopped ({reason}) after {run_info['wall_s']:.1f}s; summary: {path}")
     return 0
 

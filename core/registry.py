@@ -11,17 +11,25 @@ metadata.json holds the lineage (parent version, data range, metrics, the
 gate decision) and a sha256 of every file; loading recomputes the hashes and
 refuses a file that changed.  One publisher per policy (the learner's rank 0)
 is assumed; on a local directory version numbers are claimed atomically.
+
+Stage changes (`promote`, `clear`, `rollback`) read-modify-write stages.json
+under a lock (an flock on `<policy_id>/stages.lock` for a local or shared
+POSIX directory; on an object store only threads of one process are
+serialised), so two writers never lose each other's update.  `expect=` makes
+the change compare-and-swap: it raises `StageConflict` unless the stage still
+points at the version the caller decided against.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import fsspec
 import numpy as np
@@ -33,6 +41,10 @@ from core.config_base import NAME_PATTERN as _NAME
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
 STAGES_FILE = "stages.json"
+LOCK_FILE = "stages.lock"
+ANY: Any = object()  # `expect=ANY` (the default): change the stage whatever it points at
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_MU = threading.Lock()
 
 
 class RegistryError(RuntimeError):
@@ -45,6 +57,10 @@ class PolicyNotFound(RegistryError, LookupError):
 
 class CorruptPolicyError(RegistryError):
     """A stored file does not match its recorded hash, or cannot be parsed."""
+
+
+class StageConflict(RegistryError):
+    """A compare-and-swap stage change found the stage pointing elsewhere than expected."""
 
 
 class PolicyMismatchError(RegistryError):
@@ -139,33 +155,46 @@ class PolicyRegistry:
         self._write(f"{self._vdir(policy_id, version)}/{METADATA_FILE}", record.model_dump_json(indent=2).encode())
         return record
 
-    def promote(self, policy_id: str, version: int, stage: str = "live") -> None:
+    def promote(self, policy_id: str, version: int, stage: str = "live", expect: Any = ANY) -> None:
+        """Point `stage` at `version` (appended to its history).  `expect` (a version, or None for
+        "no version"): compare-and-swap, `StageConflict` unless the stage points there now."""
         self.get(policy_id, version)
-        stages = self._stages(policy_id)
-        entry = stages.setdefault(stage, {"version": None, "history": []})
-        entry["version"] = version
-        entry["history"].append(version)
-        self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
+        with self._locked(policy_id):
+            stages = self._stages(policy_id)
+            _check_expected(policy_id, stage, stages, expect)
+            entry = stages.setdefault(stage, {"version": None, "history": []})
+            entry["version"] = version
+            entry["history"].append(version)
+            self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
 
-    def clear(self, policy_id: str, stage: str) -> None:
+    def clear(self, policy_id: str, stage: str, expect: Any = ANY) -> None:
         """Point a stage at no version (history kept): a canary that ended."""
-        stages = self._stages(policy_id)
-        if stages.get(stage, {}).get("version") is None:
-            return
-        stages[stage]["version"] = None
-        self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
+        with self._locked(policy_id):
+            stages = self._stages(policy_id)
+            _check_expected(policy_id, stage, stages, expect)
+            if stages.get(stage, {}).get("version") is None:
+                return
+            stages[stage]["version"] = None
+            self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
 
-    def rollback(self, policy_id: str, to: int | None = None, stage: str = "live") -> int:
+    def rollback(self, policy_id: str, to: int | None = None, stage: str = "live", expect: Any = ANY) -> int:
         """Make `to` (default: the version live before the current one) live again."""
-        entry = self._stages(policy_id).get(stage)
-        if not entry or entry["version"] is None:
-            raise PolicyNotFound(f"policy {policy_id!r} has no {stage!r} version to roll back from")
-        if to is None:
-            earlier = [v for v in entry["history"] if v != entry["version"]]
-            if not earlier:
-                raise RegistryError(f"policy {policy_id!r}: no earlier {stage!r} version to roll back to")
-            to = earlier[-1]
-        self.promote(policy_id, to, stage)
+        if to is not None:
+            self.get(policy_id, to)
+        with self._locked(policy_id):
+            stages = self._stages(policy_id)
+            entry = stages.get(stage)
+            if not entry or entry["version"] is None:
+                raise PolicyNotFound(f"policy {policy_id!r} has no {stage!r} version to roll back from")
+            _check_expected(policy_id, stage, stages, expect)
+            if to is None:
+                earlier = [v for v in entry["history"] if v != entry["version"]]
+                if not earlier:
+                    raise RegistryError(f"policy {policy_id!r}: no earlier {stage!r} version to roll back to")
+                to = earlier[-1]
+            entry["version"] = to
+            entry["history"].append(to)
+            self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
         return to
 
     # ---- reading -----------------------------------------------------------------
@@ -264,6 +293,30 @@ class PolicyRegistry:
                 return version, vdir
             version += 1
 
+    @contextlib.contextmanager
+    def _locked(self, policy_id: str) -> Iterator[None]:
+        """The stage lock of one policy: threads of this process, then (local paths) other processes.
+
+        An flock is held per open file, so two threads each opening the lock file exclude each
+        other too; the thread lock only keeps them from queueing in the kernel.  Never nested."""
+        key = f"{self.uri}::{policy_id}"
+        with _THREAD_LOCKS_MU:
+            mu = _THREAD_LOCKS.setdefault(key, threading.Lock())
+        with mu:
+            if not isinstance(self.fs, LocalFileSystem):
+                yield  # object stores: no cross-process lock (one writer per policy is assumed there)
+                return
+            import fcntl
+
+            pdir = f"{self.root}/{policy_id}"
+            os.makedirs(pdir, exist_ok=True)
+            fd = os.open(f"{pdir}/{LOCK_FILE}", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
     def _stages(self, policy_id: str) -> dict[str, Any]:
         path = f"{self.root}/{policy_id}/{STAGES_FILE}"
         if not self.fs.exists(path):
@@ -310,6 +363,19 @@ def check_compatible(weights: Mapping[str, Any], like: Mapping[str, Any], what: 
         got, want = tuple(weights[name].shape), tuple(ref.shape)
         if got != want:
             raise PolicyMismatchError(f"{what}: tensor {name!r} has shape {got}, model expects {want}")
+
+
+def _check_expected(policy_id: str, stage: str, stages: dict[str, Any], expect: Any) -> None:
+    if expect is ANY:
+        return
+    current = (stages.get(stage) or {}).get("version")
+    if current != expect:
+        raise StageConflict(f"policy {policy_id!r}: {stage!r} is {_said(current)}, not {_said(expect)} as expected "
+                            f"(another writer moved it meanwhile); nothing changed")
+
+
+def _said(version: int | None) -> str:
+    return "no version" if version is None else f"v{version}"
 
 
 def _check_policy_id(policy_id: str) -> None:

@@ -32,8 +32,9 @@ def rollback_registry(registry: PolicyRegistry | str, policy_id: str, to: int | 
                       reason: str = "manual", stage: str = "live") -> dict[str, Any]:
     """Move the live pointer back (to `to`, or `rollback_target`) and mark the version it leaves.
 
-    Works on a registry URI alone (no Ray): this is what `evolve rollback` runs.  A running
-    publisher does not see the pointer move by itself; see `GateActor.rollback`.
+    Works on a registry URI alone (no Ray): this is what `evolve rollback` runs when no run is
+    live (it refuses while one is: `core.registry_lease`).  A running publisher does not see the
+    pointer move by itself; see `GateActor.rollback`.
     """
     reg = PolicyRegistry(registry) if isinstance(registry, str) else registry
     current = (reg.stages(policy_id).get(stage) or {}).get("version")
@@ -46,7 +47,9 @@ def rollback_registry(registry: PolicyRegistry | str, policy_id: str, to: int | 
     elif to == current:
         raise GateError(f"policy {policy_id!r}: v{to} is already {stage}")
     target = reg.get(policy_id, to)  # raises PolicyNotFound for a version that does not exist
-    reg.rollback(policy_id, to=to, stage=stage)  # the pointer first: a crash after it leaves only a missing mark
+    # the pointer first (a crash after it leaves only a missing mark), compare-and-swap: a writer
+    # that moved it since `current` was read makes this a StageConflict, never a lost update
+    reg.rollback(policy_id, to=to, stage=stage, expect=current)
     left = reg.get(policy_id, current)
     reg.update_metadata(policy_id, current, info={**left.info, ROLLED_BACK: {"at": time.time(), "to": to, "reason": reason}})
     if ROLLED_BACK in target.info:  # explicitly made live again: no longer "bad"
