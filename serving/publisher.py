@@ -8,11 +8,18 @@ fetch the weights by reference and `ack`; the publish latency of a version is
 the time from the learner's call until the last subscriber acknowledged it.
 Weights never travel as JSON, and Serve's `reconfigure` (far slower than a
 long-poll) is not used.
+
+The registry's `live` pointer is the truth a restarted publisher starts from:
+the first call about a policy it does not hold (a long-poll, a publish, stats)
+loads the registry's live version and serves it, so a subscriber asking after
+a restart gets the live version, never nothing, and the next version's
+lineage still names its parent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -21,9 +28,10 @@ import numpy as np
 import ray
 from ray.util import metrics
 
-from core.registry import PolicyRegistry
+from core.registry import PolicyRegistry, RegistryError
 
 PUBLISHER_NAME = "evolve-publisher"
+log = logging.getLogger(__name__)
 
 
 class _Live:
@@ -33,9 +41,14 @@ class _Live:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class PolicyPublisher:
-    def __init__(self, registry_uri: str):
+    def __init__(self, registry_uri: str, put: Any = None):
+        """`put`: how weights go to the object store (ray.put; tests pass a stand-in)."""
         self.registry = PolicyRegistry(registry_uri)
+        self.put = put or ray.put
         self.live: dict[str, _Live] = {}
+        self.looked_up: set[str] = set()  # policies whose registry live version was read (or published here)
+        self.reloaded: dict[str, int] = {}  # policy -> the version read back from the registry at (re)start
+        self.loading = asyncio.Lock()
         self.changed = asyncio.Condition()
         self.writing = asyncio.Lock()  # one registry write at a time: versions and the live pointer stay in order
         self.subscribers: dict[str, set[str]] = defaultdict(set)
@@ -59,6 +72,7 @@ class PolicyPublisher:
         meta = dict(metadata or {})
         if spec is not None:
             meta.setdefault("info", {})["spec"] = spec
+        await self._ensure(policy_id)
         async with self.writing:
             current = self.live.get(policy_id)
             if current is not None and "parent_version" not in meta:
@@ -74,7 +88,8 @@ class PolicyPublisher:
         await self._go_live(policy_id, version, weights, time.time(), spec)
 
     async def _go_live(self, policy_id: str, version: int, weights: dict, published_at: float, spec: dict | None) -> None:
-        self.live[policy_id] = _Live(version, ray.put(weights), published_at, spec)
+        self.looked_up.add(policy_id)
+        self.live[policy_id] = _Live(version, self.put(weights), published_at, spec)
         self.published[policy_id] += 1
         self._m_version.set(version, tags={"policy": policy_id})
         async with self.changed:
@@ -86,6 +101,7 @@ class PolicyPublisher:
         counts for publish latency; `subscriber=None` follows without counting (the evaluator)."""
         if subscriber is not None:
             self.subscribers[policy_id].add(subscriber)
+        await self._ensure(policy_id)
 
         def newer() -> bool:
             # "differs", not "is greater": a rollback makes an older version live again, and
@@ -100,6 +116,41 @@ class PolicyPublisher:
                 return None
         live = self.live[policy_id]
         return live.version, [live.ref], live.spec  # the ref in a list: Ray must not resolve it here
+
+    async def _ensure(self, policy_id: str) -> None:
+        """Once per policy: hold the registry's live version if nothing was published here yet."""
+        if policy_id in self.looked_up:
+            return
+        async with self.loading:
+            if policy_id in self.looked_up:
+                return
+            found = await asyncio.to_thread(self._read_live, policy_id)
+            self.looked_up.add(policy_id)
+            if found is not None and policy_id not in self.live:  # a publish that won the race stands
+                version, weights, spec = found
+                self.live[policy_id] = _Live(version, self.put(weights), time.time(), spec)
+                self.reloaded[policy_id] = version
+                self.measured[policy_id] = version  # subscribers re-acking it after a restart are no latency
+                self._m_version.set(version, tags={"policy": policy_id})
+                async with self.changed:
+                    self.changed.notify_all()
+
+    def _read_live(self, policy_id: str) -> tuple[int, dict[str, Any], dict | None] | None:
+        """(version, weights, spec) of the registry's live version; None if there is none."""
+        try:
+            meta = self.registry.latest(policy_id, "live")
+            if meta is None:
+                return None
+            loaded = self.registry.load(policy_id, meta.version, as_numpy=True)
+        except RegistryError as exc:  # unreadable: serve nothing rather than something unverified
+            log.error("publisher: cannot reload the live version of %r: %s", policy_id, exc)
+            return None
+        spec = meta.info.get("spec")
+        if spec is None:  # stored by the gate without one: the newest version that has it
+            specs = (self.registry.get(policy_id, v).info.get("spec") for v in reversed(self.registry.versions(policy_id)))
+            spec = next((s for s in specs if s is not None), None)
+        log.info("publisher: serving %r v%d, live in the registry", policy_id, meta.version)
+        return meta.version, loaded.weights, spec
 
     def ack(self, policy_id: str, version: int, subscriber: str) -> None:
         live = self.live.get(policy_id)
@@ -126,6 +177,7 @@ class PolicyPublisher:
         return {
             "live_version": live.version if live else None,
             "versions_published": self.published.get(policy_id, 0),
+            "reloaded_version": self.reloaded.get(policy_id),  # read from the registry at (re)start
             "subscribers": sorted(self.subscribers.get(policy_id, ())),
             "publish_latency_p50_s": float(np.percentile(lat, 50)) if lat else None,
             "publish_latency_p95_s": float(np.percentile(lat, 95)) if lat else None,
