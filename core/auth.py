@@ -6,9 +6,9 @@ carry 192 random bits, so a fast hash is enough (a slow one guards guessable pas
 The store is a JSON file (`serving.auth.keys_file`) or the same JSON in an environment
 variable (`serving.auth.keys_env`), for deployments that mount secrets that way.
 
-`Authenticator.authorize(key, scope)` answers what a route needs: the key's record, or
-`AuthFailed` with the HTTP status (401 no or unknown key, 403 wrong scope, 429 over the
-rate or the feedback share, with `Retry-After`) and a one-line reason.
+`Authenticator.authorize(key, scope, user)` answers what a route needs: the key's record and
+who sent the request, or `AuthFailed` with the HTTP status (401 no or unknown key, 403 wrong
+scope, 429 over the rate or the feedback share, with `Retry-After`) and a one-line reason.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ class KeyRecord(BaseModel):
     sha256: str
     created: float
     revoked: bool = False
+    # a service that speaks for many users (the run's own simulated clients): it names each
+    # one in `x-evolve-client`, and the rate and feedback share apply per named user
+    proxy: bool = False
 
 
 class AuthFailed(Exception):
@@ -149,7 +152,8 @@ class KeyStore:
         os.replace(tmp, self.path)
 
 
-def mint(scopes: list[str], name: str = "", taken: Mapping[str, object] = {}) -> tuple[KeyRecord, str]:
+def mint(scopes: list[str], name: str = "", taken: Mapping[str, object] = {},
+         proxy: bool = False) -> tuple[KeyRecord, str]:
     """A new key and its record (the only time the key itself exists in the clear)."""
     bad = sorted(set(scopes) - set(SCOPES))
     if bad or not scopes:
@@ -158,7 +162,8 @@ def mint(scopes: list[str], name: str = "", taken: Mapping[str, object] = {}) ->
     while kid in taken:
         kid = secrets.token_hex(4)
     key = f"{KEY_PREFIX}_{kid}_{secrets.token_urlsafe(24)}"
-    return KeyRecord(id=kid, name=name, scopes=sorted(set(scopes)), sha256=_digest(key), created=time.time()), key
+    return KeyRecord(id=kid, name=name, scopes=sorted(set(scopes)), sha256=_digest(key), created=time.time(),
+                     proxy=proxy), key
 
 
 class _Bucket:
@@ -185,7 +190,9 @@ class Authenticator:
         self._buckets: dict[str, _Bucket] = {}
         self._feedback: deque[str] = deque(maxlen=section.share_window)
 
-    def authorize(self, key: str | None, scope: str) -> KeyRecord:
+    def authorize(self, key: str | None, scope: str, user: str | None = None) -> tuple[KeyRecord, str]:
+        """The key's record and who the request is from: the key's id, or `id/user` for a proxy
+        key that names its user."""
         if not key:
             raise AuthFailed(401, "an API key is required: send 'Authorization: Bearer <key>'")
         record = self._lookup(key)
@@ -193,14 +200,15 @@ class Authenticator:
             raise AuthFailed(401, "unknown or revoked API key")
         if scope not in record.scopes and "admin" not in record.scopes:
             raise AuthFailed(403, f"key {record.id} lacks the {scope!r} scope (has {', '.join(record.scopes)})")
+        sender = f"{record.id}/{user}" if record.proxy and user else record.id
         now = self.clock()
-        bucket = self._buckets.setdefault(record.id, _Bucket(self.section.rate_per_s, self.section.burst, now))
+        bucket = self._buckets.setdefault(sender, _Bucket(self.section.rate_per_s, self.section.burst, now))
         wait = bucket.take(now)
         if wait > 0:
-            raise AuthFailed(429, f"key {record.id} is over {self.section.rate_per_s:g} requests/s", wait)
+            raise AuthFailed(429, f"key {sender} is over {self.section.rate_per_s:g} requests/s", wait)
         if scope == "feedback":
-            self._check_share(record.id)
-        return record
+            self._check_share(sender)
+        return record, sender
 
     def _check_share(self, kid: str) -> None:
         window, cap = self._feedback, self.section.max_feedback_share

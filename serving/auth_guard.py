@@ -6,7 +6,8 @@ without the key file still knows the keys; where the file is, it is re-read on c
 `None` settings: auth is off, and the guard only names the client (the `x-evolve-client`
 header), as before.
 
-`client(headers, scope)` returns who sent the request — the key's id with auth on, else the
+`client(headers, scope)` returns who sent the request — the key's id with auth on (`id/user`
+for a proxy key, such as the run's own, naming its user in the client header), else the
 client header — or raises `AuthFailed` (401 / 403 / 429, with `Retry-After` for 429).
 """
 
@@ -44,10 +45,11 @@ def guard_settings(section: AuthSection, host: str) -> dict[str, Any] | None:
 
 def with_run_key(settings: dict[str, Any] | None, name: str = "evolve-run") -> tuple[dict[str, Any] | None, str | None]:
     """The settings plus a key that lives as long as the run, for its own traffic and act clients
-    (simulated users): replicas know its hash; the key itself goes only to those actors."""
+    (simulated users, each named in the client header): replicas know its hash; the key itself
+    goes only to those actors."""
     if settings is None:
         return None, None
-    record, key = mint(["predict", "feedback"], name)
+    record, key = mint(["predict", "feedback"], name, proxy=True)
     return {**settings, "internal": [*settings.get("internal", []), record.model_dump()]}, key
 
 
@@ -68,8 +70,8 @@ class RouteGuard:
         """Who sent the request (raises AuthFailed when its key may not)."""
         if self.auth is None:
             return headers.get(CLIENT_HEADER) or None
-        record = self.auth.authorize(bearer(headers.get("authorization"), headers.get(KEY_HEADER)), scope)
-        return record.id
+        key = bearer(headers.get("authorization"), headers.get(KEY_HEADER))
+        return self.auth.authorize(key, scope, headers.get(CLIENT_HEADER) or None)[1]
 
     def grpc_client(self, grpc_context: Any, scope: str) -> str | None:
         """The same for a gRPC call: `authorization` / `x-evolve-key` / `x-evolve-client` metadata."""

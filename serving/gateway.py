@@ -5,7 +5,8 @@ routes (predict, feedback, act) as their own deployments. With `serving.auth` on
 the catalog (lineage, metrics) needs an `admin` key.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI must see `Request` itself, or it reads
+# `request` as a query parameter (422)
 
 import logging
 import time

@@ -38,7 +38,7 @@ def test_store_keeps_only_the_hash_in_an_owner_only_file(store):
 def test_missing_unknown_revoked_keys_are_401_and_a_wrong_scope_403(store):
     auth = Authenticator(store, AuthSection())
     record, key = store.create(["predict"])
-    assert auth.authorize(key, "predict").id == record.id
+    assert auth.authorize(key, "predict")[0].id == record.id
     assert failed(auth, None, "predict").status == 401
     assert failed(auth, key[:-2] + "xx", "predict").status == 401  # right id, wrong secret
     assert failed(auth, "not-a-key", "predict").status == 401
@@ -127,7 +127,7 @@ def test_evolve_keys_create_list_revoke(tmp_path, capsys):
     key = capsys.readouterr().out.splitlines()[0]
     store = KeyStore(path)
     auth = Authenticator(store, AuthSection())
-    assert auth.authorize(key, "feedback").name == "alice"
+    assert auth.authorize(key, "feedback")[0].name == "alice"
     assert main(["keys", "list", "--file", path]) == 0
     assert "alice" in capsys.readouterr().out
     assert main(["keys", "revoke", key_id(key), "--file", path]) == 0
@@ -176,3 +176,23 @@ def test_a_run_key_passes_without_ever_being_written(tmp_path):
         guard.client({"authorization": f"Bearer {key}"}, "admin")
     assert info.value.status == 403
     assert with_run_key(None) == (None, None)
+
+
+def test_a_proxy_key_speaks_for_its_users_and_an_ordinary_key_cannot(tmp_path):
+    from core.auth import mint
+    from serving.auth_guard import RouteGuard
+
+    section = AuthSection(enabled=True, rate_per_s=1, burst=1, keys_file=str(tmp_path / "none.json"),
+                          keys_env="EVOLVE_TEST_NO_KEYS")
+    plain_record, plain = mint(["predict"], "plain")
+    proxy_record, proxy = mint(["predict"], "run", proxy=True)
+    store_json = json.dumps([plain_record.model_dump()])
+    guard = RouteGuard({"section": section.model_dump(mode="json"), "snapshot": store_json,
+                        "internal": [proxy_record.model_dump()]})
+    who = [guard.client({"authorization": f"Bearer {proxy}", "x-evolve-client": f"u{i}"}, "predict")
+           for i in range(3)]  # burst 1 each: every user has its own bucket
+    assert who == [f"{proxy_record.id}/u{i}" for i in range(3)]
+    assert guard.client({"authorization": f"Bearer {plain}", "x-evolve-client": "u0"}, "predict") == plain_record.id
+    with pytest.raises(AuthFailed) as over:  # an ordinary key cannot dodge its bucket by naming users
+        guard.client({"authorization": f"Bearer {plain}", "x-evolve-client": "u1"}, "predict")
+    assert over.value.status == 429
