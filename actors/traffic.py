@@ -62,6 +62,7 @@ class TrafficWorker:
         recent_window: int = 300,
         transport: httpx.BaseTransport | None = None,  # tests: httpx.MockTransport
         groups: Sequence[str] | None = None,  # per row: its group, reported as the stream's position
+        api_key: str | None = None,  # serving.auth: the run's proxy key; each simulated user is named
     ):
         self.cfg = traffic or TrafficSection()
         if not rows:
@@ -77,7 +78,8 @@ class TrafficWorker:
         base = base_url.rstrip("/")
         self.predict_url, self.feedback_url = base + predict_path, base + feedback_path
         n = self.cfg.concurrency
-        self.client = httpx.Client(timeout=timeout_s, transport=transport,
+        auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout_s, transport=transport, headers=auth,
                                    limits=httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n))
         self._rng = random.Random(seed)
         self.client_prefix = f"traffic{seed}"
@@ -88,7 +90,7 @@ class TrafficWorker:
         self._stream: Iterator[int] = itertools.cycle(order) if repeat else iter(order)
         self.rows_taken, self.group = 0, None  # where the stream is
         self._exhausted = False
-        self._pending: list[tuple[float, int, dict[str, Any]]] = []  # feedback heap: (due, seq, payload)
+        self._pending: list[tuple[float, int, dict[str, Any], str]] = []  # feedback: (due, seq, payload, client)
         self._seq = itertools.count()
         self._next_slot = 0.0  # rate limit: when the next predict request may start
         # counters (under _lock)
@@ -164,7 +166,7 @@ class TrafficWorker:
         """One unit of work: a due feedback, else a predict request; False when nothing is left."""
         due = self._pop_due()
         if due is not None:
-            self._send_feedback(due)
+            self._send_feedback(*due)
             return True
         with self._lock:
             exhausted, next_due = self._exhausted, self._pending[0][0] if self._pending else None
@@ -232,9 +234,9 @@ class TrafficWorker:
                 self.predict_failed += len(rows)
             return
         for (_, truth), answer in zip(rows, answers):
-            self._observe(truth, answer)
+            self._observe(truth, answer, client)
 
-    def _observe(self, truth: int, answer: dict[str, Any]) -> None:
+    def _observe(self, truth: int, answer: dict[str, Any], client: str) -> None:
         served = self._label_id(answer)
         with self._lock:
             self.predicts += 1
@@ -257,7 +259,8 @@ class TrafficWorker:
             else:
                 payload = {"event_id": answer["event_id"], "reward": 1.0 if served == believed else 0.0}
             lo, hi = self.cfg.feedback_delay_s
-            heapq.heappush(self._pending, (time.monotonic() + self._rng.uniform(lo, hi), next(self._seq), payload))
+            due = time.monotonic() + self._rng.uniform(lo, hi)
+            heapq.heappush(self._pending, (due, next(self._seq), payload, client))
 
     def _believed(self, truth: int) -> int:
         """The label this user gives (call under _lock: it draws from the shared rng)."""
@@ -279,14 +282,14 @@ class TrafficWorker:
                 return self._index[value]
         return None
 
-    def _pop_due(self) -> dict[str, Any] | None:
+    def _pop_due(self) -> tuple[dict[str, Any], str] | None:
         with self._lock:
             if self._pending and self._pending[0][0] <= time.monotonic():
-                return heapq.heappop(self._pending)[2]
+                return heapq.heappop(self._pending)[2:]
         return None
 
-    def _send_feedback(self, payload: dict[str, Any]) -> None:
-        ok = self._post("feedback", self.feedback_url, payload) is not None
+    def _send_feedback(self, payload: dict[str, Any], client: str) -> None:
+        ok = self._post("feedback", self.feedback_url, payload, {"x-evolve-client": client}) is not None
         with self._lock:
             if not ok:
                 self.feedback_failed += 1

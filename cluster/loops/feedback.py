@@ -95,7 +95,7 @@ class FeedbackLoop(LoopBase):
         for i in range(n):
             self.actors.add(TrafficActor.options(num_cpus=fb.traffic.actor_num_cpus).remote(
                 base, fb.traffic.model_dump(mode="json"), fb.data.model_dump(mode="json"), f"{self.name}-traffic-{i}",
-                seed=self.cfg.run.seed + i, shard=(i, n),
+                seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key,
             ))
         self._launch_learner()
 

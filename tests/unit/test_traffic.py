@@ -239,3 +239,29 @@ def test_after_a_concept_drift_the_users_of_a_group_mean_the_other_label():
     # group b (rows 11-20 of the stream, shuffled within the group): "neg" from row 16 on
     assert sorted(by_text[f"b {i}"] for i in range(10)) == ["neg"] * 5 + ["pos"] * 5
     assert w.stats()["accuracy"] == pytest.approx(15 / 20)  # "pos" is wrong for the users who now mean "neg"
+
+
+def test_with_a_run_key_every_request_carries_it_and_feedback_names_the_predicting_user():
+    seen: list[tuple[str, str | None, str | None]] = []
+    server = FakeServe()
+    inner = server.handle
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append((request.url.path, request.headers.get("authorization"), request.headers.get("x-evolve-client")))
+        reply = inner(request)
+        if request.url.path == "/v1/predict":
+            users[reply.json()["event_id"]] = request.headers.get("x-evolve-client")
+        elif request.url.path == "/v1/feedback":
+            assert users[body["event_id"]] == request.headers.get("x-evolve-client")
+        return reply
+
+    users: dict[str, str | None] = {}
+    cfg = TrafficSection(concurrency=2, feedback_delay_s=(0.0, 0.0), clients=5)
+    w = TrafficWorker("http://evolve.test", _rows(40), LABELS, cfg, repeat=False, seed=1, backoff_s=0.001,
+                      transport=httpx.MockTransport(handle), api_key="evk_ab12cd34_secret")
+    w.run(timeout_s=60)
+    assert w.stats()["feedbacks"] == 40 and len(server.feedback) == 40
+    assert {auth for _, auth, _ in seen} == {"Bearer evk_ab12cd34_secret"}
+    assert all(user and user.startswith("traffic") for _, _, user in seen)
+    assert len({user for path, _, user in seen if path == "/v1/feedback"}) > 1
