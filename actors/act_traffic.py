@@ -35,12 +35,14 @@ RETRY_STATUS = frozenset({429, 502, 503, 504})
 
 class ActClientWorker:
     def __init__(self, act_url: str, env_id: str, cfg: ActTrafficSection, send: Callable[[dict], None],
-                 name: str = "act", transport: httpx.BaseTransport | None = None, timeout_s: float = 10.0):
+                 name: str = "act", transport: httpx.BaseTransport | None = None, timeout_s: float = 10.0,
+                 api_key: str | None = None):  # serving.auth: the run's proxy key, each user named per request
         self.url, self.cfg, self.send, self.name = act_url, cfg, send, name
         self.n = cfg.episodes_at_once
         self.env = gym.make_vec(env_id, num_envs=self.n, vectorization_mode="sync",
                                 vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
-        self.client = httpx.Client(timeout=timeout_s, transport=transport)
+        auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout_s, transport=transport, headers=auth)
         self.rng = random.Random(cfg.seed)
         self.keys = [self._key() for _ in range(self.n)]
         self.logs: list[dict[str, list]] = [self._empty() for _ in range(self.n)]
@@ -52,6 +54,10 @@ class ActClientWorker:
 
     def _key(self) -> str:
         return f"{self.name}-client-{self.rng.randrange(self.cfg.clients)}"
+
+    def _user(self) -> str:
+        """The header's user: the one episode's sticky key, or the worker for a batch (rows name theirs in `clients`)."""
+        return self.keys[0] if self.n == 1 else self.name
 
     @staticmethod
     def _empty() -> dict[str, list]:
@@ -87,7 +93,7 @@ class ActClientWorker:
         pause = 0.2
         while not self._stop.is_set():
             try:
-                reply = self.client.post(self.url, json=body)
+                reply = self.client.post(self.url, json=body, headers={"x-evolve-client": self._user()})
                 self.counts["requests"] += 1
                 if reply.status_code == 200:
                     return reply.json()
@@ -134,10 +140,12 @@ class ActClientWorker:
 class ActClientActor:
     """Plays episodes through `/act` and hands each to the RL gate (fire-and-forget, at most 32 in flight)."""
 
-    def __init__(self, act_url: str, env_id: str, traffic: dict, gate: Any, policy_id: str, name: str = "act"):
+    def __init__(self, act_url: str, env_id: str, traffic: dict, gate: Any, policy_id: str, name: str = "act",
+                 api_key: str | None = None):
         self.gate, self.policy_id = gate, policy_id
         self.inflight: list = []
-        self.worker = ActClientWorker(act_url, env_id, ActTrafficSection.model_validate(traffic), self._send, name)
+        self.worker = ActClientWorker(act_url, env_id, ActTrafficSection.model_validate(traffic), self._send, name,
+                                     api_key=api_key)
         self.worker.start()
 
     def _send(self, episode: dict) -> None:

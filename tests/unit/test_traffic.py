@@ -265,3 +265,25 @@ def test_with_a_run_key_every_request_carries_it_and_feedback_names_the_predicti
     assert {auth for _, auth, _ in seen} == {"Bearer evk_ab12cd34_secret"}
     assert all(user and user.startswith("traffic") for _, _, user in seen)
     assert len({user for path, _, user in seen if path == "/v1/feedback"}) > 1
+
+
+def test_act_client_sends_the_run_key_and_the_episode_user():
+    """With auth on the run's key is a proxy key: each request names its simulated user."""
+    from actors.act_traffic import ActClientWorker
+    from core.rl.gate_config import ActTrafficSection
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"action": [0], "propensity": [1.0], "version": 1})
+
+    cfg = ActTrafficSection(episodes_at_once=1, clients=5)
+    worker = ActClientWorker("http://act/v1/policies/p/act", "CartPole-v1", cfg, lambda e: None,
+                             transport=httpx.MockTransport(answer), api_key="sk-run")
+    try:
+        assert worker._ask(worker.env.reset(seed=0)[0]) is not None
+    finally:
+        worker.env.close()
+    assert seen[0].headers["authorization"] == "Bearer sk-run"
+    assert seen[0].headers["x-evolve-client"] == worker.keys[0]
