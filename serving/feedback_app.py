@@ -60,7 +60,8 @@ from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
 from serving.auth_guard import RouteGuard, admit, grpc_headers
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
-from serving.requests import MAX_TEXTS, check_texts, parse_feedback, parse_json, parse_predict
+from serving.requests import (FEEDBACK_BODY_BYTES, MAX_TEXTS, check_texts, max_body_bytes, parse_feedback, parse_json,
+                              parse_predict, read_body)
 
 log = logging.getLogger(__name__)
 
@@ -296,18 +297,20 @@ class FeedbackServer:
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
         try:
             admit(self.guard, request.headers, "predict")
-            texts, single = parse_predict(parse_json(await request.body()), self.max_text_chars)
+            body = parse_json(await read_body(request, max_body_bytes(self.max_text_chars)))
+            texts, single = parse_predict(body, self.max_text_chars)
             preds = await self._predict(texts, request.headers.get(CLIENT_HEADER))
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return Prediction(**preds[0]) if single else PredictBatchResponse(predictions=preds)
 
     @api.post("/feedback", response_model=FeedbackResponse, openapi_extra=_body(FeedbackRequest),
-              responses=_errors(400, 401, 403, 404, 409, 410, 422, 429, 503))
+              responses=_errors(400, 401, 403, 404, 409, 410, 413, 422, 429, 503))
     async def feedback(self, request: Request) -> FeedbackResponse:
         try:
             client = admit(self.guard, request.headers, "feedback")
-            answer = await self._feedback(*parse_feedback(parse_json(await request.body())), client)
+            body = parse_json(await read_body(request, FEEDBACK_BODY_BYTES))
+            answer = await self._feedback(*parse_feedback(body), client)
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return FeedbackResponse(**answer)

@@ -19,6 +19,7 @@ from serving.join import MAX_EVENT_ID_CHARS, FeedbackRejected
 
 MAX_TEXTS = 256  # per request: bounds one request's share of a batch
 MAX_JSON_DEPTH = 32  # nesting of arrays and objects; every valid body here nests 2 deep at most
+FEEDBACK_BODY_BYTES = 64 * 1024  # a feedback body is an event id, a label and a reward
 MAX_REASON_VALUE = 60  # characters of a client's value quoted in a reason
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string literal (unrolled: no backtracking)
