@@ -1,0 +1,28 @@
+"""A live feedback loop (`evolve run`, small model, candidates often) for the chaos tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import free_port
+from tests.integration.helpers import CliProcess
+
+BUDGET_S = 150  # start-up takes a good share on 2 cores; the kill comes once a first candidate is live
+
+
+def start_feedback_run(run_dir: Path, *sets: str, budget_s: int = BUDGET_S) -> tuple[CliProcess, str]:
+    http_port = free_port()
+    args = [
+        "run", "configs/sentiment.yaml", "--budget-s", str(budget_s), "--run-dir", str(run_dir),
+        "--set", f"serving.http_port={http_port}", "--set", f"serving.grpc_port={free_port()}",
+        "--set", f"cluster.dashboard_port={free_port()}", "--set", "run.progress_interval_s=2",
+        "--set", "feedback.encoder_registry=null", "--set", "feedback.vocab_size=800",
+        "--set", "feedback.model={num_layers: 1, hidden_size: 64, num_heads: 2, intermediate_size: 128}",
+        "--set", "feedback.max_len=32", "--set", "feedback.data.max_heldout=100",
+        "--set", "feedback.candidate_every=5", "--set", "feedback.batch_size=16",
+        "--set", "feedback.traffic.requests_per_s=10", "--set", "feedback.traffic.actor_num_cpus=0.1",
+        "--set", "feedback.gate.tolerance=0.99", "--set", "feedback.gate.rollback_margin=1.0",
+    ]
+    for s in sets:
+        args += ["--set", s]
+    return CliProcess(*args), f"http://127.0.0.1:{http_port}"
