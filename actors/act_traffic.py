@@ -12,7 +12,9 @@ replay store: the learner does not train on what the gate judges by.
 `ActClientWorker` is the plain logic (a thread and one httpx client; tests
 give it an httpx.MockTransport); `ActClientActor` is the thin Ray shell.
 503 (no live version yet), 429 and 5xx answers and dropped connections are
-retried with a growing pause and counted.
+retried with a growing pause and counted.  Anything else ends the episode
+loop: the actor then exits through `CrashBackoff` (actors/traffic.py) so Ray
+restarts it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import httpx
 import numpy as np
 import ray
 
+from actors.traffic import CrashBackoff
 from core.rl.gate_config import ActTrafficSection
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -36,7 +39,8 @@ RETRY_STATUS = frozenset({429, 502, 503, 504})
 class ActClientWorker:
     def __init__(self, act_url: str, env_id: str, cfg: ActTrafficSection, send: Callable[[dict], None],
                  name: str = "act", transport: httpx.BaseTransport | None = None, timeout_s: float = 10.0,
-                 api_key: str | None = None):  # serving.auth: the run's proxy key, each user named per request
+                 api_key: str | None = None,  # serving.auth: the run's proxy key, each user named per request
+                 on_crash: Callable[[BaseException], None] | None = None):  # the loop's end: the actor's CrashBackoff
         self.url, self.cfg, self.send, self.name = act_url, cfg, send, name
         self.n = cfg.episodes_at_once
         self.env = gym.make_vec(env_id, num_envs=self.n, vectorization_mode="sync",
@@ -49,6 +53,7 @@ class ActClientWorker:
         self.counts = {"requests": 0, "episodes": 0, "retries": 0, "failed": 0}
         self.returns: deque[float] = deque(maxlen=100)
         self.error: str | None = None
+        self.on_crash = on_crash
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -85,6 +90,8 @@ class ActClientWorker:
                 self._stop.wait(max(0.0, gap - (time.monotonic() - started)))
         except Exception as exc:  # the stats say why; the loop reports it
             self.error = f"{type(exc).__name__}: {exc}"
+            if self.on_crash is not None:
+                self.on_crash(exc)
         finally:
             self.env.close()
 
@@ -145,7 +152,7 @@ class ActClientActor:
         self.gate, self.policy_id = gate, policy_id
         self.inflight: list = []
         self.worker = ActClientWorker(act_url, env_id, ActTrafficSection.model_validate(traffic), self._send, name,
-                                     api_key=api_key)
+                                     api_key=api_key, on_crash=CrashBackoff(f"act-{name}").fail)
         self.worker.start()
 
     def _send(self, episode: dict) -> None:

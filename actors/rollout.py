@@ -6,6 +6,10 @@ gets a replay writer and a policy source, never a learner: it switches to a
 new policy version on its next step after the source reports one.  The loop's
 drift watch changes its envs' physics (`apply_drift`), boosts its epsilon for
 a while and takes its finished episodes' returns (core/rl/drift.py).
+
+A loop that raises would leave a live actor that never steps again, so the
+actor exits through `CrashBackoff` (actors/traffic.py: log, growing pause,
+hard exit) and Ray's `max_restarts=-1` starts it afresh.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +28,7 @@ import ray
 import torch
 from ray.util import metrics
 
+from actors.traffic import CrashBackoff
 from core.rl.config import RLConfig
 from core.rl.drift import EpsilonBoost, physics_wrappers
 from core.rl.models import PolicySpec, obs_width
@@ -384,7 +389,9 @@ def _repeat(text: str, n: int) -> pa.StringArray:
 class RolloutActor:
     """Runs a RolloutWorker in a loop from the moment it starts (and again after a restart)."""
 
-    def __init__(self, cfg: dict, spec: dict, actor_id: str, writer: Writer, source: PolicySource | None, seed: int):
+    def __init__(self, cfg: dict, spec: dict, actor_id: str, writer: Writer, source: PolicySource | None, seed: int,
+                 on_crash: Callable[[BaseException], None] | None = None):  # tests: the exit to expect
+        self._on_crash = on_crash or CrashBackoff(f"rollout-{actor_id}").fail
         self.worker = RolloutWorker(RLConfig.model_validate(cfg), PolicySpec.from_dict(spec), actor_id, writer, source, seed)
         tags = {"actor": actor_id}
         self._steps = metrics.Counter("evolve_rollout_env_steps", "env steps", tag_keys=("actor",))
@@ -419,8 +426,9 @@ class RolloutActor:
                 if w.recent_returns:
                     self._return.set(float(np.mean(w.recent_returns)), tags=self._tags)
                 self._version.set(w.policy.version, tags=self._tags)
-        except Exception as exc:  # surfaced through stats(); the driver reports it
+        except Exception as exc:  # a stalled actor looks alive to Ray: exit for a restart
             self._error = f"{type(exc).__name__}: {exc}"
+            self._on_crash(exc)
 
     def stats(self) -> dict[str, Any]:
         return {**self.worker.stats(), "steps_per_write": self._write_size.now, "error": self._error,
