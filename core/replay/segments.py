@@ -9,11 +9,17 @@ so a killed process loses nothing it acknowledged (fsync=True also survives
 a power cut).  A batch torn by a kill was never acknowledged; recovery reads
 up to the tear and writes on in a new segment.  A segment whose rows were all
 evicted is deleted, so disk use stays bounded by capacity plus one segment.
+
+A failed write (a full or failing disk) fails its `add`, cuts the segment back
+to its last whole batch and closes it, so no acknowledged row ever follows a
+tear.  A file that is not a readable segment is moved to `quarantine/`, never
+deleted: it may be the only copy of rows someone wants back.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,8 @@ from typing import Iterator
 import pyarrow as pa
 
 _PREFIX, _SUFFIX = "seg-", ".arrow"
+QUARANTINE = "quarantine"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,7 +57,7 @@ class SegmentLog:
         """Yield (seq of first row, batch) for every intact batch on disk, oldest first;
         delete segments that are empty or wholly before the recorded head."""
         head = read_head(self.dir)
-        for seg, batches in scan(self.dir, self.schema):
+        for seg, batches in scan(self.dir, self.schema, quarantine=True):
             if seg.rows == 0 or seg.end <= head:
                 seg.path.unlink()  # empty (killed before its first batch) or wholly evicted
                 continue
@@ -67,11 +75,34 @@ class SegmentLog:
         """Write and flush one batch whose first row has `seq`; returns once it is durable."""
         if self._writer is None or self.segments[-1].rows >= self.segment_rows:
             self._roll(seq)
-        self._writer.write_batch(batch)
-        self._sink.flush()
-        if self.fsync:
-            os.fsync(self._sink.fileno())
+        before = self._sink.tell()
+        try:
+            self._writer.write_batch(batch)
+            self._sink.flush()
+            if self.fsync:
+                os.fsync(self._sink.fileno())
+        except OSError:
+            self._cut(before)
+            raise
         self.segments[-1].rows += batch.num_rows
+
+    def _cut(self, size: int) -> None:
+        """After a failed write: drop the torn bytes and close the segment, so the next
+        append opens a new one and nothing acknowledged is written after a tear."""
+        seg, writer, sink = self.segments[-1], self._writer, self._sink
+        self._writer = self._sink = None
+        for close in (writer.close, sink.close):
+            try:
+                close()
+            except (OSError, pa.ArrowException):
+                pass  # the disk is failing; the truncate below decides what stays
+        try:
+            os.truncate(seg.path, size)
+        except OSError as e:
+            log.warning("replay segment %s: could not cut a torn write (%s); recovery stops at the tear", seg.path, e)
+        if seg.rows == 0:
+            self.segments.pop()
+            seg.path.unlink(missing_ok=True)  # no rows: the next roll may reuse its name
 
     def drop_before(self, head: int) -> int:
         """Delete segments wholly before `head`; returns bytes freed."""
@@ -88,6 +119,12 @@ class SegmentLog:
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps({"head": head}))
         os.replace(tmp, self.dir / "state.json")
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        """A created or renamed file survives a power cut only once its directory entry is synced."""
+        if self.fsync:
+            sync_dir(self.dir)
 
     def disk_bytes(self) -> int:
         return sum(seg.path.stat().st_size for seg in self.segments if seg.path.exists())
@@ -101,9 +138,16 @@ class SegmentLog:
     def _roll(self, seq: int) -> None:
         self.close()
         path = self.dir / f"{_PREFIX}{seq:012d}{_SUFFIX}"
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        sink = pa.OSFile(str(path), "wb")
+        try:
+            self._writer = pa.ipc.new_stream(sink, self.schema)
+        except (OSError, pa.ArrowException):
+            sink.close()
+            path.unlink(missing_ok=True)  # a torn header: no batch may ever follow it
+            raise
+        self._sink = sink
         self.segments.append(Segment(path, seq))
+        self._sync_dir()
 
 
 def read_head(directory: Path) -> int:
@@ -113,22 +157,51 @@ def read_head(directory: Path) -> int:
         return 0
 
 
-def scan(directory: Path, schema: pa.Schema | None = None) -> Iterator[tuple[Segment, list[pa.RecordBatch]]]:
-    """Read-only: every segment of a table directory with its intact batches, oldest first."""
+def sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def scan(directory: Path, schema: pa.Schema | None = None,
+         quarantine: bool = False) -> Iterator[tuple[Segment, list[pa.RecordBatch]]]:
+    """Every segment of a table directory with its intact batches, oldest first.  An unreadable
+    file is skipped, and with quarantine=True moved to quarantine/ (else this is read-only)."""
     for path in sorted(Path(directory).glob(f"{_PREFIX}*{_SUFFIX}")):
-        batches = list(_read_intact(path, schema))
-        seg = Segment(path, int(path.name[len(_PREFIX) : -len(_SUFFIX)]), sum(b.num_rows for b in batches))
-        yield seg, batches
+        try:
+            start = int(path.name[len(_PREFIX) : -len(_SUFFIX)])
+        except ValueError:
+            continue  # not named by us
+        try:
+            batches = list(_read_intact(path, schema))
+        except (pa.ArrowException, OSError) as e:  # a schema mismatch (plain ValueError) still raises
+            if quarantine:
+                _quarantine(path, e)
+            continue
+        yield Segment(path, start, sum(b.num_rows for b in batches)), batches
+
+
+def _quarantine(path: Path, why: Exception) -> None:
+    qdir = path.parent / QUARANTINE
+    qdir.mkdir(exist_ok=True)
+    dest, n = qdir / path.name, 0
+    while dest.exists():  # an earlier quarantined file of the same name is kept too
+        n += 1
+        dest = qdir / f"{path.name}.{n}"
+    os.replace(path, dest)
+    sync_dir(path.parent)
+    log.warning("replay segment %s is unreadable (%s); moved to %s", path, why, dest)
 
 
 def _read_intact(path: Path, schema: pa.Schema | None) -> Iterator[pa.RecordBatch]:
     """Batches of one segment up to the first torn or unreadable one."""
     with pa.OSFile(str(path), "rb") as fh:
         data = fh.read_buffer()  # in memory, so the file can be deleted once its rows are evicted
-    try:
-        reader = pa.ipc.open_stream(data)
-    except (pa.ArrowInvalid, OSError):
-        return  # killed before the schema was fully written
+    if data.size == 0:
+        return  # killed before the schema was written
+    reader = pa.ipc.open_stream(data)  # a header that is there but unreadable: the caller quarantines
     added: list[pa.Field] = []
     if schema is not None and not reader.schema.equals(schema):
         added = _added_nullable_fields(reader.schema, schema)

@@ -9,6 +9,7 @@ indexed the same way.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from core.replay.ratelimit import RateLimiter
 from core.replay.segments import SegmentLog
 from core.replay.sumtree import SumTree
 from core.schemas import SchemaError, schema_for, to_record_batch
+
+log = logging.getLogger(__name__)
 
 KEY, PROBABILITY, TIMES_SAMPLED = "_key", "_probability", "_times_sampled"
 
@@ -279,6 +282,18 @@ class ReplayTable:
         if not self.cond.wait_for(ready, timeout=timeout_s):
             raise ReplayTimeout(f"table {self.name!r}: timed out after {timeout_s}s waiting to {what}")
 
+    def _skip_gap(self, seq: int) -> None:
+        """Recovery found rows missing before `seq` (a lost segment): the rings hold one
+        contiguous run, so the rows before the gap leave memory (their files stay on disk
+        until evicted as usual) and the newer rows after it are served."""
+        log.warning("replay table %r: rows %d..%d are missing on disk; serving from %d",
+                    self.name, self.tail, seq, seq)
+        for row_id in self.rows.ids(np.arange(self.head, self.tail) % self.cfg.capacity):
+            self.index.pop(row_id, None)
+        if self.tree is not None:
+            self.tree.set(np.arange(self.head, self.tail) % self.cfg.capacity, 0.0)
+        self.head = self.tail = seq
+
     def _recover(self) -> None:
         head = self.log.read_head()
         # seq carries on from the recorded head even when nothing is recovered, so new
@@ -292,6 +307,8 @@ class ReplayTable:
                 rb, seq = rb.slice(head - seq), head
             if recovered == 0:
                 self.head = self.tail = seq
+            elif seq > self.tail:
+                self._skip_gap(seq)
             self._insert(seq, rb, rb.column("id").to_pylist())
             recovered += rb.num_rows
         # Start the limiter balanced: recovered rows count as min_size inserts, not as
