@@ -12,6 +12,10 @@ is answered by the candidate (serving/act_canary.py): the key is the
 batch of several clients' observations; `version` then says, per row,
 which version answered.
 
+The body is read with a size limit (413) and its nesting depth checked before it is parsed
+(serving/requests.py); with `serving.auth` on, a key of scope `predict` is required; past
+`MAX_QUEUED_REQUESTS` waiting per caller, Serve answers 503 with `Retry-After`.
+
 Each replica subscribes to the publisher (long-poll) for every policy it
 serves and swaps weights in place when a new version is live: requests keep
 being answered by the previous version until the swap, which is one
@@ -28,14 +32,18 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 import numpy as np
 
 from core.exploration import ExplorationSection, choose, serving_distribution
 from serving.act_canary import ActCanary
 from serving.act_canary import follow as follow_canary
+from serving.auth_guard import RouteGuard, admit
+from serving.join_rules import FeedbackRejected
+from serving.requests import parse_json, read_body
 from core.rl.models import PolicySpec
 from core.rl.policy import QPolicy
 
@@ -44,6 +52,8 @@ APP_NAME = "policies"
 ROUTE_PREFIX = "/v1/policies"
 MAX_BATCH = 1024
 CLIENT_HEADER = "x-evolve-client"
+MAX_ACT_BODY_BYTES = 4 * 1024 * 1024  # a full batch of wide observations, each float written out
+MAX_QUEUED_REQUESTS = 1000  # per caller: past it a request is refused at once rather than queued without bound
 
 api = FastAPI(title="Evolve policies", version="0.1.0")
 
@@ -54,6 +64,9 @@ class ActRequest(BaseModel):
     obs: float | list[float] | list[list[float]] = Field(..., description="observation or batch of observations")
     clients: list[str] | None = Field(None, description="a batch's client keys, one per observation "
                                                         "(a canary keeps each client on one side)")
+
+
+ACT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": ActRequest.model_json_schema()}}}}
 
 
 class ActResponse(BaseModel):
@@ -82,6 +95,17 @@ def to_batch(obs: Any, spec: PolicySpec) -> tuple[list[list[float]], bool]:
     return rows, single
 
 
+def parse_act(raw: bytes) -> ActRequest:
+    """The request model of an /act body; FeedbackRejected (400 / 422) with the reason."""
+    body = parse_json(raw)
+    try:
+        return ActRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "body"
+        raise FeedbackRejected(422, f"{where}: {first['msg']}") from None
+
+
 def client_keys(clients: list[str] | None, header: str | None, n: int) -> list[str | None]:
     """One client key per row: the batch's own, else the request's header for every row."""
     if clients is None:
@@ -95,8 +119,9 @@ def client_keys(clients: list[str] | None, header: str | None, n: int) -> list[s
 @serve.ingress(api)
 class PolicyServer:
     def __init__(self, publisher: Any, policy_ids: list[str], exploration: dict[str, dict] | None = None,
-                 registry_uri: str | None = None, canary: dict[str, float] | None = None):
+                 registry_uri: str | None = None, canary: dict[str, float] | None = None, auth: dict | None = None):
         self.publisher = publisher
+        self.guard = RouteGuard(auth)  # API keys (serving.auth), or only the client header when off
         self.explore = {pid: ExplorationSection.model_validate((exploration or {}).get(pid, {})) for pid in policy_ids}
         self._rng = np.random.default_rng()
         self.policies: dict[str, QPolicy] = {}
@@ -129,8 +154,15 @@ class PolicyServer:
                 log.warning("policy %s: subscription failed (%s); retrying", policy_id, exc)
                 await asyncio.sleep(1.0)
 
-    @api.post("/{policy_id}/act", response_model=ActResponse)
-    async def act(self, policy_id: str, request: ActRequest, http: Request) -> ActResponse:
+    @api.post("/{policy_id}/act", response_model=ActResponse, openapi_extra=ACT_BODY,
+              responses={code: {"description": "refused, with the reason in `detail`"}
+                         for code in (400, 401, 403, 404, 413, 422, 429, 503)})
+    async def act(self, policy_id: str, http: Request) -> ActResponse:
+        try:
+            client = admit(self.guard, http.headers, "predict")
+            request = parse_act(await read_body(http, MAX_ACT_BODY_BYTES))
+        except FeedbackRejected as exc:
+            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         policy = self.policies.get(policy_id)
         if policy_id not in self.policy_ids:
             raise HTTPException(404, detail=f"unknown policy {policy_id!r}; served: {sorted(self.policy_ids)}")
@@ -138,7 +170,7 @@ class PolicyServer:
             raise HTTPException(503, detail=f"policy {policy_id!r} has no live version yet; retry shortly")
         try:
             rows, single = to_batch(request.obs, policy.spec)
-            keys = client_keys(request.clients, http.headers.get(CLIENT_HEADER), len(rows))
+            keys = client_keys(request.clients, client, len(rows))
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from None
         obs = np.asarray(rows, dtype=np.float32)
@@ -158,11 +190,14 @@ class PolicyServer:
 
 def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 1, num_cpus: float = 0.1,
                          exploration: dict[str, ExplorationSection] | None = None, registry_uri: str | None = None,
-                         canary: dict[str, float] | None = None) -> str:
-    """`canary`: policy id -> the share of client keys its canary answers (needs `registry_uri`)."""
+                         canary: dict[str, float] | None = None, auth: dict | None = None) -> str:
+    """`canary`: policy id -> the share of client keys its canary answers (needs `registry_uri`);
+    `auth`: the run's guard settings (serving/auth_guard.py), None when auth is off."""
     explore = {pid: cfg.model_dump() for pid, cfg in (exploration or {}).items()}
-    app = PolicyServer.options(num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}).bind(
-        publisher, policy_ids, explore, registry_uri, canary)
+    app = PolicyServer.options(
+        num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}, max_queued_requests=MAX_QUEUED_REQUESTS,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
+    ).bind(publisher, policy_ids, explore, registry_uri, canary, auth)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, logging_config={"log_level": "WARNING"})
     return ROUTE_PREFIX
 

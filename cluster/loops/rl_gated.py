@@ -58,13 +58,14 @@ class ActGate:
     def canary(self) -> dict[str, float] | None:
         return {self.rl.policy_id: self.rl.gate.canary.fraction} if "canary" in self.rl.gate.stages else None
 
-    def start_clients(self, act_url: str) -> None:
+    def start_clients(self, act_url: str, api_key: str | None = None) -> None:
+        """`api_key`: the run's own key when serving.auth is on (None when off)."""
         rl = self.rl
         if not rl.traffic.active(rl.gate):
             return
         self.clients = ActClientActor.options(num_cpus=rl.traffic.num_cpus).remote(
             act_url, rl.env_id, rl.traffic.model_dump(), self.gate or _Nowhere.remote(), rl.policy_id,
-            name=f"{rl.name}-act")
+            name=f"{rl.name}-act", api_key=api_key)
 
     def poll(self) -> dict[str, Any]:
         if self.clients is not None:

@@ -104,3 +104,14 @@ def test_huge_integer_is_400(client_and_parsed):
     client, _ = client_and_parsed
     answer = client.post("/v1/predict", content=b'{"texts": [' + b"9" * 5000 + b"]}")
     assert answer.status_code == 400
+
+
+def test_act_body_checks():
+    from serving.policy_server import parse_act
+
+    assert parse_act(b'{"obs": [0.1, 0.2]}').obs == [0.1, 0.2]
+    for raw, status in [(b'{"obs": [NaN]}', 400), (b"[" * 10_000 + b"]" * 10_000, 400),
+                        (b'{"obs": "x"}', 422), (b'{"clients": ["a"]}', 422), (b"[]", 422)]:
+        with pytest.raises(FeedbackRejected) as info:
+            parse_act(raw)
+        assert info.value.status == status, raw[:40]
