@@ -21,6 +21,8 @@ def start_feedback_run(run_dir: Path, *sets: str, budget_s: int = BUDGET_S) -> t
         "--set", "feedback.max_len=32", "--set", "feedback.data.max_heldout=100",
         "--set", "feedback.candidate_every=5", "--set", "feedback.batch_size=16",
         "--set", "feedback.traffic.requests_per_s=10", "--set", "feedback.traffic.actor_num_cpus=0.1",
+        # uniform, not fifo: a fifo table drops the rows the learner took, and the export must show every row
+        "--set", "replay.tables.feedback.sampler=uniform",
         "--set", "feedback.gate.tolerance=0.99", "--set", "feedback.gate.rollback_margin=1.0",
     ]
     for s in sets:

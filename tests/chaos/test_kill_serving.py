@@ -42,7 +42,8 @@ def _kill_replica_and_check(tmp_path, replicas: int) -> dict:
     print(f"  exported {len(stored)} feedback rows; acked {len(acked)}; sample stored {sorted(stored)[:3]}")
     figures = dict(
         replicas=replicas, recovery_s=round(max(back - killed_at, 0), 2),
-        new_version_after_s=round(newer - killed_at, 2), failed_requests=len(client.failed),
+        new_version_after_s=round(newer - killed_at, 2), failed_requests=sum(t > killed_at for t, _ in client.failed),
+        failed_before_kill=sum(t <= killed_at for t, _ in client.failed),
         feedback_acked=len(acked), feedback_lost=len(lost), killed=pid,
     )
     report(f"serve_replica[{replicas}]", **figures)
