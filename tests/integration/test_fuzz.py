@@ -5,10 +5,12 @@ overload); plus the bodies a schema never generates (a lone surrogate, deep nest
 The deployment is test_feedback_serving's module fixture (one cluster, a tiny published model).
 """
 
+import grpc
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.test_feedback_serving import served  # noqa: F401 (the module's deployment)
 
@@ -70,3 +72,47 @@ def test_oversize_body_is_413(served):  # noqa: F811
     answer = httpx.post(f"{served['http']}/feedback", content=b" " * (1 << 20), timeout=30,
                         headers={"content-type": "application/json"})
     assert answer.status_code == 413
+
+
+GRPC_EXAMPLES = 150  # per rpc
+_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+
+
+def _grpc_call(call, message) -> grpc.StatusCode:
+    try:
+        call(message, metadata=(("application", "feedback"),), timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_generated_grpc_messages_get_no_internal_error(served):  # noqa: F811
+    from serving.proto import evolve_pb2, evolve_pb2_grpc
+
+    faults, codes = [], set()
+    with grpc.insecure_channel(served["grpc"]) as channel:
+        stub = evolve_pb2_grpc.EvolveFeedbackStub(channel)
+
+        @settings(max_examples=GRPC_EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(texts=st.lists(st.text(max_size=300), max_size=300))
+        def predict(texts):
+            code = _grpc_call(stub.Predict, evolve_pb2.PredictRequest(texts=texts))
+            codes.add(code)
+            if code in _FAULTS:
+                faults.append(("Predict", texts[:3], code))
+
+        @settings(max_examples=GRPC_EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(event_id=st.text(max_size=300), label=st.none() | st.text(max_size=50),
+               reward=st.none() | st.floats(allow_nan=True, allow_infinity=True))
+        def feedback(event_id, label, reward):
+            message = evolve_pb2.FeedbackRequest(event_id=event_id, label=label, reward=reward)
+            code = _grpc_call(stub.Feedback, message)
+            if code in _FAULTS:
+                faults.append(("Feedback", event_id[:40], label, reward, code))
+
+        predict()
+        feedback()
+    assert not faults, faults[:5]
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= codes  # the messages reached the app
