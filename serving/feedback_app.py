@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import HTTPException, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
@@ -70,7 +71,8 @@ ROUTE_PREFIX = "/v1"
 CLIENT_HEADER = "x-evolve-client"  # a client's stable key: a canary keeps each client on one side
 GRPC_SERVICER = "serving.proto.evolve_pb2_grpc.add_EvolveFeedbackServicer_to_server"
 
-api = FastAPI(
+# Swagger UI's assets from the fastapi-offline package, not a CDN: /v1/docs renders offline
+api = FastAPIOffline(
     title="Evolve feedback",
     description="Classify texts and send feedback on the predictions; the served model keeps learning from it.",
     version="0.1.0",

@@ -12,7 +12,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import HTTPException, Request
+from fastapi_offline import FastAPIOffline
 from ray import serve
 
 from core.config import ServingConfig
@@ -21,7 +22,8 @@ from serving.auth_guard import RouteGuard
 from serving.catalog import describe_policies
 
 APP_NAME = "evolve"
-api = FastAPI(title="Evolve", description="Keeps models learning after they ship.", version="0.1.0")
+# Swagger UI's assets from the fastapi-offline package, not a CDN: /docs renders offline
+api = FastAPIOffline(title="Evolve", description="Keeps models learning after they ship.", version="0.1.0")
 
 
 @serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0.1})

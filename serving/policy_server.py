@@ -31,7 +31,8 @@ import math
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import HTTPException, Request
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve.config import BackpressureConfig
@@ -55,7 +56,8 @@ CLIENT_HEADER = "x-evolve-client"
 MAX_ACT_BODY_BYTES = 4 * 1024 * 1024  # a full batch of wide observations, each float written out
 MAX_QUEUED_REQUESTS = 1000  # per caller: past it a request is refused at once rather than queued without bound
 
-api = FastAPI(title="Evolve policies", version="0.1.0")
+# Swagger UI's assets from the fastapi-offline package, not a CDN: the docs render offline
+api = FastAPIOffline(title="Evolve policies", version="0.1.0")
 
 
 class ActRequest(BaseModel):
