@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from core.sequential import CanaryTest
+from serving.rollback import promote_over
 
 STAGE = "canary"
 
@@ -97,11 +98,12 @@ class CanaryGate:
         with self._mu:
             st.canary = None
         live_now = self._refresh_live(policy_id, st)
-        if evidence["decision"] == "promote" and live_now == canary.live:
-            self.registry.promote(policy_id, canary.version)
+        if evidence["decision"] == "promote" and live_now == canary.live \
+                and promote_over(self.registry, policy_id, canary.version, canary.live):
             self.publisher.restore(policy_id, canary.weights, canary.version, self.spec)
             self._went_live(st, canary.version)
         elif evidence["decision"] == "promote":  # live moved meanwhile (a rollback, the CLI): judged against another
+            live_now = self._refresh_live(policy_id, st)
             reason = f"{reason}; but live changed to v{live_now} meanwhile"
             evidence.update(decision="refuse", reason=reason)
             gate.update(decision="refuse", reason=reason)

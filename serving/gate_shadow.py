@@ -32,6 +32,7 @@ import numpy as np
 
 from core.ope import Logged, compare
 from serving.ope_slice import OPEVerdict, decide, greedy
+from serving.rollback import promote_over
 
 STAGE = "shadow"
 
@@ -136,10 +137,14 @@ class ShadowGate:
         if decision == "canary":
             self._run_canary(policy_id, st, shadow.version, shadow.live, shadow.weights, {**shadow.meta, "gate": gate},
                              shadow.heldout_accuracy, shadow.live_accuracy)
-        elif decision == "promote":
-            self.registry.promote(policy_id, shadow.version)
+        elif decision == "promote" and promote_over(self.registry, policy_id, shadow.version, shadow.live):
             self.publisher.restore(policy_id, shadow.weights, shadow.version, self.spec)
             self._went_live(st, shadow.version)
+        elif decision == "promote":  # live moved between the check above and the swap
+            decision, reason = "refuse", f"{reason}; but live changed meanwhile"
+            evidence.update(decision=decision, reason=reason)
+            gate.update(decision=decision, reason=reason)
+            self.registry.update_metadata(policy_id, shadow.version, gate=gate)
         self._record(policy_id, st, shadow.version, shadow.live, decision, reason, shadow.heldout_accuracy,
                      shadow.live_accuracy, lineage_parent=shadow.meta.get("parent_version"), gate=gate)
 

@@ -33,6 +33,7 @@ from core.registry import PolicyRegistry
 from core.rl.gate_config import RLGateSection
 from core.sequential import CanaryTest
 from serving.gate_publisher import as_publisher
+from serving.rollback import promote_over
 from serving.rl_ope import Episode, judge_offpolicy, scaled
 
 EmitFn = Callable[..., None]
@@ -147,8 +148,8 @@ class RLGate:
         with self._mu:
             self.canary_run = None
         self._emit("canary_ended", policy_id=policy_id, version=canary.version, **evidence)
-        if evidence["decision"] == "promote" and self._live(policy_id) == canary.live:
-            self.registry.promote(policy_id, canary.version)
+        if evidence["decision"] == "promote" and self._live(policy_id) == canary.live \
+                and promote_over(self.registry, policy_id, canary.version, canary.live):
             self.publisher.restore(policy_id, canary.weights, canary.version, self.spec)
             self._set_live(canary.version)
             self._record(policy_id, canary.version, canary.live, gate, "promoted")

@@ -9,13 +9,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from core.registry import PolicyNotFound, PolicyRegistry
+from core.registry import PolicyNotFound, PolicyRegistry, StageConflict
 
 ROLLED_BACK = "rolled_back"  # key in a version's metadata.info once it was rolled back from
 
 
 class GateError(RuntimeError):
     """The gate cannot do what was asked (nothing to start from, nothing to roll back to)."""
+
+
+def promote_over(registry: PolicyRegistry, policy_id: str, version: int, live: int | None) -> bool:
+    """Make `version` live only if `live` still is (compare-and-swap); False if another writer
+    (a rollback, the CLI, another gate) moved the pointer since the candidate was judged against it."""
+    try:
+        registry.promote(policy_id, version, expect=live)
+    except StageConflict:
+        return False
+    return True
 
 
 def rollback_target(registry: PolicyRegistry, policy_id: str, stage: str = "live") -> int | None:

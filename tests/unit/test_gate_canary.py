@@ -67,3 +67,20 @@ def test_a_canary_judged_against_a_live_version_that_changed_meanwhile_is_not_pr
     ended = [f for k, f in events if k == "canary_ended"][-1]
     assert ended["decision"] == "refuse" and "live changed to v3" in ended["reason"]
     assert registry.get(P, 2).gate["decision"] == "refuse" and registry.latest(P, "live").version == v3
+
+
+def test_a_live_move_after_the_gate_looked_makes_the_swap_fail_not_a_lost_update(tmp_path, world):
+    registry = PolicyRegistry(tmp_path / "registry")
+    publisher, events = FakePublisher(registry), []
+    cfg = GateSection(stages=["canary"], canary=CanarySection(min_requests=20, max_requests=60))
+    gate = PublishGate(registry, world["heldout"], cfg, publisher=publisher,
+                       emit=lambda kind, **fields: events.append((kind, fields)))
+    _start(gate, world)
+    assert gate.submit(P, world["better"], world["files"], {})["decision"] == "canary"
+    v3 = registry.publish(P, world["base"], files=world["files"])
+    registry.promote(P, v3)
+    gate._refresh_live = lambda policy_id, st: 1  # the gate's last look still saw v1 live
+    _feed(gate, np.random.default_rng(1), 1, 0.8, 2, 0.8, 1000)
+    ended = [f for k, f in events if k == "canary_ended"][-1]
+    assert ended["decision"] == "refuse" and "live changed" in ended["reason"]
+    assert registry.latest(P, "live").version == v3 and all(r[0] != 2 for r in publisher.restored)
