@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.evolve-installed
 
-.PHONY: install run test test-unit test-integration test-slow test-chaos lint-imports clean
+.PHONY: install run test test-unit test-integration test-slow test-chaos test-browser lint-imports clean
 
 install: $(STAMP)
 
@@ -33,10 +33,10 @@ run: $(STAMP)
 
 # unit + integration (real Ray); `slow` learning runs are left to `make test-slow`
 test: $(STAMP) lint-imports
-	$(BIN)/python -m pytest -m "not slow and not chaos" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not chaos and not browser" $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not integration and not chaos" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not integration and not chaos and not browser" $(PYTEST_ARGS)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m "integration and not slow" $(PYTEST_ARGS)
@@ -47,6 +47,11 @@ test-slow: $(STAMP)
 # SIGKILLs and disk faults under live traffic (tests/chaos); each reports its recovery time
 test-chaos: $(STAMP)
 	$(BIN)/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
+
+# a real run looked at in headless Chromium (OS package `chromium`): quiet terminal, `evolve status`,
+# /v1/docs offline, the Ray dashboard, report.html; screenshots in runs/browser-check/
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -m browser tests/browser $(PYTEST_ARGS)
 
 lint-imports: $(STAMP)
 	$(BIN)/lint-imports

@@ -54,9 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--namespace", default="evolve", help="Ray namespace of the live run (default: evolve)")
     rollback.set_defaults(func=_cmd_rollback)
 
-    status = sub.add_parser("status", help="show a running cluster", description="Show nodes, resources and Serve apps.")
+    status = sub.add_parser("status", help="show a running cluster and its loops",
+                            description="Show nodes, resources, Serve apps and one row per running loop: live "
+                            "version, held-out accuracy or eval return, feedback and env-step rates, last gate "
+                            "decision, open alarms, replay sizes.")
     status.add_argument("--address", default="auto", help="cluster to inspect (default: auto, the local one)")
+    status.add_argument("--watch", nargs="?", type=_positive_float, const=5.0, metavar="SECONDS",
+                        help="print again every SECONDS (default 5) until Ctrl-C")
+    status.add_argument("--namespace", default="evolve", help="Ray namespace of the runs (default: evolve)")
     status.set_defaults(func=_cmd_status)
+
+    report = sub.add_parser("report", help="a run's figures: PNGs and one self-contained report.html",
+                            description="Plot RUN_DIR's events (held-out accuracy, eval return, publish latency, "
+                            "replay, learner, drift alarms) into PNGs and report.html (images inlined). Works on a "
+                            "run that is still going.")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--out", metavar="DIR", help="write here (default: RUN_DIR)")
+    report.set_defaults(func=_cmd_report)
 
     cluster = sub.add_parser("cluster", help="cluster file tools", description="Tools for ray_cluster.yaml.")
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
@@ -67,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("path", nargs="?", default="ray_cluster.yaml", metavar="PATH")
     validate.add_argument("--learner-resource", default="learner", help="custom resource learners ask for")
+    validate.add_argument("--config", action="append", default=[], metavar="RUN_CONFIG",
+                          help="a run config for this cluster: its storage must be shared (repeatable)")
     validate.set_defaults(func=_cmd_validate)
 
     keys = sub.add_parser("keys", help="API keys for the served endpoints",
@@ -121,6 +137,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument("--address",
                         help="join a running cluster: 'auto' or ray://host:10001 (default: start an embedded one)")
     parser.add_argument("--run-dir", help="write the run here instead of runs/<name>/ (the same directory resumes)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print Ray's own worker and library log lines here too (default: into the run directory)")
     _add_set(parser)
 
 
@@ -155,7 +173,7 @@ def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = ()) -> int:
         overrides.append(f"cluster.address={json.dumps(args.address)}")
     if args.run_dir is not None:
         overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
-    return execute(load_config(args.config, overrides))
+    return execute(load_config(args.config, overrides), verbose=args.verbose)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -175,13 +193,22 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from cluster.status import print_status
 
-    return print_status(args.address)
+    return print_status(args.address, watch_s=args.watch, namespace=args.namespace)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cluster.report import write_report
+
+    report = write_report(args.run_dir, args.out)
+    print(f"evolve: report {report.html} ({len(report.pngs)} figures"
+          + ("" if report.finished else "; the run is still going") + ")")
+    return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from cluster.validate import validate_cluster_file
 
-    report = validate_cluster_file(args.path, learner_resource=args.learner_resource)
+    report = validate_cluster_file(args.path, learner_resource=args.learner_resource, run_configs=args.config)
     for problem in report.problems:
         print(f"{report.path}: {problem}", file=sys.stderr)
     if not report.ok:

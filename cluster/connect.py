@@ -35,8 +35,9 @@ class ClusterHandle:
     auth_mode: str
 
 
-def connect(cfg: ClusterConfig, address: str | None = None) -> ClusterHandle:
-    """`address` (or cfg.address) None starts an embedded cluster; else join that cluster."""
+def connect(cfg: ClusterConfig, address: str | None = None, log_to_driver: bool = True) -> ClusterHandle:
+    """`address` (or cfg.address) None starts an embedded cluster; else join that cluster.
+    `log_to_driver=False`: workers' output stays in the session's log files (a quiet terminal)."""
     address = address if address is not None else cfg.address
     if ray.is_initialized():
         raise ClusterConnectError("Ray is already initialized in this process")
@@ -54,13 +55,14 @@ def connect(cfg: ClusterConfig, address: str | None = None) -> ClusterHandle:
                 dashboard_host=cfg.dashboard_host,
                 dashboard_port=cfg.dashboard_port,
                 namespace=cfg.namespace,
-                log_to_driver=True,
+                log_to_driver=log_to_driver,
                 configure_logging=True,
                 logging_level=logging.WARNING,
             )
         else:
             probe(address)
-            ctx = ray.init(address=address, namespace=cfg.namespace, logging_level=logging.WARNING)
+            ctx = ray.init(address=address, namespace=cfg.namespace, logging_level=logging.WARNING,
+                           log_to_driver=log_to_driver)
     except ConnectionError as exc:
         where = address or "a new local cluster"
         raise ClusterConnectError(f"cannot reach Ray at {where}: {_one_line(exc)}") from None

@@ -62,6 +62,8 @@ class RunContext:
         self.auth: dict[str, Any] | None = None
         self.run_key: str | None = None  # the run's own clients' API key (traffic, act clients) when auth is on
         self.say: Callable[[str], None] = print
+        self.board: Any = None  # the run's StatusBoard actor (`evolve status`), once Ray is up
+        self.publish_cursor = 0  # publishes already written as events (cluster.run._publish_events)
 
 
 class LoopBase:

@@ -3,7 +3,11 @@
     config -> loops built and prepared (bad input refused before Ray starts)
            -> Ray (embedded or joined) -> replay shards -> Serve gateway -> each loop started
            -> every progress interval: each loop polled, one progress line, events
-           -> budget, every loop done, Ctrl-C or SIGTERM -> each loop stopped -> summary.json
+           -> budget, every loop done, Ctrl-C or SIGTERM -> each loop stopped -> summary.json -> report.html
+
+The terminal gets Evolve's lines only (cluster.quiet): Ray's own log lines go to the run
+directory unless `--verbose`.  While the run goes, a named actor holds its status row per
+loop for `evolve status` (cluster.run_status).
 
 The driver owns no learning logic: the loop protocol is in `cluster.loop`.
 `evolve pretrain` is this same driver on an `mlm` loop.
@@ -22,7 +26,11 @@ import ray
 from cluster import loops as loop_kinds
 from cluster.connect import ClusterHandle, connect, disconnect, resource_report
 from cluster.errors import UserError
+from cluster.learner_run import get_or
 from cluster.loop import Loop, RunContext, quietly
+from cluster.progress_lines import progress_lines
+from cluster.quiet import RayLogs
+from cluster.run_status import RunStatus, StatusBoard, board_name
 from cluster.rundir import RunDir
 from core.config import EvolveConfig
 from core.registry import PolicyRegistry
@@ -31,9 +39,14 @@ from core.registry_lease import RegistryLease
 LEASE_TTL_S = 30.0  # a run killed without cleanup stops blocking offline rollbacks after this
 
 
-def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
-    """Run until the budget ends, every loop is done, or the user stops it; returns an exit code."""
+def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool = False,
+            report: bool = True) -> int:
+    """Run until the budget ends, every loop is done, or the user stops it; returns an exit code.
+    `verbose`: Ray's own log lines on the terminal too; `report`: write report.html at the end."""
     rd = RunDir(cfg.run.resolved_run_dir())
+    status = RunStatus(cfg.run.name, str(rd.path))
+    rd.listeners.append(status.observe)
+    ray_logs = RayLogs(rd.path, verbose).__enter__()
     ctx = RunContext(cfg, rd, PolicyRegistry(cfg.registry.uri or rd.path / "registry"))
     started = ctx.started
     ctx.say = say
@@ -52,7 +65,14 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
         rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded
         if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
             ctx.auth, ctx.run_key = _auth_settings(cfg)
-        ctx.cluster = handle = connect(cfg.cluster)
+        ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
+        if not verbose:
+            link = ray_logs.link_session_logs()
+            say(f"evolve: Ray's own logs in {link or rd.path / 'ray-driver.log'} (--verbose shows them here)")
+        ctx.board = quietly(lambda: StatusBoard.options(name=board_name(cfg.run.name), get_if_exists=True).remote(),
+                            "starting the status board")
+        if ctx.board is not None:
+            ctx.board.put.remote(status.snapshot())  # `evolve status` shows the run while its loops start
         run_info.update(address=handle.address, embedded=handle.embedded, dashboard_url=handle.dashboard_url)
         say(f"evolve: Ray {ray.__version__} {'embedded' if handle.embedded else 'cluster'} at {handle.address}")
         say(f"evolve: dashboard {handle.dashboard_url or '(disabled)'}" + _auth_hint(handle))
@@ -64,10 +84,12 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
             running.append(loop)
             _start_loop(loop, ctx, say)
         rd.event("run", "started", address=handle.address, dashboard_url=handle.dashboard_url, endpoints=ctx.endpoints)
-        reason = _drive(cfg, rd, loops, started, stop, say, ctx)
+        reason = _drive(cfg, rd, loops, started, stop, say, ctx, status)
     finally:
         for loop in running:
             quietly(loop.stop, f"stopping loop {loop.name!r}")
+        if ray.is_initialized():
+            quietly(lambda: _publish_events(rd, ctx), "reading publish latencies")
         if ctx.replay is not None:
             run_info["replay"] = quietly(lambda: _replay_summary(ctx.replay), "reading the replay store")
         summaries = {loop.name: quietly(loop.summary, f"summary of loop {loop.name!r}") or {} for loop in loops}
@@ -83,12 +105,39 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print) -> int:
         if "http" in ctx.endpoints:
             quietly(_undeploy, "undeploying the gateway")
         disconnect()
+        ray_logs.__exit__(None, None, None)
         quietly(lease.release, "releasing the registry lease")  # nothing serves the registry's versions now
     say(f"evolve: stopped ({reason}) after {run_info['wall_s']:.1f}s; summary: {path}")
+    if report:
+        written = quietly(lambda: _write_report(rd), "writing the run report")
+        if written is not None:
+            say(f"evolve: report {written.html} ({len(written.pngs)} figures)")
     return 0
 
 
-def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, stop: StopSignals, say, ctx) -> str:
+def _write_report(rd: RunDir):
+    from cluster.report import write_report
+
+    return write_report(rd.path)
+
+
+def _publish_events(rd: RunDir, ctx: RunContext) -> None:
+    """Each publish the publisher measured since the last call, as a `publisher` `publish` event
+    (the report's latency histogram)."""
+    from serving.publisher import PUBLISHER_NAME
+
+    try:
+        publisher = ray.get_actor(PUBLISHER_NAME)
+    except ValueError:
+        return  # no loop publishes through it (yet)
+    ctx.publish_cursor, records = get_or(publisher.measured_since.remote(ctx.publish_cursor),
+                                         (ctx.publish_cursor, []))
+    for rec in records:
+        rd.event("publisher", "publish", **rec)
+
+
+def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, stop: StopSignals, say, ctx,
+           status: RunStatus) -> str:
     budget = cfg.run.budget_s
     interval = cfg.run.progress_interval_s
     while True:
@@ -97,12 +146,17 @@ def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, sto
         for name, fig in figures.items():
             rd.event(name, "progress", **fig)
         usage = resource_report()
+        sizes = None
         if ctx.replay is not None:
             replay = _replay_summary(ctx.replay)
-            figures = {"replay": {name: t["size"] for name, t in replay.items()}, **figures}
+            sizes = {name: t["size"] for name, t in replay.items()}
             rd.event("replay", "progress", tables=replay)
+        _publish_events(rd, ctx)
         rd.event("run", "progress", elapsed_s=round(elapsed, 3), resources=usage)
-        say(_progress_line(elapsed, budget, usage, figures))
+        if ctx.board is not None:
+            ctx.board.put.remote(status.snapshot())  # fire and forget: `evolve status` reads the newest
+        for line in progress_lines(elapsed, budget, usage, figures, sizes):
+            say(line)
         if loops and all(loop.done() for loop in loops):
             return "loops_done"
         remaining = None if budget is None else budget - (time.time() - started)
@@ -110,16 +164,6 @@ def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, sto
             return "budget"
         if stop.wait(interval if remaining is None else min(interval, remaining)):
             return stop.reason
-
-
-def _progress_line(elapsed: float, budget: float | None, usage: dict, figures: dict[str, dict]) -> str:
-    total, free = usage["total"], usage["available"]
-    cpu = f"CPU {total.get('CPU', 0) - free.get('CPU', 0):.1f}/{total.get('CPU', 0):.0f} used"
-    clock = f"{elapsed:6.1f}s" + (f"/{budget:.0f}s" if budget else "")
-    parts = [f"[{clock}]", cpu]
-    for name, fig in figures.items():
-        parts.append(name + " " + " ".join(f"{k}={v}" for k, v in fig.items()))
-    return " | ".join(parts)
 
 
 def _start_loop(loop: Loop, ctx: RunContext, say) -> None:

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.config import EvolveConfig
 from core.config_loader import dump_config
@@ -24,6 +24,7 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # each record, once written (the live status)
         # Line-buffered append: a crash loses at most the event being written,
         # and a resumed run keeps the earlier events.
         self._events = open(self.path / "events.jsonl", "a", buffering=1, encoding="utf-8")
@@ -42,6 +43,8 @@ class RunDir:
         line = json.dumps(_json_safe(record), separators=(",", ":"))
         with self._lock:
             self._events.write(line + "\n")
+            for listener in self.listeners:  # under the lock: learner threads write events too
+                listener(record)
         return record
 
     def write_summary(self, run: dict[str, Any], loops: dict[str, dict[str, Any]]) -> Path:

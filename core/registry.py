@@ -31,12 +31,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.config_base import NAME_PATTERN as _NAME
+from core.storage import open_fs
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
@@ -111,7 +111,7 @@ class PolicyRegistry:
         """`create=False` opens a registry only to read it: a missing root reads as empty, and
         nothing is created (looking for an encoder must not leave an empty registry behind)."""
         self.uri = str(uri)
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        self.fs, self.root = open_fs(self.uri)
         if create:
             self.fs.makedirs(self.root, exist_ok=True)
 
@@ -199,7 +199,11 @@ class PolicyRegistry:
 
     # ---- reading -----------------------------------------------------------------
     def policies(self) -> list[str]:
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
+        try:
+            listed = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:  # an object store prefix with nothing published yet
+            listed = []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in listed]
         return sorted(n for n in names if _NAME.match(n) and self.versions(n))
 
     def versions(self, policy_id: str) -> list[int]:
@@ -273,9 +277,13 @@ class PolicyRegistry:
 
     def _claim_version(self, policy_id: str) -> tuple[int, str]:
         self.fs.makedirs(f"{self.root}/{policy_id}", exist_ok=True)
+        try:
+            listed = self.fs.ls(f"{self.root}/{policy_id}", detail=False)
+        except FileNotFoundError:  # an object store has no empty directories: a new policy lists nothing
+            listed = []
         existing = [
             int(p.rstrip("/").rsplit("/v", 1)[-1])
-            for p in self.fs.ls(f"{self.root}/{policy_id}", detail=False)
+            for p in listed
             if p.rstrip("/").rsplit("/", 1)[-1][1:].isdigit()
         ]
         version = max(existing, default=0) + 1

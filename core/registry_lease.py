@@ -24,9 +24,9 @@ import threading
 import time
 from typing import Any
 
-import fsspec
 
 from core.registry import RegistryError
+from core.storage import open_fs
 
 LEASE_DIR = "_leases"  # not a policy name: policies() lists only directories with versions
 DEFAULT_TTL_S = 30.0
@@ -41,7 +41,7 @@ class RegistryLease:
 
     def __init__(self, uri: str, run: str, run_dir: str | None = None, ttl_s: float = DEFAULT_TTL_S,
                  clock=time.time):
-        self.fs, self.root = fsspec.core.url_to_fs(str(uri))
+        self.fs, self.root = open_fs(uri)
         self.ttl_s, self.clock = float(ttl_s), clock
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.info = {"run": run, "run_dir": run_dir, "host": self.host, "pid": self.pid, "ttl_s": self.ttl_s}
@@ -88,7 +88,7 @@ class RegistryLease:
 
 def live_runs(uri: str, now: float | None = None) -> list[dict[str, Any]]:
     """The leases on a registry that are not stale, oldest first."""
-    fs, root = fsspec.core.url_to_fs(str(uri))
+    fs, root = open_fs(uri)
     now = time.time() if now is None else now
     here = socket.gethostname()
     out = []

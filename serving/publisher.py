@@ -56,6 +56,7 @@ class PolicyPublisher:
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.published: dict[str, int] = defaultdict(int)
         self.measured: dict[str, int] = {}  # newest version whose latency is recorded, per policy
+        self.measured_log: list[dict[str, Any]] = []  # every measured publish, in order: the run report's histogram
         tags = ("policy",)
         self._m_version = metrics.Gauge("evolve_policy_live_version", "live policy version", tag_keys=tags)
         self._m_latency = metrics.Histogram(
@@ -163,9 +164,17 @@ class PolicyPublisher:
         latency = max(acks.values()) - live.published_at
         self.measured[policy_id] = version
         self.latencies[policy_id].append(latency)
+        self.measured_log.append({"policy_id": policy_id, "version": version, "latency_s": latency,
+                                  "published_at": live.published_at})
         self._m_latency.observe(latency, tags={"policy": policy_id})
         for key in [k for k in self.acks if k[0] == policy_id and k[1] <= version]:
             del self.acks[key]
+
+    def measured_since(self, index: int) -> tuple[int, list[dict[str, Any]]]:
+        """Publishes measured after the first `index` (the caller's cursor): (new cursor, records).
+        A restarted publisher starts over at 0; a cursor past the end reads from there."""
+        start = index if index <= len(self.measured_log) else 0
+        return len(self.measured_log), self.measured_log[start:]
 
     def forget(self, subscriber: str) -> None:
         for subs in self.subscribers.values():

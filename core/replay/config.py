@@ -9,7 +9,6 @@ the reason, instead of hanging a learner at run time.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -96,8 +95,9 @@ def per_shard(t: TableConfig, num_shards: int) -> TableConfig:
 class ReplayConfig(Section):
     enabled: bool = True
     num_shards: int = Field(default=2, ge=1, le=1024)
-    # Segment files live in <run dir>/replay unless a directory is given.
-    dir: Path | None = None
+    # Segment files live in <run.storage or run dir>/replay unless a directory or fsspec URL
+    # (s3://...) is given; on an object store each acknowledged add is one uploaded object.
+    dir: str | None = None
     # flush() before the ack survives a killed process; fsync also survives a
     # power cut, at a large cost in insert rate.
     fsync: bool = False

@@ -199,6 +199,11 @@ def _read_intact(path: Path, schema: pa.Schema | None) -> Iterator[pa.RecordBatc
     """Batches of one segment up to the first torn or unreadable one."""
     with pa.OSFile(str(path), "rb") as fh:
         data = fh.read_buffer()  # in memory, so the file can be deleted once its rows are evicted
+    yield from read_batches(data, schema, str(path))
+
+
+def read_batches(data: pa.Buffer, schema: pa.Schema | None, where: str) -> Iterator[pa.RecordBatch]:
+    """The intact batches of one segment's bytes (a file's or an object's), up to a torn tail."""
     if data.size == 0:
         return  # killed before the schema was written
     reader = pa.ipc.open_stream(data)  # a header that is there but unreadable: the caller quarantines
@@ -206,7 +211,7 @@ def _read_intact(path: Path, schema: pa.Schema | None) -> Iterator[pa.RecordBatc
     if schema is not None and not reader.schema.equals(schema):
         added = _added_nullable_fields(reader.schema, schema)
         if added is None:
-            raise ValueError(f"{path}: schema on disk does not match the table's declared schema")
+            raise ValueError(f"{where}: schema on disk does not match the table's declared schema")
     while True:
         try:
             batch = reader.read_next_batch()

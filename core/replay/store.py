@@ -16,15 +16,17 @@ import pyarrow as pa
 
 from core.replay.config import ReplayConfig, per_shard
 from core.replay.table import ReplayError, ReplayTable
+from core.storage import join
 
 
 class ShardStore:
     def __init__(self, cfg: ReplayConfig, directory: str | Path | None, shard: int = 0, seed: int | None = None):
         self.cfg, self.shard = cfg, shard
-        self.dir = Path(directory) / f"shard-{shard:03d}" if directory is not None else None
+        # a local path or an fsspec URL (core.storage); each table's log picks files or objects
+        self.dir = join(directory, f"shard-{shard:03d}") if directory is not None else None
         self.tables = {
             name: ReplayTable(
-                name, per_shard(tcfg, cfg.num_shards), self.dir / name if self.dir is not None else None,
+                name, per_shard(tcfg, cfg.num_shards), join(self.dir, name) if self.dir is not None else None,
                 segment_rows=cfg.segment_rows, fsync=cfg.fsync,
                 seed=None if seed is None else seed + 7919 * shard + i,
             )

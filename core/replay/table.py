@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from core.replay.columns import ColumnRings
 from core.replay.config import TableConfig
 from core.replay.ratelimit import RateLimiter
-from core.replay.segments import SegmentLog
+from core.replay.object_log import open_log
 from core.replay.sumtree import SumTree
 from core.schemas import SchemaError, schema_for, to_record_batch
 
@@ -40,7 +40,7 @@ class ReplayTimeout(TimeoutError):
 
 
 class ReplayTable:
-    def __init__(self, name: str, cfg: TableConfig, directory: Path | None = None, *,
+    def __init__(self, name: str, cfg: TableConfig, directory: str | Path | None = None, *,
                  segment_rows: int = 65_536, fsync: bool = False, seed: int | None = None):
         self.name, self.cfg = name, cfg
         self.schema = schema_for(cfg.kind, obs_dim=cfg.obs_dim) if cfg.kind == "transitions" else schema_for(cfg.kind)
@@ -59,7 +59,7 @@ class ReplayTable:
         self.stats = {"inserts": 0, "samples": 0, "duplicates": 0}
         self._rate_mark = (time.monotonic(), 0, 0)
         self._head_written = 0.0
-        self.log = SegmentLog(directory, self.schema, segment_rows, fsync) if directory is not None else None
+        self.log = open_log(directory, self.schema, segment_rows, fsync) if directory is not None else None
         if self.log is not None:
             self._recover()
 
