@@ -99,7 +99,9 @@ def launch_shards(cfg: ReplayConfig, directory: str | None, seed: int | None = N
     """Start (or re-attach to) the named shard actors of a run."""
     return [
         ReplayShard.options(
-            name=f"{ACTOR_PREFIX}{i}", get_if_exists=True, num_cpus=cfg.shard_num_cpus
+            # spread: one lost node takes as few shards as it can; a restarted shard recovers from
+            # the shared replay directory wherever it lands
+            name=f"{ACTOR_PREFIX}{i}", get_if_exists=True, num_cpus=cfg.shard_num_cpus, scheduling_strategy="SPREAD",
         ).remote(cfg.model_dump(mode="json"), directory, i, seed)
         for i in range(cfg.num_shards)
     ]

@@ -8,8 +8,9 @@
                         `learner_eval` (the objective's own held-out figures), `checkpoint`, `resumed`
     stop()           -> ask the workers to stop at their next report; they checkpoint, then return
 
-A second run with the same run directory resumes: Ray Train keeps the
-checkpoints under <run dir>/train/<loop name>.
+A second run with the same run directory (or run.storage) resumes: Ray Train keeps
+the checkpoints under <run.storage or run dir>/train/<loop name>, a local path or a
+URL (s3://...) that every node reads, so a learner restarted on another node resumes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ EVENT_NAMES = {"progress": "learner", "eval": "learner_eval"}
 
 class LearnerRun:
     def __init__(self, name: str, spec: LoopSpec, placement: LearnerConfig, run_dir: Any,
-                 datasets: dict[str, Any] | None = None):
+                 datasets: dict[str, Any] | None = None, storage_path: str | None = None):
         self.name, self.run_dir = name, run_dir
         self.board = ProgressBoard.remote()
         self.spec = dataclasses.replace(spec, board=self.board)
@@ -40,7 +41,7 @@ class LearnerRun:
         self.failed: str | None = None  # why the learner failed for good, once it has
         trainer = fit(self.spec, num_workers=placement.num_workers, use_gpu=placement.use_gpu,
                       cpus_per_worker=placement.cpus_per_worker, resources_per_worker=placement.resources_per_worker,
-                      storage_path=str((run_dir.path / "train").resolve()), name=name, datasets=datasets,
+                      storage_path=storage_path or str((run_dir.path / "train").resolve()), name=name, datasets=datasets,
                       max_failures=placement.max_failures)
         self.thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True, name=f"evolve-{name}-fit")
         self.thread.start()

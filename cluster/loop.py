@@ -34,6 +34,7 @@ from cluster.learner_run import LearnerRun
 from cluster.rundir import RunDir
 from core.config import EvolveConfig, LearnerConfig
 from core.registry import PolicyRegistry
+from core.storage import RunStorage
 from learners.train_loop import LoopSpec
 
 
@@ -54,6 +55,8 @@ class RunContext:
 
     def __init__(self, cfg: EvolveConfig, run_dir: RunDir, registry: PolicyRegistry):
         self.cfg, self.run_dir, self.registry = cfg, run_dir, registry
+        # registry, replay and Ray Train storage, local paths absolute (workers keep their own cwd)
+        self.storage = RunStorage.resolve(cfg.run.storage, registry.uri, cfg.replay.dir, run_dir.path).absolute()
         self.started = time.time()  # the run's budget counts from here
         self.cluster: ClusterHandle | None = None
         self.replay: Any = None  # a ReplayClient when replay tables are declared
@@ -143,7 +146,7 @@ class LoopBase:
                        placement: LearnerConfig | None = None) -> LearnerRun:
         """`placement`: where this learner runs, when not the run's `learner` section."""
         self.learner = LearnerRun(self.name, spec, placement or self.cfg.learner, self.ctx.run_dir,
-                                  datasets=datasets)
+                                  datasets=datasets, storage_path=self.ctx.storage.train)
         return self.learner
 
     def learner_figures(self) -> dict[str, Any]:

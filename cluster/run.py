@@ -35,6 +35,7 @@ from cluster.rundir import RunDir
 from core.config import EvolveConfig
 from core.registry import PolicyRegistry
 from core.registry_lease import RegistryLease
+from core.storage import RunStorage, shared_storage_problems
 
 LEASE_TTL_S = 30.0  # a run killed without cleanup stops blocking offline rollbacks after this
 
@@ -47,7 +48,8 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
     status = RunStatus(cfg.run.name, str(rd.path))
     rd.listeners.append(status.observe)
     ray_logs = RayLogs(rd.path, verbose).__enter__()
-    ctx = RunContext(cfg, rd, PolicyRegistry(cfg.registry.uri or rd.path / "registry"))
+    storage = RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, rd.path)
+    ctx = RunContext(cfg, rd, PolicyRegistry(storage.absolute().registry))
     started = ctx.started
     ctx.say = say
     run_info: dict[str, Any] = {"name": cfg.run.name, "run_dir": str(rd.path), "started_at": started}
@@ -76,6 +78,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
         run_info.update(address=handle.address, embedded=handle.embedded, dashboard_url=handle.dashboard_url)
         say(f"evolve: Ray {ray.__version__} {'embedded' if handle.embedded else 'cluster'} at {handle.address}")
         say(f"evolve: dashboard {handle.dashboard_url or '(disabled)'}" + _auth_hint(handle))
+        _refuse_node_local(storage, handle)
         if any(loop.uses_replay for loop in loops):
             _start_replay(cfg, ctx, say)
         if cfg.serving.enabled:
@@ -183,13 +186,21 @@ def _start_replay(cfg: EvolveConfig, ctx: RunContext, say) -> None:
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
 
-    directory = cfg.replay.dir or ctx.run_dir.path / "replay"
-    shards = launch_shards(cfg.replay, str(directory), seed=cfg.run.seed)
+    directory = ctx.storage.replay
+    shards = launch_shards(cfg.replay, directory, seed=cfg.run.seed)
     ctx.replay = ReplayClient(shards, cfg.replay, seed=cfg.run.seed)
     tables = ctx.replay.info()  # waits until every shard has recovered its segments
     recovered = sum(t["size"] for t in tables.values())
     say(f"evolve: replay {cfg.replay.num_shards} shard(s) at {directory}: tables {', '.join(tables)}"
         + (f" ({recovered} rows recovered)" if recovered else ""))
+
+
+def _refuse_node_local(storage: RunStorage, handle: ClusterHandle) -> None:
+    """On a joined cluster of several nodes, state other nodes read must be on shared storage."""
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    problems = shared_storage_problems(storage) if not handle.embedded and nodes > 1 else []
+    if problems:
+        raise UserError(f"refusing to run on a {nodes}-node cluster: " + "; ".join(problems))
 
 
 def _replay_summary(client) -> dict[str, dict]:

@@ -32,6 +32,9 @@ class RunConfig(Section):
     # Where runs/<name>/ goes; --run-dir overrides the full path.
     runs_root: Path = Path("runs")
     run_dir: Path | None = None
+    # Shared state (registry/, replay/, train/) under one local path or fsspec URL; None: the run
+    # directory.  On a multi-node cluster it must be shared storage (core/storage.py).
+    storage: str | None = None
     seed: int = 0
     # Seconds between progress lines / status events.
     progress_interval_s: float = Field(default=5.0, gt=0)
@@ -58,6 +61,9 @@ class ClusterConfig(Section):
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
     namespace: str = "evolve"
+    # Extra Ray resources each rollout, evaluator, traffic and act-client actor asks for, e.g.
+    # {actors: 0.01}: they then land only on node types that carry `actors` (ray_cluster.yaml).
+    actor_resources: dict[str, float] = Field(default_factory=dict)
 
 
 class ServingConfig(Section):

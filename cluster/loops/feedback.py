@@ -93,7 +93,8 @@ class FeedbackLoop(LoopBase):
             ctx.endpoints[f"{self.name}_grpc"] = ctx.endpoints["grpc"]
         n = fb.traffic.num_actors
         for i in range(n):
-            self.actors.add(TrafficActor.options(num_cpus=fb.traffic.actor_num_cpus).remote(
+            self.actors.add(TrafficActor.options(num_cpus=fb.traffic.actor_num_cpus,
+                                                 resources=self.cfg.cluster.actor_resources).remote(
                 base, fb.traffic.model_dump(mode="json"), fb.data.model_dump(mode="json"), f"{self.name}-traffic-{i}",
                 seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key,
             ))

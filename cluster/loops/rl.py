@@ -90,11 +90,12 @@ class RLLoop(LoopBase):
         for i in range(rl.num_actors):
             actor_id = f"{self.name}-actor-{i}"
             self.actors.add(RolloutActor.options(num_cpus=rl.actor_num_cpus, name=f"evolve-{actor_id}",
+                                                 resources=self.cfg.cluster.actor_resources,
                                                  get_if_exists=True).remote(
                 rl.model_dump(mode="json"), spec, actor_id, ctx.replay,
                 PolicySubscription(self.publisher, rl.policy_id, actor_id), seed=rl.seed + 1000 * i,
             ))
-        self.evaluator = EvaluatorActor.remote(
+        self.evaluator = EvaluatorActor.options(resources=self.cfg.cluster.actor_resources).remote(
             rl.env_id, spec, rl.eval_episodes, PolicySubscription(self.publisher, rl.policy_id, None),
             seed=rl.seed + 10_000, solve_return=self.solve_return, confirm_episodes=rl.confirm_episodes,
             drift=rl.drift.set if rl.drift.enabled else None,

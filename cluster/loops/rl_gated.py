@@ -63,7 +63,8 @@ class ActGate:
         rl = self.rl
         if not rl.traffic.active(rl.gate):
             return
-        self.clients = ActClientActor.options(num_cpus=rl.traffic.num_cpus).remote(
+        self.clients = ActClientActor.options(num_cpus=rl.traffic.num_cpus,
+                                              resources=self.cfg.cluster.actor_resources).remote(
             act_url, rl.env_id, rl.traffic.model_dump(), self.gate or _Nowhere.remote(), rl.policy_id,
             name=f"{rl.name}-act", api_key=api_key)
 
