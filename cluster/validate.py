@@ -3,8 +3,9 @@
 Ray's checks run first on the file as written (a misspelled key is caught
 before defaults are merged in), then the way `ray up` prepares it.  Our rules
 add what Ray cannot know: a head type that exists, a node type that carries
-the learner resource, whole-number resources, token auth on, and a dashboard
-that is not bound to a public interface.
+the learner resource, whole-number resources, token auth on, a dashboard
+that is not bound to a public interface, and, for a cluster that can have
+worker nodes, run configs (--config) that keep their state on shared storage.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ class ValidationReport:
         return not self.problems
 
 
-def validate_cluster_file(path: str | os.PathLike[str], learner_resource: str = LEARNER_RESOURCE) -> ValidationReport:
+def validate_cluster_file(path: str | os.PathLike[str], learner_resource: str = LEARNER_RESOURCE,
+                          run_configs: list[str | os.PathLike[str]] | tuple = ()) -> ValidationReport:
+    """`run_configs`: Evolve configs meant for this cluster; on a multi-node cluster each must
+    keep its registry, replay and Train storage on shared storage (core/storage.py)."""
     report = ValidationReport(str(path))
     config = _read(Path(path), report)
     if config is None:
@@ -42,7 +46,42 @@ def validate_cluster_file(path: str | os.PathLike[str], learner_resource: str = 
     report.problems += _our_rules(config, learner_resource, report.notes)
     if report.ok:
         report.problems += _ray_prepare_problems(config)
+    report.problems += _storage_problems(config, run_configs, report.notes)
     return report
+
+
+def _multi_node(config: dict[str, Any]) -> bool:
+    """Whether the cluster may ever have a worker node besides the head."""
+    types = config.get("available_node_types") or {}
+    head = config.get("head_node_type")
+    workers = [spec for name, spec in types.items() if name != head and isinstance(spec, dict)]
+    return bool(config.get("max_workers", 0)) and any(
+        spec.get("max_workers", config.get("max_workers", 0)) or spec.get("min_workers", 0) for spec in workers)
+
+
+def _storage_problems(config: dict[str, Any], run_configs, notes: list[str]) -> list[str]:
+    if not _multi_node(config):
+        return []
+    if not run_configs:
+        notes.append("multi-node: pass the run's config (--config configs/cluster.yaml) to check its storage")
+        return []
+    from core.config_loader import ConfigError, load_config
+    from core.storage import RunStorage, shared_storage_problems
+
+    out = []
+    for run_config in run_configs:
+        try:
+            cfg = load_config(run_config)
+        except ConfigError as exc:
+            out.append(f"{run_config}: {exc}")
+            continue
+        storage = RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, cfg.run.resolved_run_dir())
+        problems = shared_storage_problems(storage)
+        out += [f"{run_config}: {p}" for p in problems]
+        if not problems:
+            notes.append(f"{run_config}: registry {storage.registry}, replay {storage.replay}, "
+                         f"train {storage.train}")
+    return out
 
 
 def _read(path: Path, report: ValidationReport) -> dict[str, Any] | None:
