@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.evolve-installed
 
-.PHONY: install run test test-unit test-integration test-slow test-chaos test-browser lint-imports clean
+.PHONY: install run test test-unit test-integration test-slow test-chaos test-browser test-cluster lint-imports clean
 
 install: $(STAMP)
 
@@ -33,10 +33,10 @@ run: $(STAMP)
 
 # unit + integration (real Ray); `slow` learning runs are left to `make test-slow`
 test: $(STAMP) lint-imports
-	$(BIN)/python -m pytest -m "not slow and not chaos and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not chaos and not browser and not cluster" $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not integration and not chaos and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not integration and not chaos and not browser and not cluster" $(PYTEST_ARGS)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m "integration and not slow" $(PYTEST_ARGS)
@@ -52,6 +52,11 @@ test-chaos: $(STAMP)
 # /v1/docs offline, the Ray dashboard, report.html; screenshots in runs/browser-check/
 test-browser: $(STAMP)
 	$(BIN)/python -m pytest -m browser tests/browser $(PYTEST_ARGS)
+
+# a multi-node Ray cluster of separate raylets on this machine (tests/cluster): the cluster config's
+# loops submitted as a Ray job, placement asserted, a worker node killed; reports recovery time
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 lint-imports: $(STAMP)
 	$(BIN)/lint-imports

@@ -19,7 +19,9 @@ def test_cluster_preset_runs_the_default_loops_with_gpu_learners():
     assert cluster.cluster.address == "auto" and cluster.serving.host == "0.0.0.0"
     assert cluster.learner.use_gpu and cluster.learner.resources_per_worker == {"learner": 1}
     # what the loops learn is the default's; only placement and scale differ
-    assert cluster.feedback == default.feedback and cluster.replay == default.replay
+    assert cluster.feedback.model_copy(update={"num_replicas": default.feedback.num_replicas}) == default.feedback
+    assert cluster.replay == default.replay
+    assert cluster.run.storage.startswith("s3://") and cluster.cluster.actor_resources == {"actors": 0.01}
     assert cluster.rl.model_copy(update={"num_actors": default.rl.num_actors}) == default.rl
 
 
