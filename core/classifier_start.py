@@ -18,6 +18,8 @@ from core.feedback_config import FeedbackConfig
 from core.labeled_data import LabeledData
 from core.registry import PolicyNotFound, PolicyRegistry
 from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder
+from core.wide_model import new_wide
+from core.tokenizer import tokenizer_files
 
 
 @dataclass
@@ -30,6 +32,14 @@ class StartingClassifier:
 
 def starting_classifier(fb: FeedbackConfig, data: LabeledData, seed: int = 0) -> StartingClassifier:
     """Raises ClassifierError for an encoder version that does not exist or does not load."""
+    start = _start(fb, data, seed)
+    start.bundle.wide = new_wide(fb.model, len(data.labels))  # feedback.model.kind wide / wide_deep
+    return start
+
+
+def _start(fb: FeedbackConfig, data: LabeledData, seed: int) -> StartingClassifier:
+    if fb.pretrained_dir:
+        return _from_pretrained(fb.pretrained_dir, data, fb.max_len, seed)
     if fb.encoder_registry:
         registry = PolicyRegistry(fb.encoder_registry, create=False)
         if fb.encoder_version is not None or registry.has(fb.encoder_policy):
@@ -52,9 +62,36 @@ def _from_registry(fb: FeedbackConfig, registry: PolicyRegistry, data: LabeledDa
     return StartingClassifier(bundle, origin)
 
 
+def _from_pretrained(name: str, data: LabeledData, max_len: int, seed: int) -> StartingClassifier:
+    """A Hugging Face BERT-family checkpoint: its encoder and tokenizer, a new head for the data's labels.
+    A directory is read offline; any other name goes to the hub (online machines only)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, BertModel
+
+    local = Path(name).expanduser()
+    source = str(local.resolve()) if local.is_dir() else name
+    try:
+        encoder = BertModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local.is_dir())
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local.is_dir())
+    except Exception as exc:  # transformers raises OSError/ValueError/... for missing or broken checkpoints
+        where = "directory" if local.is_dir() else "directory or hub name (is this machine online?)"
+        raise ClassifierError(f"feedback.pretrained_dir: cannot load a BERT checkpoint from {where} {name!r}: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
+    if not tok.is_fast:
+        raise ClassifierError(f"feedback.pretrained_dir: {name!r} has no fast (Rust) tokenizer (tokenizer.json)")
+    config = encoder.config.to_dict()
+    files = {**tokenizer_files(tok), "config.json": json.dumps(config, default=str).encode()}
+    bundle = from_encoder(encoder.state_dict(), files, data.labels, max_len, seed=seed)
+    origin = {"encoder": "pretrained", "pretrained": source, "model_type": config.get("model_type"),
+              "hidden_size": config.get("hidden_size"), "num_layers": config.get("num_hidden_layers"),
+              "vocab_size": len(tok)}
+    return StartingClassifier(bundle, origin)
+
+
 def _random_init(fb: FeedbackConfig, data: LabeledData, seed: int) -> StartingClassifier:
     from core.text_models import bert_config
-    from core.tokenizer import tokenizer_files, train_wordpiece
+    from core.tokenizer import train_wordpiece
 
     tok = train_wordpiece([t for t, _ in data.train], fb.vocab_size)
     config = bert_config(fb.model, len(tok), tok.pad_token_id, max_positions=max(fb.max_len, 128))

@@ -155,6 +155,26 @@ class GateSection(Section):
     max_client_share: float = Field(default=0.2, gt=0, le=1)
 
 
+class FeedbackModelConfig(ModelConfig):
+    """The served classifier: the deep encoder (ModelConfig's keys shape a random init), a wide
+    linear model on hashed character n-grams (core/wide_model.py), or both."""
+
+    kind: Literal["deep", "wide", "wide_deep"] = "deep"
+    # wide_deep: `sum` trains deep + wide logits jointly on one loss; `gate` trains each part on its
+    # own loss and learns a_deep * deep + a_wide * wide + c on top (stacking).
+    combine: Literal["sum", "gate"] = "sum"
+    wide_buckets: int = Field(default=2**20, ge=2, le=2**26)  # hash size: the wide model's memory is fixed by it
+    wide_ngram_min: int = Field(default=1, ge=1, le=8)
+    wide_ngram_max: int = Field(default=2, ge=1, le=8)
+    wide_lr: float = Field(default=0.5, gt=0)  # AdaGrad step size of the wide part (per-feature rates)
+
+    @model_validator(mode="after")
+    def _ngrams(self) -> "FeedbackModelConfig":
+        if self.wide_ngram_min > self.wide_ngram_max:
+            raise ValueError(f"wide_ngram_min {self.wide_ngram_min} > wide_ngram_max {self.wide_ngram_max}")
+        return self
+
+
 class FeedbackConfig(Section):
     name: str = "sentiment"  # the loop's name in events and summary.json
     policy_id: str = "sentiment"
@@ -164,8 +184,11 @@ class FeedbackConfig(Section):
     encoder_registry: str | None = None
     encoder_policy: str = "encoder"
     encoder_version: int | None = None  # None: the latest
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(num_layers=3, hidden_size=192, num_heads=4,
-                                                                   intermediate_size=768))
+    # Or a BERT-family checkpoint in Hugging Face format (config, weights, tokenizer): a
+    # directory written by `save_pretrained`, or a hub name when the machine is online.
+    pretrained_dir: str | None = None
+    model: FeedbackModelConfig = Field(default_factory=lambda: FeedbackModelConfig(num_layers=3, hidden_size=192, num_heads=4,
+                                                                                   intermediate_size=768))
     vocab_size: int = Field(default=6000, ge=100)  # of the tokenizer trained when there is no encoder
     max_len: int = Field(default=128, ge=8, le=512)  # tokens per text; longer ones are cut
     max_text_chars: int = Field(default=2000, ge=1)  # longer request texts are refused (413)
@@ -209,4 +232,6 @@ class FeedbackConfig(Section):
         for key in ("name", "policy_id"):
             if not NAME_PATTERN.match(getattr(self, key)):
                 raise ValueError(f"{key} must be 1-64 characters of letters, digits, '_', '.', '-'")
+        if self.pretrained_dir and self.encoder_registry:
+            raise ValueError("set one start: feedback.pretrained_dir or feedback.encoder_registry, not both")
         return self
