@@ -31,11 +31,11 @@ class ShardMetrics:
     def __init__(self, shard: int):
         tags = ("table", "shard")
         self.shard = str(shard)
-        self.inserts = metrics.Counter("evolve_replay_inserts", "rows inserted", tag_keys=tags)
-        self.duplicates = metrics.Counter("evolve_replay_duplicates", "rows refused as duplicates", tag_keys=tags)
-        self.samples = metrics.Counter("evolve_replay_samples", "rows sampled", tag_keys=tags)
-        self.size = metrics.Gauge("evolve_replay_size", "live rows", tag_keys=tags)
-        self.disk = metrics.Gauge("evolve_replay_disk_bytes", "segment bytes on disk", tag_keys=tags)
+        self.inserts = metrics.Counter("evolve_replay_inserts", "rows inserted (rows)", tag_keys=tags)
+        self.duplicates = metrics.Counter("evolve_replay_duplicates", "rows refused as duplicates (rows)", tag_keys=tags)
+        self.samples = metrics.Counter("evolve_replay_samples", "rows sampled (rows)", tag_keys=tags)
+        self.size = metrics.Gauge("evolve_replay_size", "live rows (rows)", tag_keys=tags)
+        self.disk = metrics.Gauge("evolve_replay_disk_bytes", "segment bytes on disk (bytes)", tag_keys=tags)
         self._last_gauges = 0.0
 
     def tags(self, table: str) -> dict[str, str]:

@@ -394,9 +394,9 @@ class RolloutActor:
         self._on_crash = on_crash or CrashBackoff(f"rollout-{actor_id}").fail
         self.worker = RolloutWorker(RLConfig.model_validate(cfg), PolicySpec.from_dict(spec), actor_id, writer, source, seed)
         tags = {"actor": actor_id}
-        self._steps = metrics.Counter("evolve_rollout_env_steps", "env steps", tag_keys=("actor",))
-        self._return = metrics.Gauge("evolve_rollout_episode_return", "mean return of recent episodes", tag_keys=("actor",))
-        self._version = metrics.Gauge("evolve_rollout_policy_version", "policy version acting", tag_keys=("actor",))
+        self._steps = metrics.Counter("evolve_rollout_env_steps", "env steps taken (steps)", tag_keys=("actor",))
+        self._return = metrics.Gauge("evolve_rollout_episode_return", "mean return of recent episodes (episode return)", tag_keys=("actor",))
+        self._version = metrics.Gauge("evolve_rollout_policy_version", "policy version acting (version number)", tag_keys=("actor",))
         self._tags = tags
         rl = self.worker.cfg
         self._write_size = WriteSize(rl.min_steps_per_write or rl.steps_per_write, rl.steps_per_write)

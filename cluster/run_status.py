@@ -3,6 +3,8 @@
     RunDir.event(record) --> RunStatus.observe(record)      (in the driver, as each event is written)
     every progress interval: RunStatus.snapshot() --> StatusBoard actor "evolve-run-status:<run>"
     `evolve status`: every StatusBoard in the namespace --> format_table()
+    the board also sets the METRICS gauges (ray.util.metrics) --> Ray's Prometheus export
+                                                                  (as ray_<name>) --> dashboards/evolve.json
 
 The board is a plain named actor owned by the driver: it lives exactly as long
 as the run, so a board that answers is a run that is going.
@@ -21,6 +23,20 @@ ALARM_OPEN_S = 120.0  # an alarm counts as open this long after it fired (detect
 RATE_WINDOW_S = 30.0
 ALARM_KINDS = ("adapt", "env_drift")
 DECISION_KINDS = ("gate_decision", "rollback", "rl_gate", "canary_ended")
+
+# Every loop figure the board exports: name -> (row key, description with its unit).  Ray's
+# export prefixes each name with `ray_`; the README's table and dashboards/evolve.json list them.
+METRICS = {
+    "evolve_loop_live_version": ("version", "live policy version of the loop (version number)"),
+    "evolve_loop_heldout_accuracy": ("heldout_acc", "held-out accuracy of the live version (fraction 0..1)"),
+    "evolve_loop_eval_return": ("eval_return", "newest greedy evaluation return (mean episode return)"),
+    "evolve_loop_feedback_rate": ("feedback_per_s", "feedback events joined per second, last 30 s (events/s)"),
+    "evolve_loop_env_step_rate": ("env_steps_per_s", "env steps per second, last 30 s (steps/s)"),
+    "evolve_loop_learner_updates": ("updates", "learner updates so far (updates)"),
+    "evolve_loop_learner_loss": ("loss", "learner loss, newest window (objective units)"),
+    "evolve_loop_open_alarms": ("open_alarms", "drift signals that alarmed in the last 2 minutes (alarms)"),
+}
+REPLAY_METRIC = ("evolve_run_replay_rows", "rows in a replay table (rows)")
 
 
 class RunStatus:
@@ -44,7 +60,7 @@ class RunStatus:
         row = self.loops.setdefault(loop, {})
         if kind == "progress":
             row.update(version=record.get("version"), heldout_acc=record.get("heldout_acc"),
-                       eval_return=record.get("eval_return"))
+                       eval_return=record.get("eval_return"), updates=record.get("updates"), loss=record.get("loss"))
             points = self.counts.setdefault(loop, deque())
             points.append((t, record.get("feedback"), record.get("env_steps")))
             while len(points) > 2 and t - points[1][0] >= RATE_WINDOW_S:
@@ -71,13 +87,36 @@ class StatusBoard:
     """Holds the driver's newest snapshot for `evolve status`."""
 
     def __init__(self) -> None:
+        from ray.util import metrics
+
         self.snapshot: dict[str, Any] = {}
+        self.gauges = {name: metrics.Gauge(name, description, tag_keys=("run", "loop"))
+                       for name, (_, description) in METRICS.items()}
+        self.replay_rows = metrics.Gauge(REPLAY_METRIC[0], REPLAY_METRIC[1], tag_keys=("run", "table"))
 
     def put(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
+        for name, value, tags in metric_values(snapshot):
+            gauge = self.replay_rows if name == REPLAY_METRIC[0] else self.gauges[name]
+            gauge.set(value, tags=tags)
 
     def get(self) -> dict[str, Any]:
         return self.snapshot
+
+
+def metric_values(snapshot: dict[str, Any]) -> list[tuple[str, float, dict[str, str]]]:
+    """(metric, value, tags) for each figure a snapshot has; a figure not known yet is not exported."""
+    run = str(snapshot.get("run", "?"))
+    out = []
+    for loop, row in snapshot.get("loops", {}).items():
+        for name, (key, _) in METRICS.items():
+            value = len(row.get(key) or []) if key == "open_alarms" else row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append((name, float(value), {"run": run, "loop": loop}))
+    for table, size in snapshot.get("replay", {}).items():
+        if isinstance(size, (int, float)):
+            out.append((REPLAY_METRIC[0], float(size), {"run": run, "table": table}))
+    return out
 
 
 def board_name(run: str) -> str:

@@ -169,6 +169,6 @@ def _learner_metrics(loop: str) -> dict[str, Any] | None:
     from ray.util import metrics
 
     return {
-        "updates_per_s": metrics.Gauge("evolve_learner_updates_per_s", "learner updates per second", tag_keys=("loop",)),
-        "loss": metrics.Gauge("evolve_learner_loss", "learner loss (moving)", tag_keys=("loop",)),
+        "updates_per_s": metrics.Gauge("evolve_learner_updates_per_s", "learner updates per second (updates/s)", tag_keys=("loop",)),
+        "loss": metrics.Gauge("evolve_learner_loss", "learner loss, moving (objective units)", tag_keys=("loop",)),
     }

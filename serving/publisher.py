@@ -58,9 +58,9 @@ class PolicyPublisher:
         self.measured: dict[str, int] = {}  # newest version whose latency is recorded, per policy
         self.measured_log: list[dict[str, Any]] = []  # every measured publish, in order: the run report's histogram
         tags = ("policy",)
-        self._m_version = metrics.Gauge("evolve_policy_live_version", "live policy version", tag_keys=tags)
+        self._m_version = metrics.Gauge("evolve_policy_live_version", "live policy version (version number)", tag_keys=tags)
         self._m_latency = metrics.Histogram(
-            "evolve_publish_latency_s", "learner publish -> every subscriber running it",
+            "evolve_publish_latency_s", "learner publish -> every subscriber running it (seconds)",
             boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10], tag_keys=tags,
         )
 

@@ -1,10 +1,12 @@
-"""A real `evolve run`, looked at as a user would: a quiet terminal, `evolve status`, the API docs and
-the Ray dashboard in headless Chromium (offline: every host but loopback unresolvable), and the
+"""A real `evolve run` (both loops of `make run`), looked at as a user would: a quiet terminal,
+`evolve status`, Ray's metrics export holding every series of dashboards/evolve.json, the API docs
+and the Ray dashboard in headless Chromium (offline: every host but loopback unresolvable), and the
 run's report.html once it ends.  Screenshots go to runs/browser-check/ (EVOLVE_SCREENSHOTS overrides).
 
 `make test-browser`; needs the OS package `chromium` (.ci/run installs it).
 """
 
+import json
 import os
 import re
 import shutil
@@ -12,16 +14,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import matplotlib.image
 import numpy as np
 import pytest
+import ray
 
 from tests.conftest import REPO, free_port
-from tests.integration.helpers import CliProcess
+from tests.integration.helpers import CliProcess, wait_until
 
 pytestmark = pytest.mark.browser
 
-BUDGET_S = 150
+BUDGET_S = 300
 SHOTS = Path(os.environ.get("EVOLVE_SCREENSHOTS", REPO / "runs" / "browser-check"))
 # what Evolve itself prints: its own lines, the progress clock, and the per-loop lines under it
 OWN_LINE = re.compile(r"^(evolve: |\[ *\d+\.\ds(/\d+s)?\] |  \S+ +\S+=)")
@@ -62,11 +66,11 @@ def run(tmp_path_factory):
     proc = CliProcess(
         "run", "configs/default.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
-        "--set", "loops=[feedback]", "--set", "run.progress_interval_s=2",
+        "--set", "run.progress_interval_s=2",
         "--set", f"feedback.encoder_registry={tmp / 'no-encoder'}",
     )
     try:
-        proc.wait_for_line("evolve: loop 'sentiment' started", timeout_s=400)
+        proc.wait_for_line("evolve: loop 'cartpole' started", timeout_s=600)
         address = proc.wait_for_line("evolve: Ray ", timeout_s=5).split(" at ")[-1].strip()
         yield {"proc": proc, "tmp": tmp, "http": f"http://127.0.0.1:{http_port}",
                "dash": f"http://127.0.0.1:{dash_port}", "address": address, "run_dir": tmp / "run"}
@@ -84,6 +88,34 @@ def test_status_prints_the_loop_table(run):
     assert any(line.split()[:3] == ["loop", "live", "acc/ret"] for line in lines), proc.output
     row = next(line for line in lines if line.strip().startswith("sentiment "))
     assert row.split()[1] != "-", row  # a live version
+
+
+def _dashboard_series() -> list[str]:
+    """The series dashboards/evolve.json queries, as Ray's export names them."""
+    board = json.loads((REPO / "dashboards" / "evolve.json").read_text())
+    return sorted({m for p in board["panels"] for m in re.findall(r"ray_evolve_\w+", p["targets"][0]["expr"])})
+
+
+def test_ray_metrics_export_has_every_dashboard_series(run):
+    ray.init(address=run["address"], logging_level="ERROR", log_to_driver=False)
+    try:
+        port = next(n["MetricsExportPort"] for n in ray.nodes() if n.get("Alive"))
+    finally:
+        ray.shutdown()
+    wanted = _dashboard_series()
+
+    def scraped():
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        have = {m.group(1) for m in re.finditer(r"^(ray_evolve_\w+?)(?:\{[^}]*\})? [-+0-9.eE]+", text, re.M)}
+        missing = [name for name in wanted if name not in have]
+        return None if missing else have
+
+    try:
+        wait_until(scraped, 180, "every dashboard series in Ray's metrics export")
+    except AssertionError:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        have = sorted(set(re.findall(r"^(ray_evolve_\w+?)(?:\{|\s)", text, re.M)))
+        raise AssertionError(f"missing: {sorted(set(wanted) - set(have))}; exported: {have}") from None
 
 
 def test_api_docs_render_offline(run, tmp_path):

@@ -89,3 +89,23 @@ def test_ray_lines_on_fd2_go_to_the_run_dir_and_evolve_warnings_to_the_terminal(
     assert out.stderr.splitlines() == ["evolve: warning: needs you", "evolve: after the run"]
     log = (tmp_path / "ray-driver.log").read_text()
     assert "core_worker.cc" in log and "Requesting resources" in log and "needs you" not in log
+
+
+def test_every_figure_of_a_snapshot_becomes_a_documented_gauge():
+    from cluster.run_status import METRICS, REPLAY_METRIC, metric_values
+
+    status = _fold([
+        {"time": 1.0, "loop": "s", "event": "progress", "version": 2, "heldout_acc": 0.6, "feedback": 0,
+         "updates": 50, "loss": 0.5},
+        {"time": 11.0, "loop": "s", "event": "progress", "version": 2, "heldout_acc": 0.6, "feedback": 30,
+         "updates": 90, "loss": 0.4},
+        {"time": 11.0, "loop": "s", "event": "adapt", "signal": "correct", "action": None},
+        {"time": 11.0, "loop": "replay", "event": "progress", "tables": {"feedback": {"size": 30}}},
+    ], Clock(12.0))
+    values = {(name, tags.get("loop") or tags.get("table")): v for name, v, tags in metric_values(status.snapshot())}
+    assert values[("evolve_loop_feedback_rate", "s")] == 3.0
+    assert values[("evolve_loop_open_alarms", "s")] == 1.0
+    assert values[("evolve_loop_learner_loss", "s")] == 0.4
+    assert values[(REPLAY_METRIC[0], "feedback")] == 30.0
+    assert ("evolve_loop_eval_return", "s") not in values and ("evolve_loop_env_step_rate", "s") not in values
+    assert all("(" in description and description.endswith(")") for _, description in METRICS.values())  # units
