@@ -64,6 +64,7 @@ class CountingClient:
         self.http = http
         self.failed: list[tuple[float, str]] = []
         self.acked: list[str] = []
+        self.acked_at: list[float] = []  # monotonic time of each acknowledged feedback
         self.ok: list[tuple[float, int]] = []  # (monotonic time, model_version) of each 200 predict
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -95,6 +96,7 @@ class CountingClient:
                         self.failed.append((time.monotonic(), f"feedback {f.status_code} {f.text[:200]}"))
                     elif f.json().get("accepted"):
                         self.acked.append(pred["event_id"])
+                        self.acked_at.append(time.monotonic())
                 except httpx.HTTPError as exc:
                     self.failed.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
                 self._stop.wait(0.05)
@@ -106,15 +108,34 @@ class CountingClient:
     def first_ok_after(self, t: float) -> float | None:
         return next((ts for ts, _ in self.ok if ts > t), None)
 
+    def acked_ids(self) -> set[str]:
+        return set(self.acked)
+
+    def recovery_after(self, t: float) -> float:
+        """When the client was whole again after `t`: the first acknowledged feedback after the last
+        failure that followed `t` (`t` itself when nothing failed)."""
+        failures = [ts for ts, _ in self.failed if ts > t]
+        if not failures:
+            return t
+        last = max(failures)
+        back = next((ts for ts in self.acked_at if ts > last), None)
+        assert back is not None, f"no acknowledged feedback after the last failure ({len(failures)} failures)"
+        return back
+
     def first_version_after(self, t: float, version: int) -> float | None:
         return next((ts for ts, v in self.ok if ts > t and v > version), None)
 
 
-def exported_ids(run_dir: Path, table: str, column: str, tmp: Path) -> set[str]:
+def exported_column(run_dir: Path, table: str, column: str, tmp: Path) -> list:
+    """One column of `evolve replay export` of a finished run's table, every row (repeats kept)."""
     out = tmp / f"{table}.parquet"
     done = run_cli("replay", "export", str(run_dir), table, str(out), timeout_s=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    return set(pq.read_table(out, columns=[column]).column(column).to_pylist())
+    return pq.read_table(out, columns=[column]).column(column).to_pylist()
+
+
+def exported_ids(run_dir: Path, table: str, column: str, tmp: Path) -> set[str]:
+    return set(exported_column(run_dir, table, column, tmp))
 
 
 def report(component: str, **figures) -> str:

@@ -1,0 +1,82 @@
+"""One chaos experiment on a live feedback loop: traffic from a counting client, SIGKILL one of the
+run's Ray processes once a first candidate is live, then check what a user of the run would check.
+
+    start run -> endpoints answer -> counting client -> v2 live -> SIGKILL -> the process respawns
+    -> a version newer than the one live at the kill is served -> SIGTERM: the run stops (rc 0)
+    -> every feedback event the app acknowledged is in `evolve replay export`, once
+
+The figures (recovery time, failed requests, acknowledged feedback lost, ...) are printed and
+appended to the results file (tests/chaos/.results.jsonl, see kill.report).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+from tests.chaos.conftest import BUDGET_S, start_feedback_run
+from tests.chaos.kill import CountingClient, exported_column, ray_processes, report, sigkill
+from tests.integration.helpers import wait_until
+
+
+# Ray Train's worker group alone can take minutes to come up on a loaded 2-core machine: the run
+# gets room for a first candidate before the kill and for another one after it.
+KILL_BUDGET_S = 2 * BUDGET_S + 120
+
+
+def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...], *sets: str,
+                       budget_s: int = KILL_BUDGET_S) -> dict:
+    run_dir = tmp_path / "run"
+    proc, http = start_feedback_run(run_dir, *sets, budget_s=budget_s)
+    client = CountingClient(http)
+    started = time.monotonic()
+    try:
+        proc.wait_for_line("evolve: endpoints", timeout_s=180)
+        ends_by = time.monotonic() + budget_s  # the budget counts from after this line: a bound, not a guess
+        client.start()
+        # the learner's first candidate live: the whole loop is turning when the kill comes
+        wait_until(lambda: client.version_at(time.monotonic()) >= 2, budget_s // 2, "a first promoted version")
+        killed_at = time.monotonic()
+        version = client.version_at(killed_at)
+        before = {p for p, _ in ray_processes(proc.proc.pid, *needles)}
+        pid, _ = sigkill(proc.proc.pid, *needles)
+        respawned = wait_until(lambda: _respawned(proc.proc.pid, needles, before), 120,
+                               f"a new process for {needles} after the kill")
+        newer = wait_until(lambda: client.first_version_after(killed_at, version), ends_by - time.monotonic(),
+                           f"a version newer than v{version} served after the kill")
+    finally:
+        client.stop()
+        # the run stops as on Ctrl-C (every loop stopped, the joiner flushed, summary written),
+        # not at the end of its budget: the budget only bounds a run that never recovers
+        if proc.proc.poll() is None:
+            proc.proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout_s=240)
+        elapsed = time.monotonic() - started
+    assert rc == 0, proc.output[-3000:]
+    acked = client.acked_ids()
+    stored = exported_column(run_dir, "feedback", "event_id", tmp_path)
+    lost = acked - set(stored)
+    twice = [e for e, n in Counter(stored).items() if n > 1]
+    failed = [(t, what) for t, what in client.failed if t > killed_at]
+    figures = dict(
+        recovery_s=round(client.recovery_after(killed_at) - killed_at, 2),
+        respawn_s=round(respawned - killed_at, 2),
+        new_version_after_s=round(newer - killed_at, 2), version_at_kill=version,
+        failed_requests=len(failed), failed_before_kill=len(client.failed) - len(failed),
+        feedback_acked=len(acked), feedback_lost=len(lost), feedback_stored_twice=len(twice),
+        test_s=round(elapsed, 1),
+    )
+    report(component, **figures)
+    for t, what in failed[:5] + failed[-5:]:
+        print(f"  failed at +{t - killed_at:.2f}s: {what}")
+    assert not lost, f"{len(lost)} acknowledged feedback events missing from the replay export: {sorted(lost)[:5]}"
+    assert not twice, f"{len(twice)} feedback events stored more than once: {twice[:5]}"
+    return figures
+
+
+def _respawned(root_pid: int, needles: tuple[str, ...], before: set[int]) -> float | None:
+    """Now, once a process matching `needles` runs that did not run before the kill."""
+    fresh = [pid for pid, _ in ray_processes(root_pid, *needles) if pid not in before]
+    return time.monotonic() if fresh else None

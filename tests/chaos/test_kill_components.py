@@ -1,0 +1,20 @@
+"""SIGKILL one component of a live feedback loop under a counting client (tests/chaos/live.py):
+the joiner, the publisher, the gate actor, the replay shard, the learner's Ray Train worker, a
+traffic actor.  Each must come back by itself: a new version is served after the kill, the run
+still stops cleanly, and no acknowledged feedback is missing from the replay export.
+
+Failed requests are reported, not bounded: a component that holds state only in memory (the
+joiner's pending events) costs the clients whose events it held.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos.live import kill_under_traffic
+
+pytestmark = pytest.mark.chaos
+
+
+def test_kill_the_joiner(tmp_path):
+    kill_under_traffic(tmp_path, "joiner", ("ray::", "Joiner"))
