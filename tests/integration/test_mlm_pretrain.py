@@ -44,7 +44,9 @@ def test_ddp_run_stopped_midway_resumes_from_its_checkpoint(tmp_path):
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     learner = [e for e in events if e["loop"] == "mlm" and e["event"] == "learner"]
     assert learner and all(e["world_size"] == 2 for e in learner)  # DDP on two workers
-    assert "mlm step=" in first.output and "tok/s=" in first.output and "heldout_acc=" in first.output
+    # the loop's progress line (cluster/progress_lines.py: one per loop, empty figures left out)
+    assert any(line.split()[:1] == ["mlm"] and "step=" in line and "tok/s=" in line for line in first.lines), \
+        first.output[-3000:]
     assert mlm1["stopped_by"] == "run_stopped"
 
     target = mlm1["steps"] + 10

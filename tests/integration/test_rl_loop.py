@@ -105,4 +105,6 @@ def test_summary_reports_the_loop(taxi_run):
     evals = [e for e in events if e.get("loop") == "taxi" and e.get("event") == "eval"]
     assert evals and all(e["episodes"] == 50 for e in evals)
     assert any(e.get("event") == "learner" for e in events)
-    assert "taxi env_steps=" in proc.output and "eval_return=" in proc.output
+    # the loop's progress line (cluster/progress_lines.py: env_steps as steps=, eval_return as ret=)
+    assert any(line.split()[:1] == ["taxi"] and "steps=" in line and "ret=" in line for line in proc.lines), \
+        proc.output[-3000:]
