@@ -47,7 +47,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
     rd = RunDir(cfg.run.resolved_run_dir())
     status = RunStatus(cfg.run.name, str(rd.path))
     rd.listeners.append(status.observe)
-    ray_logs = RayLogs(rd.path, verbose).__enter__()
+    ray_logs = RayLogs(rd.path, verbose)  # entered just before Ray starts: bad input is reported as usual
     storage = RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, rd.path)
     ctx = RunContext(cfg, rd, PolicyRegistry(storage.absolute().registry))
     started = ctx.started
@@ -67,6 +67,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
         rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded
         if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
             ctx.auth, ctx.run_key = _auth_settings(cfg)
+        ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
         if not verbose:
             link = ray_logs.link_session_logs()
