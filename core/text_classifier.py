@@ -6,7 +6,9 @@ initialisation of the same architecture.  A classifier version in the registry
 holds the whole model's weights (keys `bert.*`, `head.*`) and the files
 `config.json` (the encoder's BertConfig), the tokenizer files and
 `labels.json` (the label names, index = class id), so a serving replica can
-rebuild it from the registry alone.
+rebuild it from the registry alone.  A version with a wide part (core/wide_model.py)
+also holds `wide.*` weights and `wide.json`; its answers are the wide or the
+combined logits.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers import BertConfig, BertModel
 
 from core.text_models import encoder_hidden
 from core.tokenizer import tokenizer_files, tokenizer_from_files
+from core.wide_model import WidePart, split_wide, wide_from_files
 
 
 class ClassifierError(ValueError):
@@ -59,13 +62,28 @@ class ClassifierBundle:
     tokenizer: Any
     labels: list[str]
     max_len: int = 64
+    wide: WidePart | None = None  # kind wide / wide_deep; None: the deep model alone
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return encode(self.tokenizer, texts, self.max_len)
 
     def predict_proba(self, texts: Sequence[str], batch: int = 128) -> np.ndarray:
         """[N, L] float32 class probabilities (eval mode, no dropout)."""
-        return self._batched(texts, batch, len(self.labels), lambda ids, mask: torch.softmax(self.model(ids, mask), -1))
+        if self.wide is None:
+            return self._batched(texts, batch, len(self.labels), lambda ids, mask: torch.softmax(self.model(ids, mask), -1))
+        return self._batched_texts(texts, batch, lambda chunk: torch.softmax(self.logits(chunk), -1))
+
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        """[B, L] the served logits (grad enabled; callers choose train or eval mode)."""
+        wide = self.wide
+        deep = self.model(*self.encode(texts)) if wide is None or wide.uses_deep else None
+        return deep if wide is None else wide.combined(deep, wide(texts))
+
+    @torch.no_grad()
+    def _batched_texts(self, texts: Sequence[str], batch: int, fn) -> np.ndarray:
+        self.model.eval()
+        out = [fn(list(texts[start : start + batch])).float().numpy() for start in range(0, len(texts), batch)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     def pooled_features(self, texts: Sequence[str], pooling: str = "mean", batch: int = 128) -> np.ndarray:
         """[N, H] float32: each text's last hidden state, the mean over tokens or [CLS] (`pooling`: mean | cls)."""
@@ -87,10 +105,12 @@ class ClassifierBundle:
             **tokenizer_files(self.tokenizer),
             "config.json": json.dumps(self.model.bert.config.to_dict(), sort_keys=True, default=str).encode(),
             "labels.json": json.dumps({"labels": self.labels, "max_len": self.max_len}).encode(),
+            **(self.wide.files() if self.wide is not None else {}),
         }
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        deep = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        return {**deep, **(self.wide.weights() if self.wide is not None else {})}
 
 
 def encode(tok, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,10 +141,15 @@ def from_version(weights: Mapping[str, Any], files: Mapping[str, bytes]) -> Clas
         raise ClassifierError("not a classifier version: no labels.json (an encoder? use from_encoder)")
     meta = json.loads(files["labels.json"])
     bundle = from_encoder(None, files, meta["labels"], int(meta.get("max_len", 64)))
-    state = _tensors(weights)
+    deep, wide = split_wide(_tensors(weights))
     try:
-        bundle.model.load_state_dict(state)
-    except RuntimeError as exc:
+        bundle.model.load_state_dict(deep)
+        bundle.wide = wide_from_files(files)
+        if bundle.wide is not None or wide:
+            if bundle.wide is None:
+                raise RuntimeError("wide.* weights without wide.json")
+            bundle.wide.load_state_dict(wide)
+    except (RuntimeError, KeyError, ValueError) as exc:
         raise ClassifierError(f"classifier weights do not fit its config: {_short(exc)}") from None
     return bundle
 
