@@ -32,6 +32,9 @@ When the gate's drift detector acts (`feedback.adapt`), the learner applies
 the controller's `learner_boost` for a bounded number of updates: the learning
 rate times `lr_factor`, a smaller rehearsal share, candidates more often.
 
+A classifier with a wide part (`feedback.model.kind` wide / wide_deep) also
+trains it on every batch, with the same loss (learners/wide_learner.py).
+
 Both kinds of rows count equally in the batch mean.  A non-finite loss or
 gradient is refused on every rank (no step, counted), so no NaN weights are
 ever trained into the model, handed to the gate or exported.  Every
@@ -54,10 +57,12 @@ import torch.nn.functional as F
 
 from core.feedback_config import FeedbackConfig
 from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
+from core.wide_model import new_wide
 from learners.feedback_source import FeedbackBatch, Reservoir
 from learners.objective import ExportedPolicy, WorkerContext
 from learners.domain_mlm import DomainMLM
 from learners.online_boost import BoostFollower, answered
+from learners.wide_learner import WideTrainer
 
 
 @dataclass
@@ -92,13 +97,15 @@ def build_bundle(setup: OnlineSetup) -> ClassifierBundle:
     if "labels.json" in files:  # a classifier version
         if setup.weights is None:
             raise ClassifierError("a classifier version needs its weights")
-        bundle = from_version(setup.weights, files)
+        bundle = from_version(setup.weights, files)  # with its wide part, if it has one
         if setup.labels is not None and list(setup.labels) != bundle.labels:
             raise ClassifierError(f"the version's labels {bundle.labels} differ from the data's {list(setup.labels)}")
         return bundle
     if not setup.labels:
         raise ClassifierError("starting from an encoder needs the label names")
-    return from_encoder(setup.weights, files, setup.labels, fb.max_len, seed=setup.seed)
+    bundle = from_encoder(setup.weights, files, setup.labels, fb.max_len, seed=setup.seed)
+    bundle.wide = new_wide(fb.model, len(bundle.labels))  # feedback.model.kind wide / wide_deep
+    return bundle
 
 
 def feedback_loss(logits: torch.Tensor, rows: dict[str, torch.Tensor], baseline: float, pg_weight: float,
@@ -143,6 +150,9 @@ class OnlineObjective:
         self.model = self.bundle.model.to(ctx.device)
         self.train_model = ctx.wrap_model(self.model)  # DDP when world_size > 1
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.fb.lr, weight_decay=config.fb.weight_decay)
+        wide = self.bundle.wide
+        self.wide = WideTrainer(wide, self.fb.model.wide_lr, ctx) if wide is not None else None
+        self.uses_deep = self.wide is None or self.wide.uses_deep  # kind wide never runs the encoder
         self.fresh_rows, self.rehearsal_rows = split_batch(self.fb.batch_size, self.fb.rehearsal)
         self.reservoir = Reservoir(config.fb.reservoir_size)
         self.backlog: deque[FeedbackBatch] = deque()
@@ -196,10 +206,20 @@ class OnlineObjective:
     def _update(self, rows: FeedbackBatch) -> tuple[bool, dict[str, float]]:
         dev = self.ctx.device
         self.model.train()
-        ids, mask = self.bundle.encode(rows.text)
-        logits = self.train_model(ids.to(dev), mask.to(dev)).float()  # [B, L]
-        loss, parts = feedback_loss(logits, _tensors(rows, dev), self.baseline, self.fb.pg_weight,
-                                    self.fb.max_importance_weight)
+        ids = mask = logits = None
+        if self.uses_deep or self.boost.domain_mlm > 0:
+            ids, mask = self.bundle.encode(rows.text)
+        if self.uses_deep:
+            logits = self.train_model(ids.to(dev), mask.to(dev)).float()  # [B, L]
+        table = _tensors(rows, dev)
+
+        def loss_fn(lg: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return feedback_loss(lg, table, self.baseline, self.fb.pg_weight, self.fb.max_importance_weight)
+
+        if self.wide is None:
+            loss, parts = loss_fn(logits)
+        else:
+            logits, loss, parts = self.wide.loss(rows.text, logits, loss_fn)
         if self.boost.domain_mlm > 0:  # continual MLM on these rows' texts while the boost lasts
             if self.domain_mlm is None:
                 self.domain_mlm = DomainMLM(self.model, self.bundle.tokenizer, self.fb.lr, self.setup_.seed)
@@ -211,17 +231,23 @@ class OnlineObjective:
         figures = {"labeled_rows": float(n_lab), "reward_rows": float(n_bandit)}
         finite, any_rows = self._agree(bool(torch.isfinite(loss)), n_lab + n_bandit > 0)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.wide is not None:
+            self.wide.zero_grad()
         if not finite or not any_rows:
             self.skipped += int(not finite)  # an empty batch (no usable rows anywhere) is not a fault
             return False, figures
         loss.backward()
         # DDP has averaged the gradients, so every rank sees the same norm and takes the same branch
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.fb.grad_clip)
-        if not bool(torch.isfinite(norm)):
+        wide_ok = self.wide.grads_finite() if self.wide is not None else True  # summed over ranks too
+        if not bool(torch.isfinite(norm)) or not wide_ok:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
             return False, figures
-        self.optimizer.step()
+        if self.uses_deep or self.boost.domain_mlm > 0:
+            self.optimizer.step()
+        if self.wide is not None:
+            self.wide.step()
         if self.boost.domain_mlm > 0 and self.domain_mlm is not None:
             self.domain_mlm.step()
         self.updates += 1
@@ -266,7 +292,7 @@ class OnlineObjective:
     # ---- candidates --------------------------------------------------------------------------
     def numpy_weights(self) -> dict[str, np.ndarray]:
         return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy().copy()
-                for k, v in self.model.state_dict().items()}
+                for k, v in self.bundle.weights().items()}  # the wide part's too
 
     def _candidate(self) -> None:
         # all ranks: the data range of the update window, summed over ranks
@@ -321,6 +347,7 @@ class OnlineObjective:
             "last": dict(self.last),
             "reservoir": self.reservoir.state_dict(),
             "total": self.total.state_dict(),
+            "wide": self.wide.state_dict() if self.wide is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -333,6 +360,8 @@ class OnlineObjective:
         self.last.update({k: float(v) for k, v in state["last"].items()})
         self.reservoir.load_state_dict(state["reservoir"])
         self.total = _DataWindow.from_state(state["total"])
+        if self.wide is not None and state.get("wide") is not None:
+            self.wide.load_state_dict(state["wide"])
         self._reseed()
 
     def export_policy(self) -> ExportedPolicy:
