@@ -31,6 +31,7 @@ from core.adapt.continual import AccuracyMatrix
 from core.classifier_start import starting_classifier
 from core.config import EvolveConfig
 from core.labeled_data import LabeledData
+from core.learning_speed import events_to_fraction
 from core.text_classifier import ClassifierError
 from core.text_corpus import CorpusError
 from learners.feedback_source import FeedbackSource
@@ -229,6 +230,7 @@ class FeedbackLoop(LoopBase):
             "origin": self.origin,
             "initial_heldout_accuracy": g.get("initial_heldout_accuracy"),
             "heldout_accuracy": g.get("heldout_accuracy"),
+            "events_to_95pct": events_to_fraction(curve, g.get("heldout_accuracy")),
             "live_version": g.get("live_version"),
             "feedback_events": self.joiner_stats.get("joined", 0),
             "predictions": int(self.actors.total("predicts")),
