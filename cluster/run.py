@@ -82,11 +82,14 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
         _refuse_node_local(storage, handle)
         if any(loop.uses_replay for loop in loops):
             _start_replay(cfg, ctx, say)
-        if cfg.serving.enabled:
-            _start_serving(cfg, ctx, say)
+        endpoints_line = _start_serving(cfg, ctx, say) if cfg.serving.enabled else None
         for loop in loops:
             running.append(loop)
             _start_loop(loop, ctx, say)
+        if endpoints_line:
+            # said once every loop's routes answer: users (and tests) start sending on this line
+            _wait_for_routes(ctx.endpoints)
+            say(endpoints_line)
         rd.event("run", "started", address=handle.address, dashboard_url=handle.dashboard_url, endpoints=ctx.endpoints)
         reason = _drive(cfg, rd, loops, started, stop, say, ctx, status)
     finally:
@@ -219,7 +222,8 @@ def _auth_settings(cfg: EvolveConfig) -> tuple[dict[str, Any] | None, str | None
         raise UserError(str(exc)) from None
 
 
-def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:
+def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
+    """Deploy the gateway; returns the endpoints line, said once the loops' routes answer."""
     from serving.gateway import deploy_gateway
 
     if ctx.auth is not None:
@@ -238,8 +242,26 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> None:
         if cfg.serving.host in ("127.0.0.1", "localhost", "::1"):
             say(f"evolve: warning: gRPC listens on every interface ([::]:{cfg.serving.grpc_port}), not "
                 f"{cfg.serving.host}: Ray Serve's gRPC proxy has no host option; firewall the port")
-    say(f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"
-        + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback)" if grpc else ""))
+    return (f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"
+            + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback)" if grpc else ""))
+
+
+def _wait_for_routes(endpoints: dict[str, str], timeout_s: float = 60.0) -> None:
+    """Until Serve's HTTP proxy routes each loop endpoint (/v1/predict, /act, ...): it learns an
+    app's route a moment after `serve.run` returns, and answers 404 until then.  Any other answer
+    (405 to this GET, 401 without a key) means the route is live.  Gives up quietly at the deadline."""
+    import httpx
+
+    urls = [url for key, url in endpoints.items() if key not in ("http", "grpc") and url.startswith("http")]
+    deadline = time.monotonic() + timeout_s
+    for url in urls:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=5).status_code != 404:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
 
 
 def _undeploy() -> None:
