@@ -70,11 +70,14 @@ def heldout_vs_feedback(events: list[dict[str, Any]]) -> tuple[Curve, Marks]:
     The curve comes from the progress lines (what was live when); a gate decision carries its own
     feedback count and the candidate's accuracy."""
     curve, marks = Curve(), Marks()
+    decided: set[tuple[str, object]] = set()  # the loop's bootstrap repeats the gate's first decision
     for e in events:
         kind = e.get("event")
         if kind == "progress":
             curve.add(e.get("feedback"), e.get("heldout_acc"))
-        elif kind in ("gate_decision", "bootstrap") and e.get("decision") in GATE_MARKS:
+        elif kind in ("gate_decision", "bootstrap") and e.get("decision") in GATE_MARKS \
+                and (e["decision"], e.get("version")) not in decided:
+            decided.add((e["decision"], e.get("version")))
             marks.add(GATE_MARKS[e["decision"]], e.get("events") or 0, e.get("heldout_accuracy"), f"v{e.get('version')}")
         elif kind == "rollback":
             marks.add("rollback", e.get("events") or 0, e.get("heldout_accuracy"), f"v{e.get('from')}->v{e.get('to')}")

@@ -81,11 +81,14 @@ def run(tmp_path_factory):
 
 
 def test_status_prints_the_loop_table(run):
-    proc = CliProcess("status", "--address", run["address"])
-    assert proc.wait(timeout_s=120) == 0, proc.output
-    lines = proc.output.splitlines()
-    assert any(line.startswith("run default: ") and str(run["run_dir"]) in line for line in lines), proc.output
-    assert any(line.split()[:3] == ["loop", "live", "acc/ret"] for line in lines), proc.output
+    def table():  # the rows come with the run's first progress line after its loops started
+        proc = CliProcess("status", "--address", run["address"])
+        assert proc.wait(timeout_s=120) == 0, proc.output
+        return proc.output if "(loops starting)" not in proc.output else None
+
+    lines = wait_until(table, 120, "the loop table in `evolve status`", every_s=5).splitlines()
+    assert any(line.startswith("run default: ") and str(run["run_dir"]) in line for line in lines), lines
+    assert any(line.split()[:3] == ["loop", "live", "acc/ret"] for line in lines), lines
     row = next(line for line in lines if line.strip().startswith("sentiment "))
     assert row.split()[1] != "-", row  # a live version
 
@@ -128,7 +131,7 @@ def test_api_docs_render_offline(run, tmp_path):
 
 def test_the_dashboard_overview_renders(run, tmp_path):
     dom, image = browse(f"{run['dash']}/#/overview", "ray-dashboard", tmp_path)
-    assert "<title>Ray Dashboard</title>" in dom
+    assert "<title>Overview | Ray Dashboard</title>" in dom  # the app's own title for the page it rendered
     assert_not_blank(image, "ray-dashboard")
 
 

@@ -17,8 +17,8 @@ T0 = 1_000.0
 def _events():
     ev = [{"time": T0, "loop": "run", "event": "started"}]
     # a live feedback loop: v1, a promotion, a refusal, a rollback, an alarm and an adaptation
-    ev += [{"time": T0 + 1, "loop": "sentiment", "event": "bootstrap", "decision": "initial", "version": 1,
-            "heldout_accuracy": 0.5, "events": None}]
+    ev += [{"time": T0 + 1, "loop": "sentiment", "event": e, "decision": "initial", "version": 1,
+            "heldout_accuracy": 0.5, "events": None} for e in ("gate_decision", "bootstrap")]  # one decision, twice
     for i in range(1, 9):
         ev.append({"time": T0 + 5 * i, "loop": "sentiment", "event": "progress", "feedback": 40 * i,
                    "heldout_acc": 0.5 + 0.03 * i, "online_acc": 0.6, "version": 1 + i // 3})
