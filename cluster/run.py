@@ -69,6 +69,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
             ctx.auth, ctx.run_key = _auth_settings(cfg)
         ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
+        stop.install()  # ray.init puts its own SIGTERM handler in, which ends the process on the spot
         if not verbose:
             link = ray_logs.link_session_logs()
             say(f"evolve: Ray's own logs in {link or rd.path / 'ray-driver.log'} (--verbose shows them here)")
@@ -284,9 +285,14 @@ class StopSignals:
         self._event = threading.Event()
         self.reason = "interrupt"
         self._previous = {}
+        self.install()
+
+    def install(self) -> None:
+        """(Re)take Ctrl-C and SIGTERM; `restore` gives back what was there before the first time."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                previous = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, previous)
 
     def _handle(self, signum, _frame) -> None:
         if self._event.is_set() and signum == signal.SIGINT:
