@@ -144,6 +144,7 @@ def test_the_run_ends_with_a_quiet_terminal_and_a_report(run, tmp_path):
     pngs = sorted(run["run_dir"].glob("*.png"))
     assert report.is_file() and pngs
     assert f"evolve: report {report} ({len(pngs)} figures)" in run["proc"].output
+    shutil.copy(report, SHOTS / "report.html")  # the page itself beside its screenshot
     dom, image = browse(report.as_uri(), "report", tmp_path)
     assert "<title>Evolve run report: default</title>" in dom
     assert dom.count("data:image/png;base64,") == len(pngs)
