@@ -75,7 +75,8 @@ class CountingClient:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         with httpx.Client(timeout=10) as http:

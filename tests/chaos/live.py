@@ -11,6 +11,7 @@ appended to the results file (tests/chaos/.results.jsonl, see kill.report).
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from tests.integration.helpers import wait_until
 # Ray Train's worker group alone can take minutes to come up on a loaded 2-core machine: the run
 # gets room for a first candidate before the kill and for another one after it.
 KILL_BUDGET_S = 2 * BUDGET_S + 120
+STARTUP_S = 360  # the endpoints line comes once the loop has started (routes live)
 
 
 def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...], *sets: str,
@@ -33,7 +35,7 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
     client = CountingClient(http)
     started = time.monotonic()
     try:
-        proc.wait_for_line("evolve: endpoints", timeout_s=180)
+        proc.wait_for_line("evolve: endpoints", timeout_s=STARTUP_S)
         ends_by = time.monotonic() + budget_s  # the budget counts from after this line: a bound, not a guess
         client.start()
         # the learner's first candidate live: the whole loop is turning when the kill comes
@@ -59,6 +61,8 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
     stored = exported_column(run_dir, "feedback", "event_id", tmp_path)
     lost = acked - set(stored)
     twice = [e for e, n in Counter(stored).items() if n > 1]
+    # every row the live store held at the end (the summary's table size, recovered rows included)
+    held = json.loads((run_dir / "summary.json").read_text())["run"]["replay"]["feedback"]["size"]
     failed = [(t, what) for t, what in client.failed if t > killed_at]
     figures = dict(
         recovery_s=round(client.recovery_after(killed_at) - killed_at, 2),
@@ -66,12 +70,14 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
         new_version_after_s=round(newer - killed_at, 2), version_at_kill=version,
         failed_requests=len(failed), failed_before_kill=len(client.failed) - len(failed),
         feedback_acked=len(acked), feedback_lost=len(lost), feedback_stored_twice=len(twice),
+        rows_held=held, rows_exported=len(stored),
         test_s=round(elapsed, 1),
     )
     report(component, **figures)
-    for t, what in failed[:5] + failed[-5:]:
-        print(f"  failed at +{t - killed_at:.2f}s: {what}")
+    for t, what in [f for f in client.failed if f[0] <= killed_at][:3] + failed[:5] + failed[-5:]:
+        print(f"  failed at {t - killed_at:+.2f}s: {what}")
     assert not lost, f"{len(lost)} acknowledged feedback events missing from the replay export: {sorted(lost)[:5]}"
+    assert len(set(stored)) >= held, f"the store held {held} feedback rows at the end, the export has {len(set(stored))}"
     assert not twice, f"{len(twice)} feedback events stored more than once: {twice[:5]}"
     return figures
 

@@ -18,3 +18,7 @@ pytestmark = pytest.mark.chaos
 
 def test_kill_the_joiner(tmp_path):
     kill_under_traffic(tmp_path, "joiner", ("ray::", "Joiner"))
+
+
+def test_kill_the_publisher(tmp_path):
+    kill_under_traffic(tmp_path, "publisher", ("ray::", "PolicyPublisher"))

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.chaos.conftest import BUDGET_S, start_feedback_run
+from tests.chaos.live import STARTUP_S
 from tests.chaos.kill import CountingClient, exported_ids, report, sigkill
 from tests.integration.helpers import wait_until
 
@@ -22,7 +23,7 @@ def _kill_replica_and_check(tmp_path, replicas: int) -> dict:
     proc, http = start_feedback_run(tmp_path / "run", f"feedback.num_replicas={replicas}")
     client = CountingClient(http)
     try:
-        proc.wait_for_line("evolve: endpoints", timeout_s=180)
+        proc.wait_for_line("evolve: endpoints", timeout_s=STARTUP_S)
         client.start()
         # wait for the learner's first candidate to go live, so the loop is fully turning
         wait_until(lambda: client.version_at(time.monotonic()) >= 2, 150, "a first promoted version")
