@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a run config for this cluster: its storage must be shared (repeatable)")
     validate.set_defaults(func=_cmd_validate)
 
+    stop = sub.add_parser("stop", help="end runs submitted as Ray jobs cleanly (loops stopped, summary written)")
+    stop.add_argument("--address", help="the head's job server (default http://127.0.0.1:8265)")
+    stop.add_argument("--job", help="only this submission id (default: every running evolve job)")
+    stop.set_defaults(func=lambda a: _stop_cli().stop_runs(a.address, a.job))
+
     keys = sub.add_parser("keys", help="API keys for the served endpoints",
                           description="Create, list and revoke API keys (serving.auth). A key is printed once; "
                           "the file keeps its SHA-256 only.")
@@ -122,6 +127,12 @@ def _keys_cli():
     from cluster import keys_cli
 
     return keys_cli
+
+
+def _stop_cli():
+    from cluster import stop_cli
+
+    return stop_cli
 
 
 def _replay_cli():
