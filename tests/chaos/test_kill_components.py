@@ -22,3 +22,7 @@ def test_kill_the_joiner(tmp_path):
 
 def test_kill_the_publisher(tmp_path):
     kill_under_traffic(tmp_path, "publisher", ("ray::", "PolicyPublisher"))
+
+
+def test_kill_the_replay_shard(tmp_path):
+    kill_under_traffic(tmp_path, "replay_shard", ("ray::", "ReplayShard"))
