@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,12 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     return [f"feedback.data.path={json.dumps(str(Path(args.data).resolve()))}",
             f"feedback.data.text_column={json.dumps(args.text_column)}",
             f"feedback.data.label_column={json.dumps(args.label_column)}"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def offline_baseline(train: list[tuple[str, int]], heldout: list[tuple[str, int]]) -> dict[str, float]:
@@ -98,7 +105,9 @@ def main() -> None:
     for kind in kinds:
         run_dir = root / kind
         started = time.time()
-        summary = evolve_run(args.config, run_dir, args.budget_s, [*overrides, f"feedback.model.kind={kind}"],
+        # a free port and no dashboard: other runs on this machine may hold the preset's 8000 / 8265
+        ports = [f"serving.http_port={free_port()}", "cluster.include_dashboard=false"]
+        summary = evolve_run(args.config, run_dir, args.budget_s, [*ports, *overrides, f"feedback.model.kind={kind}"],
                              root / f"{kind}.log")
         loop = summary["loops"][cfg.feedback.name]
         acc = loop.get("heldout_accuracy")

@@ -18,7 +18,7 @@ def events_to_fraction(curve: Iterable[Mapping[str, Any]], final: float | None, 
         return None
     target = fraction * final
     for point in curve:
-        acc, events = point.get("heldout_accuracy"), point.get("events")
-        if acc is not None and events is not None and acc >= target:
-            return int(events)
+        acc = point.get("heldout_accuracy")
+        if acc is not None and acc >= target:
+            return int(point.get("events") or 0)  # the starting version's point carries no count: none learned
     return None

@@ -154,3 +154,4 @@ def test_events_to_95pct_is_the_first_curve_point_at_95_percent_of_the_final_val
     assert events_to_fraction(curve, 0.8, fraction=0.5) == 0
     assert events_to_fraction(curve, None) is None
     assert events_to_fraction(curve, 0.99) is None  # never reached
+    assert events_to_fraction([{"events": None, "heldout_accuracy": 0.5}], 0.5) == 0  # the start: none learned yet
