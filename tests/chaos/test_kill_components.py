@@ -13,7 +13,8 @@ import pytest
 
 from tests.chaos.live import kill_under_traffic
 
-pytestmark = pytest.mark.chaos
+# a live run starts in minutes on a loaded 2-core machine, past the default 600 s per test
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1500)]
 
 
 def test_kill_the_joiner(tmp_path):
@@ -26,3 +27,7 @@ def test_kill_the_publisher(tmp_path):
 
 def test_kill_the_replay_shard(tmp_path):
     kill_under_traffic(tmp_path, "replay_shard", ("ray::", "ReplayShard"))
+
+
+def test_kill_the_learner_worker(tmp_path):
+    kill_under_traffic(tmp_path, "learner_worker", ("ray::", "RayTrainWorker"))
