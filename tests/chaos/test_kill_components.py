@@ -31,3 +31,7 @@ def test_kill_the_replay_shard(tmp_path):
 
 def test_kill_the_learner_worker(tmp_path):
     kill_under_traffic(tmp_path, "learner_worker", ("ray::", "RayTrainWorker"))
+
+
+def test_kill_a_traffic_actor(tmp_path):
+    kill_under_traffic(tmp_path, "traffic_actor", ("ray::", "TrafficActor"))
