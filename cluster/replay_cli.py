@@ -12,6 +12,7 @@ from cluster.errors import UserError
 from core.config import EvolveConfig
 from core.config_loader import load_config
 from core.replay import offline
+from core.storage import RunStorage, is_url
 
 
 def _run_replay(run_dir: str) -> tuple[EvolveConfig, Path]:
@@ -19,7 +20,11 @@ def _run_replay(run_dir: str) -> tuple[EvolveConfig, Path]:
     if not (path / "config.yaml").is_file():
         raise UserError(f"{path} is not a run directory (no config.yaml)")
     cfg = load_config(path / "config.yaml")
-    replay_dir = cfg.replay.dir or path / "replay"
+    # where the run kept it: replay.dir, else run.storage/replay, else <run dir>/replay
+    replay_dir = RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, path).replay
+    if is_url(replay_dir):
+        raise UserError(f"{path}: its replay store is at {replay_dir}; offline inspect and export read "
+                        "local or shared-filesystem directories only")
     if not Path(replay_dir).is_dir():
         raise UserError(f"{path}: no replay store at {replay_dir}")
     return cfg, Path(replay_dir)

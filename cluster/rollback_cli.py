@@ -16,6 +16,7 @@ from pathlib import Path
 from cluster.errors import UserError
 from core.registry import PolicyNotFound, StageConflict
 from core.registry_lease import RegistryInUse, refuse_if_live
+from core.storage import RunStorage, is_url
 
 
 def rollback(policy_id: str, to: int | None = None, registry: str | None = None, run_dir: str | None = None,
@@ -32,11 +33,24 @@ def _registry_uri(registry: str | None, run_dir: str | None) -> str:
     if registry:
         return registry
     if run_dir:
-        path = Path(run_dir) / "registry"
-        if not path.is_dir():
-            raise UserError(f"{run_dir}: no registry/ directory here (is it a run directory?)")
+        path = _run_registry(Path(run_dir))
+        if is_url(path):
+            return path
+        if not Path(path).is_dir():
+            raise UserError(f"{run_dir}: no registry at {path} (is it a run directory?)")
         return str(path)
     raise UserError("say where the policy lives: --address auto (a live run), --run-dir DIR or --registry URI")
+
+
+def _run_registry(run_dir: Path) -> str:
+    """Where the run kept its registry (registry.uri, else run.storage/registry), from its recorded
+    config; <run dir>/registry when there is none."""
+    if not (run_dir / "config.yaml").is_file():
+        return str(run_dir / "registry")
+    from core.config_loader import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    return RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, run_dir).registry
 
 
 def _rollback_offline(policy_id: str, to: int | None, uri: str) -> dict:

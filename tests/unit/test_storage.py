@@ -101,3 +101,26 @@ def test_local_paths_keep_the_appending_file_log(tmp_path):
 @pytest.mark.parametrize("uri", ["memory://r", "runs/r"])
 def test_node_local_reasons(uri):
     assert node_local_reason(uri)
+
+
+def test_offline_tools_find_what_the_run_kept_under_run_storage(tmp_path):
+    from cluster.errors import UserError
+    from cluster.replay_cli import _run_replay
+    from cluster.rollback_cli import _registry_uri
+    from cluster.rundir import RunDir
+    from core.config_loader import load_config
+
+    shared = tmp_path / "shared"
+    (shared / "replay").mkdir(parents=True)
+    (shared / "registry").mkdir()
+    rd = RunDir(tmp_path / "run")
+    rd.write_config(load_config(None, [f"run.storage={shared}"]))
+    rd.close()
+    assert _run_replay(str(rd.path))[1] == shared / "replay"
+    assert _registry_uri(None, str(rd.path)) == str(shared / "registry")
+    remote = RunDir(tmp_path / "remote")
+    remote.write_config(load_config(None, ["run.storage=s3://bucket/evolve"]))
+    remote.close()
+    with pytest.raises(UserError, match="s3://bucket/evolve/replay"):
+        _run_replay(str(remote.path))
+    assert _registry_uri(None, str(remote.path)) == "s3://bucket/evolve/registry"
