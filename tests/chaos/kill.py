@@ -106,9 +106,6 @@ class CountingClient:
         before = [v for ts, v in self.ok if ts <= t]
         return max(before) if before else 0
 
-    def first_ok_after(self, t: float) -> float | None:
-        return next((ts for ts, _ in self.ok if ts > t), None)
-
     def acked_ids(self) -> set[str]:
         return set(self.acked)
 
@@ -133,10 +130,6 @@ def exported_column(run_dir: Path, table: str, column: str, tmp: Path) -> list:
     done = run_cli("replay", "export", str(run_dir), table, str(out), timeout_s=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return pq.read_table(out, columns=[column]).column(column).to_pylist()
-
-
-def exported_ids(run_dir: Path, table: str, column: str, tmp: Path) -> set[str]:
-    return set(exported_column(run_dir, table, column, tmp))
 
 
 def report(component: str, **figures) -> str:

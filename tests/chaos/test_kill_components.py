@@ -35,3 +35,7 @@ def test_kill_the_learner_worker(tmp_path):
 
 def test_kill_a_traffic_actor(tmp_path):
     kill_under_traffic(tmp_path, "traffic_actor", ("ray::", "TrafficActor"))
+
+
+def test_kill_the_gate(tmp_path):
+    kill_under_traffic(tmp_path, "gate", ("ray::", "GateActor"))
