@@ -50,6 +50,8 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
         version = client.version_at(respawned)
         newer = wait_until(lambda: client.first_version_after(respawned, version), ends_by - time.monotonic(),
                            f"a version newer than v{version} served after the respawn")
+        recovered = wait_until(lambda: client.recovery_after(killed_at), 120,
+                               "an acknowledged feedback after the client's last failure")
     finally:
         client.stop()
         # the run stops as on Ctrl-C (every loop stopped, the joiner flushed, summary written),
@@ -67,7 +69,7 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
     held = json.loads((run_dir / "summary.json").read_text())["run"]["replay"]["feedback"]["size"]
     failed = [(t, what) for t, what in client.failed if t > killed_at]
     figures = dict(
-        recovery_s=round(client.recovery_after(killed_at) - killed_at, 2),
+        recovery_s=round(recovered - killed_at, 2),
         respawn_s=round(respawned - killed_at, 2),
         new_version_after_s=round(newer - killed_at, 2), version_at_respawn=version,
         failed_requests=len(failed), failed_before_kill=len(client.failed) - len(failed),
