@@ -2,8 +2,9 @@
 joiner -> replay, Ray Train online learner, gate -> publisher -> replicas, summary; then
 `evolve rollback` on the stopped run's registry.
 
-Sized to check the wiring in about a minute (a small random-init model, a small held-out set,
-a candidate every few updates); learning to the target is the `-m slow` tier's job
+Sized to check the wiring in about a minute (a tiny BERT checkpoint written with
+`save_pretrained`, as a user brings their own with `feedback.pretrained_dir`; a small held-out
+set; a candidate every few updates); learning to the target is the `-m slow` tier's job
 (tests/slow/test_feedback_learns.py).
 
 The gate is set up to promote: `gate.tolerance` 0.99 refuses a candidate only if it loses more
@@ -18,28 +19,43 @@ import json
 
 import httpx
 import pytest
+import torch
+from transformers import BertConfig, BertModel
 
 from cluster.cli import main as evolve
+from core.labeled_data import sentiment_reviews
 from core.registry import PolicyRegistry
+from core.tokenizer import train_wordpiece
 from tests.conftest import free_port
 from tests.integration.helpers import CliProcess, serving, wait_until
 
 pytestmark = pytest.mark.integration
 
-BUDGET_S = 100  # start-up (Ray, Serve, the Train worker) takes a good share of it on 2 cores
+BUDGET_S = 150  # start-up (Ray, Serve, the routes answering, the Train worker) takes half of it on 2 cores
 GATE_TOLERANCE = 0.99  # promote every candidate (see the module docstring)
+
+
+def _tiny_bert_checkpoint(path):
+    """A Hugging Face format directory (config, weights, tokenizer), never from the hub."""
+    tok = train_wordpiece([t for t, _ in sentiment_reviews()[::7]], 800)
+    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def sentiment_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sentiment")
+    checkpoint = _tiny_bert_checkpoint(tmp / "tiny-bert")
     http_port = free_port()
     proc = CliProcess(
         "run", "configs/sentiment.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"serving.grpc_port={free_port()}",
         "--set", f"cluster.dashboard_port={free_port()}", "--set", "run.progress_interval_s=2",
-        "--set", "feedback.encoder_registry=null", "--set", "feedback.vocab_size=800",
-        "--set", "feedback.model={num_layers: 1, hidden_size: 64, num_heads: 2, intermediate_size: 128}",
+        "--set", "feedback.encoder_registry=null", "--set", f"feedback.pretrained_dir={checkpoint}",
         "--set", "feedback.max_len=32", "--set", "feedback.data.max_heldout=100",
         "--set", "feedback.candidate_every=5", "--set", "feedback.batch_size=16",
         "--set", "feedback.traffic.requests_per_s=20",
@@ -50,7 +66,7 @@ def sentiment_run(tmp_path_factory):
                  "max_steps_per_s: 5}",
     )
     with serving(proc, timeout_s=150):
-        yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}"}
+        yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}", "checkpoint": checkpoint}
 
 
 def test_clients_get_predictions_and_feedback_is_joined(sentiment_run):
@@ -76,7 +92,9 @@ def test_the_run_learns_gates_and_reports(sentiment_run):
     assert proc.wait(timeout_s=BUDGET_S + 240) == 0, proc.output[-3000:]
     loops = json.loads((run / "summary.json").read_text())["loops"]
     s = loops["sentiment"]
-    assert s["origin"]["encoder"] == "random_init"
+    assert s["origin"]["encoder"] == "pretrained" and s["origin"]["pretrained"] == str(sentiment_run["checkpoint"].resolve())
+    # the start's provenance is in the registry lineage of version 1
+    assert PolicyRegistry(run / "registry").get("sentiment", 1).info["origin"]["pretrained"] == s["origin"]["pretrained"]
     assert loops["novelty"]["versions_published"] >= 1 and loops["novelty"]["reference"]["version"] == 1
     assert s["predictions"] > 100 and s["feedback_events"] > 100, s
     assert s["learner_updates"] >= 5 and s["initial_heldout_accuracy"] is not None
