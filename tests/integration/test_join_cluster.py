@@ -54,7 +54,7 @@ def test_run_joins_and_stops_cleanly_on_ctrl_c(head, tmp_path):
         "--set", f"serving.http_port={free_port()}", "--set", "run.progress_interval_s=1", "--set", "loops=[]",
     )
     try:
-        assert f"cluster at" in proc.wait_for_line("evolve: Ray", timeout_s=120)
+        assert proc.wait_for_line("cluster at", timeout_s=120).startswith("evolve: Ray ")
         proc.wait_for_line("CPU", timeout_s=60)  # the first progress line: the loop is being driven
         proc.proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout_s=90) == 0, proc.output
