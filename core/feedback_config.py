@@ -203,6 +203,7 @@ class FeedbackConfig(Section):
     lr: float = Field(default=5e-4, gt=0, lt=1)  # AdamW step size
     weight_decay: float = Field(default=0.01, ge=0)  # AdamW decoupled weight decay
     grad_clip: float = Field(default=1.0, gt=0)  # global gradient norm cap
+    bf16: bool = True  # bf16 autocast on GPU learners (fp32 master weights); CPU learners stay fp32
     batch_size: int = Field(default=32, ge=1)  # rows per update, fresh + rehearsal
     rehearsal: float = Field(default=0.5, ge=0, lt=1)  # share of each batch replayed from older feedback
     reservoir_size: int = Field(default=5000, ge=1)  # older feedback kept for rehearsal (reservoir sample)

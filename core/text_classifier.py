@@ -63,26 +63,46 @@ class ClassifierBundle:
     labels: list[str]
     max_len: int = 64
     wide: WidePart | None = None  # kind wide / wide_deep; None: the deep model alone
+    bf16: bool = False  # bf16 autocast for answers on a GPU (see `place`)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def place(self, device: torch.device | str, bf16: bool = True) -> "ClassifierBundle":
+        """Move the model (and its wide part) to `device`; on CUDA, answers run under bf16 autocast."""
+        device = torch.device(device)
+        self.model.to(device)
+        if self.wide is not None:
+            self.wide.to(device)
+        self.bf16 = bf16 and device.type == "cuda"
+        return self
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return encode(self.tokenizer, texts, self.max_len)
 
     def predict_proba(self, texts: Sequence[str], batch: int = 128) -> np.ndarray:
         """[N, L] float32 class probabilities (eval mode, no dropout)."""
+        # softmax in float32 even under autocast: propensities feed importance weights and OPE
         if self.wide is None:
-            return self._batched(texts, batch, len(self.labels), lambda ids, mask: torch.softmax(self.model(ids, mask), -1))
-        return self._batched_texts(texts, batch, lambda chunk: torch.softmax(self.logits(chunk), -1))
+            return self._batched(texts, batch, len(self.labels),
+                                 lambda ids, mask: torch.softmax(self.model(ids, mask).float(), -1))
+        return self._batched_texts(texts, batch, lambda chunk: torch.softmax(self.logits(chunk).float(), -1))
 
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
         """[B, L] the served logits (grad enabled; callers choose train or eval mode)."""
-        wide = self.wide
-        deep = self.model(*self.encode(texts)) if wide is None or wide.uses_deep else None
+        wide, dev = self.wide, self.device
+        deep = None
+        if wide is None or wide.uses_deep:
+            ids, mask = self.encode(texts)
+            deep = self.model(ids.to(dev), mask.to(dev))
         return deep if wide is None else wide.combined(deep, wide(texts))
 
     @torch.no_grad()
     def _batched_texts(self, texts: Sequence[str], batch: int, fn) -> np.ndarray:
         self.model.eval()
-        out = [fn(list(texts[start : start + batch])).float().numpy() for start in range(0, len(texts), batch)]
+        with self._autocast():
+            out = [fn(list(texts[start : start + batch])).float().cpu().numpy() for start in range(0, len(texts), batch)]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     def pooled_features(self, texts: Sequence[str], pooling: str = "mean", batch: int = 128) -> np.ndarray:
@@ -93,11 +113,15 @@ class ClassifierBundle:
     @torch.no_grad()
     def _batched(self, texts: Sequence[str], batch: int, width: int, fn) -> np.ndarray:
         self.model.eval()
-        out = []
-        for start in range(0, len(texts), batch):
-            ids, mask = self.encode(texts[start : start + batch])
-            out.append(fn(ids, mask).float().numpy())
+        out, dev = [], self.device
+        with self._autocast():
+            for start in range(0, len(texts), batch):
+                ids, mask = self.encode(texts[start : start + batch])
+                out.append(fn(ids.to(dev), mask.to(dev)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def files(self) -> dict[str, bytes]:
         """The registry files of a classifier version (weights travel separately)."""

@@ -148,6 +148,8 @@ class OnlineObjective:
         self.bundle = build_bundle(config)
         self.labels = self.bundle.labels
         self.model = self.bundle.model.to(ctx.device)
+        self.bundle.place(ctx.device, bf16=self.fb.bf16)  # the held-out evaluation runs there too
+        self.autocast = self.bundle.bf16
         self.train_model = ctx.wrap_model(self.model)  # DDP when world_size > 1
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.fb.lr, weight_decay=config.fb.weight_decay)
         wide = self.bundle.wide
@@ -210,7 +212,9 @@ class OnlineObjective:
         if self.uses_deep or self.boost.domain_mlm > 0:
             ids, mask = self.bundle.encode(rows.text)
         if self.uses_deep:
-            logits = self.train_model(ids.to(dev), mask.to(dev)).float()  # [B, L]
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.train_model(ids.to(dev), mask.to(dev))
+            logits = logits.float()  # [B, L]; the loss in float32
         table = _tensors(rows, dev)
 
         def loss_fn(lg: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -28,9 +28,11 @@ STAGE = "canary"
 
 
 class CanaryFollower:
-    def __init__(self, registry_uri: str, policy_id: str, fraction: float, stage: str = STAGE, sticky: bool = True):
+    def __init__(self, registry_uri: str, policy_id: str, fraction: float, stage: str = STAGE, sticky: bool = True,
+                 device: str = "cpu"):
         self.registry = PolicyRegistry(registry_uri, create=False)
         self.policy_id, self.fraction, self.stage, self.sticky = policy_id, fraction, stage, sticky
+        self.device = device  # where the replica answers: its stage version sits beside live
         self.current: Any = None  # serving.classify.Served of the stage's version, or None
 
     def refresh(self, served_type: Any) -> int | None:
@@ -40,7 +42,7 @@ class CanaryFollower:
             self.current = None
         elif self.current is None or self.current.version != version:
             loaded = self.registry.load(self.policy_id, version, as_numpy=True)
-            self.current = served_type(from_version(loaded.weights, loaded.files), version)
+            self.current = served_type(from_version(loaded.weights, loaded.files).place(self.device), version)
         return version
 
     def routes(self, client_key: str | None) -> Any:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import HTTPException, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
@@ -168,6 +169,10 @@ def grpc_client_key(grpc_context: Any) -> str | None:
     return next((v for k, v in metadata if k.lower() == CLIENT_HEADER), None)
 
 
+def _load_bundle(weights: Any, files: dict[str, bytes], device: str) -> Any:
+    return from_version(weights, files).place(device)
+
+
 @serve.deployment(name="feedback_server", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class FeedbackServer:
@@ -184,6 +189,7 @@ class FeedbackServer:
         self.max_text_chars, self.batching, self.max_batch_size = max_text_chars, batching, max_batch_size
         self._forwards, self._texts = 0, 0  # texts per forward: how well batching works
         self.replica = f"serve-{uuid.uuid4().hex[:8]}"
+        self.device = "cuda" if ray.get_gpu_ids() else "cpu"  # a GPU when serving.replica_num_gpus asks for one
         self.served: Served | None = None
         self._files_key: tuple | None = None
         self._files: dict[str, bytes] = {}
@@ -194,11 +200,12 @@ class FeedbackServer:
         self.novelty = NoveltyFollower(registry_uri, novelty_policy_id) if novelty_policy_id else None
         if self.novelty is not None:
             self._novelty_task = asyncio.get_event_loop().create_task(follow_novelty(self.novelty))
-        self.canary = CanaryFollower(registry_uri, policy_id, canary_fraction) if canary_fraction else None
+        self.canary = CanaryFollower(registry_uri, policy_id, canary_fraction, device=self.device) if canary_fraction else None
         if self.canary is not None:
             self._canary_task = asyncio.get_event_loop().create_task(follow_canary(self.canary, Served))
         # the gate's `shadow` stage: its version also answers a random share of requests, unseen by clients
-        self.shadow = (CanaryFollower(registry_uri, policy_id, shadow_fraction, stage="shadow", sticky=False)
+        self.shadow = (CanaryFollower(registry_uri, policy_id, shadow_fraction, stage="shadow", sticky=False,
+                                      device=self.device)
                        if shadow_fraction else None)
         if self.shadow is not None:
             self._shadow_task = asyncio.get_event_loop().create_task(follow_canary(self.shadow, Served))
@@ -214,7 +221,7 @@ class FeedbackServer:
                 new_version, (ref,), _spec = reply
                 weights = await ref
                 files = await asyncio.to_thread(self._version_files, new_version)
-                bundle = await asyncio.to_thread(from_version, weights, files)  # seconds on CPU: off the loop
+                bundle = await asyncio.to_thread(_load_bundle, weights, files, self.device)  # seconds: off the loop
                 self.served = Served(bundle, new_version)  # the swap: one reference assignment
                 version = new_version
                 self.publisher.ack.remote(self.policy_id, version, self.replica)
@@ -384,7 +391,8 @@ def grpc_options(port: int) -> dict[str, Any]:
 
 
 def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, writer: Any | None, *,
-                        batching: bool = True, num_cpus: float = 0.1, max_ongoing_requests: int | None = None,
+                        batching: bool = True, num_cpus: float = 0.1, num_gpus: float = 0.0,
+                        max_ongoing_requests: int | None = None,
                         app_name: str = APP_NAME, route_prefix: str = ROUTE_PREFIX,
                         joiner_name: str = JOINER_NAME, gate_name: str | None = None,
                         novelty_policy_id: str | None = None,
@@ -402,7 +410,7 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
     # a replica must admit a whole batch of requests at once, or Serve's default (5) caps the batch
     ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
     app = FeedbackServer.options(
-        num_replicas=cfg.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus},
+        num_replicas=cfg.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
     ).bind(publisher, joiner, registry_uri, cfg.policy_id, cfg.max_text_chars, cfg.max_batch_size,

@@ -84,7 +84,8 @@ class FeedbackLoop(LoopBase):
             self.matrix.record_baseline(ray.get(self.gate.group_accuracy.remote(fb.policy_id)))
         novelty = self.cfg.novelty.novelty_policy_id if "novelty" in self.cfg.loops else None
         self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
-                                       num_cpus=self.cfg.serving.replica_num_cpus, gate_name=gate_name(fb.policy_id),
+                                       num_cpus=self.cfg.serving.replica_num_cpus,
+                                       num_gpus=self.cfg.serving.replica_num_gpus, gate_name=gate_name(fb.policy_id),
                                        novelty_policy_id=novelty,
                                        exploration=self.cfg.serving.exploration_for(fb.policy_id), auth=ctx.auth)
         base = ctx.endpoints.get("http", f"http://{self.cfg.serving.host}:{self.cfg.serving.http_port}")
