@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from actors.rollout import NStep
+from actors.nstep import NStep
 from core.replay.table import ReplayTimeout
 from core.rl.config import RLConfig
 from core.rl.models import PolicySpec

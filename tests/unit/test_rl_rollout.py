@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from actors.evaluator import Evaluator, greedy_returns
-from actors.rollout import NStep, RolloutWorker, WriteSize, _NumpyQ
+from actors.nstep import NStep
+from actors.rollout import RolloutWorker, WriteSize, _NumpyQ
 from core.rl.config import EpsilonSchedule, RLConfig
 from core.rl.models import PolicySpec, QNetwork, build_model, spec_for_env
 from core.rl.policy import QPolicy
