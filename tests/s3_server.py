@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from tests.conftest import free_ports
 
 
 def weed_binary() -> str:
@@ -63,7 +53,7 @@ class S3Server:
 
 @contextmanager
 def seaweedfs(workdir: Path, timeout_s: float = 60.0) -> Iterator[S3Server]:
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
     data = workdir / "seaweedfs"
     data.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "seaweedfs.log"

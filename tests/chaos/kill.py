@@ -56,20 +56,17 @@ def sigkill(root_pid: int, *needles: str) -> tuple[int, str]:
     return pid, cmd
 
 
-class CountingClient:
-    """predict + feedback in a loop, like a real client (no retries): every non-2xx and every
-    connection error counts; each accepted feedback is an acknowledged event_id."""
+class LoopingClient:
+    """A client thread that asks again and again, like a real one (no retries): every non-2xx and every
+    connection error is a failure; `ok` holds (monotonic time, model version) of each answer."""
 
-    def __init__(self, http: str):
-        self.http = http
+    def __init__(self) -> None:
         self.failed: list[tuple[float, str]] = []
-        self.acked: list[str] = []
-        self.acked_at: list[float] = []  # monotonic time of each acknowledged feedback
-        self.ok: list[tuple[float, int]] = []  # (monotonic time, model_version) of each 200 predict
+        self.ok: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "CountingClient":
+    def start(self) -> "LoopingClient":
         self._thread.start()
         return self
 
@@ -78,33 +75,52 @@ class CountingClient:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
+    def _once(self, http: httpx.Client, i: int) -> None:
+        raise NotImplementedError
+
+    def _fail(self, what: str) -> None:
+        self.failed.append((time.monotonic(), what))
+
     def _run(self) -> None:
         with httpx.Client(timeout=10) as http:
             i = 0
             while not self._stop.is_set():
                 i += 1
                 try:
-                    r = http.post(f"{self.http}/v1/predict", json={"text": f"质量很好，物流也快 {i}"})
-                    if r.status_code != 200:
-                        self.failed.append((time.monotonic(), f"predict {r.status_code} {r.text[:200]}"))
-                        self._stop.wait(0.05)
-                        continue
-                    pred = r.json()
-                    self.ok.append((time.monotonic(), pred["model_version"]))
-                    label = "pos" if i % 2 else "neg"
-                    f = http.post(f"{self.http}/v1/feedback", json={"event_id": pred["event_id"], "label": label})
-                    if f.status_code != 200:
-                        self.failed.append((time.monotonic(), f"feedback {f.status_code} {f.text[:200]}"))
-                    elif f.json().get("accepted"):
-                        self.acked.append(pred["event_id"])
-                        self.acked_at.append(time.monotonic())
+                    self._once(http, i)
                 except httpx.HTTPError as exc:
-                    self.failed.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
+                    self._fail(f"{type(exc).__name__}: {exc}")
                 self._stop.wait(0.05)
 
     def version_at(self, t: float) -> int:
-        before = [v for ts, v in self.ok if ts <= t]
-        return max(before) if before else 0
+        return max((v for ts, v in self.ok if ts <= t), default=0)
+
+    def first_version_after(self, t: float, version: int) -> float | None:
+        return next((ts for ts, v in self.ok if ts > t and v > version), None)
+
+
+class CountingClient(LoopingClient):
+    """predict + feedback; each accepted feedback is an acknowledged event_id."""
+
+    def __init__(self, http: str):
+        super().__init__()
+        self.http = http
+        self.acked: list[str] = []
+        self.acked_at: list[float] = []  # monotonic time of each acknowledged feedback
+
+    def _once(self, http: httpx.Client, i: int) -> None:
+        r = http.post(f"{self.http}/v1/predict", json={"text": f"质量很好，物流也快 {i}"})
+        if r.status_code != 200:
+            return self._fail(f"predict {r.status_code} {r.text[:200]}")
+        pred = r.json()
+        self.ok.append((time.monotonic(), pred["model_version"]))
+        label = "pos" if i % 2 else "neg"
+        f = http.post(f"{self.http}/v1/feedback", json={"event_id": pred["event_id"], "label": label})
+        if f.status_code != 200:
+            self._fail(f"feedback {f.status_code} {f.text[:200]}")
+        elif f.json().get("accepted"):
+            self.acked.append(pred["event_id"])
+            self.acked_at.append(time.monotonic())
 
     def acked_ids(self) -> set[str]:
         return set(self.acked)
@@ -118,16 +134,17 @@ class CountingClient:
         last = max(failures)
         return next((ts for ts in self.acked_at if ts > last), None)
 
-    def first_version_after(self, t: float, version: int) -> float | None:
-        return next((ts for ts, v in self.ok if ts > t and v > version), None)
-
 
 def exported_column(run_dir: Path, table: str, column: str, tmp: Path) -> list:
-    """One column of `evolve replay export` of a finished run's table, every row (repeats kept)."""
+    return exported_columns(run_dir, table, [column], tmp)[column]
+
+
+def exported_columns(run_dir: Path, table: str, columns: list[str], tmp: Path) -> dict[str, list]:
+    """Columns of `evolve replay export` of a finished run's table, every row (repeats kept)."""
     out = tmp / f"{table}.parquet"
     done = run_cli("replay", "export", str(run_dir), table, str(out), timeout_s=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    return pq.read_table(out, columns=[column]).column(column).to_pylist()
+    return pq.read_table(out, columns=columns).to_pydict()
 
 
 def report(component: str, **figures) -> str:

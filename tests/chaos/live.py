@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.chaos.conftest import BUDGET_S, start_feedback_run
-from tests.chaos.kill import CountingClient, exported_column, ray_processes, report, sigkill
+from tests.chaos.kill import CountingClient, exported_columns, ray_processes, report, sigkill
 from tests.integration.helpers import wait_until
 
 
@@ -45,6 +45,7 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
         pid, _ = sigkill(proc.proc.pid, *needles)
         respawned = wait_until(lambda: _respawned(proc.proc.pid, needles, before), 120,
                                f"a new process for {needles} after the kill")
+        respawned_wall = time.time() - (time.monotonic() - respawned)
         # newer than what was live once the component was back: a candidate already on its way at the
         # kill does not count
         version = client.version_at(respawned)
@@ -62,7 +63,11 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
         elapsed = time.monotonic() - started
     assert rc == 0, proc.output[-3000:]
     acked = client.acked_ids()
-    stored = exported_column(run_dir, "feedback", "event_id", tmp_path)
+    rows = exported_columns(run_dir, "feedback", ["event_id", "created_at"], tmp_path)
+    stored = rows["event_id"]
+    # the loop's own traffic actor goes on (or, killed, its successor does): its rows predicted after the respawn
+    traffic_after = sum(1 for e, at in zip(stored, rows["created_at"])
+                        if e not in acked and at.timestamp() > respawned_wall)
     lost = acked - set(stored)
     twice = [e for e, n in Counter(stored).items() if n > 1]
     # every row the live store held at the end (the summary's table size, recovered rows included)
@@ -74,7 +79,7 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
         new_version_after_s=round(newer - killed_at, 2), version_at_respawn=version,
         failed_requests=len(failed), failed_before_kill=len(client.failed) - len(failed),
         feedback_acked=len(acked), feedback_lost=len(lost), feedback_stored_twice=len(twice),
-        rows_held=held, rows_exported=len(stored),
+        rows_held=held, rows_exported=len(stored), traffic_rows_after_respawn=traffic_after,
         test_s=round(elapsed, 1),
     )
     report(component, **figures)

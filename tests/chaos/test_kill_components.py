@@ -9,6 +9,8 @@ joiner's pending events) costs the clients whose events it held.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.chaos.live import kill_under_traffic
@@ -30,11 +32,16 @@ def test_kill_the_replay_shard(tmp_path):
 
 
 def test_kill_the_learner_worker(tmp_path):
-    kill_under_traffic(tmp_path, "learner_worker", ("ray::", "RayTrainWorker"))
+    # checkpoints as often as candidates: one is on disk by the time v2 is live and the kill comes
+    kill_under_traffic(tmp_path, "learner_worker", ("ray::", "RayTrainWorker"), "feedback.checkpoint_every=5")
+    loop = json.loads((tmp_path / "run" / "summary.json").read_text())["loops"]["sentiment"]
+    assert (loop["resumed_from_update"] or 0) > 0, f"the restarted worker group started over: {loop}"
 
 
 def test_kill_a_traffic_actor(tmp_path):
-    kill_under_traffic(tmp_path, "traffic_actor", ("ray::", "TrafficActor"))
+    figures = kill_under_traffic(tmp_path, "traffic_actor", ("ray::", "TrafficActor"))
+    # the run's only traffic actor: feedback predicted after the respawn is the new actor's
+    assert figures["traffic_rows_after_respawn"] > 0, figures
 
 
 def test_kill_the_gate(tmp_path):

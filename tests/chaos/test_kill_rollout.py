@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections import Counter
 
 import httpx
 import pytest
 
-from tests.chaos.kill import exported_column, ray_processes, report, sigkill
+from tests.chaos.kill import LoopingClient, exported_column, ray_processes, report, sigkill
 from tests.conftest import free_port
 from tests.integration.helpers import CliProcess, wait_until
 
@@ -28,43 +27,19 @@ NEEDLES = ("ray::", "RolloutActor")
 STARTUP_S = 600  # the endpoints line comes once the loop has started: minutes on a loaded 2-core machine
 
 
-class ActClient:
-    """POST /act in a loop, no retries: every non-2xx and connection error counts."""
+class ActClient(LoopingClient):
+    """POST /act with one CartPole observation."""
 
     def __init__(self, url: str):
+        super().__init__()
         self.url = url
-        self.failed: list[tuple[float, str]] = []
-        self.ok: list[tuple[float, int]] = []  # (monotonic time, version) of each 200
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "ActClient":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as http:
-            while not self._stop.is_set():
-                try:
-                    r = http.post(self.url, json={"obs": [0.01, 0.0, 0.02, 0.0]})
-                    if r.status_code == 200:
-                        self.ok.append((time.monotonic(), int(r.json()["version"])))
-                    else:
-                        self.failed.append((time.monotonic(), f"act {r.status_code} {r.text[:200]}"))
-                except httpx.HTTPError as exc:
-                    self.failed.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
-                self._stop.wait(0.05)
-
-    def version_at(self, t: float) -> int:
-        return max((v for ts, v in self.ok if ts <= t), default=0)
-
-    def first_version_after(self, t: float, version: int) -> float | None:
-        return next((ts for ts, v in self.ok if ts > t and v > version), None)
+    def _once(self, http: httpx.Client, i: int) -> None:
+        r = http.post(self.url, json={"obs": [0.01, 0.0, 0.02, 0.0]})
+        if r.status_code == 200:
+            self.ok.append((time.monotonic(), int(r.json()["version"])))
+        else:
+            self._fail(f"act {r.status_code} {r.text[:200]}")
 
 
 def test_kill_the_rollout_actor(tmp_path):
