@@ -103,7 +103,8 @@ def build_bundle(setup: OnlineSetup) -> ClassifierBundle:
         return bundle
     if not setup.labels:
         raise ClassifierError("starting from an encoder needs the label names")
-    bundle = from_encoder(setup.weights, files, setup.labels, fb.max_len, seed=setup.seed)
+    bundle = from_encoder(setup.weights, files, setup.labels, fb.max_len, seed=setup.seed,
+                          pairs=fb.data.text_pair_column is not None)
     bundle.wide = new_wide(fb.model, len(bundle.labels))  # feedback.model.kind wide / wide_deep
     return bundle
 
@@ -208,9 +209,9 @@ class OnlineObjective:
         self.model.train()
         ids = mask = logits = None
         if self.uses_deep or self.boost.domain_mlm > 0:
-            ids, mask = self.bundle.encode(rows.text)
+            ids, mask, types = self.bundle.encode(rows.text)  # types: 0 / 1 per side of a pair
         if self.uses_deep:
-            logits = self.train_model(ids.to(dev), mask.to(dev)).float()  # [B, L]
+            logits = self.train_model(ids.to(dev), mask.to(dev), types.to(dev)).float()  # [B, L]
         table = _tensors(rows, dev)
 
         def loss_fn(lg: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
