@@ -7,7 +7,7 @@ otherwise only whether the answer was right (reward 1.0 / 0.0).  What they
 believe is the true label, flipped with probability `label_noise` (careless
 users) or always (`poison`, an adversary: the gate must stop what it teaches).
 
-Texts come only from the traffic split of `core.labeled_data` (`from_data`),
+Texts (or text pairs, actors/pair_traffic.py) come only from the traffic split of `core.labeled_data` (`from_data`),
 never from the held-out rows the gate scores on.  The served answers are
 scored against the true label as they arrive: prequential accuracy, the live
 figure of the loop (by model version and over a recent window).
@@ -51,6 +51,7 @@ import ray
 
 from core.feedback_config import DataSection, TrafficSection
 from core.labeled_data import LabeledData, ordered_index
+from actors.pair_traffic import predict_body
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
@@ -283,8 +284,7 @@ class TrafficWorker:
         return row[0], (row[1] + 1) % len(self.labels)
 
     def _predict(self, rows: list[tuple[str, int]]) -> None:
-        texts = [t for t, _ in rows]
-        body: dict[str, Any] = {"text": texts[0]} if self.cfg.batch_size == 1 else {"texts": texts}
+        body = predict_body([t for t, _ in rows], batched=self.cfg.batch_size != 1)  # texts or pairs
         started = time.monotonic()
         with self._lock:
             client = f"{self.client_prefix}-u{self._rng.randrange(self.cfg.clients)}"

@@ -17,6 +17,7 @@ from typing import Any
 from core.feedback_config import FeedbackConfig
 from core.labeled_data import LabeledData
 from core.registry import PolicyNotFound, PolicyRegistry
+from core.text_inputs import split_input
 from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder
 from core.wide_model import new_wide
 from core.tokenizer import tokenizer_files
@@ -33,6 +34,9 @@ class StartingClassifier:
 def starting_classifier(fb: FeedbackConfig, data: LabeledData, seed: int = 0) -> StartingClassifier:
     """Raises ClassifierError for an encoder version that does not exist or does not load."""
     start = _start(fb, data, seed)
+    start.bundle.pairs = data.pairs  # (text, text_pair) inputs: said in the version's labels.json
+    if data.pairs:
+        start.origin["inputs"] = "pairs"
     start.bundle.wide = new_wide(fb.model, len(data.labels))  # feedback.model.kind wide / wide_deep
     return start
 
@@ -93,7 +97,8 @@ def _random_init(fb: FeedbackConfig, data: LabeledData, seed: int) -> StartingCl
     from core.text_models import bert_config
     from core.tokenizer import train_wordpiece
 
-    tok = train_wordpiece([t for t, _ in data.train], fb.vocab_size)
+    # both texts of a pair: the tokenizer must know the second side's words too
+    tok = train_wordpiece([s for x, _ in data.train for s in split_input(x) if s is not None], fb.vocab_size)
     config = bert_config(fb.model, len(tok), tok.pad_token_id, max_positions=max(fb.max_len, 128))
     files = {**tokenizer_files(tok), "config.json": json.dumps(config.to_dict(), default=str).encode()}
     bundle = from_encoder(None, files, data.labels, fb.max_len, seed=seed)

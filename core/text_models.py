@@ -96,9 +96,16 @@ def _distance_bias(slopes: tuple[float, ...], length: int, device: torch.device,
     return bias.unsqueeze(0).to(dtype)
 
 
-def encoder_hidden(bert: BertModel, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """last_hidden_state [B, T, H] of a BertModel, with the config's ALiBi bias if it has one."""
-    return bert(input_ids=ids, attention_mask=attention_bias(bert.config, ids, mask)).last_hidden_state
+def encoder_hidden(bert: BertModel, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                   token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """last_hidden_state [B, T, H] of a BertModel, with the config's ALiBi bias if it has one.
+
+    token_type_ids [B, T]: 0 for the first text of a pair, 1 for the second (None: all 0).
+    """
+    if token_type_ids is not None and getattr(bert.config, "type_vocab_size", 2) < 2:
+        token_type_ids = None  # an encoder with one segment embedding (RoBERTa-style) reads pairs by [SEP] alone
+    return bert(input_ids=ids, attention_mask=attention_bias(bert.config, ids, mask),
+                token_type_ids=token_type_ids).last_hidden_state
 
 
 def build_mlm_model(config: BertConfig | dict[str, Any], seed: int = 0) -> BertForMaskedLM:

@@ -16,6 +16,12 @@ maps a text to the same buckets.
                gate  a_deep * deep + a_wide * wide + c, each part trained on its own loss and the
                      three mixing figures on the combined loss of the parts' detached logits (stacking)
 
+A pair `(a, b)` (core/text_inputs.py) is hashed as three sides: the n-grams of a,
+those of b, and those of b that also occur in a, each side salted into its own
+buckets.  A sum of per-side weights cannot see how the two texts relate; the
+shared n-grams are that relation's cross feature (Wide & Deep's cross-product
+transformation), e.g. the names and topic words two paragraphs of one article share.
+
 A classifier version stores the weights under `wide.*` and `wide.json`.
 """
 
@@ -28,14 +34,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.text_inputs import TextInput
+
 WIDE_FILE = "wide.json"
 _MULT = np.uint64(0x100000001B3)  # FNV-1a prime: folds the next code point into an n-gram's value
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finaliser
 _ORDER = np.uint64(0x9E3779B97F4A7C15)  # keeps a bigram apart from a unigram of the same value
+# per side of a pair: 0 leaves a single text's buckets as they always were
+SIDE_SALTS = (np.uint64(0), np.uint64(0xD6E8FEB86659FD93), np.uint64(0xA0761D6478BD642F))
 
 
-def hash_ngrams(text: str, buckets: int, ngram_min: int = 1, ngram_max: int = 2) -> np.ndarray:
-    """int64 [n]: the bucket of every character n-gram of `text`, with repeats."""
+def hash_ngrams(text: str, buckets: int, ngram_min: int = 1, ngram_max: int = 2, side: int = 0) -> np.ndarray:
+    """int64 [n]: the bucket of every character n-gram of `text`, with repeats (`side`: of a pair)."""
     cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     out = []
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps on purpose
@@ -45,7 +55,7 @@ def hash_ngrams(text: str, buckets: int, ngram_min: int = 1, ngram_max: int = 2)
                 break
             value = value[:len(cps) - n + 1] * _MULT ^ cps[n - 1:]  # value[i] covers cps[i : i + n]
             if n >= ngram_min:
-                h = value ^ (np.uint64(n) * _ORDER)
+                h = value ^ (np.uint64(n) * _ORDER) ^ SIDE_SALTS[side]
                 h = (h ^ (h >> np.uint64(30))) * _MIX1
                 h = (h ^ (h >> np.uint64(27))) * _MIX2
                 h ^= h >> np.uint64(31)
@@ -61,11 +71,22 @@ class HashedNgrams:
             raise ValueError(f"need buckets >= 2 and 1 <= ngram_min <= ngram_max, got {buckets}, {ngram_min}, {ngram_max}")
         self.buckets, self.ngram_min, self.ngram_max = buckets, ngram_min, ngram_max
 
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def buckets_of(self, item: TextInput) -> np.ndarray:
+        """int64 [n]: the buckets of a text, or of a pair's three sides (module docstring), with repeats."""
+        if isinstance(item, str):
+            return hash_ngrams(item, self.buckets, self.ngram_min, self.ngram_max)
+        a, b = item
+        first = hash_ngrams(a, self.buckets, self.ngram_min, self.ngram_max, side=0)
+        second = hash_ngrams(b, self.buckets, self.ngram_min, self.ngram_max, side=1)
+        in_a = hash_ngrams(a, self.buckets, self.ngram_min, self.ngram_max, side=2)
+        shared = hash_ngrams(b, self.buckets, self.ngram_min, self.ngram_max, side=2)
+        return np.concatenate([first, second, shared[np.isin(shared, in_a)]])
+
+    def __call__(self, texts: Sequence[TextInput]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids, offsets, values = [], [], []
         at = 0
         for text in texts:
-            b, counts = np.unique(hash_ngrams(text, self.buckets, self.ngram_min, self.ngram_max), return_counts=True)
+            b, counts = np.unique(self.buckets_of(text), return_counts=True)
             offsets.append(at)
             at += len(b)
             ids.append(b)
@@ -107,7 +128,7 @@ class WidePart(nn.Module):
     def uses_deep(self) -> bool:
         return self.kind == "wide_deep"
 
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+    def forward(self, texts: Sequence[TextInput]) -> torch.Tensor:
         """[B, L] the wide logits."""
         ids, offsets, values = self.features(texts)
         dev = self.linear.bias.device

@@ -1,7 +1,7 @@
 """Joined feedback rows from the replay store, as batches for the online learner.
 
 A `FeedbackBatch` is the columns the learner needs, in numpy (texts stay a
-list): the served prediction, the logging propensity for off-policy learning
+list of model inputs: a text, or a `(text, text_pair)` pair where the row has one): the served prediction, the logging propensity for off-policy learning
 (the probability it was served with when serving explored; for a greedy
 answer, propensity 1, the served model's confidence), the label or the reward, and
 where the row came from (created_at, policy_version) for lineage.
@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.text_inputs import TextInput, inputs_from_columns
 from learners.objective import WorkerContext
 
 NO_LABEL = -1
@@ -39,7 +40,7 @@ class FeedbackSampler(Protocol):
 
 @dataclass
 class FeedbackBatch:
-    text: list[str]
+    text: list[TextInput]  # what the model reads: a text or a (text, text_pair) pair
     prediction: np.ndarray  # int64 [N]: the class the served model answered
     logged_p: np.ndarray  # float32 [N]: probability the served model gave `prediction` (nan: unknown)
     label: np.ndarray  # int64 [N]: the user's label, NO_LABEL when they only sent a reward
@@ -65,7 +66,7 @@ class FeedbackBatch:
         )
 
     @staticmethod
-    def from_rows(text: Sequence[str], prediction: Sequence[int], logged_p: Sequence[float],
+    def from_rows(text: Sequence[TextInput], prediction: Sequence[int], logged_p: Sequence[float],
                   label: Sequence[int | None] | None = None, reward: Sequence[float | None] | None = None,
                   created_at: Sequence[int] | None = None, policy_version: Sequence[int] | None = None) -> "FeedbackBatch":
         """Plain Python rows (tests, tools); None in label/reward means absent."""
@@ -105,8 +106,9 @@ def feedback_to_batch(rb: pa.RecordBatch) -> FeedbackBatch:
         served = pc.fill_null(rb.column("propensity"), np.float32(1.0)).to_numpy(zero_copy_only=False)
         explored = served < 1.0
         logged[explored] = served[explored]
+    pairs = rb.column("text_pair").to_pylist() if "text_pair" in rb.schema.names else None
     return FeedbackBatch(
-        rb.column("text").to_pylist(),
+        inputs_from_columns(rb.column("text").to_pylist(), pairs),
         pred,
         logged,
         pc.fill_null(rb.column("label"), NO_LABEL).to_numpy(zero_copy_only=False).astype(np.int64),

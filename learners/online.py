@@ -103,7 +103,8 @@ def build_bundle(setup: OnlineSetup) -> ClassifierBundle:
         return bundle
     if not setup.labels:
         raise ClassifierError("starting from an encoder needs the label names")
-    bundle = from_encoder(setup.weights, files, setup.labels, fb.max_len, seed=setup.seed)
+    bundle = from_encoder(setup.weights, files, setup.labels, fb.max_len, seed=setup.seed,
+                          pairs=fb.data.text_pair_column is not None)
     bundle.wide = new_wide(fb.model, len(bundle.labels))  # feedback.model.kind wide / wide_deep
     return bundle
 
@@ -210,10 +211,10 @@ class OnlineObjective:
         self.model.train()
         ids = mask = logits = None
         if self.uses_deep or self.boost.domain_mlm > 0:
-            ids, mask = self.bundle.encode(rows.text)
+            ids, mask, types = self.bundle.encode(rows.text)  # types: 0 / 1 per side of a pair
         if self.uses_deep:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.train_model(ids.to(dev), mask.to(dev))
+                logits = self.train_model(ids.to(dev), mask.to(dev), types.to(dev))
             logits = logits.float()  # [B, L]; the loss in float32
         table = _tensors(rows, dev)
 

@@ -1,5 +1,8 @@
 """One batch of texts answered by one classifier version: predictions for clients, events for the joiner.
 
+A text is a model input (core/text_inputs.py): one string, or a (text, text_pair) pair;
+the event keeps the pair's second text in `text_pair` (None for one text).
+
     probabilities [N, L] -> serving distribution (core/exploration.py) -> served label ~ it
     client:  label, probabilities (the model's), propensity (the served label's probability), novelty
     event:   prediction (the served label), probs, propensity, action_probs (the serving distribution),
@@ -19,6 +22,7 @@ import numpy as np
 
 from core.exploration import ExplorationSection, choose, serving_distribution
 from core.text_classifier import ClassifierBundle
+from core.text_inputs import TextInput, split_input
 from serving.novelty import NoveltyFollower
 
 GREEDY = ExplorationSection()
@@ -32,12 +36,12 @@ class Served:
     version: int
 
 
-def greedy_answers(served: Served, texts: list[str]) -> list[tuple[int, int]]:
+def greedy_answers(served: Served, texts: list[TextInput]) -> list[tuple[int, int]]:
     """(version, label id) per text: what `served` answers without exploring (a shadow's answers)."""
     return [(served.version, k) for k in served.bundle.predict_proba(texts).argmax(-1).tolist()]
 
 
-def classify(served: Served, texts: list[str], policy_id: str, replica: str,
+def classify(served: Served, texts: list[TextInput], policy_id: str, replica: str,
              novelty: NoveltyFollower | None = None, explore: ExplorationSection = GREEDY,
              rng: np.random.Generator | None = None,
              shadow: list[tuple[int, int] | None] | None = None) -> tuple[list[dict], list[dict]]:
@@ -50,12 +54,13 @@ def classify(served: Served, texts: list[str], policy_id: str, replica: str,
     labels = served.bundle.labels
     shadow = shadow or [None] * len(texts)
     preds, events = [], []
-    for text, p, d, k, mu, nov, sh in zip(texts, probs, dist, actions.tolist(), propensities.tolist(), novel, shadow):
+    for item, p, d, k, mu, nov, sh in zip(texts, probs, dist, actions.tolist(), propensities.tolist(), novel, shadow):
         event_id = uuid.uuid4().hex
+        text, text_pair = split_input(item)
         preds.append({"label": labels[k], "probabilities": {name: float(x) for name, x in zip(labels, p)},
                       "event_id": event_id, "model_version": served.version, "novelty": nov,
                       "propensity": float(mu)})
-        events.append({"event_id": event_id, "text": text, "prediction": k, "probs": [float(x) for x in p],
+        events.append({"event_id": event_id, "text": text, "text_pair": text_pair, "prediction": k, "probs": [float(x) for x in p],
                        "labels": labels, "policy_id": policy_id, "policy_version": served.version,
                        "actor_id": replica, "novelty": nov, "propensity": float(mu),
                        "action_probs": [float(x) for x in d],

@@ -2,6 +2,7 @@
 
     POST /v1/predict   {"text": "..."} | {"texts": [...]}  -> label, probabilities, event_id, model_version,
                                                            novelty (with a `novelty` loop: core/novelty.py)
+                       {"text": "...", "text_pair": "..."} | {"pairs": [["...", "..."], ...]}  (a pair model)
     POST /v1/feedback  {"event_id", "label"?, "reward"?}    -> accepted (joined by the shared FeedbackJoiner)
     GET  /v1/healthz   readiness: 200 once a version is live, else 503
     GET  /v1/models    the registry catalog (the app owns the /v1 prefix, so it answers what the gateway would)
@@ -62,8 +63,8 @@ from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
 from serving.auth_guard import RouteGuard, admit, grpc_headers
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
-from serving.requests import (FEEDBACK_BODY_BYTES, MAX_TEXTS, check_texts, max_body_bytes, parse_feedback, parse_json,
-                              parse_predict, read_body)
+from serving.requests import (FEEDBACK_BODY_BYTES, MAX_TEXTS, check_inputs_fit, grpc_inputs, max_body_bytes,
+                              parse_feedback, parse_json, parse_predict, read_body)
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,13 @@ api = FastAPIOffline(
 
 # ---- request / response models (the OpenAPI contract) -------------------------------
 class PredictRequest(BaseModel):
-    """Exactly one of `text` and `texts`."""
+    """Exactly one of `text` (with `text_pair` for a pair model), `texts` and `pairs`."""
 
-    text: str | None = Field(None, description="one text")
+    text: str | None = Field(None, description="one text (the first of a pair)")
+    text_pair: str | None = Field(None, description="the second text of a pair (a pair model only)")
     texts: list[str] | None = Field(None, description=f"1..{MAX_TEXTS} texts")
+    pairs: list[list[str]] | None = Field(None, description=f"1..{MAX_TEXTS} [text, text_pair] pairs "
+                                          "(a pair model only)")
 
 
 class Prediction(BaseModel):
@@ -244,6 +248,7 @@ class FeedbackServer:
     async def _predict(self, texts: list[str], client_key: str | None = None) -> list[dict]:
         if self.served is None:
             raise FeedbackRejected(503, f"no live version of {self.policy_id!r} yet; retry shortly")
+        check_inputs_fit(texts, self.served.bundle.pairs)  # before a batch: a misfit fails this request alone
         canary = self.canary.routes(client_key) if self.canary is not None else None
         shadow = await self._shadow_answers(texts)
         if canary is not None:  # a small share of traffic: answered alone, by the canary version
@@ -349,8 +354,7 @@ class FeedbackServer:
 
         try:
             admit(self.guard, grpc_headers(grpc_context), "predict")
-            preds = await self._predict(check_texts(list(request.texts), self.max_text_chars),
-                                        grpc_client_key(grpc_context))
+            preds = await self._predict(grpc_inputs(request, self.max_text_chars), grpc_client_key(grpc_context))
         except FeedbackRejected as exc:
             _grpc_error(grpc_context, exc)
             return evolve_pb2.PredictResponse()

@@ -1,10 +1,11 @@
 """The feedback join: inference events meet their feedback, once, within a time limit.
 
 A replica records an event for every text it classifies (`event_id` -> text,
-prediction, probabilities, label names, policy version).  A client's feedback
+and the second text of a pair (`text_pair`, None for one text), prediction, probabilities, label names, policy version).  A client's feedback
 names the event and gives the true label, or a reward in [0, 1], or both; the
 join checks it against the event and produces one row for the replay
-`feedback` table.  The request texts also go to the `text` table (continual MLM).
+`feedback` table.  The request texts also go to the `text` table (continual MLM),
+both texts of a pair as rows of their own.
 
 `EventJoin` is plain Python (one injectable clock, no Ray) so the rules are
 unit-tested; `FeedbackJoiner` is the Ray actor every replica shares, because
@@ -36,6 +37,7 @@ import ray
 
 from core.schemas import SchemaError
 from core.hashing import stable_unit_hash
+from core.text_inputs import input_of_row
 from serving.join_window import PrequentialWindows
 from serving.join_rules import FeedbackRejected, check_reward, describe, greedy_verdict, split_shadow
 
@@ -60,6 +62,7 @@ class Event:
     action_probs: list[float] | None = None  # the serving distribution it was drawn from
     shadow_version: int | None = None  # the gate's shadow version, when it answered this text too
     shadow_prediction: int | None = None  # its greedy answer (the client got `prediction`)
+    text_pair: str | None = None  # the second text of a pair input; None: one text
     created: float = 0.0  # set by the join's clock
     feedback: tuple[int | None, float | None] | None = None  # what was accepted (label, reward)
     answer: dict[str, Any] | None = None  # the answer given to it (repeated verbatim)
@@ -114,6 +117,9 @@ class EventJoin:
             self.stats.events += 1
             if self.text_table is not None:
                 rows.append(self._common(f"text-{ev.event_id}", self.text_table, ev, now) | {"text": ev.text})
+                if ev.text_pair is not None:
+                    rows.append(self._common(f"text-{ev.event_id}-pair", self.text_table, ev, now)
+                                | {"text": ev.text_pair})
         while len(self.events) > self.max_events:  # a burst beyond capacity: the oldest go first
             event_id, ev = self.events.popitem(last=False)
             self.stats.evicted_for_capacity += 1
@@ -162,11 +168,13 @@ class EventJoin:
         correct = None if label_idx is None else label_idx == ev.prediction
         ev.feedback = key
         ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
-        text, ev.text = ev.text, ""  # the row has it; the event only answers repeats from now on
+        # the row has the texts; the event only answers repeats from now on
+        (text, ev.text), (text_pair, ev.text_pair) = (ev.text, ""), (ev.text_pair, None)
         self.windows.add(ev.policy_version, *greedy_verdict(ev, label_idx, reward), client)
         self.stats.joined += 1
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
-            "event_id": event_id, "text": text, "prediction": ev.prediction, "probs": list(ev.probs),
+            "event_id": event_id, "text": text, "text_pair": text_pair, "prediction": ev.prediction,
+            "probs": list(ev.probs),
             "label": label_idx, "reward": reward, "propensity": ev.propensity,
             "action_probs": None if ev.action_probs is None else list(ev.action_probs),
         }
@@ -305,10 +313,11 @@ class Joiner:
             if shadowed is not None and self.gate_name is not None:
                 self._shadowed.append(shadowed)
             if row["label"] is not None and stable_unit_hash(f"{self.salt}{event_id}#recent") < self.recent_fraction:
-                self._recent.append((row["text"], int(row["label"])))  # the gate's, never the learner's
+                self._recent.append((input_of_row(row), int(row["label"])))  # the gate's, never the learner's
                 self.held_for_gate += 1
             elif stable_unit_hash(f"{self.salt}{event_id}#ope") < self.ope_fraction:
-                self._offpolicy.append({k: row[k] for k in ("text", "prediction", "propensity", "label", "reward")})
+                self._offpolicy.append({k: row[k] for k in ("text", "text_pair", "prediction", "propensity", "label",
+                                                            "reward")})
                 self.held_for_gate += 1
             else:
                 durable = self._queue(self.join.feedback_table, [row])

@@ -32,6 +32,7 @@ import numpy as np
 from core.feedback_config import GateSection
 from core.ope import Estimate, Logged, compare
 from core.text_classifier import ClassifierBundle
+from core.text_inputs import input_of_row
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class OPESlice:
             if reward is None or mu is None or not 0 < float(mu) <= 1:
                 continue  # nothing to learn from, or logged before propensities were
             with self._lock:
-                self.rows.append((str(r["text"]), action, float(mu), float(reward), label))
+                self.rows.append((input_of_row(r), action, float(mu), float(reward), label))
             added += 1
         return added
 

@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from core.text_inputs import TextInput, is_pair
 from serving.join import MAX_EVENT_ID_CHARS, FeedbackRejected
 
 MAX_TEXTS = 256  # per request: bounds one request's share of a batch
-MAX_JSON_DEPTH = 32  # nesting of arrays and objects; every valid body here nests 2 deep at most
+MAX_JSON_DEPTH = 32  # nesting of arrays and objects; every valid body here nests 3 deep at most
 FEEDBACK_BODY_BYTES = 64 * 1024  # a feedback body is an event id, a label and a reward
 MAX_REASON_VALUE = 60  # characters of a client's value quoted in a reason
+PREDICT_FIELDS = ("text", "text_pair", "texts", "pairs")
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string literal (unrolled: no backtracking)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
@@ -28,8 +30,8 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way a lone surr
 
 
 def max_body_bytes(max_text_chars: int, max_texts: int = MAX_TEXTS) -> int:
-    """A predict body's size limit: the most texts of the most characters, each escaped as \\uXXXX."""
-    return 64 * 1024 + max_texts * max_text_chars * 6
+    """A predict body's size limit: the most pairs of the most characters, each escaped as \\uXXXX."""
+    return 64 * 1024 + 2 * max_texts * max_text_chars * 6
 
 
 async def read_body(request: Any, max_bytes: int) -> bytes:
@@ -117,11 +119,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def check_texts(texts: Any, max_text_chars: int, max_texts: int = MAX_TEXTS, single: bool = False) -> list[str]:
+def check_texts(texts: Any, max_text_chars: int, max_texts: int = MAX_TEXTS, single: bool = False,
+                name: str = "'text'") -> list[str]:
     if not isinstance(texts, list) or not 1 <= len(texts) <= max_texts:
         raise FeedbackRejected(422, f"'texts' must be a list of 1..{max_texts} strings")
     for i, text in enumerate(texts):
-        where = "'text'" if single else f"texts[{i}]"
+        where = name if single else f"texts[{i}]"  # `name`: how a reason names a lone text
         if not isinstance(text, str):
             raise FeedbackRejected(422, f"{where} must be a string, got {type(text).__name__}")
         if not text.strip():
@@ -133,14 +136,65 @@ def check_texts(texts: Any, max_text_chars: int, max_texts: int = MAX_TEXTS, sin
     return texts
 
 
-def parse_predict(body: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> tuple[list[str], bool]:
-    """(texts, single) from a predict body; raises FeedbackRejected with the status and reason."""
-    body = _object(body, ("text", "texts"))
-    if ("text" in body) == ("texts" in body):
-        raise FeedbackRejected(422, "give either 'text' (a string) or 'texts' (a list of strings)")
+def parse_predict(body: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> tuple[list[TextInput], bool]:
+    """(model inputs, single) from a predict body; raises FeedbackRejected with the status and reason.
+
+    {"text": a} | {"text": a, "text_pair": b} | {"texts": [a, ...]} | {"pairs": [[a, b], ...]};
+    a pair's texts follow the rules of any text (check_texts), each side on its own.
+    """
+    body = _object(body, PREDICT_FIELDS)
+    given = [k for k in ("text", "texts", "pairs") if k in body]
+    if len(given) != 1:
+        raise FeedbackRejected(422, "give either 'text' (a string, with 'text_pair' for a pair), 'texts' (a list "
+                                    "of strings) or 'pairs' (a list of [text, text_pair])")
+    if "text_pair" in body and given != ["text"]:
+        raise FeedbackRejected(422, "'text_pair' goes with 'text'; send a batch of pairs as 'pairs'")
+    if "pairs" in body:
+        return check_pairs(body["pairs"], max_text_chars, max_texts), False
     if "text" in body:
-        return check_texts([body["text"]], max_text_chars, max_texts, single=True), True
+        (text,) = check_texts([body["text"]], max_text_chars, max_texts, single=True)
+        if "text_pair" not in body:
+            return [text], True
+        (second,) = check_texts([body["text_pair"]], max_text_chars, max_texts, single=True, name="'text_pair'")
+        return [(text, second)], True
     return check_texts(body["texts"], max_text_chars, max_texts), False
+
+
+def check_pairs(pairs: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> list[TextInput]:
+    if not isinstance(pairs, list) or not 1 <= len(pairs) <= max_texts:
+        raise FeedbackRejected(422, f"'pairs' must be a list of 1..{max_texts} [text, text_pair] lists")
+    out: list[TextInput] = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise FeedbackRejected(422, f"pairs[{i}] must be a list of two strings [text, text_pair], "
+                                        f"got {short(pair)}")
+        a, b = (check_texts([side], max_text_chars, max_texts, single=True, name=f"pairs[{i}][{k}]")[0]
+                for k, side in enumerate(pair))
+        out.append((a, b))
+    return out
+
+
+def grpc_inputs(request: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> list[TextInput]:
+    """A gRPC PredictRequest's inputs: `texts`, paired index by index with `text_pairs` when it is given."""
+    texts, seconds = list(request.texts), list(request.text_pairs)
+    if not seconds:
+        return check_texts(texts, max_text_chars, max_texts)
+    if len(seconds) != len(texts):
+        raise FeedbackRejected(422, f"'text_pairs' has {len(seconds)} texts for {len(texts)} 'texts'; "
+                                    "give one second text per text")
+    return check_pairs([[a, b] for a, b in zip(texts, seconds)], max_text_chars, max_texts)
+
+
+def check_inputs_fit(inputs: list[TextInput], model_pairs: bool) -> None:
+    """A pair to a one-text model, or one text to a pair model: 422 saying what the model reads.
+
+    Refused rather than read some other way: a one-text model never saw token type 1 or a
+    second [SEP], so its answer on a pair (or a pair model's on half of one) is a confident
+    guess, and its feedback row would teach the learner an input it is not built for."""
+    if model_pairs and not all(is_pair(x) for x in inputs):
+        raise FeedbackRejected(422, "this model classifies text pairs: send 'text' with 'text_pair', or 'pairs'")
+    if not model_pairs and any(is_pair(x) for x in inputs):
+        raise FeedbackRejected(422, "this model classifies single texts: send 'text' or 'texts', without pairs")
 
 
 def parse_feedback(body: Any) -> tuple[str, int | str | None, float | None]:

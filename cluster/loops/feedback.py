@@ -229,6 +229,9 @@ class FeedbackLoop(LoopBase):
         return {
             "policy_id": self.fb.policy_id,
             "origin": self.origin,
+            # what a request carries (the report's summary table shows it), and the accuracy of a guess
+            "inputs": "text pairs (text, text_pair)" if self.data.pairs else "texts",
+            "chance_accuracy": round(1.0 / len(self.data.labels), 4),
             "initial_heldout_accuracy": g.get("initial_heldout_accuracy"),
             "heldout_accuracy": g.get("heldout_accuracy"),
             "events_to_95pct": events_to_fraction(curve, g.get("heldout_accuracy")),

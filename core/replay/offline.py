@@ -29,16 +29,18 @@ def read_table(replay_dir: str | Path, table: str, cfg: ReplayConfig) -> pa.Tabl
     from core.schemas import schema_for
 
     schema = schema_for(tcfg.kind, obs_dim=tcfg.obs_dim) if tcfg.kind == "transitions" else schema_for(tcfg.kind)
-    parts = [_live_rows(d / table, tcfg.capacity) for d in shard_dirs(Path(replay_dir))]
+    # read against the declared schema: segments written before a nullable column was added
+    # (e.g. feedback's text_pair) get it as nulls, so old and new segments concatenate
+    parts = [_live_rows(d / table, tcfg.capacity, schema) for d in shard_dirs(Path(replay_dir))]
     parts = [p for p in parts if p is not None and p.num_rows]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def _live_rows(table_dir: Path, capacity: int) -> pa.Table | None:
+def _live_rows(table_dir: Path, capacity: int, schema: pa.Schema | None = None) -> pa.Table | None:
     if not table_dir.is_dir():
         return None
     batches, start = [], None
-    for seg, seg_batches in scan(table_dir):
+    for seg, seg_batches in scan(table_dir, schema):
         if start is None and seg.rows:
             start = seg.start
         batches += [b for b in seg_batches if b.num_rows]

@@ -30,8 +30,8 @@ def _train(bundle: ClassifierBundle, rows, steps: int, seed: int, flip: bool = F
     bundle.model.train()
     for _ in range(steps):
         i = torch.randint(0, len(texts), (32,), generator=gen)
-        ids, mask = bundle.encode([texts[j] for j in i])
-        loss = torch.nn.functional.cross_entropy(bundle.model(ids, mask), labels[i])
+        ids, mask, types = bundle.encode([texts[j] for j in i])
+        loss = torch.nn.functional.cross_entropy(bundle.model(ids, mask, types), labels[i])
         opt.zero_grad()
         loss.backward()
         opt.step()
