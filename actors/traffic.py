@@ -49,9 +49,9 @@ import httpx
 import numpy as np
 import ray
 
+from actors.pair_traffic import predict_body
 from core.feedback_config import DataSection, TrafficSection
 from core.labeled_data import LabeledData, ordered_index
-from actors.pair_traffic import predict_body
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 

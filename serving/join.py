@@ -168,8 +168,8 @@ class EventJoin:
         correct = None if label_idx is None else label_idx == ev.prediction
         ev.feedback = key
         ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
-        # the row has the texts; the event only answers repeats from now on
-        (text, ev.text), (text_pair, ev.text_pair) = (ev.text, ""), (ev.text_pair, None)
+        text, text_pair = ev.text, ev.text_pair
+        ev.text, ev.text_pair = "", None  # the row has them; the event only answers repeats from now on
         self.windows.add(ev.policy_version, *greedy_verdict(ev, label_idx, reward), client)
         self.stats.joined += 1
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {

@@ -32,7 +32,7 @@ import numpy as np
 from core.feedback_config import GateSection
 from core.ope import Estimate, Logged, compare
 from core.text_classifier import ClassifierBundle
-from core.text_inputs import input_of_row
+from core.text_inputs import TextInput, input_of_row
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class OPEVerdict:
 
 class OPESlice:
     def __init__(self, size: int, min_rows: int):
-        self.rows: deque[tuple[str, int, float, float, int]] = deque(maxlen=size)
+        self.rows: deque[tuple[TextInput, int, float, float, int]] = deque(maxlen=size)  # input, a, mu, r, label
         self.min_rows = min_rows
         self._lock = threading.Lock()  # the joiner's rows arrive on another gate thread while a candidate is scored
 
