@@ -9,7 +9,10 @@
               traffic, for each kind -> loop_accuracy_<kind> (the live version's held-out accuracy
               at the end), ratio_<kind> (loop / offline), events_to_95pct_<kind> (summary.json)
 
-The last line with --json is one JSON object with every figure.
+The last line with --json is one JSON object with every figure.  Beside each kind's figures,
+`machine_<kind>` says how busy the machine was with other work while that loop ran
+(benchmarks/machine_watch.py); a kind whose run shared the machine is named in `busy_kinds`, and
+its figures do not compare with the others'.
 
     .venv/bin/python benchmarks/loop_vs_offline.py --json [--budget-s 600] [--kinds deep,wide,wide_deep]
         [--data PATH --text-column C --label-column L] [--set KEY=VALUE ...]
@@ -29,6 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine_watch import MachineWatch, busy  # noqa: E402
 
 KINDS = ("deep", "wide", "wide_deep")
 
@@ -60,16 +66,25 @@ def offline_baseline(train: list[tuple[str, int]], heldout: list[tuple[str, int]
     return {"offline_baseline_accuracy": round(acc, 4), "offline_fit_s": round(time.perf_counter() - started, 1)}
 
 
-def evolve_run(config: str, run_dir: Path, budget_s: float, overrides: list[str], log: Path) -> dict:
+def evolve_run(config: str, run_dir: Path, budget_s: float, overrides: list[str], log: Path) -> tuple[dict, dict]:
+    """(the run's summary.json, how busy the machine was with other work while it ran)."""
     cmd = [sys.executable, "-m", "cluster.cli", "run", config, "--budget-s", str(budget_s), "--run-dir", str(run_dir)]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    watch = MachineWatch()
     with log.open("w") as out:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=budget_s + 900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
-    return json.loads((run_dir / "summary.json").read_text())
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        watch.start(proc.pid)
+        try:
+            returncode = proc.wait(timeout=budget_s + 900)
+        finally:
+            machine = watch.stop()
+            if proc.poll() is None:
+                proc.kill()
+    if returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({returncode}); see {log}")
+    return json.loads((run_dir / "summary.json").read_text()), machine
 
 
 def main() -> None:
@@ -102,13 +117,14 @@ def main() -> None:
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="loop_vs_offline_"))
     root.mkdir(parents=True, exist_ok=True)
+    result["busy_kinds"] = {}
     for kind in kinds:
         run_dir = root / kind
         started = time.time()
         # a free port and no dashboard: other runs on this machine may hold the preset's 8000 / 8265
         ports = [f"serving.http_port={free_port()}", "cluster.include_dashboard=false"]
-        summary = evolve_run(args.config, run_dir, args.budget_s, [*ports, *overrides, f"feedback.model.kind={kind}"],
-                             root / f"{kind}.log")
+        summary, machine = evolve_run(args.config, run_dir, args.budget_s,
+                                      [*ports, *overrides, f"feedback.model.kind={kind}"], root / f"{kind}.log")
         loop = summary["loops"][cfg.feedback.name]
         acc = loop.get("heldout_accuracy")
         result[f"loop_accuracy_{kind}"] = acc
@@ -118,6 +134,11 @@ def main() -> None:
         result[f"initial_accuracy_{kind}"] = loop.get("initial_heldout_accuracy")
         result[f"promoted_{kind}"] = loop.get("promoted")
         result[f"wall_s_{kind}"] = round(time.time() - started, 1)
+        result[f"machine_{kind}"] = machine
+        why = busy(machine)
+        if why is not None:
+            result["busy_kinds"][kind] = why
+            print(f"warning: {kind} shared the machine ({why}): its figures do not compare", flush=True)
         print(f"{kind}: held-out {acc} (ratio {result[f'ratio_{kind}']}), events to 95% "
               f"{result[f'events_to_95pct_{kind}']}, {result[f'feedback_events_{kind}']} feedback events", flush=True)
     deep, wd = result.get("events_to_95pct_deep"), result.get("events_to_95pct_wide_deep")
