@@ -48,7 +48,6 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -60,6 +59,7 @@ from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder
 from core.wide_model import new_wide
 from learners.feedback_source import FeedbackBatch, Reservoir
 from learners.objective import ExportedPolicy, WorkerContext
+from learners.data_window import DataWindow
 from learners.domain_mlm import DomainMLM
 from learners.online_boost import BoostFollower, answered
 from learners.wide_learner import WideTrainer
@@ -165,8 +165,8 @@ class OnlineObjective:
                                        "mlm_loss": math.nan,
                                        "train_accuracy": math.nan, "importance_weight": math.nan,
                                        "clipped_share": math.nan}
-        self.window = _DataWindow()  # rows learned from since the last candidate
-        self.total = _DataWindow()  # ... since the start of the run (survives resume)
+        self.window = DataWindow()  # rows learned from since the last candidate
+        self.total = DataWindow()  # ... since the start of the run (survives resume)
         self._files = self.bundle.files()
         self._gate_ref: Any = None
         self.boost = BoostFollower(self.fb, config.gate, self.optimizer, ctx)  # the gate's learner_boost
@@ -190,7 +190,6 @@ class OnlineObjective:
                 self.backlog.appendleft(fresh)
             self.idle += 1
             return self._metrics(idle=1.0)
-        fb = self.fb
         # rehearsal rows are drawn before the fresh rows join the reservoir: they are older
         k = int(round(len(fresh) * self.boost.rehearsal / (1.0 - self.boost.rehearsal)))
         old = self.reservoir.sample(k, self.rng)
@@ -302,7 +301,7 @@ class OnlineObjective:
     def _candidate(self) -> None:
         # all ranks: the data range of the update window, summed over ranks
         window = self.window.reduced(self.ctx)
-        self.window = _DataWindow()
+        self.window = DataWindow()
         if self.ctx.rank != 0 or self.setup_.gate is None:
             return
         if self.fb.skip_when_gate_busy and not answered(self._gate_ref):
@@ -315,7 +314,7 @@ class OnlineObjective:
         self._gate_ref = self.setup_.gate.submit.remote(self.fb.policy_id, weights, self._files, self.metadata(window))
         self.candidates += 1
 
-    def metadata(self, window: "_DataWindow | None" = None) -> dict[str, Any]:
+    def metadata(self, window: "DataWindow | None" = None) -> dict[str, Any]:
         window = window or self.window
         return {
             "parent_version": self.setup_.parent_version,
@@ -364,7 +363,7 @@ class OnlineObjective:
         self.baseline = float(state["baseline"])
         self.last.update({k: float(v) for k, v in state["last"].items()})
         self.reservoir.load_state_dict(state["reservoir"])
-        self.total = _DataWindow.from_state(state["total"])
+        self.total = DataWindow.from_state(state["total"])
         if self.wide is not None and state.get("wide") is not None:
             self.wide.load_state_dict(state["wide"])
         self._reseed()
@@ -380,83 +379,3 @@ class OnlineObjective:
                                                                            if isinstance(v, (int, float)) and v == v}},
                               info={**meta["info"], "parent_version": self.setup_.parent_version,
                                     "data_range": meta["data_range"]})
-
-
-class _DataWindow:
-    """Counts and time range of the rows learned from (lineage for a candidate's metadata)."""
-
-    FIELDS = ("rows", "fresh", "labeled", "rewarded", "updates", "loss_sum")  # loss_sum last
-
-    def __init__(self) -> None:
-        self.rows = self.fresh = self.labeled = self.rewarded = self.updates = 0
-        self.loss_sum = 0.0
-        self.created_min = self.created_max = None  # µs since the epoch
-        self.version_min = self.version_max = None
-
-    def add(self, b: FeedbackBatch, fresh: int) -> None:
-        self.rows += len(b)
-        self.fresh += fresh
-        self.labeled += int((b.label >= 0).sum())
-        self.rewarded += int(((b.label < 0) & np.isfinite(b.reward)).sum())
-        if len(b):
-            self.created_min = _min(self.created_min, int(b.created_at.min()))
-            self.created_max = _max(self.created_max, int(b.created_at.max()))
-            self.version_min = _min(self.version_min, int(b.policy_version.min()))
-            self.version_max = _max(self.version_max, int(b.policy_version.max()))
-
-    def mean_loss(self) -> float | None:
-        return self.loss_sum / self.updates if self.updates else None
-
-    def reduced(self, ctx: WorkerContext) -> "_DataWindow":
-        """The window over every rank (counts summed, ranges widened); a collective under DDP."""
-        if ctx.world_size == 1:
-            return self
-        import torch.distributed as dist
-
-        big = float(2**62)
-        sums = torch.tensor([float(getattr(self, f)) for f in self.FIELDS], dtype=torch.float64, device=ctx.device)
-        # max of (-min, max) in one call; float64 holds µs timestamps exactly (< 2^53)
-        ends = torch.tensor([-(self.created_min if self.created_min is not None else big),
-                             self.created_max if self.created_max is not None else -big,
-                             -(self.version_min if self.version_min is not None else big),
-                             self.version_max if self.version_max is not None else -big],
-                            dtype=torch.float64, device=ctx.device)
-        dist.all_reduce(sums)
-        dist.all_reduce(ends, op=dist.ReduceOp.MAX)
-        out = _DataWindow()
-        for f, v in zip(self.FIELDS, sums.tolist()):
-            setattr(out, f, int(v))
-        out.updates = self.updates  # the same updates on every rank, not world_size times as many
-        out.loss_sum = float(sums[-1]) / ctx.world_size  # mean of the ranks' losses
-        e = ends.tolist()
-        out.created_min = None if -e[0] >= big else int(-e[0])
-        out.created_max = None if e[1] <= -big else int(e[1])
-        out.version_min = None if -e[2] >= big else int(-e[2])
-        out.version_max = None if e[3] <= -big else int(e[3])
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rows": self.rows, "fresh_rows": self.fresh, "labeled_rows": self.labeled, "reward_rows": self.rewarded, "updates": self.updates,
-                "created_at_min": _iso(self.created_min), "created_at_max": _iso(self.created_max),
-                "policy_version_min": self.version_min, "policy_version_max": self.version_max}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items()}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "_DataWindow":
-        out = cls()
-        out.__dict__.update(state)
-        return out
-
-
-def _min(a: int | None, b: int) -> int:
-    return b if a is None else min(a, b)
-
-
-def _max(a: int | None, b: int) -> int:
-    return b if a is None else max(a, b)
-
-
-def _iso(us: int | None) -> str | None:
-    return None if us is None else datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
