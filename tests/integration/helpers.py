@@ -101,3 +101,20 @@ def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cluster.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s
     )
+
+
+def tiny_bert_checkpoint(path: Path, texts: list[str]) -> Path:
+    """A Hugging Face format directory (config, weights, a WordPiece tokenizer trained on `texts`),
+    written with save_pretrained: what a user brings as `feedback.pretrained_dir`, never from the hub."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from core.tokenizer import train_wordpiece
+
+    tok = train_wordpiece(texts, 800)
+    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

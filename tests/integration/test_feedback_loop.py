@@ -19,15 +19,12 @@ import json
 
 import httpx
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 
 from cluster.cli import main as evolve
 from core.labeled_data import sentiment_reviews
 from core.registry import PolicyRegistry
-from core.tokenizer import train_wordpiece
 from tests.conftest import free_port
-from tests.integration.helpers import CliProcess, serving, wait_until
+from tests.integration.helpers import CliProcess, serving, tiny_bert_checkpoint, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,21 +32,10 @@ BUDGET_S = 150  # start-up (Ray, Serve, the routes answering, the Train worker) 
 GATE_TOLERANCE = 0.99  # promote every candidate (see the module docstring)
 
 
-def _tiny_bert_checkpoint(path):
-    """A Hugging Face format directory (config, weights, tokenizer), never from the hub."""
-    tok = train_wordpiece([t for t, _ in sentiment_reviews()[::7]], 800)
-    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def sentiment_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sentiment")
-    checkpoint = _tiny_bert_checkpoint(tmp / "tiny-bert")
+    checkpoint = tiny_bert_checkpoint(tmp / "tiny-bert", [t for t, _ in sentiment_reviews()[::7]])
     http_port = free_port()
     proc = CliProcess(
         "run", "configs/sentiment.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),

@@ -12,14 +12,11 @@ import grpc
 import httpx
 import pyarrow.parquet as pq
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 
 from cluster.cli import main as evolve
 from core.text_corpus import people_daily_texts
-from core.tokenizer import train_wordpiece
 from tests.conftest import free_port
-from tests.integration.helpers import CliProcess, serving, wait_until
+from tests.integration.helpers import CliProcess, serving, tiny_bert_checkpoint, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,20 +24,10 @@ BUDGET_S = 150  # start-up takes about half of it on 2 cores
 A, B = "国务院总理李鹏今天在人民大会堂会见了外国客人。", "双方就两国关系和共同关心的国际问题交换了意见。"
 
 
-def _tiny_bert(path):
-    tok = train_wordpiece(people_daily_texts()[::20], 800)
-    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def pair_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pairs")
-    checkpoint = _tiny_bert(tmp / "tiny-bert")
+    checkpoint = tiny_bert_checkpoint(tmp / "tiny-bert", people_daily_texts()[::20])
     http_port, grpc_port = free_port(), free_port()
     proc = CliProcess(
         "run", "configs/pairs.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
