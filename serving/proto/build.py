@@ -65,9 +65,13 @@ def stale() -> bool:
 
 
 def ensure_stubs() -> None:
-    """Build the stubs if they are missing (cheap no-op otherwise)."""
-    if any(not (HERE / name).exists() for name in OUTPUTS):
+    """Build the stubs if they are missing or older than evolve.proto (a pull that changed the
+    service); a cheap no-op otherwise."""
+    outputs = [HERE / name for name in OUTPUTS]
+    if any(not p.exists() or p.stat().st_mtime < PROTO.stat().st_mtime for p in outputs):
         build()
+        for p in outputs:  # unchanged content keeps its old mtime: mark it checked
+            os.utime(p)
 
 
 def main(argv: list[str] | None = None) -> int:
