@@ -12,7 +12,9 @@
 The last line with --json is one JSON object with every figure.  Beside each kind's figures,
 `machine_<kind>` says how busy the machine was with other work while that loop ran
 (benchmarks/machine_watch.py); a kind whose run shared the machine is named in `busy_kinds`, and
-its figures do not compare with the others'.
+its figures do not compare with the others'.  `replica_rss_mib_<kind>` and `learner_rss_mib_<kind>`
+give the resident memory (MiB, first / largest / last sample) of the feedback replica and the
+learner worker over the run (benchmarks/run_memory.py).
 
     .venv/bin/python benchmarks/loop_vs_offline.py --json [--budget-s 600] [--kinds deep,wide,wide_deep]
         [--data PATH --text-column C --label-column L] [--set KEY=VALUE ...]
@@ -87,6 +89,10 @@ def evolve_run(config: str, run_dir: Path, budget_s: float, overrides: list[str]
     return json.loads((run_dir / "summary.json").read_text()), machine
 
 
+def _mib(rss: dict | None) -> str:
+    return "not seen" if rss is None else f"{rss['first_mib']}/{rss['max_mib']}/{rss['last_mib']}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
@@ -135,12 +141,16 @@ def main() -> None:
         result[f"promoted_{kind}"] = loop.get("promoted")
         result[f"wall_s_{kind}"] = round(time.time() - started, 1)
         result[f"machine_{kind}"] = machine
+        for role, rss in machine["run_memory"].items():  # bounded: last close to first, whatever the events
+            result[f"{role}_rss_mib_{kind}"] = rss
         why = busy(machine)
         if why is not None:
             result["busy_kinds"][kind] = why
             print(f"warning: {kind} shared the machine ({why}): its figures do not compare", flush=True)
         print(f"{kind}: held-out {acc} (ratio {result[f'ratio_{kind}']}), events to 95% "
-              f"{result[f'events_to_95pct_{kind}']}, {result[f'feedback_events_{kind}']} feedback events", flush=True)
+              f"{result[f'events_to_95pct_{kind}']}, {result[f'feedback_events_{kind}']} feedback events; resident "
+              f"MiB first/max/last: replica {_mib(result[f'replica_rss_mib_{kind}'])}, learner "
+              f"{_mib(result[f'learner_rss_mib_{kind}'])}", flush=True)
     deep, wd = result.get("events_to_95pct_deep"), result.get("events_to_95pct_wide_deep")
     if deep and wd is not None:
         result["events_to_95pct_wide_deep_over_deep"] = round(wd / deep, 3)

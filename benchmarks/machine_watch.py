@@ -9,7 +9,7 @@ benchmarks that run live loops record this beside their figures.
     watch = MachineWatch(); watch.start(run_pid) ... watch.stop() -> {
         other_cpu_median, other_cpu_max: CPUs used by processes outside the run's tree (and this one)
         other_ray_clusters_max: Ray clusters (one GCS server each) outside the run's tree
-        cpus, samples }
+        cpus, samples, run_memory: the run's replica and learner resident memory (run_memory.py) }
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import statistics
 import threading
 from dataclasses import dataclass
 from typing import Iterable
+
+from run_memory import RunMemory
 
 GCS = "gcs_server"
 
@@ -49,12 +51,28 @@ def outside(procs: Iterable[Proc], root_pid: int | None, me: int) -> tuple[float
     return sum(p.cpu for p in others), sum(p.name == GCS for p in others)
 
 
+def in_tree(procs: Iterable[Proc], root_pid: int) -> list[int]:
+    """The pids of `root_pid` and its descendants."""
+    procs = list(procs)
+    children: dict[int, list[int]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p.pid)
+    found, todo = set(), [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:  # a parent loop in the table must not hang
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return sorted(found)
+
+
 class MachineWatch:
     def __init__(self, interval_s: float = 5.0):
         import psutil
 
         self.psutil, self.interval_s = psutil, interval_s
         self.root_pid: int | None = None
+        self.memory = RunMemory()  # the run's own workers: resident memory per role
         self.cpu: list[float] = []
         self.clusters: list[int] = []
         self._stop = threading.Event()
@@ -68,6 +86,8 @@ class MachineWatch:
                 procs.append(Proc(p.info["pid"], p.info["ppid"] or 0, p.info["name"] or "", p.cpu_percent() / 100))
             except self.psutil.Error:  # gone or not ours to read
                 continue
+        if self.root_pid is not None:
+            self.memory.sample(in_tree(procs, self.root_pid))
         return outside(procs, self.root_pid, os.getpid())
 
     def start(self, root_pid: int) -> None:
@@ -88,7 +108,7 @@ class MachineWatch:
         return {"other_cpu_median": round(statistics.median(self.cpu), 2) if self.cpu else None,
                 "other_cpu_max": round(max(self.cpu), 2) if self.cpu else None,
                 "other_ray_clusters_max": max(self.clusters, default=0),
-                "cpus": os.cpu_count() or 1, "samples": len(self.cpu)}
+                "cpus": os.cpu_count() or 1, "samples": len(self.cpu), "run_memory": self.memory.headline()}
 
 
 def busy(figures: dict[str, float | int | None]) -> str | None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from machine_watch import MachineWatch, Proc, busy, outside  # noqa: E402
+from machine_watch import MachineWatch, Proc, busy, in_tree, outside  # noqa: E402
+from run_memory import RunMemory  # noqa: E402
 
 ME = 10
 
@@ -61,3 +62,35 @@ def test_a_real_gcs_server_counts_unless_it_is_in_the_runs_tree(tmp_path):
         assert with_it == without_it + 1
     finally:
         os.kill(pid, signal.SIGKILL)
+
+
+def test_the_runs_tree_is_the_root_and_its_descendants():
+    procs = [Proc(1, 0, "init", 0), Proc(20, 1, "python", 0), Proc(21, 20, "raylet", 0), Proc(23, 21, "w", 0),
+             Proc(30, 1, "other", 0), Proc(5, 6, "a", 0), Proc(6, 5, "b", 0)]
+    assert in_tree(procs, 20) == [20, 21, 23]
+    assert in_tree(procs, 5) == [5, 6]
+
+
+def test_run_memory_keeps_each_roles_largest_process_per_sample():
+    memory = RunMemory()
+    mib = 2**20
+    memory.add([("ray::ServeReplica:sentiment:Feedback", 300 * mib), ("ray::ServeReplica:sentiment:Ingress", 100 * mib),
+                ("ray::RayTrainWorker.run_train_fn", 500 * mib), ("ray::RayTrainWorker", 200 * mib),
+                ("/usr/bin/python -m cluster.cli run", 900 * mib), ("ray::IDLE", 50 * mib)])
+    memory.add([("ray::ServeReplica:sentiment:Feedback.handle_request_with_rejection", 320 * mib),
+                ("ray::RayTrainWorker.run_train_fn", 450 * mib)])  # busy workers: their titles name the method
+    report = memory.report()
+    assert report["ray::RayTrainWorker"] == {"first_mib": 500.0, "max_mib": 500.0, "last_mib": 450.0, "samples": 2}
+    assert report["ray::ServeReplica:sentiment:Feedback"]["last_mib"] == 320.0  # one role, idle or busy
+    assert "ray::IDLE" in report and not any("cluster.cli" in role for role in report)  # only Ray workers
+    head = memory.headline()
+    assert head["replica"]["max_mib"] == 320.0  # the largest replica: the feedback app's, not the ingress
+    assert head["learner"]["first_mib"] == 500.0
+    assert RunMemory().headline() == {"replica": None, "learner": None}
+
+
+def test_a_watched_process_trees_memory_is_read(tmp_path):
+    watch = MachineWatch()
+    watch.root_pid = os.getpid()
+    watch.sample()
+    assert watch.memory.series == {}  # pytest is not a Ray worker: nothing to report, no error
