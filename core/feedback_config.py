@@ -171,13 +171,17 @@ class FeedbackModelConfig(ModelConfig):
     linear model on hashed character n-grams (core/wide_model.py), or both."""
 
     kind: Literal["deep", "wide", "wide_deep"] = "deep"
-    # wide_deep: `sum` trains deep + wide logits jointly on one loss; `gate` trains each part on its
-    # own loss and learns a_deep * deep + a_wide * wide + c on top (stacking).
-    combine: Literal["sum", "gate"] = "sum"
+    # wide_deep: `gate` trains each part on its own loss and learns a_deep * deep + a_wide * wide + c
+    # on top (stacking), starting from the wide part alone; `sum` trains deep + wide logits jointly
+    # on one loss.  The gate keeps a weak deep part from pulling the sum below the wide model's own
+    # accuracy (benchmarks/README.md, loop_vs_offline).
+    combine: Literal["sum", "gate"] = "gate"
     wide_buckets: int = Field(default=2**20, ge=2, le=2**26)  # hash size: the wide model's memory is fixed by it
     wide_ngram_min: int = Field(default=1, ge=1, le=8)
-    wide_ngram_max: int = Field(default=2, ge=1, le=8)
-    wide_lr: float = Field(default=0.5, gt=0)  # AdaGrad step size of the wide part (per-feature rates)
+    wide_ngram_max: int = Field(default=3, ge=1, le=8)  # trigrams: Chinese words run 1-3 characters
+    # AdaGrad step size of the wide part (per-feature rates); a live loop replays rows (rehearsal,
+    # traffic that repeats) and larger steps overfit them
+    wide_lr: float = Field(default=0.1, gt=0)
 
     @model_validator(mode="after")
     def _ngrams(self) -> "FeedbackModelConfig":

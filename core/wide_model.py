@@ -12,9 +12,10 @@ maps a text to the same buckets.
 `kind` says how the served classifier uses it:
   wide       the linear model alone (the encoder is carried, unused, so novelty scoring still has it)
   wide_deep  combined with the deep encoder's logits (`combine`):
-               sum   deep + wide, trained jointly on one loss (Wide & Deep, Cheng et al. 2016)
                gate  a_deep * deep + a_wide * wide + c, each part trained on its own loss and the
-                     three mixing figures on the combined loss of the parts' detached logits (stacking)
+                     three mixing figures on the combined loss of the parts' detached logits
+                     (stacking); it starts at (0, 1, 0), the wide model alone (the default)
+               sum   deep + wide, trained jointly on one loss (Wide & Deep, Cheng et al. 2016)
 
 A pair `(a, b)` (core/text_inputs.py) is hashed as three sides: the n-grams of a,
 those of b, and those of b that also occur in a, each side salted into its own
@@ -122,7 +123,9 @@ class WidePart(nn.Module):
         self.kind, self.combine = kind, combine
         self.features = HashedNgrams(buckets, ngram_min, ngram_max)
         self.linear = WideLinear(buckets, num_labels)
-        self.mix = nn.Parameter(torch.tensor([1.0, 1.0, 0.0]))  # a_deep, a_wide, c (gate only): a plain sum first
+        # a_deep, a_wide, c (gate only).  The gate starts as the wide model alone: a fresh head on the
+        # encoder answers at chance and would only add noise, so the deep part earns its weight on the stream
+        self.mix = nn.Parameter(torch.tensor([0.0, 1.0, 0.0] if combine == "gate" else [1.0, 1.0, 0.0]))
 
     @property
     def uses_deep(self) -> bool:

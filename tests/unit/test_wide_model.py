@@ -128,7 +128,7 @@ def test_wide_deep_sum_trains_both_parts_and_gate_trains_its_mixing(encoder_file
     assert summed.bundle.wide.mix.tolist() == [1.0, 1.0, 0.0]  # sum: no mixing figures learned
     gated = _wide_objective(encoder_files, "wide_deep", "gate")
     gated.step(batch)
-    assert gated.bundle.wide.mix.tolist() != [1.0, 1.0, 0.0]
+    assert gated.bundle.wide.mix.tolist() != [0.0, 1.0, 0.0]  # the gate starts as the wide part alone
 
 
 def test_a_checkpoint_restores_the_wide_weights_and_adagrad_state(encoder_files, reviews):
@@ -155,3 +155,12 @@ def test_events_to_95pct_is_the_first_curve_point_at_95_percent_of_the_final_val
     assert events_to_fraction(curve, None) is None
     assert events_to_fraction(curve, 0.99) is None  # never reached
     assert events_to_fraction([{"events": None, "heldout_accuracy": 0.5}], 0.5) == 0  # the start: none learned yet
+
+
+def test_a_fresh_gate_serves_the_wide_part_alone():
+    from core.wide_model import WidePart
+
+    part = WidePart(2, "wide_deep", "gate", buckets=64)
+    deep, wide = torch.tensor([[3.0, -3.0]]), torch.tensor([[0.2, 0.1]])
+    assert torch.equal(part.combined(deep, wide), wide)  # a fresh encoder head adds nothing until it earns weight
+    assert torch.equal(WidePart(2, "wide_deep", "sum", buckets=64).combined(deep, wide), deep + wide)
