@@ -8,6 +8,10 @@ reward (1 if the prediction was right).  The deep part starts from a random init
 held-out accuracy on the first `--heldout` held-out rows is recorded.
 
     .venv/bin/python benchmarks/wide_deep_combine.py --json [--rows 2400] [--setups wide,wide_deep:sum,wide_deep:gate]
+        [--heldout 1000] [--model wide_lr=0.1 --model wide_ngram_max=3]
+
+`--rows` above the 15,608 traffic rows runs further passes, each in a fresh order, as a live
+loop's traffic repeats.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def stream(kind: str, combine: str, rows: int, p_label: float, heldout: int, eval_every: int, seed: int) -> dict:
+def stream(kind: str, combine: str, rows: int, p_label: float, heldout: int, eval_every: int, seed: int,
+           model: dict | None = None) -> dict:
     import torch
 
     from core.classifier_start import starting_classifier
@@ -37,9 +42,11 @@ def stream(kind: str, combine: str, rows: int, p_label: float, heldout: int, eva
     torch.set_num_threads(1)
     data = load_labeled(None, heldout_fraction=0.1, max_heldout=1000)
     rng = np.random.default_rng(seed)
-    train = [data.train[i] for i in rng.permutation(len(data.train))[:rows]]
+    n = len(data.train)  # more rows than traffic: further passes, each in a fresh order (traffic repeats)
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-rows // n))])[:rows]
+    train = [data.train[i] for i in order]
     fb = FeedbackConfig()
-    fb = fb.model_copy(update={"model": fb.model.model_copy(update={"kind": kind, "combine": combine})})
+    fb = fb.model_copy(update={"model": fb.model.model_copy(update={"kind": kind, "combine": combine, **(model or {})})})
     start = starting_classifier(fb, data, seed=seed)
     obj = OnlineObjective()
     obj.setup(OnlineSetup(fb=fb, files=start.bundle.files(), weights={k: v.numpy() for k, v in start.bundle.weights().items()},
@@ -60,7 +67,7 @@ def stream(kind: str, combine: str, rows: int, p_label: float, heldout: int, eva
             curve.append([seen, round(obj.evaluate()["heldout_accuracy"], 4)])
     wide = obj.bundle.wide
     return {"curve": curve, "final": curve[-1][1], "s": round(time.perf_counter() - started, 1),
-            "mix": [round(x, 3) for x in wide.mix.tolist()] if wide is not None and combine == "gate" else None}
+            "mix": [round(x, 3) for x in wide.mix.tolist()] if wide is not None and wide.uses_deep and combine == "gate" else None}
 
 
 def main() -> None:
@@ -72,11 +79,15 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                    help="a feedback.model setting for every setup, e.g. wide_lr=0.1 or wide_ngram_max=3")
     args = ap.parse_args()
-    out = {"rows": args.rows, "p_label": args.p_label, "heldout": args.heldout}
+    model = {k: json.loads(v) for k, _, v in (m.partition("=") for m in args.model)}
+    out = {"rows": args.rows, "p_label": args.p_label, "heldout": args.heldout, "model": model}
     for setup in args.setups.split(","):
         kind, _, combine = setup.partition(":")
-        out[setup] = stream(kind, combine or "sum", args.rows, args.p_label, args.heldout, args.eval_every, args.seed)
+        out[setup] = stream(kind, combine or "gate", args.rows, args.p_label, args.heldout, args.eval_every, args.seed,
+                            model)
         print(setup, out[setup], flush=True)
     print(json.dumps(out))
 
