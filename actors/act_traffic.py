@@ -13,7 +13,7 @@ replay store: the learner does not train on what the gate judges by.
 give it an httpx.MockTransport); `ActClientActor` is the thin Ray shell.
 503 (no live version yet), 429 and 5xx answers and dropped connections are
 retried with a growing pause and counted.  Anything else ends the episode
-loop: the actor then exits through `CrashBackoff` (actors/traffic.py) so Ray
+loop: the actor then exits through `CrashBackoff` (actors/crash_backoff.py) so Ray
 restarts it.
 """
 
@@ -30,10 +30,8 @@ import httpx
 import numpy as np
 import ray
 
-from actors.traffic import CrashBackoff
+from actors.crash_backoff import RETRY_STATUS, CrashBackoff
 from core.rl.gate_config import ActTrafficSection
-
-RETRY_STATUS = frozenset({429, 502, 503, 504})
 
 
 class ActClientWorker:

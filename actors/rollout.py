@@ -8,7 +8,7 @@ drift watch changes its envs' physics (`apply_drift`), boosts its epsilon for
 a while and takes its finished episodes' returns (core/rl/drift.py).
 
 A loop that raises would leave a live actor that never steps again, so the
-actor exits through `CrashBackoff` (actors/traffic.py: log, growing pause,
+actor exits through `CrashBackoff` (actors/crash_backoff.py: log, growing pause,
 hard exit) and Ray's `max_restarts=-1` starts it afresh.
 """
 
@@ -29,7 +29,7 @@ import torch
 from ray.util import metrics
 
 from actors.nstep import NStep
-from actors.traffic import CrashBackoff
+from actors.crash_backoff import CrashBackoff
 from core.rl.config import RLConfig
 from core.rl.drift import EpsilonBoost, physics_wrappers
 from core.rl.models import PolicySpec, obs_width

@@ -18,16 +18,8 @@ failures (503 while replicas swap or restart, 429, 502/504, refused or
 dropped connections) are retried with jittered exponential backoff and
 counted; nothing a server does stops the actor.
 
-`CrashBackoff` is how the actors here, in rollout.py and act_traffic.py end
-on a bug: a background thread that dies leaves a live process that does no
-work, which Ray cannot see.  `fail(exc)` logs one line, sleeps a pause that
-doubles with each consecutive crash (capped), and hard-exits the process
-(`os._exit`, not `ray.actor.exit_actor`, which would tell Ray not to restart),
-so `max_restarts=-1` brings the actor back.  The crash count must outlive the
-process, so it lives in a small file under the system temp dir named by the
-actor; a crash more than `reset_after_s` after the last one counts as the
-first again (the actor ran well in between).  Actors on other nodes keep
-their own files, which is fine: a restart lands on a node of the same kind.
+A bug in a user thread ends the actor through `CrashBackoff` (actors/crash_backoff.py),
+so Ray restarts it.
 """
 
 from __future__ import annotations
@@ -37,8 +29,6 @@ import itertools
 import logging
 import os
 import random
-import re
-import tempfile
 import threading
 import time
 import uuid
@@ -49,52 +39,12 @@ import httpx
 import numpy as np
 import ray
 
+from actors.crash_backoff import RETRY_STATUS, CrashBackoff
 from actors.pair_traffic import predict_body
 from core.feedback_config import DataSection, TrafficSection
 from core.labeled_data import LabeledData, ordered_index
 
-RETRY_STATUS = frozenset({429, 502, 503, 504})
-
-
 log = logging.getLogger(__name__)
-
-
-class CrashBackoff:
-    """Log, wait a growing pause, exit the process: Ray's restart is the recovery."""
-
-    def __init__(self, name: str, *, base_s: float = 1.0, cap_s: float = 30.0, reset_after_s: float = 300.0,
-                 state_dir: str | None = None, sleep: Callable[[float], None] = time.sleep,
-                 exit: Callable[[int], Any] = os._exit):
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-        self.name, self.base_s, self.cap_s, self.reset_after_s = name, base_s, cap_s, reset_after_s
-        self.path = os.path.join(state_dir or tempfile.gettempdir(), f"evolve-crashes-{safe}")
-        self.sleep, self.exit = sleep, exit
-
-    def delay_s(self, failures: int) -> float:
-        return min(self.cap_s, self.base_s * 2 ** max(0, failures - 1))
-
-    def failures(self) -> int:
-        """Consecutive crashes so far: 0 without a recent one."""
-        try:
-            if time.time() - os.path.getmtime(self.path) > self.reset_after_s:
-                return 0
-            with open(self.path) as f:
-                return int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            return 0
-
-    def fail(self, exc: BaseException) -> None:
-        n = self.failures() + 1
-        try:
-            with open(self.path, "w") as f:
-                f.write(str(n))
-        except OSError:  # no writable temp dir: still exit, with the shortest pause
-            pass
-        delay = self.delay_s(n)
-        log.error("%s crashed (%d in a row), exiting for a restart in %.1fs: %s: %s",
-                  self.name, n, delay, type(exc).__name__, " ".join(str(exc).split())[:300])
-        self.sleep(delay)
-        self.exit(1)
 
 
 class TrafficWorker:

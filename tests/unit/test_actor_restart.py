@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from actors.traffic import CrashBackoff, TrafficWorker
+from actors.crash_backoff import CrashBackoff
+from actors.traffic import TrafficWorker
 
 
 class Exited(Exception):
