@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
-    from serving.join import Event
+    from serving.event_join import Event
 
 SHADOW_FIELDS = ("shadow_version", "shadow_prediction")
 # what the gate's shadow stage needs of a joined row: what was served and with which probability,
