@@ -13,7 +13,7 @@ The last line with --json is one JSON object with every figure.  Beside each kin
 `machine_<kind>` says how busy the machine was with other work while that loop ran
 (benchmarks/machine_watch.py); a kind whose run shared the machine is named in `busy_kinds`, and
 its figures do not compare with the others'.  `replica_rss_mib_<kind>` and `learner_rss_mib_<kind>`
-give the resident memory (MiB, first / largest / last sample) of the feedback replica and the
+give the resident memory (MiB, first / middle / largest / last sample) of the feedback replica and the
 learner worker over the run (benchmarks/run_memory.py).
 
     .venv/bin/python benchmarks/loop_vs_offline.py --json [--budget-s 600] [--kinds deep,wide,wide_deep]
@@ -90,7 +90,7 @@ def evolve_run(config: str, run_dir: Path, budget_s: float, overrides: list[str]
 
 
 def _mib(rss: dict | None) -> str:
-    return "not seen" if rss is None else f"{rss['first_mib']}/{rss['max_mib']}/{rss['last_mib']}"
+    return "not seen" if rss is None else f"{rss['first_mib']}/{rss['mid_mib']}/{rss['max_mib']}/{rss['last_mib']}"
 
 
 def main() -> None:
@@ -149,7 +149,7 @@ def main() -> None:
             print(f"warning: {kind} shared the machine ({why}): its figures do not compare", flush=True)
         print(f"{kind}: held-out {acc} (ratio {result[f'ratio_{kind}']}), events to 95% "
               f"{result[f'events_to_95pct_{kind}']}, {result[f'feedback_events_{kind}']} feedback events; resident "
-              f"MiB first/max/last: replica {_mib(result[f'replica_rss_mib_{kind}'])}, learner "
+              f"MiB first/mid/max/last: replica {_mib(result[f'replica_rss_mib_{kind}'])}, learner "
               f"{_mib(result[f'learner_rss_mib_{kind}'])}", flush=True)
     deep, wd = result.get("events_to_95pct_deep"), result.get("events_to_95pct_wide_deep")
     if deep and wd is not None:

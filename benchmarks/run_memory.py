@@ -4,9 +4,10 @@ A loop that runs for days must hold its memory flat: the wide model's hash size 
 weights, the replay tables their capacity.  This records, for each Ray worker role of the run
 (the process title Ray sets, `ray::ServeReplica:<app>:<deployment>`, `ray::RayTrainWorker`, ...,
 with the method a busy worker's title adds dropped), the resident set of its largest process at each sample, and
-reports the first, largest and last of them in MiB: a last far above the first is growth.
+reports the first, middle, largest and last of them in MiB: a last far above the middle is growth
+(the first is taken while the worker still loads).
 
-    memory = RunMemory(); memory.sample(tree_pids) ... memory.report() -> {role: {first_mib, max_mib, last_mib}}
+    memory = RunMemory(); memory.sample(tree_pids) ... memory.report() -> {role: {first_mib, mid_mib, max_mib, last_mib}}
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class RunMemory:
         self.add(found)
 
     def report(self) -> dict[str, dict[str, float]]:
-        return {role: {"first_mib": round(s[0] / MIB, 1), "max_mib": round(max(s) / MIB, 1),
-                       "last_mib": round(s[-1] / MIB, 1), "samples": len(s)}
+        return {role: {"first_mib": round(s[0] / MIB, 1), "mid_mib": round(s[len(s) // 2] / MIB, 1),
+                       "max_mib": round(max(s) / MIB, 1), "last_mib": round(s[-1] / MIB, 1), "samples": len(s)}
                 for role, s in sorted(self.series.items())}
 
     def headline(self) -> dict[str, dict[str, float] | None]:

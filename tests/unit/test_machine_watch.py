@@ -80,7 +80,8 @@ def test_run_memory_keeps_each_roles_largest_process_per_sample():
     memory.add([("ray::ServeReplica:sentiment:Feedback.handle_request_with_rejection", 320 * mib),
                 ("ray::RayTrainWorker.run_train_fn", 450 * mib)])  # busy workers: their titles name the method
     report = memory.report()
-    assert report["ray::RayTrainWorker"] == {"first_mib": 500.0, "max_mib": 500.0, "last_mib": 450.0, "samples": 2}
+    assert report["ray::RayTrainWorker"] == {"first_mib": 500.0, "mid_mib": 450.0, "max_mib": 500.0, "last_mib": 450.0,
+                                             "samples": 2}
     assert report["ray::ServeReplica:sentiment:Feedback"]["last_mib"] == 320.0  # one role, idle or busy
     assert "ray::IDLE" in report and not any("cluster.cli" in role for role in report)  # only Ray workers
     head = memory.headline()
