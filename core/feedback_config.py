@@ -227,6 +227,9 @@ class FeedbackConfig(Section):
     baseline_init: float = Field(default=0.5, ge=0, le=1)  # reward baseline before any reward: guessing on 2 classes
     baseline_decay: float = Field(default=0.99, gt=0, lt=1)  # EMA decay of the reward baseline, per reward row
     max_backlog: int = Field(default=16, ge=1)  # fresh batches a rank holds while another waits for data (DDP)
+    # A gated wide_deep learner behind the stream takes up to this many fresh batches at once:
+    # the wide part learns them all at traffic speed, the encoder the newest (learners/online.py).
+    wide_catch_up: int = Field(default=8, ge=1, le=64)
     candidate_every: int = Field(default=50, ge=1)  # learner updates between candidates
     # The gate judges only the newest queued candidate; True drops a candidate while the gate
     # still judges the previous one, which spares the object store on slow gates.
@@ -251,3 +254,8 @@ class FeedbackConfig(Section):
         if self.pretrained_dir and self.encoder_registry:
             raise ValueError("set one start: feedback.pretrained_dir or feedback.encoder_registry, not both")
         return self
+
+    def catch_up_batches(self) -> int:
+        """Fresh batches the learner may take at once: `wide_catch_up` for a gated wide_deep model, else 1."""
+        m = self.model
+        return self.wide_catch_up if m.kind == "wide_deep" and m.combine == "gate" else 1

@@ -26,10 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.replay.table import ReplayError
 from core.text_inputs import TextInput, inputs_from_columns
 from learners.objective import WorkerContext
 
 NO_LABEL = -1
+CATCH_UP_WAIT_S = 0.0  # a catch-up sample takes only rows already there
 
 
 class FeedbackSampler(Protocol):
@@ -131,6 +133,10 @@ class FeedbackSource:
     prefetch: int = 2
     sample_timeout_s: float = 2.0  # one attempt; an empty table simply gets asked again
     idle_after_s: float = 1.0  # no batch for this long: yield None (the loop stays responsive)
+    # When the learner is behind the stream, one batch of up to `catch_up` x `rows` rows: the rows
+    # are already waiting, so asking for more costs no wait, and a learner whose cheap part
+    # (wide_deep's wide model) can learn them all keeps pace with traffic.  1: never.
+    catch_up: int = 1
 
     def batches(self, ctx: WorkerContext, seed: int) -> Iterator[FeedbackBatch | None]:
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
@@ -146,8 +152,9 @@ class FeedbackSource:
                     continue
                 if isinstance(item, BaseException):
                     raise item
-                for start in range(0, len(item), self.rows):
-                    yield item.take(np.arange(start, min(start + self.rows, len(item))))
+                step = self.rows * self.catch_up  # a catch-up sample stays one batch
+                for start in range(0, len(item), step):
+                    yield item.take(np.arange(start, min(start + step, len(item))))
         finally:
             stop.set()
 
@@ -155,7 +162,9 @@ class FeedbackSource:
         n = self.rows * self.batches_per_sample
         while not stop.is_set():
             try:
-                rb = self.sampler.sample(self.table, n, self.sample_timeout_s)
+                rb = self._waiting_rows(n) if self.catch_up > 1 else None
+                if rb is None:
+                    rb = self.sampler.sample(self.table, n, self.sample_timeout_s)
             except TimeoutError:
                 continue  # below min_size / fifo short of n rows: users are quiet, ask again
             except BaseException as exc:  # surfaced in the learner's thread
@@ -163,6 +172,14 @@ class FeedbackSource:
                 return
             if rb.num_rows:
                 _put(ready, feedback_to_batch(rb), stop)
+
+
+    def _waiting_rows(self, n: int) -> Any | None:
+        """`catch_up` times n rows if that many are already waiting on the table, else None."""
+        try:
+            return self.sampler.sample(self.table, n * self.catch_up, CATCH_UP_WAIT_S)
+        except (TimeoutError, ReplayError):  # fewer waiting (or more than the table allows): the plain sample
+            return None
 
 
 def _put(ready: queue.Queue, item: Any, stop: threading.Event) -> None:

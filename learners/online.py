@@ -142,7 +142,8 @@ def _tensors(rows: FeedbackBatch, dev: torch.device) -> dict[str, torch.Tensor]:
 
 class OnlineObjective:
     name = "online"
-    summed_metrics = ("samples", "updates", "fresh_rows", "rehearsal_rows", "labeled_rows", "reward_rows", "idle")
+    summed_metrics = ("samples", "updates", "fresh_rows", "rehearsal_rows", "wide_only_rows", "labeled_rows",
+                      "reward_rows", "idle")
 
     def setup(self, config: OnlineSetup, ctx: WorkerContext) -> None:
         self.setup_, self.fb, self.ctx = config, config.fb, ctx
@@ -190,22 +191,34 @@ class OnlineObjective:
                 self.backlog.appendleft(fresh)
             self.idle += 1
             return self._metrics(idle=1.0)
+        # a catch-up batch (learners/feedback_source.py): the wide part learns every row, the rest
+        # of the model the newest batch's worth, as if it had been handed that batch alone
+        deep_fresh, wide_only = self._catch_up(fresh)
         # rehearsal rows are drawn before the fresh rows join the reservoir: they are older
-        k = int(round(len(fresh) * self.boost.rehearsal / (1.0 - self.boost.rehearsal)))
+        k = int(round(len(deep_fresh) * self.boost.rehearsal / (1.0 - self.boost.rehearsal)))
         old = self.reservoir.sample(k, self.rng)
         self.reservoir.add(fresh, self.rng)
-        rows = FeedbackBatch.concat([fresh, old])
-        updated, figures = self._update(rows)
+        rows = FeedbackBatch.concat([deep_fresh, old])
+        updated, figures = self._update(rows, wide_only)
         if updated:
-            self.window.add(rows, len(fresh))
-            self.total.add(rows, len(fresh))
+            learned = FeedbackBatch.concat([rows, wide_only]) if wide_only is not None else rows
+            self.window.add(learned, len(fresh))
+            self.total.add(learned, len(fresh))
             if self.updates % self.boost.candidate_every == 0:
                 self._candidate()
             self.boost.after_update(self.updates)
         return self._metrics(samples=float(len(rows)), updates=float(updated), fresh_rows=float(len(fresh)),
-                             rehearsal_rows=float(len(old)), **figures)
+                             rehearsal_rows=float(len(old)),
+                             wide_only_rows=float(len(wide_only) if wide_only is not None else 0), **figures)
 
-    def _update(self, rows: FeedbackBatch) -> tuple[bool, dict[str, float]]:
+    def _catch_up(self, fresh: FeedbackBatch) -> tuple[FeedbackBatch, FeedbackBatch | None]:
+        """(the rows the whole model learns: the newest batch's worth, the older ones only the wide part learns)."""
+        if self.wide is None or not self.wide.catches_up or len(fresh) <= self.fresh_rows:
+            return fresh, None
+        cut = len(fresh) - self.fresh_rows
+        return fresh.take(np.arange(cut, len(fresh))), fresh.take(np.arange(cut))
+
+    def _update(self, rows: FeedbackBatch, wide_only: FeedbackBatch | None = None) -> tuple[bool, dict[str, float]]:
         dev = self.ctx.device
         self.model.train()
         ids = mask = logits = None
@@ -223,7 +236,12 @@ class OnlineObjective:
         if self.wide is None:
             loss, parts = loss_fn(logits)
         else:
-            logits, loss, parts = self.wide.loss(rows.text, logits, loss_fn)
+            extra = None
+            if wide_only is not None:
+                extra_table = _tensors(wide_only, dev)
+                extra = (wide_only.text, lambda lg: feedback_loss(lg, extra_table, self.baseline, self.fb.pg_weight,
+                                                                  self.fb.max_importance_weight))
+            logits, loss, parts = self.wide.loss(rows.text, logits, loss_fn, extra)
         if self.boost.domain_mlm > 0:  # continual MLM on these rows' texts while the boost lasts
             if self.domain_mlm is None:
                 self.domain_mlm = DomainMLM(self.model, self.bundle.tokenizer, self.fb.lr, self.setup_.seed)

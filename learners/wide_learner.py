@@ -12,7 +12,9 @@ How the loss meets the deep logits follows the part's `combine`:
   kind wide           the wide logits alone (the encoder is not run)
   wide_deep, sum      one loss on deep + wide: both parts learn jointly
   wide_deep, gate     each part on its own loss, plus the loss of the mixed,
-                      detached logits, which trains only the three mixing figures
+                      detached logits, which trains only the three mixing figures;
+                      when the learner is behind the stream the wide part also learns
+                      the catch-up rows the deep part skips (`feedback.wide_catch_up`)
 
 Under DDP the wide gradients are summed over ranks as dense tensors (a fixed
 size, buckets x labels) so every rank keeps the same wide weights.
@@ -42,11 +44,23 @@ class WideTrainer:
     def uses_deep(self) -> bool:
         return self.wide.uses_deep
 
-    def loss(self, texts: list[str], deep: torch.Tensor | None,
-             loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(served logits [B, L], the loss to backpropagate, the served logits' loss parts)."""
+    @property
+    def catches_up(self) -> bool:
+        """Whether the wide part can learn rows the deep part skips: only when each part has its own loss."""
+        return self.uses_deep and self.wide.combine == "gate"
+
+    def loss(self, texts: list[str], deep: torch.Tensor | None, loss_fn: LossFn,
+             extra: tuple[list[str], LossFn] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(served logits [B, L], the loss to backpropagate, the served logits' loss parts).
+
+        `extra`: (texts, their loss) of catch-up rows only the wide part learns (gate only).
+        """
         self.wide.train()
-        wide = self.wide(texts).float()  # [B, L]
+        if extra is not None and not self.catches_up:
+            raise ValueError("only a gated wide_deep part learns rows the deep part skips")
+        n = len(texts)
+        both = self.wide(list(texts) + list(extra[0]) if extra is not None else texts).float()
+        wide = both[:n]  # [B, L]
         if deep is None or not self.uses_deep:
             loss, parts = loss_fn(wide)
             return wide, loss, parts
@@ -56,6 +70,9 @@ class WideTrainer:
             return logits, loss, parts
         deep_loss, _ = loss_fn(deep)
         wide_loss, _ = loss_fn(wide)
+        if extra is not None:  # the mean over every row the wide part learns
+            m = len(both) - n
+            wide_loss = (n * wide_loss + m * extra[1](both[n:])[0]) / (n + m)
         logits = self.wide.combined(deep.detach(), wide.detach())
         mix_loss, parts = loss_fn(logits)
         return logits, deep_loss + wide_loss + mix_loss, parts

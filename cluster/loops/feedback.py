@@ -131,7 +131,7 @@ class FeedbackLoop(LoopBase):
         self.launch_learner(LoopSpec(
             objective_factory=OnlineObjective,
             objective_config=setup,
-            source=FeedbackSource(self.ctx.replay, fb.feedback_table, fresh),
+            source=FeedbackSource(self.ctx.replay, fb.feedback_table, fresh, catch_up=fb.catch_up_batches()),
             report_every=fb.report_every,
             eval_every=fb.candidate_every,
             checkpoint_every=fb.checkpoint_every,

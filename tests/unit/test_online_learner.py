@@ -444,3 +444,20 @@ def test_runs_in_the_train_loop_and_resumes(encoder_files, reviews, tmp_path):
     assert meta["metrics"]["updates"] == 6.0 and meta["info"]["data_range"]["total"]["rows"] > 0
     texts = [t for t, _ in reviews[:6]]
     assert from_version(weights, files).predict_proba(texts).shape == (6, 2)
+
+
+def test_a_source_behind_the_stream_hands_a_catch_up_batch_else_one_batch():
+    from core.replay.config import TableConfig
+    from core.replay.table import ReplayTable
+
+    table = ReplayTable("feedback", TableConfig(kind="feedback", sampler="fifo", capacity=100), seed=0)
+    table.add(_feedback_rb(13))
+    sampler = SimpleNamespace(sample=lambda name, n, timeout_s=None: table.sample(n, timeout_s))
+    it = FeedbackSource(sampler, "feedback", rows=4, catch_up=3, sample_timeout_s=0.05,
+                        idle_after_s=0.3).batches(WorkerContext(), 0)
+    # 13 rows waiting: 12 at once (the learner is behind), then 1 short of a batch: it waits as before
+    assert _next_batch(it).text == [f"text {i}" for i in range(12)]
+    assert next(it) is None
+    table.add(_feedback_rb(5, start=13))  # 6 waiting, fewer than 3 batches: one plain batch of 4
+    assert _next_batch(it).text == [f"text {i}" for i in range(12, 16)]
+    it.close()

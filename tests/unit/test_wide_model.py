@@ -164,3 +164,23 @@ def test_a_fresh_gate_serves_the_wide_part_alone():
     deep, wide = torch.tensor([[3.0, -3.0]]), torch.tensor([[0.2, 0.1]])
     assert torch.equal(part.combined(deep, wide), wide)  # a fresh encoder head adds nothing until it earns weight
     assert torch.equal(WidePart(2, "wide_deep", "sum", buckets=64).combined(deep, wide), deep + wide)
+
+
+def test_a_catch_up_batch_trains_the_wide_part_on_every_row_and_the_encoder_on_the_newest(encoder_files, reviews):
+    obj = _wide_objective(encoder_files, "wide_deep", "gate")  # batch_size 16, no rehearsal: 16 fresh rows
+    batch = _labeled(reviews[:48])
+    m = obj.step(batch)
+    assert m["fresh_rows"] == 48 and m["wide_only_rows"] == 32 and m["samples"] == 16  # the encoder: 16 rows
+    features = obj.bundle.wide.features
+    newest = {int(b) for t, _ in reviews[32:48] for b in features.buckets_of(t)}
+    only_older = sorted({int(b) for t, _ in reviews[:32] for b in features.buckets_of(t)} - newest)
+    weights = obj.bundle.wide.linear.weight.weight.detach()
+    assert only_older and bool((weights[only_older].abs().sum(1) > 0).all())  # the skipped rows taught the wide part
+    assert obj.total.fresh == 48 and obj.total.rows == 48  # the candidate's data window counts every row
+
+    summed = _wide_objective(encoder_files, "wide_deep", "sum")  # one joint loss: no row can skip the encoder
+    m = summed.step(_labeled(reviews[:48]))
+    assert m["wide_only_rows"] == 0 and m["samples"] == 48
+    assert FeedbackConfig(model={"kind": "wide_deep", "combine": "gate"}).catch_up_batches() == 8
+    assert FeedbackConfig(model={"kind": "wide_deep", "combine": "sum"}).catch_up_batches() == 1
+    assert FeedbackConfig(model={"kind": "deep"}).catch_up_batches() == 1
