@@ -228,19 +228,16 @@ class OnlineObjective:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
                 logits = self.train_model(ids.to(dev), mask.to(dev), types.to(dev))
             logits = logits.float()  # [B, L]; the loss in float32
-        table = _tensors(rows, dev)
+        def loss_on(batch: FeedbackBatch):  # the feedback loss of these rows, as a function of their logits
+            table = _tensors(batch, dev)
+            return lambda lg: feedback_loss(lg, table, self.baseline, self.fb.pg_weight, self.fb.max_importance_weight)
 
-        def loss_fn(lg: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return feedback_loss(lg, table, self.baseline, self.fb.pg_weight, self.fb.max_importance_weight)
+        loss_fn = loss_on(rows)
 
         if self.wide is None:
             loss, parts = loss_fn(logits)
         else:
-            extra = None
-            if wide_only is not None:
-                extra_table = _tensors(wide_only, dev)
-                extra = (wide_only.text, lambda lg: feedback_loss(lg, extra_table, self.baseline, self.fb.pg_weight,
-                                                                  self.fb.max_importance_weight))
+            extra = (wide_only.text, loss_on(wide_only)) if wide_only is not None else None
             logits, loss, parts = self.wide.loss(rows.text, logits, loss_fn, extra)
         if self.boost.domain_mlm > 0:  # continual MLM on these rows' texts while the boost lasts
             if self.domain_mlm is None:
