@@ -222,6 +222,9 @@ class FeedbackConfig(Section):
     batch_size: int = Field(default=32, ge=1)  # rows per update, fresh + rehearsal
     rehearsal: float = Field(default=0.5, ge=0, lt=1)  # share of each batch replayed from older feedback
     reservoir_size: int = Field(default=5000, ge=1)  # older feedback kept for rehearsal (reservoir sample)
+    # On two labels a right / wrong answer (reward 1 or 0) names the label: the served one or the
+    # other.  Such a row is learned as labeled (cross-entropy) rather than by the policy gradient.
+    reward_as_label: bool = True
     pg_weight: float = Field(default=1.0, ge=0)  # weight of the reward-only policy-gradient term
     max_importance_weight: float = Field(default=10.0, gt=0)  # clip 1/p of the logged prediction
     baseline_init: float = Field(default=0.5, ge=0, le=1)  # reward baseline before any reward: guessing on 2 classes

@@ -27,6 +27,9 @@ learned from in one of two ways:
   control variate: it does not change the expected gradient (sum_a grad pi =
   0) but lets wrong answers (r < b) push probability away.  It starts at 0.5,
   the middle of the reward range (what guessing earns on two classes).
+  On two labels a reward of 1 or 0 says which label is right (the served one or
+  the other), so with `feedback.reward_as_label` (the default) such a row is
+  learned as labeled: a full-information row, not a bandit one.
 
 When the gate's drift detector acts (`feedback.adapt`), the learner applies
 the controller's `learner_boost` for a bounded number of updates: the learning
@@ -110,17 +113,23 @@ def build_bundle(setup: OnlineSetup) -> ClassifierBundle:
 
 
 def feedback_loss(logits: torch.Tensor, rows: dict[str, torch.Tensor], baseline: float, pg_weight: float,
-                  max_importance_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  max_importance_weight: float, reward_as_label: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The batch loss (mean over usable rows) and its parts; see the module docstring.
 
     rows: label [B] (int, <0 = none), prediction [B], reward [B] (nan = none), logged_p [B].
     A row with a valid label is supervised; else a row with a finite reward, a valid served
     class and a logged probability > 0 is a bandit row; anything else is ignored.
+    `reward_as_label` on two labels: a reward of exactly 1 or 0 on a served class names the
+    label (that class or the other), and the row is supervised (part `from_reward`).
     """
     L = logits.shape[-1]
     logp = F.log_softmax(logits, dim=-1)  # [B, L]
     label, pred, reward, mu = rows["label"], rows["prediction"], rows["reward"], rows["logged_p"]
     labeled = (label >= 0) & (label < L)
+    from_reward = ~labeled & (pred >= 0) & (pred < L) & ((reward == 0) | (reward == 1))
+    from_reward &= torch.tensor(reward_as_label and L == 2, device=label.device)
+    label = torch.where(from_reward, torch.where(reward == 1, pred, 1 - pred), label)
+    labeled = labeled | from_reward
     bandit = ~labeled & torch.isfinite(reward) & (pred >= 0) & (pred < L) & torch.isfinite(mu) & (mu > 0)
     ce = -logp.gather(1, label.clamp(0, L - 1).unsqueeze(1)).squeeze(1)  # [B]
     logp_a = logp.gather(1, pred.clamp(0, L - 1).unsqueeze(1)).squeeze(1)  # [B] log pi(a|x)
@@ -132,8 +141,8 @@ def feedback_loss(logits: torch.Tensor, rows: dict[str, torch.Tensor], baseline:
     zero = torch.zeros_like(ce)
     per_row = torch.where(labeled, ce, zero) + torch.where(bandit, pg_weight * pg, zero)
     loss = per_row.sum() / (labeled | bandit).sum().clamp_min(1)
-    return loss, {"labeled": labeled, "bandit": bandit, "ce": ce, "pg": pg, "weight": w, "ratio": ratio,
-                  "label": label, "reward": reward}
+    return loss, {"labeled": labeled, "bandit": bandit, "from_reward": from_reward, "ce": ce, "pg": pg, "weight": w,
+                  "ratio": ratio, "label": label, "reward": reward}
 
 
 def _tensors(rows: FeedbackBatch, dev: torch.device) -> dict[str, torch.Tensor]:
@@ -143,7 +152,7 @@ def _tensors(rows: FeedbackBatch, dev: torch.device) -> dict[str, torch.Tensor]:
 class OnlineObjective:
     name = "online"
     summed_metrics = ("samples", "updates", "fresh_rows", "rehearsal_rows", "wide_only_rows", "labeled_rows",
-                      "reward_rows", "idle")
+                      "reward_rows", "reward_label_rows", "idle")
 
     def setup(self, config: OnlineSetup, ctx: WorkerContext) -> None:
         self.setup_, self.fb, self.ctx = config, config.fb, ctx
@@ -230,7 +239,8 @@ class OnlineObjective:
             logits = logits.float()  # [B, L]; the loss in float32
         def loss_on(batch: FeedbackBatch):  # the feedback loss of these rows, as a function of their logits
             table = _tensors(batch, dev)
-            return lambda lg: feedback_loss(lg, table, self.baseline, self.fb.pg_weight, self.fb.max_importance_weight)
+            return lambda lg: feedback_loss(lg, table, self.baseline, self.fb.pg_weight, self.fb.max_importance_weight,
+                                            self.fb.reward_as_label)
 
         loss_fn = loss_on(rows)
 
@@ -247,7 +257,8 @@ class OnlineObjective:
             loss = loss + self.boost.domain_mlm * mlm_loss
         labeled, bandit = parts["labeled"], parts["bandit"]
         n_lab, n_bandit = int(labeled.sum()), int(bandit.sum())
-        figures = {"labeled_rows": float(n_lab), "reward_rows": float(n_bandit)}
+        figures = {"labeled_rows": float(n_lab), "reward_rows": float(n_bandit),
+                   "reward_label_rows": float(parts["from_reward"].sum())}
         finite, any_rows = self._agree(bool(torch.isfinite(loss)), n_lab + n_bandit > 0)
         self.optimizer.zero_grad(set_to_none=True)
         if self.wide is not None:

@@ -93,7 +93,7 @@ def test_cross_entropy_decreases_on_a_fixed_labeled_batch(encoder_files, reviews
 
 
 def test_reward_only_rows_move_probability_toward_rewarded_and_away_from_unrewarded(encoder_files, reviews):
-    obj = _objective(encoder_files)
+    obj = _objective(encoder_files, reward_as_label=False)  # the policy gradient itself, not rewards as labels
     good = [t for t, _ in reviews[:8]]  # served class 0, the user said "right"
     bad = [t for t, _ in reviews[-8:]]  # served class 0, the user said "wrong"
     p0 = obj.bundle.predict_proba(good + bad)[:, 0]
@@ -125,6 +125,31 @@ def test_importance_weights_are_clipped_and_the_loss_is_clipped_ips():
     assert torch.isfinite(logits.grad).all()
 
 
+def test_on_two_labels_a_right_or_wrong_reward_is_learned_as_the_label_it_names():
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    rows = {"label": torch.tensor([NO_LABEL, NO_LABEL, NO_LABEL, 1]), "prediction": torch.tensor([0, 0, 1, 0]),
+            "reward": torch.tensor([1.0, 0.0, 0.7, float("nan")]),  # right, wrong, graded, labeled
+            "logged_p": torch.tensor([0.6, 0.6, 0.4, 0.5])}
+    loss, parts = feedback_loss(logits, rows, 0.5, 1.0, 10.0, reward_as_label=True)
+    assert parts["from_reward"].tolist() == [True, True, False, False]
+    assert parts["label"].tolist() == [0, 1, NO_LABEL, 1]  # right: the served class; wrong: the other one
+    assert parts["labeled"].tolist() == [True, True, False, True] and parts["bandit"].tolist() == [False, False, True, False]
+    logp = torch.log_softmax(torch.tensor([1.0, 0.0]), 0)
+    pg = -min(float(logp[1].exp()) / 0.4, 10.0) * (0.7 - 0.5) * float(logp[1])
+    assert loss.item() == pytest.approx((-logp[0] - logp[1] + pg - logp[1]).item() / 4, rel=1e-5)
+    three = torch.zeros(2, 3)  # on three labels "wrong" does not say which other label is right
+    _, parts = feedback_loss(three, {k: v[:2] for k, v in rows.items()}, 0.5, 1.0, 10.0, reward_as_label=True)
+    assert not parts["from_reward"].any() and parts["bandit"].all()
+
+
+def test_the_learner_counts_rows_whose_label_a_reward_named(encoder_files, reviews):
+    texts = [t for t, _ in reviews[:8]]
+    on = _objective(encoder_files).step(FeedbackBatch.concat([_rewarded(texts, 0, 1.0), _rewarded(texts, 1, 0.0)]))
+    assert on["labeled_rows"] == 16 and on["reward_label_rows"] == 16 and on["reward_rows"] == 0
+    off = _objective(encoder_files, reward_as_label=False).step(_rewarded(texts, 0, 1.0))
+    assert off["reward_rows"] == 8 and off["reward_label_rows"] == 0
+
+
 def test_unusable_rows_are_ignored_without_nan_gradients():
     logits = torch.zeros(3, 2, requires_grad=True)
     rows = {"label": torch.tensor([NO_LABEL, 5, NO_LABEL]), "prediction": torch.tensor([0, 0, 7]),
@@ -136,7 +161,7 @@ def test_unusable_rows_are_ignored_without_nan_gradients():
 
 
 def test_the_baseline_follows_rewards(encoder_files, reviews):
-    obj = _objective(encoder_files, baseline_decay=0.5)
+    obj = _objective(encoder_files, baseline_decay=0.5, reward_as_label=False)
     obj.step(_rewarded([t for t, _ in reviews[:4]], 0, 1.0))
     assert obj.baseline == pytest.approx(0.5 * 0.5**4 + 1.0 * (1 - 0.5**4))
 

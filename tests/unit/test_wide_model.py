@@ -107,7 +107,7 @@ def test_the_wide_model_learns_held_out_reviews_from_one_pass_of_labels(encoder_
 
 
 def test_reward_only_rows_teach_the_wide_model_by_the_importance_weighted_gradient(encoder_files, reviews):
-    obj = _wide_objective(encoder_files, "wide")
+    obj = _wide_objective(encoder_files, "wide", reward_as_label=False)
     good = [t for t, _ in reviews[:8]]  # served class 0, the user said "right"
     bad = [t for t, _ in reviews[-8:]]  # served class 0, the user said "wrong"
     p_good, p_bad = obj.bundle.predict_proba(good)[:, 0].mean(), obj.bundle.predict_proba(bad)[:, 0].mean()
