@@ -47,7 +47,6 @@ import ray
 from fastapi import HTTPException, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
@@ -63,7 +62,9 @@ from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
 from serving.auth_guard import RouteGuard, admit, grpc_headers
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
-from serving.requests import (FEEDBACK_BODY_BYTES, MAX_TEXTS, check_inputs_fit, grpc_inputs, max_body_bytes,
+from serving.feedback_schemas import (FeedbackRequest, FeedbackResponse, Health, Prediction, PredictBatchResponse,
+                                     PredictRequest, error_responses, request_body)
+from serving.requests import (FEEDBACK_BODY_BYTES, check_inputs_fit, grpc_inputs, max_body_bytes,
                               parse_feedback, parse_json, parse_predict, read_body)
 
 log = logging.getLogger(__name__)
@@ -79,69 +80,6 @@ api = FastAPIOffline(
     description="Classify texts and send feedback on the predictions; the served model keeps learning from it.",
     version="0.1.0",
 )
-
-
-# ---- request / response models (the OpenAPI contract) -------------------------------
-class PredictRequest(BaseModel):
-    """Exactly one of `text` (with `text_pair` for a pair model), `texts` and `pairs`."""
-
-    text: str | None = Field(None, description="one text (the first of a pair)")
-    text_pair: str | None = Field(None, description="the second text of a pair (a pair model only)")
-    texts: list[str] | None = Field(None, description=f"1..{MAX_TEXTS} texts")
-    pairs: list[list[str]] | None = Field(None, description=f"1..{MAX_TEXTS} [text, text_pair] pairs "
-                                          "(a pair model only)")
-
-
-class Prediction(BaseModel):
-    label: str
-    probabilities: dict[str, float] = Field(..., description="label name -> probability")
-    event_id: str = Field(..., description="name this prediction in its feedback")
-    model_version: int
-    novelty: float | None = Field(None, description="0..100: how unlike the requests seen so far "
-                                  "(the novelty autoencoder's percentile; null before its first version)")
-    propensity: float = Field(1.0, description="the probability `label` was served with "
-                              "(1 unless serving.exploration samples the answer)")
-
-
-class PredictBatchResponse(BaseModel):
-    predictions: list[Prediction]
-
-
-class FeedbackRequest(BaseModel):
-    """The true label, or a reward in [0, 1], or both; one feedback per prediction."""
-
-    event_id: str
-    label: str | int | None = Field(None, description="a label name, or its index")
-    reward: float | None = Field(None, ge=0, le=1)
-
-
-class FeedbackResponse(BaseModel):
-    event_id: str
-    accepted: bool
-    model_version: int = Field(..., description="the version that made the prediction")
-    correct: bool | None = Field(None, description="the prediction matched the label (null: reward only)")
-
-
-class ErrorResponse(BaseModel):
-    detail: str
-
-
-class Health(BaseModel):
-    status: str
-    policy_id: str
-    model_version: int | None
-    batching: bool
-    texts_per_forward: float | None = Field(None, description="mean texts per model call: how well batching works")
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in codes}
-
-
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    # the body is parsed by hand (400 for bytes that are not UTF-8 JSON, one-line reasons),
-    # so its schema is declared for the OpenAPI spec here
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 _GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",
@@ -306,8 +244,8 @@ class FeedbackServer:
         return reply["body"]
 
     # ---- HTTP ------------------------------------------------------------------------
-    @api.post("/predict", response_model=Prediction | PredictBatchResponse, openapi_extra=_body(PredictRequest),
-              responses=_errors(400, 401, 403, 413, 422, 429, 503))
+    @api.post("/predict", response_model=Prediction | PredictBatchResponse, openapi_extra=request_body(PredictRequest),
+              responses=error_responses(400, 401, 403, 413, 422, 429, 503))
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
         try:
             admit(self.guard, request.headers, "predict")
@@ -318,8 +256,8 @@ class FeedbackServer:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return Prediction(**preds[0]) if single else PredictBatchResponse(predictions=preds)
 
-    @api.post("/feedback", response_model=FeedbackResponse, openapi_extra=_body(FeedbackRequest),
-              responses=_errors(400, 401, 403, 404, 409, 410, 413, 422, 429, 503))
+    @api.post("/feedback", response_model=FeedbackResponse, openapi_extra=request_body(FeedbackRequest),
+              responses=error_responses(400, 401, 403, 404, 409, 410, 413, 422, 429, 503))
     async def feedback(self, request: Request) -> FeedbackResponse:
         try:
             client = admit(self.guard, request.headers, "feedback")
@@ -339,7 +277,7 @@ class FeedbackServer:
             return JSONResponse(body.model_dump(), status_code=503)
         return body
 
-    @api.get("/models", responses=_errors(401, 403, 429))
+    @api.get("/models", responses=error_responses(401, 403, 429))
     async def models(self, request: Request) -> dict:
         if self.guard.enabled:  # lineage and metrics: operators only
             try:
