@@ -127,7 +127,8 @@ def feedback_loss(logits: torch.Tensor, rows: dict[str, torch.Tensor], baseline:
     label, pred, reward, mu = rows["label"], rows["prediction"], rows["reward"], rows["logged_p"]
     labeled = (label >= 0) & (label < L)
     from_reward = ~labeled & (pred >= 0) & (pred < L) & ((reward == 0) | (reward == 1))
-    from_reward &= torch.tensor(reward_as_label and L == 2, device=label.device)
+    if not (reward_as_label and L == 2):  # on more labels "wrong" does not say which one is right
+        from_reward = torch.zeros_like(from_reward)
     label = torch.where(from_reward, torch.where(reward == 1, pred, 1 - pred), label)
     labeled = labeled | from_reward
     bandit = ~labeled & torch.isfinite(reward) & (pred >= 0) & (pred < L) & torch.isfinite(mu) & (mu > 0)
