@@ -11,7 +11,6 @@ stage must refuse it once its answers are joined with enough feedback.
 import json
 import threading
 import time
-from collections import defaultdict
 
 import httpx
 import numpy as np
@@ -21,6 +20,7 @@ from ray import serve
 from transformers import BertConfig
 
 from core.feedback_config import FeedbackConfig
+from core.hashing import stable_unit_hash
 from core.text_classifier import from_encoder, from_version
 from core.text_corpus import review_texts
 from core.tokenizer import tokenizer_files, train_wordpiece
@@ -66,7 +66,7 @@ def canary_world(tmp_path_factory):
         poisoned = {k: v.copy() for k, v in weights.items()}
         poisoned["head.weight"], poisoned["head.bias"] = weights["head.weight"][::-1].copy(), weights["head.bias"][::-1].copy()
         agreed = [LABELS[k] for k in from_version(weights, live.files()).predict_proba(texts).argmax(1)]
-        yield {"http": http, "gate": gate, "agreed": agreed, "poisoned": poisoned, "weights": weights,
+        yield {"http": http, "gate": gate, "agreed": agreed, "fraction": cfg.gate.canary.fraction, "poisoned": poisoned, "weights": weights,
                "files": live.files(), "texts": texts, "app": app, "port": port, "registry": registry,
                "publisher": publisher}
         undeploy_feedback_app()
@@ -105,7 +105,8 @@ class Users:
 
     def __init__(self, world, threads: int = 4, keys: int = 40):
         self.world, self.keys = world, [f"user-{k}" for k in range(keys)]
-        self.seen: list[tuple[float, str, int]] = []  # (time, client key, answering version)
+        self.seen: list[tuple[float, str, int]] = []  # (time answered, client key, answering version)
+        self.sent: dict[int, float] = {}  # index in `seen` -> when that request was sent
         self.failed: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -117,6 +118,7 @@ class Users:
         with httpx.Client(timeout=30) as client:
             while not self.stop.is_set():
                 key, i = self.keys[rng.integers(len(self.keys))], int(rng.integers(len(texts)))
+                sent = time.time()
                 try:
                     r = client.post(f"{http}/predict", json={"text": texts[i]}, headers={CLIENT_HEADER: key})
                 except Exception as exc:  # a client error is a failed request too
@@ -129,6 +131,7 @@ class Users:
                     continue
                 answer = r.json()
                 with self.lock:
+                    self.sent[len(self.seen)] = sent
                     self.seen.append((time.time(), key, answer["model_version"]))
                 f = client.post(f"{http}/feedback", json={"event_id": answer["event_id"], "label": agreed[i]})
                 if f.status_code != 200:
@@ -153,6 +156,11 @@ def _no_failures(users: Users) -> bool:
 
 def test_a_poisoned_canary_is_aborted_and_traffic_returns_to_live(canary_world):
     w, gate = canary_world, canary_world["gate"]
+    # Which side a client is on is a stable hash of its key and the canary version: the test
+    # names each key's side itself, so no assertion depends on how long the canary lasted.
+    keys = Users(w).keys
+    side = {k: 2 if stable_unit_hash(f"{k}#canary-v2") < w["fraction"] else 1 for k in keys}
+    assert {1, 2} <= set(side.values()), side  # both sides hold clients
     with Users(w) as users:
         wait_until(lambda: _no_failures(users) and len(users.seen) >= 40, 180, "traffic on version 1")
         started = ray.get(gate.submit.remote(POLICY, w["poisoned"], w["files"], {}), timeout=120)
@@ -160,8 +168,11 @@ def test_a_poisoned_canary_is_aborted_and_traffic_returns_to_live(canary_world):
         wait_until(lambda: any(v == 2 for _, _, v in users.seen), 60, "the canary answering some clients")
         first_canary = min(t for t, _, v in users.seen if v == 2)
         wait_until(lambda: ray.get(gate.canary.remote(POLICY)) is None, 120, "the canary decided")
-        ended_at = time.time()
-        time.sleep(3)  # replicas re-read the registry's canary stage every second
+        mark = len(users.seen)
+        # the replica re-reads the registry's stage every second: it has dropped the canary once a
+        # canary-side client is answered by live again
+        wait_until(lambda: any(side[k] == 2 and v == 1 for _, k, v in users.seen[mark:]), 60, "live again")
+        back_at = next(t for t, k, v in users.seen[mark:] if side[k] == 2 and v == 1)
         back = len(users.seen)
         wait_until(lambda: len(users.seen) >= back + 60, 60, "traffic after the canary")
     events = ray.get(gate.drain_events.remote())
@@ -169,16 +180,16 @@ def test_a_poisoned_canary_is_aborted_and_traffic_returns_to_live(canary_world):
     assert len(ended) == 1 and ended[0]["decision"] == "refuse", ended
     assert ended[0]["diff_cs"][1] < 0 and ended[0]["candidate_requests"] <= 300
     assert users.failed == [], users.failed[:5]
-    # the gate's own clock says when the canary ended; ended_at (when polling noticed) can be later,
-    # and a client answered by live in between is back on live, not split
-    until = min(ended_at, ended[0]["time"])
-    during = defaultdict(set)
-    for t, key, v in users.seen:
-        if first_canary + 1.5 <= t <= until:  # every replica follows the canary by then
-            during[key].add(v)
-    assert all(len(vs) == 1 for vs in during.values()), {k: vs for k, vs in during.items() if len(vs) > 1}
-    assert {2} in during.values() and {1} in during.values()  # some clients on each side
-    assert {v for _, _, v in users.seen[back:]} == {1}  # 100 % back on live
+    answered_by_canary = {key for _, key, v in users.seen if v == 2}
+    assert answered_by_canary and all(side[k] == 2 for k in answered_by_canary), answered_by_canary
+    # The one replica held the canary from its first answer to its last (it loads a stage's version
+    # once), so every request sent and answered in between went to its key's side: sticky, with
+    # no settling time to assume.
+    until = max(t for t, _, v in users.seen if v == 2)
+    during = [(key, v) for i, (t, key, v) in enumerate(users.seen) if users.sent[i] >= first_canary and t <= until]
+    assert all(v == side[key] for key, v in during), [(k, v) for k, v in during if v != side[k]][:5]
+    after = {v for i, (_, _, v) in enumerate(users.seen) if users.sent[i] >= back_at}
+    assert after == {1}, after  # 100 % back on live
     summary = ray.get(gate.summary.remote(POLICY))
     assert summary["live_version"] == 1
     print(f"canary aborted after {ended[0]['candidate_requests']} candidate requests "
