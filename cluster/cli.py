@@ -98,15 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     kcreate.add_argument("--scopes", default="predict,feedback",
                          help="comma-separated: predict, feedback, admin (default: predict,feedback)")
     kcreate.add_argument("--name", default="", help="who the key is for")
-    kcreate.set_defaults(func=lambda a: _keys_cli().create(a.file, a.scopes, a.name))
+    kcreate.set_defaults(func=lambda a: _keys_cli().create(a.file, a.scopes, a.name, a.env))
     klist = ksub.add_parser("list", help="ids, names, scopes, state")
     klist.set_defaults(func=lambda a: _keys_cli().list_keys(a.file))
     krevoke = ksub.add_parser("revoke", help="refuse a key from now on")
     krevoke.add_argument("key_id", metavar="ID")
-    krevoke.set_defaults(func=lambda a: _keys_cli().revoke(a.file, a.key_id))
+    krevoke.set_defaults(func=lambda a: _keys_cli().revoke(a.file, a.key_id, a.env))
     for p in (kcreate, klist, krevoke):
         p.add_argument("--file", default="~/.evolve/keys.json",
                        help="the key store (serving.auth.keys_file; default: ~/.evolve/keys.json)")
+    for p in (kcreate, krevoke):
+        p.add_argument("--env", default="EVOLVE_API_KEYS",
+                       help="serving.auth.keys_env: when this variable is set it wins over the file, and a "
+                       "revoke is refused (default: EVOLVE_API_KEYS)")
 
     replay = sub.add_parser("replay", help="a run's replay store", description="Look into a run's replay store (offline).")
     rsub = replay.add_subparsers(dest="replay_command", required=True, metavar="SUBCOMMAND")

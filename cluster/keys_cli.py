@@ -1,23 +1,34 @@
-"""`evolve keys create | list | revoke`: the API keys of a deployment (core/auth.py)."""
+"""`evolve keys create | list | revoke`: the API keys of a deployment (core/auth.py).
+
+A running run's replicas follow the keys file on the driver's node through the run's key
+book (cluster/key_service.py): a revoke there reaches all of them within seconds. When the
+`keys_env` variable is set it wins over the file, so a revoke in the file would change
+nothing: it is refused, saying so.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 
 from cluster.errors import UserError
-from core.auth import SCOPES, KeyStore
+from core.auth import SCOPES, AuthSection, KeyStore, RevokeRefused
 
 DEFAULT_FILE = "~/.evolve/keys.json"
+DEFAULT_ENV = AuthSection().keys_env
 
 
-def create(path: str, scopes: str, name: str) -> int:
+def create(path: str, scopes: str, name: str, env: str = DEFAULT_ENV) -> int:
+    store = KeyStore(path, env)
     try:
-        record, key = KeyStore(path).create([s.strip() for s in scopes.split(",") if s.strip()], name=name)
+        record, key = store.create([s.strip() for s in scopes.split(",") if s.strip()], name=name)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     print(key)
-    print(f"# id {record.id}, scopes {','.join(record.scopes)}; shown once, only its hash is kept in "
-          f"{KeyStore(path).path}")
+    print(f"# id {record.id}, scopes {','.join(record.scopes)}; shown once, only its hash is kept in {store.path}")
+    if store.overridden():
+        print(f"evolve: note: ${env} is set and wins over {store.path}: a run started with it will not know this "
+              f"key", file=sys.stderr)
     return 0
 
 
@@ -38,10 +49,13 @@ def list_keys(path: str) -> int:
     return 0
 
 
-def revoke(path: str, kid: str) -> int:
+def revoke(path: str, kid: str, env: str = DEFAULT_ENV) -> int:
     try:
-        record = KeyStore(path).revoke(kid)
+        record = KeyStore(path, env).revoke(kid)
+    except RevokeRefused as exc:
+        raise UserError(f"revoke refused: {exc}") from exc
     except KeyError as exc:
         raise UserError(exc.args[0]) from exc
-    print(f"revoked {record.id} ({record.name or 'no name'}); running replicas refuse it from their next request")
+    print(f"revoked {record.id} ({record.name or 'no name'}); a run whose driver reads this file refuses it on "
+          f"every replica within a few seconds")
     return 0

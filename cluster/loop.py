@@ -64,6 +64,7 @@ class RunContext:
         # serving/auth_guard.guard_settings: what replicas check keys with; None: auth is off
         self.auth: dict[str, Any] | None = None
         self.run_key: str | None = None  # the run's own clients' API key (traffic, act clients) when auth is on
+        self.key_service: Any = None  # the key book replicas follow (cluster/key_service.py) when auth is on
         self.say: Callable[[str], None] = print
         self.board: Any = None  # the run's StatusBoard actor (`evolve status`), once Ray is up
         self.publish_cursor = 0  # publishes already written as events (cluster.run._publish_events)

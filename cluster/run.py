@@ -69,6 +69,10 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
             ctx.auth, ctx.run_key = _auth_settings(cfg)
         ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
+        if ctx.auth is not None:  # replicas on every node follow the keys from here
+            from cluster.key_service import start_key_service
+
+            ctx.auth, ctx.key_service = start_key_service(ctx.auth, cfg.serving.auth, cfg.run.name)
         stop.install()  # ray.init puts its own SIGTERM handler in, which ends the process on the spot
         if not verbose:
             link = ray_logs.link_session_logs()
@@ -217,8 +221,10 @@ def _replay_summary(client) -> dict[str, dict]:
 def _auth_settings(cfg: EvolveConfig) -> tuple[dict[str, Any] | None, str | None]:
     from serving.auth_guard import AuthNotReady, guard_settings, with_run_key
 
-    try:
-        return with_run_key(guard_settings(cfg.serving.auth, cfg.serving.host))
+    if cfg.serving.tls is not None and cfg.serving.tls.problems():
+        raise UserError("; ".join(cfg.serving.tls.problems()))
+    try:  # gRPC on: Serve's proxy listens on every interface, so keys are on whatever the host
+        return with_run_key(guard_settings(cfg.serving.auth, cfg.serving.host, grpc=cfg.serving.grpc))
     except AuthNotReady as exc:
         raise UserError(str(exc)) from None
 
@@ -242,7 +248,12 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
         ctx.endpoints["grpc"] = f"[::]:{cfg.serving.grpc_port}"
         if cfg.serving.host in ("127.0.0.1", "localhost", "::1"):
             say(f"evolve: warning: gRPC listens on every interface ([::]:{cfg.serving.grpc_port}), not "
-                f"{cfg.serving.host}: Ray Serve's gRPC proxy has no host option; firewall the port")
+                f"{cfg.serving.host}: Ray Serve's gRPC proxy has no host option; firewall the port"
+                + ("" if ctx.auth is not None else " (no API key asked: serving.auth.allow_open_grpc_unsafe)"))
+        if cfg.serving.tls is not None:
+            from core.tls import GRPC_PLAINTEXT
+
+            say(f"evolve: warning: {GRPC_PLAINTEXT}")
     return (f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"
             + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback)" if grpc else ""))
 
@@ -258,7 +269,8 @@ def _wait_for_routes(endpoints: dict[str, str], timeout_s: float = 60.0) -> None
     for url in urls:
         while time.monotonic() < deadline:
             try:
-                if httpx.get(url, timeout=5).status_code != 404:
+                # no key is sent: the probe need not check a certificate (serving.tls)
+                if httpx.get(url, timeout=5, verify=False).status_code != 404:
                     break
             except httpx.HTTPError:
                 pass

@@ -9,6 +9,11 @@ variable (`serving.auth.keys_env`), for deployments that mount secrets that way.
 `Authenticator.authorize(key, scope, user)` answers what a route needs: the key's record and
 who sent the request, or `AuthFailed` with the HTTP status (401 no or unknown key, 403 wrong
 scope, 429 over the rate or the feedback share, with `Retry-After`) and a one-line reason.
+Its limiter state is bounded: a sender's bucket is dropped once it has idled long enough to
+refill (a fresh bucket would be the same), and at most `max_senders` buckets are kept.
+
+Keys are required whenever a listener is reachable beyond loopback: `serving.host`, and
+Serve's gRPC proxy, which binds every interface (`AuthSection.active`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import os
 import secrets
 import tempfile
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -36,8 +41,12 @@ KEY_PREFIX = "evk"
 
 
 class AuthSection(Section):
-    # None: on whenever serving binds beyond loopback (serving.host), off on 127.0.0.1.
+    # None: on whenever a listener is reachable beyond loopback: serving.host, or serving.grpc
+    # (Serve's gRPC proxy binds every interface); off on 127.0.0.1 without gRPC.
     enabled: bool | None = None
+    # gRPC with no key on every interface: only when this says so (else keys are on, or the run
+    # is refused when `enabled` is false)
+    allow_open_grpc_unsafe: bool = False
     keys_file: Path = Path("~/.evolve/keys.json")
     # An environment variable holding the store's JSON instead of the file (when set, it wins).
     keys_env: str = "EVOLVE_API_KEYS"
@@ -47,9 +56,21 @@ class AuthSection(Section):
     # 1 admits all (a deployment with one feedback client); the gate caps shares in its evidence anyway.
     max_feedback_share: float = Field(default=1.0, gt=0, le=1)
     share_window: int = Field(default=1000, ge=10)
+    # rate buckets kept at most (one per key, or per named user of a proxy key); the longest idle
+    # goes first beyond it, and any bucket idle long enough to refill goes anyway
+    max_senders: int = Field(default=100_000, ge=1)
 
-    def active(self, host: str) -> bool:
-        return self.enabled if self.enabled is not None else host not in LOOPBACK
+    def active(self, host: str, grpc: bool = False) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        return host not in LOOPBACK or (grpc and not self.allow_open_grpc_unsafe)
+
+    def why_active(self, host: str, grpc: bool = False) -> str:
+        if self.enabled:
+            return "serving.auth.enabled"
+        if host not in LOOPBACK:
+            return f"serving.host {host} is beyond loopback"
+        return "serving.grpc: Serve's gRPC proxy listens on every interface"
 
 
 class KeyRecord(BaseModel):
@@ -62,6 +83,10 @@ class KeyRecord(BaseModel):
     # a service that speaks for many users (the run's own simulated clients): it names each
     # one in `x-evolve-client`, and the rate and feedback share apply per named user
     proxy: bool = False
+
+
+class RevokeRefused(ValueError):
+    """A revoke that could not take effect, and why."""
 
 
 class AuthFailed(Exception):
@@ -92,8 +117,8 @@ class KeyStore:
         self.env = env
         # keys that live only as long as a run (its own traffic actors'): never written anywhere
         self.extra = [KeyRecord.model_validate(r) for r in extra or ()]
-        # the driver's copy, for a replica on a node without the file (the file, when there, wins:
-        # a revoke on it takes effect at once)
+        # the driver's copy, for an app deployed without the run's key book (core/key_book.py)
+        # on a node without the file (the file, when there, wins)
         self.snapshot = snapshot
 
     def text(self) -> str:
@@ -103,12 +128,12 @@ class KeyStore:
         return text
 
     def records(self) -> dict[str, KeyRecord]:
-        text = self.text()
-        try:
-            return {r.id: r for r in (*(KeyRecord.model_validate(x) for x in json.loads(text)), *self.extra)}
-        except (ValueError, TypeError) as exc:
-            where = f"${self.env}" if self.env and self.env in os.environ else str(self.path)
-            raise ValueError(f"{where}: not an Evolve key store ({exc})") from exc
+        where = f"${self.env}" if self.overridden() else str(self.path)
+        return parse_records(self.text(), self.extra, where)
+
+    def overridden(self) -> str | None:
+        """The environment variable whose JSON wins over the file, when it is set."""
+        return self.env if self.env and self.env in os.environ else None
 
     def version(self) -> tuple:
         """Changes whenever the keys may have changed (a revoke takes effect without a restart)."""
@@ -128,6 +153,12 @@ class KeyStore:
         return record, key
 
     def revoke(self, kid: str) -> KeyRecord:
+        """Mark the key revoked in the file; RevokeRefused when the file is not what runs read."""
+        env = self.overridden()
+        if env:
+            raise RevokeRefused(f"${env} is set and wins over {self.path}: a run started with it never reads the "
+                                f"file, so this revoke would not take effect; mark {kid} revoked in ${env}'s JSON "
+                                f"and restart the run, or unset ${env} and keep the keys in the file")
         records = self._file_records()
         if kid not in records:
             raise KeyError(f"no key with id {kid!r} in {self.path}")
@@ -150,6 +181,14 @@ class KeyStore:
         with os.fdopen(fd, "w") as f:  # mkstemp's file is 0600: only the owner reads the hashes
             f.write(body)
         os.replace(tmp, self.path)
+
+
+def parse_records(text: str, extra: list[KeyRecord] = (), where: str = "key store") -> dict[str, KeyRecord]:
+    """id -> record of a key store's JSON (plus `extra`), or ValueError naming `where`."""
+    try:
+        return {r.id: r for r in (*(KeyRecord.model_validate(x) for x in json.loads(text)), *extra)}
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: not an Evolve key store ({exc})") from exc
 
 
 def mint(scopes: list[str], name: str = "", taken: Mapping[str, object] = {},
@@ -180,46 +219,77 @@ class _Bucket:
         return (1 - self.tokens) / self.rate
 
 
+class Keys(Protocol):
+    """Where an Authenticator reads keys: a KeyStore, or a replica's copy of the run's key book."""
+
+    def version(self) -> tuple: ...
+
+    def records(self) -> dict[str, KeyRecord]: ...
+
+
 class Authenticator:
     """What a replica asks before it answers: whose key, allowed this scope, within its limits."""
 
-    def __init__(self, store: KeyStore, section: AuthSection, clock=time.monotonic):
+    def __init__(self, store: Keys, section: AuthSection, clock=time.monotonic):
         self.store, self.section, self.clock = store, section, clock
         self._seen: tuple | None = None
         self._records: dict[str, KeyRecord] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        # sender -> bucket, least recently used first: the idle ones are dropped from the front
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._refill_s = section.burst / section.rate_per_s  # idle this long: the bucket is full again
         self._feedback: deque[str] = deque(maxlen=section.share_window)
+        self._shares: Counter[str] = Counter()  # feedbacks per sender in the window; none kept at 0
 
-    def authorize(self, key: str | None, scope: str, user: str | None = None) -> tuple[KeyRecord, str]:
+    def authorize(self, key: str | None, scope: str | None, user: str | None = None) -> tuple[KeyRecord, str]:
         """The key's record and who the request is from: the key's id, or `id/user` for a proxy
-        key that names its user."""
+        key that names its user. `scope` None: any valid key will do (the docs routes)."""
         if not key:
             raise AuthFailed(401, "an API key is required: send 'Authorization: Bearer <key>'")
         record = self._lookup(key)
         if record is None:
             raise AuthFailed(401, "unknown or revoked API key")
-        if scope not in record.scopes and "admin" not in record.scopes:
+        if scope is not None and scope not in record.scopes and "admin" not in record.scopes:
             raise AuthFailed(403, f"key {record.id} lacks the {scope!r} scope (has {', '.join(record.scopes)})")
         sender = f"{record.id}/{user}" if record.proxy and user else record.id
-        now = self.clock()
-        bucket = self._buckets.setdefault(sender, _Bucket(self.section.rate_per_s, self.section.burst, now))
-        wait = bucket.take(now)
+        wait = self._bucket(sender).take(self.clock())
         if wait > 0:
             raise AuthFailed(429, f"key {sender} is over {self.section.rate_per_s:g} requests/s", wait)
         if scope == "feedback":
             self._check_share(sender)
         return record, sender
 
+    def _bucket(self, sender: str) -> _Bucket:
+        """The sender's bucket, most recently used now; buckets idle long enough to be full again
+        are dropped (a new one is the same), and the longest idle beyond `max_senders`."""
+        now, buckets = self.clock(), self._buckets
+        while buckets:
+            oldest = next(iter(buckets.values()))
+            if now - oldest.at < self._refill_s and len(buckets) < self.section.max_senders:
+                break
+            buckets.popitem(last=False)
+        bucket = buckets.pop(sender, None) or _Bucket(self.section.rate_per_s, self.section.burst, now)
+        buckets[sender] = bucket
+        return bucket
+
+    def tracked_senders(self) -> int:
+        """Rate buckets and feedback-share counts held now (bounded: see `_bucket`, `share_window`)."""
+        return len(self._buckets) + len(self._shares)
+
     def _check_share(self, kid: str) -> None:
         window, cap = self._feedback, self.section.max_feedback_share
         if cap >= 1:
             return
-        mine = sum(1 for k in window if k == kid)
         # only a full enough window says anything about shares: the first clients are not capped
-        if len(window) >= window.maxlen // 10 and mine + 1 > cap * (len(window) + 1):
+        if len(window) >= window.maxlen // 10 and self._shares[kid] + 1 > cap * (len(window) + 1):
             raise AuthFailed(429, f"key {kid} sent over {cap:.0%} of recent feedback; others must send some first",
                              1.0)
+        if len(window) == window.maxlen:
+            gone = window[0]
+            self._shares[gone] -= 1
+            if self._shares[gone] <= 0:
+                del self._shares[gone]  # a sender out of the window leaves nothing behind
         window.append(kid)
+        self._shares[kid] += 1
 
     def _lookup(self, key: str) -> KeyRecord | None:
         version = self.store.version()

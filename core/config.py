@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from core.config_base import NAME_PATTERN as _NAME
 from core.auth import AuthSection
 from core.config_base import Section
+from core.tls import TLSSection
 from core.exploration import ExplorationSection
 from core.feedback_config import FeedbackConfig
 from core.mlm_config import MLMConfig
@@ -82,8 +83,19 @@ class ServingConfig(Section):
     # How replicas pick the answer they serve, and per policy id (core/exploration.py).
     exploration: ExplorationSection = Field(default_factory=ExplorationSection)
     exploration_by_policy: dict[str, ExplorationSection] = Field(default_factory=dict)
-    # API keys, scopes and per-key limits (core/auth.py); on by default beyond loopback.
+    # API keys, scopes and per-key limits (core/auth.py); on by default whenever a listener is
+    # reachable beyond loopback (host, or grpc).
     auth: AuthSection = Field(default_factory=AuthSection)
+    # HTTPS on the HTTP proxy: {certfile, keyfile} (core/tls.py); None: plain HTTP.
+    tls: TLSSection | None = None
+
+    @model_validator(mode="after")
+    def _no_open_grpc(self) -> "ServingConfig":
+        if self.enabled and self.grpc and self.auth.enabled is False and not self.auth.allow_open_grpc_unsafe:
+            raise ValueError("serving.grpc with serving.auth.enabled: false would answer gRPC on every interface "
+                             "([::], whatever serving.host) with no key: turn auth on (`evolve keys create`), "
+                             "or set serving.auth.allow_open_grpc_unsafe: true")
+        return self
 
     def exploration_for(self, policy_id: str) -> ExplorationSection:
         return self.exploration_by_policy.get(policy_id, self.exploration)

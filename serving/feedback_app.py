@@ -60,7 +60,7 @@ from serving.catalog import describe_policies
 from serving.classify import Served, classify, greedy_answers
 from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
-from serving.auth_guard import RouteGuard, admit, grpc_headers
+from serving.auth_guard import RouteGuard, admit, docs_need_key, grpc_headers
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
 from serving.feedback_schemas import (FeedbackRequest, FeedbackResponse, Health, Prediction, PredictBatchResponse,
                                      PredictRequest, error_responses, request_body)
@@ -80,6 +80,7 @@ api = FastAPIOffline(
     description="Classify texts and send feedback on the predictions; the served model keeps learning from it.",
     version="0.1.0",
 )
+docs_need_key(api)  # with keys on, /v1/docs and /v1/openapi.json need one too
 
 
 _GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",

@@ -2,7 +2,9 @@
 
 What the rollback guard reads (`serving/gate.py` `check_window`): a version's accuracy as it
 would answer greedily over its last `window` feedbacks, no one sender's rows counting beyond
-`max_client_share` of the window, and how many distinct senders the window holds.
+`max_client_share` of the window, and how many distinct senders the window holds. Feedback
+with no sender (no key, no client header) is one sender, "anonymous": however many
+people send it, they count once toward `min_clients` and share one cap.
 """
 
 from __future__ import annotations
@@ -37,17 +39,13 @@ class PrequentialWindows:
         return out
 
     def clients(self) -> dict[int, int]:
-        """{policy_version: distinct feedback senders in its window}.
-
-        An unattributed row (no API key, no client header: possible only with auth off, where any
-        sender may claim any name anyway) counts as a sender of its own and is never capped.
-        """
-        return {v: len({c for _, _, c in s if c is not None}) + sum(c is None for _, _, c in s)
-                for v, s in sorted(self.scores.items())}
+        """{policy_version: distinct feedback senders in its window}; unattributed rows (None) are
+        one sender: nothing says they come from more than one."""
+        return {v: len({c for _, _, c in s}) for v, s in sorted(self.scores.items())}
 
     def _capped(self, rows: deque) -> list[tuple[float, float, str | None]]:
         """The window with each sender's rows beyond `max_client_share` of it left out (its oldest):
-        one client, however busy, moves the figure by at most its share."""
+        one client, however busy, moves the figure by at most its share; the unattributed rows too."""
         if self.max_client_share >= 1:
             return list(rows)
         cap = max(1, math.ceil(self.max_client_share * len(rows)))
@@ -55,7 +53,7 @@ class PrequentialWindows:
         kept = []
         for row in reversed(rows):
             seen[row[2]] = seen.get(row[2], 0) + 1
-            if row[2] is None or seen[row[2]] <= cap:
+            if seen[row[2]] <= cap:
                 kept.append(row)
         return kept[::-1]
 

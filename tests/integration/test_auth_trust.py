@@ -1,16 +1,21 @@
 """API keys, feedback trust and overload on a live feedback app (real Serve, gate actor and joiner).
 
-Keys come from a real key store file (`evolve keys create`'s format). Without a key the
-app answers 401, with a key of the wrong scope 403, over the key's rate 429 with
-`Retry-After`. Then the rollback guard: v2 is live (v1 behind it); 300 wrong labels from
-ONE key must not roll it back (one client, however busy, is not trusted), while 300 wrong
-labels from three keys still do.
+Keys come from a real key store file (`evolve keys create`'s format), followed by the replica
+through the run's key book (cluster/key_service.py), as in a run. Serve listens on loopback
+with its gRPC proxy on, and nothing else turns keys on: gRPC alone must (the proxy binds
+every interface). Without a key the app answers 401 (gRPC: UNAUTHENTICATED), with a key of
+the wrong scope 403, over the key's rate 429 with `Retry-After`; the docs routes need a key;
+a key revoked with `evolve keys revoke` is refused within seconds. Then the rollback guard:
+v2 is live (v1 behind it); 300 wrong labels from ONE key must not roll it back (one client,
+however busy, is not trusted), while 300 wrong labels from three keys still do.
 """
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import httpx
 import pytest
 import ray
@@ -23,8 +28,9 @@ from core.registry import PolicyRegistry
 from core.text_classifier import from_encoder
 from core.text_corpus import review_texts
 from core.tokenizer import tokenizer_files, train_wordpiece
+from cluster.key_service import start_key_service
 from serving.auth_guard import guard_settings
-from serving.feedback_app import deploy_feedback_app, stop_joiner, undeploy_feedback_app
+from serving.feedback_app import deploy_feedback_app, grpc_options, stop_joiner, undeploy_feedback_app
 from serving.gate_actor import GateActor, gate_name
 from serving.publisher import PolicyPublisher
 from tests.conftest import free_port
@@ -42,8 +48,9 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth")
     ray.init(num_cpus=2, include_dashboard=False, namespace="auth-test", log_to_driver=False)
     try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+        port, grpc_port = free_port(), free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, grpc_options=grpc_options(grpc_port),
+                    logging_config={"log_level": "WARNING"})
         registry = str(tmp / "registry")
         publisher = PolicyPublisher.options(name="auth-test-publisher").remote(registry)
         texts = review_texts()[::50][:600]
@@ -63,16 +70,18 @@ def world(tmp_path_factory):
         keys = {name: store.create(scopes, name=name)[1] for name, scopes in [
             ("mallory", ["predict", "feedback"]), ("reader", ["predict"]),
             *[(f"user{i}", ["predict", "feedback"]) for i in range(3)]]}
-        section = AuthSection(enabled=True, keys_file=tmp / "keys.json", keys_env="EVOLVE_AUTH_TEST_UNSET",
+        # enabled left unset, the host loopback: only gRPC turns keys on
+        section = AuthSection(keys_file=tmp / "keys.json", keys_env="EVOLVE_AUTH_TEST_UNSET",
                               rate_per_s=RATE, burst=BURST)
-        deploy_feedback_app(publisher, registry, cfg, None, gate_name=gate_name(POLICY),
-                            auth=guard_settings(section, "127.0.0.1"))
+        settings, book = start_key_service(guard_settings(section, "127.0.0.1", grpc=True), section, "auth-test")
+        deploy_feedback_app(publisher, registry, cfg, None, gate_name=gate_name(POLICY), auth=settings)
         http = f"http://127.0.0.1:{port}/v1"
         bearer = {"Authorization": f"Bearer {keys['reader']}"}
         wait_until(lambda: httpx.post(f"{http}/predict", json={"text": "很好"}, headers=bearer,
                                       timeout=30).json().get("model_version") == 2, 90, "version 2 served")
         yield {"http": http, "gate": gate, "keys": keys, "texts": texts, "registry": PolicyRegistry(registry),
-               "registry_uri": registry, "publisher": publisher}
+               "registry_uri": registry, "publisher": publisher, "grpc": f"127.0.0.1:{grpc_port}",
+               "keys_file": tmp / "keys.json", "book": book}
         undeploy_feedback_app()
         stop_joiner()
         serve.shutdown()
@@ -118,6 +127,59 @@ def test_no_key_is_401_a_wrong_scope_403_over_the_rate_429(world):
     over = [r for r in replies if r.status_code == 429]
     assert over and {r.status_code for r in replies} == {200, 429}
     assert all(int(r.headers["Retry-After"]) >= 1 and "requests/s" in r.json()["detail"] for r in over)
+
+
+def test_grpc_on_loopback_without_a_key_is_unauthenticated(world):
+    """Serve's gRPC proxy binds [::] whatever serving.host: gRPC alone turns keys on."""
+    from serving.proto import evolve_pb2, evolve_pb2_grpc
+
+    meta = (("application", "feedback"),)
+    with grpc.insecure_channel(world["grpc"]) as channel:
+        stub = evolve_pb2_grpc.EvolveFeedbackStub(channel)
+        keyed = (*meta, ("authorization", f"Bearer {world['keys']['reader']}"))
+        reply = wait_until(lambda: stub.Predict(evolve_pb2.PredictRequest(texts=["很好"]), metadata=keyed, timeout=30),
+                           60, "the gRPC proxy answering a keyed Predict")
+        assert reply.predictions[0].model_version >= 1
+        refused = {}
+        for name, call, request in [("Predict", stub.Predict, evolve_pb2.PredictRequest(texts=["很好"])),
+                                    ("Feedback", stub.Feedback,
+                                     evolve_pb2.FeedbackRequest(event_id=reply.predictions[0].event_id, label="pos"))]:
+            with pytest.raises(grpc.RpcError) as info:
+                call(request, metadata=meta, timeout=30)
+            refused[name] = info.value.code()
+            assert "API key" in info.value.details()
+        print(f"\n[auth] gRPC without a key on a loopback host: {refused}")
+        assert refused == {"Predict": grpc.StatusCode.UNAUTHENTICATED, "Feedback": grpc.StatusCode.UNAUTHENTICATED}
+        with pytest.raises(grpc.RpcError) as info:  # a predict-only key may not send feedback
+            stub.Feedback(evolve_pb2.FeedbackRequest(event_id=reply.predictions[0].event_id, label="pos"),
+                          metadata=keyed, timeout=30)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_docs_routes_need_a_key(world):
+    http, reader = world["http"], {"Authorization": f"Bearer {world['keys']['reader']}"}
+    for path in ("/docs", "/openapi.json"):
+        assert httpx.get(f"{http}{path}", timeout=30).status_code == 401, path
+        assert httpx.get(f"{http}{path}", headers=reader, timeout=30).status_code == 200, path
+    assert httpx.get(f"{http}/healthz", timeout=30).status_code == 200  # readiness stays open
+
+
+def test_a_key_revoked_with_evolve_keys_is_refused_within_seconds(world):
+    from cluster.cli import main
+    from core.auth import key_id
+
+    store = KeyStore(world["keys_file"])
+    _, key = store.create(["predict"], name="leaver")
+    headers = {"Authorization": f"Bearer {key}"}
+    url = f"{world['http']}/predict"
+    wait_until(lambda: httpx.post(url, json={"text": "好"}, headers=headers, timeout=30).status_code == 200, 30,
+               "the new key taken (the replica follows the book)")
+    assert main(["keys", "revoke", key_id(key), "--file", str(world["keys_file"]),
+                 "--env", "EVOLVE_AUTH_TEST_UNSET"]) == 0
+    revoked_at = time.monotonic()
+    wait_until(lambda: httpx.post(url, json={"text": "好"}, headers=headers, timeout=30).status_code == 401, 10,
+               "the revoked key refused", every_s=0.1)
+    print(f"\n[auth] revoked key refused {time.monotonic() - revoked_at:.2f}s after `evolve keys revoke`")
 
 
 def test_one_key_cannot_roll_back_three_keys_can(world):

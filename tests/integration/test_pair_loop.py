@@ -1,6 +1,10 @@
 """The pair task through `evolve run configs/pairs.yaml` on a real embedded cluster: a pair predicted
 over HTTP and gRPC, its feedback joined, and the joined row with both texts in `evolve replay export`.
 
+gRPC is on with the host on loopback, and that alone turns API keys on (Serve's gRPC proxy binds
+every interface): the run reads its key from `EVOLVE_API_KEYS`, and a Predict or Feedback
+without one is refused UNAUTHENTICATED.
+
 Sized to check the wiring (a tiny BERT written with `save_pretrained`, 300 pairs per label, a small
 held-out set, a candidate every few updates); the gate is set up to promote every candidate, as in
 test_feedback_loop.py, so the pair model is also learned, gated and published here.
@@ -14,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.cli import main as evolve
+from core.auth import mint
 from core.text_corpus import people_daily_texts
 from tests.conftest import free_port
 from tests.integration.helpers import CliProcess, serving, tiny_bert_checkpoint, wait_until
@@ -22,6 +27,8 @@ pytestmark = pytest.mark.integration
 
 BUDGET_S = 150  # start-up takes about half of it on 2 cores
 A, B = "国务院总理李鹏今天在人民大会堂会见了外国客人。", "双方就两国关系和共同关心的国际问题交换了意见。"
+RECORD, KEY = mint(["predict", "feedback"], "pair-test")
+KEYED = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,8 @@ def pair_run(tmp_path_factory):
         "--set", "feedback.data.max_heldout=60", "--set", "feedback.candidate_every=5",
         "--set", "feedback.batch_size=16", "--set", "feedback.traffic.requests_per_s=20",
         "--set", "feedback.gate.tolerance=0.99", "--set", "feedback.gate.rollback_margin=1.0",
-        env={"EVOLVE_CACHE_DIR": str(tmp / "cache")},  # the pair CSV is made here, not in the user's cache
+        env={"EVOLVE_CACHE_DIR": str(tmp / "cache"),  # the pair CSV is made here, not in the user's cache
+             "EVOLVE_API_KEYS": json.dumps([RECORD.model_dump()])},
     )
     with serving(proc, timeout_s=180):
         yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}/v1",
@@ -50,18 +58,19 @@ def test_a_pair_is_predicted_and_its_feedback_joined(pair_run):
     http = pair_run["http"]
 
     def predict(body):
-        r = httpx.post(f"{http}/predict", json=body, timeout=10)
+        r = httpx.post(f"{http}/predict", json=body, headers=KEYED, timeout=10)
         return r.json() if r.status_code == 200 else None
 
     pred = wait_until(lambda: predict({"text": A, "text_pair": B}), 150, "the pair model answering /v1/predict")
     assert pred["label"] in ("next", "other_article", "same_article") and pred["model_version"] >= 1
     batch = predict({"pairs": [[A, B], [B, A]]})
     assert len(batch["predictions"]) == 2
-    single = httpx.post(f"{http}/predict", json={"text": A}, timeout=10)  # the model reads pairs only
+    single = httpx.post(f"{http}/predict", json={"text": A}, headers=KEYED, timeout=10)  # the model reads pairs only
     assert single.status_code == 422 and "classifies text pairs" in single.json()["detail"]
-    bad = httpx.post(f"{http}/predict", json={"pairs": [[A]]}, timeout=10)
+    bad = httpx.post(f"{http}/predict", json={"pairs": [[A]]}, headers=KEYED, timeout=10)
     assert bad.status_code == 422 and "pairs[0]" in bad.json()["detail"]
-    fb = httpx.post(f"{http}/feedback", json={"event_id": pred["event_id"], "label": "next"}, timeout=10)
+    fb = httpx.post(f"{http}/feedback", json={"event_id": pred["event_id"], "label": "next"}, headers=KEYED,
+                    timeout=10)
     assert fb.status_code == 200 and fb.json()["accepted"]
     pair_run["event_id"] = pred["event_id"]
 
@@ -69,11 +78,21 @@ def test_a_pair_is_predicted_and_its_feedback_joined(pair_run):
 def test_grpc_takes_pairs(pair_run):
     from serving.proto import evolve_pb2, evolve_pb2_grpc
 
-    meta = (("application", "feedback"),)
+    meta = (("application", "feedback"), ("authorization", f"Bearer {KEY}"))
     with grpc.insecure_channel(pair_run["grpc"]) as channel:
         stub = evolve_pb2_grpc.EvolveFeedbackStub(channel)
         reply = wait_until(lambda: stub.Predict(evolve_pb2.PredictRequest(texts=[A], text_pairs=[B]), metadata=meta,
                                                 timeout=30), 60, "the gRPC proxy")
+        refused = {}
+        for name, call, request in [
+                ("Predict", stub.Predict, evolve_pb2.PredictRequest(texts=[A], text_pairs=[B])),
+                ("Feedback", stub.Feedback, evolve_pb2.FeedbackRequest(event_id=reply.predictions[0].event_id,
+                                                                      label="next"))]:
+            with pytest.raises(grpc.RpcError) as info:  # no key: refused, though the host is loopback
+                call(request, metadata=meta[:1], timeout=30)
+            refused[name] = info.value.code()
+        print(f"\n[pairs] gRPC without a key, serving.host 127.0.0.1: {refused}")
+        assert set(refused.values()) == {grpc.StatusCode.UNAUTHENTICATED}
         assert len(reply.predictions) == 1 and reply.predictions[0].model_version >= 1
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(evolve_pb2.PredictRequest(texts=[A, B], text_pairs=[B]), metadata=meta, timeout=30)

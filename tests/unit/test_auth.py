@@ -196,3 +196,93 @@ def test_a_proxy_key_speaks_for_its_users_and_an_ordinary_key_cannot(tmp_path):
     with pytest.raises(AuthFailed) as over:  # an ordinary key cannot dodge its bucket by naming users
         guard.client({"authorization": f"Bearer {plain}", "x-evolve-client": "u1"}, "predict")
     assert over.value.status == 429
+
+
+def test_idle_buckets_are_dropped_and_their_number_is_bounded(store):
+    clock = Clock()
+    section = AuthSection(rate_per_s=10, burst=20, max_senders=50)  # a bucket refills in 2 s
+    auth = Authenticator(store, section, clock=clock)
+    record, proxy = mint_proxy(store)
+    for i in range(40):  # forty named users of a proxy key: forty buckets
+        auth.authorize(proxy, "predict", f"u{i}")
+    assert auth.tracked_senders() == 40
+    clock.t += 1.0
+    auth.authorize(proxy, "predict", "u0")  # not idle long enough to refill: all kept
+    assert auth.tracked_senders() == 40
+    clock.t += 1.5  # u1..u39 idle 2.5 s, full again: dropped; u0 (1.5 s) kept
+    auth.authorize(proxy, "predict", "u40")
+    assert auth.tracked_senders() == 2
+    for i in range(500):  # a flood of distinct users at one instant: never above max_senders
+        auth.authorize(proxy, "predict", f"flood{i}")
+    assert auth.tracked_senders() == 50
+    for _ in range(21):  # an emptied bucket is not forgotten while it refills
+        try:
+            auth.authorize(proxy, "predict", "busy")
+        except AuthFailed:
+            break
+    else:
+        raise AssertionError("burst 20 was never exceeded")
+    clock.t += 0.05
+    assert failed_user(auth, proxy, "busy").status == 429
+
+
+def mint_proxy(store):
+    from core.auth import mint
+
+    record, key = mint(["predict", "feedback"], "run", proxy=True)
+    store.extra.append(record)
+    return record, key
+
+
+def failed_user(auth, key, user) -> AuthFailed:
+    with pytest.raises(AuthFailed) as info:
+        auth.authorize(key, "predict", user)
+    return info.value
+
+
+def test_feedback_share_counts_leave_with_the_window(store):
+    auth = Authenticator(store, AuthSection(rate_per_s=1e6, burst=10**6, max_feedback_share=0.9, share_window=10),
+                         clock=Clock())
+    _, proxy = mint_proxy(store)
+    for i in range(100):  # a hundred users, one feedback each, through a window of ten
+        auth.authorize(proxy, "feedback", f"u{i}")
+    assert len(auth._feedback) == 10 and len(auth._shares) == 10  # the other ninety left nothing behind
+
+
+def test_grpc_turns_keys_on_even_on_loopback(tmp_path):
+    from serving.auth_guard import AuthNotReady, guard_settings
+
+    assert AuthSection().active("127.0.0.1", grpc=True)  # Serve's gRPC proxy binds [::]
+    assert not AuthSection(allow_open_grpc_unsafe=True).active("127.0.0.1", grpc=True)
+    assert not AuthSection(enabled=False).active("127.0.0.1", grpc=True)  # the config refuses this (test_listeners)
+    section = AuthSection(keys_file=tmp_path / "keys.json", keys_env="EVOLVE_TEST_KEYS_UNSET")
+    with pytest.raises(AuthNotReady) as info:
+        guard_settings(section, "127.0.0.1", grpc=True)
+    assert "serving.grpc" in str(info.value) and "allow_open_grpc_unsafe" in str(info.value)
+    KeyStore(section.keys_file).create(["predict"])
+    assert guard_settings(section, "127.0.0.1", grpc=True) is not None
+    assert guard_settings(section, "127.0.0.1") is None
+
+
+def test_a_revoke_the_file_cannot_carry_is_refused_with_the_reason(store, monkeypatch, capsys):
+    from cluster.cli import main
+    from core.auth import RevokeRefused
+
+    record, key = store.create(["predict"])
+    monkeypatch.setenv("EVOLVE_TEST_KEYS", store.path.read_text())  # runs read this, not the file
+    with pytest.raises(RevokeRefused, match=r"\$EVOLVE_TEST_KEYS is set and wins over"):
+        store.revoke(record.id)
+    assert not store._file_records()[record.id].revoked  # nothing half done
+    args = ["keys", "revoke", record.id, "--file", str(store.path), "--env", "EVOLVE_TEST_KEYS"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "revoke refused" in err[0] and "would not take effect" in err[0]
+    monkeypatch.delenv("EVOLVE_TEST_KEYS")
+    assert main(args) == 0 and store.records()[record.id].revoked
+
+
+def test_any_valid_key_will_do_where_no_scope_is_asked(store):
+    auth = Authenticator(store, AuthSection())
+    record, key = store.create(["feedback"])
+    assert auth.authorize(key, None)[1] == record.id
+    assert failed(auth, None, None).status == 401

@@ -312,11 +312,25 @@ def test_one_client_moves_the_window_by_its_share_and_counts_once():
     for i in range(100):
         lone.join(f"e{i}", "neg", client="mallory")
     assert lone.clients() == {3: 1} and lone.prequential()[3] == (0.0, 100)
+
+
+def test_anonymous_feedback_is_one_client_for_min_clients_and_the_share_cap():
+    """Feedback with no key and no client header: however many people send it, nothing says they
+    are more than one, so it counts once toward min_clients and shares one cap."""
     anonymous = EventJoin(60.0, window=100, max_client_share=0.2)
-    anonymous.record([_event(i, prediction=1) for i in range(30)])
-    for i in range(30):
+    anonymous.record([_event(i, prediction=1) for i in range(100)])
+    for i in range(50):  # ten named clients: all right
+        anonymous.join(f"e{i}", "pos", client=f"user{i % 10}")
+    for i in range(50, 100):  # fifty anonymous senders: all wrong
         anonymous.join(f"e{i}", "neg")
-    assert anonymous.clients() == {3: 30} and anonymous.prequential()[3] == (0.0, 30)  # unattributed: as before
+    assert anonymous.clients() == {3: 11}  # ten named + one anonymous, not 10 + 50
+    correct, n = anonymous.prequential()[3]
+    assert n == 100 and correct == pytest.approx(100 * 50 / 70)  # 20 anonymous rows count, as one client's would
+    alone = EventJoin(60.0, window=100, max_client_share=0.2)
+    alone.record([_event(i, prediction=1) for i in range(30)])
+    for i in range(30):
+        alone.join(f"e{i}", "neg")
+    assert alone.clients() == {3: 1}  # below any gate.min_clients above 1: no rollback from them alone
 
 
 class GatedWriter(FlakyWriter):
