@@ -90,6 +90,9 @@ class ObjectLease:
             if found is None:
                 continue  # released meanwhile: try the create again
             holder = _parse(found[0])
+            if holder.get("token") == self.record["token"]:
+                self.tag = found[1]  # our own create, answered only on a retry of it
+                return None
             why = stale_reason(holder, self.clock())
             if why is None:
                 raise LeaseHeld(self.path, holder)
@@ -118,8 +121,13 @@ class ObjectLease:
         try:
             self.tag = self.store.replace(self.path, self._payload(), self.tag)
         except Precondition:
+            found = self.store.read(self.path)
+            holder = _parse(found[0]) if found else {}
+            if found and holder.get("token") == self.record["token"]:
+                self.tag = found[1]  # our own replace, answered only on a retry of it
+                return
             self.tag = None
-            raise LeaseLost(f"lost the lease {self.path} to {describe(self._current())}") from None
+            raise LeaseLost(f"lost the lease {self.path} " + (f"to {describe(holder)}" if found else "(deleted)")) from None
 
     def keep_renewed(self) -> None:
         """Renew from a daemon thread every ttl_s / 3 until `release`."""
@@ -153,10 +161,6 @@ class ObjectLease:
 
     def _payload(self) -> bytes:
         return json.dumps({**self.record, "renewed_at": self.clock()}).encode()
-
-    def _current(self) -> dict[str, Any]:
-        found = self.store.read(self.path)
-        return _parse(found[0]) if found else {}
 
 
 def _parse(data: bytes) -> dict[str, Any]:

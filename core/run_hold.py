@@ -39,6 +39,10 @@ class StorageHeld(RuntimeError):
     """A live run holds a place this run would write; the message is one line naming it."""
 
 
+class StorageUnreachable(RuntimeError):
+    """The store of a place to hold did not answer; the message is one line saying which."""
+
+
 def hold_places(run_dir: str | os.PathLike[str], storage: str | None, replay_dir: str | None) -> list[str]:
     """The places one run must hold alone, absolute, each once, none inside another."""
     places: list[str] = []
@@ -82,9 +86,12 @@ class RunHold:
                                                         self.clock)
             hold.on_lost = self._lost
             try:
+                fs.makedirs(root, exist_ok=True)  # as the registry would: a new bucket is made
                 previous = hold.acquire()
             except LeaseHeld as exc:
                 raise StorageHeld(_refusal(what, exc.holder)) from None
+            except Exception as exc:  # OSError, botocore's connection errors: the store did not answer
+                raise StorageUnreachable(f"cannot hold {what}: {' '.join(str(exc).split())[:300]}") from None
             hold.keep_renewed()
             self._held.append(hold)
             lines = [] if hold.store.atomic else [
@@ -168,6 +175,6 @@ def _read_record(fd: int) -> dict[str, Any]:
 
 
 def _refusal(what: str, holder: dict[str, Any]) -> str:
-    return (f"{what} is held by {describe(holder)}, which is still running; stop it first "
-            "(`evolve stop`, Ctrl-C), or give this run another --run-dir / run.storage")
+    return (f"{what} is held by {describe(holder)}, which is still running; stop it first (Ctrl-C or "
+            "SIGTERM; `evolve stop` for a submitted job), or give this run another --run-dir / run.storage")
 

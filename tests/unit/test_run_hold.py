@@ -201,3 +201,14 @@ def test_an_s3_412_reads_as_a_precondition():
     except OSError as translated:  # what s3fs raises for SeaweedFS's 412
         assert precondition_failed(translated)
     assert not precondition_failed(OSError(22, "Invalid argument"))
+
+
+def test_an_unreachable_store_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                       "AWS_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(key, value)  # port 9 (discard): nothing answers
+    code = main(["run", os.path.join(REPO, "configs/default.yaml"), "--run-dir", str(tmp_path / "run"),
+                 "--set", "loops=[]", "--set", f"run.storage=s3://nowhere-{uuid.uuid4().hex[:8]}/evolve"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and err.startswith("evolve: error: cannot hold storage s3://"), err
+    assert RunHold([str(tmp_path / "run")], "after").acquire() == []  # the directory was let go
