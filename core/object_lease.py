@@ -48,8 +48,9 @@ def describe(holder: dict[str, Any]) -> str:
         return "another process (it is starting: its record is not written yet)"
     started = holder.get("started_at")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
-    what = f"run {holder['run']!r}" if holder.get("run") else "a process"
-    return f"{what} (id {holder.get('run_id', '?')}, pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {when})"
+    what = f"run {holder['run']!r}" if holder.get("run") else str(holder.get("what", "a process"))
+    ident = f"id {holder['run_id']}, " if holder.get("run_id") else ""
+    return f"{what} ({ident}pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {when})"
 
 
 def stale_reason(holder: dict[str, Any], now: float) -> str | None:

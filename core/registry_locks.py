@@ -74,7 +74,7 @@ def stage_lock(fs: Any, uri: str, pdir: str) -> Iterator[None]:
             with _flock(pdir):
                 yield
             return
-        lease = ObjectLease(fs, f"{pdir}/{STAGE_LEASE}", {"run": "a stage change"}, ttl_s=STAGE_LOCK_TTL_S)
+        lease = ObjectLease(fs, f"{pdir}/{STAGE_LEASE}", {"what": "a stage change"}, ttl_s=STAGE_LOCK_TTL_S)
         lease.acquire_waiting(STAGE_LOCK_WAIT_S)
         try:
             yield
