@@ -13,6 +13,7 @@ from typing import Sequence
 
 from cluster.errors import UserError
 from core.config_loader import ConfigError, load_config
+from core.run_hold import StorageHeld, StorageUnreachable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"evolve: config error: {exc}", file=sys.stderr)
         return 2
-    except UserError as exc:
+    except StorageHeld as exc:  # a second run on a live run's directory or storage
+        print(f"evolve: refused: {exc}", file=sys.stderr)
+        return 2
+    except (UserError, StorageUnreachable) as exc:
         print(f"evolve: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -35,6 +35,7 @@ from cluster.rundir import RunDir
 from core.config import EvolveConfig
 from core.registry import PolicyRegistry
 from core.registry_lease import RegistryLease
+from core.run_hold import RunHold, hold_places
 from core.storage import RunStorage, shared_storage_problems
 
 LEASE_TTL_S = 30.0  # a run killed without cleanup stops blocking offline rollbacks after this
@@ -43,7 +44,19 @@ LEASE_TTL_S = 30.0  # a run killed without cleanup stops blocking offline rollba
 def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool = False,
             report: bool = True) -> int:
     """Run until the budget ends, every loop is done, or the user stops it; returns an exit code.
-    `verbose`: Ray's own log lines on the terminal too; `report`: write report.html at the end."""
+    `verbose`: Ray's own log lines on the terminal too; `report`: write report.html at the end.
+    Raises StorageHeld, before anything is written, while a live run holds this run's directory
+    or storage (core.run_hold)."""
+    hold = RunHold(hold_places(cfg.run.resolved_run_dir(), cfg.run.storage, cfg.replay.dir), cfg.run.name)
+    for line in hold.acquire():
+        say(f"evolve: {line}")
+    try:
+        return _execute(cfg, say, verbose, report, hold)
+    finally:
+        hold.release()
+
+
+def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, report: bool, hold: RunHold) -> int:
     rd = RunDir(cfg.run.resolved_run_dir())
     status = RunStatus(cfg.run.name, str(rd.path))
     rd.listeners.append(status.observe)
@@ -54,6 +67,12 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
     ctx.say = say
     run_info: dict[str, Any] = {"name": cfg.run.name, "run_dir": str(rd.path), "started_at": started}
     stop = StopSignals()
+
+    def storage_lost(why: str) -> None:  # another run took this run's storage over: stop writing to it
+        say(f"evolve: {why}; stopping")
+        stop.request("storage_lost")
+
+    hold.on_lost = storage_lost
     loops: list[Loop] = []
     running: list[Loop] = []  # started (or starting): these are stopped at the end
     reason = "error"
@@ -310,6 +329,11 @@ class StopSignals:
         if self._event.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.reason = "interrupt" if signum == signal.SIGINT else "terminated"
+        self._event.set()
+
+    def request(self, reason: str) -> None:
+        """Stop the run from another thread, as a signal would."""
+        self.reason = reason
         self._event.set()
 
     def wait(self, timeout: float) -> bool:

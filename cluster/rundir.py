@@ -3,6 +3,9 @@
     runs/<name>/config.yaml     the resolved config
     runs/<name>/events.jsonl    one JSON object per event: time, loop, event, fields
     runs/<name>/summary.json    {"run": {...}, "loops": {"<loop>": {...}}}
+    runs/<name>/run.lock        held by the live run (core.run_hold): one run per directory
+
+A run directory this creates is 0o700 and its files 0o600: they hold users' data.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from core.config_loader import dump_config
 class RunDir:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []  # each record, once written (the live status)
         # Line-buffered append: a crash loses at most the event being written,
         # and a resumed run keeps the earlier events.
-        self._events = open(self.path / "events.jsonl", "a", buffering=1, encoding="utf-8")
+        self._events = open(self.path / "events.jsonl", "a", buffering=1, encoding="utf-8", opener=_private)
         if self._events.tell() > 0 and not _ends_with_newline(self.path / "events.jsonl"):
             self._events.write("\n")  # close a line torn by a crash so the next event stays parseable
 
@@ -77,8 +80,14 @@ def _ends_with_newline(path: Path) -> bool:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8", opener=_private) as fh:
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def _private(path: str, flags: int) -> int:
+    """open()'s opener: a file this creates is the user's alone (an existing one keeps its mode)."""
+    return os.open(path, flags, 0o600)
 
 
 def _json_safe(value: Any) -> Any:

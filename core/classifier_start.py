@@ -69,17 +69,14 @@ def _from_registry(fb: FeedbackConfig, registry: PolicyRegistry, data: LabeledDa
 def _from_pretrained(name: str, data: LabeledData, max_len: int, seed: int) -> StartingClassifier:
     """A Hugging Face BERT-family checkpoint: its encoder and tokenizer, a new head for the data's labels.
     A directory is read offline; any other name goes to the hub (online machines only)."""
-    from pathlib import Path
-
     from transformers import AutoTokenizer, BertModel
 
-    local = Path(name).expanduser()
-    source = str(local.resolve()) if local.is_dir() else name
+    source, local, options = pretrained_source(name)
     try:
-        encoder = BertModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local.is_dir())
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=local.is_dir())
+        encoder = BertModel.from_pretrained(source, add_pooling_layer=False, **options)
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except Exception as exc:  # transformers raises OSError/ValueError/... for missing or broken checkpoints
-        where = "directory" if local.is_dir() else "directory or hub name (is this machine online?)"
+        where = "directory" if local else "directory or hub name (is this machine online?)"
         raise ClassifierError(f"feedback.pretrained_dir: cannot load a BERT checkpoint from {where} {name!r}: "
                               f"{' '.join(str(exc).split())[:200]}") from None
     if not tok.is_fast:
@@ -91,6 +88,18 @@ def _from_pretrained(name: str, data: LabeledData, max_len: int, seed: int) -> S
               "hidden_size": config.get("hidden_size"), "num_layers": config.get("num_hidden_layers"),
               "vocab_size": len(tok)}
     return StartingClassifier(bundle, origin)
+
+
+def pretrained_source(name: str) -> tuple[str, bool, dict[str, Any]]:
+    """(what to load, whether it is a local directory, the model's `from_pretrained` options).
+    Weights load from safetensors only, from a directory as from the hub: a pickled
+    pytorch_model.bin runs code of whoever wrote it when it is read."""
+    from pathlib import Path
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return str(local.resolve()), True, {"local_files_only": True, "use_safetensors": True}
+    return name, False, {"local_files_only": False, "use_safetensors": True}
 
 
 def _random_init(fb: FeedbackConfig, data: LabeledData, seed: int) -> StartingClassifier:

@@ -6,7 +6,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: `$` also matches before a trailing newline, which would let "name\n" through
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class Section(BaseModel):

@@ -9,15 +9,17 @@ Layout under the root (a local directory or any fsspec URL):
 
 metadata.json holds the lineage (parent version, data range, metrics, the
 gate decision) and a sha256 of every file; loading recomputes the hashes and
-refuses a file that changed.  One publisher per policy (the learner's rank 0)
-is assumed; on a local directory version numbers are claimed atomically.
+refuses a file that changed.  Version numbers are claimed atomically, on a
+local directory and on an object store alike (core.registry_locks), so two
+publishers of one policy never get the same number.
 
 Stage changes (`promote`, `clear`, `rollback`) read-modify-write stages.json
-under a lock (an flock on `<policy_id>/stages.lock` for a local or shared
-POSIX directory; on an object store only threads of one process are
-serialised), so two writers never lose each other's update.  `expect=` makes
-the change compare-and-swap: it raises `StageConflict` unless the stage still
-points at the version the caller decided against.
+under a lock that holds across processes and hosts (an flock on a local or
+shared POSIX directory, a lease object on an object store), so two writers
+never lose each other's update.  `expect=` makes the change compare-and-swap:
+it raises `StageConflict` unless the stage still points at the version the
+caller decided against.  Every method checks `policy_id` against the name
+rule first: a name is never a path outside the registry.
 """
 
 from __future__ import annotations
@@ -36,15 +38,14 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.config_base import NAME_PATTERN as _NAME
+from core.object_lease import LeaseHeld, describe
+from core.registry_locks import CLAIM_FILE, claim_version, stage_lock
 from core.storage import open_fs
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
 STAGES_FILE = "stages.json"
-LOCK_FILE = "stages.lock"
 ANY: Any = object()  # `expect=ANY` (the default): change the stage whatever it points at
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_MU = threading.Lock()
 
 
 class RegistryError(RuntimeError):
@@ -165,7 +166,7 @@ class PolicyRegistry:
             entry = stages.setdefault(stage, {"version": None, "history": []})
             entry["version"] = version
             entry["history"].append(version)
-            self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
+            self._write(f"{self._pdir(policy_id)}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
 
     def clear(self, policy_id: str, stage: str, expect: Any = ANY) -> None:
         """Point a stage at no version (history kept): a canary that ended."""
@@ -175,7 +176,7 @@ class PolicyRegistry:
             if stages.get(stage, {}).get("version") is None:
                 return
             stages[stage]["version"] = None
-            self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
+            self._write(f"{self._pdir(policy_id)}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
 
     def rollback(self, policy_id: str, to: int | None = None, stage: str = "live", expect: Any = ANY) -> int:
         """Make `to` (default: the version live before the current one) live again."""
@@ -194,7 +195,7 @@ class PolicyRegistry:
                 to = earlier[-1]
             entry["version"] = to
             entry["history"].append(to)
-            self._write(f"{self.root}/{policy_id}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
+            self._write(f"{self._pdir(policy_id)}/{STAGES_FILE}", json.dumps(stages, indent=2).encode())
         return to
 
     # ---- reading -----------------------------------------------------------------
@@ -207,7 +208,7 @@ class PolicyRegistry:
         return sorted(n for n in names if _NAME.match(n) and self.versions(n))
 
     def versions(self, policy_id: str) -> list[int]:
-        pdir = f"{self.root}/{policy_id}"
+        pdir = self._pdir(policy_id)
         if not self.fs.isdir(pdir):
             return []
         out = []
@@ -273,60 +274,27 @@ class PolicyRegistry:
 
     # ---- internals ---------------------------------------------------------------
     def _vdir(self, policy_id: str, version: int) -> str:
-        return f"{self.root}/{policy_id}/v{version:06d}"
+        return f"{self._pdir(policy_id)}/v{version:06d}"
+
+    def _pdir(self, policy_id: str) -> str:
+        _check_policy_id(policy_id)
+        return f"{self.root}/{policy_id}"
 
     def _claim_version(self, policy_id: str) -> tuple[int, str]:
-        self.fs.makedirs(f"{self.root}/{policy_id}", exist_ok=True)
-        try:
-            listed = self.fs.ls(f"{self.root}/{policy_id}", detail=False)
-        except FileNotFoundError:  # an object store has no empty directories: a new policy lists nothing
-            listed = []
-        existing = [
-            int(p.rstrip("/").rsplit("/v", 1)[-1])
-            for p in listed
-            if p.rstrip("/").rsplit("/", 1)[-1][1:].isdigit()
-        ]
-        version = max(existing, default=0) + 1
-        while True:
-            vdir = self._vdir(policy_id, version)
-            if isinstance(self.fs, LocalFileSystem):
-                try:
-                    os.mkdir(vdir)  # atomic: two publishers never get the same number
-                    return version, vdir
-                except FileExistsError:
-                    version += 1
-                    continue
-            if not self.fs.exists(vdir):
-                self.fs.makedirs(vdir, exist_ok=True)
-                return version, vdir
-            version += 1
+        return claim_version(self.fs, self._pdir(policy_id), lambda v: self._vdir(policy_id, v))
 
     @contextlib.contextmanager
     def _locked(self, policy_id: str) -> Iterator[None]:
-        """The stage lock of one policy: threads of this process, then (local paths) other processes.
-
-        An flock is held per open file, so two threads each opening the lock file exclude each
-        other too; the thread lock only keeps them from queueing in the kernel.  Never nested."""
-        key = f"{self.uri}::{policy_id}"
-        with _THREAD_LOCKS_MU:
-            mu = _THREAD_LOCKS.setdefault(key, threading.Lock())
-        with mu:
-            if not isinstance(self.fs, LocalFileSystem):
-                yield  # object stores: no cross-process lock (one writer per policy is assumed there)
-                return
-            import fcntl
-
-            pdir = f"{self.root}/{policy_id}"
-            os.makedirs(pdir, exist_ok=True)
-            fd = os.open(f"{pdir}/{LOCK_FILE}", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        """The stage lock of one policy (core.registry_locks): never nested."""
+        try:
+            with stage_lock(self.fs, self.uri, self._pdir(policy_id)):
                 yield
-            finally:
-                os.close(fd)  # releases the flock
+        except LeaseHeld as exc:
+            raise RegistryError(f"policy {policy_id!r}: the stage lock is held by {describe(exc.holder)}; "
+                                "nothing changed") from None
 
     def _stages(self, policy_id: str) -> dict[str, Any]:
-        path = f"{self.root}/{policy_id}/{STAGES_FILE}"
+        path = f"{self._pdir(policy_id)}/{STAGES_FILE}"
         if not self.fs.exists(path):
             return {}
         try:
@@ -393,7 +361,7 @@ def _check_policy_id(policy_id: str) -> None:
 
 def _check_files(policy_id: str, files: Mapping[str, bytes]) -> dict[str, bytes]:
     for name, data in files.items():
-        if name in (WEIGHTS_FILE, METADATA_FILE) or "/" in name or not _NAME.match(name):
+        if name in (WEIGHTS_FILE, METADATA_FILE, CLAIM_FILE) or "/" in name or not _NAME.match(name):
             raise RegistryError(f"policy {policy_id!r}: invalid extra file name {name!r}")
         if not isinstance(data, (bytes, bytearray)):
             raise RegistryError(f"policy {policy_id!r}: extra file {name!r} must be bytes")

@@ -121,7 +121,8 @@ def load_pretrained_mlm(path: str | os.PathLike[str]) -> BertForMaskedLM:
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: no config.json: not a pretrained model directory")
     try:
-        return BertForMaskedLM.from_pretrained(str(path), local_files_only=True)
+        # safetensors only: a pickled pytorch_model.bin runs code of whoever wrote it when it is read
+        return BertForMaskedLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     except Exception as exc:  # transformers raises several types for incompatible dirs
         raise ModelError(f"{path}: cannot load as BertForMaskedLM: {' '.join(str(exc).split())[:200]}") from None
 

@@ -15,10 +15,17 @@ object per add, so a table holds about capacity / rows-per-add objects and a
 restarted shard reads them all.  Writers that batch (rollout actors send
 `steps_per_write` rows at a time) keep both small.  Evicted objects are deleted
 as on disk; a torn or foreign object is moved to quarantine/, never deleted.
+
+A segment object is only created, never written over (S3 `If-None-Match: *`
+through core.conditional_put): an object already at a new segment's key is
+another writer's, and the add fails saying so.  The one exception is a key this
+log tried to write and got no answer for: that object, if it landed, is its
+own unacknowledged add, which the retry at the same seq replaces.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -26,6 +33,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from core.conditional_put import ConditionalStore, Precondition
 from core.replay.segments import QUARANTINE, Segment, SegmentLog, read_batches
 from core.storage import is_url, join, open_fs
 
@@ -42,6 +50,8 @@ class ObjectSegmentLog:
         self.schema = schema
         self.segments: list[Segment] = []
         self.sizes: dict[str, int] = {}  # object key -> bytes
+        self.store = ConditionalStore(self.fs)
+        self._unanswered: set[str] = set()  # keys whose upload failed: each may hold our own unacknowledged add
 
     def _key(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -94,11 +104,19 @@ class ObjectSegmentLog:
         data = sink.getvalue().to_pybytes()
         key = self._key(f"{_PREFIX}{seq:012d}{_SUFFIX}")
         try:
-            self.fs.pipe_file(key, data)
+            if key in self._unanswered:
+                self.fs.pipe_file(key, data)
+            else:
+                self.store.create(key, data)
+        except Precondition:
+            raise FileExistsError(errno.EEXIST, f"replay segment {key} already exists: another process is writing "
+                                  "this table (two runs on one replay store?); nothing was overwritten") from None
         except Exception as e:  # botocore / aiohttp errors too: the add fails, as on a failed disk write
+            self._unanswered.add(key)
             if isinstance(e, OSError):
                 raise
             raise OSError(f"replay segment upload to {key} failed: {e}") from e
+        self._unanswered.discard(key)
         self.segments.append(Segment(key, seq, batch.num_rows))  # type: ignore[arg-type]
         self.sizes[key] = len(data)
 

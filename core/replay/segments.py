@@ -14,10 +14,17 @@ A failed write (a full or failing disk) fails its `add`, cuts the segment back
 to its last whole batch and closes it, so no acknowledged row ever follows a
 tear.  A file that is not a readable segment is moved to `quarantine/`, never
 deleted: it may be the only copy of rows someone wants back.
+
+A segment file is only ever created, never opened over an existing one: its
+name is the seq of its first row, and recovery reads rows by that name, so a
+file already there is another writer's (two runs on one replay directory), and
+the add fails saying so rather than truncate rows that writer acknowledged.
+Table directories are 0o700 and segment files 0o600: rows are users' data.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -46,7 +53,7 @@ class Segment:
 class SegmentLog:
     def __init__(self, directory: Path, schema: pa.Schema, segment_rows: int, fsync: bool = False):
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.schema, self.segment_rows, self.fsync = schema, segment_rows, fsync
         self.segments: list[Segment] = []
         self._sink: pa.OSFile | None = None
@@ -117,7 +124,9 @@ class SegmentLog:
 
     def write_head(self, head: int) -> None:
         tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps({"head": head}))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a temporary name of ours alone
+        with open(fd, "w") as fh:
+            fh.write(json.dumps({"head": head}))
         os.replace(tmp, self.dir / "state.json")
         self._sync_dir()
 
@@ -138,7 +147,8 @@ class SegmentLog:
     def _roll(self, seq: int) -> None:
         self.close()
         path = self.dir / f"{_PREFIX}{seq:012d}{_SUFFIX}"
-        sink = pa.OSFile(str(path), "wb")
+        create_private(path)
+        sink = pa.OSFile(str(path), "ab")  # the file just created: appending writes from its start
         try:
             self._writer = pa.ipc.new_stream(sink, self.schema)
         except (OSError, pa.ArrowException):
@@ -148,6 +158,16 @@ class SegmentLog:
         self._sink = sink
         self.segments.append(Segment(path, seq))
         self._sync_dir()
+
+
+def create_private(path: Path) -> None:
+    """Create an empty 0o600 file at `path`; FileExistsError, said plainly, when one is there."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, f"replay segment {path} already exists: another process is writing "
+                              "this table (two runs on one replay directory?); nothing was overwritten") from None
+    os.close(fd)
 
 
 def read_head(directory: Path) -> int:
@@ -185,7 +205,7 @@ def scan(directory: Path, schema: pa.Schema | None = None,
 
 def _quarantine(path: Path, why: Exception) -> None:
     qdir = path.parent / QUARANTINE
-    qdir.mkdir(exist_ok=True)
+    qdir.mkdir(mode=0o700, exist_ok=True)
     dest, n = qdir / path.name, 0
     while dest.exists():  # an earlier quarantined file of the same name is kept too
         n += 1

@@ -121,3 +121,43 @@ def test_an_act_client_whose_loop_raises_calls_the_exit():
                              on_crash=crashes.append)
     worker._run()
     assert len(crashes) == 1 and "400" in str(crashes[0])
+
+
+def test_the_crash_count_lives_in_a_directory_of_this_users_alone(tmp_path, monkeypatch):
+    from actors import crash_backoff
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(crash_backoff.tempfile, "gettempdir", lambda: str(tmp_path))
+    sleeps, exits = [], []
+    b = CrashBackoff("rollout-a/1", sleep=sleeps.append, exit=exits.append)
+    b.fail(RuntimeError("boom"))
+    private = tmp_path / f"evolve-{os.getuid()}"
+    assert os.path.dirname(b.path) == str(private)
+    assert private.stat().st_mode & 0o777 == 0o700 and os.stat(b.path).st_mode & 0o777 == 0o600
+    CrashBackoff("rollout-a/1", sleep=sleeps.append, exit=exits.append).fail(RuntimeError("again"))
+    assert sleeps == [1.0, 2.0]  # counted across processes, as before
+
+
+def test_a_state_dir_made_by_someone_else_or_open_to_others_is_not_used(tmp_path, monkeypatch, caplog):
+    from actors import crash_backoff
+
+    monkeypatch.setattr(crash_backoff.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    planted = tmp_path / f"evolve-{os.getuid()}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)  # as a directory another user made first would be
+    with caplog.at_level(logging.WARNING, logger="actors.crash_backoff"):
+        b = CrashBackoff("x", sleep=lambda s: None, exit=lambda c: None)
+    assert b.path is None and "not a directory of this user's alone" in caplog.text
+    b.fail(RuntimeError("boom"))  # still exits, with the count in memory
+    assert list(planted.iterdir()) == []
+    planted.rmdir()
+    planted.symlink_to(tmp_path)  # a link to somewhere else
+    assert crash_backoff.private_state_dir() is None
+
+
+def test_xdg_runtime_dir_is_used_when_set(tmp_path, monkeypatch):
+    from actors import crash_backoff
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert crash_backoff.private_state_dir() == str(tmp_path / "evolve")

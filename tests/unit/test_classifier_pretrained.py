@@ -58,3 +58,37 @@ def test_a_missing_directory_is_one_clear_error(tmp_path, data):
 def test_two_starts_at_once_are_refused():
     with pytest.raises(ValueError, match="not both"):
         FeedbackConfig(pretrained_dir="x", encoder_registry="y")
+
+
+def test_a_checkpoint_without_safetensors_is_refused_not_unpickled(tmp_path, data):
+    path, model = _tiny(tmp_path)
+    (path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), path / "pytorch_model.bin")  # a pickle: code runs when it is read
+    with pytest.raises(ClassifierError, match="cannot load a BERT checkpoint"):
+        starting_classifier(FeedbackConfig(pretrained_dir=str(path), max_len=32), data)
+
+
+def test_hub_names_and_directories_ask_for_safetensors(tmp_path):
+    from core.classifier_start import pretrained_source
+
+    source, local, options = pretrained_source("google-bert/bert-base-uncased")
+    assert (source, local) == ("google-bert/bert-base-uncased", False)
+    assert options == {"local_files_only": False, "use_safetensors": True}
+    source, local, options = pretrained_source(str(tmp_path))
+    assert local and options["use_safetensors"] is True and options["local_files_only"] is True
+
+
+def test_the_mlm_start_loads_safetensors_only(tmp_path):
+    from transformers import BertForMaskedLM
+
+    from core.text_models import ModelError, load_pretrained_mlm
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    model = BertForMaskedLM(config)
+    model.save_pretrained(tmp_path / "m")
+    load_pretrained_mlm(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="cannot load as BertForMaskedLM"):
+        load_pretrained_mlm(tmp_path / "m")

@@ -87,6 +87,7 @@ def test_unknown_override_key_names_the_override():
         ("rl.lr=-1", "rl.lr"),
         ("learner.num_workers=0", "learner.num_workers"),
         ("run.name=has space", "run.name"),
+        ('run.name="trailing-newline\\n"', "run.name"),  # YAML's \n escape: a real newline
         ("serving.http_port=8265", ""),  # collides with the dashboard port
         ("learner.resources_per_worker={learner: -1}", "learner.resources_per_worker"),
     ],

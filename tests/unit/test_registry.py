@@ -137,3 +137,49 @@ def test_any_fsspec_url_works():
     v = reg.publish("p", _weights())
     reg.promote("p", v)
     assert torch.equal(reg.load("p", stage="live").weights["fc.bias"], _weights()["fc.bias"])
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", "p\n", "", ".hidden"])
+def test_reads_and_stage_changes_check_the_policy_id_too(reg, tmp_path, bad):
+    (tmp_path / "outside").mkdir()
+    calls = [lambda: reg.get(bad, 1), lambda: reg.versions(bad), lambda: reg.latest(bad, "live"),
+             lambda: reg.load(bad), lambda: reg.stages(bad), lambda: reg.has(bad), lambda: reg.promote(bad, 1),
+             lambda: reg.clear(bad, "live"), lambda: reg.rollback(bad)]
+    for call in calls:
+        with pytest.raises(RegistryError, match="invalid policy id"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "registry"]  # nothing made outside
+
+
+def test_a_name_with_a_trailing_newline_is_not_a_name(reg):
+    from core.config_base import NAME_PATTERN
+
+    assert NAME_PATTERN.match("cartpole") and not NAME_PATTERN.match("cartpole\n")
+    with pytest.raises(RegistryError, match="invalid policy id"):
+        reg.publish("cartpole\n", _weights())
+    with pytest.raises(RegistryError, match="invalid extra file name"):
+        reg.publish("p", _weights(), files={"notes.txt\n": b""})
+
+
+def test_the_claim_marker_is_not_an_extra_file_name(reg):
+    with pytest.raises(RegistryError, match="invalid extra file name"):
+        reg.publish("p", _weights(), files={"claim.json": b"{}"})
+
+
+def test_threads_publishing_on_an_object_store_get_distinct_versions():
+    import threading
+
+    reg = PolicyRegistry(f"memory://evolve-test-{uuid.uuid4().hex}")
+    got, start = [], threading.Barrier(4)
+
+    def publish():
+        start.wait()
+        for _ in range(5):
+            got.append(reg.publish("p", _weights()))
+
+    threads = [threading.Thread(target=publish) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(got) == list(range(1, 21)) and reg.versions("p") == list(range(1, 21))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cluster.cli import main
-from core.registry import PolicyRegistry, StageConflict
+from core.registry import PolicyRegistry, RegistryError, StageConflict
 from core.registry_lease import LEASE_DIR, RegistryInUse, RegistryLease, live_runs, refuse_if_live
 from serving.rollback import rollback_registry
 
@@ -174,3 +174,22 @@ def test_the_heartbeat_renews_the_lease(tmp_path):
     finally:
         lease.release()
     assert not os.path.exists(lease.path)
+
+
+def test_a_stage_lock_held_on_an_object_store_names_its_holder_and_changes_nothing(monkeypatch):
+    import uuid
+
+    from core import registry_locks
+    from core.object_lease import ObjectLease
+
+    reg = PolicyRegistry(f"memory://evolve-test-{uuid.uuid4().hex}")
+    v = reg.publish("p", _w(0))
+    other = ObjectLease(reg.fs, f"{reg.root}/p/{registry_locks.STAGE_LEASE}", {"what": "a stage change"})
+    other.acquire()  # another writer, mid-change
+    monkeypatch.setattr(registry_locks, "STAGE_LOCK_WAIT_S", 0.3)
+    with pytest.raises(RegistryError, match=r"stage lock is held by a stage change \(pid \d+ on .*nothing changed"):
+        reg.promote("p", v)
+    assert reg.stages("p") == {}
+    other.release()
+    reg.promote("p", v)
+    assert reg.stages("p")["live"]["version"] == v

@@ -29,3 +29,14 @@ def test_events_append_across_runs_and_survive_a_torn_line(tmp_path):
     rd.event("run", "resumed")
     rd.close()
     assert [e["event"] for e in read_events(tmp_path / "events.jsonl")] == ["started", "resumed"]
+
+
+def test_a_run_directory_it_creates_is_private(tmp_path):
+    rd = RunDir(tmp_path / "runs" / "x")
+    rd.write_config(load_config(None, []))
+    rd.event("run", "started")
+    rd.write_summary({"name": "x"}, {})
+    rd.close()
+    assert (tmp_path / "runs" / "x").stat().st_mode & 0o777 == 0o700
+    for name in ("config.yaml", "events.jsonl", "summary.json"):
+        assert (tmp_path / "runs" / "x" / name).stat().st_mode & 0o777 == 0o600, name
