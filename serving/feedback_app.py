@@ -64,8 +64,8 @@ from serving.auth_guard import RouteGuard, admit, grpc_headers
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
 from serving.feedback_schemas import (FeedbackRequest, FeedbackResponse, Health, Prediction, PredictBatchResponse,
                                      PredictRequest, error_responses, request_body)
-from serving.requests import (FEEDBACK_BODY_BYTES, check_inputs_fit, grpc_inputs, max_body_bytes,
-                              parse_feedback, parse_json, parse_predict, read_body)
+from serving.requests import (FEEDBACK_LIMITS, check_inputs_fit, grpc_inputs, parse_feedback, parse_predict,
+                              predict_limits, read_json)
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class FeedbackServer:
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
         try:
             admit(self.guard, request.headers, "predict")
-            body = parse_json(await read_body(request, max_body_bytes(self.max_text_chars)))
+            body = await read_json(request, predict_limits(self.max_text_chars))
             texts, single = parse_predict(body, self.max_text_chars)
             preds = await self._predict(texts, request.headers.get(CLIENT_HEADER))
         except FeedbackRejected as exc:
@@ -261,7 +261,7 @@ class FeedbackServer:
     async def feedback(self, request: Request) -> FeedbackResponse:
         try:
             client = admit(self.guard, request.headers, "feedback")
-            body = parse_json(await read_body(request, FEEDBACK_BODY_BYTES))
+            body = await read_json(request, FEEDBACK_LIMITS)
             answer = await self._feedback(*parse_feedback(body), client)
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
@@ -305,7 +305,8 @@ class FeedbackServer:
         reward = request.reward if request.HasField("reward") else None
         try:
             client = admit(self.guard, grpc_headers(grpc_context), "feedback")
-            answer = await self._feedback(request.event_id, label, reward, client)
+            fields = parse_feedback({"event_id": request.event_id, "label": label, "reward": reward})
+            answer = await self._feedback(*fields, client)
         except FeedbackRejected as exc:
             _grpc_error(grpc_context, exc)
             return evolve_pb2.FeedbackResponse()
