@@ -13,11 +13,12 @@ from typing import Any
 
 from core.text_inputs import TextInput, is_pair
 from serving.body import JsonLimits, parse_json, read_body, read_json, short, valid_unicode
+from serving.grpc_messages import Undecodable
 from serving.join import MAX_EVENT_ID_CHARS, FeedbackRejected
 
-__all__ = ["FEEDBACK_LIMITS", "MAX_TEXTS", "check_inputs_fit", "check_pairs", "check_texts", "grpc_inputs",
-           "max_body_bytes", "parse_feedback", "parse_json", "parse_predict", "predict_limits", "read_body",
-           "read_json"]
+__all__ = ["FEEDBACK_LIMITS", "MAX_TEXTS", "check_inputs_fit", "check_pairs", "check_texts", "grpc_feedback",
+           "grpc_inputs", "max_body_bytes", "parse_feedback", "parse_json", "parse_predict", "predict_limits",
+           "read_body", "read_json"]
 
 MAX_TEXTS = 256  # per request: bounds one request's share of a batch
 FEEDBACK_BODY_BYTES = 64 * 1024  # a feedback body is an event id, a label and a reward
@@ -92,7 +93,11 @@ def check_pairs(pairs: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> 
 
 
 def grpc_inputs(request: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> list[TextInput]:
-    """A gRPC PredictRequest's inputs: `texts`, paired index by index with `text_pairs` when it is given."""
+    """A gRPC PredictRequest's inputs: `texts`, paired index by index with `text_pairs` when it is given.
+    The counts are checked before any text is copied out of the message."""
+    _decoded(request)
+    if len(request.texts) > max_texts or len(request.text_pairs) > max_texts:
+        raise FeedbackRejected(422, f"'texts' must be a list of 1..{max_texts} strings")
     texts, seconds = list(request.texts), list(request.text_pairs)
     if not seconds:
         return check_texts(texts, max_text_chars, max_texts)
@@ -100,6 +105,19 @@ def grpc_inputs(request: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -
         raise FeedbackRejected(422, f"'text_pairs' has {len(seconds)} texts for {len(texts)} 'texts'; "
                                     "give one second text per text")
     return check_pairs([[a, b] for a, b in zip(texts, seconds)], max_text_chars, max_texts)
+
+
+def grpc_feedback(request: Any) -> tuple[str, int | str | None, float | None]:
+    """A gRPC FeedbackRequest through the same checks as an HTTP feedback body (parse_feedback)."""
+    _decoded(request)
+    label = request.label if request.HasField("label") else None
+    reward = request.reward if request.HasField("reward") else None
+    return parse_feedback({"event_id": request.event_id, "label": label, "reward": reward})
+
+
+def _decoded(request: Any) -> None:
+    if isinstance(request, Undecodable):  # the proxy could not decode it (serving/grpc_messages.py)
+        raise FeedbackRejected(400, f"the message is not a valid {request.message}: {request.reason}")
 
 
 def check_inputs_fit(inputs: list[TextInput], model_pairs: bool) -> None:
