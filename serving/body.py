@@ -34,6 +34,7 @@ MAX_JSON_DEPTH = 32  # nesting of arrays and objects; every valid body here nest
 MAX_NUMBER_CHARS = 100  # a number literal's characters: a float written out in full needs 25
 MAX_REASON_VALUE = 60  # characters of a client's value quoted in a reason
 OFF_LOOP_BYTES = 256 * 1024  # bodies at least this large are parsed off the event loop
+DEPTH_PROBE_BYTES = 1 << 16  # of a body refused for its counts, where its depth is looked for
 
 _QUOTE = ord('"')
 _WORD = np.dtype("<u8")  # 64 flags, the first in the lowest bit (np.packbits' "little" order)
@@ -93,7 +94,7 @@ def parse_json(raw: bytes, limits: JsonLimits | None = None) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FeedbackRejected(400, f"body is not UTF-8 (byte {exc.start})") from None
-    check_shape(json_shape(raw, limits.depth), limits)
+    check_shape(json_shape(raw, limits.depth, limits.containers), limits)
     try:
         body = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_bounded_float)
     except json.JSONDecodeError as exc:
@@ -120,7 +121,7 @@ def check_shape(shape: JsonShape, limits: JsonLimits) -> None:
         raise FeedbackRejected(400, f"body holds more than {limits.values} array elements and object members")
 
 
-def json_shape(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> JsonShape:
+def json_shape(raw: bytes, max_depth: int = MAX_JSON_DEPTH, max_containers: int | None = None) -> JsonShape:
     """The structure of a JSON text outside its strings, in a few vectorised passes over its bytes.
 
     Escapes first: `bytes.replace` pairs a backslash with the byte after it left to right without
@@ -129,7 +130,11 @@ def json_shape(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> JsonShape:
     when an odd number of those quotes precede it. This holds on any prefix of valid JSON, which
     is all a parser reads before it stops on an error, so the counts bound the parser's work on
     any text. Every byte of `[]{},:"\\` is that character in UTF-8 (a multi-byte sequence uses only
-    bytes >= 0x80). The depth is measured until it passes `max_depth` (then the body is refused).
+    bytes >= 0x80).
+
+    The depth is measured until it passes `max_depth`; over the whole text when its brackets
+    balance and number at most `max_containers`, else (the body is refused either way) over its
+    first DEPTH_PROBE_BYTES outside strings only, to say which limit it passes first.
     """
     plain = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__") if b"\\" in raw else raw
     data = np.frombuffer(plain, dtype=np.uint8)
@@ -137,11 +142,13 @@ def json_shape(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> JsonShape:
     if quotes.any():
         data = data[~_odd_prefix(quotes)]  # the bytes outside strings
     opens, closes = (data == ord("[")) | (data == ord("{")), (data == ord("]")) | (data == ord("}"))
+    containers, ends = int(np.count_nonzero(opens)), int(np.count_nonzero(closes))
+    if containers != ends or containers > (containers if max_containers is None else max_containers):
+        opens, closes = opens[:DEPTH_PROBE_BYTES], closes[:DEPTH_PROBE_BYTES]
     steps = opens[opens | closes].view(np.int8) * 2 - 1  # +1 per open, -1 per close, in order
-    containers = int(np.count_nonzero(opens))
     return JsonShape(depth=_max_depth(steps, max_depth), keys=int(np.count_nonzero(data == ord(":"))),
                      values=int(np.count_nonzero(data == ord(","))) + containers + 1, containers=containers,
-                     balanced=2 * containers == steps.size)
+                     balanced=containers == ends)
 
 
 def _odd_prefix(flags: np.ndarray) -> np.ndarray:
@@ -161,7 +168,7 @@ def _max_depth(steps: np.ndarray, stop_past: int, chunk: int = 1 << 16) -> int:
     """The running sum's maximum, chunk by chunk, stopping once it passes `stop_past`."""
     deepest = level = 0
     for start in range(0, steps.size, chunk):
-        levels = steps[start:start + chunk].cumsum(dtype=np.int64) + level
+        levels = steps[start:start + chunk].cumsum(dtype=np.int32) + level
         deepest, level = max(deepest, int(levels.max())), int(levels[-1])
         if deepest > stop_past:
             break
