@@ -64,15 +64,15 @@ from serving.auth_guard import RouteGuard, admit, docs_need_key, grpc_headers
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
 from serving.feedback_schemas import (FeedbackRequest, FeedbackResponse, Health, Prediction, PredictBatchResponse,
                                      PredictRequest, error_responses, request_body)
-from serving.requests import (FEEDBACK_BODY_BYTES, check_inputs_fit, grpc_inputs, max_body_bytes,
-                              parse_feedback, parse_json, parse_predict, read_body)
+from serving.requests import (FEEDBACK_LIMITS, check_inputs_fit, grpc_feedback, grpc_inputs, parse_feedback,
+                              parse_predict, predict_limits, read_json)
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "feedback"
 ROUTE_PREFIX = "/v1"
 CLIENT_HEADER = "x-evolve-client"  # a client's stable key: a canary keeps each client on one side
-GRPC_SERVICER = "serving.proto.evolve_pb2_grpc.add_EvolveFeedbackServicer_to_server"
+GRPC_SERVICER = "serving.grpc_messages.add_servicer_to_server"  # the generated one, decoding leniently
 
 # Swagger UI's assets from the fastapi-offline package, not a CDN: /v1/docs renders offline
 api = FastAPIOffline(
@@ -250,7 +250,7 @@ class FeedbackServer:
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
         try:
             admit(self.guard, request.headers, "predict")
-            body = parse_json(await read_body(request, max_body_bytes(self.max_text_chars)))
+            body = await read_json(request, predict_limits(self.max_text_chars))
             texts, single = parse_predict(body, self.max_text_chars)
             preds = await self._predict(texts, request.headers.get(CLIENT_HEADER))
         except FeedbackRejected as exc:
@@ -262,7 +262,7 @@ class FeedbackServer:
     async def feedback(self, request: Request) -> FeedbackResponse:
         try:
             client = admit(self.guard, request.headers, "feedback")
-            body = parse_json(await read_body(request, FEEDBACK_BODY_BYTES))
+            body = await read_json(request, FEEDBACK_LIMITS)
             answer = await self._feedback(*parse_feedback(body), client)
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
@@ -302,11 +302,9 @@ class FeedbackServer:
     async def Feedback(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         from serving.proto import evolve_pb2
 
-        label = request.label if request.HasField("label") else None
-        reward = request.reward if request.HasField("reward") else None
         try:
             client = admit(self.guard, grpc_headers(grpc_context), "feedback")
-            answer = await self._feedback(request.event_id, label, reward, client)
+            answer = await self._feedback(*grpc_feedback(request), client)
         except FeedbackRejected as exc:
             _grpc_error(grpc_context, exc)
             return evolve_pb2.FeedbackResponse()

@@ -12,9 +12,16 @@ is answered by the candidate (serving/act_canary.py): the key is the
 batch of several clients' observations; `version` then says, per row,
 which version answered.
 
-The body is read with a size limit (413) and its nesting depth checked before it is parsed
-(serving/requests.py); with `serving.auth` on, a key of scope `predict` is required; past
-`MAX_QUEUED_REQUESTS` waiting per caller, Serve answers 503 with `Retry-After`.
+The body is read through serving/body.py with limits that follow the policy's observation
+width (413 past the size, 400 past depth or counts, before it is parsed); with `serving.auth`
+on, a key of scope `predict` is required; past `MAX_QUEUED_REQUESTS` waiting per caller, Serve
+answers 503 with `Retry-After`.
+
+No answer is computed from a non-finite number: an observation value beyond float32's range is
+a 422 naming it, and so is one whose Q-values overflow on a sound version. A version that cannot
+answer at all (a non-finite weight, or non-finite Q-values on an all-zero observation) is never
+answered from: 503 with the reason while it is live (a canary of it answers nobody: its rows go
+to live), and the RL gate, when one runs, is told (`RLGateActor.unservable`) and rolls it back.
 
 Each replica subscribes to the publisher (long-poll) for every policy it
 serves and swaps weights in place when a new version is live: requests keep
@@ -44,8 +51,8 @@ from serving.act_canary import ActCanary
 from serving.act_canary import follow as follow_canary
 from serving.auth_guard import RouteGuard, admit
 from serving.join_rules import FeedbackRejected
-from serving.requests import parse_json, read_body
-from core.rl.models import PolicySpec
+from serving.body import JsonLimits, read_json
+from core.rl.models import PolicySpec, obs_width
 from core.rl.policy import QPolicy
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ ROUTE_PREFIX = "/v1/policies"
 MAX_BATCH = 1024
 CLIENT_HEADER = "x-evolve-client"
 MAX_ACT_BODY_BYTES = 4 * 1024 * 1024  # a full batch of wide observations, each float written out
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # an observation is cast to float32 for the model
 MAX_QUEUED_REQUESTS = 1000  # per caller: past it a request is refused at once rather than queued without bound
 
 # Swagger UI's assets from the fastapi-offline package, not a CDN: the docs render offline
@@ -80,26 +88,41 @@ class ActResponse(BaseModel):
     action_probs: list[float] | list[list[float]] = Field(..., description="the serving distribution")
 
 
+def act_limits(spec: PolicySpec) -> JsonLimits:
+    """An /act body holds at most MAX_BATCH rows of the policy's width, and one client key per row."""
+    return JsonLimits(bytes=MAX_ACT_BODY_BYTES, values=MAX_BATCH * (obs_width(spec) + 2) + 64, keys=64,
+                      containers=MAX_BATCH + 16)
+
+
 def to_batch(obs: Any, spec: PolicySpec) -> tuple[list[list[float]], bool]:
     """Normalise a request's obs to a [B, width] batch; raises ValueError with the reason."""
-    width = 1 if spec.discrete_obs else spec.obs_dim
+    width = obs_width(spec)
     single = not (isinstance(obs, list) and obs and isinstance(obs[0], list))
     rows = [obs if isinstance(obs, list) else [obs]] if single else obs
     if not rows or len(rows) > MAX_BATCH:
         raise ValueError(f"batch must hold 1..{MAX_BATCH} observations, got {len(rows)}")
-    for row in rows:
+    for i, row in enumerate(rows):
         if len(row) != width:
             raise ValueError(f"observation must have {width} value(s), got {len(row)}")
-        if not all(math.isfinite(x) for x in row):
-            raise ValueError("observation contains NaN or inf")
+        for j, x in enumerate(row):
+            if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
+                where = _obs_field(obs, single, i, j)
+                raise ValueError(f"{where} is {x!r}: an observation value must be finite within float32's range "
+                                 f"(|x| <= {FLOAT32_MAX:.4g})")
         if spec.discrete_obs and not (float(row[0]).is_integer() and 0 <= row[0] < spec.obs_dim):
             raise ValueError(f"state must be an integer in [0, {spec.obs_dim}), got {row[0]}")
     return rows, single
 
 
-def parse_act(raw: bytes) -> ActRequest:
-    """The request model of an /act body; FeedbackRejected (400 / 422) with the reason."""
-    body = parse_json(raw)
+def _obs_field(obs: Any, single: bool, i: int, j: int | None = None) -> str:
+    """How a reason names one value (or, with j None, one row) of a request's obs."""
+    if single:
+        return "obs" if not isinstance(obs, list) or j is None else f"obs[{j}]"
+    return f"obs[{i}]" if j is None else f"obs[{i}][{j}]"
+
+
+def parse_act(body: Any) -> ActRequest:
+    """The request model of a parsed /act body; FeedbackRejected (422) with the reason."""
     try:
         return ActRequest.model_validate(body)
     except ValidationError as exc:
@@ -121,8 +144,11 @@ def client_keys(clients: list[str] | None, header: str | None, n: int) -> list[s
 @serve.ingress(api)
 class PolicyServer:
     def __init__(self, publisher: Any, policy_ids: list[str], exploration: dict[str, dict] | None = None,
-                 registry_uri: str | None = None, canary: dict[str, float] | None = None, auth: dict | None = None):
+                 registry_uri: str | None = None, canary: dict[str, float] | None = None, auth: dict | None = None,
+                 gates: dict[str, Any] | None = None):
         self.publisher = publisher
+        self.gates = dict(gates or {})  # policy id -> its RLGateActor, told of an unservable version
+        self._faults: dict[tuple[str, int], str | None] = {}
         self.guard = RouteGuard(auth)  # API keys (serving.auth), or only the client header when off
         self.explore = {pid: ExplorationSection.model_validate((exploration or {}).get(pid, {})) for pid in policy_ids}
         self._rng = np.random.default_rng()
@@ -162,26 +188,34 @@ class PolicyServer:
     async def act(self, policy_id: str, http: Request) -> ActResponse:
         try:
             client = admit(self.guard, http.headers, "predict")
-            request = parse_act(await read_body(http, MAX_ACT_BODY_BYTES))
-        except FeedbackRejected as exc:
-            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
-        policy = self.policies.get(policy_id)
-        if policy_id not in self.policy_ids:
-            raise HTTPException(404, detail=f"unknown policy {policy_id!r}; served: {sorted(self.policy_ids)}")
-        if policy is None:
-            raise HTTPException(503, detail=f"policy {policy_id!r} has no live version yet; retry shortly")
-        try:
+            policy = self._served(policy_id)
+            request = parse_act(await read_json(http, act_limits(policy.spec)))
             rows, single = to_batch(request.obs, policy.spec)
             keys = client_keys(request.clients, client, len(rows))
+        except FeedbackRejected as exc:
+            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from None
+        fault = self._fault(policy_id, policy)
+        if fault is not None:
+            raise HTTPException(503, detail=f"policy {policy_id!r} v{policy.version} is not answered from: {fault}; "
+                                            "retry once a sound version is live")
         obs = np.asarray(rows, dtype=np.float32)
         q, versions = policy.q_values(obs), np.full(len(rows), policy.version)
         canary = self.canaries.get(policy_id)
+        current = canary.current if canary is not None else None
         on_canary = canary.route(keys) if canary is not None else np.zeros(len(rows), dtype=bool)
-        if on_canary.any() and canary.current is not None:
-            q[on_canary] = canary.current.q_values(obs[on_canary])
-            versions[on_canary] = canary.current.version
+        if current is not None and self._fault(policy_id, current) is not None:
+            on_canary[:] = False  # an unservable canary answers nobody: its rows stay on live
+        if on_canary.any() and current is not None:
+            q[on_canary] = current.q_values(obs[on_canary])
+            versions[on_canary] = current.version
+        overflowed = np.flatnonzero(~np.isfinite(q).all(axis=1))
+        if overflowed.size:
+            i = int(overflowed[0])
+            raise HTTPException(422, detail=f"{_obs_field(request.obs, single, i)}: policy {policy_id!r} "
+                                            f"v{versions[i]} gives non-finite Q-values for it (its values are too "
+                                            "large for the model)")
         dist = serving_distribution(q, self.explore[policy_id], log_probs=False)
         actions, propensity = choose(dist, self._rng)
         one = (lambda x: x[0].tolist()) if single else (lambda x: x.tolist())
@@ -189,17 +223,42 @@ class PolicyServer:
         return ActResponse(policy_id=policy_id, version=version, action=one(actions), q_values=one(q),
                            propensity=one(propensity), action_probs=one(dist))
 
+    def _served(self, policy_id: str) -> QPolicy:
+        if policy_id not in self.policy_ids:
+            raise FeedbackRejected(404, f"unknown policy {policy_id!r}; served: {sorted(self.policy_ids)}")
+        policy = self.policies.get(policy_id)
+        if policy is None:
+            raise FeedbackRejected(503, f"policy {policy_id!r} has no live version yet; retry shortly")
+        return policy
+
+    def _fault(self, policy_id: str, policy: QPolicy) -> str | None:
+        """Why `policy`'s version cannot answer at all (None: it can); found once per version, and
+        then told to the policy's RL gate when one runs."""
+        key = (policy_id, policy.version)
+        if key not in self._faults:
+            if len(self._faults) >= 256:  # versions come and go: forget old verdicts, not the gate's
+                self._faults.clear()
+            fault = self._faults[key] = policy.fault()
+            if fault is not None:
+                log.warning("policy %s v%s is unservable: %s", policy_id, policy.version, fault)
+                gate = self.gates.get(policy_id)
+                if gate is not None:
+                    gate.unservable.remote(policy_id, policy.version, fault)
+        return self._faults[key]
+
 
 def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 1, num_cpus: float = 0.1,
                          exploration: dict[str, ExplorationSection] | None = None, registry_uri: str | None = None,
-                         canary: dict[str, float] | None = None, auth: dict | None = None) -> str:
+                         canary: dict[str, float] | None = None, auth: dict | None = None,
+                         gates: dict[str, Any] | None = None) -> str:
     """`canary`: policy id -> the share of client keys its canary answers (needs `registry_uri`);
-    `auth`: the run's guard settings (serving/auth_guard.py), None when auth is off."""
+    `auth`: the run's guard settings (serving/auth_guard.py), None when auth is off;
+    `gates`: policy id -> its RLGateActor handle, told when a version cannot answer."""
     explore = {pid: cfg.model_dump() for pid, cfg in (exploration or {}).items()}
     app = PolicyServer.options(
         num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}, max_queued_requests=MAX_QUEUED_REQUESTS,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
-    ).bind(publisher, policy_ids, explore, registry_uri, canary, auth)
+    ).bind(publisher, policy_ids, explore, registry_uri, canary, auth, gates)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, logging_config={"log_level": "WARNING"})
     return ROUTE_PREFIX
 

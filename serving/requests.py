@@ -1,32 +1,29 @@
 """Request validation for the serving apps: plain functions, the same rules for HTTP and gRPC.
 
 Each raises `FeedbackRejected(status, reason)`: a 4xx with a one-line reason for that request alone.
-A body is read with a size limit (413) before it is parsed; its nesting depth is measured on the
-raw text before `json.loads` (which would raise RecursionError, a 500); text that is not valid
-Unicode (a lone surrogate, legal as a JSON escape) is refused before any of it reaches a batch,
-the tokenizer, Arrow or an answer's JSON encoder, each of which would fail on it.
+A JSON body is read through `serving.body.read_json` with its route's limits (`predict_limits`,
+FEEDBACK_LIMITS): size (413) before parsing, then depth, counts, number lengths and Unicode, each
+checked in time linear in the body; the fields are checked here. A gRPC message goes through
+the same field checks (`grpc_inputs`, `parse_feedback`).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
-import numpy as np
-
 from core.text_inputs import TextInput, is_pair
+from serving.body import JsonLimits, parse_json, read_body, read_json, short, valid_unicode
+from serving.grpc_messages import Undecodable
 from serving.join import MAX_EVENT_ID_CHARS, FeedbackRejected
 
-MAX_TEXTS = 256  # per request: bounds one request's share of a batch
-MAX_JSON_DEPTH = 32  # nesting of arrays and objects; every valid body here nests 3 deep at most
-FEEDBACK_BODY_BYTES = 64 * 1024  # a feedback body is an event id, a label and a reward
-MAX_REASON_VALUE = 60  # characters of a client's value quoted in a reason
-PREDICT_FIELDS = ("text", "text_pair", "texts", "pairs")
+__all__ = ["FEEDBACK_LIMITS", "MAX_TEXTS", "check_inputs_fit", "check_pairs", "check_texts", "grpc_feedback",
+           "grpc_inputs", "max_body_bytes", "parse_feedback", "parse_json", "parse_predict", "predict_limits",
+           "read_body", "read_json"]
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string literal (unrolled: no backtracking)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way a lone surrogate gets into a JSON text
+MAX_TEXTS = 256  # per request: bounds one request's share of a batch
+FEEDBACK_BODY_BYTES = 64 * 1024  # a feedback body is an event id, a label and a reward
+FEEDBACK_LIMITS = JsonLimits(bytes=FEEDBACK_BODY_BYTES, values=64, keys=64, containers=16)
+PREDICT_FIELDS = ("text", "text_pair", "texts", "pairs")
 
 
 def max_body_bytes(max_text_chars: int, max_texts: int = MAX_TEXTS) -> int:
@@ -34,89 +31,10 @@ def max_body_bytes(max_text_chars: int, max_texts: int = MAX_TEXTS) -> int:
     return 64 * 1024 + 2 * max_texts * max_text_chars * 6
 
 
-async def read_body(request: Any, max_bytes: int) -> bytes:
-    """The body of a Starlette request, refused (413) past `max_bytes`: by its Content-Length before
-    reading any of it, else (chunked, or a length that lies) as soon as the streamed bytes pass it."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise FeedbackRejected(400, f"Content-Length {short(declared)} is not a number of bytes")
-        if int(declared) > max_bytes:
-            raise FeedbackRejected(413, f"body has {int(declared)} bytes; the limit is {max_bytes}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise FeedbackRejected(413, f"body has more than {max_bytes} bytes; the limit is {max_bytes}")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def json_depth(text: str) -> int:
-    """The deepest nesting of arrays and objects in a JSON text, brackets inside strings not counted.
-    Linear, in C-speed passes: no recursion, whatever the input."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    if not brackets:
-        return 0
-    steps = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
-    return int(np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)).max())
-
-
-def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FeedbackRejected(400, f"body is not UTF-8 (byte {exc.start})") from None
-    if json_depth(text) > max_depth:
-        raise FeedbackRejected(400, f"body nests arrays/objects deeper than {max_depth} levels")
-    try:
-        body = json.loads(text, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise FeedbackRejected(400, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an integer of > 4300 digits
-        raise FeedbackRejected(400, f"body is not JSON: {short(str(exc))}") from None
-    if _SURROGATE_ESCAPE.search(text):  # rare: only then walk the values (a surrogate pair is fine)
-        where = invalid_unicode(body)
-        if where is not None:
-            raise FeedbackRejected(422, f"{where} is not valid Unicode text (a lone surrogate)")
-    return body
-
-
-def invalid_unicode(value: Any, where: str = "body") -> str | None:
-    """Where a string of a parsed body cannot be encoded as UTF-8 (a lone surrogate), else None."""
-    if isinstance(value, str):
-        return None if valid_unicode(value) else where
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not valid_unicode(key):
-                return f"a key of {where}"
-            found = invalid_unicode(item, f"{where}[{short(key)}]")
-            if found:
-                return found
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = invalid_unicode(item, f"{where}[{i}]")
-            if found:
-                return found
-    return None
-
-
-def valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def short(value: Any, limit: int = MAX_REASON_VALUE) -> str:
-    """A client's value quoted in a one-line reason: repr (escapes newlines), cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+def predict_limits(max_text_chars: int, max_texts: int = MAX_TEXTS) -> JsonLimits:
+    """A predict body holds at most `max_texts` pairs: two strings and a list each, in one object."""
+    return JsonLimits(bytes=max_body_bytes(max_text_chars, max_texts), values=4 * max_texts + 64, keys=64,
+                      containers=max_texts + 16)
 
 
 def check_texts(texts: Any, max_text_chars: int, max_texts: int = MAX_TEXTS, single: bool = False,
@@ -175,7 +93,11 @@ def check_pairs(pairs: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> 
 
 
 def grpc_inputs(request: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -> list[TextInput]:
-    """A gRPC PredictRequest's inputs: `texts`, paired index by index with `text_pairs` when it is given."""
+    """A gRPC PredictRequest's inputs: `texts`, paired index by index with `text_pairs` when it is given.
+    The counts are checked before any text is copied out of the message."""
+    _decoded(request)
+    if len(request.texts) > max_texts or len(request.text_pairs) > max_texts:
+        raise FeedbackRejected(422, f"'texts' must be a list of 1..{max_texts} strings")
     texts, seconds = list(request.texts), list(request.text_pairs)
     if not seconds:
         return check_texts(texts, max_text_chars, max_texts)
@@ -183,6 +105,19 @@ def grpc_inputs(request: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) -
         raise FeedbackRejected(422, f"'text_pairs' has {len(seconds)} texts for {len(texts)} 'texts'; "
                                     "give one second text per text")
     return check_pairs([[a, b] for a, b in zip(texts, seconds)], max_text_chars, max_texts)
+
+
+def grpc_feedback(request: Any) -> tuple[str, int | str | None, float | None]:
+    """A gRPC FeedbackRequest through the same checks as an HTTP feedback body (parse_feedback)."""
+    _decoded(request)
+    label = request.label if request.HasField("label") else None
+    reward = request.reward if request.HasField("reward") else None
+    return parse_feedback({"event_id": request.event_id, "label": label, "reward": reward})
+
+
+def _decoded(request: Any) -> None:
+    if isinstance(request, Undecodable):  # the proxy could not decode it (serving/grpc_messages.py)
+        raise FeedbackRejected(400, f"the message is not a valid {request.message}: {request.reason}")
 
 
 def check_inputs_fit(inputs: list[TextInput], model_pairs: bool) -> None:

@@ -14,6 +14,12 @@
                                           sequential test (core/sequential.py) until it decides
         promote -> live on every subscriber (registry + publisher.restore); abort -> cleared
 
+    replica unservable(version, reason)  -> a version whose weights or Q-values are not finite:
+                                          a canary of it aborts; live rolls back to the version
+                                          before it (registry + publisher.restore), `rollback` event
+A candidate that cannot answer (QPolicy.fault: a non-finite weight, or Q-values that overflow on
+an all-zero observation) is refused before any stage, and not stored.
+
 Each stage's verdict and evidence go into the registry lineage (`gate.stages`)
 and a `gate_decision` event; the canary also says `canary_started` and
 `canary_ended`.  Plain logic; `serving/rl_gate_actor.py` is its Ray shell.
@@ -31,9 +37,11 @@ from typing import Any, Callable, Mapping
 from core.exploration import ExplorationSection
 from core.registry import PolicyRegistry
 from core.rl.gate_config import RLGateSection
+from core.rl.models import PolicySpec
+from core.rl.policy import QPolicy
 from core.sequential import CanaryTest
 from serving.gate_publisher import as_publisher
-from serving.rollback import promote_over
+from serving.rollback import GateError, promote_over, rollback_registry
 from serving.rl_ope import Episode, judge_offpolicy, scaled
 
 EmitFn = Callable[..., None]
@@ -61,7 +69,8 @@ class RLGate:
         self._emit_fn = emit
         self.episodes: deque[Episode] = deque(maxlen=config.ope.episodes)  # live's, for the ope stage
         self.canary_run: _Canary | None = None
-        self.counts = {"promoted": 0, "refused": 0, "dropped": 0, "aborted": 0, "episodes": 0}
+        self.counts = {"promoted": 0, "refused": 0, "dropped": 0, "aborted": 0, "episodes": 0, "unservable": 0}
+        self.unservable_versions: set[int] = set()
         self.decisions: deque[dict] = deque(maxlen=50)
         self._mu = threading.Lock()  # episodes and the canary; short
         self._eval = threading.Lock()  # one candidate or live change at a time
@@ -75,6 +84,10 @@ class RLGate:
             return self._dropped(policy_id, "another candidate is being judged")
         try:
             live = self._live(policy_id)
+            fault = QPolicy(PolicySpec.from_dict(self.spec), weights).fault()
+            if fault is not None:  # not stored: the registry keeps no version that cannot answer
+                gate = {"decision": "refuse", "reason": f"unservable: {fault}", "stages": []}
+                return self._record(policy_id, None, live, gate, "refused")
             if live is None:
                 gate = {"decision": "initial", "reason": "first version of the policy", "stages": []}
                 return self._go_live(policy_id, dict(weights), meta, gate, live)
@@ -122,6 +135,43 @@ class RLGate:
             with self._eval:
                 if self.canary_run is canary:
                     self._finish_canary(policy_id, canary, decision, reason)
+
+    # ---- the replicas' side ----------------------------------------------------------------
+    def unservable(self, policy_id: str, version: int, reason: str) -> dict | None:
+        """A replica cannot answer from `version` (its weights or Q-values are not finite): a canary
+        of it aborts, a live one is rolled back to the version before it. Said once per version
+        however many replicas report it; returns what was done (None when already known)."""
+        with self._eval:
+            if version in self.unservable_versions:
+                return None
+            self.unservable_versions.add(version)
+            with self._mu:
+                self.counts["unservable"] += 1
+            said = f"v{version} is unservable: {reason}"
+            self._emit("version_unservable", policy_id=policy_id, version=version, reason=reason)
+            canary = self.canary_run
+            if canary is not None and canary.version == version:
+                self._finish_canary(policy_id, canary, "abort", said)
+                return {"version": version, "decision": "abort", "reason": said}
+            if self._live(policy_id) != version:
+                return {"version": version, "decision": "none", "reason": f"{said}; it is neither live nor on canary"}
+            return self._roll_back(policy_id, version, said)
+
+    def _roll_back(self, policy_id: str, version: int, reason: str) -> dict:
+        try:
+            done = rollback_registry(self.registry, policy_id, reason=reason)
+        except GateError as exc:
+            self._emit("rollback_impossible", policy_id=policy_id, version=version, reason=f"{reason}; {exc}")
+            return {"version": version, "decision": "none", "reason": f"{reason}; {exc}"}
+        loaded = self.registry.load(policy_id, done["to"], as_numpy=True)
+        self.publisher.restore(policy_id, loaded.weights, done["to"], self.spec)
+        self._set_live(done["to"])
+        record = {**done, "trigger": "unservable", "time": time.time()}
+        with self._mu:
+            self.decisions.append({"version": done["to"], "parent": version, "decision": "rollback",
+                                   "reason": reason, "stages": [], "time": record["time"]})
+        self._emit("rollback", **record)
+        return {"version": version, "decision": "rollback", "reason": reason, "to": done["to"]}
 
     # ---- stages' ends ----------------------------------------------------------------------
     def _start_canary(self, policy_id: str, weights: dict, meta: dict, live: int, trail: list[dict]) -> int:
@@ -177,7 +227,7 @@ class RLGate:
         self._emit("gate_dropped", policy_id=policy_id, reason=reason)
         return None
 
-    def _record(self, policy_id: str, version: int, live: int | None, gate: dict, count: str | None) -> None:
+    def _record(self, policy_id: str, version: int | None, live: int | None, gate: dict, count: str | None) -> None:
         record = {"version": version, "parent": live, "decision": gate["decision"], "reason": gate["reason"],
                   "stages": gate.get("stages", []), "time": time.time()}
         with self._mu:

@@ -1,7 +1,8 @@
 """`RLGateActor`: the RL publish gate (serving/rl_gate.py) in a Ray actor, one per policy.
 
 The learner holds its handle as its publisher (the same `publish.remote` call);
-`/act` clients hand it finished episodes; the loop drains its events into
+`/act` clients hand it finished episodes; policy replicas report a version they cannot answer
+from (`unservable`); the loop drains its events into
 events.jsonl and reads its summary.
 """
 
@@ -49,6 +50,10 @@ class RLGateActor:
     @ray.method(concurrency_group="episodes")
     def episode(self, policy_id: str, episode: dict) -> None:
         self.gate.episode(policy_id, episode)
+
+    def unservable(self, policy_id: str, version: int, reason: str) -> dict | None:
+        """A policy replica cannot answer from `version` (serving/policy_server.py reports it)."""
+        return self.gate.unservable(policy_id, version, reason)
 
     def close(self, policy_id: str) -> None:
         self.gate.close(policy_id)

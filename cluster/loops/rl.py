@@ -105,7 +105,8 @@ class RLLoop(LoopBase):
         if self.cfg.serving.enabled:
             prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus,
                                           exploration={rl.policy_id: self.cfg.serving.exploration_for(rl.policy_id)},
-                                          registry_uri=ctx.registry.uri, canary=self.act_gate.canary(), auth=ctx.auth)
+                                          registry_uri=ctx.registry.uri, canary=self.act_gate.canary(), auth=ctx.auth,
+                                          gates=self.act_gate.gates())
             act_url = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
             ctx.endpoints[f"{self.name}_act"] = act_url
             self.act_gate.start_clients(act_url, api_key=ctx.run_key)

@@ -55,6 +55,10 @@ class ActGate:
             PUBLISHER_NAME, self.check(), seed)
         return self.gate
 
+    def gates(self) -> dict[str, Any] | None:
+        """The policy server's line to the gate: told when a version cannot answer (None when ungated)."""
+        return {self.rl.policy_id: self.gate} if self.gate is not None else None
+
     def canary(self) -> dict[str, float] | None:
         return {self.rl.policy_id: self.rl.gate.canary.fraction} if "canary" in self.rl.gate.stages else None
 

@@ -159,3 +159,18 @@ def test_the_export_reads_segments_from_before_the_pair_column(tmp_path):
     got = read_table(tmp_path, "feedback", cfg)
     assert got.column("text").to_pylist() == ["a0", "a1", "a2", "a3", "a4"]
     assert got.column("text_pair").to_pylist() == [None, None, None, "b3", "b4"]
+
+
+def test_a_grpc_message_the_proxy_cannot_decode_is_refused_with_the_reason():
+    from serving.grpc_messages import lenient
+    from serving.proto import evolve_pb2
+    from serving.requests import grpc_feedback
+
+    surrogate = b"\x0a\x05a\xed\xa0\x80b"  # field 1, a string holding U+D800 written as UTF-8 would be
+    for message, check in [(evolve_pb2.PredictRequest, lambda r: grpc_inputs(r, 100)),
+                           (evolve_pb2.FeedbackRequest, grpc_feedback)]:
+        decoded = lenient(message)(surrogate)
+        status, detail = _status(check, decoded)
+        assert status == 400 and detail.startswith(f"the message is not a valid {message.DESCRIPTOR.name}: ")
+    fine = lenient(evolve_pb2.FeedbackRequest)(evolve_pb2.FeedbackRequest(event_id="e1", reward=0.5).SerializeToString())
+    assert grpc_feedback(fine) == ("e1", None, 0.5)

@@ -107,11 +107,45 @@ def test_huge_integer_is_400(client_and_parsed):
 
 
 def test_act_body_checks():
-    from serving.policy_server import parse_act
+    from core.rl.models import spec_for_env
+    from serving.policy_server import act_limits, parse_act
 
-    assert parse_act(b'{"obs": [0.1, 0.2]}').obs == [0.1, 0.2]
+    limits = act_limits(spec_for_env("CartPole-v1", "dqn", [8]))
+    assert parse_act(parse_json(b'{"obs": [0.1, 0.2]}', limits)).obs == [0.1, 0.2]
     for raw, status in [(b'{"obs": [NaN]}', 400), (b"[" * 10_000 + b"]" * 10_000, 400),
                         (b'{"obs": "x"}', 422), (b'{"clients": ["a"]}', 422), (b"[]", 422)]:
         with pytest.raises(FeedbackRejected) as info:
-            parse_act(raw)
+            parse_act(parse_json(raw, limits))
         assert info.value.status == status, raw[:40]
+
+
+@pytest.mark.parametrize("obs, where", [([1e39, 0.0, 0.0, 0.0], "obs[0]"), ([0.0, -1e39, 0.0, 0.0], "obs[1]"),
+                                        ([[0.0] * 4, [0.0, 0.0, 3.5e38, 0.0]], "obs[1][2]")])
+def test_an_observation_beyond_float32_is_422_naming_it(obs, where):
+    from core.rl.models import spec_for_env
+    from serving.policy_server import to_batch
+
+    with pytest.raises(ValueError) as info:
+        to_batch(obs, spec_for_env("CartPole-v1", "dqn", [8]))
+    assert str(info.value).startswith(f"{where} is ") and "float32" in str(info.value)
+    rows, _ = to_batch([1e38, -3.4e38, 0.0, 1.0], spec_for_env("CartPole-v1", "dqn", [8]))  # within float32
+    assert rows == [[1e38, -3.4e38, 0.0, 1.0]]
+
+
+def test_a_version_that_cannot_answer_says_why():
+    import torch
+
+    from core.rl.models import spec_for_env
+    from core.rl.policy import QPolicy, nonfinite_weights
+
+    policy = QPolicy(spec_for_env("CartPole-v1", "dqn", [8]))
+    assert policy.fault() is None
+    weights = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    weights["net.2.bias"][0] = float("nan")
+    assert nonfinite_weights(weights) == "non-finite weights in 'net.2.bias'"
+    policy.load(weights, 2)
+    assert policy.fault() == "non-finite weights in 'net.2.bias'"
+    huge = {k: torch.full_like(v, 1e30) for k, v in policy.model.state_dict().items()}
+    policy.load(huge, 3)  # finite weights, but every Q-value overflows float32
+    assert "all-zero observation" in policy.fault()
+    assert nonfinite_weights({"w": torch.ones(3), "steps": torch.tensor([7])}) is None

@@ -159,3 +159,52 @@ def test_a_canary_undecided_when_the_run_ends_is_cleared_and_refused(tmp_path):
     record = registry.get(P, cand).gate
     assert registry.stages(P)["canary"]["version"] is None and record["decision"] == "refuse"
     assert "the run ended before the canary decided" in record["reason"]
+
+
+def _nan(weights: dict) -> dict:
+    weights = {k: v.clone() for k, v in weights.items()}
+    weights["net.2.weight"][0, 0] = float("nan")
+    return weights
+
+
+def test_a_candidate_that_cannot_answer_is_refused_and_not_stored(tmp_path):
+    gate, registry, _, events = _gate(tmp_path, ["ope"])
+    assert gate.publish(P, _nan(_balancer())) is None
+    assert registry.versions(P) == [] and "non-finite weights in 'net.2.weight'" in events[-1][1]["reason"]
+    live = gate.publish(P, _balancer())
+    huge = {k: torch.full_like(v, 1e30) for k, v in _balancer().items()}  # finite, but Q overflows float32
+    assert gate.publish(P, huge) is None and registry.versions(P) == [live]
+    kind, said = events[-1]
+    assert kind == "gate_decision" and said["decision"] == "refuse" and "all-zero observation" in said["reason"]
+    assert gate.summary()["refused"] == 2 and registry.latest(P, "live").version == live
+
+
+def test_an_unservable_live_version_is_rolled_back_once(tmp_path):
+    gate, registry, publisher, events = _gate(tmp_path, ["ope"])
+    first = gate.publish(P, _balancer())
+    assert gate.unservable(P, first, "its Q-values are not finite")["decision"] == "none"  # nothing to go back to
+    assert [k for k, _ in events][-1] == "rollback_impossible"
+    for ep in _play({first: _balancer()}, 25, seed=0):
+        gate.episode(P, ep)
+    second = gate.publish(P, _balancer())
+    assert registry.latest(P, "live").version == second
+    done = gate.unservable(P, second, "non-finite weights in 'net.0.weight'")
+    assert done["decision"] == "rollback" and done["to"] == first
+    assert registry.latest(P, "live").version == first and publisher.restored[-1][0] == first
+    assert gate.unservable(P, second, "again, from another replica") is None
+    said = {k: f for k, f in events}
+    assert said["version_unservable"]["version"] == second
+    assert said["rollback"]["from"] == second and said["rollback"]["trigger"] == "unservable"
+    assert gate.summary()["unservable"] == 2 and gate.summary()["last_decision"]["decision"] == "rollback"
+
+
+def test_an_unservable_canary_is_aborted(tmp_path):
+    gate, registry, publisher, events = _gate(tmp_path, ["canary"])
+    live = gate.publish(P, _balancer())
+    cand = gate.publish(P, _balancer(gain=2.0))
+    assert registry.stages(P)["canary"]["version"] == cand
+    assert gate.unservable(P, cand, "its Q-values are not finite")["decision"] == "abort"
+    record = registry.get(P, cand).gate
+    assert registry.stages(P)["canary"]["version"] is None and record["decision"] == "refuse"
+    assert "unservable" in record["reason"] and registry.latest(P, "live").version == live
+    assert gate.canary() is None and publisher.restored == []
