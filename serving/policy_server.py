@@ -49,7 +49,7 @@ import numpy as np
 from core.exploration import ExplorationSection, choose, serving_distribution
 from serving.act_canary import ActCanary
 from serving.act_canary import follow as follow_canary
-from serving.auth_guard import RouteGuard, admit
+from serving.auth_guard import RouteGuard, admit, docs_need_key
 from serving.join_rules import FeedbackRejected
 from serving.body import JsonLimits, read_json
 from core.rl.models import PolicySpec, obs_width
@@ -66,6 +66,7 @@ MAX_QUEUED_REQUESTS = 1000  # per caller: past it a request is refused at once r
 
 # Swagger UI's assets from the fastapi-offline package, not a CDN: the docs render offline
 api = FastAPIOffline(title="Evolve policies", version="0.1.0")
+docs_need_key(api)  # before @serve.ingress, which copies the app
 
 
 class ActRequest(BaseModel):

@@ -30,6 +30,7 @@ from core.text_corpus import review_texts
 from core.tokenizer import tokenizer_files, train_wordpiece
 from cluster.key_service import start_key_service
 from serving.auth_guard import guard_settings
+from serving.policy_server import deploy_policy_server, undeploy_policy_server
 from serving.feedback_app import deploy_feedback_app, grpc_options, stop_joiner, undeploy_feedback_app
 from serving.gate_actor import GateActor, gate_name
 from serving.publisher import PolicyPublisher
@@ -81,7 +82,7 @@ def world(tmp_path_factory):
                                       timeout=30).json().get("model_version") == 2, 90, "version 2 served")
         yield {"http": http, "gate": gate, "keys": keys, "texts": texts, "registry": PolicyRegistry(registry),
                "registry_uri": registry, "publisher": publisher, "grpc": f"127.0.0.1:{grpc_port}",
-               "keys_file": tmp / "keys.json", "book": book}
+               "keys_file": tmp / "keys.json", "book": book, "settings": settings, "port": port}
         undeploy_feedback_app()
         stop_joiner()
         serve.shutdown()
@@ -158,9 +159,16 @@ def test_grpc_on_loopback_without_a_key_is_unauthenticated(world):
 
 def test_the_docs_routes_need_a_key(world):
     http, reader = world["http"], {"Authorization": f"Bearer {world['keys']['reader']}"}
-    for path in ("/docs", "/openapi.json"):
-        assert httpx.get(f"{http}{path}", timeout=30).status_code == 401, path
-        assert httpx.get(f"{http}{path}", headers=reader, timeout=30).status_code == 200, path
+    # the /act app's docs too: a policy server beside the feedback app, with the same keys
+    policies = f"http://127.0.0.1:{world['port']}{deploy_policy_server(world['publisher'], ['cart'], auth=world['settings'])}"
+    try:
+        for base in (http, policies):
+            for path in ("/docs", "/openapi.json"):
+                wait_until(lambda: httpx.get(f"{base}{path}", timeout=30).status_code != 404, 60, f"{base}{path}")
+                assert httpx.get(f"{base}{path}", timeout=30).status_code == 401, (base, path)
+                assert httpx.get(f"{base}{path}", headers=reader, timeout=30).status_code == 200, (base, path)
+    finally:
+        undeploy_policy_server()
     assert httpx.get(f"{http}/healthz", timeout=30).status_code == 200  # readiness stays open
 
 
