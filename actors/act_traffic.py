@@ -38,13 +38,14 @@ class ActClientWorker:
     def __init__(self, act_url: str, env_id: str, cfg: ActTrafficSection, send: Callable[[dict], None],
                  name: str = "act", transport: httpx.BaseTransport | None = None, timeout_s: float = 10.0,
                  api_key: str | None = None,  # serving.auth: the run's proxy key, each user named per request
+                 verify: str | bool = True,  # serving.tls: the CA file the proxy's certificate is checked against
                  on_crash: Callable[[BaseException], None] | None = None):  # the loop's end: the actor's CrashBackoff
         self.url, self.cfg, self.send, self.name = act_url, cfg, send, name
         self.n = cfg.episodes_at_once
         self.env = gym.make_vec(env_id, num_envs=self.n, vectorization_mode="sync",
                                 vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
         auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=timeout_s, transport=transport, headers=auth)
+        self.client = httpx.Client(timeout=timeout_s, transport=transport, headers=auth, verify=verify)
         self.rng = random.Random(cfg.seed)
         self.keys = [self._key() for _ in range(self.n)]
         self.logs: list[dict[str, list]] = [self._empty() for _ in range(self.n)]
@@ -146,11 +147,11 @@ class ActClientActor:
     """Plays episodes through `/act` and hands each to the RL gate (fire-and-forget, at most 32 in flight)."""
 
     def __init__(self, act_url: str, env_id: str, traffic: dict, gate: Any, policy_id: str, name: str = "act",
-                 api_key: str | None = None):
+                 api_key: str | None = None, verify: str | bool = True):
         self.gate, self.policy_id = gate, policy_id
         self.inflight: list = []
         self.worker = ActClientWorker(act_url, env_id, ActTrafficSection.model_validate(traffic), self._send, name,
-                                     api_key=api_key, on_crash=CrashBackoff(f"act-{name}").fail)
+                                     api_key=api_key, verify=verify, on_crash=CrashBackoff(f"act-{name}").fail)
         self.worker.start()
 
     def _send(self, episode: dict) -> None:

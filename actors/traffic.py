@@ -70,6 +70,7 @@ class TrafficWorker:
         transport: httpx.BaseTransport | None = None,  # tests: httpx.MockTransport
         groups: Sequence[str] | None = None,  # per row: its group, reported as the stream's position
         api_key: str | None = None,  # serving.auth: the run's proxy key; each simulated user is named
+        verify: str | bool = True,  # serving.tls: the CA file the proxy's certificate is checked against
         on_crash: Callable[[BaseException], None] | None = None,  # a user thread's bug: the actor's CrashBackoff
     ):
         self.cfg = traffic or TrafficSection()
@@ -88,7 +89,7 @@ class TrafficWorker:
         self.predict_url, self.feedback_url = base + predict_path, base + feedback_path
         n = self.cfg.concurrency
         auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=timeout_s, transport=transport, headers=auth,
+        self.client = httpx.Client(timeout=timeout_s, transport=transport, headers=auth, verify=verify,
                                    limits=httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n))
         self._rng = random.Random(seed)
         self.client_prefix = f"traffic{seed}"

@@ -63,7 +63,9 @@ class RunContext:
         self.endpoints: dict[str, str] = {}
         # serving/auth_guard.guard_settings: what replicas check keys with; None: auth is off
         self.auth: dict[str, Any] | None = None
-        self.run_key: str | None = None  # the run's own clients' API key (traffic, act clients) when auth is on
+        self.run_key: str | None = None
+        # serving.tls: what the run's own clients check the proxy's certificate against (httpx `verify`)
+        self.client_verify: str | bool = True  # the run's own clients' API key (traffic, act clients) when auth is on
         self.key_service: Any = None  # the key book replicas follow (cluster/key_service.py) when auth is on
         self.say: Callable[[str], None] = print
         self.board: Any = None  # the run's StatusBoard actor (`evolve status`), once Ray is up

@@ -86,6 +86,7 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
         rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded
         if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
             ctx.auth, ctx.run_key = _auth_settings(cfg)
+            ctx.client_verify = cfg.serving.tls.client_verify() if cfg.serving.tls is not None else True
         ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
         if ctx.auth is not None:  # replicas on every node follow the keys from here

@@ -25,6 +25,10 @@ GRPC_PLAINTEXT = ("gRPC is plaintext: Ray Serve's gRPC proxy has no TLS option (
 class TLSSection(Section):
     certfile: Path  # PEM: the certificate (and its chain) the HTTP proxy presents
     keyfile: Path  # PEM: its private key
+    # PEM: what the run's own clients (traffic and /act clients) trust when they call the proxy; a
+    # self-signed certificate names itself here. None: the system's trust store. The certificate
+    # must name the host they call (serving.host).
+    ca_file: Path | None = None
 
     def problems(self) -> list[str]:
         """What keeps the proxy from reading the files (checked on the driver's node)."""
@@ -35,7 +39,13 @@ class TLSSection(Section):
                 out.append(f"serving.tls.{key} {full}: no such file")
             elif not os.access(full, os.R_OK):
                 out.append(f"serving.tls.{key} {full}: not readable")
+        if self.ca_file is not None and not self.ca_file.expanduser().is_file():
+            out.append(f"serving.tls.ca_file {self.ca_file.expanduser()}: no such file")
         return out
+
+    def client_verify(self) -> str | bool:
+        """httpx's `verify` for the run's own clients: the CA file, else the system's trust store."""
+        return str(self.ca_file.expanduser().resolve()) if self.ca_file is not None else True
 
     def http_options(self) -> dict[str, str]:
         """Serve's `http_options` that turn HTTPS on."""

@@ -98,7 +98,7 @@ class FeedbackLoop(LoopBase):
             self.actors.add(TrafficActor.options(num_cpus=fb.traffic.actor_num_cpus,
                                                  resources=self.cfg.cluster.actor_resources).remote(
                 base, fb.traffic.model_dump(mode="json"), fb.data.model_dump(mode="json"), f"{self.name}-traffic-{i}",
-                seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key,
+                seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key, verify=ctx.client_verify,
             ))
         self._launch_learner()
 

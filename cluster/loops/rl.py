@@ -109,7 +109,7 @@ class RLLoop(LoopBase):
                                           gates=self.act_gate.gates())
             act_url = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
             ctx.endpoints[f"{self.name}_act"] = act_url
-            self.act_gate.start_clients(act_url, api_key=ctx.run_key)
+            self.act_gate.start_clients(act_url, api_key=ctx.run_key, verify=ctx.client_verify)
             marks["serve_ready_s"] = time.time()
         self.event("startup", **{k: round(t - self.started, 3) for k, t in marks.items()})
 

@@ -62,7 +62,7 @@ class ActGate:
     def canary(self) -> dict[str, float] | None:
         return {self.rl.policy_id: self.rl.gate.canary.fraction} if "canary" in self.rl.gate.stages else None
 
-    def start_clients(self, act_url: str, api_key: str | None = None) -> None:
+    def start_clients(self, act_url: str, api_key: str | None = None, verify: str | bool = True) -> None:
         """`api_key`: the run's own key when serving.auth is on (None when off)."""
         rl = self.rl
         if not rl.traffic.active(rl.gate):
@@ -70,7 +70,7 @@ class ActGate:
         self.clients = ActClientActor.options(num_cpus=rl.traffic.num_cpus,
                                               resources=self.cfg.cluster.actor_resources).remote(
             act_url, rl.env_id, rl.traffic.model_dump(), self.gate or _Nowhere.remote(), rl.policy_id,
-            name=f"{rl.name}-act", api_key=api_key)
+            name=f"{rl.name}-act", api_key=api_key, verify=verify)
 
     def poll(self) -> dict[str, Any]:
         if self.clients is not None:

@@ -3,7 +3,8 @@ over HTTP and gRPC, its feedback joined, and the joined row with both texts in `
 
 gRPC is on with the host on loopback, and that alone turns API keys on (Serve's gRPC proxy binds
 every interface): the run reads its key from `EVOLVE_API_KEYS`, and a Predict or Feedback
-without one is refused UNAUTHENTICATED.
+without one is refused UNAUTHENTICATED. HTTP is HTTPS (`serving.tls`, a self-signed certificate
+made here): the run's own traffic actors reach it through `serving.tls.ca_file`.
 
 Sized to check the wiring (a tiny BERT written with `save_pretrained`, 300 pairs per label, a small
 held-out set, a candidate every few updates); the gate is set up to promote every candidate, as in
@@ -21,7 +22,7 @@ from cluster.cli import main as evolve
 from core.auth import mint
 from core.text_corpus import people_daily_texts
 from tests.conftest import free_port
-from tests.integration.helpers import CliProcess, serving, tiny_bert_checkpoint, wait_until
+from tests.integration.helpers import CliProcess, self_signed, serving, tiny_bert_checkpoint, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +37,7 @@ def pair_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pairs")
     checkpoint = tiny_bert_checkpoint(tmp / "tiny-bert", people_daily_texts()[::20])
     http_port, grpc_port = free_port(), free_port()
+    cert, key = self_signed(tmp)
     proc = CliProcess(
         "run", "configs/pairs.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", "serving.grpc=true",
@@ -46,31 +48,33 @@ def pair_run(tmp_path_factory):
         "--set", "feedback.data.max_heldout=60", "--set", "feedback.candidate_every=5",
         "--set", "feedback.batch_size=16", "--set", "feedback.traffic.requests_per_s=20",
         "--set", "feedback.gate.tolerance=0.99", "--set", "feedback.gate.rollback_margin=1.0",
+        "--set", f"serving.tls={{certfile: {cert}, keyfile: {key}, ca_file: {cert}}}",
         env={"EVOLVE_CACHE_DIR": str(tmp / "cache"),  # the pair CSV is made here, not in the user's cache
              "EVOLVE_API_KEYS": json.dumps([RECORD.model_dump()])},
     )
     with serving(proc, timeout_s=180):
-        yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}/v1",
+        yield {"proc": proc, "run": tmp / "run", "http": f"https://127.0.0.1:{http_port}/v1", "cert": str(cert),
                "grpc": f"127.0.0.1:{grpc_port}"}
 
 
 def test_a_pair_is_predicted_and_its_feedback_joined(pair_run):
-    http = pair_run["http"]
+    http, cert = pair_run["http"], pair_run["cert"]
 
     def predict(body):
-        r = httpx.post(f"{http}/predict", json=body, headers=KEYED, timeout=10)
+        r = httpx.post(f"{http}/predict", json=body, headers=KEYED, timeout=10, verify=cert)
         return r.json() if r.status_code == 200 else None
 
     pred = wait_until(lambda: predict({"text": A, "text_pair": B}), 150, "the pair model answering /v1/predict")
     assert pred["label"] in ("next", "other_article", "same_article") and pred["model_version"] >= 1
     batch = predict({"pairs": [[A, B], [B, A]]})
     assert len(batch["predictions"]) == 2
-    single = httpx.post(f"{http}/predict", json={"text": A}, headers=KEYED, timeout=10)  # the model reads pairs only
+    # the model reads pairs only
+    single = httpx.post(f"{http}/predict", json={"text": A}, headers=KEYED, timeout=10, verify=cert)
     assert single.status_code == 422 and "classifies text pairs" in single.json()["detail"]
-    bad = httpx.post(f"{http}/predict", json={"pairs": [[A]]}, headers=KEYED, timeout=10)
+    bad = httpx.post(f"{http}/predict", json={"pairs": [[A]]}, headers=KEYED, timeout=10, verify=cert)
     assert bad.status_code == 422 and "pairs[0]" in bad.json()["detail"]
     fb = httpx.post(f"{http}/feedback", json={"event_id": pred["event_id"], "label": "next"}, headers=KEYED,
-                    timeout=10)
+                    timeout=10, verify=cert)
     assert fb.status_code == 200 and fb.json()["accepted"]
     pair_run["event_id"] = pred["event_id"]
 
@@ -108,7 +112,8 @@ def test_the_joined_row_has_both_texts_in_the_export_and_the_run_learned(pair_ru
     ours = [r for r in rows if r["event_id"] == pair_run.get("event_id")]
     assert len(ours) == 1 and ours[0]["text"] == A and ours[0]["text_pair"] == B and ours[0]["label"] == 0, ours
     traffic = [r for r in rows if r["event_id"] != pair_run.get("event_id")]
-    assert len(traffic) > 50 and all(r["text_pair"] for r in traffic)  # the traffic actors sent pairs
+    # the traffic actors sent pairs, over HTTPS to a certificate they trust through serving.tls.ca_file
+    assert len(traffic) > 50 and all(r["text_pair"] for r in traffic)
     s = json.loads((run / "summary.json").read_text())["loops"]["pairs"]
     assert s["inputs"].startswith("text pairs") and s["chance_accuracy"] == round(1 / 3, 4)
     assert s["origin"]["encoder"] == "pretrained" and s["origin"]["inputs"] == "pairs"
