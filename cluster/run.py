@@ -87,6 +87,10 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
         if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
             ctx.auth, ctx.run_key = _auth_settings(cfg)
             ctx.client_verify = cfg.serving.tls.client_verify() if cfg.serving.tls is not None else True
+        if cfg.serving.enabled and cfg.serving.grpc and "feedback" in cfg.loops:
+            from serving.feedback_app import bound_grpc_messages
+
+            bound_grpc_messages(cfg.feedback.max_text_chars)  # an embedded cluster's gRPC proxy inherits it
         ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
         if ctx.auth is not None:  # replicas on every node follow the keys from here

@@ -37,6 +37,7 @@ classified (greedily) by the shadow version, whose answers only the events carry
 import asyncio
 import json
 import logging
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,10 +65,11 @@ from serving.auth_guard import RouteGuard, admit, docs_need_key, grpc_headers
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
 from serving.feedback_schemas import (FeedbackRequest, FeedbackResponse, Health, Prediction, PredictBatchResponse,
                                      PredictRequest, error_responses, request_body)
-from serving.requests import (FEEDBACK_LIMITS, check_inputs_fit, grpc_feedback, grpc_inputs, parse_feedback,
-                              parse_predict, predict_limits, read_json)
+from serving.requests import (FEEDBACK_LIMITS, check_inputs_fit, grpc_feedback, grpc_inputs, max_body_bytes,
+                              parse_feedback, parse_predict, predict_limits, read_json)
 
 log = logging.getLogger(__name__)
+GRPC_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 
 APP_NAME = "feedback"
 ROUTE_PREFIX = "/v1"
@@ -318,6 +320,15 @@ class FeedbackApp:
     app_name: str
     route_prefix: str
     joiner: Any  # FeedbackJoiner handle: prequential(), stats(), flush()
+
+
+def bound_grpc_messages(max_text_chars: int) -> int:
+    """Cap the gRPC proxy's messages at the largest predict a client may send (Serve's own cap is
+    2 GiB, with no option for it but an environment variable its proxy reads when it starts): call
+    before Ray starts, so the proxy of an embedded cluster inherits it. Returns the cap."""
+    cap = max_body_bytes(max_text_chars)
+    os.environ[GRPC_MESSAGE_ENV] = str(cap)
+    return cap
 
 
 def grpc_options(port: int) -> dict[str, Any]:

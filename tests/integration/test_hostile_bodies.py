@@ -28,7 +28,7 @@ from core.replay.config import ReplayConfig, TableConfig
 from core.rl.models import spec_for_env
 from core.rl.policy import QPolicy
 from core.text_classifier import from_encoder
-from serving.feedback_app import deploy_feedback_app, grpc_options, stop_joiner, undeploy_feedback_app
+from serving.feedback_app import bound_grpc_messages, deploy_feedback_app, grpc_options, stop_joiner, undeploy_feedback_app
 from serving.policy_server import MAX_ACT_BODY_BYTES, deploy_policy_server, undeploy_policy_server
 from serving.publisher import PolicyPublisher
 from serving.requests import FEEDBACK_BODY_BYTES, max_body_bytes
@@ -47,6 +47,7 @@ GRPC_META = (("application", "feedback"),)
 @pytest.fixture(scope="module")
 def apps(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
+    bound_grpc_messages(FeedbackConfig().max_text_chars)  # as `evolve run` does before Ray starts
     ray.init(num_cpus=2, include_dashboard=False, namespace="hostile-test", log_to_driver=False)
     try:
         http_port, grpc_port = free_port(), free_port()
@@ -209,6 +210,10 @@ def test_hostile_bodies_neither_fail_nor_hold_other_requests(apps):
         times = sorted(s for r, _, s, _ in during if r == route)
         print(f"beside: {len(times)} {route}s while the hostile bodies were in flight ({ended - began:.1f} s), "
               f"p50 {times[len(times) // 2] * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
+    over = _raw_string_field(1, b"x" * (predict_limit + 1024))  # past the proxy's message cap
+    with grpc.insecure_channel(apps["grpc"], options=[("grpc.max_send_message_length", -1)]) as channel:
+        status, reason, _ = _send_grpc(channel, "Predict", over)
+    assert status == "RESOURCE_EXHAUSTED", (status, reason)  # refused by the proxy, never read into a replica
     refused_or_answered = {s for _, _, s, _, _ in sent} - {200, 400, 413, 422, "OK", "INVALID_ARGUMENT"}
     assert not refused_or_answered, [x for x in sent if x[2] in refused_or_answered]
     assert not beside.errors, beside.errors[:5]
