@@ -14,6 +14,7 @@ hard exit) and Ray's `max_restarts=-1` starts it afresh.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -30,11 +31,14 @@ from ray.util import metrics
 
 from actors.nstep import NStep
 from actors.crash_backoff import CrashBackoff
+from core.replay.table import ReplayTimeout
 from core.rl.config import RLConfig
 from core.rl.drift import EpsilonBoost, physics_wrappers
 from core.rl.models import PolicySpec, obs_width
 from core.rl.policy import QPolicy
 from core.schemas import transitions_schema
+
+log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
@@ -307,6 +311,7 @@ class RolloutActor:
         self._write_size = WriteSize(rl.min_steps_per_write or rl.steps_per_write, rl.steps_per_write)
         self._stop = threading.Event()
         self._error: str | None = None
+        self._write_timeouts = 0  # adds the rate limiter held past replay.add_timeout_s
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"rollout-{actor_id}")
         self._thread.start()
 
@@ -314,19 +319,29 @@ class RolloutActor:
         w = self.worker
         flush = getattr(w.writer, "flush", None)
         size = self._write_size
+        streak = 0  # write timeouts in a row
         try:
             while not self._stop.is_set():
                 before, t0 = w.env_steps, time.perf_counter()
-                w.run(size.now)
-                t1 = time.perf_counter()
-                # Wait for the store to take this batch before stepping on: when the rate
-                # limiter holds adds back, rows queued behind it would be acted by a policy
-                # many versions old by the time the learner sees them (a few queued large
-                # adds are many seconds of learner consumption).  Costs one shard ack per batch.
-                # How long the store held it sets the next batch's size (WriteSize).
-                if flush is not None:
-                    flush()
-                    size.update(t1 - t0, time.perf_counter() - t1)
+                try:
+                    w.run(size.now)
+                    t1 = time.perf_counter()
+                    # Wait for the store to take this batch before stepping on: when the rate
+                    # limiter holds adds back, rows queued behind it would be acted by a policy
+                    # many versions old by the time the learner sees them (a few queued large
+                    # adds are many seconds of learner consumption).  Costs one shard ack per batch.
+                    # How long the store held it sets the next batch's size (WriteSize).
+                    if flush is not None:
+                        flush()
+                        size.update(t1 - t0, time.perf_counter() - t1)
+                    streak = 0
+                except ReplayTimeout as exc:  # the learner is behind: its rows are lost, not the actor
+                    streak += 1
+                    self._write_timeouts += 1
+                    log.warning("rollout %s: replay add timed out (%s); pausing %ds", w.actor_id, exc,
+                                min(2 ** streak, 30))
+                    self._stop.wait(min(2 ** streak, 30))
+                    continue
                 self._steps.inc(w.env_steps - before, tags=self._tags)
                 if w.recent_returns:
                     self._return.set(float(np.mean(w.recent_returns)), tags=self._tags)
@@ -337,7 +352,7 @@ class RolloutActor:
 
     def stats(self) -> dict[str, Any]:
         return {**self.worker.stats(), "steps_per_write": self._write_size.now, "error": self._error,
-                "running": self._thread.is_alive()}
+                "running": self._thread.is_alive(), "write_timeouts": self._write_timeouts}
 
     def apply_drift(self) -> int:
         return self.worker.apply_drift()
