@@ -144,6 +144,7 @@ class RolloutWorker:
         self.nstep = NStep(cfg.n_step, cfg.gamma)
         self.schema = transitions_schema(obs_width(spec))
         self.env_steps = self.episodes = self.rows_written = 0
+        self.last_batch: pa.RecordBatch | None = None
         self.episode_return = np.zeros(cfg.num_envs)
         self.episode_len = np.zeros(cfg.num_envs, dtype=np.int64)
         self.recent_returns: deque[float] = deque(maxlen=100)
@@ -192,8 +193,14 @@ class RolloutWorker:
             return 0
         batch = self._batch(out)
         self.writer.add(self.cfg.table, batch)
+        self.last_batch = batch  # sent again if the store times it out (same ids: stored once)
         self.rows_written += batch.num_rows
         return batch.num_rows
+
+    def resend(self) -> None:
+        """Send the last batch again (its add timed out; ids make a duplicate harmless)."""
+        if self.last_batch is not None:
+            self.writer.add(self.cfg.table, self.last_batch)
 
     def _act(self, eps: float) -> np.ndarray:
         """QPolicy.act's epsilon-greedy actions (same draws from self.rng), computed faster:
@@ -319,29 +326,20 @@ class RolloutActor:
         w = self.worker
         flush = getattr(w.writer, "flush", None)
         size = self._write_size
-        streak = 0  # write timeouts in a row
         try:
             while not self._stop.is_set():
                 before, t0 = w.env_steps, time.perf_counter()
-                try:
-                    w.run(size.now)
-                    t1 = time.perf_counter()
-                    # Wait for the store to take this batch before stepping on: when the rate
-                    # limiter holds adds back, rows queued behind it would be acted by a policy
-                    # many versions old by the time the learner sees them (a few queued large
-                    # adds are many seconds of learner consumption).  Costs one shard ack per batch.
-                    # How long the store held it sets the next batch's size (WriteSize).
-                    if flush is not None:
-                        flush()
-                        size.update(t1 - t0, time.perf_counter() - t1)
-                    streak = 0
-                except ReplayTimeout as exc:  # the learner is behind: its rows are lost, not the actor
-                    streak += 1
-                    self._write_timeouts += 1
-                    log.warning("rollout %s: replay add timed out (%s); pausing %ds", w.actor_id, exc,
-                                min(2 ** streak, 30))
-                    self._stop.wait(min(2 ** streak, 30))
-                    continue
+                w.run(size.now)
+                t1 = time.perf_counter()
+                # Wait for the store to take this batch before stepping on: when the rate
+                # limiter holds adds back, rows queued behind it would be acted by a policy
+                # many versions old by the time the learner sees them (a few queued large
+                # adds are many seconds of learner consumption).  Costs one shard ack per batch.
+                # How long the store held it sets the next batch's size (WriteSize).
+                if flush is not None:
+                    if not self._settle(flush):
+                        break  # stopped while the store held the batch back
+                    size.update(t1 - t0, time.perf_counter() - t1)
                 self._steps.inc(w.env_steps - before, tags=self._tags)
                 if w.recent_returns:
                     self._return.set(float(np.mean(w.recent_returns)), tags=self._tags)
@@ -349,6 +347,27 @@ class RolloutActor:
         except Exception as exc:  # a stalled actor looks alive to Ray: exit for a restart
             self._error = f"{type(exc).__name__}: {exc}"
             self._on_crash(exc)
+
+    def _settle(self, flush: Callable[[], Any]) -> bool:
+        """Wait until the last batch is stored (True) or the actor is stopped (False).
+
+        An add the rate limiter held past replay.add_timeout_s (the learner is behind, or not up
+        yet) is counted and sent again after a growing pause: the rows are kept, the shard's
+        threads are let go meanwhile, and the actor does not exit for it."""
+        streak = 0
+        while True:
+            try:
+                flush()
+                return True
+            except ReplayTimeout as exc:
+                streak += 1
+                self._write_timeouts += 1
+                pause = min(2 ** streak, 30)
+                log.warning("rollout %s: replay add timed out (%s); sending it again in %ds",
+                            self.worker.actor_id, exc, pause)
+                if self._stop.wait(pause):
+                    return False
+                self.worker.resend()
 
     def stats(self) -> dict[str, Any]:
         return {**self.worker.stats(), "steps_per_write": self._write_size.now, "error": self._error,

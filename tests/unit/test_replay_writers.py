@@ -70,24 +70,28 @@ class _Stop(threading.Event):
         return self.is_set()
 
 
-def test_a_rollout_loop_counts_timed_out_adds_and_goes_on():
+def test_a_rollout_loop_sends_a_timed_out_add_again_and_goes_on():
     from actors.rollout import RolloutActor, WriteSize
 
     class Worker:
         env_steps, recent_returns, policy, actor_id = 0, [], SimpleNamespace(version=1), "a"
 
         def __init__(self, stop):
-            self.stop, self.runs = stop, 0
+            self.stop, self.runs, self.flushes, self.resent = stop, 0, 0, 0
             self.writer = SimpleNamespace(flush=self.flush)
 
         def run(self, n):
             self.runs += 1
             self.env_steps += n
 
+        def resend(self):
+            self.resent += 1
+
         def flush(self):
-            if self.runs <= 2:
+            self.flushes += 1
+            if self.flushes <= 2:  # the learner is behind: the first batch is held twice
                 raise ReplayTimeout("table 'transitions': timed out after 30s waiting to insert")
-            if self.runs == 4:
+            if self.runs == 3:
                 self.stop.set()
 
     crashes: list[BaseException] = []
@@ -100,4 +104,15 @@ def test_a_rollout_loop_counts_timed_out_adds_and_goes_on():
     shell._tags = {}
     shell._loop()
     assert crashes == [] and shell._error is None
-    assert shell._write_timeouts == 2 and stop.pauses == [2, 4] and shell.worker.runs == 4
+    assert shell._write_timeouts == 2 and stop.pauses == [2, 4]
+    assert shell.worker.resent == 2 and shell.worker.runs == 3  # the held batch sent again, not dropped
+
+
+def test_a_resent_batch_is_the_same_rows():
+    from tests.unit.test_rl_rollout import _worker
+
+    worker = _worker()
+    worker.run(4)
+    worker.resend()  # its add timed out: the same ids go again, so the shard stores them once
+    (_, sent), (_, again) = worker.writer.adds
+    assert sent.num_rows > 0 and again.equals(sent)
