@@ -145,10 +145,11 @@ class GroupCommit:
                 self.write_errors += 1
                 if time.monotonic() + backoff >= deadline:
                     self.given_up += 1
-                    log.warning("feedback joiner: %d rows for %r not written within %gs (%s); their events stay open",
-                                len(items), self.table, self.give_up_s, _reason(exc))
-                    self._fail(items, CommitFailed(503, f"the replay store did not take its row within "
-                                                        f"{self.give_up_s:g}s ({_reason(exc)})", True))
+                    tried = f"tried for {time.monotonic() - deadline + self.give_up_s:.1f}s"
+                    log.warning("feedback joiner: %d rows for %r not written (%s: %s); their events stay open",
+                                len(items), self.table, tried, _reason(exc))
+                    self._fail(items, CommitFailed(503, f"the replay store did not take its row ({tried}, "
+                                                        f"commit timeout {self.give_up_s:g}s: {_reason(exc)})", True))
                     return
                 log.warning("feedback joiner: writing %d rows to %r failed (%s); retrying", len(items), self.table,
                             _reason(exc))
