@@ -15,13 +15,14 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from core.replay.config import ReplayConfig
+from core.replay.config import ReplayConfig, per_shard
 from core.replay.store import shard_of
 from core.replay.table import KEY, PROBABILITY, ReplayError
 from core.replay.wire import to_ipc
 from core.schemas import schema_for, to_record_batch
 
 SHARD_BITS = 48  # global key = shard << 48 | seq within the shard
+ACK_GRACE_S = 5.0  # past an add's own timeout, for the acknowledgement to come back
 WEIGHT = "_weight"
 
 
@@ -57,28 +58,51 @@ class ReplayClient:
 
     # ---- add -------------------------------------------------------------------
     def add(self, table: str, batch: Any, timeout_s: float | None = None) -> AddTicket:
-        """Send rows to their shards without waiting; at most `max_in_flight` adds are pending."""
-        rb = to_record_batch(table, self._schema(table), batch)
-        owner = shard_of(rb.column("id").to_pylist(), len(self.shards))
-        ticket = AddTicket(table)
-        for s in np.unique(owner):
-            part = rb if len(self.shards) == 1 else rb.filter(pa.array(owner == s))
-            ticket.refs.append(self.shards[s].add.remote(table, to_ipc(part), timeout_s))
+        """Send rows to their shards without waiting; at most `max_in_flight` adds are pending.
+
+        `timeout_s`: how long a shard's rate limiter may hold the add (None: the shard's
+        `replay.add_timeout_s`) before it fails with ReplayTimeout, nothing written."""
+        ticket = self._send(table, batch, timeout_s)
         self._pending.append(ticket)
         while len(self._pending) > self.cfg.max_in_flight:
             self._settle(self._pending.popleft())  # backpressure; raises the shard's error if any
         return ticket
 
     def add_and_wait(self, table: str, batch: Any, timeout_s: float | None = None) -> dict[str, int]:
-        """Add and return only once every row is durable on its shard."""
-        ticket = self.add(table, batch, timeout_s)
-        self._pending.remove(ticket)
-        return ticket.result()
+        """Add and return only once every row is durable on its shard.
+
+        With `timeout_s`, give up after about that long: ReplayTimeout from a shard's rate
+        limiter, or Ray's GetTimeoutError while a shard is away (the add may still land later;
+        row ids make a retry land once)."""
+        ticket = self._send(table, batch, timeout_s)
+        return ticket.result(None if timeout_s is None else timeout_s + ACK_GRACE_S)
+
+    def batch_limit(self, table: str) -> int:
+        """The most rows one add may carry to a shard: more are refused (ReplayError)."""
+        tcfg = per_shard(self._table_cfg(table), len(self.shards))
+        return min(tcfg.max_batch_rows, tcfg.capacity)
+
+    def _send(self, table: str, batch: Any, timeout_s: float | None) -> AddTicket:
+        rb = to_record_batch(table, self._schema(table), batch)
+        owner = shard_of(rb.column("id").to_pylist(), len(self.shards))
+        ticket = AddTicket(table)
+        for s in np.unique(owner):
+            part = rb if len(self.shards) == 1 else rb.filter(pa.array(owner == s))
+            ticket.refs.append(self.shards[s].add.remote(table, to_ipc(part), timeout_s))
+        return ticket
 
     def flush(self) -> dict[str, int]:
-        """Wait for every pending add; returns what was acknowledged since the last flush."""
+        """Wait for every pending add; returns what was acknowledged since the last flush.
+
+        A failed add (a shard's ReplayTimeout, say) is raised once every other one is settled."""
+        failed: Exception | None = None
         while self._pending:
-            self._settle(self._pending.popleft())
+            try:
+                self._settle(self._pending.popleft())
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         total, self._acked = self._acked, {"accepted": 0, "duplicates": 0}
         return total
 

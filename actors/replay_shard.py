@@ -2,9 +2,12 @@
 
 Restarts on failure (`max_restarts=-1`) and recovers its rows from its
 segment files; Ray retries calls that were in flight (`max_task_retries=-1`),
-which is safe because `add` is idempotent by row id.  Threaded
-(`max_concurrency`) so a call waiting on the rate limiter does not stop the
-calls that would release it.
+which is safe because `add` is idempotent by row id.  Threaded, with adds and
+samples in concurrency groups of their own: adds waiting on the rate limiter
+(samplers behind) hold only add threads, so the samples that would release
+them are always answered, and the other calls (info, export, cutoff) too.
+An add waits on the limiter at most `replay.add_timeout_s`, then fails with
+ReplayTimeout and writes nothing; the writer retries or counts it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from core.replay.store import ShardStore
 from core.replay.wire import from_ipc
 
 ACTOR_PREFIX = "evolve-replay-shard-"
+# threads per group: writers beyond ADD_THREADS queue for a thread, never for a sampler's
+ADD_THREADS, SAMPLE_THREADS = 8, 8
 
 
 class ShardMetrics:
@@ -51,12 +56,14 @@ class ShardMetrics:
             self.disk.set(info["disk_bytes"], tags=self.tags(name))
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=16)
+@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=4,
+            concurrency_groups={"add": ADD_THREADS, "sample": SAMPLE_THREADS})
 class ReplayShard:
     def __init__(self, cfg: dict[str, Any], directory: str | None, shard: int, seed: int | None = None):
         self.store = ShardStore(ReplayConfig.model_validate(cfg), directory, shard, seed)
         self.metrics = ShardMetrics(shard)
 
+    @ray.method(concurrency_group="add")
     def add(self, table: str, batch: pa.RecordBatch | pa.Buffer, timeout_s: float | None = None) -> dict[str, int]:
         """Rows as a RecordBatch or as the IPC buffer the ReplayClient sends (core.replay.wire)."""
         ack = self.store.add(table, from_ipc(batch), timeout_s)
@@ -68,6 +75,7 @@ class ReplayShard:
         self.metrics.gauges(self.store)
         return ack
 
+    @ray.method(concurrency_group="sample")
     def sample(self, table: str, n: int, timeout_s: float | None = None) -> tuple[pa.RecordBatch, int, float]:
         """Rows plus this shard's (size, priority mass) after the draw, for the client's next split."""
         rows = self.store.sample(table, n, timeout_s)
@@ -79,6 +87,7 @@ class ReplayShard:
     def sizes(self, table: str) -> tuple[int, float]:
         return self.store.sizes(table)
 
+    @ray.method(concurrency_group="sample")
     def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> int:
         return self.store.update_priorities(table, keys, priorities)
 

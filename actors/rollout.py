@@ -14,6 +14,7 @@ hard exit) and Ray's `max_restarts=-1` starts it afresh.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -30,11 +31,14 @@ from ray.util import metrics
 
 from actors.nstep import NStep
 from actors.crash_backoff import CrashBackoff
+from core.replay.table import ReplayTimeout
 from core.rl.config import RLConfig
 from core.rl.drift import EpsilonBoost, physics_wrappers
 from core.rl.models import PolicySpec, obs_width
 from core.rl.policy import QPolicy
 from core.schemas import transitions_schema
+
+log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
@@ -140,6 +144,7 @@ class RolloutWorker:
         self.nstep = NStep(cfg.n_step, cfg.gamma)
         self.schema = transitions_schema(obs_width(spec))
         self.env_steps = self.episodes = self.rows_written = 0
+        self.last_batch: pa.RecordBatch | None = None
         self.episode_return = np.zeros(cfg.num_envs)
         self.episode_len = np.zeros(cfg.num_envs, dtype=np.int64)
         self.recent_returns: deque[float] = deque(maxlen=100)
@@ -188,8 +193,14 @@ class RolloutWorker:
             return 0
         batch = self._batch(out)
         self.writer.add(self.cfg.table, batch)
+        self.last_batch = batch  # sent again if the store times it out (same ids: stored once)
         self.rows_written += batch.num_rows
         return batch.num_rows
+
+    def resend(self) -> None:
+        """Send the last batch again (its add timed out; ids make a duplicate harmless)."""
+        if self.last_batch is not None:
+            self.writer.add(self.cfg.table, self.last_batch)
 
     def _act(self, eps: float) -> np.ndarray:
         """QPolicy.act's epsilon-greedy actions (same draws from self.rng), computed faster:
@@ -307,6 +318,7 @@ class RolloutActor:
         self._write_size = WriteSize(rl.min_steps_per_write or rl.steps_per_write, rl.steps_per_write)
         self._stop = threading.Event()
         self._error: str | None = None
+        self._write_timeouts = 0  # adds the rate limiter held past replay.add_timeout_s
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"rollout-{actor_id}")
         self._thread.start()
 
@@ -325,7 +337,8 @@ class RolloutActor:
                 # adds are many seconds of learner consumption).  Costs one shard ack per batch.
                 # How long the store held it sets the next batch's size (WriteSize).
                 if flush is not None:
-                    flush()
+                    if not self._settle(flush):
+                        break  # stopped while the store held the batch back
                     size.update(t1 - t0, time.perf_counter() - t1)
                 self._steps.inc(w.env_steps - before, tags=self._tags)
                 if w.recent_returns:
@@ -335,9 +348,30 @@ class RolloutActor:
             self._error = f"{type(exc).__name__}: {exc}"
             self._on_crash(exc)
 
+    def _settle(self, flush: Callable[[], Any]) -> bool:
+        """Wait until the last batch is stored (True) or the actor is stopped (False).
+
+        An add the rate limiter held past replay.add_timeout_s (the learner is behind, or not up
+        yet) is counted and sent again after a growing pause: the rows are kept, the shard's
+        threads are let go meanwhile, and the actor does not exit for it."""
+        streak = 0
+        while True:
+            try:
+                flush()
+                return True
+            except ReplayTimeout as exc:
+                streak += 1
+                self._write_timeouts += 1
+                pause = min(2 ** streak, 30)
+                log.warning("rollout %s: replay add timed out (%s); sending it again in %ds",
+                            self.worker.actor_id, exc, pause)
+                if self._stop.wait(pause):
+                    return False
+                self.worker.resend()
+
     def stats(self) -> dict[str, Any]:
         return {**self.worker.stats(), "steps_per_write": self._write_size.now, "error": self._error,
-                "running": self._thread.is_alive()}
+                "running": self._thread.is_alive(), "write_timeouts": self._write_timeouts}
 
     def apply_drift(self) -> int:
         return self.worker.apply_drift()

@@ -17,9 +17,20 @@ Answers (HTTP status in `FeedbackRejected.status`):
   outside [0, 1];  409 a different feedback for an event that already has one.
   A repeat of the same feedback gets the same answer and writes nothing.
 
+A feedback is taken in two steps, because its row must be stored before it counts:
+`take` checks it and returns the row (the event is then spoken for: a repeat waits for
+the same row, a different feedback is a 409), then `settle` once the row is stored
+(it counts: joined, the prequential window) or `reopen` when the write failed (the
+event is open again, so the client's retry is written, not answered as a repeat).
+`join` is both at once, for feedback that needs no write.
+
 Memory stays bounded: events leave after `feedback_ttl_s` (or when more than
 `max_events` are held), and leave behind a small tombstone (no text) for
 `tombstone_s` more, so a late client hears 410 "expired" rather than 404.
+Each sender (`Event.client`: the predict's API key id, else its client header;
+None, anonymous, is one sender) holds at most `max_open_per_client` events still
+waiting for feedback: a flood of predicts from one sender evicts its own oldest
+open events, never another sender's.
 """
 
 from __future__ import annotations
@@ -53,8 +64,22 @@ class Event:
     shadow_prediction: int | None = None  # its greedy answer (the client got `prediction`)
     text_pair: str | None = None  # the second text of a pair input; None: one text
     created: float = 0.0  # set by the join's clock
+    client: str | None = None  # who asked for the prediction: its open events are capped
     feedback: tuple[int | None, float | None] | None = None  # what was accepted (label, reward)
     answer: dict[str, Any] | None = None  # the answer given to it (repeated verbatim)
+    # a feedback whose write gave up while the store might still take it: only it may be sent again
+    uncertain: tuple[int | None, float | None] | None = None
+
+
+@dataclass
+class InFlight:
+    """A taken feedback whose row is not yet stored: what it counts for once it is."""
+
+    key: tuple[int | None, float | None]
+    version: int
+    value: float
+    weight: float
+    client: str | None
 
 
 @dataclass
@@ -74,26 +99,35 @@ class JoinStats:
     repeats: int = 0
     rejected: dict[int, int] = field(default_factory=dict)
     evicted_for_capacity: int = 0
+    evicted_for_sender: int = 0  # a sender over its open-event cap lost its oldest
+    reopened: int = 0  # taken feedback whose write failed: the event is open again
 
 
 class EventJoin:
     def __init__(self, feedback_ttl_s: float, *, feedback_table: str = "feedback", text_table: str | None = "text",
                  max_events: int = 200_000, tombstone_s: float | None = None, max_tombstones: int | None = None,
-                 window: int = 300, max_client_share: float = 1.0, clock: Callable[[], float] = time.time):
+                 window: int = 300, max_client_share: float = 1.0, clock: Callable[[], float] = time.time,
+                 max_open_per_client: int | None = None):
         if feedback_ttl_s <= 0 or max_events < 1 or window < 1:
             raise ValueError("feedback_ttl_s, max_events and window must be positive")
         self.ttl, self.max_events, self.window = feedback_ttl_s, max_events, window
+        # below max_events, so one sender alone never pushes the others' events out by capacity
+        self.max_open_per_client = max_open_per_client or max(1, max_events // 4)
         self.tombstone_s = feedback_ttl_s if tombstone_s is None else tombstone_s
         self.max_tombstones = max_events if max_tombstones is None else max_tombstones
         self.feedback_table, self.text_table, self.clock = feedback_table, text_table, clock
         self.events: OrderedDict[str, Event] = OrderedDict()  # insertion (= time) order: evict from the front
         self.tombs: OrderedDict[str, Tombstone] = OrderedDict()
+        self.open: dict[str | None, OrderedDict[str, None]] = {}  # sender -> its events without feedback
+        self.inflight: dict[str, InFlight] = {}  # taken feedback whose row is not yet stored
         self.windows = PrequentialWindows(window, max_client_share)
         self.stats = JoinStats()
 
     # ---- events ------------------------------------------------------------------
-    def record(self, events: Iterable[Event | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Remember served events; returns their rows for the text table (empty when it is off)."""
+    def record(self, events: Iterable[Event | Mapping[str, Any]], client: str | None = None) -> list[dict[str, Any]]:
+        """Remember served events; returns their rows for the text table (empty when it is off).
+
+        `client`: the sender of events that do not name their own."""
         now = self.clock()
         self._evict(now)
         rows = []
@@ -102,7 +136,9 @@ class EventJoin:
             if ev.event_id in self.events or ev.event_id in self.tombs:
                 continue  # a retried record call (Ray retries are at-least-once)
             ev.created = now
+            ev.client = client if ev.client is None else ev.client
             self.events[ev.event_id] = ev
+            self._open(ev, now)
             self.stats.events += 1
             if self.text_table is not None:
                 rows.append(self._common(f"text-{ev.event_id}", self.text_table, ev, now) | {"text": ev.text})
@@ -111,6 +147,7 @@ class EventJoin:
                                 | {"text": ev.text_pair})
         while len(self.events) > self.max_events:  # a burst beyond capacity: the oldest go first
             event_id, ev = self.events.popitem(last=False)
+            self._close(event_id, ev)
             self.stats.evicted_for_capacity += 1
             self._bury(event_id, ev, now, f"evicted before its feedback arrived: the server holds at most "
                                           f"{self.max_events} events")
@@ -118,17 +155,26 @@ class EventJoin:
 
     def join(self, event_id: str, label: int | str | None = None, reward: float | None = None,
              client: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """`take` and `settle` at once: for feedback whose row needs no write (held out for the gate)."""
+        answer, row = self.take(event_id, label, reward, client)
+        if row is not None:
+            self.settle(event_id)
+        return answer, row
+
+    def take(self, event_id: str, label: int | str | None = None, reward: float | None = None,
+             client: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(answer, feedback row or None for a repeat); raises FeedbackRejected with the status.
 
+        The event is spoken for until `settle` (its row is stored) or `reopen` (it is not).
         `client` is who sent the feedback (an API key's id, else the client header; None: unknown).
         """
         try:
-            return self._join(event_id, label, reward, client)
+            return self._take(event_id, label, reward, client)
         except FeedbackRejected as exc:
             self.stats.rejected[exc.status] = self.stats.rejected.get(exc.status, 0) + 1
             raise
 
-    def _join(self, event_id: str, label: int | str | None, reward: float | None, client: str | None):
+    def _take(self, event_id: str, label: int | str | None, reward: float | None, client: str | None):
         now = self.clock()
         self._evict(now)
         if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
@@ -151,18 +197,19 @@ class EventJoin:
                 return dict(ev.answer if ev else tomb.answer), None
             raise FeedbackRejected(409, f"event {event_id!r} already has feedback {describe(accepted)}; "
                                         "one feedback per prediction")
+        if ev.uncertain is not None and ev.uncertain != key:
+            raise FeedbackRejected(409, f"event {event_id!r} has feedback {describe(ev.uncertain)} that the replay "
+                                        "store may still take; send that same feedback again")
         if now - ev.created > self.ttl:  # not swept yet (a clock that stepped back)
             raise FeedbackRejected(410, f"event {event_id!r}: {self._late(now - ev.created)}")
         label_idx, reward = key
         correct = None if label_idx is None else label_idx == ev.prediction
         ev.feedback = key
         ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
-        text, text_pair = ev.text, ev.text_pair
-        ev.text, ev.text_pair = "", None  # the row has them; the event only answers repeats from now on
-        self.windows.add(ev.policy_version, *greedy_verdict(ev, label_idx, reward), client)
-        self.stats.joined += 1
+        self._close(event_id, ev)
+        self.inflight[event_id] = InFlight(key, ev.policy_version, *greedy_verdict(ev, label_idx, reward), client)
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
-            "event_id": event_id, "text": text, "text_pair": text_pair, "prediction": ev.prediction,
+            "event_id": event_id, "text": ev.text, "text_pair": ev.text_pair, "prediction": ev.prediction,
             "probs": list(ev.probs),
             "label": label_idx, "reward": reward, "propensity": ev.propensity,
             "action_probs": None if ev.action_probs is None else list(ev.action_probs),
@@ -170,6 +217,34 @@ class EventJoin:
         if ev.shadow_prediction is not None:  # the gate's, split off before the replay store (join_rules.py)
             row.update(shadow_version=ev.shadow_version, shadow_prediction=ev.shadow_prediction)
         return dict(ev.answer), row
+
+    def settle(self, event_id: str) -> None:
+        """The taken feedback's row is stored: it counts (joined, the version's prequential window)."""
+        taken = self.inflight.pop(event_id, None)
+        if taken is None:
+            return
+        self.windows.add(taken.version, taken.value, taken.weight, taken.client)
+        self.stats.joined += 1
+        ev = self.events.get(event_id)
+        if ev is not None:
+            ev.text, ev.text_pair, ev.uncertain = "", None, None  # the row has them; the event answers repeats
+
+    def reopen(self, event_id: str, maybe_stored: bool = False) -> None:
+        """The taken feedback's row was not stored: the event waits for feedback again.
+
+        `maybe_stored`: the write gave up while the store might still take the row (same id, so a
+        retry is stored once); only the same feedback may then be sent again."""
+        taken = self.inflight.pop(event_id, None)
+        if taken is None:
+            return
+        self.stats.reopened += 1
+        ev = self.events.get(event_id)
+        if ev is not None:
+            ev.feedback = ev.answer = None
+            ev.uncertain = taken.key if maybe_stored else None
+            self._open(ev, self.clock())
+        elif event_id in self.tombs:  # gone meanwhile: a retry hears why (410)
+            self.tombs[event_id].feedback = self.tombs[event_id].answer = None
 
     # ---- prequential accuracy (serving/join_window.py) ----------------------------
     def prequential(self) -> dict[int, tuple[float, int]]:
@@ -185,10 +260,29 @@ class EventJoin:
             if now - ev.created <= self.ttl:
                 break
             self.events.popitem(last=False)
+            self._close(event_id, ev)
             # dated from the expiry, not from now: a late sweep keeps no tombstone longer
             self._bury(event_id, ev, ev.created + self.ttl, None)
         while self.tombs and now - next(iter(self.tombs.values())).gone_at > self.tombstone_s:
             self.tombs.popitem(last=False)
+
+    def _open(self, ev: Event, now: float) -> None:
+        """Count `ev` as waiting for feedback from its sender; over the sender's cap, its oldest goes."""
+        opened = self.open.setdefault(ev.client, OrderedDict())
+        opened[ev.event_id] = None
+        while len(opened) > self.max_open_per_client:
+            event_id, _ = opened.popitem(last=False)
+            old = self.events.pop(event_id)
+            self.stats.evicted_for_sender += 1
+            self._bury(event_id, old, now, f"evicted before its feedback arrived: its sender held more than "
+                                           f"{self.max_open_per_client} events waiting for feedback")
+
+    def _close(self, event_id: str, ev: Event) -> None:
+        opened = self.open.get(ev.client)
+        if opened is not None:
+            opened.pop(event_id, None)
+            if not opened:  # a sender with nothing open holds no entry
+                del self.open[ev.client]
 
     def _bury(self, event_id: str, ev: Event, gone_at: float, reason: str | None) -> None:
         self.tombs[event_id] = Tombstone(gone_at, reason, ev.feedback, ev.answer, ev.labels, ev.created)

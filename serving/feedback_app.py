@@ -94,8 +94,8 @@ def _set(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}  # protobuf: an unset optional, not None
 
 
-def _count_texts(requests: list[tuple[list[str], Any]]) -> int:
-    return sum(len(texts) for texts, _ in requests)
+def _count_texts(requests: list[tuple]) -> int:
+    return sum(len(request[0]) for request in requests)  # (texts, shadow answers, sender)
 
 
 # defined above the deployment class: @serve.ingress pickles the FastAPI app, and with it this
@@ -186,18 +186,18 @@ class FeedbackServer:
         return self._files
 
     # ---- shared request logic ----------------------------------------------------------
-    async def _predict(self, texts: list[str], client_key: str | None = None) -> list[dict]:
+    async def _predict(self, texts: list[str], client_key: str | None = None, sender: str | None = None) -> list[dict]:
         if self.served is None:
             raise FeedbackRejected(503, f"no live version of {self.policy_id!r} yet; retry shortly")
         check_inputs_fit(texts, self.served.bundle.pairs)  # before a batch: a misfit fails this request alone
         canary = self.canary.routes(client_key) if self.canary is not None else None
         shadow = await self._shadow_answers(texts)
         if canary is not None:  # a small share of traffic: answered alone, by the canary version
-            preds, recorded = await self._classify(texts, canary, shadow)
+            preds, recorded = await self._classify(texts, canary, shadow, [sender] * len(texts))
         elif self.batching and len(texts) < self.max_batch_size:
-            preds, recorded = await self._classify_batch((texts, shadow))
+            preds, recorded = await self._classify_batch((texts, shadow, sender))
         else:  # batching off, or the request is a full batch already
-            preds, recorded = await self._classify(texts, None, shadow)
+            preds, recorded = await self._classify(texts, None, shadow, [sender] * len(texts))
         # the client gets its event ids only once any replica's feedback can find them
         await asyncio.shield(recorded)
         return preds
@@ -210,26 +210,30 @@ class FeedbackServer:
             return None
         return await asyncio.get_running_loop().run_in_executor(self._infer_pool, greedy_answers, shadow, texts)
 
-    # one item = one request's texts (all answered by one forward, hence one version) and its
-    # shadow answers or None; the batch is counted in texts; the config's size and wait are set in __init__
+    # one item = one request's texts (all answered by one forward, hence one version), its
+    # shadow answers or None and its sender; the batch is counted in texts; the config's size and
+    # wait are set in __init__
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_count_texts)
-    async def _classify_batch(self, requests: list[tuple[list[str], list | None]]
+    async def _classify_batch(self, requests: list[tuple[list[str], list | None, str | None]]
                               ) -> list[tuple[list[dict], asyncio.Future]]:
-        shadow = [a for texts, answers in requests for a in (answers or [None] * len(texts))]
-        preds, recorded = await self._classify([text for texts, _ in requests for text in texts], None,
-                                               shadow if any(a is not None for a in shadow) else None)
+        shadow = [a for texts, answers, _ in requests for a in (answers or [None] * len(texts))]
+        preds, recorded = await self._classify([text for texts, _, _ in requests for text in texts], None,
+                                               shadow if any(a is not None for a in shadow) else None,
+                                               [who for texts, _, who in requests for _ in texts])
         out, start = [], 0
-        for texts, _ in requests:
+        for texts, _, _ in requests:
             out.append((preds[start:start + len(texts)], recorded))
             start += len(texts)
         return out
 
-    async def _classify(self, texts: list[str], served: Served | None = None,
-                        shadow: list | None = None) -> tuple[list[dict], asyncio.Future]:
+    async def _classify(self, texts: list[str], served: Served | None = None, shadow: list | None = None,
+                        senders: list[str | None] | None = None) -> tuple[list[dict], asyncio.Future]:
         served = served or self.served  # read once: the whole batch is answered by one version
         loop = asyncio.get_running_loop()
         preds, events = await loop.run_in_executor(self._infer_pool, classify, served, texts, self.policy_id,
                                                    self.replica, self.novelty, self.explore, self._rng, shadow)
+        for event, sender in zip(events, senders or ()):  # the joiner caps each sender's open events
+            event["client"] = sender
         self._forwards, self._texts = self._forwards + 1, self._texts + len(texts)
         # recorded in the background: the next batch need not wait for the joiner's answer
         return preds, asyncio.ensure_future(self._record(events))
@@ -251,10 +255,10 @@ class FeedbackServer:
               responses=error_responses(400, 401, 403, 413, 422, 429, 503))
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
         try:
-            admit(self.guard, request.headers, "predict")
+            sender = admit(self.guard, request.headers, "predict")
             body = await read_json(request, predict_limits(self.max_text_chars))
             texts, single = parse_predict(body, self.max_text_chars)
-            preds = await self._predict(texts, request.headers.get(CLIENT_HEADER))
+            preds = await self._predict(texts, request.headers.get(CLIENT_HEADER), sender)
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return Prediction(**preds[0]) if single else PredictBatchResponse(predictions=preds)
@@ -294,8 +298,9 @@ class FeedbackServer:
         from serving.proto import evolve_pb2
 
         try:
-            admit(self.guard, grpc_headers(grpc_context), "predict")
-            preds = await self._predict(grpc_inputs(request, self.max_text_chars), grpc_client_key(grpc_context))
+            sender = admit(self.guard, grpc_headers(grpc_context), "predict")
+            preds = await self._predict(grpc_inputs(request, self.max_text_chars), grpc_client_key(grpc_context),
+                                        sender)
         except FeedbackRejected as exc:
             _grpc_error(grpc_context, exc)
             return evolve_pb2.PredictResponse()

@@ -17,9 +17,9 @@ from typing import Any
 import ray
 
 from core.hashing import stable_unit_hash
-from core.schemas import SchemaError
 from core.text_inputs import input_of_row
 from serving.event_join import MAX_EVENT_ID_CHARS, Event, EventJoin, FeedbackRejected, to_columns
+from serving.join_commit import CommitFailed, GroupCommit
 from serving.join_rules import split_shadow
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,17 @@ __all__ = ["JOINER_NAME", "MAX_EVENT_ID_CHARS", "Event", "EventJoin", "FeedbackR
 class Joiner:
     """One EventJoin shared by every replica; writes joined rows through the replay writer.
 
-    Rows are group-committed: a background task writes what accumulated while the
-    previous write was in flight (one `add_and_wait` per table), retrying a failed
-    write (row ids are deterministic, so the replay store drops duplicates).  A
-    restarted joiner has forgotten its events: their feedback gets 404.
+    Rows are group-committed per table (serving/join_commit.py): a feedback is answered 200
+    only once its row is durable in the replay store.  Until then its event is spoken for
+    (a repeat waits for the same row; a different feedback is a 409); when the write fails
+    (the store refused the row, or did not take it within `commit_timeout_s`) the waiters get
+    the reason (500 / 503) and the event is open again, so the client's retry is written.
+    Text-table rows are best effort (continual MLM): at most `max_text_pending` wait, the rest
+    are dropped and counted.  A restarted joiner has forgotten its events: their feedback gets 404.
 
-    With a `gate_name`, every `push_every` joined feedbacks the joiner hands that gate
+    With a `gate_name`, every `push_every` stored feedbacks the joiner hands that gate
     actor the predicting version's prequential window (the rollback guard) and each
-    feedback's verdict on its version (the drift detector), as the feedback arrives, and
+    feedback's verdict on its version (the drift detector), as the feedback is stored, and
     how many distinct clients sent the window (the guard needs `gate.min_clients`).
     With `recent_fraction`, that share of labeled feedback (by a salted hash of the event id:
     the salt is the joiner's own secret, so a client cannot tell which of its feedback is held out)
@@ -55,22 +58,22 @@ class Joiner:
                  commit_interval_s: float = 0.05, gate_name: str | None = None, policy_id: str | None = None,
                  push_every: int = 10, recent_fraction: float = 0.0, ope_fraction: float = 0.0,
                  max_client_share: float = 1.0, salt: str | None = None, max_pending: int = 20_000,
-                 durable_timeout_s: float = 10.0):
+                 durable_timeout_s: float = 10.0, commit_timeout_s: float | None = None,
+                 max_text_pending: int = 20_000, max_open_per_client: int | None = None):
         self.join = EventJoin(feedback_ttl_s, feedback_table=feedback_table, text_table=text_table,
-                              window=window, max_events=max_events, max_client_share=max_client_share)
+                              window=window, max_events=max_events, max_client_share=max_client_share,
+                              max_open_per_client=max_open_per_client)
         self.salt = secrets.token_hex(16) if salt is None else salt
-        self.writer, self.commit_interval_s = writer, commit_interval_s
-        self.pending: dict[str, list[dict[str, Any]]] = {}
-        # futures of the queued rows' commit, by table: feedback is acknowledged once its row is durable
-        self._waiters: dict[str, list[asyncio.Future]] = {}
-        self._durable: dict[str, asyncio.Future] = {}  # event id -> its row's commit, while pending
+        self.writer = writer
+        give_up = durable_timeout_s if commit_timeout_s is None else commit_timeout_s
+        self.commits = {feedback_table: GroupCommit(writer, feedback_table, interval_s=commit_interval_s,
+                                                    give_up_s=give_up)}
+        if text_table is not None:
+            self.commits[text_table] = GroupCommit(writer, text_table, interval_s=commit_interval_s,
+                                                   give_up_s=give_up, max_rows=max_text_pending)
+        self._durable: dict[str, asyncio.Future] = {}  # event id -> its row's commit, while in flight
         self.max_pending, self.durable_timeout_s = max_pending, durable_timeout_s
         self.refused_full = 0
-        self.written: dict[str, int] = {}
-        self.write_errors, self.dropped = 0, 0
-        self._writing = False
-        self._task: asyncio.Task | None = None
-        self._dirty: asyncio.Event | None = None
         self.gate_name, self.policy_id, self.push_every = gate_name, policy_id, push_every
         self._gate: Any = None
         self._unpushed: list[tuple[int, float]] = []  # (predicting version, 1/0 or reward) since the last push
@@ -84,8 +87,11 @@ class Joiner:
         # gate's input detectors; the newest only, if feedback (and so pushes) stalls
         self._inputs: deque[tuple[int, float | None, int]] = deque(maxlen=5000)
 
-    async def record(self, events: list[dict[str, Any]]) -> int:
-        self._queue(self.join.text_table, self.join.record(events))
+    async def record(self, events: list[dict[str, Any]], client: str | None = None) -> int:
+        """Remember served events (`client`: who asked, for events that do not say)."""
+        rows = self.join.record(events, client)
+        if self.join.text_table is not None:
+            self.commits[self.join.text_table].put(rows, wait=False)
         if self.gate_name is not None:
             self._inputs.extend((int(e["policy_version"]), e.get("novelty"), int(e["prediction"])) for e in events)
         return len(events)
@@ -93,44 +99,65 @@ class Joiner:
     async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None,
                        client: str | None = None) -> dict:
         """{"status": 200, "body": answer} once the feedback's row is in the replay store, or
-        {"status": 4xx/503, "detail": reason} (never raises for a client error)."""
-        if sum(map(len, self.pending.values())) >= self.max_pending:
+        {"status": 4xx/5xx, "detail": reason} (never raises for a client error)."""
+        if len(self.commits[self.join.feedback_table].queue) >= self.max_pending:
             self.refused_full += 1  # the replay store is behind: refuse before accepting anything
             return {"status": 503, "detail": f"feedback queue full ({self.max_pending} rows waiting for the "
                                               "replay store); retry later", "retry_after_s": 1}
         try:
-            answer, row = self.join.join(event_id, label, reward, client)
+            answer, row = self.join.take(event_id, label, reward, client)
         except FeedbackRejected as exc:
             return {"status": exc.status, "detail": exc.detail}
-        durable = self._durable.get(event_id)  # a repeat while the first one's row is still queued
-        if row is not None:
-            row, shadowed = split_shadow(row)
-            if shadowed is not None and self.gate_name is not None:
-                self._shadowed.append(shadowed)
-            if row["label"] is not None and stable_unit_hash(f"{self.salt}{event_id}#recent") < self.recent_fraction:
-                self._recent.append((input_of_row(row), int(row["label"])))  # the gate's, never the learner's
-                self.held_for_gate += 1
-            elif stable_unit_hash(f"{self.salt}{event_id}#ope") < self.ope_fraction:
-                self._offpolicy.append({k: row[k] for k in ("text", "text_pair", "prediction", "propensity", "label",
-                                                            "reward")})
-                self.held_for_gate += 1
-            else:
-                durable = self._queue(self.join.feedback_table, [row])
-                if durable is not None:
-                    self._durable[event_id] = durable
-                    durable.add_done_callback(lambda _, e=event_id: self._durable.pop(e, None))
-            verdict = answer["correct"] if answer["correct"] is not None else row["reward"]
-            self._push_window(answer["model_version"], float(verdict))
+        # a repeat while the first one's row is in flight waits for the same row
+        durable = self._store(event_id, answer, row) if row is not None else self._durable.get(event_id)
         if durable is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(durable), self.durable_timeout_s)
-            except RuntimeError as exc:  # a bug, said as one: the feedback is not acknowledged
-                return {"status": 500, "detail": f"feedback on {event_id!r} could not be stored: {exc}"}
+            except CommitFailed as exc:
+                return {"status": exc.status, "retry_after_s": 1 if exc.status == 503 else None,
+                        "detail": f"feedback on {event_id!r} is not stored: {exc.detail}; the event is open: "
+                                  "send the feedback again"}
             except asyncio.TimeoutError:
                 return {"status": 503, "detail": f"feedback on {event_id!r} is taken but not yet in the replay "
                                                   "store; send the same feedback again to learn when it is",
                         "retry_after_s": 1}
         return {"status": 200, "body": answer}
+
+    def _store(self, event_id: str, answer: dict[str, Any], row: dict[str, Any]) -> asyncio.Future | None:
+        """Send a taken feedback's row on its way: the future of its commit, or None when it needs none."""
+        row, shadowed = split_shadow(row)
+        if row["label"] is not None and stable_unit_hash(f"{self.salt}{event_id}#recent") < self.recent_fraction:
+            self._recent.append((input_of_row(row), int(row["label"])))  # the gate's, never the learner's
+            self.held_for_gate += 1
+        elif stable_unit_hash(f"{self.salt}{event_id}#ope") < self.ope_fraction:
+            self._offpolicy.append({k: row[k] for k in ("text", "text_pair", "prediction", "propensity", "label",
+                                                        "reward")})
+            self.held_for_gate += 1
+        else:
+            durable = self.commits[self.join.feedback_table].put([row])
+            if durable is not None:
+                self._durable[event_id] = durable
+                durable.add_done_callback(lambda f: self._committed(event_id, answer, row, shadowed, f))
+                return durable
+        self._counted(event_id, answer, row, shadowed)
+        return None
+
+    def _committed(self, event_id: str, answer: dict, row: dict, shadowed: dict | None,
+                   done: asyncio.Future) -> None:
+        self._durable.pop(event_id, None)
+        failed = done.exception() if not done.cancelled() else CommitFailed(503, "cancelled", True)
+        if failed is None:
+            self._counted(event_id, answer, row, shadowed)
+        else:  # not stored: the event is open for the client's retry
+            self.join.reopen(event_id, maybe_stored=getattr(failed, "maybe_stored", True))
+
+    def _counted(self, event_id: str, answer: dict, row: dict, shadowed: dict | None) -> None:
+        """The feedback is kept (stored, or held for the gate): it counts."""
+        self.join.settle(event_id)
+        if shadowed is not None and self.gate_name is not None:
+            self._shadowed.append(shadowed)
+        verdict = answer["correct"] if answer["correct"] is not None else row["reward"]
+        self._push_window(answer["model_version"], float(verdict))
 
     def _push_window(self, version: int, verdict: float) -> None:
         if self.gate_name is None:
@@ -162,73 +189,36 @@ class Joiner:
     def prequential(self) -> dict[int, tuple[float, int]]:
         return self.join.prequential()
 
+    def open_events(self, client: str | None) -> int:
+        """How many of `client`'s predicted events wait for feedback (at most max_open_per_client)."""
+        return len(self.join.open.get(client, ()))
+
     def stats(self) -> dict[str, Any]:
         s = self.join.stats
+        commits = {t: c.stats() for t, c in self.commits.items()}
+        text = commits.get(self.join.text_table, {})
         return {"events": s.events, "joined": s.joined, "repeats": s.repeats, "rejected": dict(s.rejected),
-                "evicted_for_capacity": s.evicted_for_capacity, "held_events": len(self.join.events),
-                "tombstones": len(self.join.tombs), "rows_written": dict(self.written),
-                "rows_pending": sum(map(len, self.pending.values())), "write_errors": self.write_errors,
-                "rows_dropped": self.dropped, "held_for_gate": self.held_for_gate, "refused_full": self.refused_full}
+                "evicted_for_capacity": s.evicted_for_capacity, "evicted_for_sender": s.evicted_for_sender,
+                "reopened": s.reopened, "held_events": len(self.join.events),
+                "tombstones": len(self.join.tombs),
+                "rows_written": {t: c["written"] for t, c in commits.items() if c["written"]},
+                "rows_pending": sum(c["pending"] for c in commits.values()),
+                "write_errors": sum(c["write_errors"] for c in commits.values()),
+                "rows_dropped": sum(c["dropped"] for c in commits.values()),
+                "text_rows_dropped": text.get("dropped", 0),
+                "rows_refused": sum(c["refused"] for c in commits.values()),
+                "commits_given_up": sum(c["given_up"] for c in commits.values()),
+                "held_for_gate": self.held_for_gate, "refused_full": self.refused_full}
 
     async def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued row is written (True) or `timeout_s` passes (False)."""
         deadline = time.monotonic() + timeout_s
-        while (self.pending or self._writing) and time.monotonic() < deadline:
+        while not self._idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        return not (self.pending or self._writing)
+        return self._idle()
 
-    # ---- group commit ------------------------------------------------------------
-    def _queue(self, table: str | None, rows: list[dict[str, Any]]) -> asyncio.Future | None:
-        """Queue rows for the next group commit; the future resolves once they are written."""
-        if table is None or not rows:
-            return None
-        if self.writer is None:  # serving without a replay store (benchmarks): count and drop
-            self.dropped += len(rows)
-            return None
-        self.pending.setdefault(table, []).extend(rows)
-        done = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(table, []).append(done)
-        if self._task is None or self._task.done():  # here: an async actor's __init__ runs outside its loop
-            self._dirty = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._commit_loop())
-        self._dirty.set()
-        return done
-
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            await asyncio.sleep(self.commit_interval_s)  # let a group accumulate
-            batch, self.pending = self.pending, {}
-            waiters, self._waiters = self._waiters, {}
-            self._writing = True
-            try:
-                for table, rows in batch.items():
-                    written = await self._write(table, rows)
-                    for done in waiters.pop(table, ()):
-                        if not done.done():
-                            done.set_result(True) if written else done.set_exception(
-                                RuntimeError(f"rows for {table!r} refused by the replay store's schema"))
-            finally:
-                self._writing = False
-
-    async def _write(self, table: str, rows: list[dict[str, Any]]) -> bool:
-        backoff = 0.1
-        while True:
-            try:
-                write = getattr(self.writer, "add_and_wait", None) or self.writer.add
-                await asyncio.to_thread(write, table, to_columns(rows))  # blocks on the shard's ack
-                self.written[table] = self.written.get(table, 0) + len(rows)
-                return True
-            except SchemaError as exc:  # a bug, not weather: retrying cannot help
-                log.error("feedback joiner: %d rows for %r refused: %s", len(rows), table, exc)
-                self.dropped += len(rows)
-                return False
-            except Exception as exc:  # shard restarting, ...: same ids again, duplicates are dropped
-                self.write_errors += 1
-                log.warning("feedback joiner: writing %d rows to %r failed (%s); retrying", len(rows), table, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+    def _idle(self) -> bool:
+        return all(c.idle() for c in self.commits.values())
 
 
 # every replica calls the same one; restarted when it dies (its events are then forgotten)

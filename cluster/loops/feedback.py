@@ -237,6 +237,8 @@ class FeedbackLoop(LoopBase):
             "events_to_95pct": events_to_fraction(curve, g.get("heldout_accuracy")),
             "live_version": g.get("live_version"),
             "feedback_events": self.joiner_stats.get("joined", 0),
+            # stored, reopened after a failed write, given up on, dropped (docs/reliability.md)
+            "joiner": dict(self.joiner_stats),
             "predictions": int(self.actors.total("predicts")),
             "traffic_errors": {i: s.get("errors") for i, s in self.actors.stats.items()},
             "learner_updates": self.learner_figures()["updates"],

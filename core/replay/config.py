@@ -37,6 +37,10 @@ class TableConfig(Section):
     max_policy_lag: int | None = Field(default=None, ge=0)
     # Largest batch one add may carry.
     max_batch_rows: int = Field(default=65_536, ge=1)
+    # fsync each acknowledged add (survives a power cut, costs insert rate); None: the table
+    # kind's default, which is on for feedback (a client was told its feedback is stored) and
+    # replay.fsync for the others.
+    fsync: bool | None = None
 
     @model_validator(mode="after")
     def _cannot_deadlock(self) -> "TableConfig":
@@ -44,6 +48,12 @@ class TableConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def resolved_fsync(self, default: bool) -> bool:
+        """This table's fsync: its own setting, else on for feedback, else `default` (replay.fsync)."""
+        if self.fsync is not None:
+            return self.fsync
+        return True if self.kind == "feedback" else default
 
     def resolved_error_buffer(self) -> float:
         """Reverb's default: wide enough that one insert or one sample always fits."""
@@ -99,8 +109,12 @@ class ReplayConfig(Section):
     # (s3://...) is given; on an object store each acknowledged add is one uploaded object.
     dir: str | None = None
     # flush() before the ack survives a killed process; fsync also survives a
-    # power cut, at a large cost in insert rate.
+    # power cut, at a large cost in insert rate.  The default of tables that set no
+    # `fsync` of their own; feedback tables fsync whatever this says (docs/reliability.md).
     fsync: bool = False
+    # How long an add may wait on a table's rate limiter (samplers behind) before it fails
+    # with ReplayTimeout, nothing written; the writer decides what to do about it.
+    add_timeout_s: float = Field(default=30.0, gt=0)
     segment_rows: int = Field(default=65_536, ge=1)
     # Client side: add calls in flight before the next `add` waits for the oldest (backpressure).
     max_in_flight: int = Field(default=8, ge=1)

@@ -27,7 +27,7 @@ class ShardStore:
         self.tables = {
             name: ReplayTable(
                 name, per_shard(tcfg, cfg.num_shards), join(self.dir, name) if self.dir is not None else None,
-                segment_rows=cfg.segment_rows, fsync=cfg.fsync,
+                segment_rows=cfg.segment_rows, fsync=tcfg.resolved_fsync(cfg.fsync),
                 seed=None if seed is None else seed + 7919 * shard + i,
             )
             for i, (name, tcfg) in enumerate(cfg.tables.items())
@@ -40,7 +40,8 @@ class ShardStore:
             raise ReplayError(f"unknown table {name!r}; declared tables: {sorted(self.tables)}") from None
 
     def add(self, table: str, batch: Any, timeout_s: float | None = None) -> dict[str, int]:
-        return self.table(table).add(batch, timeout_s)
+        """`timeout_s`: the rate limiter's longest hold (None: replay.add_timeout_s), then ReplayTimeout."""
+        return self.table(table).add(batch, self.cfg.add_timeout_s if timeout_s is None else timeout_s)
 
     def sample(self, table: str, n: int, timeout_s: float | None = None) -> pa.RecordBatch:
         return self.table(table).sample(n, timeout_s)

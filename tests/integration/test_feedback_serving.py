@@ -207,6 +207,32 @@ def test_grpc_predict_and_feedback_through_the_proxy(served):
     assert {p.event_id, reply.predictions[1].event_id} <= rows
 
 
+def test_each_predicts_sender_holds_its_own_open_events(served):
+    """A replica passes each request's sender (auth is off: its client header) into its events, batched
+    or alone, HTTP or gRPC: the joiner caps open events per sender, so a flood evicts only its own."""
+    from serving.proto import evolve_pb2, evolve_pb2_grpc
+
+    http, texts, joiner = served["http"], served["texts"], served["joiner"]
+
+    def predict(sender: str, **body) -> list[dict]:
+        r = httpx.post(f"{http}/predict", json=body, headers={"x-evolve-client": sender}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["predictions"] if "predictions" in r.json() else [r.json()]
+
+    alice = predict("alice-i34", text=texts[30])
+    predict("bob-i34", texts=texts[31:41])  # a full batch, classified alone
+    predict("bob-i34", texts=texts[41:43])  # through @serve.batch
+    with grpc.insecure_channel(served["grpc"]) as channel:
+        stub = evolve_pb2_grpc.EvolveFeedbackStub(channel)
+        stub.Predict(evolve_pb2.PredictRequest(texts=texts[43:45]), timeout=30,
+                     metadata=(("application", "feedback"), ("x-evolve-client", "carol-i34")))
+    senders = ("alice-i34", "bob-i34", "carol-i34")
+    opened = {who: ray.get(joiner.open_events.remote(who), timeout=30) for who in senders}
+    assert opened == {"alice-i34": 1, "bob-i34": 12, "carol-i34": 2}
+    assert _feedback(http, event_id=alice[0]["event_id"], label=alice[0]["label"]).status_code == 200
+    assert ray.get(joiner.open_events.remote("alice-i34"), timeout=30) == 0  # answered: no longer open
+
+
 def test_openapi_is_served_and_matches_the_checked_in_copy(served):
     spec = httpx.get(f"{served['http']}/openapi.json", timeout=10).json()
     checked_in = json.loads((REPO / "docs" / "openapi.json").read_text())

@@ -132,7 +132,7 @@ def test_a_repeat_after_expiry_still_gets_its_answer(join, clock):
 
 
 def test_memory_is_bounded(clock):
-    join = EventJoin(60.0, clock=clock, max_events=100, max_tombstones=50)
+    join = EventJoin(60.0, clock=clock, max_events=100, max_tombstones=50, max_open_per_client=1000)
     for i in range(1000):
         join.record([_event(i)])
     assert len(join.events) == 100 and len(join.tombs) == 50
@@ -193,7 +193,7 @@ class FlakyWriter:
     def __init__(self, fail: int = 0):
         self.fail, self.rows = fail, {}
 
-    def add_and_wait(self, table, columns):
+    def add_and_wait(self, table, columns, timeout_s=None):
         if self.fail:
             self.fail -= 1
             raise ConnectionError("shard restarting")
@@ -342,9 +342,9 @@ class GatedWriter(FlakyWriter):
 
         self.open = threading.Event()
 
-    def add_and_wait(self, table, columns):
+    def add_and_wait(self, table, columns, timeout_s=None):
         self.open.wait(10)
-        return super().add_and_wait(table, columns)
+        return super().add_and_wait(table, columns, timeout_s)
 
 
 def test_feedback_is_acknowledged_only_once_its_row_is_written():
@@ -354,7 +354,7 @@ def test_feedback_is_acknowledged_only_once_its_row_is_written():
 
     async def run():
         writer = GatedWriter()
-        joiner = Joiner(writer, 60.0, commit_interval_s=0.001, durable_timeout_s=0.3)
+        joiner = Joiner(writer, 60.0, commit_interval_s=0.001, durable_timeout_s=0.3, commit_timeout_s=30)
         await joiner.record([_event(i) for i in range(3)])
         pending = asyncio.ensure_future(joiner.feedback("e0", "pos"))
         await asyncio.sleep(0.1)
