@@ -264,7 +264,7 @@ class FeedbackServer:
         return Prediction(**preds[0]) if single else PredictBatchResponse(predictions=preds)
 
     @api.post("/feedback", response_model=FeedbackResponse, openapi_extra=request_body(FeedbackRequest),
-              responses=error_responses(400, 401, 403, 404, 409, 410, 413, 422, 429, 503))
+              responses=error_responses(400, 401, 403, 404, 409, 410, 413, 422, 429, 500, 503))
     async def feedback(self, request: Request) -> FeedbackResponse:
         try:
             client = admit(self.guard, request.headers, "feedback")
