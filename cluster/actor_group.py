@@ -3,7 +3,8 @@
 Every actor answers `stats()` (a dict with an `incarnation` id) and `stop()`.
 An actor that is restarting misses a poll and keeps its last figures; one
 that restarted counts from zero again, so the counters of its earlier lives
-are carried in `base_<counter>` and `total()` adds them back.
+are carried in `base_<counter>` and `total()` adds them back.  `restarted()`
+hands over the restarts noticed since it was last asked (the loop reports them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ class ActorGroup:
         self.name, self.counters = name, counters
         self.handles: list[Any] = []
         self.stats: dict[int, dict[str, Any]] = {}
+        self.restarts: dict[int, int] = {}  # actor index -> restarts noticed
+        self._noticed: list[dict[str, Any]] = []
 
     def add(self, handle: Any) -> None:
         self.handles.append(handle)
@@ -36,6 +39,11 @@ class ActorGroup:
     def total(self, key: str) -> float:
         return sum(s.get(key, 0) + s.get(f"base_{key}", 0) for s in self.stats.values())
 
+    def restarted(self) -> list[dict[str, Any]]:
+        """Restarts noticed since the last call: actor index, its id, the new incarnation, restarts so far."""
+        out, self._noticed = self._noticed, []
+        return out
+
     def values(self, key: str) -> list[Any]:
         return [s.get(key) for s in self.stats.values()]
 
@@ -51,10 +59,14 @@ class ActorGroup:
             except ray.exceptions.RayActorError:
                 continue  # restarting after a crash: its last figures stand
             if isinstance(stats, dict):
-                self.stats[i] = self._carry(self.stats.get(i, {}), stats)
+                self.stats[i] = self._carry(i, self.stats.get(i, {}), stats)
 
-    def _carry(self, prev: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    def _carry(self, i: int, prev: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         restarted = bool(prev) and stats.get("incarnation") != prev.get("incarnation")
+        if restarted:
+            self.restarts[i] = self.restarts.get(i, 0) + 1
+            self._noticed.append({"actor": i, "actor_id": stats.get("actor_id"), "incarnation": stats.get("incarnation"),
+                                  "restarts": self.restarts[i]})
         for key in self.counters:
             base = prev.get(f"base_{key}", 0)
             stats[f"base_{key}"] = base + prev.get(key, 0) if restarted else base

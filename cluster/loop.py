@@ -100,6 +100,8 @@ class LoopBase:
                              "the live version, nothing new is learned")
             self.on_learner(self.learner.drain())
         self.actors.poll()
+        for restart in self.actors.restarted():  # Ray brought a crashed or killed actor back
+            self.event("actor_restarted", **restart)
         figures = self.figures()
         return {**figures, "learner": "failed"} if self.degraded else figures
 

@@ -16,6 +16,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from tests.chaos.conftest import BUDGET_S, start_feedback_run
 from tests.chaos.kill import CountingClient, exported_columns, ray_processes, report, sigkill
@@ -29,7 +30,10 @@ STARTUP_S = 600  # the endpoints line comes once the loop has started (routes li
 
 
 def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...], *sets: str,
-                       budget_s: int = KILL_BUDGET_S) -> dict:
+                       budget_s: int = KILL_BUDGET_S,
+                       back_at_work: Callable[[list[dict], float], bool] | None = None) -> dict:
+    """`back_at_work(events, respawned_wall)`: what else must show in events.jsonl before the run is
+    stopped (the respawned component doing its job), waited for within the budget."""
     run_dir = tmp_path / "run"
     proc, http = start_feedback_run(run_dir, *sets, budget_s=budget_s)
     client = CountingClient(http)
@@ -53,6 +57,9 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
                            f"a version newer than v{version} served after the respawn")
         recovered = wait_until(lambda: client.recovery_after(killed_at), 120,
                                "an acknowledged feedback after the client's last failure")
+        if back_at_work is not None:
+            wait_until(lambda: back_at_work(read_events(run_dir), respawned_wall), ends_by - time.monotonic(),
+                       f"the respawned {component} back at work (events.jsonl)")
     finally:
         client.stop()
         # the run stops as on Ctrl-C (every loop stopped, the joiner flushed, summary written),
@@ -89,6 +96,17 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
     assert len(set(stored)) >= held, f"the store held {held} feedback rows at the end, the export has {len(set(stored))}"
     assert not twice, f"{len(twice)} feedback events stored more than once: {twice[:5]}"
     return figures
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """events.jsonl so far (a line still being written is left for the next read)."""
+    out = []
+    for line in (run_dir / "events.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
 
 
 def _respawned(root_pid: int, needles: tuple[str, ...], before: set[int]) -> float | None:

@@ -39,9 +39,23 @@ def test_kill_the_learner_worker(tmp_path):
 
 
 def test_kill_a_traffic_actor(tmp_path):
-    figures = kill_under_traffic(tmp_path, "traffic_actor", ("ray::", "TrafficActor"))
+    figures = kill_under_traffic(tmp_path, "traffic_actor", ("ray::", "TrafficActor"),
+                                 back_at_work=_traffic_predicts_twice_after_restart)
     # the run's only traffic actor: feedback predicted after the respawn is the new actor's
     assert figures["traffic_rows_after_respawn"] > 0, figures
+
+
+def _traffic_predicts_twice_after_restart(events: list[dict], respawned_wall: float) -> bool:
+    """The loop noticed the traffic actor's restart, and two progress lines after that show its
+    predicts rising: the new actor predicts, and its feedback (sent within a second of each
+    answer) has had a progress interval to be joined. A respawned actor starts from scratch
+    (loads its data, starts its users), which takes seconds the kill alone does not show."""
+    restart = next((e for e in events if e["event"] == "actor_restarted" and e["time"] > respawned_wall), None)
+    if restart is None:
+        return False
+    later = [e["predicts"] for e in events if e["event"] == "progress" and e["loop"] == restart["loop"]
+             and e["time"] > restart["time"]]
+    return len(later) >= 3 and later[-1] > later[-2] > later[0]
 
 
 def test_kill_the_gate(tmp_path):
