@@ -31,7 +31,7 @@ import numpy as np
 import ray
 
 from actors.crash_backoff import RETRY_STATUS, CrashBackoff
-from core.rl.gate_config import ActTrafficSection
+from core.config.rl_gate import ActTrafficSection
 
 
 class ActClientWorker:

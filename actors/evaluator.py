@@ -26,8 +26,8 @@ import ray
 import torch
 
 from core.rl.drift import physics_wrappers
-from core.rl.models import PolicySpec
-from core.rl.policy import QPolicy
+from core.models.q import PolicySpec
+from core.models.q_policy import QPolicy
 
 
 def greedy_returns(env_id: str, policy: QPolicy, episodes: int, seed: int,

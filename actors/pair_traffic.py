@@ -1,6 +1,6 @@
 """The predict request a traffic user sends: one text, a batch of texts, a pair, or a batch of pairs.
 
-The rows' model inputs (core/text_inputs.py) say which: data with a text pair
+The rows' model inputs (core/data/inputs.py) say which: data with a text pair
 column yields `(text, text_pair)` tuples, sent as `{"text", "text_pair"}` or
 `{"pairs": [[a, b], ...]}`; plain texts as `{"text"}` or `{"texts": [...]}`.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from core.text_inputs import TextInput, any_pairs
+from core.data.inputs import TextInput, any_pairs
 
 
 def predict_body(inputs: Sequence[TextInput], batched: bool) -> dict[str, Any]:

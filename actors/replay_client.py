@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from core.replay.config import ReplayConfig, per_shard
+from core.config.replay import ReplayConfig, per_shard
 from core.replay.store import shard_of
 from core.replay.table import KEY, PROBABILITY, ReplayError
 from core.replay.wire import to_ipc
-from core.schemas import schema_for, to_record_batch
+from core.data.schemas import schema_for, to_record_batch
 
 SHARD_BITS = 48  # global key = shard << 48 | seq within the shard
 ACK_GRACE_S = 5.0  # past an add's own timeout, for the acknowledgement to come back

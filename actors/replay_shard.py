@@ -21,7 +21,7 @@ import pyarrow as pa
 import ray
 from ray.util import metrics
 
-from core.replay.config import ReplayConfig
+from core.config.replay import ReplayConfig
 from core.replay.store import ShardStore
 from core.replay.wire import from_ipc
 

@@ -32,11 +32,11 @@ from ray.util import metrics
 from actors.nstep import NStep
 from actors.crash_backoff import CrashBackoff
 from core.replay.table import ReplayTimeout
-from core.rl.config import RLConfig
+from core.config.rl import RLConfig
 from core.rl.drift import EpsilonBoost, physics_wrappers
-from core.rl.models import PolicySpec, obs_width
-from core.rl.policy import QPolicy
-from core.schemas import transitions_schema
+from core.models.q import PolicySpec, obs_width
+from core.models.q_policy import QPolicy
+from core.data.schemas import transitions_schema
 
 log = logging.getLogger(__name__)
 

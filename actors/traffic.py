@@ -7,7 +7,7 @@ otherwise only whether the answer was right (reward 1.0 / 0.0).  What they
 believe is the true label, flipped with probability `label_noise` (careless
 users) or always (`poison`, an adversary: the gate must stop what it teaches).
 
-Texts (or text pairs, actors/pair_traffic.py) come only from the traffic split of `core.labeled_data` (`from_data`),
+Texts (or text pairs, actors/pair_traffic.py) come only from the traffic split of `core.data.labeled` (`from_data`),
 never from the held-out rows the gate scores on.  The served answers are
 scored against the true label as they arrive: prequential accuracy, the live
 figure of the loop (by model version and over a recent window).
@@ -41,8 +41,8 @@ import ray
 
 from actors.crash_backoff import RETRY_STATUS, CrashBackoff
 from actors.pair_traffic import predict_body
-from core.feedback_config import DataSection, TrafficSection
-from core.labeled_data import LabeledData, ordered_index
+from core.config.feedback import DataSection, TrafficSection
+from core.data.labeled import LabeledData, ordered_index
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from core.schemas import transitions_schema
+from core.data.schemas import transitions_schema
 
 
 def cartpole_batch(n: int, start: int, table: str = "transitions", actor: str = "bench", version: int = 1,

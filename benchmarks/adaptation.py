@@ -152,11 +152,11 @@ def calm_run(args, work: Path) -> dict:
 def novelty_auroc(args, pooling: str = "cls") -> dict:
     import numpy as np
 
-    from core.classifier_start import starting_classifier
-    from core.config_loader import load_config
-    from core.novelty import auroc
-    from core.novelty_config import NoveltyConfig
-    from core.text_corpus import people_daily_texts
+    from core.models.classifier_start import starting_classifier
+    from core.config.loader import load_config
+    from core.models.novelty import auroc
+    from core.config.novelty import NoveltyConfig
+    from core.data.corpus import people_daily_texts
     from learners.autoencoder import AutoencoderObjective, AutoencoderSetup
     from learners.objective import WorkerContext
 

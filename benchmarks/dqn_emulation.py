@@ -48,10 +48,10 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     import torch
 
     from actors.rollout import RolloutWorker
-    from core.replay.config import TableConfig
+    from core.config.replay import TableConfig
     from core.replay.table import ReplayTable
-    from core.rl.config import RLConfig
-    from core.rl.models import obs_width, spec_for_env
+    from core.config.rl import RLConfig
+    from core.models.q import obs_width, spec_for_env
     from learners.dqn import DQNObjective
     from learners.objective import WorkerContext
     from learners.q_learning import QSetup
@@ -130,7 +130,7 @@ def _greedy_return(env: Any, model: Any, seed: int) -> float:
 
 
 def main() -> None:
-    from core.config_loader import load_config
+    from core.config.loader import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "cartpole.yaml"))

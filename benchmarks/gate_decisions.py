@@ -16,7 +16,7 @@
 Printed, for each p_label in {1.0, 0.3, 0.0} and over `--seeds` loggings of the traffic:
 ope_abs_error_median (|OPE estimate - true accuracy| of candidates and live), decisions_correct,
 bad_promoted, good_promoted; and canary_requests_to_abort_median: the canary's sequential test
-(core/sequential.py, the defaults of `gate.canary`) fed request by request from the traffic, each
+(core/stats/sequential.py, the defaults of `gate.canary`) fed request by request from the traffic, each
 request answered by the poisoned candidate with probability `fraction`, its reward the answer's
 correctness (what a label or a reward says alike), over `--canary-runs` orders of the traffic.
 
@@ -71,9 +71,9 @@ def _train(bundle, rows, steps: int, seed: int, lr: float = 5e-4) -> None:
 def models(args):
     import numpy as np
 
-    from core.classifier_start import starting_classifier
-    from core.config_loader import load_config
-    from core.text_classifier import from_version
+    from core.models.classifier_start import starting_classifier
+    from core.config.loader import load_config
+    from core.models.classifier import from_version
 
     cfg = load_config(ROOT / "configs/sentiment.yaml")
     data = cfg.feedback.data.load()
@@ -100,10 +100,10 @@ def models(args):
 def run(args) -> dict:
     import numpy as np
 
-    from core.exploration import ExplorationSection, choose, serving_distribution
-    from core.feedback_config import GateSection, OPESection
-    from core.registry import PolicyRegistry
-    from core.text_classifier import from_version
+    from core.stats.exploration import ExplorationSection, choose, serving_distribution
+    from core.config.feedback import GateSection, OPESection
+    from core.storage.registry import PolicyRegistry
+    from core.models.classifier import from_version
     from serving.gate import PublishGate
 
     t0 = time.time()
@@ -162,8 +162,8 @@ def run(args) -> dict:
 def canary_aborts(probs: dict, labels, args) -> dict:
     import numpy as np
 
-    from core.feedback_config import CanarySection
-    from core.sequential import CanaryTest
+    from core.config.feedback import CanarySection
+    from core.stats.sequential import CanaryTest
 
     c = CanarySection()
     right = {k: probs[k].argmax(1) == labels for k in ("live", "poisoned")}

@@ -61,8 +61,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from core.mlm_config import MLMConfig
-    from core.mlm_data import prepare_mlm_data
+    from core.config.mlm import MLMConfig
+    from core.data.mlm import prepare_mlm_data
     from learners.mlm import MLMObjective, MLMSetup
     from learners.objective import WorkerContext
 

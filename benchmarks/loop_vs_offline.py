@@ -110,7 +110,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown kinds {unknown}; choose from {list(KINDS)}")
 
-    from core.config_loader import load_config
+    from core.config.loader import load_config
 
     overrides = data_overrides(args) + list(args.set)
     cfg = load_config(ROOT / args.config, overrides)

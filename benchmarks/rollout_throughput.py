@@ -57,7 +57,7 @@ def log(msg: str) -> None:
 
 def rl_config(env_id: str, num_envs: int | None, steps_per_write: int | None = None):
     """configs/cartpole.yaml's `rl` section where it exists (CartPole), else RLConfig defaults."""
-    from core.rl.config import RLConfig
+    from core.config.rl import RLConfig
 
     base: dict = {}
     preset = ROOT / "configs" / "cartpole.yaml"
@@ -108,7 +108,7 @@ def bench_ours_no_replay(cfg, seconds: float, warmup_s: float) -> float:
     """The plain RolloutWorker in this process, its batches dropped: what the actor
     itself costs, apart from replay ingest and Ray."""
     from actors.rollout import RolloutWorker
-    from core.rl.models import spec_for_env
+    from core.models.q import spec_for_env
 
     worker = RolloutWorker(cfg, spec_for_env(cfg.env_id, cfg.algo, cfg.hidden), "bench-local", _Discard())
     t0 = time.perf_counter()
@@ -126,8 +126,8 @@ def bench_ours(cfg, seconds: float, warmup_s: float) -> tuple[float, dict]:
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
     from actors.rollout import RolloutActor
-    from core.replay.config import ReplayConfig, TableConfig
-    from core.rl.models import obs_width, spec_for_env
+    from core.config.replay import ReplayConfig, TableConfig
+    from core.models.q import obs_width, spec_for_env
 
     spec = spec_for_env(cfg.env_id, cfg.algo, cfg.hidden)
     rcfg = ReplayConfig(

@@ -53,11 +53,11 @@ def build_model(preset: str = "cpu-small", seed: int = 0):
     """
     from transformers import BertConfig
 
-    from core.feedback_config import FeedbackConfig
-    from core.text_classifier import from_encoder
-    from core.text_corpus import review_texts
-    from core.text_models import PRESETS, bert_config
-    from core.tokenizer import tokenizer_files, train_wordpiece
+    from core.config.feedback import FeedbackConfig
+    from core.models.classifier import from_encoder
+    from core.data.corpus import review_texts
+    from core.models.encoder import PRESETS, bert_config
+    from core.models.tokenizer import tokenizer_files, train_wordpiece
 
     texts = sorted(set(review_texts()))
     random.Random(seed).shuffle(texts)
@@ -148,7 +148,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from core.feedback_config import FeedbackConfig
+    from core.config.feedback import FeedbackConfig
     from serving.publisher import PolicyPublisher
 
     logging.getLogger("ray").setLevel(logging.WARNING)

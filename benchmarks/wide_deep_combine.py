@@ -32,9 +32,9 @@ def stream(kind: str, combine: str, rows: int, p_label: float, heldout: int, eva
            model: dict | None = None) -> dict:
     import torch
 
-    from core.classifier_start import starting_classifier
-    from core.feedback_config import FeedbackConfig
-    from core.labeled_data import load_labeled
+    from core.models.classifier_start import starting_classifier
+    from core.config.feedback import FeedbackConfig
+    from core.data.labeled import load_labeled
     from learners.feedback_source import FeedbackBatch
     from learners.objective import WorkerContext
     from learners.online import OnlineObjective, OnlineSetup

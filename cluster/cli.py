@@ -12,8 +12,8 @@ import sys
 from typing import Sequence
 
 from cluster.errors import UserError
-from core.config_loader import ConfigError, load_config
-from core.run_hold import StorageHeld, StorageUnreachable
+from core.config.loader import ConfigError, load_config
+from core.storage.run_hold import StorageHeld, StorageUnreachable
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import ray
 
 from cluster.errors import UserError
-from core.config import ClusterConfig
+from core.config.evolve import ClusterConfig
 
 log = logging.getLogger(__name__)
 

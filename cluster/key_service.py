@@ -1,4 +1,4 @@
-"""The run's key book (core/key_book.py) in a named Ray actor on the driver's node.
+"""The run's key book (core/auth/key_book.py) in a named Ray actor on the driver's node.
 
 The driver starts it once Ray is up, when serving.auth is on; every replica finds it by
 the name its guard settings carry (serving/auth_guard.py) and asks it for news every
@@ -17,8 +17,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from core.auth import AuthSection, KeyStore
-from core.key_book import KeyBook, News
+from core.auth.keys import AuthSection, KeyStore
+from core.auth.key_book import KeyBook, News
 
 REFRESH_S = 1.0  # how often the book re-reads the file
 FOLLOW_S = 1.0  # how often each replica asks the book

@@ -1,4 +1,4 @@
-"""`evolve keys create | list | revoke`: the API keys of a deployment (core/auth.py).
+"""`evolve keys create | list | revoke`: the API keys of a deployment (core/auth/keys.py).
 
 A running run's replicas follow the keys file on the driver's node through the run's key
 book (cluster/key_service.py): a revoke there reaches all of them within seconds. When the
@@ -12,7 +12,7 @@ import sys
 import time
 
 from cluster.errors import UserError
-from core.auth import SCOPES, AuthSection, KeyStore, RevokeRefused
+from core.auth.keys import SCOPES, AuthSection, KeyStore, RevokeRefused
 
 DEFAULT_FILE = "~/.evolve/keys.json"
 DEFAULT_ENV = AuthSection().keys_env

@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from core.config import LearnerConfig
+from core.config.evolve import LearnerConfig
 from learners.train_loop import LoopSpec, ProgressBoard, fit
 
 

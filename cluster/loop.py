@@ -32,9 +32,9 @@ from cluster.actor_group import ActorGroup
 from cluster.connect import ClusterHandle
 from cluster.learner_run import LearnerRun
 from cluster.rundir import RunDir
-from core.config import EvolveConfig, LearnerConfig
-from core.registry import PolicyRegistry
-from core.storage import RunStorage
+from core.config.evolve import EvolveConfig, LearnerConfig
+from core.storage.registry import PolicyRegistry
+from core.storage.paths import RunStorage
 from learners.train_loop import LoopSpec
 
 

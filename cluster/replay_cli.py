@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.errors import UserError
-from core.config import EvolveConfig
-from core.config_loader import load_config
+from core.config.evolve import EvolveConfig
+from core.config.loader import load_config
 from core.replay import offline
-from core.storage import RunStorage, is_url
+from core.storage.paths import RunStorage, is_url
 
 
 def _run_replay(run_dir: str) -> tuple[EvolveConfig, Path]:

@@ -6,7 +6,7 @@ Two ways, for two situations:
   Serve replica and rollout actor at once;
 - no run is live (`--registry URI` or `--run-dir DIR`): move the pointer in the registry; the next
   run, or a publisher that re-reads the registry, serves that version.  Refused while a run holds
-  a lease on that registry (`core.registry_lease`): its replicas would keep serving the old version.
+  a lease on that registry (`core.storage.registry_lease`): its replicas would keep serving the old version.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.errors import UserError
-from core.registry import PolicyNotFound, StageConflict
-from core.registry_lease import RegistryInUse, refuse_if_live
-from core.storage import RunStorage, is_url
+from core.storage.registry import PolicyNotFound, StageConflict
+from core.storage.registry_lease import RegistryInUse, refuse_if_live
+from core.storage.paths import RunStorage, is_url
 
 
 def rollback(policy_id: str, to: int | None = None, registry: str | None = None, run_dir: str | None = None,
@@ -47,7 +47,7 @@ def _run_registry(run_dir: Path) -> str:
     config; <run dir>/registry when there is none."""
     if not (run_dir / "config.yaml").is_file():
         return str(run_dir / "registry")
-    from core.config_loader import load_config
+    from core.config.loader import load_config
 
     cfg = load_config(run_dir / "config.yaml")
     return RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, run_dir).registry

@@ -32,11 +32,11 @@ from cluster.progress_lines import progress_lines
 from cluster.quiet import RayLogs
 from cluster.run_status import RunStatus, StatusBoard, board_name
 from cluster.rundir import RunDir
-from core.config import EvolveConfig
-from core.registry import PolicyRegistry
-from core.registry_lease import RegistryLease
-from core.run_hold import RunHold, hold_places
-from core.storage import RunStorage, shared_storage_problems
+from core.config.evolve import EvolveConfig
+from core.storage.registry import PolicyRegistry
+from core.storage.registry_lease import RegistryLease
+from core.storage.run_hold import RunHold, hold_places
+from core.storage.paths import RunStorage, shared_storage_problems
 
 LEASE_TTL_S = 30.0  # a run killed without cleanup stops blocking offline rollbacks after this
 
@@ -46,7 +46,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
     """Run until the budget ends, every loop is done, or the user stops it; returns an exit code.
     `verbose`: Ray's own log lines on the terminal too; `report`: write report.html at the end.
     Raises StorageHeld, before anything is written, while a live run holds this run's directory
-    or storage (core.run_hold)."""
+    or storage (core.storage.run_hold)."""
     hold = RunHold(hold_places(cfg.run.resolved_run_dir(), cfg.run.storage, cfg.replay.dir), cfg.run.name)
     for line in hold.acquire():
         say(f"evolve: {line}")
@@ -275,7 +275,7 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
                 f"{cfg.serving.host}: Ray Serve's gRPC proxy has no host option; firewall the port"
                 + ("" if ctx.auth is not None else " (no API key asked: serving.auth.allow_open_grpc_unsafe)"))
         if cfg.serving.tls is not None:
-            from core.tls import GRPC_PLAINTEXT
+            from core.auth.tls import GRPC_PLAINTEXT
 
             say(f"evolve: warning: {GRPC_PLAINTEXT}")
     return (f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"

@@ -3,7 +3,7 @@
     runs/<name>/config.yaml     the resolved config
     runs/<name>/events.jsonl    one JSON object per event: time, loop, event, fields
     runs/<name>/summary.json    {"run": {...}, "loops": {"<loop>": {...}}}
-    runs/<name>/run.lock        held by the live run (core.run_hold): one run per directory
+    runs/<name>/run.lock        held by the live run (core.storage.run_hold): one run per directory
 
 A run directory this creates is 0o700 and its files 0o600: they hold users' data.
 """
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from core.config import EvolveConfig
-from core.config_loader import dump_config
+from core.config.evolve import EvolveConfig
+from core.config.loader import dump_config
 
 
 class RunDir:

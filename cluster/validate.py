@@ -37,7 +37,7 @@ class ValidationReport:
 def validate_cluster_file(path: str | os.PathLike[str], learner_resource: str = LEARNER_RESOURCE,
                           run_configs: list[str | os.PathLike[str]] | tuple = ()) -> ValidationReport:
     """`run_configs`: Evolve configs meant for this cluster; on a multi-node cluster each must
-    keep its registry, replay and Train storage on shared storage (core/storage.py)."""
+    keep its registry, replay and Train storage on shared storage (core/storage/paths.py)."""
     report = ValidationReport(str(path))
     config = _read(Path(path), report)
     if config is None:
@@ -65,8 +65,8 @@ def _storage_problems(config: dict[str, Any], run_configs, notes: list[str]) -> 
     if not run_configs:
         notes.append("multi-node: pass the run's config (--config configs/cluster.yaml) to check its storage")
         return []
-    from core.config_loader import ConfigError, load_config
-    from core.storage import RunStorage, shared_storage_problems
+    from core.config.loader import ConfigError, load_config
+    from core.storage.paths import RunStorage, shared_storage_problems
 
     out = []
     for run_config in run_configs:

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.novelty import Autoencoder, NoveltyScorer, calibrate
-from core.novelty_config import NoveltyConfig
-from core.registry import PolicyRegistry
-from core.text_classifier import from_version
+from core.models.novelty import Autoencoder, NoveltyScorer, calibrate
+from core.config.novelty import NoveltyConfig
+from core.storage.registry import PolicyRegistry
+from core.models.classifier import from_version
 from learners.objective import ExportedPolicy, WorkerContext
 
 

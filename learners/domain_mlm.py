@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.text_models import encoder_hidden
+from core.models.encoder import encoder_hidden
 from learners.mlm import choose_masks
 
 

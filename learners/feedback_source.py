@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.replay.table import ReplayError
-from core.text_inputs import TextInput, inputs_from_columns
+from core.data.inputs import TextInput, inputs_from_columns
 from learners.objective import WorkerContext
 
 NO_LABEL = -1

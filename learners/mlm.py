@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.mlm_config import MLMConfig
-from core.text_models import encoder_hidden
+from core.config.mlm import MLMConfig
+from core.models.encoder import encoder_hidden
 from learners.objective import ExportedPolicy, WorkerContext
 
 EVAL_SEED = 1234
@@ -103,7 +103,7 @@ class MLMObjective:
     summed_metrics = ("tokens", "masked")
 
     def setup(self, config: MLMSetup, ctx: WorkerContext) -> None:
-        from core.text_models import build_mlm_model, load_pretrained_mlm
+        from core.models.encoder import build_mlm_model, load_pretrained_mlm
 
         self.cfg, self.setup_ = config.mlm, config
         self.ctx = ctx

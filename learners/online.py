@@ -16,7 +16,7 @@ learned from in one of two ways:
       w_i    = min(pi(a_i | x_i) / mu(a_i | x_i), max_importance_weight)   (no gradient through w)
 
   mu is the probability a was served with (logged with the event when
-  `serving.exploration` samples answers, core/exploration.py);
+  `serving.exploration` samples answers, core/stats/exploration.py);
   pi is the model being trained.  w * grad log pi = grad pi / mu, so without
   the clip this is an unbiased estimate of the gradient of the expected
   reward under pi from data logged under mu; the clip trades a little bias
@@ -57,9 +57,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.feedback_config import FeedbackConfig
-from core.text_classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
-from core.wide_model import new_wide
+from core.config.feedback import FeedbackConfig
+from core.models.classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
+from core.models.wide import new_wide
 from learners.feedback_source import FeedbackBatch, Reservoir
 from learners.objective import ExportedPolicy, WorkerContext
 from learners.data_window import DataWindow

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from core.adapt.controller import Boost
-from core.feedback_config import FeedbackConfig
+from core.config.feedback import FeedbackConfig
 from learners.objective import WorkerContext
 
 ADAPT_POLL_EVERY = 10  # updates between asking the gate for a new adaptation decision

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from core.rl.config import RLConfig
-from core.rl.models import PolicySpec, build_model
+from core.config.rl import RLConfig
+from core.models.q import PolicySpec, build_model
 from learners.objective import ExportedPolicy, WorkerContext
 
 

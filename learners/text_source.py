@@ -14,7 +14,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 
-from core.tokenizer import encode_texts, tokenizer_from_files
+from core.models.tokenizer import encode_texts, tokenizer_from_files
 from learners.objective import WorkerContext
 
 # ray.data.from_numpy names its tensor column "data".

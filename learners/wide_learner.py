@@ -1,6 +1,6 @@
 """The online learner's wide part: AdaGrad on the hashed n-gram weights, on every batch it learns from.
 
-The wide model (core/wide_model.py) learns by online gradient descent with
+The wide model (core/models/wide.py) learns by online gradient descent with
 per-feature step sizes, as Vowpal Wabbit does (AdaGrad; Duchi, Hazan & Singer
 2011): a bucket seen often takes ever smaller steps, a rare one keeps large
 steps, so the first rows that mention an n-gram move its weight at once.  Its
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from core.wide_model import WidePart
+from core.models.wide import WidePart
 from learners.objective import WorkerContext
 
 MIX_LR = 0.05  # AdaGrad step of the gate's mixing figures: three numbers, moved gently

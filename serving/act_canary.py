@@ -18,10 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from core.hashing import stable_unit_hash
-from core.registry import PolicyRegistry
-from core.rl.models import PolicySpec
-from core.rl.policy import QPolicy
+from core.data.hashing import stable_unit_hash
+from core.storage.registry import PolicyRegistry
+from core.models.q import PolicySpec
+from core.models.q_policy import QPolicy
 
 log = logging.getLogger(__name__)
 STAGE = "canary"

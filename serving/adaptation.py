@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from core.adapt.config import AdaptSection
+from core.config.adapt import AdaptSection
 from core.adapt.controller import Controller
 from core.adapt.detectors import Alarm, Detector
 

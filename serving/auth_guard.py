@@ -1,4 +1,4 @@
-"""A replica's API-key check (core/auth.py) for HTTP routes and gRPC calls.
+"""A replica's API-key check (core/auth/keys.py) for HTTP routes and gRPC calls.
 
 `RouteGuard(settings)` is built in each replica from `guard_settings(...)`, which the driver
 makes: the `serving.auth` section and a snapshot of the key store. In a run the settings also
@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping
 from starlette.responses import JSONResponse
 from starlette.routing import Route, get_route_path
 
-from core.auth import LOOPBACK, AuthFailed, Authenticator, AuthSection, KeyStore, active_keys, bearer, mint
-from core.key_book import FollowedKeys, News
+from core.auth.keys import LOOPBACK, AuthFailed, Authenticator, AuthSection, KeyStore, active_keys, bearer, mint
+from core.auth.key_book import FollowedKeys, News
 from serving.join_rules import FeedbackRejected
 
 KEY_HEADER = "x-evolve-key"

@@ -19,9 +19,9 @@ import logging
 import random
 from typing import Any
 
-from core.hashing import stable_unit_hash
-from core.registry import PolicyRegistry
-from core.text_classifier import from_version
+from core.data.hashing import stable_unit_hash
+from core.storage.registry import PolicyRegistry
+from core.models.classifier import from_version
 
 log = logging.getLogger(__name__)
 STAGE = "canary"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.registry import PolicyRegistry
+from core.storage.registry import PolicyRegistry
 
 
 IN_FLIGHT_STAGES = ("shadow", "canary")  # the gate's stages on live traffic (serving/gate_shadow.py, gate_canary.py)

@@ -1,15 +1,15 @@
 """One batch of texts answered by one classifier version: predictions for clients, events for the joiner.
 
-A text is a model input (core/text_inputs.py): one string, or a (text, text_pair) pair;
+A text is a model input (core/data/inputs.py): one string, or a (text, text_pair) pair;
 the event keeps the pair's second text in `text_pair` (None for one text).
 
-    probabilities [N, L] -> serving distribution (core/exploration.py) -> served label ~ it
+    probabilities [N, L] -> serving distribution (core/stats/exploration.py) -> served label ~ it
     client:  label, probabilities (the model's), propensity (the served label's probability), novelty
     event:   prediction (the served label), probs, propensity, action_probs (the serving distribution),
              and with a shadow (serving/gate_shadow.py) its version and greedy answer
 
 The event keeps both distributions: the learner's reward-only update and
-off-policy evaluation (core/ope.py) need the probability the answer was
+off-policy evaluation (core/stats/ope.py) need the probability the answer was
 served with, the reward model of a doubly robust estimate the model's own.
 """
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.exploration import ExplorationSection, choose, serving_distribution
-from core.text_classifier import ClassifierBundle
-from core.text_inputs import TextInput, split_input
+from core.stats.exploration import ExplorationSection, choose, serving_distribution
+from core.models.classifier import ClassifierBundle
+from core.data.inputs import TextInput, split_input
 from serving.novelty import NoveltyFollower
 
 GREEDY = ExplorationSection()

@@ -58,7 +58,7 @@ class Event:
     policy_version: int
     actor_id: str  # the replica that served it
     novelty: float | None = None  # 0..100 percentile, when a novelty version scored it
-    propensity: float | None = None  # the probability `prediction` was served with (core/exploration.py)
+    propensity: float | None = None  # the probability `prediction` was served with (core/stats/exploration.py)
     action_probs: list[float] | None = None  # the serving distribution it was drawn from
     shadow_version: int | None = None  # the gate's shadow version, when it answered this text too
     shadow_prediction: int | None = None  # its greedy answer (the client got `prediction`)

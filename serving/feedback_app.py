@@ -1,7 +1,7 @@
 """The feedback loop's model server: predict and feedback over HTTP (FastAPI) and gRPC, one Serve deployment.
 
     POST /v1/predict   {"text": "..."} | {"texts": [...]}  -> label, probabilities, event_id, model_version,
-                                                           novelty (with a `novelty` loop: core/novelty.py)
+                                                           novelty (with a `novelty` loop: core/models/novelty.py)
                        {"text": "...", "text_pair": "..."} | {"pairs": [["...", "..."], ...]}  (a pair model)
     POST /v1/feedback  {"event_id", "label"?, "reward"?}    -> accepted (joined by the shared FeedbackJoiner)
     GET  /v1/healthz   readiness: 200 once a version is live, else 503
@@ -51,10 +51,10 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
-from core.exploration import ExplorationSection
-from core.feedback_config import FeedbackConfig
-from core.registry import WEIGHTS_FILE, PolicyRegistry
-from core.text_classifier import from_version
+from core.stats.exploration import ExplorationSection
+from core.config.feedback import FeedbackConfig
+from core.storage.registry import WEIGHTS_FILE, PolicyRegistry
+from core.models.classifier import from_version
 from serving.canary import CanaryFollower
 from serving.canary import follow as follow_canary
 from serving.catalog import describe_policies

@@ -5,7 +5,7 @@
     feedback join --check_window(correct, n)-------->+ ------rollback----> registry.rollback + publisher.restore
 
 `PublishGate` is a plain class (tests run it without Ray); `GateActor`
-(`serving/gate_actor.py`) is its thin Ray shell.  The statistics live in `core.gate_stats` (read its docstring
+(`serving/gate_actor.py`) is its thin Ray shell.  The statistics live in `core.stats.paired` (read its docstring
 for the decision rule).  Every decision is stored in the registry (metadata
 `gate`, `metrics.heldout_accuracy`), so the lineage shows refusals too, and is
 reported through `emit(kind, **fields)`.
@@ -32,11 +32,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from core.adapt.config import AdaptSection
-from core.feedback_config import GateSection
-from core.gate_stats import compare, prequential_check, prequential_check_counts
-from core.registry import LoadedPolicy, PolicyRegistry
-from core.text_classifier import ClassifierBundle, ClassifierError, from_version
+from core.config.adapt import AdaptSection
+from core.config.feedback import GateSection
+from core.stats.paired import compare, prequential_check, prequential_check_counts
+from core.storage.registry import LoadedPolicy, PolicyRegistry
+from core.models.classifier import ClassifierBundle, ClassifierError, from_version
 from serving.adaptation import FeedbackAdaptation
 from serving.gate_adaptive import AdaptiveGate
 from serving.gate_canary import CanaryGate
@@ -88,7 +88,7 @@ class PublishGate(AdaptiveGate, OffPolicyGate, ShadowGate, CanaryGate):
     """Scores candidates on the fixed held-out set and decides which go live.
 
     registry   the policy registry (or its URI); the source of truth for what is live
-    heldout    [(text, label id)]: `core.labeled_data.load_labeled(...).heldout`
+    heldout    [(text, label id)]: `core.data.labeled.load_labeled(...).heldout`
     config     `GateSection` (test, tolerance, alpha, min_gain, bootstrap_samples, window, rollback_margin)
     publisher  `Publisher` (fake in tests) or a `PolicyPublisher` actor handle
     emit       emit(kind, **fields) for every decision; the wiring writes them to events.jsonl

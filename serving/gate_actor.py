@@ -9,8 +9,8 @@ from typing import Any
 
 import ray
 
-from core.adapt.config import AdaptSection
-from core.feedback_config import DataSection, GateSection
+from core.config.adapt import AdaptSection
+from core.config.feedback import DataSection, GateSection
 from serving.gate import EmitFn, PublishGate
 
 

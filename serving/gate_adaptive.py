@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
-from core.text_classifier import ClassifierBundle, from_version
+from core.models.classifier import ClassifierBundle, from_version
 from serving.adaptation import FeedbackAdaptation
 from serving.recent_slice import RecentSlice
 

@@ -4,7 +4,7 @@
         replicas (serving/canary.py) answer `gate.canary.fraction` of predict requests with it,
         sticky per client key; its answers are joined with their feedback like live's
     each joined feedback -> observe(): the reward goes to the candidate's arm or live's
-        (core/sequential.py) and the test is read at once:
+        (core/stats/sequential.py) and the test is read at once:
             abort    significantly worse than live: stage cleared, the version stays stored, refused
             promote  not worse (with evidence, or at the exposure cap): it goes live on every replica
     while a canary runs, newer candidates are dropped: one experiment on the traffic at a time
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from core.sequential import CanaryTest
+from core.stats.sequential import CanaryTest
 from serving.rollback import promote_over
 
 STAGE = "canary"

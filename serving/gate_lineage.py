@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-REGISTRY_KEYS = ("parent_version", "metrics", "data_range", "gate", "info")  # core.registry.PublishMetadata
+REGISTRY_KEYS = ("parent_version", "metrics", "data_range", "gate", "info")  # core.storage.registry.PublishMetadata
 
 
 def with_gate(metadata: dict, live: int | None, acc: float, live_acc: float | None, gate: dict) -> dict:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
-from core.text_classifier import ClassifierBundle
+from core.models.classifier import ClassifierBundle
 from serving.ope_slice import OPESlice
 
 

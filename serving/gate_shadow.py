@@ -4,7 +4,7 @@
         replicas (serving/canary.py, stage `shadow`) classify `gate.shadow.fraction` of predict
         requests with it too, greedily; the client gets live's answer, the event both
     joined feedback of such events -> shadow_rows(): kept while they name this shadow and its live
-    `min_rows` of them -> core.ope.compare on the same rows:
+    `min_rows` of them -> core.stats.ope.compare on the same rows:
             target       one-hot of the shadow's answers      live target  one-hot of live's argmax
             logged       the served answer, its propensity, the label or the reward
             reward model live's class probabilities (the doubly robust estimate's q)
@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from core.ope import Logged, compare
+from core.stats.ope import Logged, compare
 from serving.ope_slice import OPEVerdict, decide, greedy
 from serving.rollback import promote_over
 

@@ -3,7 +3,7 @@
 A thin `@serve.deployment` shell over `serving.catalog`; the loops add their
 routes (predict, feedback, act) as their own deployments. With `serving.auth` on,
 the catalog (lineage, metrics) needs an `admin` key, and the docs routes any key.
-`deploy_gateway` starts Serve's proxies: HTTPS with `serving.tls` (core/tls.py).
+`deploy_gateway` starts Serve's proxies: HTTPS with `serving.tls` (core/auth/tls.py).
 """
 
 # no `from __future__ import annotations`: FastAPI must see `Request` itself, or it reads
@@ -17,8 +17,8 @@ from fastapi import HTTPException, Request
 from fastapi_offline import FastAPIOffline
 from ray import serve
 
-from core.config import ServingConfig
-from core.registry import PolicyRegistry
+from core.config.evolve import ServingConfig
+from core.storage.registry import PolicyRegistry
 from serving.auth_guard import RouteGuard, docs_need_key
 from serving.catalog import describe_policies
 
@@ -43,7 +43,7 @@ class Gateway:
     @api.get("/v1/models")
     def models(self, request: Request) -> dict:
         if self._guard.enabled:
-            from core.auth import AuthFailed
+            from core.auth.keys import AuthFailed
 
             try:
                 self._guard.client(request.headers, "admin")

@@ -16,8 +16,8 @@ from typing import Any
 
 import ray
 
-from core.hashing import stable_unit_hash
-from core.text_inputs import input_of_row
+from core.data.hashing import stable_unit_hash
+from core.data.inputs import input_of_row
 from serving.event_join import MAX_EVENT_ID_CHARS, Event, EventJoin, FeedbackRejected, to_columns
 from serving.join_commit import CommitFailed, GroupCommit
 from serving.join_rules import split_shadow

@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from core.novelty import NoveltyScorer, scorer_from_version
-from core.registry import PolicyRegistry
-from core.text_classifier import ClassifierBundle, from_version
+from core.models.novelty import NoveltyScorer, scorer_from_version
+from core.storage.registry import PolicyRegistry
+from core.models.classifier import ClassifierBundle, from_version
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ candidate is judged on it against live:
 
     targets      each model's greedy answer on the slice's texts (what it would serve)
     reward model live's class probabilities (the doubly robust estimate's q)
-    estimate     core.ope.compare: candidate and live values and the paired difference, with a
+    estimate     core.stats.ope.compare: candidate and live values and the paired difference, with a
                  bootstrap interval; refuse when the whole interval lies below -tolerance, or
-                 when the observed difference does (the held-out stage's rule, core/gate_stats.py:
+                 when the observed difference does (the held-out stage's rule, core/stats/paired.py:
                  a candidate is never promoted on the strength of a wide interval alone)
 
 Labeled rows count as full information (the label names the reward of every
@@ -29,10 +29,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from core.feedback_config import GateSection
-from core.ope import Estimate, Logged, compare
-from core.text_classifier import ClassifierBundle
-from core.text_inputs import TextInput, input_of_row
+from core.config.feedback import GateSection
+from core.stats.ope import Estimate, Logged, compare
+from core.models.classifier import ClassifierBundle
+from core.data.inputs import TextInput, input_of_row
 
 
 @dataclass(frozen=True)

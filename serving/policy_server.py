@@ -4,7 +4,7 @@ The action is greedy unless the policy's `serving.exploration` samples it
 (epsilon, or a softmax over the Q-values); the answer then says the
 probability it was drawn with (`propensity`) and the distribution
 (`action_probs`), so a client that logs them can evaluate other policies on
-its own transitions (core/ope.py `per_decision_is`).
+its own transitions (core/stats/ope.py `per_decision_is`).
 
 While the RL gate runs a canary (serving/rl_gate.py), a share of client keys
 is answered by the candidate (serving/act_canary.py): the key is the
@@ -46,14 +46,14 @@ from ray.serve.config import BackpressureConfig
 
 import numpy as np
 
-from core.exploration import ExplorationSection, choose, serving_distribution
+from core.stats.exploration import ExplorationSection, choose, serving_distribution
 from serving.act_canary import ActCanary
 from serving.act_canary import follow as follow_canary
 from serving.auth_guard import RouteGuard, admit, docs_need_key
 from serving.join_rules import FeedbackRejected
 from serving.body import JsonLimits, read_json
-from core.rl.models import PolicySpec, obs_width
-from core.rl.policy import QPolicy
+from core.models.q import PolicySpec, obs_width
+from core.models.q_policy import QPolicy
 
 log = logging.getLogger(__name__)
 APP_NAME = "policies"

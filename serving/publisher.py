@@ -28,7 +28,7 @@ import numpy as np
 import ray
 from ray.util import metrics
 
-from core.registry import PolicyRegistry, RegistryError
+from core.storage.registry import PolicyRegistry, RegistryError
 
 PUBLISHER_NAME = "evolve-publisher"
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from core.feedback_config import GateSection
-from core.gate_stats import GateResult, compare
-from core.text_classifier import ClassifierBundle
+from core.config.feedback import GateSection
+from core.stats.paired import GateResult, compare
+from core.models.classifier import ClassifierBundle
 
 
 class RecentSlice:

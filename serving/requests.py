@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.text_inputs import TextInput, is_pair
+from core.data.inputs import TextInput, is_pair
 from serving.body import JsonLimits, parse_json, read_body, read_json, short, valid_unicode
 from serving.grpc_messages import Undecodable
 from serving.join import MAX_EVENT_ID_CHARS, FeedbackRejected

@@ -11,7 +11,7 @@
                                           replicas answer `fraction` of client keys with it
     /act client episode(...)          -> live's episodes feed the ope slice; during a canary each
                                           arm's episode return (scaled to [0, 1]) feeds the
-                                          sequential test (core/sequential.py) until it decides
+                                          sequential test (core/stats/sequential.py) until it decides
         promote -> live on every subscriber (registry + publisher.restore); abort -> cleared
 
     replica unservable(version, reason)  -> a version whose weights or Q-values are not finite:
@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 
-from core.exploration import ExplorationSection
-from core.registry import PolicyRegistry
-from core.rl.gate_config import RLGateSection
-from core.rl.models import PolicySpec
-from core.rl.policy import QPolicy
-from core.sequential import CanaryTest
+from core.stats.exploration import ExplorationSection
+from core.storage.registry import PolicyRegistry
+from core.config.rl_gate import RLGateSection
+from core.models.q import PolicySpec
+from core.models.q_policy import QPolicy
+from core.stats.sequential import CanaryTest
 from serving.gate_publisher import as_publisher
 from serving.rollback import GateError, promote_over, rollback_registry
 from serving.rl_ope import Episode, judge_offpolicy, scaled

@@ -15,8 +15,8 @@ from typing import Any
 
 import ray
 
-from core.exploration import ExplorationSection
-from core.rl.gate_config import RLGateSection
+from core.stats.exploration import ExplorationSection
+from core.config.rl_gate import RLGateSection
 from serving.rl_gate import RLGate
 
 

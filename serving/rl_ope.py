@@ -4,7 +4,7 @@
               probability it was served with (the live policy's exploration), the reward
     target    the candidate as it would be served: its Q-values through the same
               `serving.exploration` (a greedy target would have weight 0 on every explored step)
-    estimate  core.ope.per_decision_is (unweighted: unbiased, so a candidate that diverges from
+    estimate  core.stats.ope.per_decision_is (unweighted: unbiased, so a candidate that diverges from
               live early is not credited with live's long episodes) of the return scaled to
               [0, 1] by `rl.gate.return_range`, against live's mean on the same episodes
 
@@ -23,11 +23,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from core.exploration import ExplorationSection, serving_distribution
-from core.ope import per_decision_is
-from core.rl.gate_config import RLGateSection
-from core.rl.models import PolicySpec
-from core.rl.policy import QPolicy
+from core.stats.exploration import ExplorationSection, serving_distribution
+from core.stats.ope import per_decision_is
+from core.config.rl_gate import RLGateSection
+from core.models.q import PolicySpec
+from core.models.q_policy import QPolicy
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from core.registry import PolicyNotFound, PolicyRegistry, StageConflict
+from core.storage.registry import PolicyNotFound, PolicyRegistry, StageConflict
 
 ROLLED_BACK = "rolled_back"  # key in a version's metadata.info once it was rolled back from
 
@@ -43,7 +43,7 @@ def rollback_registry(registry: PolicyRegistry | str, policy_id: str, to: int | 
     """Move the live pointer back (to `to`, or `rollback_target`) and mark the version it leaves.
 
     Works on a registry URI alone (no Ray): this is what `evolve rollback` runs when no run is
-    live (it refuses while one is: `core.registry_lease`).  A running publisher does not see the
+    live (it refuses while one is: `core.storage.registry_lease`).  A running publisher does not see the
     pointer move by itself; see `GateActor.rollback`.
     """
     reg = PolicyRegistry(registry) if isinstance(registry, str) else registry

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cluster.loop import Loop, RunContext
-    from core.config import EvolveConfig
+    from core.config.evolve import EvolveConfig
 
 KINDS = {
     "rl": "cluster.loops.rl:RLLoop",

@@ -6,7 +6,7 @@
                                             | long-poll                                | sample        v
                                    PolicyPublisher <--promote-- GateActor <--candidate-- TorchTrainer(OnlineObjective)
 
-Version 1 is the starting classifier (core.classifier_start).  The joiner
+Version 1 is the starting classifier (core.models.classifier_start).  The joiner
 hands the gate the live version's accuracy on incoming feedback as it
 arrives: the gate rolls back on a drop and, with `feedback.adapt`, its drift
 detector boosts the learner and holds the rollback while the data changes.
@@ -27,13 +27,13 @@ from actors.traffic import TrafficActor
 from cluster.errors import UserError
 from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, quietly, round_or_none
-from core.adapt.continual import AccuracyMatrix
-from core.classifier_start import starting_classifier
-from core.config import EvolveConfig
-from core.labeled_data import LabeledData
-from core.learning_speed import events_to_fraction
-from core.text_classifier import ClassifierError
-from core.text_corpus import CorpusError
+from core.stats.continual import AccuracyMatrix
+from core.models.classifier_start import starting_classifier
+from core.config.evolve import EvolveConfig
+from core.data.labeled import LabeledData
+from core.stats.learning_speed import events_to_fraction
+from core.models.classifier import ClassifierError
+from core.data.corpus import CorpusError
 from learners.feedback_source import FeedbackSource
 from learners.online import OnlineObjective, OnlineSetup, split_batch
 from learners.train_loop import LoopSpec

@@ -21,9 +21,9 @@ import ray
 
 from cluster.errors import UserError
 from cluster.loop import LoopBase, RunContext, round_or_none
-from core.config import EvolveConfig
-from core.mlm_data import MLMData, prepare_mlm_data
-from core.registry import RegistryError
+from core.config.evolve import EvolveConfig
+from core.data.mlm import MLMData, prepare_mlm_data
+from core.storage.registry import RegistryError
 from learners.mlm import MLMObjective, MLMSetup
 from learners.text_source import RayDataSource, ReplayTextSource
 from learners.train_loop import POLICY_DIR, LoopSpec, read_policy

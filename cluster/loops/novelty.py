@@ -16,7 +16,7 @@ from typing import Any
 
 from cluster.errors import UserError
 from cluster.loop import LoopBase, RunContext, round_or_none
-from core.config import EvolveConfig
+from core.config.evolve import EvolveConfig
 from learners.autoencoder import AutoencoderObjective, AutoencoderSetup
 from learners.text_source import ReplayTextBatches
 from learners.train_loop import LoopSpec

@@ -31,8 +31,8 @@ from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, round_or_none
 from cluster.loops.rl_drift import RLDriftWatch, check_drift
 from cluster.loops.rl_gated import ActGate
-from core.config import EvolveConfig
-from core.rl.models import PolicySpec, obs_width, spec_for_env
+from core.config.evolve import EvolveConfig
+from core.models.q import PolicySpec, obs_width, spec_for_env
 from learners.dqn import DQNObjective
 from learners.q_learning import QSetup, QTableObjective
 from learners.replay_source import ReplayTransitionSource
@@ -116,8 +116,8 @@ class RLLoop(LoopBase):
     def _restore_live_version(self) -> None:
         """A resumed run (or a registry shared with an earlier one) starts acting with the live
         version instead of a random policy; one that does not fit this env's model is ignored."""
-        from core.registry import RegistryError
-        from core.rl.models import build_model
+        from core.storage.registry import RegistryError
+        from core.models.q import build_model
 
         pid = self.rl.policy_id
         if self.ctx.registry.latest(pid, "live") is None:

@@ -24,7 +24,7 @@ import ray
 
 from core.adapt.detectors import Detector
 from core.adapt.rl_controller import RLController
-from core.rl.config import RLConfig
+from core.config.rl import RLConfig
 from core.rl.drift import check_physics
 
 

@@ -17,7 +17,7 @@ import ray
 from actors.act_traffic import ActClientActor
 from cluster.errors import UserError
 from cluster.learner_run import get_or
-from core.config import EvolveConfig
+from core.config.evolve import EvolveConfig
 from serving.publisher import PUBLISHER_NAME
 from serving.rl_gate_actor import RLGateActor, rl_gate_name
 

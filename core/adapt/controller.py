@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.adapt.config import AdaptSection
+from core.config.adapt import AdaptSection
 from core.adapt.detectors import Alarm
 
 

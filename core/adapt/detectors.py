@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from core.adapt.config import DetectorConfig
+from core.config.adapt import DetectorConfig
 
 Direction = Literal["down", "up", "both"]
 

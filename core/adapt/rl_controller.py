@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from core.adapt.config import DetectorConfig
+from core.config.adapt import DetectorConfig
 from core.adapt.controller import Cooldown, Decision
 from core.adapt.detectors import Alarm
-from core.config_base import Section
+from core.config.base import Section
 
 
 def _returns_detector() -> DetectorConfig:

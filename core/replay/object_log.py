@@ -17,7 +17,7 @@ restarted shard reads them all.  Writers that batch (rollout actors send
 as on disk; a torn or foreign object is moved to quarantine/, never deleted.
 
 A segment object is only created, never written over (S3 `If-None-Match: *`
-through core.conditional_put): an object already at a new segment's key is
+through core.storage.conditional_put): an object already at a new segment's key is
 another writer's, and the add fails saying so.  The one exception is a key this
 log tried to write and got no answer for: that object, if it landed, is its
 own unacknowledged add, which the retry at the same seq replaces.
@@ -33,9 +33,9 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from core.conditional_put import ConditionalStore, Precondition
+from core.storage.conditional_put import ConditionalStore, Precondition
 from core.replay.segments import QUARANTINE, Segment, SegmentLog, read_batches
-from core.storage import is_url, join, open_fs
+from core.storage.paths import is_url, join, open_fs
 
 _PREFIX, _SUFFIX = "seg-", ".arrow"
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.replay.config import ReplayConfig, per_shard
+from core.config.replay import ReplayConfig, per_shard
 from core.replay.segments import read_head, scan
 
 
@@ -26,7 +26,7 @@ def read_table(replay_dir: str | Path, table: str, cfg: ReplayConfig) -> pa.Tabl
     if table not in cfg.tables:
         raise ValueError(f"unknown table {table!r}; declared tables: {sorted(cfg.tables)}")
     tcfg = per_shard(cfg.tables[table], cfg.num_shards)
-    from core.schemas import schema_for
+    from core.data.schemas import schema_for
 
     schema = schema_for(tcfg.kind, obs_dim=tcfg.obs_dim) if tcfg.kind == "transitions" else schema_for(tcfg.kind)
     # read against the declared schema: segments written before a nullable column was added

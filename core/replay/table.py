@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.replay.columns import ColumnRings
-from core.replay.config import TableConfig
+from core.config.replay import TableConfig
 from core.replay.ratelimit import RateLimiter
 from core.replay.object_log import open_log
 from core.replay.sumtree import SumTree
-from core.schemas import SchemaError, schema_for, to_record_batch
+from core.data.schemas import SchemaError, schema_for, to_record_batch
 
 log = logging.getLogger(__name__)
 

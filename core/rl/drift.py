@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import gymnasium as gym
 
-from core.rl.config import EpsilonSchedule
+from core.config.rl import EpsilonSchedule
 
 
 def _cartpole_derived(env: Any) -> None:

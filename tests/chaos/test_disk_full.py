@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from core.replay.config import TableConfig
+from core.config.replay import TableConfig
 from core.replay.table import ReplayTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

@@ -26,7 +26,7 @@ from ray import serve
 
 from cluster.cli import main as evolve
 from cluster.key_service import start_key_service
-from core.auth import AuthFailed, AuthSection, KeyStore, key_id
+from core.auth.keys import AuthFailed, AuthSection, KeyStore, key_id
 from serving.auth_guard import RouteGuard, guard_settings
 from tests.cluster.harness import AUTH_TOKEN, LocalCluster, cluster_env, wait_until
 

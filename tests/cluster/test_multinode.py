@@ -112,7 +112,7 @@ class Probe(threading.Thread):
         self.client, self.acked, self.errors, self.stop = client, [], [], threading.Event()
 
     def run(self) -> None:
-        from core.schemas import text_schema
+        from core.data.schemas import text_schema
 
         i = 0
         while not self.stop.is_set():
@@ -171,7 +171,7 @@ def _replicas(where: dict[str, list[str]], app: str) -> list[str]:
 def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(cluster, tmp_path):
     from actors.replay_client import ReplayClient
     from actors.replay_shard import ACTOR_PREFIX
-    from core.config_loader import load_config
+    from core.config.loader import load_config
 
     storage, run_dir = tmp_path / "shared", tmp_path / "run"
     (port,) = free_ports(1)

@@ -109,7 +109,7 @@ def tiny_bert_checkpoint(path: Path, texts: list[str]) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
-    from core.tokenizer import train_wordpiece
+    from core.models.tokenizer import train_wordpiece
 
     tok = train_wordpiece(texts, 800)
     config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,

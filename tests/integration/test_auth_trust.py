@@ -22,12 +22,12 @@ import ray
 from ray import serve
 from transformers import BertConfig
 
-from core.auth import AuthSection, KeyStore
-from core.feedback_config import FeedbackConfig
-from core.registry import PolicyRegistry
-from core.text_classifier import from_encoder
-from core.text_corpus import review_texts
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.auth.keys import AuthSection, KeyStore
+from core.config.feedback import FeedbackConfig
+from core.storage.registry import PolicyRegistry
+from core.models.classifier import from_encoder
+from core.data.corpus import review_texts
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from cluster.key_service import start_key_service
 from serving.auth_guard import guard_settings
 from serving.policy_server import deploy_policy_server, undeploy_policy_server
@@ -174,7 +174,7 @@ def test_the_docs_routes_need_a_key(world):
 
 def test_a_key_revoked_with_evolve_keys_is_refused_within_seconds(world):
     from cluster.cli import main
-    from core.auth import key_id
+    from core.auth.keys import key_id
 
     store = KeyStore(world["keys_file"])
     _, key = store.create(["predict"], name="leaver")

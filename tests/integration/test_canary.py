@@ -19,11 +19,11 @@ import ray
 from ray import serve
 from transformers import BertConfig
 
-from core.feedback_config import FeedbackConfig
-from core.hashing import stable_unit_hash
-from core.text_classifier import from_encoder, from_version
-from core.text_corpus import review_texts
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.config.feedback import FeedbackConfig
+from core.data.hashing import stable_unit_hash
+from core.models.classifier import from_encoder, from_version
+from core.data.corpus import review_texts
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from serving.feedback_app import CLIENT_HEADER, deploy_feedback_app, stop_joiner, undeploy_feedback_app
 from serving.gate_actor import GateActor, gate_name
 from serving.publisher import PolicyPublisher

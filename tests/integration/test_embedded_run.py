@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from core.registry import PolicyRegistry
+from core.storage.registry import PolicyRegistry
 from tests.conftest import free_port
 from tests.integration.helpers import CliProcess, http_get_json, run_cli, serving, wait_until
 

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from cluster.cli import main as evolve
-from core.labeled_data import sentiment_reviews
-from core.registry import PolicyRegistry
+from core.data.labeled import sentiment_reviews
+from core.storage.registry import PolicyRegistry
 from tests.conftest import free_port
 from tests.integration.helpers import CliProcess, serving, tiny_bert_checkpoint, wait_until
 

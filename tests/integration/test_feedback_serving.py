@@ -20,11 +20,11 @@ from transformers import BertConfig
 
 from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
-from core.feedback_config import FeedbackConfig
-from core.replay.config import ReplayConfig, TableConfig
-from core.text_classifier import from_encoder
-from core.text_corpus import review_texts
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.config.feedback import FeedbackConfig
+from core.config.replay import ReplayConfig, TableConfig
+from core.models.classifier import from_encoder
+from core.data.corpus import review_texts
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from serving.feedback_app import deploy_feedback_app, grpc_options, stop_joiner, undeploy_feedback_app
 from serving.publisher import PolicyPublisher
 from tests.conftest import REPO, free_port

@@ -23,11 +23,11 @@ from ray import serve
 
 from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
-from core.feedback_config import FeedbackConfig
-from core.replay.config import ReplayConfig, TableConfig
-from core.rl.models import spec_for_env
-from core.rl.policy import QPolicy
-from core.text_classifier import from_encoder
+from core.config.feedback import FeedbackConfig
+from core.config.replay import ReplayConfig, TableConfig
+from core.models.q import spec_for_env
+from core.models.q_policy import QPolicy
+from core.models.classifier import from_encoder
 from serving.feedback_app import bound_grpc_messages, deploy_feedback_app, grpc_options, stop_joiner, undeploy_feedback_app
 from serving.policy_server import MAX_ACT_BODY_BYTES, deploy_policy_server, undeploy_policy_server
 from serving.publisher import PolicyPublisher

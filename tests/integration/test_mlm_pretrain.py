@@ -6,7 +6,7 @@ import signal
 import pytest
 from transformers import BertConfig, BertModel
 
-from core.registry import PolicyRegistry
+from core.storage.registry import PolicyRegistry
 from tests.conftest import free_port
 from tests.integration.helpers import CliProcess, run_cli
 

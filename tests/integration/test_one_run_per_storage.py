@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 TINY = ["--set", "loops=[]", "--set", "serving.enabled=false"]  # the spine alone: Ray, the hold, the budget
 HOLDER = r"""
 import sys
-from core.run_hold import RunHold
+from core.storage.run_hold import RunHold
 RunHold([sys.argv[1]], "crashed").acquire()
 print("held", flush=True)
 sys.stdin.readline()

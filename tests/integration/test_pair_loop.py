@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.cli import main as evolve
-from core.auth import mint
-from core.text_corpus import people_daily_texts
+from core.auth.keys import mint
+from core.data.corpus import people_daily_texts
 from tests.conftest import free_port
 from tests.integration.helpers import CliProcess, self_signed, serving, tiny_bert_checkpoint, wait_until
 

@@ -14,11 +14,11 @@ import ray
 from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
 from cluster.rundir import RunDir
-from core.config_loader import load_config
-from core.replay.config import ReplayConfig, TableConfig
+from core.config.loader import load_config
+from core.config.replay import ReplayConfig, TableConfig
 from core.replay.contract import ReplayStore
 from core.replay.table import ReplayError, ReplayTimeout
-from core.schemas import SchemaError
+from core.data.schemas import SchemaError
 from tests.integration.helpers import run_cli, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

@@ -12,7 +12,7 @@ import ray
 
 from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
-from core.replay.config import ReplayConfig, TableConfig
+from core.config.replay import ReplayConfig, TableConfig
 from core.replay.table import ReplayError, ReplayTimeout
 from serving.join import Joiner
 from tests.integration.helpers import wait_until

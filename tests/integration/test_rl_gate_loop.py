@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import ray
 
-from core.registry import PolicyRegistry
-from core.rl.models import spec_for_env
-from core.rl.policy import QPolicy
+from core.storage.registry import PolicyRegistry
+from core.models.q import spec_for_env
+from core.models.q_policy import QPolicy
 from serving.publisher import PUBLISHER_NAME
 from tests.conftest import free_port
 from tests.integration.helpers import CliProcess, serving, wait_until

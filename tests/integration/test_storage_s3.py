@@ -18,8 +18,8 @@ import pytest
 import s3fs
 import torch
 
-from core.registry import PolicyRegistry
-from core.replay.config import ReplayConfig, TableConfig
+from core.storage.registry import PolicyRegistry
+from core.config.replay import ReplayConfig, TableConfig
 from core.replay.store import ShardStore
 from tests.s3_server import apply_env, restore_env, seaweedfs
 
@@ -77,7 +77,7 @@ WRITER = r"""
 import json, sys
 sys.path.insert(0, sys.argv[2] + "/benchmarks")
 from _transitions import cartpole_batch
-from core.replay.config import ReplayConfig
+from core.config.replay import ReplayConfig
 from core.replay.store import ShardStore
 cfg = ReplayConfig.model_validate(json.loads(sys.argv[3]))
 store = ShardStore(cfg, sys.argv[1], shard=0)
@@ -132,8 +132,8 @@ def _batch_after(n: int):
 
 CLAIMER = r"""
 import json, sys
-from core.registry import PolicyRegistry
-from core.registry_locks import claim_version
+from core.storage.registry import PolicyRegistry
+from core.storage.registry_locks import claim_version
 reg = PolicyRegistry(sys.argv[1])
 pdir = f"{reg.root}/p"
 sys.stdin.readline()  # both processes start on the test's word
@@ -143,7 +143,7 @@ print(json.dumps(got), flush=True)
 
 PROMOTER = r"""
 import sys
-from core.registry import PolicyRegistry
+from core.storage.registry import PolicyRegistry
 reg = PolicyRegistry(sys.argv[1])
 versions = [int(v) for v in sys.argv[2].split(",")]
 sys.stdin.readline()
@@ -195,7 +195,7 @@ def test_two_processes_changing_stages_on_the_gateway_never_lose_an_update(s3, b
 
 HOLDER = r"""
 import sys
-from core.run_hold import RunHold
+from core.storage.run_hold import RunHold
 hold = RunHold([sys.argv[1]], "first")
 hold.acquire()
 print("held", hold.holder["run_id"], flush=True)
@@ -204,7 +204,7 @@ sys.stdin.readline()
 
 
 def test_a_second_run_on_held_s3_storage_is_refused_and_a_dead_holders_lease_taken_over(s3, bucket):
-    from core.run_hold import RunHold, StorageHeld
+    from core.storage.run_hold import RunHold, StorageHeld
 
     url = _prefix(bucket, "hold") + "/evolve"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, url], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
@@ -228,7 +228,7 @@ def test_a_second_run_on_held_s3_storage_is_refused_and_a_dead_holders_lease_tak
 
 
 def test_an_expired_lease_on_the_gateway_is_taken_over_and_its_holder_loses_it(s3, bucket):
-    from core.object_lease import LeaseHeld, LeaseLost, ObjectLease
+    from core.storage.object_lease import LeaseHeld, LeaseLost, ObjectLease
 
     url = _prefix(bucket, "lease") + "/evolve"
     fs = s3fs.S3FileSystem(skip_instance_cache=True)

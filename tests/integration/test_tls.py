@@ -11,8 +11,8 @@ import pytest
 import ray
 from ray import serve
 
-from core.config import ServingConfig
-from core.tls import TLSSection
+from core.config.evolve import ServingConfig
+from core.auth.tls import TLSSection
 from serving.gateway import deploy_gateway, undeploy
 from tests.conftest import free_port
 from tests.integration.helpers import self_signed, wait_until

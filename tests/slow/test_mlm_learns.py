@@ -29,8 +29,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.config_loader import load_config
-from core.registry import PolicyRegistry
+from core.config.loader import load_config
+from core.storage.registry import PolicyRegistry
 from tests.slow.helpers import evolve_run, figure, timeout_for
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def _context_free_accuracy(seen: torch.Tensor, labels: torch.Tensor, mask_id: in
 
 def unigram_plateau(run_dir) -> dict[str, float]:
     """The context-free ceiling on the run's own held-out masked positions, for both maskings."""
-    from core.mlm_data import prepare_mlm_data
+    from core.data.mlm import prepare_mlm_data
     from learners.mlm import MLMObjective, MLMSetup
     from learners.objective import WorkerContext
 

@@ -113,7 +113,7 @@ def test_stopping_traffic_does_not_exit():
 
 def test_an_act_client_whose_loop_raises_calls_the_exit():
     from actors.act_traffic import ActClientWorker
-    from core.rl.gate_config import ActTrafficSection
+    from core.config.rl_gate import ActTrafficSection
 
     crashes: list[BaseException] = []
     worker = ActClientWorker("http://act", "CartPole-v1", ActTrafficSection(episodes_at_once=1), lambda e: None,

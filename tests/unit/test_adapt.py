@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from core.adapt.config import AdaptSection, DetectorConfig
-from core.adapt.continual import AccuracyMatrix
+from core.config.adapt import AdaptSection, DetectorConfig
+from core.stats.continual import AccuracyMatrix
 from core.adapt.controller import Boost, Controller
 from core.adapt.detectors import Alarm, Detector
 

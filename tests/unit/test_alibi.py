@@ -2,8 +2,8 @@
 
 import torch
 
-from core.mlm_config import ModelConfig
-from core.text_models import alibi_slopes, attention_bias, bert_config, build_mlm_model, encoder_hidden
+from core.config.mlm import ModelConfig
+from core.models.encoder import alibi_slopes, attention_bias, bert_config, build_mlm_model, encoder_hidden
 
 
 def _config(position_bias: str = "alibi"):

@@ -1,11 +1,11 @@
-"""API keys: hashed store, scopes, rate and feedback share (core/auth.py)."""
+"""API keys: hashed store, scopes, rate and feedback share (core/auth/keys.py)."""
 
 import json
 import stat
 
 import pytest
 
-from core.auth import AuthFailed, Authenticator, AuthSection, KeyStore, bearer, key_id
+from core.auth.keys import AuthFailed, Authenticator, AuthSection, KeyStore, bearer, key_id
 
 
 class Clock:
@@ -179,7 +179,7 @@ def test_a_run_key_passes_without_ever_being_written(tmp_path):
 
 
 def test_a_proxy_key_speaks_for_its_users_and_an_ordinary_key_cannot(tmp_path):
-    from core.auth import mint
+    from core.auth.keys import mint
     from serving.auth_guard import RouteGuard
 
     section = AuthSection(enabled=True, rate_per_s=1, burst=1, keys_file=str(tmp_path / "none.json"),
@@ -227,7 +227,7 @@ def test_idle_buckets_are_dropped_and_their_number_is_bounded(store):
 
 
 def mint_proxy(store):
-    from core.auth import mint
+    from core.auth.keys import mint
 
     record, key = mint(["predict", "feedback"], "run", proxy=True)
     store.extra.append(record)
@@ -266,7 +266,7 @@ def test_grpc_turns_keys_on_even_on_loopback(tmp_path):
 
 def test_a_revoke_the_file_cannot_carry_is_refused_with_the_reason(store, monkeypatch, capsys):
     from cluster.cli import main
-    from core.auth import RevokeRefused
+    from core.auth.keys import RevokeRefused
 
     record, key = store.create(["predict"])
     monkeypatch.setenv("EVOLVE_TEST_KEYS", store.path.read_text())  # runs read this, not the file

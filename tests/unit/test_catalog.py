@@ -1,6 +1,6 @@
 import torch
 
-from core.registry import PolicyRegistry
+from core.storage.registry import PolicyRegistry
 from serving.catalog import describe_policies
 
 

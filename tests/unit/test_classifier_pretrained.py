@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-from core.classifier_start import starting_classifier
-from core.feedback_config import FeedbackConfig
-from core.labeled_data import LabeledData
-from core.text_classifier import ClassifierError, from_version
-from core.tokenizer import train_wordpiece
+from core.models.classifier_start import starting_classifier
+from core.config.feedback import FeedbackConfig
+from core.data.labeled import LabeledData
+from core.models.classifier import ClassifierError, from_version
+from core.models.tokenizer import train_wordpiece
 
 TEXTS = ["这家酒店很好", "房间太小了", "服务非常周到", "早餐难吃", "位置方便", "空调坏了"] * 5
 
@@ -69,7 +69,7 @@ def test_a_checkpoint_without_safetensors_is_refused_not_unpickled(tmp_path, dat
 
 
 def test_hub_names_and_directories_ask_for_safetensors(tmp_path):
-    from core.classifier_start import pretrained_source
+    from core.models.classifier_start import pretrained_source
 
     source, local, options = pretrained_source("google-bert/bert-base-uncased")
     assert (source, local) == ("google-bert/bert-base-uncased", False)
@@ -81,7 +81,7 @@ def test_hub_names_and_directories_ask_for_safetensors(tmp_path):
 def test_the_mlm_start_loads_safetensors_only(tmp_path):
     from transformers import BertForMaskedLM
 
-    from core.text_models import ModelError, load_pretrained_mlm
+    from core.models.encoder import ModelError, load_pretrained_mlm
 
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=32)

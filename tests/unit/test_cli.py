@@ -64,7 +64,7 @@ def test_status_without_a_cluster_is_a_clear_error(tmp_path):
 def _two_live_versions(tmp_path):
     import numpy as np
 
-    from core.registry import PolicyRegistry
+    from core.storage.registry import PolicyRegistry
 
     reg = PolicyRegistry(tmp_path / "registry")
     for _ in range(2):

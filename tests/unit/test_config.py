@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import EvolveConfig
-from core.config_loader import ConfigError, apply_overrides, dump_config, load_config, parse_override
+from core.config.evolve import EvolveConfig
+from core.config.loader import ConfigError, apply_overrides, dump_config, load_config, parse_override
 
 REPO = Path(__file__).resolve().parents[2]
 

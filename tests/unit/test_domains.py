@@ -2,9 +2,9 @@
 
 import pytest
 
-from core.domains import DOMAINS, review_domain
-from core.feedback_config import DataSection
-from core.labeled_data import ordered_index
+from core.data.domains import DOMAINS, review_domain
+from core.config.feedback import DataSection
+from core.data.labeled import ordered_index
 
 
 def test_keyword_rules_name_the_product():
@@ -31,7 +31,7 @@ def test_the_reviews_grouped_by_domain_stream_domain_after_domain():
 
 def test_a_group_order_must_name_every_group():
     data = DataSection(group_column="domain", order="grouped").load()
-    from core.text_corpus import CorpusError
+    from core.data.corpus import CorpusError
 
     with pytest.raises(CorpusError, match="not in group_order"):
         ordered_index(data, "grouped", group_order=["hotel", "book"])

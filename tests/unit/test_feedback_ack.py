@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from core.schemas import SchemaError, feedback_schema, text_schema, to_record_batch
+from core.data.schemas import SchemaError, feedback_schema, text_schema, to_record_batch
 from serving.join import EventJoin, FeedbackRejected, Joiner
 
 LABELS = ["neg", "pos"]

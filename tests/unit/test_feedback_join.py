@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.schemas import feedback_schema, text_schema, to_record_batch
+from core.data.schemas import feedback_schema, text_schema, to_record_batch
 from serving.join import EventJoin, FeedbackRejected, to_columns
 
 LABELS = ["neg", "pos"]
@@ -256,7 +256,7 @@ class FakeGate:
 def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_from_the_learner():
     import asyncio
 
-    from core.hashing import stable_unit_hash
+    from core.data.hashing import stable_unit_hash
     from serving.join import Joiner
 
     n = 200

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from core.exploration import ExplorationSection
-from core.text_classifier import from_encoder
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.stats.exploration import ExplorationSection
+from core.models.classifier import from_encoder
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from serving.feedback_app import Served, classify, openapi_spec
 from serving.join import FeedbackRejected
 from serving.requests import MAX_TEXTS, check_texts, parse_feedback, parse_json, parse_predict

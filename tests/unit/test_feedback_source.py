@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.schemas import feedback_schema, to_record_batch
+from core.data.schemas import feedback_schema, to_record_batch
 from learners.feedback_source import NO_LABEL, FeedbackBatch, FeedbackSource, feedback_to_batch
 from learners.objective import WorkerContext
 
@@ -78,7 +78,7 @@ def test_feedback_source_surfaces_store_errors():
 
 
 def test_a_fifo_feedback_table_hands_each_row_out_once():
-    from core.replay.config import TableConfig
+    from core.config.replay import TableConfig
     from core.replay.table import ReplayTable
 
     table = ReplayTable("feedback", TableConfig(kind="feedback", sampler="fifo", capacity=100), seed=0)
@@ -104,7 +104,7 @@ def _next_batch(it, within_s: float = 30.0) -> FeedbackBatch:
 
 
 def test_a_source_behind_the_stream_hands_a_catch_up_batch_else_one_batch():
-    from core.replay.config import TableConfig
+    from core.config.replay import TableConfig
     from core.replay.table import ReplayTable
 
     table = ReplayTable("feedback", TableConfig(kind="feedback", sampler="fifo", capacity=100), seed=0)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from core.feedback_config import GateSection
-from core.labeled_data import sentiment_reviews
-from core.registry import PolicyRegistry
-from core.text_classifier import ClassifierBundle, from_encoder, from_version
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.config.feedback import GateSection
+from core.data.labeled import sentiment_reviews
+from core.storage.registry import PolicyRegistry
+from core.models.classifier import ClassifierBundle, from_encoder, from_version
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from serving.gate import PublishGate
 from serving.rollback import GateError, rollback_registry
 
@@ -244,7 +244,7 @@ def test_cli_rollback_on_a_registry_uri(tmp_path, world):
 
 
 def test_candidate_that_cannot_be_rebuilt_is_an_error_event(setup, world):
-    from core.text_classifier import ClassifierError
+    from core.models.classifier import ClassifierError
 
     gate, registry, _, events = setup
     _start(gate, world)
@@ -311,8 +311,8 @@ def test_drift_guard_stops_a_slide_of_small_accepted_losses(tmp_path, monkeypatc
 def test_the_data_section_gives_the_gate_the_same_held_out_rows_every_time():
     """The gate actor is handed `feedback.data` (not the rows, which Ray would keep in the
     object store for restarts): it must read back exactly the set the loop kept off the traffic."""
-    from core.feedback_config import DataSection
-    from core.labeled_data import load_labeled
+    from core.config.feedback import DataSection
+    from core.data.labeled import load_labeled
 
     section = DataSection(max_heldout=50)
     first = DataSection.model_validate(section.model_dump(mode="json")).load()  # as the actor gets it
@@ -321,7 +321,7 @@ def test_the_data_section_gives_the_gate_the_same_held_out_rows_every_time():
 
 
 def _adaptive_gate(tmp_path, world, **adapt):
-    from core.adapt.config import AdaptSection
+    from core.config.adapt import AdaptSection
 
     registry = PolicyRegistry(tmp_path / "registry")
     events: list[tuple[str, dict]] = []

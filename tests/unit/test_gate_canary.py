@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.feedback_config import CanarySection, GateSection
-from core.registry import PolicyRegistry
+from core.config.feedback import CanarySection, GateSection
+from core.storage.registry import PolicyRegistry
 from serving.gate import PublishGate
 from tests.unit.test_gate import P, FakePublisher, _start, world  # noqa: F401 (world: a fixture)
 

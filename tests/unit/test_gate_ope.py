@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.exploration import ExplorationSection, choose, serving_distribution
-from core.feedback_config import GateSection, OPESection
-from core.labeled_data import sentiment_reviews
-from core.registry import PolicyRegistry
-from core.text_classifier import from_version
+from core.stats.exploration import ExplorationSection, choose, serving_distribution
+from core.config.feedback import GateSection, OPESection
+from core.data.labeled import sentiment_reviews
+from core.storage.registry import PolicyRegistry
+from core.models.classifier import from_version
 from serving.gate import PublishGate
 from tests.unit.test_gate import P, FakePublisher, _start, world  # noqa: F401 (world: a fixture)
 

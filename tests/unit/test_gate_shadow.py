@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.exploration import ExplorationSection, choose, serving_distribution
-from core.feedback_config import CanarySection, GateSection, ShadowSection
-from core.labeled_data import sentiment_reviews
-from core.registry import PolicyRegistry
-from core.text_classifier import from_version
+from core.stats.exploration import ExplorationSection, choose, serving_distribution
+from core.config.feedback import CanarySection, GateSection, ShadowSection
+from core.data.labeled import sentiment_reviews
+from core.storage.registry import PolicyRegistry
+from core.models.classifier import from_version
 from serving.catalog import describe_policies
 from serving.gate import PublishGate
 from tests.unit.test_gate import P, FakePublisher, _start, world  # noqa: F401 (world: a fixture)
@@ -155,7 +155,7 @@ def test_a_replica_follows_the_shadow_stage_and_draws_it_per_request_not_per_cli
 
 
 def test_the_client_gets_lives_answer_and_the_event_carries_the_shadows(world):
-    from core.text_classifier import from_version as load
+    from core.models.classifier import from_version as load
     from serving.classify import Served, classify, greedy_answers
 
     w = world

@@ -3,7 +3,7 @@ must be scored on the same rows (a stationary run with `adapt` on once failed ex
 
 import numpy as np
 
-from core.feedback_config import GateSection
+from core.config.feedback import GateSection
 from serving.ope_slice import OPESlice
 from serving.recent_slice import RecentSlice
 

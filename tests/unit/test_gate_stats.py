@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from core.gate_stats import (
+from core.stats.paired import (
     binom_cdf,
     bootstrap_noninferiority,
     chi2_1_sf,
@@ -182,7 +182,7 @@ def test_prequential_uses_only_the_last_window():
 
 
 def test_prequential_counts_match_flags_and_accept_fractions():
-    from core.gate_stats import prequential_check_counts
+    from core.stats.paired import prequential_check_counts
 
     flags = [True] * 13 + [False] * 7
     assert prequential_check_counts(13, 20, 0.8, 20, 0.1) == prequential_check(flags, 0.8, 20, 0.1)

@@ -9,8 +9,8 @@ import pydantic
 import pytest
 import torch
 
-from core.config import ServingConfig
-from core.text_classifier import from_encoder
+from core.config.evolve import ServingConfig
+from core.models.classifier import from_encoder
 from tests.unit.test_online_learner import LABELS, _labeled, _objective, encoder_files, reviews  # noqa: F401
 
 CUDA = torch.cuda.is_available()

@@ -1,4 +1,4 @@
-"""The run's key book and the replicas that follow it (core/key_book.py), without Ray.
+"""The run's key book and the replicas that follow it (core/auth/key_book.py), without Ray.
 
 The book reads a real key file as `evolve keys` writes it; a follower asks the book for news
 as a replica does (through a plain call here, through the named actor in a run).
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from core.auth import AuthFailed, Authenticator, AuthSection, KeyStore, mint
-from core.key_book import FollowedKeys, KeyBook
+from core.auth.keys import AuthFailed, Authenticator, AuthSection, KeyStore, mint
+from core.auth.key_book import FollowedKeys, KeyBook
 
 
 class Clock:

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from cluster.loop import LoopBase
-from core.config import EvolveConfig
+from core.config.evolve import EvolveConfig
 
 
 class FailingLearner:

@@ -6,8 +6,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from core.auth import AuthSection, KeyStore
-from core.config_loader import ConfigError, load_config
+from core.auth.keys import AuthSection, KeyStore
+from core.config.loader import ConfigError, load_config
 
 
 def test_grpc_with_keys_off_is_refused_in_one_line_with_exit_2(capsys):
@@ -60,7 +60,7 @@ def test_docs_routes_stay_open_when_keys_are_off():
 
 
 def test_tls_section_names_missing_files_and_gives_serve_its_options(tmp_path):
-    from core.tls import TLSSection
+    from core.auth.tls import TLSSection
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     tls = TLSSection(certfile=cert, keyfile=key)

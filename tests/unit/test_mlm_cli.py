@@ -35,7 +35,7 @@ def test_column_that_is_not_text(tmp_path, capsys):
 
 
 def test_tokenizer_that_does_not_fit_the_model(tmp_path, capsys):
-    from core.tokenizer import train_wordpiece
+    from core.models.tokenizer import train_wordpiece
 
     texts = [f"今天天气很好，我们去公园{i}" for i in range(200)]
     (tmp_path / "c.txt").write_text("\n".join(texts), encoding="utf-8")

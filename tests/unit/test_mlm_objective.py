@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from core.mlm_config import MLMConfig
+from core.config.mlm import MLMConfig
 from learners.mlm import MaskedOnlyMLM, MLMObjective, MLMSetup, choose_masks
 from learners.objective import WorkerContext
 

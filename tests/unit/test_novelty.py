@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.adapt.config import AdaptSection
-from core.novelty import Autoencoder, auroc, calibrate, scorer_from_version
-from core.novelty_config import NoveltyConfig
-from core.registry import PolicyRegistry
-from core.text_classifier import from_encoder
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.config.adapt import AdaptSection
+from core.models.novelty import Autoencoder, auroc, calibrate, scorer_from_version
+from core.config.novelty import NoveltyConfig
+from core.storage.registry import PolicyRegistry
+from core.models.classifier import from_encoder
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from learners.autoencoder import AutoencoderObjective, AutoencoderSetup
 from learners.objective import WorkerContext
 from serving.adaptation import FeedbackAdaptation

@@ -17,10 +17,10 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from core.feedback_config import FeedbackConfig
-from core.labeled_data import sentiment_reviews
-from core.text_classifier import ClassifierError, from_version
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.config.feedback import FeedbackConfig
+from core.data.labeled import sentiment_reviews
+from core.models.classifier import ClassifierError, from_version
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from learners.feedback_source import NO_LABEL, FeedbackBatch, Reservoir
 from learners.objective import WorkerContext
 from learners.online import OnlineObjective, OnlineSetup, feedback_loss, split_batch

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from core.exploration import ExplorationSection, choose, serving_distribution
-from core.ope import Logged, compare, estimate, per_decision_is, terms
+from core.stats.exploration import ExplorationSection, choose, serving_distribution
+from core.stats.ope import Logged, compare, estimate, per_decision_is, terms
 
 
 def test_serving_distributions():
@@ -127,7 +127,7 @@ def _stream(test, p_live: float, p_cand: float, share: float, rng, limit: int = 
 
 
 def test_canary_aborts_a_poisoned_candidate_within_a_few_dozen_requests():
-    from core.sequential import CanaryTest
+    from core.stats.sequential import CanaryTest
 
     exposures = []
     for seed in range(20):
@@ -138,7 +138,7 @@ def test_canary_aborts_a_poisoned_candidate_within_a_few_dozen_requests():
 
 
 def test_canary_error_rates_hold_under_continuous_monitoring():
-    from core.sequential import CanaryTest
+    from core.stats.sequential import CanaryTest
 
     rng = np.random.default_rng(0)
     equal = [_stream(CanaryTest(max_requests=1500), 0.8, 0.8, 0.2, rng)[0] for _ in range(40)]
@@ -148,7 +148,7 @@ def test_canary_error_rates_hold_under_continuous_monitoring():
 
 
 def test_confidence_sequence_covers_the_mean_at_all_times():
-    from core.sequential import Arm
+    from core.stats.sequential import Arm
 
     misses = 0
     for seed in range(100):

@@ -7,13 +7,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from core.feedback_config import DataSection
-from core.labeled_data import load_labeled
-from core.schemas import feedback_schema
-from core.text_classifier import encode, from_encoder, from_version
-from core.text_inputs import as_input, input_key, inputs_from_columns, split_input
-from core.tokenizer import tokenizer_files, train_wordpiece
-from core.wide_model import HashedNgrams, hash_ngrams
+from core.config.feedback import DataSection
+from core.data.labeled import load_labeled
+from core.data.schemas import feedback_schema
+from core.models.classifier import encode, from_encoder, from_version
+from core.data.inputs import as_input, input_key, inputs_from_columns, split_input
+from core.models.tokenizer import tokenizer_files, train_wordpiece
+from core.models.wide import HashedNgrams, hash_ngrams
 from learners.feedback_source import feedback_to_batch
 
 CORPUS = ["今天天气很好", "我们去公园玩", "明天下雨了", "他们在家看书", "hello world"] * 6

@@ -8,12 +8,12 @@ import pyarrow as pa
 import pytest
 
 from actors.pair_traffic import predict_body
-from core.replay.config import ReplayConfig
+from core.config.replay import ReplayConfig
 from core.replay.offline import read_table
 from core.replay.segments import SegmentLog
-from core.schemas import feedback_schema, text_schema, to_record_batch
-from core.text_classifier import from_encoder
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.data.schemas import feedback_schema, text_schema, to_record_batch
+from core.models.classifier import from_encoder
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from serving.classify import Served, classify
 from serving.join import EventJoin, FeedbackRejected, to_columns
 from serving.requests import MAX_TEXTS, check_inputs_fit, grpc_inputs, parse_json, parse_predict

@@ -26,12 +26,12 @@ import torch
 from transformers import BertConfig
 
 from actors.traffic import TrafficWorker
-from core.feedback_config import FeedbackConfig, GateSection, TrafficSection
-from core.labeled_data import sentiment_reviews
-from core.registry import PolicyRegistry
-from core.schemas import feedback_schema, to_record_batch
-from core.text_classifier import from_encoder, from_version
-from core.tokenizer import SPECIAL_TOKENS, tokenizer_files, train_wordpiece
+from core.config.feedback import FeedbackConfig, GateSection, TrafficSection
+from core.data.labeled import sentiment_reviews
+from core.storage.registry import PolicyRegistry
+from core.data.schemas import feedback_schema, to_record_batch
+from core.models.classifier import from_encoder, from_version
+from core.models.tokenizer import SPECIAL_TOKENS, tokenizer_files, train_wordpiece
 from learners.feedback_source import FeedbackBatch, feedback_to_batch
 from learners.objective import WorkerContext
 from learners.online import OnlineObjective, OnlineSetup

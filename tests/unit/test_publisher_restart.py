@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from core.registry import PolicyRegistry
+from core.storage.registry import PolicyRegistry
 from serving.publisher import PolicyPublisher
 
 Publisher = PolicyPublisher.__ray_metadata__.modified_class

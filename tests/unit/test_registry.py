@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.registry import (
+from core.storage.registry import (
     CorruptPolicyError,
     PolicyMismatchError,
     PolicyNotFound,
@@ -152,7 +152,7 @@ def test_reads_and_stage_changes_check_the_policy_id_too(reg, tmp_path, bad):
 
 
 def test_a_name_with_a_trailing_newline_is_not_a_name(reg):
-    from core.config_base import NAME_PATTERN
+    from core.config.base import NAME_PATTERN
 
     assert NAME_PATTERN.match("cartpole") and not NAME_PATTERN.match("cartpole\n")
     with pytest.raises(RegistryError, match="invalid policy id"):

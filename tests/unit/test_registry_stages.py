@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from cluster.cli import main
-from core.registry import PolicyRegistry, RegistryError, StageConflict
-from core.registry_lease import LEASE_DIR, RegistryInUse, RegistryLease, live_runs, refuse_if_live
+from core.storage.registry import PolicyRegistry, RegistryError, StageConflict
+from core.storage.registry_lease import LEASE_DIR, RegistryInUse, RegistryLease, live_runs, refuse_if_live
 from serving.rollback import rollback_registry
 
 
@@ -179,8 +179,8 @@ def test_the_heartbeat_renews_the_lease(tmp_path):
 def test_a_stage_lock_held_on_an_object_store_names_its_holder_and_changes_nothing(monkeypatch):
     import uuid
 
-    from core import registry_locks
-    from core.object_lease import ObjectLease
+    from core.storage import registry_locks
+    from core.storage.object_lease import ObjectLease
 
     reg = PolicyRegistry(f"memory://evolve-test-{uuid.uuid4().hex}")
     v = reg.publish("p", _w(0))

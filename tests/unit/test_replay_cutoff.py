@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from core.replay.config import ReplayConfig, TableConfig
+from core.config.replay import ReplayConfig, TableConfig
 from core.replay.store import ShardStore
 from core.replay.table import ReplayTable, ReplayTimeout
 

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from core.replay.config import ReplayConfig, TableConfig
+from core.config.replay import ReplayConfig, TableConfig
 from core.replay.segments import SegmentLog, scan
 from core.replay.store import ShardStore
 from core.replay.table import KEY, ReplayError, ReplayTable, ReplayTimeout
-from core.schemas import SchemaError
+from core.data.schemas import SchemaError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from _transitions import cartpole_batch  # noqa: E402

@@ -11,7 +11,7 @@ import fsspec
 import pyarrow as pa
 import pytest
 
-from core.replay.config import TableConfig
+from core.config.replay import TableConfig
 from core.replay.object_log import ObjectSegmentLog
 from core.replay.table import ReplayTable
 

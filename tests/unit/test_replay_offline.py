@@ -14,10 +14,10 @@ import pytest
 from scipy.stats import chisquare
 
 from core.replay.columns import CodeRing, ColumnRings, FixedRing, ObjectRing
-from core.replay.config import ReplayConfig, TableConfig
+from core.config.replay import ReplayConfig, TableConfig
 from core.replay.offline import inspect, read_table, to_hf_dataset, to_parquet
 from core.replay.store import ShardStore, shard_of
-from core.schemas import schema_for, to_record_batch
+from core.data.schemas import schema_for, to_record_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from _transitions import cartpole_batch  # noqa: E402

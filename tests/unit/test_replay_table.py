@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 from scipy.stats import chisquare
 
-from core.config_loader import ConfigError, load_config
-from core.replay.config import TableConfig, deadlock_reasons, per_shard
+from core.config.loader import ConfigError, load_config
+from core.config.replay import TableConfig, deadlock_reasons, per_shard
 from core.replay.table import KEY, PROBABILITY, TIMES_SAMPLED, ReplayError, ReplayTable, ReplayTimeout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

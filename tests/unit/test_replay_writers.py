@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.replay.config import ReplayConfig, TableConfig
+from core.config.replay import ReplayConfig, TableConfig
 from core.replay.store import ShardStore
 from core.replay.table import ReplayTimeout
 

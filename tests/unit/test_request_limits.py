@@ -107,7 +107,7 @@ def test_huge_integer_is_400(client_and_parsed):
 
 
 def test_act_body_checks():
-    from core.rl.models import spec_for_env
+    from core.models.q import spec_for_env
     from serving.policy_server import act_limits, parse_act
 
     limits = act_limits(spec_for_env("CartPole-v1", "dqn", [8]))
@@ -122,7 +122,7 @@ def test_act_body_checks():
 @pytest.mark.parametrize("obs, where", [([1e39, 0.0, 0.0, 0.0], "obs[0]"), ([0.0, -1e39, 0.0, 0.0], "obs[1]"),
                                         ([[0.0] * 4, [0.0, 0.0, 3.5e38, 0.0]], "obs[1][2]")])
 def test_an_observation_beyond_float32_is_422_naming_it(obs, where):
-    from core.rl.models import spec_for_env
+    from core.models.q import spec_for_env
     from serving.policy_server import to_batch
 
     with pytest.raises(ValueError) as info:
@@ -135,8 +135,8 @@ def test_an_observation_beyond_float32_is_422_naming_it(obs, where):
 def test_a_version_that_cannot_answer_says_why():
     import torch
 
-    from core.rl.models import spec_for_env
-    from core.rl.policy import QPolicy, nonfinite_weights
+    from core.models.q import spec_for_env
+    from core.models.q_policy import QPolicy, nonfinite_weights
 
     policy = QPolicy(spec_for_env("CartPole-v1", "dqn", [8]))
     assert policy.fault() is None

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config_loader import ConfigError, load_config
-from core.rl.config import EpsilonSchedule, RLConfig
-from core.rl.models import PolicySpec, obs_width, spec_for_env
+from core.config.loader import ConfigError, load_config
+from core.config.rl import EpsilonSchedule, RLConfig
+from core.models.q import PolicySpec, obs_width, spec_for_env
 
 REPO = Path(__file__).resolve().parents[2]
 CARTPOLE, TAXI, DEFAULT = REPO / "configs/cartpole.yaml", REPO / "configs/taxi.yaml", REPO / "configs/default.yaml"
@@ -39,7 +39,7 @@ def _prepared(cfg, tmp_path):
     from cluster.loop import RunContext
     from cluster.loops.rl import RLLoop
     from cluster.rundir import RunDir
-    from core.registry import PolicyRegistry
+    from core.storage.registry import PolicyRegistry
 
     loop = RLLoop(cfg, RunContext(cfg, RunDir(tmp_path / "run"), PolicyRegistry(tmp_path / "registry")))
     loop.prepare()

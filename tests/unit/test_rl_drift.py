@@ -17,10 +17,10 @@ from actors.rollout import RolloutWorker
 from cluster.loops.rl_drift import RLDriftWatch, check_drift
 from core.adapt.detectors import Alarm
 from core.adapt.rl_controller import RLAdaptSection, RLController
-from core.rl.config import EpsilonSchedule, RLConfig
+from core.config.rl import EpsilonSchedule, RLConfig
 from core.rl.drift import EpsilonBoost, PhysicsShift, physics_wrappers
-from core.rl.models import spec_for_env
-from core.rl.policy import QPolicy
+from core.models.q import spec_for_env
+from core.models.q_policy import QPolicy
 
 
 # ---- the physics wrapper ---------------------------------------------------------------------

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.exploration import ExplorationSection, choose, serving_distribution
-from core.registry import PolicyRegistry
-from core.rl.gate_config import RLCanarySection, RLGateSection, RLOPESection
-from core.rl.models import spec_for_env
-from core.rl.policy import QPolicy
-from core.hashing import stable_unit_hash
+from core.stats.exploration import ExplorationSection, choose, serving_distribution
+from core.storage.registry import PolicyRegistry
+from core.config.rl_gate import RLCanarySection, RLGateSection, RLOPESection
+from core.models.q import spec_for_env
+from core.models.q_policy import QPolicy
+from core.data.hashing import stable_unit_hash
 from serving.rl_gate import RLGate
 from tests.unit.test_gate import FakePublisher
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from actors.nstep import NStep
 from core.replay.table import ReplayTimeout
-from core.rl.config import RLConfig
-from core.rl.models import PolicySpec
+from core.config.rl import RLConfig
+from core.models.q import PolicySpec
 from learners.dqn import DQNObjective
 from learners.objective import WorkerContext
 from learners.q_learning import QSetup, QTableObjective

@@ -14,10 +14,10 @@ import torch
 from actors.evaluator import Evaluator, greedy_returns
 from actors.nstep import NStep
 from actors.rollout import RolloutWorker, WriteSize, _NumpyQ
-from core.rl.config import EpsilonSchedule, RLConfig
-from core.rl.models import PolicySpec, QNetwork, build_model, spec_for_env
-from core.rl.policy import QPolicy
-from core.schemas import to_record_batch, transitions_schema
+from core.config.rl import EpsilonSchedule, RLConfig
+from core.models.q import PolicySpec, QNetwork, build_model, spec_for_env
+from core.models.q_policy import QPolicy
+from core.data.schemas import to_record_batch, transitions_schema
 
 CART = PolicySpec("dqn", 4, 2, (16,))
 TAXI = PolicySpec("qtable", 500, 6, (), discrete_obs=True)

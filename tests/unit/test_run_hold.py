@@ -1,4 +1,4 @@
-"""One run per storage (core.run_hold): an flock on a local run directory, a lease object on an
+"""One run per storage (core.storage.run_hold): an flock on a local run directory, a lease object on an
 object store (memory:// here; the SeaweedFS S3 gateway in tests/integration/test_storage_s3.py),
 and the conditional writes a lease rests on."""
 
@@ -17,14 +17,14 @@ import fsspec
 import pytest
 
 from cluster.cli import main
-from core.conditional_put import ConditionalStore, Precondition, precondition_failed
-from core.object_lease import LeaseHeld, LeaseLost, ObjectLease
-from core.run_hold import HOLD_FILE, LEASE_OBJECT, RunHold, StorageHeld, hold_places
+from core.storage.conditional_put import ConditionalStore, Precondition, precondition_failed
+from core.storage.object_lease import LeaseHeld, LeaseLost, ObjectLease
+from core.storage.run_hold import HOLD_FILE, LEASE_OBJECT, RunHold, StorageHeld, hold_places
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOLDER = r"""
 import sys
-from core.run_hold import RunHold
+from core.storage.run_hold import RunHold
 hold = RunHold([sys.argv[1]], "first")
 hold.acquire()
 print("held", hold.holder["run_id"], flush=True)

@@ -1,7 +1,7 @@
 import json
 
 from cluster.rundir import RunDir, read_events
-from core.config_loader import load_config
+from core.config.loader import load_config
 
 
 def test_run_directory_files(tmp_path):

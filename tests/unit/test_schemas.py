@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.schemas import SCHEMA_VERSION, SchemaError, schema_for, schema_version, to_record_batch, transitions_schema
+from core.data.schemas import SCHEMA_VERSION, SchemaError, schema_for, schema_version, to_record_batch, transitions_schema
 
 
 def _common(n, table="transitions", source="rollout"):

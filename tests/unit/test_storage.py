@@ -10,11 +10,11 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from core.replay.config import ReplayConfig, TableConfig
+from core.config.replay import ReplayConfig, TableConfig
 from core.replay.object_log import ObjectSegmentLog
 from core.replay.segments import SegmentLog
 from core.replay.store import ShardStore
-from core.storage import RunStorage, absolute, is_url, join, node_local_reason, shared_storage_problems
+from core.storage.paths import RunStorage, absolute, is_url, join, node_local_reason, shared_storage_problems
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from _transitions import cartpole_batch  # noqa: E402
@@ -108,7 +108,7 @@ def test_offline_tools_find_what_the_run_kept_under_run_storage(tmp_path):
     from cluster.replay_cli import _run_replay
     from cluster.rollback_cli import _registry_uri
     from cluster.rundir import RunDir
-    from core.config_loader import load_config
+    from core.config.loader import load_config
 
     shared = tmp_path / "shared"
     (shared / "replay").mkdir(parents=True)

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.mlm_config import CorpusConfig
-from core.text_corpus import CorpusError, clean_texts, load_corpus, people_daily_texts, split_heldout, strip_pos_tags
+from core.config.mlm import CorpusConfig
+from core.data.corpus import CorpusError, clean_texts, load_corpus, people_daily_texts, split_heldout, strip_pos_tags
 
 
 def test_strip_pos_tags_joins_words_as_written():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 
-from core.text_pairs import PAIR_LABELS, articles, is_headline, make_pairs, people_daily_pairs, write_pairs_csv
+from core.data.pairs import PAIR_LABELS, articles, is_headline, make_pairs, people_daily_pairs, write_pairs_csv
 
 LINES = [
     "北京举行新年音乐会", "新华社记者报道",  # a headline run of two lines

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.tokenizer import tokenizer_files, train_wordpiece
+from core.models.tokenizer import tokenizer_files, train_wordpiece
 from learners.objective import WorkerContext
 from learners.text_source import BlockPacker, ReplayTextSource
 

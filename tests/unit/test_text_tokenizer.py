@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from transformers import BertConfig
 
-from core.mlm_config import MLMConfig
-from core.mlm_data import prepare_mlm_data
-from core.text_models import ModelError, check_vocab_fits
-from core.tokenizer import (
+from core.config.mlm import MLMConfig
+from core.data.mlm import prepare_mlm_data
+from core.models.encoder import ModelError, check_vocab_fits
+from core.models.tokenizer import (
     TokenizerError,
     check_mlm_tokenizer,
     load_tokenizer,

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from actors.traffic import TrafficWorker
-from core.feedback_config import TrafficSection
-from core.labeled_data import LabeledData
+from core.config.feedback import TrafficSection
+from core.data.labeled import LabeledData
 
 LABELS = ["neg", "pos"]
 
@@ -224,7 +224,7 @@ def test_a_grouped_stream_reports_the_group_it_is_in():
 
 
 def test_after_a_concept_drift_the_users_of_a_group_mean_the_other_label():
-    from core.feedback_config import ConceptDrift
+    from core.config.feedback import ConceptDrift
 
     train = [(f"a {i}", 1) for i in range(10)] + [(f"b {i}", 1) for i in range(10)]
     data = LabeledData(train=train, heldout=[("held", 0)], labels=LABELS, groups=["a"] * 10 + ["b"] * 10)
@@ -270,7 +270,7 @@ def test_with_a_run_key_every_request_carries_it_and_feedback_names_the_predicti
 def test_act_client_sends_the_run_key_and_the_episode_user():
     """With auth on the run's key is a proxy key: each request names its simulated user."""
     from actors.act_traffic import ActClientWorker
-    from core.rl.gate_config import ActTrafficSection
+    from core.config.rl_gate import ActTrafficSection
 
     seen: list[httpx.Request] = []
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.feedback_config import FeedbackConfig
-from core.learning_speed import events_to_fraction
-from core.text_classifier import ClassifierError, from_version
-from core.wide_model import HashedNgrams, WidePart, hash_ngrams
+from core.config.feedback import FeedbackConfig
+from core.stats.learning_speed import events_to_fraction
+from core.models.classifier import ClassifierError, from_version
+from core.models.wide import HashedNgrams, WidePart, hash_ngrams
 from learners.feedback_source import FeedbackBatch
 from learners.objective import WorkerContext
 from learners.online import OnlineObjective, OnlineSetup
@@ -158,7 +158,7 @@ def test_events_to_95pct_is_the_first_curve_point_at_95_percent_of_the_final_val
 
 
 def test_a_fresh_gate_serves_the_wide_part_alone():
-    from core.wide_model import WidePart
+    from core.models.wide import WidePart
 
     part = WidePart(2, "wide_deep", "gate", buckets=64)
     deep, wide = torch.tensor([[3.0, -3.0]]), torch.tensor([[0.2, 0.1]])

@@ -1,0 +1,1 @@
+"""API keys, the run's key book, TLS settings."""

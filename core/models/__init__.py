@@ -1,0 +1,1 @@
+"""Model builders and versions as files: text encoders, the classifier, the wide part, Q-networks, tokenizers."""

@@ -1,0 +1,1 @@
+"""Where state lives: run storage paths, the policy registry, leases and locks, one run per storage."""
