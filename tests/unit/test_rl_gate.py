@@ -1,4 +1,4 @@
-"""The RL gate: CartPole policies judged on /act episodes (off-policy, then a sticky canary), without Ray.
+"""The gate of an RL policy: CartPole policies judged on /act episodes (off-policy, then a sticky canary), without Ray.
 
 Policies are hand-built Q-networks: `balancer` pushes toward the pole's lean
 (Q[right] - Q[left] = angle + 0.5 * angular velocity, which keeps CartPole up
@@ -17,11 +17,12 @@ import torch
 
 from core.stats.exploration import ExplorationSection, choose, serving_distribution
 from core.storage.registry import PolicyRegistry
-from core.config.rl_gate import RLCanarySection, RLGateSection, RLOPESection
+from core.config.gate import rl_gate
 from core.models.q import spec_for_env
 from core.models.q_policy import QPolicy
 from core.data.hashing import stable_unit_hash
-from serving.rl_gate import RLGate
+from gate import Gate
+from gate.kinds.q_policy import QPolicyKind
 from tests.unit.test_gate import FakePublisher
 
 P = "cart"
@@ -62,12 +63,29 @@ def _play(arms: dict[int, dict], episodes: int, seed: int, canary: int | None = 
     return out
 
 
+class RLGate(Gate):
+    """The calls an RL loop makes: the learner's publish (a version, or None), the clients' episodes."""
+
+    def publish(self, policy_id, weights):
+        return self.submit(policy_id, weights, wait=False)["version"]
+
+    def episode(self, policy_id, episode):
+        self.evidence(policy_id, [{"type": "episode", **episode}])
+
+    def unservable(self, policy_id, version, reason):
+        done = self.evidence(policy_id, [{"type": "unservable", "version": version, "reason": reason}])["unservable"]
+        return done[0] if done else None
+
+    def canary(self):
+        return self.stage(P, "canary")
+
+
 def _gate(tmp_path, stages, **canary) -> tuple[RLGate, PolicyRegistry, FakePublisher, list]:
     registry = PolicyRegistry(tmp_path / "registry")
     publisher, events = FakePublisher(registry), []
-    cfg = RLGateSection(stages=stages, ope=RLOPESection(min_episodes=20, bootstrap_samples=100),
-                        canary=RLCanarySection(**{"min_episodes": 10, "max_episodes": 40, **canary}))
-    gate = RLGate(registry, cfg, SPEC.to_dict(), EXPLORE, publisher, return_range=(0.0, 500.0),
+    cfg = rl_gate({"stages": stages, "ope": {"min_rows": 20, "bootstrap_samples": 100},
+                   "canary": {"min_requests": 10, "max_requests": 40, **canary}})
+    gate = RLGate(registry, QPolicyKind(SPEC.to_dict(), EXPLORE, (0.0, 500.0)), cfg, publisher=publisher,
                   emit=lambda kind, **f: events.append((kind, f)))
     return gate, registry, publisher, events
 
@@ -116,7 +134,7 @@ def test_a_poisoned_candidate_never_goes_live_and_its_canary_aborts(tmp_path):
 
 
 def test_an_equal_candidate_is_promoted_through_the_canary(tmp_path):
-    gate, registry, publisher, events = _gate(tmp_path, ["ope", "canary"], max_episodes=15, fraction=0.5)
+    gate, registry, publisher, events = _gate(tmp_path, ["ope", "canary"], max_requests=15, fraction=0.5)
     gate.publish(P, _balancer())
     for ep in _play({1: _balancer()}, 25, seed=3):
         gate.episode(P, ep)
@@ -131,7 +149,7 @@ def test_an_equal_candidate_is_promoted_through_the_canary(tmp_path):
     assert record.gate["decision"] == "promote", record.gate
     assert [s["stage"] for s in record.gate["stages"]] == ["ope", "canary"]
     assert registry.latest(P, "live").version == cand and publisher.restored[-1][0] == cand
-    assert gate.summary()["promoted"] == 1
+    assert sum(d["decision"] == "promote" for d in gate.summary()["promotions"]) == 1
     assert any(k == "gate_decision" and f["decision"] == "promote" for k, f in events)
 
 

@@ -1,0 +1,80 @@
+"""The gate's adaptive side: drift detectors on the live version's prequential correctness, on the
+requests' novelty and on the predicted-label mix, and the controller's decisions, with the state
+the learner and the rollback guard read.
+
+    evidence: scores of live's answers --> FeedbackAdaptation --alarm--> Controller
+              answered requests (novelty, label) -->
+                                                    |  decisions (ids)            | actions
+                                                    v                             v
+        learner: latest() every few updates   rollback guard: held(events) -> no rollback for a
+        (applies a new learner_boost once)    changed world, only for a worse model (gate/stages/rollback.py)
+
+Plain logic (tests drive it without Ray); the gate keeps one per policy with `adapt.enabled`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from core.config.adapt import AdaptSection
+from core.adapt.controller import Controller
+from core.adapt.detectors import Alarm, Detector
+
+
+class FeedbackAdaptation:
+    def __init__(self, cfg: AdaptSection):
+        self.cfg = cfg
+        self.detector = Detector("correctness", cfg.correctness, direction="down")
+        self.novelty = Detector("novelty", cfg.novelty, direction="up")
+        self.label_mix = Detector("label_mix", cfg.label_mix, direction="both")
+        self.mix_version: int | None = None  # the version the label-mix detector watches
+        self.controller = Controller(cfg)
+        self.version: int | None = None  # the live version the detector has been watching
+        self.events = 0
+        self.decisions: list[dict[str, Any]] = []
+
+    def observe(self, live: int | None, pairs: Iterable[tuple[int, float]], events: int) -> list[dict[str, Any]]:
+        """Feed the live version's values ((predicting version, 1/0 or reward) pairs; others are
+        ignored); returns the decisions this made, each once."""
+        self.events = max(self.events, int(events))
+        new = []
+        for version, value in pairs:
+            if version != live:
+                continue
+            new += self._decide(self.detector.update(value), live)
+        return new
+
+    def observe_inputs(self, live: int | None, inputs: Iterable[tuple[int, float | None, int]]) -> list[dict[str, Any]]:
+        """Feed what the replicas answered: (version, novelty 0..100 or None, predicted label id)."""
+        new = []
+        for version, novelty, label in inputs:
+            if novelty is not None:
+                new += self._decide(self.novelty.update(float(novelty) / 100.0), live)
+            if version != live:
+                continue
+            if version != self.mix_version:  # each version's own mix: restart the detector
+                self.label_mix = Detector("label_mix", self.cfg.label_mix, direction="both")
+                self.mix_version = version
+            new += self._decide(self.label_mix.update(1.0 if int(label) == 0 else 0.0), live)
+        return new
+
+    def _decide(self, alarm: Alarm | None, live: int | None) -> list[dict[str, Any]]:
+        if alarm is None:
+            return []
+        decision = self.controller.on_alarm(alarm, self.events)
+        record = {"id": len(self.decisions) + 1, "events": self.events, "version": live, **decision.to_dict()}
+        self.decisions.append(record)
+        return [record]
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest decision that acted (the learner applies each id once)."""
+        acted = [d for d in self.decisions if d["actions"]]
+        return acted[-1] if acted else None
+
+    def held(self) -> dict[str, Any] | None:
+        """The decision that holds rollbacks now: the data changed less than a cooldown ago, so a
+        drop of live's accuracy on feedback says nothing about the model."""
+        last = self.latest()
+        if last is None or self.events - last["events"] >= max(self.cfg.cooldown_events, 1):
+            return None
+        return last
