@@ -55,8 +55,8 @@ from core.stats.exploration import ExplorationSection
 from core.config.feedback import FeedbackConfig
 from core.storage.registry import WEIGHTS_FILE, PolicyRegistry
 from core.models.classifier import from_version
-from serving.canary import CanaryFollower
-from serving.canary import follow as follow_canary
+from serving.stage_follower import StageFollower
+from serving.stage_follower import follow as follow_stage
 from serving.catalog import describe_policies
 from serving.classify import Served, classify, greedy_answers
 from serving.novelty import NoveltyFollower
@@ -145,15 +145,19 @@ class FeedbackServer:
         self.novelty = NoveltyFollower(registry_uri, novelty_policy_id) if novelty_policy_id else None
         if self.novelty is not None:
             self._novelty_task = asyncio.get_event_loop().create_task(follow_novelty(self.novelty))
-        self.canary = CanaryFollower(registry_uri, policy_id, canary_fraction, device=self.device) if canary_fraction else None
+        self.canary = StageFollower(registry_uri, policy_id, canary_fraction, self._served) if canary_fraction else None
         if self.canary is not None:
-            self._canary_task = asyncio.get_event_loop().create_task(follow_canary(self.canary, Served))
+            self._canary_task = asyncio.get_event_loop().create_task(follow_stage(self.canary))
         # the gate's `shadow` stage: its version also answers a random share of requests, unseen by clients
-        self.shadow = (CanaryFollower(registry_uri, policy_id, shadow_fraction, stage="shadow", sticky=False,
-                                      device=self.device)
+        self.shadow = (StageFollower(registry_uri, policy_id, shadow_fraction, self._served, stage="shadow",
+                                     sticky=False)
                        if shadow_fraction else None)
         if self.shadow is not None:
-            self._shadow_task = asyncio.get_event_loop().create_task(follow_canary(self.shadow, Served))
+            self._shadow_task = asyncio.get_event_loop().create_task(follow_stage(self.shadow))
+
+    def _served(self, weights: Any, files: dict[str, bytes], version: int) -> Served:
+        """A stored version as this replica answers with it (a gate stage's: beside live, on its device)."""
+        return Served(_load_bundle(weights, files, self.device), version)
 
     # ---- following the publisher (hot swap) ------------------------------------------
     async def _follow(self) -> None:

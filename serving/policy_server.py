@@ -6,8 +6,8 @@ probability it was drawn with (`propensity`) and the distribution
 (`action_probs`), so a client that logs them can evaluate other policies on
 its own transitions (core/stats/ope.py `per_decision_is`).
 
-While the RL gate runs a canary (serving/rl_gate.py), a share of client keys
-is answered by the candidate (serving/act_canary.py): the key is the
+While the gate runs a canary (gate/stages/canary.py), a share of client keys
+is answered by the candidate (serving/stage_follower.py): the key is the
 `x-evolve-client` header, or one key per observation in `clients` for a
 batch of several clients' observations; `version` then says, per row,
 which version answered.
@@ -47,8 +47,8 @@ from ray.serve.config import BackpressureConfig
 import numpy as np
 
 from core.stats.exploration import ExplorationSection, choose, serving_distribution
-from serving.act_canary import ActCanary
-from serving.act_canary import follow as follow_canary
+from serving.stage_follower import StageFollower
+from serving.stage_follower import follow as follow_stage
 from serving.auth_guard import RouteGuard, admit, docs_need_key
 from serving.join_rules import FeedbackRejected
 from serving.body import JsonLimits, read_json
@@ -157,10 +157,20 @@ class PolicyServer:
         self.subscriber = f"serve-{uuid.uuid4().hex[:8]}"
         self.policy_ids = set(policy_ids)
         self._tasks = [asyncio.get_event_loop().create_task(self._follow(pid)) for pid in policy_ids]
-        self.canaries = {pid: ActCanary(registry_uri, pid, fraction) for pid, fraction in (canary or {}).items()}
-        for pid, follower in self.canaries.items():
-            self._tasks.append(asyncio.get_event_loop().create_task(
-                follow_canary(follower, lambda pid=pid: getattr(self.policies.get(pid), "spec", None))))
+        self.canaries = {pid: StageFollower(registry_uri, pid, fraction, self._policy_of(pid))
+                         for pid, fraction in (canary or {}).items()}
+        for follower in self.canaries.values():
+            self._tasks.append(asyncio.get_event_loop().create_task(follow_stage(follower)))
+
+    def _policy_of(self, policy_id: str):
+        """How a stored version of the policy answers: with the live policy's spec (the same model);
+        None until a live version is served."""
+
+        def load(weights: Any, files: dict, version: int) -> QPolicy | None:
+            live = self.policies.get(policy_id)
+            return None if live is None else QPolicy(live.spec, weights, version)
+
+        return load
 
     async def _follow(self, policy_id: str) -> None:
         version = 0

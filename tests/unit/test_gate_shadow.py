@@ -147,20 +147,21 @@ def test_shadow_must_come_after_the_offline_stages_and_before_the_canary():
 
 # ---- the replica and the joiner's side --------------------------------------------------------
 def test_a_replica_follows_the_shadow_stage_and_draws_it_per_request_not_per_client(tmp_path, world):
-    from serving.canary import CanaryFollower
     from serving.classify import Served
+    from serving.stage_follower import StageFollower
 
     registry = PolicyRegistry(tmp_path / "registry")
     registry.promote(P, registry.publish(P, world["base"], files=world["files"]))
     v2 = registry.publish(P, world["poisoned"], files=world["files"])
-    follower = CanaryFollower(str(tmp_path / "registry"), P, 0.5, stage="shadow", sticky=False)
-    assert follower.refresh(Served) is None and follower.routes("user-1") is None  # no shadow yet
+    follower = StageFollower(str(tmp_path / "registry"), P, 0.5, lambda w, f, v: Served(from_version(w, f), v),
+                             stage="shadow", sticky=False)
+    assert follower.refresh() is None and follower.routes("user-1") is None  # no shadow yet
     registry.promote(P, v2, stage="shadow")
-    assert follower.refresh(Served) == v2 and follower.current.version == v2
+    assert follower.refresh() == v2 and follower.current.version == v2
     drawn = [follower.routes("user-1") is not None for _ in range(400)]
     assert 0.35 < np.mean(drawn) < 0.65  # the same client: drawn anew each request, about `fraction`
     registry.clear(P, "shadow")
-    assert follower.refresh(Served) is None and follower.routes("user-1") is None
+    assert follower.refresh() is None and follower.routes("user-1") is None
 
 
 def test_the_client_gets_lives_answer_and_the_event_carries_the_shadows(world):

@@ -5,7 +5,7 @@ Policies are hand-built Q-networks: `balancer` pushes toward the pole's lean
 for hundreds of steps), `poisoned` is the same network with its two outputs
 swapped (the pole falls in about ten steps).  Episodes are played here the
 way serving/policy_server.py answers /act: Q-values through the serving
-exploration, canary rows chosen by serving/act_canary.py's sticky hash.
+exploration, canary rows chosen by serving/stage_follower.py's sticky hash.
 """
 
 from __future__ import annotations
@@ -154,18 +154,18 @@ def test_an_equal_candidate_is_promoted_through_the_canary(tmp_path):
 
 
 def test_a_canary_keeps_each_client_on_one_side(tmp_path):
-    from serving.act_canary import ActCanary
+    from serving.stage_follower import StageFollower
 
     gate, registry, _, _ = _gate(tmp_path, ["canary"])
     gate.publish(P, _balancer())
     cand = gate.publish(P, _balancer(gain=3.0))
-    follower = ActCanary(str(tmp_path / "registry"), P, fraction=0.3)
-    assert follower.refresh(SPEC) == cand
+    follower = StageFollower(str(tmp_path / "registry"), P, 0.3, lambda w, f, v: QPolicy(SPEC, w, v))
+    assert follower.refresh() == cand and follower.current.version == cand
     keys = [f"k{i}" for i in range(400)]
     first = follower.route(keys)
     assert (follower.route(keys) == first).all() and 0.2 < first.mean() < 0.4
     registry.clear(P, "canary")
-    assert follower.refresh(SPEC) is None and not follower.route(keys).any()
+    assert follower.refresh() is None and not follower.route(keys).any()
 
 
 def test_a_canary_undecided_when_the_run_ends_is_cleared_and_refused(tmp_path):
