@@ -24,14 +24,18 @@ from typing import Any
 from gate.pointer import GateError
 
 
-def kind_for(name: str, **args: Any) -> Any:
-    """The adapter of kind `name`, built from its arguments (names and dicts: they cross Ray)."""
+def kind_class(name: str) -> type:
     if name == "text_classifier":
         from gate.kinds.text import TextKind
 
-        return TextKind.from_args(**args)
+        return TextKind
     if name == "q_policy":
         from gate.kinds.q_policy import QPolicyKind
 
-        return QPolicyKind.from_args(**args)
+        return QPolicyKind
     raise GateError(f"no gate adapter for policy kind {name!r} (known: text_classifier, q_policy)")
+
+
+def kind_for(name: str, **args: Any) -> Any:
+    """The adapter of kind `name`, built from its arguments (names and dicts: they cross Ray)."""
+    return kind_class(name).from_args(**args)

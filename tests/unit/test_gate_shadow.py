@@ -186,7 +186,6 @@ def test_the_client_gets_lives_answer_and_the_event_carries_the_shadows(world):
 
 def test_the_joiner_hands_shadowed_feedback_to_the_gate_and_keeps_it_out_of_the_replay_rows():
     import asyncio
-    from types import SimpleNamespace
 
     from serving.join import Joiner
     from tests.unit.test_feedback_join import FakeGate, FlakyWriter, _event
@@ -195,7 +194,6 @@ def test_the_joiner_hands_shadowed_feedback_to_the_gate_and_keeps_it_out_of_the_
 
     async def run():
         writer, gate = FlakyWriter(), FakeGate()
-        gate.shadow_rows = SimpleNamespace(remote=lambda pid, rows: shadowed.extend(rows))
         joiner = Joiner(writer, 60.0, commit_interval_s=0.001, gate_name="evolve-gate-sentiment",
                         policy_id="sentiment", push_every=10)
         joiner._gate = gate
@@ -204,13 +202,14 @@ def test_the_joiner_hands_shadowed_feedback_to_the_gate_and_keeps_it_out_of_the_
         for i in range(n):
             assert (await joiner.feedback(f"e{i}", "pos"))["status"] == 200
         assert await joiner.flush(timeout_s=10)
-        return writer
+        return writer, gate
 
-    shadowed: list[dict] = []
-    writer = asyncio.run(run())
+    writer, gate = asyncio.run(run())
     assert len(writer.rows["feedback"]) == n  # every row trained on, none with a shadow column
     assert not any("shadow_version" in r for r in writer.rows["feedback"].values())
+    shadowed = [item["row"] for item in gate.items("feedback") if item["row"].get("shadow_prediction") is not None]
     assert len(shadowed) == n // 2 and {r["shadow_version"] for r in shadowed} == {4}
     assert all(r["shadow_prediction"] == 0 and r["prediction"] == 1 and r["label"] == 1 for r in shadowed)
     assert {r["policy_version"] for r in shadowed} == {3}
-
+    kind = TextKind([("t", 0)])
+    assert all(kind.read({"type": "feedback", "row": r}).shadow[0] == 4 for r in shadowed)  # the gate's shadow evidence

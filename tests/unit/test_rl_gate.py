@@ -226,3 +226,16 @@ def test_an_unservable_canary_is_aborted(tmp_path):
     assert registry.stages(P)["canary"]["version"] is None and record["decision"] == "refuse"
     assert "unservable" in record["reason"] and registry.latest(P, "live").version == live
     assert gate.canary() is None and publisher.restored == []
+
+
+def test_a_stage_list_the_kind_cannot_run_is_refused_before_ray_starts():
+    from cluster.errors import UserError
+    from cluster.gate_actor import check_gate
+
+    check_gate(rl_gate({"stages": ["ope", "canary"]}), "q_policy", "rl")
+    with pytest.raises(UserError, match=r"rl\.gate\.stages: 'shadow' needs shadow evidence, which a q_policy"):
+        check_gate(rl_gate({"stages": ["ope", "shadow"]}), "q_policy", "rl")
+    with pytest.raises(UserError, match="`ope` .* cannot come after `canary`"):
+        check_gate(rl_gate({"stages": ["canary", "ope"]}), "q_policy", "rl")
+    with pytest.raises(UserError, match="'heldout' needs heldout evidence"):
+        check_gate(rl_gate({"stages": ["heldout"]}), "q_policy", "rl")
