@@ -114,7 +114,7 @@ class Gate:
             return self._dropped(p, "another candidate is being judged")
         try:
             newest = p.records.ticket
-            if ticket != newest:
+            if wait and ticket != newest:
                 return self._dropped(p, f"stale: candidate #{ticket} was superseded by #{newest} while waiting",
                                      candidate=ticket, newest=newest)
             busy = self._busy(p)

@@ -177,10 +177,13 @@ class Joiner:
                 "held_for_gate": self.held_for_gate, "refused_full": self.refused_full}
 
     async def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every queued row is written (True) or `timeout_s` passes (False)."""
+        """Wait until every queued row is written (True) or `timeout_s` passes (False); the gate gets
+        the evidence it has not seen yet."""
         deadline = time.monotonic() + timeout_s
         while not self._idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        if self._kept:
+            self._push()
         return self._idle()
 
     def _idle(self) -> bool:

@@ -58,8 +58,15 @@ class RollbackGuard(Stage):
         return {"unservable": done, "window": None if window is None else self._window(newest, *window, clients)}
 
     def figures(self) -> dict[str, Any]:
+        """Versions reported unservable; live's window: its greedy accuracy on the newest feedback."""
+        live = self.policy.live_version
         with self.lock:
-            return {"unservable": len(self.unservable)}
+            window = self.windows.prequential().get(live)
+            clients = self.windows.clients().get(live, 0)
+            reported = len(self.unservable)
+        return {"unservable": reported, "live_window": None if window is None else {
+            "version": live, "correct": round(window[0], 3), "n": window[1], "clients": clients,
+            "accuracy": round(window[0] / window[1], 4) if window[1] else None}}
 
     # ---- the prequential window -----------------------------------------------------------------
     def _window(self, version: int, correct: float, n: int, clients: int) -> dict[str, Any]:

@@ -270,6 +270,27 @@ def test_joiner_hands_the_gate_its_evidence_and_keeps_what_the_gate_holds_out_fr
     assert len(answered) == n and {a["prediction"] for a in answered} == {1}  # every answer: version, novelty, label
 
 
+def test_a_flush_hands_the_gate_the_evidence_a_push_has_not_yet_carried():
+    import asyncio
+
+    from serving.join import Joiner
+
+    async def run():
+        gate = FakeGate()
+        joiner = Joiner(FlakyWriter(), 60.0, commit_interval_s=0.001, gate_name="g", policy_id="p", push_every=10)
+        joiner._gate = gate
+        await joiner.record([_event(i) for i in range(3)])
+        for i in range(3):
+            assert (await joiner.feedback(f"e{i}", "pos", client="alice"))["status"] == 200
+        before = len(gate.pushes)
+        assert await joiner.flush(timeout_s=10)
+        return before, gate
+
+    before, gate = asyncio.run(run())
+    assert before == 0 and len(gate.items("feedback")) == 3  # fewer than push_every: handed over at the flush
+    assert {item["client"] for item in gate.items("feedback")} == {"alice"}
+
+
 class GatedWriter(FlakyWriter):
     """Holds every write until the test opens the gate (a slow or restarting replay store)."""
 
