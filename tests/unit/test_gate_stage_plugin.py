@@ -1,7 +1,7 @@
 """A gate stage is one class and its registration: this module defines one, and nothing else changes.
 
-`slower` refuses a candidate that answers live's logged inputs more than `margin` times slower than
-live does.  It asks only what every policy kind gives (the inputs each unit of evidence answered,
+`slower` refuses a candidate that spends more than `margin` times live's CPU time answering the
+logged inputs of live's evidence (CPU time, not wall time: a busy machine slows both sides alike).  It asks only what every policy kind gives (the inputs each unit of evidence answered,
 `kind.answer`), has settings of its own (`gate.slower`), and works for the text classifier and the
 RL policy alike.  The slow candidate here is slowed on purpose (every call computes its answer
 `REPEATS` times), so the verdict does not depend on how fast the machine is: a margin of 5 is far
@@ -29,7 +29,7 @@ REPEATS = 30
 
 
 class SlowerSettings(Section):
-    margin: float = Field(default=3.0, gt=1)  # refused beyond this many times live's answering time
+    margin: float = Field(default=3.0, gt=1)  # refused beyond this many times live's CPU time
     min_inputs: int = Field(default=20, ge=1)
     inputs: int = Field(default=200, ge=1)  # the newest logged inputs kept
     repeats: int = Field(default=3, ge=1)  # each side timed this often; the fastest counts
@@ -57,15 +57,16 @@ class NotSlower(Stage):
         cand = self._seconds(candidate.model, inputs)
         evidence = {"candidate_s": round(cand, 4), "live_s": round(live, 4), "inputs": len(inputs)}
         if cand > cfg.margin * live:
-            return Verdict("refuse", f"answers {cand / live:.1f}x slower than live (margin {cfg.margin:g}x)", evidence)
+            return Verdict("refuse", f"answers {cand / max(live, 1e-9):.1f}x slower than live (margin {cfg.margin:g}x)",
+                           evidence)
         return Verdict("promote", f"answers within {cfg.margin:g}x of live's time", evidence)
 
     def _seconds(self, model, inputs) -> float:
         times = []
         for _ in range(self.settings.repeats):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             self.policy.kind.answer(model, inputs)
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
         return min(times)
 
 
