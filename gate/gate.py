@@ -47,9 +47,8 @@ from gate import decide
 from gate.evidence import Evidence
 from gate.lineage import events_seen
 from gate.pointer import GateError
-from gate.policy import MODELS_KEPT, Policy, plain_emit
+from gate.policy import MODELS_KEPT, Policy, Records, plain_emit
 from gate.publisher import Publisher
-from gate.records import Records
 from gate.stage import Candidate, check_stages
 
 log = logging.getLogger(__name__)

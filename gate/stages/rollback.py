@@ -1,9 +1,11 @@
 """The rollback guard: the stage that watches what is live, on every gate and every kind.
 
-    prequential  each version's window over its newest feedback (gate/windows.py): live rolls back
-                 when its greedy accuracy there falls below what the held-out set measured by more
-                 than `rollback_margin`; judged only on a window of at least `min_clients` senders,
-                 no one sender counting beyond `max_client_share` of it
+    prequential  each version's window over its newest feedback (`PrequentialWindows`): live rolls
+                 back when its greedy accuracy there falls below what the held-out set measured by
+                 more than `rollback_margin`; judged only on a window of at least `min_clients`
+                 senders, no one sender counting beyond `max_client_share` of it.  Feedback with no
+                 sender (no key, no client header) is one sender, "anonymous": however many people
+                 send it, they count once toward `min_clients` and share one cap
         held     not while a drift alarm holds (`adapt`: the data changed, not the model)
         target   the live version before it that was not itself rolled back from; with `adapt`,
                  only one better than live on the recent slice
@@ -13,13 +15,66 @@
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import Any, Sequence
 
 from core.stats.paired import prequential_check_counts
 from gate.evidence import Evidence
 from gate.pointer import GateError
 from gate.stage import GUARD, Stage, register_stage
-from gate.windows import PrequentialWindows
+
+MAX_VERSIONS_TRACKED = 100  # prequential windows kept (newest versions)
+
+
+class PrequentialWindows:
+    def __init__(self, window: int, max_client_share: float = 1.0):
+        self.window, self.max_client_share = window, max_client_share
+        # version -> last `window` (value, weight, client): who sent each feedback, for the share cap
+        self.scores: dict[int, deque[tuple[float, float, str | None]]] = {}
+
+    def prequential(self) -> dict[int, tuple[float, int]]:
+        """{policy_version: (correct, n)} over each version's last `window` feedbacks.
+
+        correct / n is the version's accuracy as it would answer greedily, the figure the gate
+        measured on the held-out set: 1/0 for labeled feedback (the label against the version's
+        argmax), the reward for reward-only feedback.  With exploration the served answer is
+        sometimes not the argmax; its reward then says nothing about the greedy answer, and the
+        window is self-normalised over the rows served greedily, each weighted 1 / propensity.
+        """
+        out = {}
+        for v, s in sorted(self.scores.items()):
+            kept = self._capped(s)  # the mean over the capped rows; n stays the window's (is it full yet)
+            weight = sum(w for _, w, _ in kept)
+            if weight > 0:
+                out[v] = (sum(x * w for x, w, _ in kept) / weight * len(s), len(s))
+        return out
+
+    def clients(self) -> dict[int, int]:
+        """{policy_version: distinct feedback senders in its window}; unattributed rows (None) are
+        one sender: nothing says they come from more than one."""
+        return {v: len({c for _, _, c in s}) for v, s in sorted(self.scores.items())}
+
+    def _capped(self, rows: deque) -> list[tuple[float, float, str | None]]:
+        """The window with each sender's rows beyond `max_client_share` of it left out (its oldest):
+        one client, however busy, moves the figure by at most its share; the unattributed rows too."""
+        if self.max_client_share >= 1:
+            return list(rows)
+        cap = max(1, math.ceil(self.max_client_share * len(rows)))
+        seen: dict[str | None, int] = {}
+        kept = []
+        for row in reversed(rows):
+            seen[row[2]] = seen.get(row[2], 0) + 1
+            if seen[row[2]] <= cap:
+                kept.append(row)
+        return kept[::-1]
+
+    def add(self, version: int, value: float, weight: float, client: str | None = None) -> None:
+        if version not in self.scores:
+            self.scores[version] = deque(maxlen=self.window)
+            for old in sorted(self.scores)[:-MAX_VERSIONS_TRACKED]:
+                del self.scores[old]
+        self.scores[version].append((value, weight, client))
 
 
 @register_stage(GUARD)

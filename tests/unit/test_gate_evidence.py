@@ -1,7 +1,7 @@
 """What the joined feedback says to the gate: each version's prequential window, and the rule that holds feedback out.
 
 The rows come from the real join (serving/event_join.py), as the joiner hands them over; the text
-kind reads each (gate/kinds/text.py) and the rollback guard's windows (gate/windows.py) keep them.
+kind reads each (gate/kinds/text.py) and the rollback guard's windows (gate/stages/rollback.py) keep them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from gate.kinds.text import TextKind
 from gate.slices import Slices
-from gate.windows import PrequentialWindows
+from gate.stages.rollback import PrequentialWindows
 from serving.join import EventJoin
 from tests.unit.test_feedback_join import Clock, _event
 
