@@ -1,4 +1,4 @@
-"""`/act` clients: simulated users of a served RL policy, the RL gate's live evidence.
+"""`/act` clients: simulated users of a served RL policy, the gate's live evidence.
 
 Each of `episodes_at_once` slots plays an episode of the env, asking POST
 /v1/policies/<id>/act for every action: one batched request per step for all
@@ -144,7 +144,7 @@ class ActClientWorker:
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class ActClientActor:
-    """Plays episodes through `/act` and hands each to the RL gate (fire-and-forget, at most 32 in flight)."""
+    """Plays episodes through `/act` and hands each to the gate as evidence (fire-and-forget, at most 32 in flight)."""
 
     def __init__(self, act_url: str, env_id: str, traffic: dict, gate: Any, policy_id: str, name: str = "act",
                  api_key: str | None = None, verify: str | bool = True):
@@ -155,7 +155,7 @@ class ActClientActor:
         self.worker.start()
 
     def _send(self, episode: dict) -> None:
-        self.inflight.append(self.gate.episode.remote(self.policy_id, episode))
+        self.inflight.append(self.gate.evidence.remote(self.policy_id, [{"type": "episode", **episode}]))
         if len(self.inflight) >= 32:
             _, self.inflight = ray.wait(self.inflight, num_returns=16)
 

@@ -1,4 +1,4 @@
-"""The live-evidence gate's decisions on traffic with known truth (issue 18).
+"""The live-evidence gate's decisions on traffic with known truth.
 
     live        the sentiment classifier (the MLM-pretrained encoder of runs/mlm, fine-tuned on
                 `--train-rows` labeled reviews)
@@ -8,8 +8,9 @@
     candidates  better (live trained further), equal (live's weights), slightly worse (live's
                 head with noise), poisoned (live's head flipped); submitted in that order
                 (worst first, so a wrong promotion changes what the next one faces)
-    gate        PublishGate (serving/gate.py) with `gate.stages: [ope]`: the off-policy slice
-                holds the logged traffic; a local publisher stores and promotes (no Ray)
+    gate        Gate (gate/gate.py, the text classifier's kind) with `gate.stages: [ope]`: the logged
+                traffic is its evidence, held out for the `ope` stage; a local publisher stores and
+                promotes (no Ray)
     truth       each model's accuracy on the whole traffic (every label known here): the right
                 decision is promote iff the candidate is not worse than live beyond the tolerance
 
@@ -101,10 +102,11 @@ def run(args) -> dict:
     import numpy as np
 
     from core.stats.exploration import ExplorationSection, choose, serving_distribution
-    from core.config.feedback import GateSection, OPESection
+    from core.config.gate import GateSection, OPESection
     from core.storage.registry import PolicyRegistry
     from core.models.classifier import from_version
-    from serving.gate import PublishGate
+    from gate import Gate
+    from gate.kinds.text import TextKind
 
     t0 = time.time()
     data, files, base, cands, traffic, origin = models(args)
@@ -128,10 +130,10 @@ def run(args) -> dict:
                     for t, a, m, y, k in zip(texts, actions, mu, labels, labeled)]
             with tempfile.TemporaryDirectory() as tmp:
                 registry = PolicyRegistry(Path(tmp) / "registry")
-                gate = PublishGate(registry, data.heldout[: args.heldout_rows], cfg, publisher=LocalPublisher(registry),
-                                   seed=seed)
+                gate = Gate(registry, TextKind(data.heldout[: args.heldout_rows]), cfg,
+                            publisher=LocalPublisher(registry), seed=seed)
                 gate.bootstrap("sentiment", weights=base, files=files)
-                gate.offpolicy("sentiment", rows)
+                gate.evidence("sentiment", [{"type": "feedback", "row": r, "slice": "ope"} for r in rows])
                 live = "live"
                 for name, weights in cands.items():
                     d = gate.submit("sentiment", weights, files, {})
@@ -162,7 +164,7 @@ def run(args) -> dict:
 def canary_aborts(probs: dict, labels, args) -> dict:
     import numpy as np
 
-    from core.config.feedback import CanarySection
+    from core.config.gate import CanarySection
     from core.stats.sequential import CanaryTest
 
     c = CanarySection()

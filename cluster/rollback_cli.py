@@ -54,7 +54,7 @@ def _run_registry(run_dir: Path) -> str:
 
 
 def _rollback_offline(policy_id: str, to: int | None, uri: str) -> dict:
-    from serving.rollback import GateError, rollback_registry
+    from gate.pointer import GateError, rollback_registry
 
     try:
         refuse_if_live(uri, f"roll {policy_id!r} back")
@@ -67,7 +67,7 @@ def _rollback_live(policy_id: str, to: int | None, address: str, namespace: str)
     import ray
 
     from cluster.connect import ClusterConnectError, probe
-    from serving.gate_actor import gate_name
+    from cluster.gate_actor import gate_name
 
     try:
         probe(address)

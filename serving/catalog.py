@@ -7,7 +7,7 @@ from typing import Any
 from core.storage.registry import PolicyRegistry
 
 
-IN_FLIGHT_STAGES = ("shadow", "canary")  # the gate's stages on live traffic (serving/gate_shadow.py, gate_canary.py)
+IN_FLIGHT_STAGES = ("shadow", "canary")  # the gate's stages on live traffic (gate/stages/shadow.py, canary.py)
 
 
 def describe_policies(registry: PolicyRegistry, max_versions: int = 20) -> dict[str, Any]:

@@ -6,7 +6,7 @@ the event keeps the pair's second text in `text_pair` (None for one text).
     probabilities [N, L] -> serving distribution (core/stats/exploration.py) -> served label ~ it
     client:  label, probabilities (the model's), propensity (the served label's probability), novelty
     event:   prediction (the served label), probs, propensity, action_probs (the serving distribution),
-             and with a shadow (serving/gate_shadow.py) its version and greedy answer
+             and with a shadow (gate/stages/shadow.py) its version and greedy answer
 
 The event keeps both distributions: the learner's reward-only update and
 off-policy evaluation (core/stats/ope.py) need the probability the answer was

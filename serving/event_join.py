@@ -20,7 +20,7 @@ Answers (HTTP status in `FeedbackRejected.status`):
 A feedback is taken in two steps, because its row must be stored before it counts:
 `take` checks it and returns the row (the event is then spoken for: a repeat waits for
 the same row, a different feedback is a 409), then `settle` once the row is stored
-(it counts: joined, the prequential window) or `reopen` when the write failed (the
+(it counts: joined; the joiner hands it to the gate) or `reopen` when the write failed (the
 event is open again, so the client's retry is written, not answered as a repeat).
 `join` is both at once, for feedback that needs no write.
 
@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from serving.join_window import PrequentialWindows
-from serving.join_rules import FeedbackRejected, check_reward, describe, greedy_verdict
+from serving.join_rules import FeedbackRejected, check_reward, describe
 
 MAX_EVENT_ID_CHARS = 128
+SHADOW_FIELDS = ("shadow_version", "shadow_prediction")  # the gate's evidence only: no replay column holds them
 
 
 @dataclass
@@ -73,12 +73,10 @@ class Event:
 
 @dataclass
 class InFlight:
-    """A taken feedback whose row is not yet stored: what it counts for once it is."""
+    """A taken feedback whose row is not yet stored: what it is, and who sent it."""
 
     key: tuple[int | None, float | None]
     version: int
-    value: float
-    weight: float
     client: str | None
 
 
@@ -106,11 +104,10 @@ class JoinStats:
 class EventJoin:
     def __init__(self, feedback_ttl_s: float, *, feedback_table: str = "feedback", text_table: str | None = "text",
                  max_events: int = 200_000, tombstone_s: float | None = None, max_tombstones: int | None = None,
-                 window: int = 300, max_client_share: float = 1.0, clock: Callable[[], float] = time.time,
-                 max_open_per_client: int | None = None):
-        if feedback_ttl_s <= 0 or max_events < 1 or window < 1:
-            raise ValueError("feedback_ttl_s, max_events and window must be positive")
-        self.ttl, self.max_events, self.window = feedback_ttl_s, max_events, window
+                 clock: Callable[[], float] = time.time, max_open_per_client: int | None = None):
+        if feedback_ttl_s <= 0 or max_events < 1:
+            raise ValueError("feedback_ttl_s and max_events must be positive")
+        self.ttl, self.max_events = feedback_ttl_s, max_events
         # below max_events, so one sender alone never pushes the others' events out by capacity
         self.max_open_per_client = max_open_per_client or max(1, max_events // 4)
         self.tombstone_s = feedback_ttl_s if tombstone_s is None else tombstone_s
@@ -120,7 +117,6 @@ class EventJoin:
         self.tombs: OrderedDict[str, Tombstone] = OrderedDict()
         self.open: dict[str | None, OrderedDict[str, None]] = {}  # sender -> its events without feedback
         self.inflight: dict[str, InFlight] = {}  # taken feedback whose row is not yet stored
-        self.windows = PrequentialWindows(window, max_client_share)
         self.stats = JoinStats()
 
     # ---- events ------------------------------------------------------------------
@@ -207,27 +203,27 @@ class EventJoin:
         ev.feedback = key
         ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
         self._close(event_id, ev)
-        self.inflight[event_id] = InFlight(key, ev.policy_version, *greedy_verdict(ev, label_idx, reward), client)
+        self.inflight[event_id] = InFlight(key, ev.policy_version, client)
         row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
             "event_id": event_id, "text": ev.text, "text_pair": ev.text_pair, "prediction": ev.prediction,
             "probs": list(ev.probs),
             "label": label_idx, "reward": reward, "propensity": ev.propensity,
             "action_probs": None if ev.action_probs is None else list(ev.action_probs),
         }
-        if ev.shadow_prediction is not None:  # the gate's, split off before the replay store (join_rules.py)
+        if ev.shadow_prediction is not None:  # the gate's evidence, split off before the replay store (join.py)
             row.update(shadow_version=ev.shadow_version, shadow_prediction=ev.shadow_prediction)
         return dict(ev.answer), row
 
-    def settle(self, event_id: str) -> None:
-        """The taken feedback's row is stored: it counts (joined, the version's prequential window)."""
+    def settle(self, event_id: str) -> InFlight | None:
+        """The taken feedback's row is stored: it counts (joined); returns what was taken (None: nothing was)."""
         taken = self.inflight.pop(event_id, None)
         if taken is None:
-            return
-        self.windows.add(taken.version, taken.value, taken.weight, taken.client)
+            return None
         self.stats.joined += 1
         ev = self.events.get(event_id)
         if ev is not None:
             ev.text, ev.text_pair, ev.uncertain = "", None, None  # the row has them; the event answers repeats
+        return taken
 
     def reopen(self, event_id: str, maybe_stored: bool = False) -> None:
         """The taken feedback's row was not stored: the event waits for feedback again.
@@ -245,13 +241,6 @@ class EventJoin:
             self._open(ev, self.clock())
         elif event_id in self.tombs:  # gone meanwhile: a retry hears why (410)
             self.tombs[event_id].feedback = self.tombs[event_id].answer = None
-
-    # ---- prequential accuracy (serving/join_window.py) ----------------------------
-    def prequential(self) -> dict[int, tuple[float, int]]:
-        return self.windows.prequential()
-
-    def clients(self) -> dict[int, int]:
-        return self.windows.clients()
 
     # ---- memory ------------------------------------------------------------------
     def _evict(self, now: float) -> None:

@@ -41,7 +41,7 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -55,8 +55,8 @@ from core.stats.exploration import ExplorationSection
 from core.config.feedback import FeedbackConfig
 from core.storage.registry import WEIGHTS_FILE, PolicyRegistry
 from core.models.classifier import from_version
-from serving.canary import CanaryFollower
-from serving.canary import follow as follow_canary
+from serving.stage_follower import StageFollower
+from serving.stage_follower import follow as follow_stage
 from serving.catalog import describe_policies
 from serving.classify import Served, classify, greedy_answers
 from serving.novelty import NoveltyFollower
@@ -145,15 +145,19 @@ class FeedbackServer:
         self.novelty = NoveltyFollower(registry_uri, novelty_policy_id) if novelty_policy_id else None
         if self.novelty is not None:
             self._novelty_task = asyncio.get_event_loop().create_task(follow_novelty(self.novelty))
-        self.canary = CanaryFollower(registry_uri, policy_id, canary_fraction, device=self.device) if canary_fraction else None
+        self.canary = StageFollower(registry_uri, policy_id, canary_fraction, self._served) if canary_fraction else None
         if self.canary is not None:
-            self._canary_task = asyncio.get_event_loop().create_task(follow_canary(self.canary, Served))
+            self._canary_task = asyncio.get_event_loop().create_task(follow_stage(self.canary))
         # the gate's `shadow` stage: its version also answers a random share of requests, unseen by clients
-        self.shadow = (CanaryFollower(registry_uri, policy_id, shadow_fraction, stage="shadow", sticky=False,
-                                      device=self.device)
+        self.shadow = (StageFollower(registry_uri, policy_id, shadow_fraction, self._served, stage="shadow",
+                                     sticky=False)
                        if shadow_fraction else None)
         if self.shadow is not None:
-            self._shadow_task = asyncio.get_event_loop().create_task(follow_canary(self.shadow, Served))
+            self._shadow_task = asyncio.get_event_loop().create_task(follow_stage(self.shadow))
+
+    def _served(self, weights: Any, files: dict[str, bytes], version: int) -> Served:
+        """A stored version as this replica answers with it (a gate stage's: beside live, on its device)."""
+        return Served(_load_bundle(weights, files, self.device), version)
 
     # ---- following the publisher (hot swap) ------------------------------------------
     async def _follow(self) -> None:
@@ -324,7 +328,7 @@ class FeedbackServer:
 class FeedbackApp:
     app_name: str
     route_prefix: str
-    joiner: Any  # FeedbackJoiner handle: prequential(), stats(), flush()
+    joiner: Any  # FeedbackJoiner handle: stats(), flush()
 
 
 def bound_grpc_messages(max_text_chars: int) -> int:
@@ -352,18 +356,17 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
                         max_ongoing_requests: int | None = None,
                         app_name: str = APP_NAME, route_prefix: str = ROUTE_PREFIX,
                         joiner_name: str = JOINER_NAME, gate_name: str | None = None,
+                        slices: Callable[[str, bool], str | None] | None = None,
                         novelty_policy_id: str | None = None,
                         exploration: ExplorationSection | None = None, auth: dict | None = None) -> FeedbackApp:
-    """Start the shared joiner (writes to `writer`, a replay client; None = rows dropped; it tells
-    the gate actor `gate_name`, when given, the live version's accuracy on feedback) and the app.
+    """Start the shared joiner (writes to `writer`, a replay client; None = rows dropped; it hands
+    the gate actor `gate_name`, when given, the evidence of every kept feedback, and keeps out of
+    training what the gate's `slices` rule holds out) and the app.
 
     Serve must already run (deploy_gateway's serve.start, with `grpc_options(...)` for gRPC).
     """
-    joiner = get_or_create_joiner(writer, cfg.feedback_ttl_s, cfg.feedback_table, cfg.text_table,
-                                  cfg.gate.window, name=joiner_name, gate_name=gate_name, policy_id=cfg.policy_id,
-                                  recent_fraction=cfg.adapt.recent_fraction if cfg.adapt.enabled else 0.0,
-                                  ope_fraction=cfg.gate.ope.fraction if "ope" in cfg.gate.stages else 0.0,
-                                  max_client_share=cfg.gate.max_client_share)
+    joiner = get_or_create_joiner(writer, cfg.feedback_ttl_s, cfg.feedback_table, cfg.text_table, name=joiner_name,
+                                  gate_name=gate_name, policy_id=cfg.policy_id, slices=slices)
     # a replica must admit a whole batch of requests at once, or Serve's default (5) caps the batch
     ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
     app = FeedbackServer.options(

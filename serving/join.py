@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
-from core.data.hashing import stable_unit_hash
-from core.data.inputs import input_of_row
-from serving.event_join import MAX_EVENT_ID_CHARS, Event, EventJoin, FeedbackRejected, to_columns
+from serving.event_join import MAX_EVENT_ID_CHARS, SHADOW_FIELDS, Event, EventJoin, FeedbackRejected, to_columns
 from serving.join_commit import CommitFailed, GroupCommit
-from serving.join_rules import split_shadow
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +37,23 @@ class Joiner:
     Text-table rows are best effort (continual MLM): at most `max_text_pending` wait, the rest
     are dropped and counted.  A restarted joiner has forgotten its events: their feedback gets 404.
 
-    With a `gate_name`, every `push_every` stored feedbacks the joiner hands that gate
-    actor the predicting version's prequential window (the rollback guard) and each
-    feedback's verdict on its version (the drift detector), as the feedback is stored, and
-    how many distinct clients sent the window (the guard needs `gate.min_clients`).
-    With `recent_fraction`, that share of labeled feedback (by a salted hash of the event id:
-    the salt is the joiner's own secret, so a client cannot tell which of its feedback is held out)
-    goes to the gate's recent slice instead of the replay store: no learner sees it;
-    with `ope_fraction`, that share of all feedback goes to the gate's off-policy slice.
-    Feedback on an event the gate's shadow answered too goes to the gate's shadow stage as
-    well (the shadow's answer never reaches the replay store).
+    With a `gate_name`, every `push_every` kept feedbacks the joiner hands that gate actor
+    the evidence since the last push in one call (`evidence`): each kept feedback's joined row
+    (a shadow's answer included) with its sender and the slice it was held out for, and the
+    requests answered meanwhile.  What to hold out is the gate's rule, `slices` (gate/slices.py,
+    called and never imported: `slices(event_id, labeled) -> "recent" | "ope" | None`): a
+    feedback it holds out goes to the gate alone, never to the replay store, so no learner sees
+    it.  The joiner keeps no gate state: the gate judges.
     """
 
     def __init__(self, writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
-                 text_table: str | None = "text", window: int = 300, max_events: int = 200_000,
+                 text_table: str | None = "text", max_events: int = 200_000,
                  commit_interval_s: float = 0.05, gate_name: str | None = None, policy_id: str | None = None,
-                 push_every: int = 10, recent_fraction: float = 0.0, ope_fraction: float = 0.0,
-                 max_client_share: float = 1.0, salt: str | None = None, max_pending: int = 20_000,
-                 durable_timeout_s: float = 10.0, commit_timeout_s: float | None = None,
+                 push_every: int = 10, slices: Callable[[str, bool], str | None] | None = None,
+                 max_pending: int = 20_000, durable_timeout_s: float = 10.0, commit_timeout_s: float | None = None,
                  max_text_pending: int = 20_000, max_open_per_client: int | None = None):
         self.join = EventJoin(feedback_ttl_s, feedback_table=feedback_table, text_table=text_table,
-                              window=window, max_events=max_events, max_client_share=max_client_share,
-                              max_open_per_client=max_open_per_client)
-        self.salt = secrets.token_hex(16) if salt is None else salt
+                              max_events=max_events, max_open_per_client=max_open_per_client)
         self.writer = writer
         give_up = durable_timeout_s if commit_timeout_s is None else commit_timeout_s
         self.commits = {feedback_table: GroupCommit(writer, feedback_table, interval_s=commit_interval_s,
@@ -75,17 +65,13 @@ class Joiner:
         self.max_pending, self.durable_timeout_s = max_pending, durable_timeout_s
         self.refused_full = 0
         self.gate_name, self.policy_id, self.push_every = gate_name, policy_id, push_every
+        self.slices = slices if gate_name is not None else None
         self._gate: Any = None
-        self._unpushed: list[tuple[int, float]] = []  # (predicting version, 1/0 or reward) since the last push
-        self.recent_fraction = recent_fraction if gate_name is not None else 0.0
-        self._recent: list[tuple[str, int]] = []  # held-out labeled rows for the gate, since the last push
-        self.ope_fraction = ope_fraction if gate_name is not None else 0.0
-        self._offpolicy: list[dict[str, Any]] = []  # held-out rows for the gate's off-policy stage
-        self._shadowed: list[dict[str, Any]] = []  # rows with a shadow's answer, for the gate's shadow stage
+        self._kept: list[dict[str, Any]] = []  # feedback evidence for the gate since the last push
         self.held_for_gate = 0
         # (version, novelty, predicted label) of answered requests since the last push, for the
         # gate's input detectors; the newest only, if feedback (and so pushes) stalls
-        self._inputs: deque[tuple[int, float | None, int]] = deque(maxlen=5000)
+        self._answered: deque[tuple[int, float | None, int]] = deque(maxlen=5000)
 
     async def record(self, events: list[dict[str, Any]], client: str | None = None) -> int:
         """Remember served events (`client`: who asked, for events that do not say)."""
@@ -93,7 +79,7 @@ class Joiner:
         if self.join.text_table is not None:
             self.commits[self.join.text_table].put(rows, wait=False)
         if self.gate_name is not None:
-            self._inputs.extend((int(e["policy_version"]), e.get("novelty"), int(e["prediction"])) for e in events)
+            self._answered.extend((int(e["policy_version"]), e.get("novelty"), int(e["prediction"])) for e in events)
         return len(events)
 
     async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None,
@@ -109,7 +95,7 @@ class Joiner:
         except FeedbackRejected as exc:
             return {"status": exc.status, "detail": exc.detail}
         # a repeat while the first one's row is in flight waits for the same row
-        durable = self._store(event_id, answer, row) if row is not None else self._durable.get(event_id)
+        durable = self._store(event_id, row) if row is not None else self._durable.get(event_id)
         if durable is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(durable), self.durable_timeout_s)
@@ -123,71 +109,51 @@ class Joiner:
                         "retry_after_s": 1}
         return {"status": 200, "body": answer}
 
-    def _store(self, event_id: str, answer: dict[str, Any], row: dict[str, Any]) -> asyncio.Future | None:
-        """Send a taken feedback's row on its way: the future of its commit, or None when it needs none."""
-        row, shadowed = split_shadow(row)
-        if row["label"] is not None and stable_unit_hash(f"{self.salt}{event_id}#recent") < self.recent_fraction:
-            self._recent.append((input_of_row(row), int(row["label"])))  # the gate's, never the learner's
-            self.held_for_gate += 1
-        elif stable_unit_hash(f"{self.salt}{event_id}#ope") < self.ope_fraction:
-            self._offpolicy.append({k: row[k] for k in ("text", "text_pair", "prediction", "propensity", "label",
-                                                        "reward")})
+    def _store(self, event_id: str, row: dict[str, Any]) -> asyncio.Future | None:
+        """Send a taken feedback's row on its way: the future of its commit, or None when it needs none
+        (the gate's rule held it out of training)."""
+        held = self.slices(event_id, row["label"] is not None) if self.slices is not None else None
+        if held is not None:
             self.held_for_gate += 1
         else:
-            durable = self.commits[self.join.feedback_table].put([row])
+            replay = {k: v for k, v in row.items() if k not in SHADOW_FIELDS}  # a shadow's answer is the gate's
+            durable = self.commits[self.join.feedback_table].put([replay])
             if durable is not None:
                 self._durable[event_id] = durable
-                durable.add_done_callback(lambda f: self._committed(event_id, answer, row, shadowed, f))
+                durable.add_done_callback(lambda f: self._committed(event_id, row, f))
                 return durable
-        self._counted(event_id, answer, row, shadowed)
+        self._counted(event_id, row, held)
         return None
 
-    def _committed(self, event_id: str, answer: dict, row: dict, shadowed: dict | None,
-                   done: asyncio.Future) -> None:
+    def _committed(self, event_id: str, row: dict, done: asyncio.Future) -> None:
         self._durable.pop(event_id, None)
         failed = done.exception() if not done.cancelled() else CommitFailed(503, "cancelled", True)
         if failed is None:
-            self._counted(event_id, answer, row, shadowed)
+            self._counted(event_id, row, None)
         else:  # not stored: the event is open for the client's retry
             self.join.reopen(event_id, maybe_stored=getattr(failed, "maybe_stored", True))
 
-    def _counted(self, event_id: str, answer: dict, row: dict, shadowed: dict | None) -> None:
-        """The feedback is kept (stored, or held for the gate): it counts."""
-        self.join.settle(event_id)
-        if shadowed is not None and self.gate_name is not None:
-            self._shadowed.append(shadowed)
-        verdict = answer["correct"] if answer["correct"] is not None else row["reward"]
-        self._push_window(answer["model_version"], float(verdict))
-
-    def _push_window(self, version: int, verdict: float) -> None:
+    def _counted(self, event_id: str, row: dict, held: str | None) -> None:
+        """The feedback is kept (stored, or held for the gate): it counts, and is the gate's evidence."""
+        taken = self.join.settle(event_id)
         if self.gate_name is None:
             return
-        self._unpushed.append((version, verdict))
-        if len(self._unpushed) < self.push_every:
-            return
-        pairs, self._unpushed = self._unpushed, []
-        recent, self._recent = self._recent, []
-        offpolicy, self._offpolicy = self._offpolicy, []
-        shadowed, self._shadowed = self._shadowed, []
-        inputs = list(self._inputs)
-        self._inputs.clear()
+        self._kept.append({"type": "feedback", "row": row, "client": taken.client if taken else None, "slice": held})
+        if len(self._kept) >= self.push_every:
+            self._push()
+
+    def _push(self) -> None:
+        items = self._kept + [{"type": "answered", "version": v, "novelty": n, "prediction": p}
+                              for v, n, p in self._answered]
+        self._kept = []
+        self._answered.clear()
         try:
             if self._gate is None:
                 self._gate = ray.get_actor(self.gate_name)
-            self._gate.observe.remote(self.policy_id, pairs, self.join.stats.joined, recent, inputs)
-            if offpolicy:
-                self._gate.offpolicy.remote(self.policy_id, offpolicy)
-            if shadowed:
-                self._gate.shadow_rows.remote(self.policy_id, shadowed)
-            window = self.join.prequential().get(version)  # None: nothing served greedily yet
-            if window is not None:
-                self._gate.check_window.remote(self.policy_id, version, *window, self.join.clients()[version])
+            self._gate.evidence.remote(self.policy_id, items)
         except Exception as exc:  # the gate is restarting or gone: the next push tries again
             self._gate = None
             log.warning("feedback joiner: cannot reach gate %r: %s", self.gate_name, exc)
-
-    def prequential(self) -> dict[int, tuple[float, int]]:
-        return self.join.prequential()
 
     def open_events(self, client: str | None) -> int:
         """How many of `client`'s predicted events wait for feedback (at most max_open_per_client)."""
@@ -211,10 +177,13 @@ class Joiner:
                 "held_for_gate": self.held_for_gate, "refused_full": self.refused_full}
 
     async def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every queued row is written (True) or `timeout_s` passes (False)."""
+        """Wait until every queued row is written (True) or `timeout_s` passes (False); the gate gets
+        the evidence it has not seen yet."""
         deadline = time.monotonic() + timeout_s
         while not self._idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        if self._kept:
+            self._push()
         return self._idle()
 
     def _idle(self) -> bool:
@@ -226,13 +195,11 @@ FeedbackJoiner = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Jo
 
 
 def get_or_create_joiner(writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
-                         text_table: str | None = "text", window: int = 300, name: str = JOINER_NAME,
+                         text_table: str | None = "text", name: str = JOINER_NAME,
                          gate_name: str | None = None, policy_id: str | None = None,
-                         recent_fraction: float = 0.0, ope_fraction: float = 0.0,
-                         max_client_share: float = 1.0) -> Any:
+                         slices: Callable[[str, bool], str | None] | None = None) -> Any:
     # Ray warns about any ray.get in an async actor; the joiner's run in worker threads
     # (asyncio.to_thread in _write), never on the event loop, so the warning is noise here.
     quiet = {"env_vars": {"RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}}
     return FeedbackJoiner.options(name=name, get_if_exists=True, runtime_env=quiet).remote(
-        writer, feedback_ttl_s, feedback_table, text_table, window, gate_name=gate_name, policy_id=policy_id,
-        recent_fraction=recent_fraction, ope_fraction=ope_fraction, max_client_share=max_client_share)
+        writer, feedback_ttl_s, feedback_table, text_table, gate_name=gate_name, policy_id=policy_id, slices=slices)

@@ -6,8 +6,8 @@ probability it was drawn with (`propensity`) and the distribution
 (`action_probs`), so a client that logs them can evaluate other policies on
 its own transitions (core/stats/ope.py `per_decision_is`).
 
-While the RL gate runs a canary (serving/rl_gate.py), a share of client keys
-is answered by the candidate (serving/act_canary.py): the key is the
+While the gate runs a canary (gate/stages/canary.py), a share of client keys
+is answered by the candidate (serving/stage_follower.py): the key is the
 `x-evolve-client` header, or one key per observation in `clients` for a
 batch of several clients' observations; `version` then says, per row,
 which version answered.
@@ -21,7 +21,8 @@ No answer is computed from a non-finite number: an observation value beyond floa
 a 422 naming it, and so is one whose Q-values overflow on a sound version. A version that cannot
 answer at all (a non-finite weight, or non-finite Q-values on an all-zero observation) is never
 answered from: 503 with the reason while it is live (a canary of it answers nobody: its rows go
-to live), and the RL gate, when one runs, is told (`RLGateActor.unservable`) and rolls it back.
+to live), and the policy's gate, when one runs, is told (an `unservable` item of its evidence)
+and rolls it back.
 
 Each replica subscribes to the publisher (long-poll) for every policy it
 serves and swaps weights in place when a new version is live: requests keep
@@ -47,8 +48,8 @@ from ray.serve.config import BackpressureConfig
 import numpy as np
 
 from core.stats.exploration import ExplorationSection, choose, serving_distribution
-from serving.act_canary import ActCanary
-from serving.act_canary import follow as follow_canary
+from serving.stage_follower import StageFollower
+from serving.stage_follower import follow as follow_stage
 from serving.auth_guard import RouteGuard, admit, docs_need_key
 from serving.join_rules import FeedbackRejected
 from serving.body import JsonLimits, read_json
@@ -148,7 +149,7 @@ class PolicyServer:
                  registry_uri: str | None = None, canary: dict[str, float] | None = None, auth: dict | None = None,
                  gates: dict[str, Any] | None = None):
         self.publisher = publisher
-        self.gates = dict(gates or {})  # policy id -> its RLGateActor, told of an unservable version
+        self.gates = dict(gates or {})  # policy id -> its gate actor, told of an unservable version
         self._faults: dict[tuple[str, int], str | None] = {}
         self.guard = RouteGuard(auth)  # API keys (serving.auth), or only the client header when off
         self.explore = {pid: ExplorationSection.model_validate((exploration or {}).get(pid, {})) for pid in policy_ids}
@@ -157,10 +158,20 @@ class PolicyServer:
         self.subscriber = f"serve-{uuid.uuid4().hex[:8]}"
         self.policy_ids = set(policy_ids)
         self._tasks = [asyncio.get_event_loop().create_task(self._follow(pid)) for pid in policy_ids]
-        self.canaries = {pid: ActCanary(registry_uri, pid, fraction) for pid, fraction in (canary or {}).items()}
-        for pid, follower in self.canaries.items():
-            self._tasks.append(asyncio.get_event_loop().create_task(
-                follow_canary(follower, lambda pid=pid: getattr(self.policies.get(pid), "spec", None))))
+        self.canaries = {pid: StageFollower(registry_uri, pid, fraction, self._policy_of(pid))
+                         for pid, fraction in (canary or {}).items()}
+        for follower in self.canaries.values():
+            self._tasks.append(asyncio.get_event_loop().create_task(follow_stage(follower)))
+
+    def _policy_of(self, policy_id: str):
+        """How a stored version of the policy answers: with the live policy's spec (the same model);
+        None until a live version is served."""
+
+        def load(weights: Any, files: dict, version: int) -> QPolicy | None:
+            live = self.policies.get(policy_id)
+            return None if live is None else QPolicy(live.spec, weights, version)
+
+        return load
 
     async def _follow(self, policy_id: str) -> None:
         version = 0
@@ -234,7 +245,7 @@ class PolicyServer:
 
     def _fault(self, policy_id: str, policy: QPolicy) -> str | None:
         """Why `policy`'s version cannot answer at all (None: it can); found once per version, and
-        then told to the policy's RL gate when one runs."""
+        then told to the policy's gate when one runs."""
         key = (policy_id, policy.version)
         if key not in self._faults:
             if len(self._faults) >= 256:  # versions come and go: forget old verdicts, not the gate's
@@ -244,7 +255,8 @@ class PolicyServer:
                 log.warning("policy %s v%s is unservable: %s", policy_id, policy.version, fault)
                 gate = self.gates.get(policy_id)
                 if gate is not None:
-                    gate.unservable.remote(policy_id, policy.version, fault)
+                    gate.evidence.remote(policy_id, [{"type": "unservable", "version": policy.version,
+                                                      "reason": fault}])
         return self._faults[key]
 
 
@@ -254,7 +266,7 @@ def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 
                          gates: dict[str, Any] | None = None) -> str:
     """`canary`: policy id -> the share of client keys its canary answers (needs `registry_uri`);
     `auth`: the run's guard settings (serving/auth_guard.py), None when auth is off;
-    `gates`: policy id -> its RLGateActor handle, told when a version cannot answer."""
+    `gates`: policy id -> its gate actor's handle, told when a version cannot answer."""
     explore = {pid: cfg.model_dump() for pid, cfg in (exploration or {}).items()}
     app = PolicyServer.options(
         num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}, max_queued_requests=MAX_QUEUED_REQUESTS,

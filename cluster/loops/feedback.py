@@ -1,15 +1,15 @@
 """The live feedback loop: Serve predict/feedback -> replay -> online learner -> gate -> live on every replica.
 
     TrafficActor x n --HTTP predict--> FeedbackServer (Serve, @serve.batch) --events--> FeedbackJoiner
-          |                                 ^                                          |  joined rows     | prequential
-          +------HTTP feedback--------------+                         replay `feedback` (+ `text`)     | windows
+          |                                 ^                                          |  joined rows     | evidence
+          +------HTTP feedback--------------+                         replay `feedback` (+ `text`)     | (one call)
                                             | long-poll                                | sample        v
                                    PolicyPublisher <--promote-- GateActor <--candidate-- TorchTrainer(OnlineObjective)
 
 Version 1 is the starting classifier (core.models.classifier_start).  The joiner
-hands the gate the live version's accuracy on incoming feedback as it
-arrives: the gate rolls back on a drop and, with `feedback.adapt`, its drift
-detector boosts the learner and holds the rollback while the data changes.
+hands the gate (gate/, in its actor cluster/gate_actor.py) every kept feedback as
+evidence: the gate rolls back on a drop of live's accuracy and, with `feedback.adapt`,
+its drift detector boosts the learner and holds the rollback while the data changes.
 This loop reports what the gate decided, and for a grouped stream (domain
 after domain) the accuracy matrix of the continual-learning metrics.  Done
 once live reaches `feedback.stop_accuracy`.
@@ -37,11 +37,12 @@ from core.data.corpus import CorpusError
 from learners.feedback_source import FeedbackSource
 from learners.online import OnlineObjective, OnlineSetup, split_batch
 from learners.train_loop import LoopSpec
+from cluster.gate_actor import GateActor, check_gate, gate_name
+from gate.slices import Slices
 from serving.feedback_app import deploy_feedback_app, stop_joiner, undeploy_feedback_app
-from serving.gate_actor import GateActor, gate_name
 from serving.publisher import PUBLISHER_NAME, get_or_create_publisher
 
-SPEC = {"kind": "text_classifier"}
+KIND = "text_classifier"  # the gate's adapter (gate/kinds/text.py)
 
 
 class FeedbackLoop(LoopBase):
@@ -63,6 +64,7 @@ class FeedbackLoop(LoopBase):
     def prepare(self) -> None:
         if not self.cfg.serving.enabled:
             raise UserError("the feedback loop serves its model: set serving.enabled: true")
+        check_gate(self.fb.gate, KIND, "feedback")
         try:
             self.data: LabeledData = self.fb.data.load()
         except CorpusError as exc:
@@ -75,8 +77,8 @@ class FeedbackLoop(LoopBase):
         fb, ctx = self.fb, self.ctx
         self.publisher = get_or_create_publisher(ctx.registry.uri)
         self.gate = GateActor.options(name=gate_name(fb.policy_id), get_if_exists=True).remote(
-            ctx.registry.uri, fb.data.model_dump(mode="json"), fb.gate.model_dump(), PUBLISHER_NAME, SPEC,
-            torch_threads=1, adapt=fb.adapt.model_dump(),
+            ctx.registry.uri, KIND, {"data": fb.data.model_dump(mode="json")}, fb.gate.model_dump(mode="json"),
+            PUBLISHER_NAME, adapt=fb.adapt.model_dump(mode="json"),
         )
         first = self._bootstrap()
         self.event("bootstrap", **_plain(first), origin=self.origin)
@@ -86,7 +88,7 @@ class FeedbackLoop(LoopBase):
         self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
                                        num_cpus=self.cfg.serving.replica_num_cpus,
                                        num_gpus=self.cfg.serving.replica_num_gpus, gate_name=gate_name(fb.policy_id),
-                                       novelty_policy_id=novelty,
+                                       slices=Slices.of(fb.gate, fb.adapt), novelty_policy_id=novelty,
                                        exploration=self.cfg.serving.exploration_for(fb.policy_id), auth=ctx.auth)
         base = ctx.endpoints.get("http", f"http://{self.cfg.serving.host}:{self.cfg.serving.http_port}")
         ctx.endpoints[f"{self.name}_predict"] = f"{base}{self.app.route_prefix}/predict"
@@ -157,7 +159,7 @@ class FeedbackLoop(LoopBase):
             "heldout_acc": round_or_none(acc, 3),
             "version": live,
             "promoted": self.gate_summary.get("promoted", 0),
-            "refused": self.gate_summary.get("refusals", 0),
+            "refused": self.gate_summary.get("refused", 0),
             **({"adapt": self.adaptations} if self.fb.adapt.enabled else {}),
             **({"group": self.group} if self.matrix is not None else {}),
             **figures,
@@ -205,6 +207,7 @@ class FeedbackLoop(LoopBase):
     # ---- stop and summary ----------------------------------------------------------------
     def finish(self) -> None:
         if self.gate is not None:
+            ray.wait([self.gate.close.remote(self.fb.policy_id)], timeout=30)  # no experiment outlives the run
             self._take_gate_events()
             if self.matrix is not None and self.group is not None:
                 for group in [*self.unrecorded, self.group]:  # where the run ended, last
@@ -243,7 +246,7 @@ class FeedbackLoop(LoopBase):
             "traffic_errors": {i: s.get("errors") for i, s in self.actors.stats.items()},
             "learner_updates": self.learner_figures()["updates"],
             "promoted": g.get("promoted", 0),
-            "refused": g.get("refusals", 0),
+            "refused": g.get("refused", 0),
             "rollbacks": g.get("rollbacks", []),
             "reached_stop_accuracy_s": round(self.reached_at - self.started, 3) if self.reached_at else None,
             "resumed_from_update": self.learner.resumed_from if self.learner else None,

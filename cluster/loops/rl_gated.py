@@ -1,7 +1,8 @@
 """The RL loop's gate on `/act` traffic (`rl.gate.stages`): its actors, events and figures.
 
-    RLGateActor (serving/rl_gate.py)  <- the learner publishes to it instead of the publisher
-         ^ episodes                       -> live on evidence, through PolicyPublisher
+    GateActor (cluster/gate_actor.py, the q_policy kind)  <- the learner publishes to it instead of
+         ^ evidence: episodes, unservable versions           the publisher; live on evidence, through
+         |                                                    PolicyPublisher
     ActClientActor (actors/act_traffic.py) -> POST /v1/policies/<id>/act, canary rows sticky per client
 
 Without stages nothing here runs and the learner publishes straight to the
@@ -17,9 +18,11 @@ import ray
 from actors.act_traffic import ActClientActor
 from cluster.errors import UserError
 from cluster.learner_run import get_or
+from cluster.gate_actor import GateActor, check_gate, gate_name
 from core.config.evolve import EvolveConfig
 from serving.publisher import PUBLISHER_NAME
-from serving.rl_gate_actor import RLGateActor, rl_gate_name
+
+KIND = "q_policy"  # the gate's adapter (gate/kinds/q_policy.py)
 
 
 class ActGate:
@@ -36,6 +39,7 @@ class ActGate:
             return None
         if not self.cfg.serving.enabled:
             raise UserError("rl.gate.stages and rl.traffic need serving.enabled: true (the gate judges /act traffic)")
+        check_gate(self.rl.gate, KIND, "rl")
         if self.rl.gate.return_range is not None:
             return tuple(self.rl.gate.return_range)
         import gymnasium as gym
@@ -50,9 +54,10 @@ class ActGate:
         if not self.gated:
             return None
         rl = self.rl
-        self.gate = RLGateActor.options(name=rl_gate_name(rl.policy_id), get_if_exists=True).remote(
-            registry_uri, rl.gate.model_dump(), spec, self.cfg.serving.exploration_for(rl.policy_id).model_dump(),
-            PUBLISHER_NAME, self.check(), seed)
+        kind_args = {"spec": spec, "exploration": self.cfg.serving.exploration_for(rl.policy_id).model_dump(),
+                     "return_range": self.check()}
+        self.gate = GateActor.options(name=gate_name(rl.policy_id), get_if_exists=True, num_cpus=0).remote(
+            registry_uri, KIND, kind_args, rl.gate.model_dump(mode="json"), PUBLISHER_NAME, seed=seed)
         return self.gate
 
     def gates(self) -> dict[str, Any] | None:
@@ -82,7 +87,9 @@ class ActGate:
                 ev.pop("time", None)
                 self.event(ev.pop("event", "rl_gate"), **ev)
             s = get_or(self.gate.summary.remote(), {})
-            self.figures_ = {k: s.get(k) for k in ("promoted", "refused", "aborted", "dropped", "canary")}
+            trial = s.get("in_flight") or {}
+            self.figures_ = {**{k: s.get(k) for k in ("promoted", "refused", "aborted", "dropped")},
+                             "canary": trial.get("version") if trial.get("stage") == "canary" else None}
         return {**self.figures_, **({"act_episodes": self.client_stats.get("episodes")} if self.clients else {})}
 
     def summary(self) -> dict[str, Any]:
@@ -109,5 +116,5 @@ class ActGate:
 class _Nowhere:
     """Where an ungated loop's clients send episodes (`rl.traffic.enabled` alone)."""
 
-    def episode(self, policy_id: str, episode: dict) -> None:
+    def evidence(self, policy_id: str, items: list) -> None:
         pass

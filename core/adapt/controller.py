@@ -1,6 +1,6 @@
 """The adaptive controller: what the feedback loop changes when the world changes.
 
-The signals (serving/adaptation.py): the live version's prequential
+The signals (gate/adaptation.py): the live version's prequential
 correctness, the novelty of the requests, the mix of predicted labels.  An
 alarm on the live version's prequential correctness (the share of its
 predictions that incoming feedback confirms) means the data moved: a new
@@ -13,7 +13,7 @@ learn the new data sooner and makes the gate compare versions on it:
                     and with `domain_mlm` > 0 a masked-LM loss on the new texts (continual MLM)
     hold_rollback   for `cooldown_events` feedback events the rollback guard does not read live's
                     drop on feedback as a regression (candidates are still judged on the fixed
-                    held-out set and the gate's recent slice: serving/recent_slice.py)
+                    held-out set and the gate's recent slice: gate/recent.py)
 
 One adaptation per `cooldown_events` feedback events: alarms inside the
 cooldown are recorded and answered with no action.

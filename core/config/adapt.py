@@ -23,7 +23,7 @@ class DetectorConfig(Section):
 class AdaptSection(Section):
     """What the feedback loop does when the live version's accuracy on incoming feedback drifts down:
     boost the learner, and hold the rollback guard for a cooldown (see core/adapt/controller.py);
-    and the gate's recent slice of feedback the learner never sees (serving/recent_slice.py).
+    and the gate's recent slice of feedback the learner never sees (gate/recent.py).
 
     enabled: false keeps the loop as it is without an adaptive layer.
     """
@@ -50,7 +50,7 @@ class AdaptSection(Section):
     domain_mlm: float = Field(default=0.0, ge=0, le=10)
     # The gate's recent slice: this share of labeled feedback (by a hash of the event id) is held out
     # of training; the newest `recent_size` rows judge candidates and rollback targets once there are
-    # `recent_min` of them (serving/recent_slice.py).
+    # `recent_min` of them (gate/recent.py).
     recent_fraction: float = Field(default=0.1, gt=0, lt=1)
     recent_size: int = Field(default=400, ge=20)
     recent_min: int = Field(default=150, ge=10)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from core.config.adapt import AdaptSection
 from core.config.base import NAME_PATTERN, Section
+from core.config.gate import GateSection
 from core.config.mlm import ModelConfig
 
 if TYPE_CHECKING:
@@ -82,88 +83,6 @@ class TrafficSection(Section):
     feedback_delay_s: tuple[float, float] = (0.0, 0.5)  # uniform random delay before feedback
     actor_num_cpus: float = Field(default=0.2, gt=0)
     concept_drift: ConceptDrift | None = None  # labels that change meaning part-way through the stream
-
-
-class OPESection(Section):
-    """The gate's off-policy stage: a share of joined feedback, never trained on, evaluates candidates
-    counterfactually (core/stats/ope.py); meaningful when serving explores (serving.exploration)."""
-
-    fraction: float = Field(default=0.1, gt=0, lt=1)  # of joined feedback, by a hash of the event id
-    method: Literal["ips", "snips", "dr"] = "dr"
-    size: int = Field(default=3000, ge=10)  # newest rows kept
-    min_rows: int = Field(default=300, ge=10)  # fewer: a candidate is refused for lack of evidence
-    level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval on candidate - live
-    bootstrap_samples: int = Field(default=500, ge=50)
-
-
-class ShadowSection(Section):
-    """The gate's shadow stage: the candidate also answers a share of live requests (clients get live's
-    answer); its answers, joined with the feedback, are judged against live's off-policy (core/stats/ope.py)."""
-
-    fraction: float = Field(default=0.5, gt=0, le=1)  # of predict requests, drawn per request
-    min_rows: int = Field(default=300, ge=10)  # joined feedbacks with a shadow answer before it decides
-    # A shadow that gathers fewer rows in this long is refused for lack of evidence, so a quiet
-    # endpoint never holds the gate (newer candidates are dropped while a shadow runs).
-    max_s: float = Field(default=1800.0, gt=0)
-    method: Literal["ips", "snips", "dr"] = "dr"
-    level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval on candidate - live
-    bootstrap_samples: int = Field(default=500, ge=50)
-
-
-class CanarySection(Section):
-    """The gate's canary stage: a share of live traffic answered by the candidate, judged by an
-    always-valid sequential test on the feedback rewards (core/stats/sequential.py)."""
-
-    fraction: float = Field(default=0.2, gt=0, lt=1)  # of predict requests, sticky per client key
-    max_requests: int = Field(default=500, ge=10)  # the candidate's exposure cap (joined feedbacks)
-    min_requests: int = Field(default=30, ge=2)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    n_opt: int = Field(default=500, ge=10)  # where the confidence sequence is tightest
-
-
-class GateSection(Section):
-    """A candidate goes live only if each of the gate's stages says it is not worse than live."""
-
-    # In order; a candidate refused by one never reaches the next.  `heldout`: the paired test on
-    # the fixed held-out set (always scored: its accuracy is the lineage's `heldout_accuracy`);
-    # `ope`: the candidate's off-policy estimate on held-back live feedback against live's;
-    # `shadow`: it also answers a share of live requests, judged on their feedback (clients get live's);
-    # `canary` (last): it answers a share of live traffic until a sequential test decides.
-    stages: list[Literal["heldout", "ope", "shadow", "canary"]] = Field(default_factory=lambda: ["heldout"],
-                                                                         min_length=1)
-    ope: OPESection = Field(default_factory=OPESection)
-    shadow: ShadowSection = Field(default_factory=ShadowSection)
-    canary: CanarySection = Field(default_factory=CanarySection)
-
-    @field_validator("stages")
-    @classmethod
-    def _live_stages_last(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"each gate stage at most once, got {v}")
-        if "canary" in v and v[-1] != "canary":
-            raise ValueError("`canary` must be the last gate stage: it decides on live traffic, after the others")
-        if "shadow" in v and v[v.index("shadow") + 1:] not in ([], ["canary"]):
-            raise ValueError(f"`shadow` runs on live traffic after `heldout` and `ope`, only `canary` may follow "
-                             f"it; got {v}")
-        return v
-
-    test: Literal["mcnemar", "bootstrap"] = "mcnemar"
-    tolerance: float = Field(default=0.01, ge=0, lt=1)  # accuracy points a candidate may lose
-    alpha: float = Field(default=0.05, gt=0, lt=1)  # significance of "worse"
-    min_gain: float = Field(default=0.0, ge=0)  # promote only when at least this much better
-    bootstrap_samples: int = Field(default=1000, ge=100)
-    # Also refuse a candidate the test finds worse (beyond tolerance) than the best version ever
-    # live: stops a chain of small accepted losses from sliding the loop downhill.
-    drift_guard: bool = True
-    # Prequential guard: roll back when live accuracy on incoming feedback (last `window` events)
-    # falls below what the gate measured by more than `rollback_margin`.
-    window: int = Field(default=300, ge=20)
-    rollback_margin: float = Field(default=0.1, ge=0, le=1)
-    # Feedback trust: the guard rolls back only on a window sent by at least `min_clients`
-    # distinct clients (API keys when serving.auth is on, else the x-evolve-client header),
-    # and no one client's rows count beyond `max_client_share` of the window.
-    min_clients: int = Field(default=3, ge=1)
-    max_client_share: float = Field(default=0.2, gt=0, le=1)
 
 
 class FeedbackModelConfig(ModelConfig):

@@ -9,7 +9,8 @@ from pydantic import Field, model_validator
 from core.adapt.rl_controller import RLAdaptSection
 from core.config.base import NAME_PATTERN, Section
 from core.config.rl_drift import DriftConfig
-from core.config.rl_gate import ActTrafficSection, RLGateSection
+from core.config.gate import RLGateSection, rl_gate
+from core.config.rl_gate import ActTrafficSection
 
 
 class EpsilonSchedule(Section):
@@ -67,8 +68,9 @@ class RLConfig(Section):
     # a change of the env's physics during the run, and the adaptive layer's answer to it
     drift: DriftConfig = Field(default_factory=DriftConfig)
     adapt: RLAdaptSection = Field(default_factory=RLAdaptSection)
-    # the publish gate on /act traffic (core/config/rl_gate.py); no stages: every version goes live
-    gate: RLGateSection = Field(default_factory=RLGateSection)
+    # the publish gate on /act traffic (core/config/gate.py, an RL policy's values); no stages: every
+    # version goes live
+    gate: RLGateSection = Field(default_factory=rl_gate)
     traffic: ActTrafficSection = Field(default_factory=ActTrafficSection)
 
     @model_validator(mode="after")

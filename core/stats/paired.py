@@ -38,7 +38,7 @@ p-value ("observed worse"); no promoted version is ever measured worse than its
 parent beyond the tolerance.  The cost: an equally good candidate is refused
 when noise puts it more than `tolerance` below live (with 1000 held-out rows
 and 10 % discordance, about one time in six); the next candidate comes soon.
-Chains of small accepted losses are the gate's job too: `serving/gate.py`
+Chains of small accepted losses are the gate's job too: `gate/stages/heldout.py`
 also tests each candidate against the best version ever live (the test alone,
 so noise does not freeze the loop).
 

@@ -19,7 +19,7 @@ interval [lo_c - hi_l, hi_c - lo_l] covers the true difference at all times with
               canary that cannot be told from live does not run for ever)
     continue  otherwise
 
-Plain numpy; `serving/gate_canary.py` feeds it.
+Plain numpy; the gate's `canary` stage (gate/stages/canary.py) feeds it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from cluster.key_service import start_key_service
 from serving.auth_guard import guard_settings
 from serving.policy_server import deploy_policy_server, undeploy_policy_server
 from serving.feedback_app import deploy_feedback_app, grpc_options, stop_joiner, undeploy_feedback_app
-from serving.gate_actor import GateActor, gate_name
+from cluster.gate_actor import GateActor, gate_name
 from serving.publisher import PolicyPublisher
 from tests.conftest import free_port
 from tests.integration.helpers import wait_until
@@ -63,7 +63,8 @@ def world(tmp_path_factory):
         cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=120, max_batch_size=8, batch_wait_timeout_s=0.005)
         cfg.data.max_heldout = 50
         gate = GateActor.options(name=gate_name(POLICY)).remote(
-            registry, cfg.data.model_dump(mode="json"), cfg.gate.model_dump(), "auth-test-publisher", torch_threads=1)
+            registry, "text_classifier", {"data": cfg.data.model_dump(mode="json")}, cfg.gate.model_dump(mode="json"),
+            "auth-test-publisher")
         weights = {k: v.numpy() for k, v in model.weights().items()}
         assert ray.get(gate.bootstrap.remote(POLICY, weights, model.files()), timeout=120)["version"] == 1
         assert ray.get(gate.submit.remote(POLICY, weights, model.files(), {}), timeout=120)["decision"] == "promote"

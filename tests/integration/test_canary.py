@@ -25,7 +25,7 @@ from core.models.classifier import from_encoder, from_version
 from core.data.corpus import review_texts
 from core.models.tokenizer import tokenizer_files, train_wordpiece
 from serving.feedback_app import CLIENT_HEADER, deploy_feedback_app, stop_joiner, undeploy_feedback_app
-from serving.gate_actor import GateActor, gate_name
+from cluster.gate_actor import GateActor, gate_name
 from serving.publisher import PolicyPublisher
 from tests.conftest import free_port
 from tests.integration.helpers import wait_until
@@ -56,7 +56,8 @@ def canary_world(tmp_path_factory):
         cfg.gate.canary.fraction, cfg.gate.canary.min_requests = 0.3, 20
         cfg.data.max_heldout = 50
         gate = GateActor.options(name=gate_name(POLICY)).remote(
-            registry, cfg.data.model_dump(mode="json"), cfg.gate.model_dump(), "canary-test-publisher", torch_threads=1)
+            registry, "text_classifier", {"data": cfg.data.model_dump(mode="json")}, cfg.gate.model_dump(mode="json"),
+            "canary-test-publisher")
         weights = {k: v.numpy() for k, v in live.weights().items()}
         assert ray.get(gate.bootstrap.remote(POLICY, weights, live.files()), timeout=120)["version"] == 1
         app = deploy_feedback_app(publisher, registry, cfg, None, gate_name=gate_name(POLICY))
@@ -88,7 +89,8 @@ def shadow_world(canary_world):
     cfg.gate.shadow.fraction, cfg.gate.shadow.min_rows = 0.5, 40
     cfg.data.max_heldout = 50
     gate = GateActor.options(name=gate_name(SHADOW_POLICY)).remote(
-        w["registry"], cfg.data.model_dump(mode="json"), cfg.gate.model_dump(), "canary-test-publisher", torch_threads=1)
+        w["registry"], "text_classifier", {"data": cfg.data.model_dump(mode="json")}, cfg.gate.model_dump(mode="json"),
+        "canary-test-publisher")
     assert ray.get(gate.bootstrap.remote(SHADOW_POLICY, w["weights"], w["files"]), timeout=120)["version"] == 1
     deploy_feedback_app(w["publisher"], w["registry"], cfg, None, gate_name=gate_name(SHADOW_POLICY),
                         app_name=SHADOW_APP, route_prefix="/shadow", joiner_name=SHADOW_JOINER)
@@ -167,7 +169,7 @@ def test_a_poisoned_canary_is_aborted_and_traffic_returns_to_live(canary_world):
         assert started["decision"] == "canary" and started["version"] == 2
         wait_until(lambda: any(v == 2 for _, _, v in users.seen), 60, "the canary answering some clients")
         first_canary = min(t for t, _, v in users.seen if v == 2)
-        wait_until(lambda: ray.get(gate.canary.remote(POLICY)) is None, 120, "the canary decided")
+        wait_until(lambda: ray.get(gate.stage.remote(POLICY, "canary")) is None, 120, "the canary decided")
         mark = len(users.seen)
         # the replica re-reads the registry's stage every second: it has dropped the canary once a
         # canary-side client is answered by live again
@@ -202,8 +204,8 @@ def test_a_poisoned_shadow_never_answers_a_client_and_is_refused_on_its_joined_a
         wait_until(lambda: _no_failures(users) and len(users.seen) >= 20, 120, "traffic on version 1")
         started = ray.get(gate.submit.remote(SHADOW_POLICY, w["poisoned"], w["files"], {}), timeout=120)
         assert started["decision"] == "shadow" and started["version"] == 2
-        assert ray.get(gate.shadow.remote(SHADOW_POLICY))["version"] == 2
-        wait_until(lambda: ray.get(gate.shadow.remote(SHADOW_POLICY)) is None, 120, "the shadow decided")
+        assert ray.get(gate.stage.remote(SHADOW_POLICY, "shadow"))["version"] == 2
+        wait_until(lambda: ray.get(gate.stage.remote(SHADOW_POLICY, "shadow")) is None, 120, "the shadow decided")
         models = httpx.get(f"{w['http']}/models", timeout=30).json()
     events = ray.get(gate.drain_events.remote())
     ended = [e for e in events if e["event"] == "shadow_ended"]

@@ -20,6 +20,7 @@ from transformers import BertConfig
 
 from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
+from cluster.gate_actor import GateActor, gate_name
 from core.config.feedback import FeedbackConfig
 from core.config.replay import ReplayConfig, TableConfig
 from core.models.classifier import from_encoder
@@ -56,10 +57,14 @@ def served(tmp_path_factory):
                                                   "text": TableConfig(kind="text", capacity=10_000)})
         writer = ReplayClient(launch_shards(rcfg, str(tmp / "replay"), seed=0), rcfg, seed=0)
         registry = str(tmp / "registry")
-        publisher = PolicyPublisher.remote(registry)
+        publisher = PolicyPublisher.options(name="feedback-test-publisher").remote(registry)
         cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=60, max_text_chars=200, max_batch_size=8,
                              batch_wait_timeout_s=0.005)
-        app = deploy_feedback_app(publisher, registry, cfg, writer)
+        # the gate the joiner hands its evidence to; it never rolls back here (margin 1.0)
+        gate = GateActor.options(name=gate_name(POLICY)).remote(
+            registry, "text_classifier", {"data": {"max_heldout": 50}}, {"rollback_margin": 1.0},
+            "feedback-test-publisher")
+        app = deploy_feedback_app(publisher, registry, cfg, writer, gate_name=gate_name(POLICY))
         http = f"http://127.0.0.1:{http_port}/v1"
         # no version yet: 503 with the reason, readiness says so too
 
@@ -73,7 +78,7 @@ def served(tmp_path_factory):
         bundle = from_encoder(None, files, LABELS, seed=0)
         v1 = ray.get(publisher.publish.remote(POLICY, bundle.weights(), {}, files=bundle.files()), timeout=60)
         wait_until(lambda: _predict(http, text="很好").status_code == 200, 60, "the first version served")
-        yield {"http": http, "grpc": f"127.0.0.1:{grpc_port}", "writer": writer, "joiner": app.joiner,
+        yield {"http": http, "grpc": f"127.0.0.1:{grpc_port}", "writer": writer, "joiner": app.joiner, "gate": gate,
                "publisher": publisher, "files": files, "texts": texts, "v1": v1, "early": early,
                "early_health": early_health}
         undeploy_feedback_app()
@@ -141,9 +146,17 @@ def test_feedback_label_and_reward_are_joined_and_written_once(served):
     ids = [r["id"] for r in _rows(served, "feedback")]
     assert len(ids) == len(set(ids))  # the repeat wrote nothing
     assert served["texts"][10] in {r["text"] for r in _rows(served, "text")}
-    # a's correct label is in v1's window: it comes from a named client with one row, which the
-    # share cap keeps whatever the module's anonymous feedback (one sender, capped) holds
-    correct, n = ray.get(served["joiner"].prequential.remote(), timeout=30)[served["v1"]]
+    # a's correct label is in v1's window, which the joiner's evidence fills in the gate: it comes
+    # from a named client with one row, which the share cap keeps whatever the module's anonymous
+    # feedback (one sender, capped) holds
+    ray.get(served["joiner"].flush.remote(10), timeout=30)  # the evidence not yet handed over, now
+
+    def window():
+        w = ray.get(served["gate"].summary.remote(POLICY), timeout=30)["live_window"]
+        return w if w is not None and w["version"] == served["v1"] and w["n"] >= 2 else None
+
+    seen = wait_until(window, 30, "v1's window in the gate")
+    correct, n = seen["correct"], seen["n"]
     assert n >= 2 and correct > 0
 
 

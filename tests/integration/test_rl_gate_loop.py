@@ -39,8 +39,8 @@ def gated_run(tmp_path_factory):
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
         "--set", "run.progress_interval_s=2", "--set", "rl.stop_when_solved=false",
         "--set", "serving.exploration=epsilon", "--set", "rl.gate.stages=[ope,canary]",
-        "--set", "rl.gate.ope.min_episodes=10", "--set", "rl.gate.canary.min_episodes=5",
-        "--set", "rl.gate.canary.max_episodes=15", "--set", "rl.gate.canary.fraction=0.3",
+        "--set", "rl.gate.ope.min_rows=10", "--set", "rl.gate.canary.min_requests=5",
+        "--set", "rl.gate.canary.max_requests=15", "--set", "rl.gate.canary.fraction=0.3",
         "--set", "rl.traffic.max_requests_per_s=20", "--set", "rl.traffic.episodes_at_once=8",
     )
     with serving(proc, timeout_s=120):

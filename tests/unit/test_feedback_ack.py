@@ -71,19 +71,20 @@ class CueWriter:
 
 # ---- EventJoin: take, settle, reopen -------------------------------------------------------
 def test_a_reopened_event_takes_the_retry_as_new_and_counts_it_once():
-    join = EventJoin(60.0, window=10)
+    join = EventJoin(60.0)
     join.record([_event(0)])
     answer, row = join.take("e0", "pos", client="alice")
     assert row is not None and row["text"] == "text 0"
     assert join.take("e0", "pos")[1] is None  # in flight: a repeat waits for the same row
     assert _status(join.take, "e0", "neg")[0] == 409
-    assert join.stats.joined == 0 and join.prequential() == {}  # not counted before it is stored
+    assert join.stats.joined == 0  # not counted before it is stored
     join.reopen("e0")
     again, row = join.take("e0", "neg", client="alice")  # open again: any feedback, written anew
     assert row is not None and row["label"] == 0 and row["text"] == "text 0"
-    join.settle("e0")
+    taken = join.settle("e0")
     assert join.stats.joined == 1 and join.stats.reopened == 1
-    assert join.prequential() == {3: (0.0, 1)}  # one verdict, the stored one
+    assert (taken.version, taken.key, taken.client) == (3, (0, None), "alice")  # one verdict, the stored one
+    assert join.settle("e0") is None
     assert join.take("e0", "neg")[1] is None  # stored: a repeat is a repeat
     assert _status(join.take, "e0", "pos")[0] == 409
 

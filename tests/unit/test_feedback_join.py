@@ -1,4 +1,4 @@
-"""The feedback join without Ray: 404 / 410 / 422 / 409, idempotent repeats, bounded memory, prequential stats."""
+"""The feedback join without Ray: 404 / 410 / 422 / 409, idempotent repeats, bounded memory, the gate's evidence."""
 
 import pytest
 
@@ -29,7 +29,7 @@ def clock():
 
 @pytest.fixture
 def join(clock):
-    return EventJoin(60.0, clock=clock, window=4)
+    return EventJoin(60.0, clock=clock)
 
 
 def _status(fn, *args, **kwargs) -> tuple[int, str]:
@@ -145,32 +145,6 @@ def test_memory_is_bounded(clock):
     assert not join.events and not join.tombs
 
 
-def test_prequential_accuracy_per_version_over_a_window(join):
-    events = [_event(i, prediction=1, version=1 + (i >= 6)) for i in range(12)]
-    join.record(events)
-    for i in range(6):  # version 1: pos, neg, pos, neg, pos, neg -> window of 4 keeps the last 4
-        join.join(f"e{i}", label=["pos", "neg"][i % 2])
-    join.join("e6", label="pos")
-    join.join("e7", reward=0.5)  # reward-only counts as its value
-    assert join.prequential() == {1: (2.0, 4), 2: (1.5, 2)}
-
-
-def test_prequential_judges_the_greedy_answer_when_serving_explores(clock):
-    join = EventJoin(60.0, clock=clock, window=10)
-    # probs say the greedy answer is 1; events 0-1 were served 1 (propensity 0.8), 2-3 explored to 0
-    events = [{**_event(i, prediction=1 if i < 2 else 0), "probs": [0.2, 0.8], "propensity": 0.8 if i < 2 else 0.2}
-              for i in range(5)]
-    join.record(events)
-    join.join("e0", reward=1.0)
-    join.join("e1", reward=0.0)
-    join.join("e2", reward=1.0)  # the explored answer was right: says nothing about the greedy one
-    join.join("e3", reward=0.0)
-    assert join.prequential() == {3: (0.5 * 4, 4)}  # (1 + 0) / 2 over the greedy-served rows
-    join.join("e4", label=1)  # a label judges the greedy answer whatever was served (0 here)
-    correct, n = join.prequential()[3]
-    assert n == 5 and correct == pytest.approx((1.25 + 0 + 1) / (1.25 + 1.25 + 1) * 5)
-
-
 def test_bad_event_ids_are_422(join):
     assert _status(join.join, "", label="pos")[0] == 422
     assert _status(join.join, "x" * 500, label="pos")[0] == 422
@@ -242,21 +216,24 @@ def test_joiner_without_a_writer_drops_rows():
 
 
 class FakeGate:
-    """The gate actor's shape for the joiner: observe.remote / check_window.remote, recorded."""
+    """The gate actor's shape for the joiner: evidence.remote(policy_id, items), recorded."""
 
     def __init__(self):
         from types import SimpleNamespace
 
-        self.observed, self.windows, self.inputs = [], [], []
-        self.observe = SimpleNamespace(remote=lambda pid, pairs, events, recent, inputs: (self.observed.append(
-            (pid, list(pairs), events, list(recent))), self.inputs.extend(inputs)))
-        self.check_window = SimpleNamespace(remote=lambda *args: self.windows.append(args))
+        self.pushes: list[list[dict]] = []
+        self.evidence = SimpleNamespace(remote=lambda pid, items: self.pushes.append(list(items)))
+
+    def items(self, kind: str) -> list[dict]:
+        return [item for push in self.pushes for item in push if item["type"] == kind]
 
 
-def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_from_the_learner():
+def test_joiner_hands_the_gate_its_evidence_and_keeps_what_the_gate_holds_out_from_the_learner():
     import asyncio
 
     from core.data.hashing import stable_unit_hash
+    from gate.kinds.text import TextKind
+    from gate.slices import Slices
     from serving.join import Joiner
 
     n = 200
@@ -264,7 +241,7 @@ def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_fr
     async def run():
         writer, gate = FlakyWriter(), FakeGate()
         joiner = Joiner(writer, 60.0, commit_interval_s=0.001, gate_name="evolve-gate-sentiment",
-                        policy_id="sentiment", push_every=10, recent_fraction=0.25, salt="s3cret")
+                        policy_id="sentiment", push_every=10, slices=Slices(recent=0.25, salt="s3cret"))
         joiner._gate = gate  # what ray.get_actor(gate_name) returns in a run
         await joiner.record([_event(i, prediction=1) for i in range(n)])
         for i in range(n):
@@ -280,57 +257,38 @@ def test_joiner_hands_the_gate_verdicts_and_keeps_a_share_of_labeled_feedback_fr
     assert 20 < len(held) < 80 and stats["held_for_gate"] == len(held)
     trained = set(writer.rows["feedback"])
     assert trained == {f"feedback-e{i}" for i in range(n)} - {f"feedback-{e}" for e in held}  # never trained on
-    recent = [row for *_, rows in gate.observed for row in rows]
-    assert sorted(t for t, _ in recent) == sorted(f"text {e[1:]}" for e in held)
-    assert all(y == (1 if int(t.split()[1]) % 2 else 0) for t, y in recent)
-    pairs = [p for _, ps, _, _ in gate.observed for p in ps]
+    feedback = gate.items("feedback")
+    recent = [item["row"] for item in feedback if item["slice"] == "recent"]
+    assert sorted(r["text"] for r in recent) == sorted(f"text {e[1:]}" for e in held)
+    assert all(r["label"] == (1 if int(r["text"].split()[1]) % 2 else 0) for r in recent)
+    kind = TextKind([("t", 0)])
+    pairs = [(e.version, e.score) for e in map(kind.read, feedback)]
     assert len(pairs) == n and all(v == 3 for v, _ in pairs)  # every verdict, for the predicting version
     assert [x for _, x in pairs[:4]] == [0.0, 1.0, 0.0, 1.0]  # predicted pos: right only for label pos; reward 1
-    assert len(gate.windows) == n // 10 and gate.observed[-1][2] == n
-    assert len(gate.inputs) == n and {i[2] for i in gate.inputs} == {1}  # every answer: (version, novelty, label)
+    assert len(gate.pushes) == n // 10 and all(item["client"] is None for item in feedback)
+    answered = gate.items("answered")
+    assert len(answered) == n and {a["prediction"] for a in answered} == {1}  # every answer: version, novelty, label
 
 
-def test_the_held_out_share_is_salted_per_joiner():
+def test_a_flush_hands_the_gate_the_evidence_a_push_has_not_yet_carried():
+    import asyncio
+
     from serving.join import Joiner
 
-    a, b = (Joiner(None, 60.0, gate_name="g", policy_id="p", recent_fraction=0.25) for _ in range(2))
-    assert len(a.salt) == 32 and a.salt != b.salt  # an outsider cannot compute which events are held out
+    async def run():
+        gate = FakeGate()
+        joiner = Joiner(FlakyWriter(), 60.0, commit_interval_s=0.001, gate_name="g", policy_id="p", push_every=10)
+        joiner._gate = gate
+        await joiner.record([_event(i) for i in range(3)])
+        for i in range(3):
+            assert (await joiner.feedback(f"e{i}", "pos", client="alice"))["status"] == 200
+        before = len(gate.pushes)
+        assert await joiner.flush(timeout_s=10)
+        return before, gate
 
-
-def test_one_client_moves_the_window_by_its_share_and_counts_once():
-    join = EventJoin(60.0, window=100, max_client_share=0.2)
-    join.record([_event(i, prediction=1) for i in range(100)])
-    for i in range(50):  # honest clients: all right
-        join.join(f"e{i}", "pos", client=f"user{i % 10}")
-    for i in range(50, 100):  # one client: all wrong
-        join.join(f"e{i}", "neg", client="mallory")
-    correct, n = join.prequential()[3]
-    assert n == 100 and correct == pytest.approx(100 * 50 / 70)  # mallory's newest 20 rows count, not 50
-    assert join.clients() == {3: 11}
-    lone = EventJoin(60.0, window=100, max_client_share=0.2)
-    lone.record([_event(i, prediction=1) for i in range(100)])
-    for i in range(100):
-        lone.join(f"e{i}", "neg", client="mallory")
-    assert lone.clients() == {3: 1} and lone.prequential()[3] == (0.0, 100)
-
-
-def test_anonymous_feedback_is_one_client_for_min_clients_and_the_share_cap():
-    """Feedback with no key and no client header: however many people send it, nothing says they
-    are more than one, so it counts once toward min_clients and shares one cap."""
-    anonymous = EventJoin(60.0, window=100, max_client_share=0.2)
-    anonymous.record([_event(i, prediction=1) for i in range(100)])
-    for i in range(50):  # ten named clients: all right
-        anonymous.join(f"e{i}", "pos", client=f"user{i % 10}")
-    for i in range(50, 100):  # fifty anonymous senders: all wrong
-        anonymous.join(f"e{i}", "neg")
-    assert anonymous.clients() == {3: 11}  # ten named + one anonymous, not 10 + 50
-    correct, n = anonymous.prequential()[3]
-    assert n == 100 and correct == pytest.approx(100 * 50 / 70)  # 20 anonymous rows count, as one client's would
-    alone = EventJoin(60.0, window=100, max_client_share=0.2)
-    alone.record([_event(i, prediction=1) for i in range(30)])
-    for i in range(30):
-        alone.join(f"e{i}", "neg")
-    assert alone.clients() == {3: 1}  # below any gate.min_clients above 1: no rollback from them alone
+    before, gate = asyncio.run(run())
+    assert before == 0 and len(gate.items("feedback")) == 3  # fewer than push_every: handed over at the flush
+    assert {item["client"] for item in gate.items("feedback")} == {"alice"}
 
 
 class GatedWriter(FlakyWriter):

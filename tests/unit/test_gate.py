@@ -1,4 +1,4 @@
-"""The publish gate without Ray: a tiny real classifier, a registry in tmp_path, a fake publisher."""
+"""The publish gate without Ray, for a text classifier: a tiny real classifier, a registry in tmp_path, a fake publisher."""
 
 from __future__ import annotations
 
@@ -11,16 +11,38 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from core.config.feedback import GateSection
+from core.config.gate import GateSection
 from core.data.labeled import sentiment_reviews
 from core.storage.registry import PolicyRegistry
 from core.models.classifier import ClassifierBundle, from_encoder, from_version
 from core.models.tokenizer import tokenizer_files, train_wordpiece
-from serving.gate import PublishGate
-from serving.rollback import GateError, rollback_registry
+from gate import Gate, GateError
+from gate.kinds.text import TextKind
+from gate.pointer import rollback_registry
 
 P = "sentiment"
 CFG = GateSection(test="mcnemar", tolerance=0.01, alpha=0.05, window=20, rollback_margin=0.1)
+
+
+def text_gate(registry, heldout, config=None, groups=None, **kwargs) -> Gate:
+    """The gate of a text classifier whose fixed held-out set is `heldout`."""
+    return Gate(registry, TextKind(heldout, groups), config if config is not None else CFG, **kwargs)
+
+
+def feedback(version: int, right: bool | None = None, reward: float | None = None, client: str | None = None,
+             text: str = "t", label: int | None = None, slice: str | None = None) -> dict:
+    """A joined feedback as the joiner hands it to the gate: live answered label 1 (its greedy answer)."""
+    if right is not None:
+        label = 1 if right else 0
+    row = {"policy_version": version, "text": text, "prediction": 1, "probs": [0.2, 0.8], "propensity": 1.0,
+           "label": label, "reward": None if label is not None else reward}
+    return {"type": "feedback", "row": row, "client": client, "slice": slice}
+
+
+def verdicts(version: int, flags, clients: int | None = 10) -> list[dict]:
+    """One feedback per flag (right or wrong), from `clients` senders in turn (None: anonymous)."""
+    return [feedback(version, bool(f), client=None if clients is None else f"user{i % clients}")
+            for i, f in enumerate(flags)]
 
 
 def _train(bundle: ClassifierBundle, rows, steps: int, seed: int, flip: bool = False) -> None:
@@ -87,8 +109,8 @@ def setup(tmp_path, world):
     registry = PolicyRegistry(tmp_path / "registry")
     publisher = FakePublisher(registry)
     events: list[tuple[str, dict]] = []
-    gate = PublishGate(registry, world["heldout"], CFG, publisher=publisher,
-                       emit=lambda kind, **fields: events.append((kind, fields)))
+    gate = text_gate(registry, world["heldout"], publisher=publisher,
+                     emit=lambda kind, **fields: events.append((kind, fields)))
     return gate, registry, publisher, events
 
 
@@ -126,7 +148,7 @@ def test_same_and_better_candidates_are_promoted(setup, world):
     assert meta.parent_version == 2 and meta.gate["decision"] == "promote" and meta.gate["compared_with"] == 2
     assert meta.metrics["loss"] == 0.5 and meta.metrics["parent_heldout_accuracy"] == same["heldout_accuracy"]
     s = gate.summary(P)
-    assert s["promoted"] == 3 and s["refusals"] == 0 and s["live_version"] == 3
+    assert s["promoted"] == 3 and s["refused"] == 0 and s["live_version"] == 3
     assert [c["version"] for c in s["curve"]] == [1, 2, 3] and s["curve"][-1]["events"] == 200
     assert [p["decision"] for p in s["promotions"]] == ["initial", "promote", "promote"]
 
@@ -142,7 +164,7 @@ def test_poisoned_candidate_is_refused_stored_but_never_live(setup, world):
     lineage = registry.lineage(P, 2)
     assert [m.version for m in lineage] == [2, 1] and lineage[0].gate["decision"] == "refuse"
     s = gate.summary()
-    assert s["refusals"] == 1 and s["live_version"] == 1 and s["heldout_accuracy"] == start["heldout_accuracy"]
+    assert s["refused"] == 1 and s["live_version"] == 1 and s["heldout_accuracy"] == start["heldout_accuracy"]
     kinds = [(k, f["decision"]) for k, f in events]
     assert kinds == [("gate_decision", "initial"), ("gate_decision", "refuse")]
     assert events[-1][1]["p_value"] < 0.05 and events[-1][1]["test"].startswith("mcnemar")
@@ -150,8 +172,8 @@ def test_poisoned_candidate_is_refused_stored_but_never_live(setup, world):
 
 def test_bootstrap_test_refuses_the_poisoned_candidate_too(tmp_path, world):
     registry = PolicyRegistry(tmp_path / "r")
-    gate = PublishGate(registry, world["heldout"], GateSection(test="bootstrap", bootstrap_samples=200),
-                       publisher=FakePublisher(registry))
+    gate = text_gate(registry, world["heldout"], GateSection(test="bootstrap", bootstrap_samples=200),
+                     publisher=FakePublisher(registry))
     _start(gate, world)
     assert gate.submit(P, world["poisoned"], world["files"], {})["decision"] == "refuse"
     assert gate.submit(P, world["base"], world["files"], {})["decision"] == "promote"
@@ -175,15 +197,16 @@ def test_prequential_drop_triggers_rollback(setup, world):
     gate, registry, publisher, events = setup
     _start(gate, world)
     gate.submit(P, world["base"], world["files"], {})  # v2 live
-    ok = gate.check_prequential(P, 2, [True] * 10)
+    ok = gate.evidence(P, verdicts(2, [True] * 10))["window"]
     assert not ok["rollback"] and "only 10 of 20" in ok["reason"]
-    assert not gate.check_prequential(P, 1, [False] * 50)["rollback"]  # v1 is not live: ignored
-    d = gate.check_prequential(P, 2, [False] * 10)  # window 0.5 < measured - 0.1
+    ignored = gate.evidence(P, verdicts(1, [False] * 50))["window"]  # v1 is not live: ignored
+    assert not ignored["rollback"] and "not live" in ignored["reason"]
+    d = gate.evidence(P, verdicts(2, [False] * 10))["window"]  # window 0.5 < measured - 0.1
     assert d["rollback"] and d["rolled_back_to"] == 1 and registry.latest(P, "live").version == 1
     assert publisher.restored[-1][0] == 1 and gate.summary()["rollbacks"][0]["trigger"] == "prequential"
     assert [k for k, _ in events][-1] == "rollback"
-    # v1 now needs a full window of its own before anything happens; with no earlier version it cannot roll back
-    low = gate.check_prequential(P, 1, [False] * 20)
+    # live again, v1 is judged on its own window; with no earlier version it cannot roll back
+    low = gate.evidence(P, verdicts(1, [False] * 20))["window"]
     assert not low["rollback"] and "no earlier version" in low["reason"]
     assert [k for k, _ in events][-1] == "rollback_impossible"
 
@@ -202,7 +225,7 @@ def test_newest_candidate_wins_when_several_queue_up(setup, world):
         threads[name] = threading.Thread(target=submit, args=(name,))
         threads[name].start()
         deadline = time.monotonic() + 10
-        while gate._states[P].ticket < ticket and time.monotonic() < deadline:
+        while gate.policy(P).records.ticket < ticket and time.monotonic() < deadline:
             time.sleep(0.005)
     publisher.block.set()
     for t in threads.values():
@@ -218,7 +241,7 @@ def test_resumed_gate_re_announces_the_live_version(setup, tmp_path, world):
     start = _start(gate, world)
     gate.submit(P, world["better"], world["files"], {})
     publisher = FakePublisher(registry)
-    again = PublishGate(registry, world["heldout"], CFG, publisher=publisher)
+    again = text_gate(registry, world["heldout"], publisher=publisher)
     d = again.bootstrap(P)
     assert d["decision"] == "resumed" and d["version"] == 2 and publisher.restored[0][0] == 2
     assert again.summary()["initial_heldout_accuracy"] == start["heldout_accuracy"]
@@ -270,15 +293,17 @@ def test_online_learner_metadata_fits_the_registry(setup, world):
     assert gate.summary()["curve"][-1]["events"] == 640
 
 
-def test_prequential_on_the_joiners_window_counts(setup, world):
+def test_prequential_on_the_window_of_feedback_counts(setup, world):
     gate, registry, publisher, _ = setup
     _start(gate, world)
     gate.submit(P, world["base"], world["files"], {})
-    assert not gate.check_window(P, 2, correct=5, n=10)["rollback"]  # not a full window yet
-    assert not gate.check_window(P, 2, correct=18, n=20)["rollback"]
-    few = gate.check_window(P, 2, correct=0, n=20, clients=2)  # below gate.min_clients (3): not trusted
+    assert not gate.evidence(P, verdicts(2, [True, False] * 5))["window"]["rollback"]  # not a full window yet
+    assert not gate.evidence(P, verdicts(2, [True] * 18 + [False] * 2))["window"]["rollback"]
+    few = gate.evidence(P, verdicts(2, [False] * 20, clients=2))["window"]  # below gate.min_clients (3): not trusted
     assert not few["rollback"] and "2 client(s)" in few["reason"]
-    d = gate.check_window(P, 2, correct=6.5, n=20, clients=3)  # reward-only feedback makes it fractional
+    # reward-only feedback makes it fractional: 13 rewards of 0.5 and 7 of 0 from 5 clients
+    rewards = [feedback(2, reward=0.5 if i < 13 else 0.0, client=f"user{i % 5}") for i in range(20)]
+    d = gate.evidence(P, rewards)["window"]
     assert d["rollback"] and d["rolled_back_to"] == 1 and d["windowed_accuracy"] == pytest.approx(0.325)
     assert registry.latest(P, "live").version == 1 and publisher.restored[-1][0] == 1
 
@@ -286,18 +311,21 @@ def test_prequential_on_the_joiners_window_counts(setup, world):
 @pytest.mark.parametrize("drift_guard", [True, False])
 def test_drift_guard_stops_a_slide_of_small_accepted_losses(tmp_path, monkeypatch, drift_guard):
     """Each step loses 0.8 points (within tolerance 1.0) to live; two steps lose 1.6 to the best."""
-    import serving.gate as gate_module
-
     n = 1000
 
     def version(right: int) -> dict:  # a "model" that carries its held-out correctness
         return {"correct": (np.arange(n) < right).astype(np.float32)}
 
-    monkeypatch.setattr(gate_module, "from_version", lambda weights, files: weights)
-    monkeypatch.setattr(gate_module, "heldout_correct", lambda model, texts, labels, batch: model["correct"] > 0.5)
+    class Carried(TextKind):
+        def load(self, weights, files):
+            return weights
+
+        def correct(self, model, examples):
+            return model["correct"] > 0.5
+
     registry = PolicyRegistry(tmp_path / "registry")
     cfg = CFG.model_copy(update={"drift_guard": drift_guard})
-    gate = PublishGate(registry, [("text", 0)] * n, cfg, publisher=FakePublisher(registry))
+    gate = Gate(registry, Carried([("text", 0)] * n), cfg, publisher=FakePublisher(registry))
     assert gate.submit(P, version(800), {}, {})["decision"] == "initial"
     assert gate.submit(P, version(792), {}, {})["decision"] == "promote"
     third = gate.submit(P, version(784), {}, {})  # -0.008 vs live v2, -0.016 vs the best, v1
@@ -327,9 +355,14 @@ def _adaptive_gate(tmp_path, world, **adapt):
     events: list[tuple[str, dict]] = []
     cfg = AdaptSection(**{"enabled": True, "cooldown_events": 500, **adapt})
     groups = ["a" if i % 2 else "b" for i in range(len(world["heldout"]))]
-    gate = PublishGate(registry, world["heldout"], CFG, publisher=FakePublisher(registry), adapt=cfg, groups=groups,
-                       emit=lambda kind, **fields: events.append((kind, fields)))
+    gate = text_gate(registry, world["heldout"], groups=groups, publisher=FakePublisher(registry), adapt=cfg,
+                     emit=lambda kind, **fields: events.append((kind, fields)))
     return gate, registry, events
+
+
+def scores(version: int, values) -> list[dict]:
+    """Anonymous feedback (one sender: never enough for the rollback guard) scoring `version`."""
+    return [feedback(version, bool(v)) for v in values]
 
 
 def test_a_drift_alarm_acts_and_holds_the_rollback_guard_while_the_data_changes(tmp_path, world):
@@ -337,26 +370,26 @@ def test_a_drift_alarm_acts_and_holds_the_rollback_guard_while_the_data_changes(
     _start(gate, world)
     gate.submit(P, world["base"], world["files"], {})  # v2 live
     rng = np.random.default_rng(0)
-    stable = [(2, float(x)) for x in rng.random(600) < 0.9]
-    assert gate.observe(P, stable, events=600) == [] and gate.adaptation(P) is None
-    assert gate.observe(P, [(1, 0.0)] * 200, events=800) == []  # not live: not watched
-    changed = [(2, float(x)) for x in rng.random(600) < 0.6]
-    new = gate.observe(P, changed, events=1400)
+    stable = scores(2, rng.random(600) < 0.9)
+    assert gate.evidence(P, stable)["adapt"] == [] and gate.adaptation(P) is None
+    assert gate.evidence(P, scores(1, [0] * 200))["adapt"] == []  # not live: not watched
+    changed = scores(2, rng.random(600) < 0.6)
+    new = gate.evidence(P, changed)["adapt"]
     assert new and new[0]["actions"] and gate.adaptation(P)["id"] == new[0]["id"]
     adapt = [f for k, f in events if k == "adapt"]
     assert adapt and adapt[0]["action"] == ["learner_boost", "hold_rollback"] and adapt[0]["signal"] == "correctness"
     # live's accuracy on feedback fell, but the data changed: no rollback while the alarm holds
-    held = gate.check_prequential(P, 2, [False] * 20)
+    held = gate.evidence(P, verdicts(2, [False] * 20))["window"]
     assert not held["rollback"] and "drift alarm" in held["reason"] and registry.latest(P, "live").version == 2
     assert [k for k, _ in events].count("rollback_held") == 1
-    gate.observe(P, [], events=1400 + 500)  # the cooldown has passed: the guard judges again
-    assert gate.check_prequential(P, 2, [False] * 20)["rollback"]
+    gate.evidence(P, scores(1, [0] * 500))  # 500 more feedback events: the cooldown has passed
+    assert gate.evidence(P, verdicts(2, [False] * 20))["window"]["rollback"]
 
 
 def test_without_adapt_the_gate_never_watches_drift(setup, world):
     gate, _, _, events = setup
     _start(gate, world)
-    assert gate.observe(P, [(1, 0.0)] * 2000, events=2000) == [] and gate.adaptation(P) is None
+    assert gate.evidence(P, scores(1, [0] * 2000))["adapt"] == [] and gate.adaptation(P) is None
     assert gate.group_accuracy(P) == {}
 
 
@@ -374,11 +407,21 @@ def _flipped(rows):
     return [(t, 1 - y) for t, y in rows]
 
 
+def recent(rows, version: int = 1) -> list[dict]:
+    """Labeled feedback the joiner held out for the recent slice (answered right: a steady score)."""
+    out = []
+    for t, y in rows:
+        item = feedback(version, text=t, label=y, slice="recent")
+        item["row"].update(prediction=y, probs=[0.8, 0.2] if y == 0 else [0.2, 0.8])
+        out.append(item)
+    return out
+
+
 def test_the_recent_slice_refuses_a_candidate_that_is_worse_on_the_newest_feedback(tmp_path, world):
     gate, registry, events = _adaptive_gate(tmp_path, world, recent_min=50, recent_size=200)
     _start(gate, world)  # v1: base
     # the newest feedback says the opposite of the held-out labels (concept drift): base is bad at it
-    gate.observe(P, [], events=10, recent=_flipped(world["heldout"][:200]))
+    gate.evidence(P, recent(_flipped(world["heldout"][:200])))
     d = gate.submit(P, world["better"], world["files"], {})
     assert d["decision"] == "refuse" and "recent slice" in d["reason"]
     assert d["gate"]["recent"]["n"] == 200 and d["gate"]["recent"]["decision"] == "refuse"
@@ -391,7 +434,7 @@ def test_the_recent_slice_refuses_a_candidate_that_is_worse_on_the_newest_feedba
 def _setup_plain(path, world):
     registry = PolicyRegistry(path / "registry")
     publisher = FakePublisher(registry)
-    return PublishGate(registry, world["heldout"], CFG, publisher=publisher), registry, publisher, []
+    return text_gate(registry, world["heldout"], publisher=publisher), registry, publisher, []
 
 
 @pytest.mark.parametrize("recent_says_target_is_better", [True, False])
@@ -400,8 +443,8 @@ def test_a_rollback_goes_only_to_a_version_better_on_the_recent_slice(tmp_path, 
     gate.bootstrap(P, weights=world["poisoned"], files=world["files"])  # v1: the reversed head
     assert gate.submit(P, world["base"], world["files"], {})["decision"] == "promote"  # v2 live
     rows = world["heldout"][:200]
-    gate.observe(P, [], events=10, recent=_flipped(rows) if recent_says_target_is_better else rows)
-    d = gate.check_prequential(P, 2, [False] * 20)
+    gate.evidence(P, recent(_flipped(rows) if recent_says_target_is_better else rows, version=2))
+    d = gate.evidence(P, verdicts(2, [False] * 20))["window"]
     if recent_says_target_is_better:
         assert d["rollback"] and d["rolled_back_to"] == 1 and registry.latest(P, "live").version == 1
     else:

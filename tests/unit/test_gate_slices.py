@@ -3,9 +3,11 @@ must be scored on the same rows (a stationary run with `adapt` on once failed ex
 
 import numpy as np
 
-from core.config.feedback import GateSection
-from serving.ope_slice import OPESlice
-from serving.recent_slice import RecentSlice
+from core.config.gate import GateSection, OPESection
+from gate.evidence import Evidence
+from gate.kinds.text import TextKind, correct
+from gate.recent import RecentSlice
+from gate.stages.ope import OffPolicy
 
 
 class Growing:
@@ -20,7 +22,7 @@ class Growing:
 
 
 def test_recent_slice_scores_both_sides_on_one_snapshot():
-    recent = RecentSlice(size=500, min_rows=10)
+    recent = RecentSlice(size=500, min_rows=10, score=correct)
     recent.add([(f"t{i}", i % 2) for i in range(20)])
     model = Growing(lambda: recent.add([("new", 1)] * 3))
     result = recent.compare(model, model, GateSection())
@@ -29,13 +31,23 @@ def test_recent_slice_scores_both_sides_on_one_snapshot():
     assert not better and t == l
 
 
+class Policy:
+    """What the `ope` stage asks of its policy: the kind, live, the shared statistics, stored models."""
+
+    def __init__(self, model):
+        self.kind, self.live_version, self.seed = TextKind([("t", 0)]), 1, 0
+        self.settings, self.model = GateSection(stages=["ope"]), lambda version: model
+
+
 def test_ope_slice_scores_both_sides_on_one_snapshot():
-    ope = OPESlice(size=500, min_rows=10)
-    rows = [{"text": f"t{i}", "prediction": 1, "propensity": 0.7, "label": None, "reward": float(i % 2)}
-            for i in range(20)]
-    ope.add(rows)
-    model = Growing(lambda: ope.add(rows[:3]))
-    cfg = GateSection(stages=["ope"])
-    cfg.ope.min_rows, cfg.ope.bootstrap_samples = 10, 50
-    verdict = ope.judge(model, model, cfg)
+    from gate.stage import Candidate
+
+    rows = [{"type": "feedback", "slice": "ope", "row": {"text": f"t{i}", "prediction": 1, "propensity": 0.7,
+                                                          "label": None, "reward": float(i % 2)}} for i in range(20)]
+    kind = TextKind([("t", 0)])
+    evidence = [kind.read(r) for r in rows]
+    model = Growing(lambda: ope.feed(evidence[:3]))
+    ope = OffPolicy(Policy(model), OPESection(min_rows=10, bootstrap_samples=50))
+    assert ope.feed(evidence) == 20 and isinstance(evidence[0], Evidence)
+    verdict = ope.judge(Candidate("p", {}, {}, {}, model, live=1))
     assert verdict.evidence["n"] == 20 and verdict.evidence["diff"] == 0.0

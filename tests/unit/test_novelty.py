@@ -15,7 +15,7 @@ from core.models.classifier import from_encoder
 from core.models.tokenizer import tokenizer_files, train_wordpiece
 from learners.autoencoder import AutoencoderObjective, AutoencoderSetup
 from learners.objective import WorkerContext
-from serving.adaptation import FeedbackAdaptation
+from gate.adaptation import FeedbackAdaptation
 from serving.feedback_app import Served, classify
 from serving.novelty import NoveltyFollower
 

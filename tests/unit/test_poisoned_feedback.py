@@ -3,11 +3,11 @@
 Acceptance: "feedback from one client with flipped labels poisons a candidate; the gate
 refuses it and the live version stays."
 
-    v1 (a classifier trained on clean reviews) --bootstrap--> PublishGate (registry in tmp_path)
+    v1 (a classifier trained on clean reviews) --bootstrap--> Gate (text kind, registry in tmp_path)
     TrafficWorker(poison) --HTTP (httpx.MockTransport)--> predict: serving.feedback_app.classify(v1)
                                                           feedback: serving.join.EventJoin -> feedback rows
     rows --to_record_batch(feedback schema)--> feedback_to_batch --> OnlineObjective (from v1's weights)
-    OnlineObjective candidate --submit.remote--> the real PublishGate --> refuse; v1 stays live
+    OnlineObjective candidate --submit.remote--> the real Gate --> refuse; v1 stays live
 
 The flipped labels come from the traffic worker's poison mode, never from the test; the
 control runs the same pipeline with an honest client and its candidate goes live.
@@ -26,7 +26,8 @@ import torch
 from transformers import BertConfig
 
 from actors.traffic import TrafficWorker
-from core.config.feedback import FeedbackConfig, GateSection, TrafficSection
+from core.config.feedback import FeedbackConfig, TrafficSection
+from core.config.gate import GateSection
 from core.data.labeled import sentiment_reviews
 from core.storage.registry import PolicyRegistry
 from core.data.schemas import feedback_schema, to_record_batch
@@ -36,9 +37,10 @@ from learners.feedback_source import FeedbackBatch, feedback_to_batch
 from learners.objective import WorkerContext
 from learners.online import OnlineObjective, OnlineSetup
 from serving.feedback_app import Served, classify
-from serving.gate import PublishGate, heldout_correct
+from gate import Gate
+from gate.kinds.text import correct
 from serving.join import EventJoin, FeedbackRejected, to_columns
-from tests.unit.test_gate import FakePublisher, _train
+from tests.unit.test_gate import FakePublisher, _train, text_gate
 
 P = "sentiment"
 LABELS = ["neg", "pos"]
@@ -137,9 +139,9 @@ def _client_feedback(world, poison: bool) -> tuple[FeedbackBatch, dict]:
 
 class GateHandle:
     """The gate handle's shape the learner calls (`submit.remote(policy_id, weights, files, metadata)`),
-    answered at once by a real PublishGate."""
+    answered at once by a real Gate."""
 
-    def __init__(self, gate: PublishGate):
+    def __init__(self, gate: Gate):
         self.gate, self.decisions, self.weights = gate, [], []
         self.submit = SimpleNamespace(remote=self._submit)
 
@@ -167,8 +169,8 @@ def _pipeline(tmp_path, world, poison: bool):
     registry = PolicyRegistry(tmp_path / "registry")
     publisher = FakePublisher(registry)
     events: list[tuple[str, dict]] = []
-    gate = PublishGate(registry, world["heldout"], CFG, publisher=publisher,
-                       emit=lambda kind, **fields: events.append((kind, fields)))
+    gate = text_gate(registry, world["heldout"], CFG, publisher=publisher,
+                     emit=lambda kind, **fields: events.append((kind, fields)))
     start = gate.bootstrap(P, weights=world["v1"], files=world["files"], metadata={"info": {"source": "test"}})
     assert start["decision"] == "initial" and start["version"] == 1 and registry.latest(P, "live").version == 1
     batch, stats = _client_feedback(world, poison)
@@ -179,8 +181,7 @@ def _pipeline(tmp_path, world, poison: bool):
 
 
 def _accuracy(weights, world) -> float:
-    texts, labels = [t for t, _ in world["heldout"]], np.array([y for _, y in world["heldout"]])
-    return float(heldout_correct(from_version(weights, world["files"]), texts, labels).mean())
+    return float(correct(from_version(weights, world["files"]), world["heldout"]).mean())
 
 
 def test_one_poisoning_client_gets_its_candidate_refused_and_v1_stays_live(tmp_path, world):
@@ -214,7 +215,7 @@ def test_one_poisoning_client_gets_its_candidate_refused_and_v1_stays_live(tmp_p
     stored = run.registry.get(P, 2)
     assert stored.gate["decision"] == "refuse" and stored.parent_version == 1 and stored.info["objective"] == "online"
     summary = run.gate.summary(P)
-    assert summary["live_version"] == 1 and summary["refusals"] == 1 and summary["promoted"] == 1
+    assert summary["live_version"] == 1 and summary["refused"] == 1 and summary["promoted"] == 1
     assert summary["heldout_accuracy"] == live_acc
     assert [(k, f["decision"]) for k, f in run.events] == [("gate_decision", "initial"), ("gate_decision", "refuse")]
 

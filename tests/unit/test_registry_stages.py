@@ -17,7 +17,7 @@ import pytest
 from cluster.cli import main
 from core.storage.registry import PolicyRegistry, RegistryError, StageConflict
 from core.storage.registry_lease import LEASE_DIR, RegistryInUse, RegistryLease, live_runs, refuse_if_live
-from serving.rollback import rollback_registry
+from gate.pointer import rollback_registry
 
 
 def _w(seed: int = 0) -> dict:

@@ -1,11 +1,11 @@
-"""The RL gate: CartPole policies judged on /act episodes (off-policy, then a sticky canary), without Ray.
+"""The gate of an RL policy: CartPole policies judged on /act episodes (off-policy, then a sticky canary), without Ray.
 
 Policies are hand-built Q-networks: `balancer` pushes toward the pole's lean
 (Q[right] - Q[left] = angle + 0.5 * angular velocity, which keeps CartPole up
 for hundreds of steps), `poisoned` is the same network with its two outputs
 swapped (the pole falls in about ten steps).  Episodes are played here the
 way serving/policy_server.py answers /act: Q-values through the serving
-exploration, canary rows chosen by serving/act_canary.py's sticky hash.
+exploration, canary rows chosen by serving/stage_follower.py's sticky hash.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import torch
 
 from core.stats.exploration import ExplorationSection, choose, serving_distribution
 from core.storage.registry import PolicyRegistry
-from core.config.rl_gate import RLCanarySection, RLGateSection, RLOPESection
+from core.config.gate import rl_gate
 from core.models.q import spec_for_env
 from core.models.q_policy import QPolicy
 from core.data.hashing import stable_unit_hash
-from serving.rl_gate import RLGate
+from gate import Gate
+from gate.kinds.q_policy import QPolicyKind
 from tests.unit.test_gate import FakePublisher
 
 P = "cart"
@@ -62,12 +63,29 @@ def _play(arms: dict[int, dict], episodes: int, seed: int, canary: int | None = 
     return out
 
 
+class RLGate(Gate):
+    """The calls an RL loop makes: the learner's publish (a version, or None), the clients' episodes."""
+
+    def publish(self, policy_id, weights):
+        return self.submit(policy_id, weights, wait=False)["version"]
+
+    def episode(self, policy_id, episode):
+        self.evidence(policy_id, [{"type": "episode", **episode}])
+
+    def unservable(self, policy_id, version, reason):
+        done = self.evidence(policy_id, [{"type": "unservable", "version": version, "reason": reason}])["unservable"]
+        return done[0] if done else None
+
+    def canary(self):
+        return self.stage(P, "canary")
+
+
 def _gate(tmp_path, stages, **canary) -> tuple[RLGate, PolicyRegistry, FakePublisher, list]:
     registry = PolicyRegistry(tmp_path / "registry")
     publisher, events = FakePublisher(registry), []
-    cfg = RLGateSection(stages=stages, ope=RLOPESection(min_episodes=20, bootstrap_samples=100),
-                        canary=RLCanarySection(**{"min_episodes": 10, "max_episodes": 40, **canary}))
-    gate = RLGate(registry, cfg, SPEC.to_dict(), EXPLORE, publisher, return_range=(0.0, 500.0),
+    cfg = rl_gate({"stages": stages, "ope": {"min_rows": 20, "bootstrap_samples": 100},
+                   "canary": {"min_requests": 10, "max_requests": 40, **canary}})
+    gate = RLGate(registry, QPolicyKind(SPEC.to_dict(), EXPLORE, (0.0, 500.0)), cfg, publisher=publisher,
                   emit=lambda kind, **f: events.append((kind, f)))
     return gate, registry, publisher, events
 
@@ -116,7 +134,7 @@ def test_a_poisoned_candidate_never_goes_live_and_its_canary_aborts(tmp_path):
 
 
 def test_an_equal_candidate_is_promoted_through_the_canary(tmp_path):
-    gate, registry, publisher, events = _gate(tmp_path, ["ope", "canary"], max_episodes=15, fraction=0.5)
+    gate, registry, publisher, events = _gate(tmp_path, ["ope", "canary"], max_requests=15, fraction=0.5)
     gate.publish(P, _balancer())
     for ep in _play({1: _balancer()}, 25, seed=3):
         gate.episode(P, ep)
@@ -131,23 +149,23 @@ def test_an_equal_candidate_is_promoted_through_the_canary(tmp_path):
     assert record.gate["decision"] == "promote", record.gate
     assert [s["stage"] for s in record.gate["stages"]] == ["ope", "canary"]
     assert registry.latest(P, "live").version == cand and publisher.restored[-1][0] == cand
-    assert gate.summary()["promoted"] == 1
+    assert sum(d["decision"] == "promote" for d in gate.summary()["promotions"]) == 1
     assert any(k == "gate_decision" and f["decision"] == "promote" for k, f in events)
 
 
 def test_a_canary_keeps_each_client_on_one_side(tmp_path):
-    from serving.act_canary import ActCanary
+    from serving.stage_follower import StageFollower
 
     gate, registry, _, _ = _gate(tmp_path, ["canary"])
     gate.publish(P, _balancer())
     cand = gate.publish(P, _balancer(gain=3.0))
-    follower = ActCanary(str(tmp_path / "registry"), P, fraction=0.3)
-    assert follower.refresh(SPEC) == cand
+    follower = StageFollower(str(tmp_path / "registry"), P, 0.3, lambda w, f, v: QPolicy(SPEC, w, v))
+    assert follower.refresh() == cand and follower.current.version == cand
     keys = [f"k{i}" for i in range(400)]
     first = follower.route(keys)
     assert (follower.route(keys) == first).all() and 0.2 < first.mean() < 0.4
     registry.clear(P, "canary")
-    assert follower.refresh(SPEC) is None and not follower.route(keys).any()
+    assert follower.refresh() is None and not follower.route(keys).any()
 
 
 def test_a_canary_undecided_when_the_run_ends_is_cleared_and_refused(tmp_path):
@@ -208,3 +226,16 @@ def test_an_unservable_canary_is_aborted(tmp_path):
     assert registry.stages(P)["canary"]["version"] is None and record["decision"] == "refuse"
     assert "unservable" in record["reason"] and registry.latest(P, "live").version == live
     assert gate.canary() is None and publisher.restored == []
+
+
+def test_a_stage_list_the_kind_cannot_run_is_refused_before_ray_starts():
+    from cluster.errors import UserError
+    from cluster.gate_actor import check_gate
+
+    check_gate(rl_gate({"stages": ["ope", "canary"]}), "q_policy", "rl")
+    with pytest.raises(UserError, match=r"rl\.gate\.stages: 'shadow' needs shadow evidence, which a q_policy"):
+        check_gate(rl_gate({"stages": ["ope", "shadow"]}), "q_policy", "rl")
+    with pytest.raises(UserError, match="`ope` .* cannot come after `canary`"):
+        check_gate(rl_gate({"stages": ["canary", "ope"]}), "q_policy", "rl")
+    with pytest.raises(UserError, match="'heldout' needs heldout evidence"):
+        check_gate(rl_gate({"stages": ["heldout"]}), "q_policy", "rl")

@@ -9,8 +9,9 @@ import numpy as np
 REGISTRY_KEYS = ("parent_version", "metrics", "data_range", "gate", "info")  # core.storage.registry.PublishMetadata
 
 
-def with_gate(metadata: dict, live: int | None, acc: float, live_acc: float | None, gate: dict) -> dict:
-    """The learner's metadata plus the gate's measurements (lineage: parent defaults to the live version).
+def with_gate(metadata: dict, live: int | None, acc: float | None, live_acc: float | None, gate: dict) -> dict:
+    """The learner's metadata plus the gate's measurements (lineage: parent defaults to the live version;
+    `acc`, `live_acc`: held-out accuracies, for a kind that has a held-out set).
 
     The registry's metadata schema is strict and its metrics are finite floats (a NaN would be
     written as null and make metadata.json unreadable); what does not fit moves to `info`, so a
@@ -30,7 +31,8 @@ def with_gate(metadata: dict, live: int | None, acc: float, live_acc: float | No
     meta["info"] = info
     if meta.get("parent_version") is None and live is not None:
         meta["parent_version"] = live
-    metrics["heldout_accuracy"] = acc
+    if acc is not None:
+        metrics["heldout_accuracy"] = acc
     if live_acc is not None:
         metrics["parent_heldout_accuracy"] = live_acc
     meta["metrics"] = metrics

@@ -1,4 +1,4 @@
-"""Rollback without Ray: the gate (`serving/gate.py`) and `evolve rollback` share it.
+"""A policy's live pointer moved safely: promote over what is live, roll back; the gate and `evolve rollback` share it.
 
 Rollback marks the version it leaves (`info.rolled_back`), so a later automatic
 rollback never goes "back" to a version that was already rolled back from.
@@ -44,7 +44,7 @@ def rollback_registry(registry: PolicyRegistry | str, policy_id: str, to: int | 
 
     Works on a registry URI alone (no Ray): this is what `evolve rollback` runs when no run is
     live (it refuses while one is: `core.storage.registry_lease`).  A running publisher does not see the
-    pointer move by itself; see `GateActor.rollback`.
+    pointer move by itself; a live run's gate (`Gate.rollback`) tells it.
     """
     reg = PolicyRegistry(registry) if isinstance(registry, str) else registry
     current = (reg.stages(policy_id).get(stage) or {}).get("version")

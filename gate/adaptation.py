@@ -2,14 +2,14 @@
 requests' novelty and on the predicted-label mix, and the controller's decisions, with the state
 the learner and the rollback guard read.
 
-    joiner --observe(version, values, events)--> FeedbackAdaptation --alarm--> Controller
-           --inputs(version, novelty, label)-->
+    evidence: scores of live's answers --> FeedbackAdaptation --alarm--> Controller
+              answered requests (novelty, label) -->
                                                     |  decisions (ids)            | actions
                                                     v                             v
         learner: latest() every few updates   rollback guard: held(events) -> no rollback for a
-        (applies a new learner_boost once)    changed world, only for a worse model (see gate.py)
+        (applies a new learner_boost once)    changed world, only for a worse model (gate/stages/rollback.py)
 
-Plain logic (tests drive it without Ray); `serving/gate.py` owns one per policy.
+Plain logic (tests drive it without Ray); the gate keeps one per policy with `adapt.enabled`.
 """
 
 from __future__ import annotations

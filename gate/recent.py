@@ -2,47 +2,49 @@
 
 The fixed held-out set says what the model knew; after the traffic moves to
 new data it no longer says what the model must know now.  The feedback
-joiner keeps a share of labeled feedback (`adapt.recent_fraction`, chosen by
-a hash of the event id) out of the replay store, so the learner never trains
-on it, and hands it to the gate.  With enough of it (`adapt.recent_min`):
+joiner keeps a share of labeled feedback (`adapt.recent_fraction`, by the gate's
+`Slices` rule) out of the replay store, so the learner never trains on it, and
+hands it to the gate.  With enough of it (`adapt.recent_min`):
 
     a candidate      must not be worse than live on the recent slice (the same paired test
                      as on the fixed set, which now guards against forgetting)
     a rollback       goes only to a version that is better than live on the recent slice:
                      a drop in live's accuracy on feedback alone may be the world changing
 
-Plain logic; `serving/gate.py` owns one per policy.
+Plain logic; the gate keeps one per policy with `adapt.enabled`.  `score(model, examples)` is the
+policy kind's: each labeled example answered right or not.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from core.config.feedback import GateSection
+from core.config.gate import GateSection
 from core.stats.paired import GateResult, compare
-from core.models.classifier import ClassifierBundle
+
+Score = Callable[[Any, Sequence[tuple[Any, int]]], np.ndarray]  # (model, examples) -> [N] bool
 
 
 class RecentSlice:
-    def __init__(self, size: int, min_rows: int):
-        self.rows: deque[tuple[str, int]] = deque(maxlen=size)
-        self.min_rows = min_rows
+    def __init__(self, size: int, min_rows: int, score: Score):
+        self.rows: deque[tuple[Any, int]] = deque(maxlen=size)
+        self.min_rows, self.score = min_rows, score
         self.added = 0  # rows ever added: how much the slice changed since a verdict
         self._verdicts: dict[tuple[int, int], tuple[int, tuple[bool, float, float]]] = {}
         # the joiner's rows arrive on another gate thread while a candidate is scored
         self._lock = threading.Lock()
 
     def add(self, rows: Iterable[Sequence[Any]]) -> None:
-        new = [(str(t), int(y)) for t, y in rows]
+        new = [(x, int(y)) for x, y in rows]
         with self._lock:
             self.rows.extend(new)
             self.added += len(new)
 
-    def snapshot(self) -> list[tuple[str, int]]:
+    def snapshot(self) -> list[tuple[Any, int]]:
         """The rows now: both sides of a comparison are scored on the same ones."""
         with self._lock:
             return list(self.rows)
@@ -51,20 +53,15 @@ class RecentSlice:
         with self._lock:
             return len(self.rows) >= self.min_rows
 
-    @staticmethod
-    def correct(bundle: ClassifierBundle, rows: Sequence[tuple[str, int]], batch: int = 128) -> np.ndarray:
-        texts, labels = zip(*rows)
-        return bundle.predict_proba(list(texts), batch=batch).argmax(-1) == np.asarray(labels)
-
-    def compare(self, candidate: ClassifierBundle, live: ClassifierBundle, cfg: GateSection, seed: int = 0) -> GateResult:
+    def compare(self, candidate: Any, live: Any, cfg: GateSection, seed: int = 0) -> GateResult:
         rows = self.snapshot()
-        return compare(self.correct(candidate, rows), self.correct(live, rows), test=cfg.test,
+        return compare(self.score(candidate, rows), self.score(live, rows), test=cfg.test,
                        tolerance=cfg.tolerance, alpha=cfg.alpha, bootstrap_samples=cfg.bootstrap_samples, seed=seed)
 
-    def better(self, target: ClassifierBundle, live: ClassifierBundle) -> tuple[bool, float, float]:
+    def better(self, target: Any, live: Any) -> tuple[bool, float, float]:
         """(target better than live on the slice, target's accuracy, live's)."""
         rows = self.snapshot()
-        t, l = float(self.correct(target, rows).mean()), float(self.correct(live, rows).mean())
+        t, l = float(self.score(target, rows).mean()), float(self.score(live, rows).mean())
         return t > l, t, l
 
     def better_cached(self, key: tuple[int, int], target, live) -> tuple[bool, float, float]:

@@ -1,0 +1,161 @@
+"""`gate`: the publish gate's section, one shape for every policy kind.
+
+    stages     in order; a candidate refused by one never reaches the next.  The built-in ones
+               (gate/stages/):
+                 heldout  the paired test on the kind's fixed held-out set (a text classifier has one)
+                 ope      the candidate's off-policy estimate on logged live decisions against live's
+                 shadow   it also answers a share of live requests, judged on their feedback
+                 canary   it answers a share of live traffic until a sequential test decides
+               A stage on live traffic comes after the others.  A stage registered anywhere else
+               (gate/stage.py `register_stage`) is named the same way, and its settings are the
+               section under its name (`gate.<name>`), which the gate package checks.
+    statistics `test`, `tolerance`, `alpha`, ... shared by the stages
+    guard      the rollback guard on live (every kind): `window`, `rollback_margin`,
+               `min_clients`, `max_client_share`
+
+A text classifier's gate is this class's defaults; an RL policy's (`rl_gate()`) differ only in
+values: no stages, a tolerance on the [0, 1] return scale, and an OPE slice and a canary counted
+in episodes (a canary's "request" is one episode, an OPE "row" one logged episode).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from core.config.base import Section
+
+
+class OPESection(Section):
+    """The `ope` stage: logged live decisions, never trained on, evaluate candidates counterfactually
+    (core/stats/ope.py); meaningful when serving explores (serving.exploration)."""
+
+    # A text classifier's share of joined feedback held out of training for it (by a hash of the
+    # event id); an RL policy's `/act` episodes never enter replay, so every one counts.
+    fraction: float = Field(default=0.1, gt=0, lt=1)
+    method: Literal["ips", "snips", "dr"] = "dr"  # a text classifier's estimator (an RL policy's is per-decision IS)
+    size: int = Field(default=3000, ge=1)  # newest logged rows (episodes) kept
+    min_rows: int = Field(default=300, ge=1)  # fewer: a candidate is refused for lack of evidence
+    # Fewer effective rows (episodes) than this: the estimate is inconclusive and the candidate
+    # passes to the next stage (importance weights over long episodes collapse onto a few).
+    min_ess: float = Field(default=0.0, ge=0)
+    # `observed`: refuse when the interval on candidate - live lies below -tolerance, or the observed
+    # difference does; `interval`: only the interval counts (an estimate too noisy to act on alone).
+    rule: Literal["observed", "interval"] = "observed"
+    level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval
+    bootstrap_samples: int = Field(default=500, ge=0)
+
+
+class ShadowSection(Section):
+    """The `shadow` stage: the candidate also answers a share of live requests (clients get live's
+    answer); its answers, joined with the feedback, are judged against live's off-policy."""
+
+    fraction: float = Field(default=0.5, gt=0, le=1)  # of predict requests, drawn per request
+    min_rows: int = Field(default=300, ge=10)  # joined feedbacks with a shadow answer before it decides
+    # A shadow that gathers fewer rows in this long is refused for lack of evidence, so a quiet
+    # endpoint never holds the gate (newer candidates are dropped while a shadow runs).
+    max_s: float = Field(default=1800.0, gt=0)
+    method: Literal["ips", "snips", "dr"] = "dr"
+    level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval on candidate - live
+    bootstrap_samples: int = Field(default=500, ge=50)
+
+
+class CanarySection(Section):
+    """The `canary` stage: a share of live traffic answered by the candidate, judged by an
+    always-valid sequential test on each unit's score (core/stats/sequential.py): a joined
+    feedback's reward, or an episode's return on the [0, 1] scale."""
+
+    fraction: float = Field(default=0.2, gt=0, lt=1)  # of clients, sticky per client key
+    max_requests: int = Field(default=500, ge=2)  # the candidate's exposure cap (feedbacks / episodes)
+    min_requests: int = Field(default=30, ge=2)  # the candidate's units before any decision
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    n_opt: int = Field(default=500, ge=1)  # where the confidence sequence is tightest
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "CanarySection":
+        if self.min_requests > self.max_requests:
+            raise ValueError("canary.min_requests must be <= max_requests")
+        return self
+
+
+class GateSection(Section):
+    """A candidate goes live only if each of the gate's stages says it is not worse than live."""
+
+    # Sections of stages registered outside the built-in ones (`gate.<stage name>`): the gate
+    # package validates each against its stage's settings, and refuses a key that names none.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    stages: list[str] = Field(default_factory=lambda: ["heldout"])
+    ope: OPESection = Field(default_factory=OPESection)
+    shadow: ShadowSection = Field(default_factory=ShadowSection)
+    canary: CanarySection = Field(default_factory=CanarySection)
+    test: Literal["mcnemar", "bootstrap"] = "mcnemar"
+    # points a candidate may lose to live: accuracy for a text classifier, the [0, 1] return scale for RL
+    tolerance: float = Field(default=0.01, ge=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # significance of "worse"
+    min_gain: float = Field(default=0.0, ge=0)  # promote only when at least this much better
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    # Also refuse a candidate the test finds worse (beyond tolerance) than the best version ever
+    # live: stops a chain of small accepted losses from sliding the loop downhill.
+    drift_guard: bool = True
+    # Prequential guard: roll back when live accuracy on incoming feedback (last `window` events)
+    # falls below what the gate measured by more than `rollback_margin`.
+    window: int = Field(default=300, ge=20)
+    rollback_margin: float = Field(default=0.1, ge=0, le=1)
+    # Feedback trust: the guard rolls back only on a window sent by at least `min_clients`
+    # distinct clients (API keys when serving.auth is on, else the x-evolve-client header),
+    # and no one client's rows count beyond `max_client_share` of the window.
+    min_clients: int = Field(default=3, ge=1)
+    max_client_share: float = Field(default=0.2, gt=0, le=1)
+    # An RL policy's returns on the gate's [0, 1] scale: [low, high], clipped (None: [0, the env's
+    # max_episode_steps], for envs that pay between 0 and 1 per step, as CartPole does).
+    return_range: tuple[float, float] | None = None
+
+    @field_validator("stages")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each gate stage at most once, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> "GateSection":
+        if self.return_range is not None and not self.return_range[0] < self.return_range[1]:
+            raise ValueError(f"gate.return_range must be [low, high] with low < high, got {list(self.return_range)}")
+        return self
+
+    def stage_settings(self, name: str) -> Any:
+        """The section of stage `name`: a built-in one's, or the raw mapping of another's (None: unset)."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.model_extra or {}).get(name)
+
+
+# An RL policy's gate: the same section, its own values (a user's keys are laid over these).
+RL_DEFAULTS: dict[str, Any] = {
+    "stages": [],
+    "tolerance": 0.05,
+    "ope": {"size": 100, "min_rows": 20, "min_ess": 10.0, "rule": "interval", "bootstrap_samples": 300},
+    "canary": {"min_requests": 10, "max_requests": 60, "n_opt": 50},
+}
+
+
+def _over(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for key, value in given.items():
+        out[key] = _over(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _rl_values(v: Any) -> Any:
+    return _over(RL_DEFAULTS, v) if isinstance(v, dict) else v
+
+
+def rl_gate(values: dict[str, Any] | None = None) -> GateSection:
+    """An RL policy's gate section: `values` laid over its defaults."""
+    return GateSection.model_validate(_over(RL_DEFAULTS, values or {}))
+
+
+# The type of an RL loop's `gate` field: a partial section is completed with RL_DEFAULTS.
+RLGateSection = Annotated[GateSection, BeforeValidator(_rl_values)]
