@@ -113,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serving.auth.keys_env: when this variable is set it wins over the file, and a "
                        "revoke is refused (default: EVOLVE_API_KEYS)")
 
+    config = sub.add_parser("config", help="the resolved config of a preset, and every config key",
+                            description="Look at configs: `show` prints a preset resolved (bases merged, overrides "
+                            "applied, each loop's names filled in), as `evolve run` would run it; `keys` lists every "
+                            "key with its default and its comment.")
+    confsub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    show = confsub.add_parser("show", help="print CONFIG resolved, as YAML",
+                              description="Print CONFIG resolved: what `evolve run CONFIG` runs with and writes to "
+                              "config.yaml in the run directory.")
+    show.add_argument("config", metavar="CONFIG", help="YAML preset, e.g. configs/default.yaml")
+    _add_set(show)
+    show.set_defaults(func=lambda a: _config_cli().show(a.config, a.overrides))
+    keys_ = confsub.add_parser("keys", help="every config key, its default and its comment",
+                               description="List every config key (loops.<kind>.KEY: a key of each loop of that "
+                               "kind), its default and its one-line comment.")
+    keys_.add_argument("prefix", nargs="?", metavar="PREFIX", help="only keys that start with this, e.g. loops.<rl>")
+    keys_.set_defaults(func=lambda a: _config_cli().keys(a.prefix))
+
     replay = sub.add_parser("replay", help="a run's replay store", description="Look into a run's replay store (offline).")
     rsub = replay.add_subparsers(dest="replay_command", required=True, metavar="SUBCOMMAND")
     inspect = rsub.add_parser("inspect", help="tables, sizes, version ranges, disk use",
@@ -140,6 +157,12 @@ def _stop_cli():
     return stop_cli
 
 
+def _config_cli():
+    from cluster import config_cli
+
+    return config_cli
+
+
 def _replay_cli():
     from cluster import replay_cli
 
@@ -165,7 +188,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set rl.lr=1e-4 (repeatable; VALUE is YAML)",
+        help="override a config value, e.g. --set loops.cartpole.learning.lr=1e-4 (repeatable; VALUE is YAML)",
     )
 
 

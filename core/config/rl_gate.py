@@ -29,24 +29,24 @@ class RLOPESection(Section):
     episodes: int = Field(default=100, ge=1)  # live's latest episodes the stage keeps
     min_episodes: int = Field(default=20, ge=1)  # the stage waits for this many (refuses before)
     min_ess: float = Field(default=10.0, gt=0)  # effective episodes below this: inconclusive, the canary decides
-    level: float = Field(default=0.95, gt=0, lt=1)
-    bootstrap_samples: int = Field(default=300, ge=0)
+    level: float = Field(default=0.95, gt=0, lt=1)  # of the bootstrap interval on candidate - live
+    bootstrap_samples: int = Field(default=300, ge=0)  # resamples of the interval
 
 
 class RLCanarySection(Section):
     fraction: float = Field(default=0.2, gt=0, lt=1)  # share of client keys answered by the candidate
     min_episodes: int = Field(default=10, ge=2)  # the candidate's episodes before any decision
     max_episodes: int = Field(default=60, ge=2)  # exposure cap: promote at it without a significant drop
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # error rate of the sequential test
     n_opt: int = Field(default=50, ge=1)  # the confidence sequence is tightest near this many episodes
 
 
 class RLGateSection(Section):
-    stages: list[Literal["ope", "canary"]] = Field(default_factory=list)
+    stages: list[Literal["ope", "canary"]] = Field(default_factory=list)  # in order; none: every version goes live
     tolerance: float = Field(default=0.05, ge=0, lt=1)  # on the [0, 1] return scale
     return_range: tuple[float, float] | None = None  # None: [0, the env's max_episode_steps]
-    ope: RLOPESection = Field(default_factory=RLOPESection)
-    canary: RLCanarySection = Field(default_factory=RLCanarySection)
+    ope: RLOPESection = Field(default_factory=RLOPESection)  # the `ope` stage's settings
+    canary: RLCanarySection = Field(default_factory=RLCanarySection)  # the `canary` stage's settings
 
     @model_validator(mode="after")
     def _order(self) -> "RLGateSection":
@@ -64,12 +64,12 @@ class RLGateSection(Section):
 class ActTrafficSection(Section):
     """Clients of `/act`: started whenever `rl.gate.stages` is set (the gate's evidence), or `enabled`."""
 
-    enabled: bool = False
+    enabled: bool = False  # start the clients without a gate too
     episodes_at_once: int = Field(default=16, ge=1)  # episodes in flight: one batched /act per step
     clients: int = Field(default=1000, ge=1)  # distinct client keys; each episode draws one
     max_requests_per_s: float = Field(default=40.0, gt=0)  # batched /act calls per second at most
     num_cpus: float = Field(default=0.0, ge=0)  # Ray CPUs: light (it mostly waits on HTTP), not reserved
-    seed: int = 0
+    seed: int = 0  # the clients' episode and key draws
 
     def active(self, gate: RLGateSection) -> bool:
         return self.enabled or bool(gate.stages)
