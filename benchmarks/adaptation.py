@@ -155,7 +155,7 @@ def novelty_auroc(args, pooling: str = "cls") -> dict:
     from core.models.classifier_start import starting_classifier
     from core.config.loader import load_config
     from core.models.novelty import auroc
-    from core.config.novelty import NoveltyConfig
+    from core.config.novelty import NoveltySection
     from core.data.corpus import people_daily_texts
     from learners.autoencoder import AutoencoderObjective, AutoencoderSetup
     from learners.objective import WorkerContext
@@ -167,7 +167,7 @@ def novelty_auroc(args, pooling: str = "cls") -> dict:
     train = [t for t, _ in data.train]
     rng.shuffle(train)
     objective = AutoencoderObjective()
-    objective.setup(AutoencoderSetup(cfg=NoveltyConfig(pooling=pooling), registry_uri=None,
+    objective.setup(AutoencoderSetup(cfg=NoveltySection(pooling=pooling), registry_uri=None,
                                      reference={"policy_id": "-", "version": 0}, weights=start.bundle.weights(),
                                      files=start.bundle.files()), WorkerContext())
     feats = objective.features(train[: args.novelty_texts])

@@ -48,9 +48,9 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     import torch
 
     from actors.rollout import RolloutWorker
-    from core.config.replay import TableConfig
+    from core.config.replay import TableSection
     from core.replay.table import ReplayTable
-    from core.config.rl import RLConfig
+    from core.config.rl import RLSection
     from core.models.q import obs_width, spec_for_env
     from learners.dqn import DQNObjective
     from learners.objective import WorkerContext
@@ -62,7 +62,7 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     # would come from whatever torch's generator holds after the seed before, so a seed's result
     # would depend on which seeds ran before it in the same process
     torch.manual_seed(seed)
-    rl = RLConfig.model_validate({**config["rl"], "seed": seed})
+    rl = RLSection.model_validate({**config["rl"], "seed": seed})
     tcfg = config["replay"]["tables"][rl.table]
     batch_size = rl.batch_size
     spec = spec_for_env(rl.env_id, rl.algo, rl.hidden)
@@ -70,7 +70,7 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     actor = RolloutWorker(rl, spec, "emulated", writer, source, seed=seed)
     learner = DQNObjective()
     learner.setup(QSetup(rl=rl, spec=spec.to_dict()), WorkerContext())
-    table = ReplayTable(rl.table, TableConfig.model_validate({**tcfg, "obs_dim": tcfg.get("obs_dim") or obs_width(spec)}), seed=seed)  # in memory: no directory
+    table = ReplayTable(rl.table, TableSection.model_validate({**tcfg, "obs_dim": tcfg.get("obs_dim") or obs_width(spec)}), seed=seed)  # in memory: no directory
     limiter = table.limiter
     eval_env = gym.make_vec(rl.env_id, num_envs=rl.eval_episodes, vectorization_mode="sync")
     threshold = rl.solve_return or gym.spec(rl.env_id).reward_threshold

@@ -56,8 +56,8 @@ def log(msg: str) -> None:
 
 
 def rl_config(env_id: str, num_envs: int | None, steps_per_write: int | None = None):
-    """configs/cartpole.yaml's `rl` section where it exists (CartPole), else RLConfig defaults."""
-    from core.config.rl import RLConfig
+    """configs/cartpole.yaml's `rl` section where it exists (CartPole), else RLSection defaults."""
+    from core.config.rl import RLSection
 
     base: dict = {}
     preset = ROOT / "configs" / "cartpole.yaml"
@@ -70,7 +70,7 @@ def rl_config(env_id: str, num_envs: int | None, steps_per_write: int | None = N
         base["num_envs"] = num_envs
     if steps_per_write is not None:
         base["steps_per_write"] = steps_per_write
-    return RLConfig.model_validate(base)
+    return RLSection.model_validate(base)
 
 
 def bench_ceiling(env_id: str, num_envs: int, seconds: float) -> float:
@@ -126,13 +126,13 @@ def bench_ours(cfg, seconds: float, warmup_s: float) -> tuple[float, dict]:
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
     from actors.rollout import RolloutActor
-    from core.config.replay import ReplayConfig, TableConfig
+    from core.config.replay import ReplaySection, TableSection
     from core.models.q import obs_width, spec_for_env
 
     spec = spec_for_env(cfg.env_id, cfg.algo, cfg.hidden)
-    rcfg = ReplayConfig(
+    rcfg = ReplaySection(
         num_shards=2,
-        tables={cfg.table: TableConfig(kind="transitions", obs_dim=obs_width(spec), capacity=200_000)},
+        tables={cfg.table: TableSection(kind="transitions", obs_dim=obs_width(spec), capacity=200_000)},
     )
     with tempfile.TemporaryDirectory() as tmp:
         shards = launch_shards(rcfg, tmp, seed=0)

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from cluster.errors import UserError
-from core.config.loader import ConfigError, load_config
+from core.config.loader import ConfigError, resolve, validate
 from core.storage.run_hold import StorageHeld, StorageUnreachable
 
 
@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = sub.add_parser(
         "pretrain",
         help="masked-LM pretraining of the encoder, published to the registry",
-        description="Pretrain a BERT encoder by masked language modelling on Ray Train (config section `mlm`): "
-        "the same as `evolve run CONFIG --set loops=[mlm] --set serving.enabled=false`. At the budget it "
+        description="Pretrain a BERT encoder by masked language modelling on Ray Train (the config's loops of "
+        "kind mlm): `evolve run CONFIG` on those loops alone, with serving.enabled=false. At the budget it "
         "evaluates, checkpoints and publishes; a second call with the same --run-dir resumes from its last "
         "checkpoint.",
     )
@@ -202,7 +202,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = ()) -> int:
+def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = (), only_kind: str | None = None) -> int:
+    """`only_kind`: run the config's loops of this kind alone (refused when it has none)."""
     from cluster.run import execute
 
     overrides = [*args.overrides, *extra]
@@ -212,13 +213,18 @@ def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = ()) -> int:
         overrides.append(f"cluster.address={json.dumps(args.address)}")
     if args.run_dir is not None:
         overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
-    return execute(load_config(args.config, overrides), verbose=args.verbose)
+    data, touched = resolve(args.config, overrides)
+    if only_kind is not None:
+        loops = data.get("loops") if isinstance(data.get("loops"), dict) else {}
+        data["loops"] = {n: loop for n, loop in loops.items() if isinstance(loop, dict) and loop.get("kind") == only_kind}
+        if not data["loops"]:
+            raise ConfigError(args.config, "loops", f"no loop of kind {only_kind} to run")
+    return execute(validate(data, args.config, touched), verbose=args.verbose)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    """`evolve run CONFIG --set loops=[mlm] --set serving.enabled=false`: the same driver, on the
-    config's mlm loop alone (pretraining serves nothing)."""
-    return _cmd_run(args, ["loops=[mlm]", "serving.enabled=false"])
+    """`evolve run CONFIG` on the config's mlm loops alone, serving nothing."""
+    return _cmd_run(args, ["serving.enabled=false"], only_kind="mlm")
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:

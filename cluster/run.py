@@ -58,7 +58,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
 
 def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, report: bool, hold: RunHold) -> int:
     rd = RunDir(cfg.run.resolved_run_dir())
-    status = RunStatus(cfg.run.name, str(rd.path))
+    status = RunStatus(cfg.run.name, str(rd.path), kinds={name: loop.kind for name, loop in cfg.loops.items()})
     rd.listeners.append(status.observe)
     ray_logs = RayLogs(rd.path, verbose)  # entered just before Ray starts: bad input is reported as usual
     storage = RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, rd.path)
@@ -80,17 +80,19 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
     lease = RegistryLease(ctx.registry.uri, cfg.run.name, str(rd.path), ttl_s=LEASE_TTL_S).acquire()
     try:
         say(f"evolve: run {cfg.run.name!r} -> {rd.path}")
-        loops = [loop_kinds.build(kind, cfg, ctx) for kind in cfg.loops]
+        loops = [loop_kinds.build(name, cfg, ctx) for name in cfg.loops]
         for loop in loops:
             loop.prepare()
         rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded
         if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
             ctx.auth, ctx.run_key = _auth_settings(cfg)
             ctx.client_verify = cfg.serving.tls.client_verify() if cfg.serving.tls is not None else True
-        if cfg.serving.enabled and cfg.serving.grpc and "feedback" in cfg.loops:
+        feedback = cfg.loops_of("feedback")
+        if cfg.serving.enabled and cfg.serving.grpc and feedback:
             from serving.feedback_app import bound_grpc_messages
 
-            bound_grpc_messages(cfg.feedback.max_text_chars)  # an embedded cluster's gRPC proxy inherits it
+            # an embedded cluster's gRPC proxy inherits it
+            bound_grpc_messages(max(loop.serving.max_text_chars for loop in feedback.values()))
         ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
         if ctx.auth is not None:  # replicas on every node follow the keys from here
@@ -191,7 +193,7 @@ def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, sto
         rd.event("run", "progress", elapsed_s=round(elapsed, 3), resources=usage)
         if ctx.board is not None:
             ctx.board.put.remote(status.snapshot())  # fire and forget: `evolve status` reads the newest
-        for line in progress_lines(elapsed, budget, usage, figures, sizes):
+        for line in progress_lines(elapsed, budget, usage, figures, sizes, kinds=status.kinds):
             say(line)
         if loops and all(loop.done() for loop in loops):
             return "loops_done"
@@ -261,7 +263,7 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
         say(f"evolve: API keys required (serving.auth) on {cfg.serving.host}")
 
     grpc = None
-    if cfg.serving.grpc and "feedback" in cfg.loops:  # the feedback app's predict/feedback over gRPC
+    if cfg.serving.grpc and cfg.loops_of("feedback"):  # the feedback apps' predict/feedback over gRPC
         from serving.feedback_app import grpc_options
 
         grpc = grpc_options(cfg.serving.grpc_port)
@@ -279,7 +281,7 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
 
             say(f"evolve: warning: {GRPC_PLAINTEXT}")
     return (f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"
-            + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback)" if grpc else ""))
+            + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback, metadata application=<loop name>)" if grpc else ""))
 
 
 def _wait_for_routes(endpoints: dict[str, str], timeout_s: float = 60.0) -> None:

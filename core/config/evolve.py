@@ -82,6 +82,8 @@ class EvolveConfig(Section):
                 if not need.optional:
                     raise ValueError(f"loops.{name}.tables.{role}: a {loop.kind} loop needs this table")
                 continue
+            if not NAME_PATTERN.match(table):
+                raise ValueError(f"loops.{name}.tables.{role} {table!r}: a table name is letters, digits, '_', '.', '-'")
             if self.replay.enabled and table not in self.replay.tables:
                 self.replay.tables[table] = TableSection(kind=need.kind, **need.settings)
             self.check_table(f"loops.{name}.tables.{role}", table, need.kind)

@@ -180,6 +180,10 @@ class FeedbackSection(LoopSection):
             raise ValueError("policy_id must be 1-64 characters of letters, digits, '_', '.', '-'")
         return self
 
+    def table(self, role: str) -> str | None:
+        """The replay table of `role` (feedback, text); a section outside a run: the role's name."""
+        return self.tables[role] if role in self.tables else role
+
     def published(self, loops: dict[str, "LoopSection"]) -> list[str]:
         return [self.policy_id] if self.policy_id else []
 

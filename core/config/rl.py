@@ -112,8 +112,8 @@ class RLSection(LoopSection):
 
     @property
     def table(self) -> str:
-        """The transitions table (named once the run resolved the loop)."""
-        return self.tables["transitions"]
+        """The transitions table (named after the loop by the run; a section outside a run: `transitions`)."""
+        return self.tables.get("transitions") or "transitions"
 
     def published(self, loops: dict[str, "LoopSection"]) -> list[str]:
         return [self.policy_id] if self.policy_id else []
