@@ -269,6 +269,11 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
         grpc = grpc_options(cfg.serving.grpc_port)
     endpoints = deploy_gateway(cfg.serving, ctx.registry.uri, grpc, ctx.auth)
     ctx.endpoints["http"] = endpoints.http
+    acting = [loop.policy_id for loop in cfg.loops_of("rl").values()]
+    if acting:  # each RL loop answers under /v1/policies/<its id>; any other id: a 404 naming them
+        from serving.policy_index import deploy_policy_index
+
+        deploy_policy_index(acting)
     if grpc:
         # the address bound, not the one asked for: Ray's gRPC proxy has no host option
         ctx.endpoints["grpc"] = f"[::]:{cfg.serving.grpc_port}"
@@ -304,9 +309,14 @@ def _wait_for_routes(endpoints: dict[str, str], timeout_s: float = 60.0) -> None
 
 
 def _undeploy() -> None:
+    from ray import serve
+
     from serving.gateway import undeploy
+    from serving.policy_index import APP_NAME as POLICY_INDEX, undeploy_policy_index
 
     undeploy()
+    if POLICY_INDEX in serve.status().applications:
+        undeploy_policy_index()
 
 
 def _auth_hint(handle: ClusterHandle) -> str:
