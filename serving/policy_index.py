@@ -7,14 +7,14 @@ policy id lands here and gets a 404 that names the policies the run serves.
 
 # no `from __future__ import annotations`: FastAPI must see `Request` itself
 
-from fastapi import HTTPException
-from fastapi_offline import FastAPIOffline
+from fastapi import FastAPI, HTTPException
 from ray import serve
 
 from serving.policy_server import ROUTE_PREFIX
 
 APP_NAME = "policies"
-api = FastAPIOffline(title="Evolve policies", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
+# no docs routes: it answers only what no loop serves
+api = FastAPI(title="Evolve policies", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @serve.deployment(name="policy_index", ray_actor_options={"num_cpus": 0.01})
