@@ -106,6 +106,7 @@ class FeedbackLoop(LoopBase):
                                                  resources=self.cfg.cluster.actor_resources).remote(
                 base, fb.traffic.model_dump(mode="json"), fb.data.model_dump(mode="json"), f"{self.name}-traffic-{i}",
                 seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key, verify=ctx.client_verify,
+                predict_path=f"{self.app.route_prefix}/predict", feedback_path=f"{self.app.route_prefix}/feedback",
             ))
         self._launch_learner()
 
