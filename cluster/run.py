@@ -1,7 +1,7 @@
 """`evolve run`: wire one run from its config and drive its loops to the end.
 
     config -> loops built and prepared (bad input refused before Ray starts)
-           -> Ray (embedded or joined) -> replay shards -> Serve gateway -> each loop started
+           -> Ray (embedded or joined) -> replay shards -> Serve gateway -> the loops started side by side
            -> every progress interval: each loop polled, one progress line, events
            -> budget, every loop done, Ctrl-C or SIGTERM -> each loop stopped -> summary.json -> report.html
 
@@ -114,9 +114,8 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
         if any(loop.uses_replay for loop in loops):
             _start_replay(cfg, ctx, say)
         endpoints_line = _start_serving(cfg, ctx, say) if cfg.serving.enabled else None
-        for loop in loops:
-            running.append(loop)
-            _start_loop(loop, ctx, say)
+        running.extend(loops)
+        _start_loops(loops, cfg, ctx, say)
         if endpoints_line:
             # said once every loop's routes answer: users (and tests) start sending on this line
             _wait_for_routes(ctx.endpoints)
@@ -204,13 +203,41 @@ def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, sto
             return stop.reason
 
 
+def _start_loops(loops: list[Loop], cfg: EvolveConfig, ctx: RunContext, say) -> None:
+    """Start every loop side by side: a loop's start mostly waits (Serve deploys its app, Ray Train
+    brings its workers up), so one after the other would add those waits up.  A loop that follows
+    another (a novelty loop reads its feedback loop's first version) starts once that one has.
+    Returns when every start has ended; raises the first error."""
+    started = {loop.name: threading.Event() for loop in loops}
+    errors: list[BaseException] = []
+
+    def start(loop: Loop) -> None:
+        try:
+            for name in cfg.loops[loop.name].starts_after():
+                started[name].wait()
+            if not errors:
+                _start_loop(loop, ctx, say)
+        except BaseException as exc:  # re-raised on the driver's thread
+            errors.append(exc)
+        finally:
+            started[loop.name].set()
+
+    threads = [threading.Thread(target=start, args=(loop,), name=f"start-{loop.name}", daemon=True) for loop in loops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def _start_loop(loop: Loop, ctx: RunContext, say) -> None:
     """Start one loop, saying so: a loop takes seconds to tens of seconds to come up (Serve
     apps, Ray Train workers, scoring the first version) before its first progress line."""
-    before, t0 = dict(ctx.endpoints), time.monotonic()
+    t0 = time.monotonic()
     say(f"evolve: starting loop {loop.name!r} ...")
     loop.start()
-    added = [url for key, url in ctx.endpoints.items() if key not in before]
+    added = [url for key, url in ctx.endpoints.items() if key.startswith(f"{loop.name}_")]
     say(f"evolve: loop {loop.name!r} started in {time.monotonic() - t0:.1f}s"
         + (f"; endpoints {'  '.join(added)}" if added else ""))
 

@@ -30,6 +30,10 @@ class LoopSection(Section):
         """The HTTP route prefixes this loop's Serve app answers under (two loops may not share one)."""
         return []
 
+    def starts_after(self) -> list[str]:
+        """The loops of the run this one starts after (it needs what their start makes)."""
+        return []
+
     def check_in_run(self, name: str, cfg: Any) -> None:
         """Checks against the rest of the run (`cfg`: the EvolveConfig, its loops in order, their
         tables resolved); raise ValueError to refuse."""

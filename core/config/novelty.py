@@ -38,8 +38,8 @@ class NoveltySection(LoopSection):
     cpus_per_worker: float = Field(default=0.1, gt=0)  # Ray CPUs its Train worker reserves
     seed: int = 0  # the autoencoder's init and the batch draws
 
-    def watched(self, loops: dict[str, LoopSection]) -> LoopSection:
-        return loops[self.watch]
+    def starts_after(self) -> list[str]:
+        return [self.watch]  # it reads that loop's first published version
 
     def published(self, loops: dict[str, LoopSection]) -> list[str]:
         watched = loops.get(self.watch)
