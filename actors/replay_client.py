@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from core.config.replay import ReplayConfig, per_shard
+from core.config.replay import ReplaySection, per_shard
 from core.replay.store import shard_of
 from core.replay.table import KEY, PROBABILITY, ReplayError
 from core.replay.wire import to_ipc
@@ -43,7 +43,7 @@ class AddTicket:
 
 
 class ReplayClient:
-    def __init__(self, shards: list[Any], cfg: ReplayConfig, seed: int | None = None):
+    def __init__(self, shards: list[Any], cfg: ReplaySection, seed: int | None = None):
         self.shards, self.cfg = list(shards), cfg
         self._rng = np.random.default_rng(seed)
         self._pending: deque[AddTicket] = deque()
@@ -54,7 +54,7 @@ class ReplayClient:
         return {"shards": self.shards, "cfg": self.cfg.model_dump(mode="json")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["shards"], ReplayConfig.model_validate(state["cfg"]))
+        self.__init__(state["shards"], ReplaySection.model_validate(state["cfg"]))
 
     # ---- add -------------------------------------------------------------------
     def add(self, table: str, batch: Any, timeout_s: float | None = None) -> AddTicket:

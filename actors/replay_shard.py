@@ -21,7 +21,7 @@ import pyarrow as pa
 import ray
 from ray.util import metrics
 
-from core.config.replay import ReplayConfig
+from core.config.replay import ReplaySection
 from core.replay.store import ShardStore
 from core.replay.wire import from_ipc
 
@@ -60,7 +60,7 @@ class ShardMetrics:
             concurrency_groups={"add": ADD_THREADS, "sample": SAMPLE_THREADS})
 class ReplayShard:
     def __init__(self, cfg: dict[str, Any], directory: str | None, shard: int, seed: int | None = None):
-        self.store = ShardStore(ReplayConfig.model_validate(cfg), directory, shard, seed)
+        self.store = ShardStore(ReplaySection.model_validate(cfg), directory, shard, seed)
         self.metrics = ShardMetrics(shard)
 
     @ray.method(concurrency_group="add")
@@ -104,7 +104,7 @@ class ReplayShard:
         return os.getpid()
 
 
-def launch_shards(cfg: ReplayConfig, directory: str | None, seed: int | None = None) -> list[Any]:
+def launch_shards(cfg: ReplaySection, directory: str | None, seed: int | None = None) -> list[Any]:
     """Start (or re-attach to) the named shard actors of a run."""
     return [
         ReplayShard.options(

@@ -32,7 +32,7 @@ from ray.util import metrics
 from actors.nstep import NStep
 from actors.crash_backoff import CrashBackoff
 from core.replay.table import ReplayTimeout
-from core.config.rl import RLConfig
+from core.config.rl import RLSection
 from core.rl.drift import EpsilonBoost, physics_wrappers
 from core.models.q import PolicySpec, obs_width
 from core.models.q_policy import QPolicy
@@ -127,13 +127,13 @@ class WriteSize:
 
 
 class RolloutWorker:
-    def __init__(self, cfg: RLConfig, spec: PolicySpec, actor_id: str, writer: Writer,
+    def __init__(self, cfg: RLSection, spec: PolicySpec, actor_id: str, writer: Writer,
                  source: PolicySource | None = None, seed: int = 0):
         torch.set_num_threads(1)  # many small forward passes: threads only add overhead
         self.cfg, self.spec, self.writer, self.source = cfg, spec, writer, source
         self.actor_id = actor_id
         self.incarnation = uuid.uuid4().hex[:8]  # row ids stay unique across actor restarts
-        self.env = make_vec_env(cfg.env_id, cfg.num_envs, seed, cfg.drift.set if cfg.drift.enabled else None)
+        self.env = make_vec_env(cfg.env_id, cfg.acting.num_envs, seed, cfg.drift.set if cfg.drift.enabled else None)
         self.drifted_at: int | None = None  # own env steps when the physics changed
         self.boost: EpsilonBoost | None = None
         self.obs = self._shape(self.env.reset(seed=seed)[0])
@@ -141,19 +141,19 @@ class RolloutWorker:
         self._fast_q: _NumpyQ | None = None
         self._fast_key: tuple[int, int] | None = None
         self.rng = np.random.default_rng(seed)
-        self.nstep = NStep(cfg.n_step, cfg.gamma)
+        self.nstep = NStep(cfg.learning.n_step, cfg.learning.gamma)
         self.schema = transitions_schema(obs_width(spec))
         self.env_steps = self.episodes = self.rows_written = 0
         self.last_batch: pa.RecordBatch | None = None
-        self.episode_return = np.zeros(cfg.num_envs)
-        self.episode_len = np.zeros(cfg.num_envs, dtype=np.int64)
+        self.episode_return = np.zeros(cfg.acting.num_envs)
+        self.episode_len = np.zeros(cfg.acting.num_envs, dtype=np.int64)
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_lengths: deque[int] = deque(maxlen=100)
         # (own env steps, return) of each finished episode until `drain_returns` takes them
         self.finished: deque[tuple[int, float]] = deque(maxlen=10_000)
 
     def _shape(self, obs: np.ndarray) -> np.ndarray:
-        return np.asarray(obs, dtype=np.float32).reshape(self.cfg.num_envs, -1)
+        return np.asarray(obs, dtype=np.float32).reshape(self.cfg.acting.num_envs, -1)
 
     def maybe_switch_policy(self) -> bool:
         update = self.source.poll() if self.source is not None else None
@@ -221,7 +221,7 @@ class RolloutWorker:
         return self._fast_q.q_values(self.obs).argmax(axis=1).astype(np.int64)
 
     def _track(self, reward: np.ndarray, done: np.ndarray) -> None:
-        self.env_steps += self.cfg.num_envs
+        self.env_steps += self.cfg.acting.num_envs
         self.episode_return += reward
         self.episode_len += 1
         for i in np.flatnonzero(done):
@@ -270,12 +270,12 @@ class RolloutWorker:
 
     # ---- drift and the adaptive layer's answer -----------------------------------------
     def epsilon(self) -> float:
-        step = self.env_steps // self.cfg.num_envs
-        return self.boost.at(self.cfg.epsilon, step) if self.boost else self.cfg.epsilon.at(step)
+        step = self.env_steps // self.cfg.acting.num_envs
+        return self.boost.at(self.cfg.acting.epsilon, step) if self.boost else self.cfg.acting.epsilon.at(step)
 
     def boost_epsilon(self, value: float, steps: int) -> None:
         """Epsilon restarts at `value` and is back at the schedule's end after `steps` vector steps."""
-        self.boost = EpsilonBoost(self.env_steps // self.cfg.num_envs, value, steps)
+        self.boost = EpsilonBoost(self.env_steps // self.cfg.acting.num_envs, value, steps)
 
     def apply_drift(self) -> int:
         """Change every env's physics to `rl.drift.set` (once); returns own env steps at the change."""
@@ -308,14 +308,14 @@ class RolloutActor:
     def __init__(self, cfg: dict, spec: dict, actor_id: str, writer: Writer, source: PolicySource | None, seed: int,
                  on_crash: Callable[[BaseException], None] | None = None):  # tests: the exit to expect
         self._on_crash = on_crash or CrashBackoff(f"rollout-{actor_id}").fail
-        self.worker = RolloutWorker(RLConfig.model_validate(cfg), PolicySpec.from_dict(spec), actor_id, writer, source, seed)
+        self.worker = RolloutWorker(RLSection.model_validate(cfg), PolicySpec.from_dict(spec), actor_id, writer, source, seed)
         tags = {"actor": actor_id}
         self._steps = metrics.Counter("evolve_rollout_env_steps", "env steps taken (steps)", tag_keys=("actor",))
         self._return = metrics.Gauge("evolve_rollout_episode_return", "mean return of recent episodes (episode return)", tag_keys=("actor",))
         self._version = metrics.Gauge("evolve_rollout_policy_version", "policy version acting (version number)", tag_keys=("actor",))
         self._tags = tags
         rl = self.worker.cfg
-        self._write_size = WriteSize(rl.min_steps_per_write or rl.steps_per_write, rl.steps_per_write)
+        self._write_size = WriteSize(rl.acting.min_steps_per_write or rl.acting.steps_per_write, rl.acting.steps_per_write)
         self._stop = threading.Event()
         self._error: str | None = None
         self._write_timeouts = 0  # adds the rate limiter held past replay.add_timeout_s

@@ -41,7 +41,7 @@ import ray
 
 from actors.crash_backoff import RETRY_STATUS, CrashBackoff
 from actors.pair_traffic import predict_body
-from core.config.feedback import DataSection, TrafficSection
+from core.config.data import DataSection, TrafficSection
 from core.data.labeled import LabeledData, ordered_index
 
 log = logging.getLogger(__name__)
@@ -436,6 +436,4 @@ class TrafficActor:
         self.worker.set_poison(flag)
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()

@@ -3,7 +3,7 @@
     cartpole_drift(adapt=True, seed=0, budget_s=900, workdir=Path("/tmp/x"))
 
 runs `python -m cluster.cli run configs/drift_cartpole.yaml` as a subprocess
-(`--set rl.adapt.enabled=true|false --set rl.seed=SEED`, free ports, its own
+(`--set loops.cartpole.adapt.enabled=true|false --set loops.cartpole.seed=SEED`, free ports, its own
 run directory under `workdir`) until it stops by itself (recovered on the
 changed physics) or at the budget, and returns `loops.cartpole.drift` of its
 summary.json with the solve and the run's wall time:
@@ -45,7 +45,7 @@ def cartpole_drift(adapt: bool, seed: int, budget_s: float, workdir: str | Path,
                    overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     run_dir = Path(workdir) / "run"
     cmd = [sys.executable, "-m", "cluster.cli", "run", CONFIG, "--budget-s", str(budget_s), "--run-dir", str(run_dir)]
-    for o in (f"rl.adapt.enabled={str(adapt).lower()}", f"rl.seed={seed}", f"serving.http_port={free_port()}",
+    for o in (f"loops.{LOOP}.adapt.enabled={str(adapt).lower()}", f"loops.{LOOP}.seed={seed}", f"serving.http_port={free_port()}",
               f"serving.grpc_port={free_port()}", f"cluster.dashboard_port={free_port()}", *overrides):
         cmd += ["--set", o]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}

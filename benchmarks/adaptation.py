@@ -115,10 +115,10 @@ def detection_delays(events: list[dict]) -> list[int]:
 
 
 def text_runs(args, work: Path) -> dict:
-    common = [f"feedback.data.group_rows={args.group_rows}", f"run.seed={args.seed}"]
+    common = [f"loops.sentiment.data.group_rows={args.group_rows}", f"run.seed={args.seed}"]
     on = evolve_run("configs/drift_text.yaml", work / "text_on", args.text_budget_s, common, args.reuse)
     off = evolve_run("configs/drift_text.yaml", work / "text_off", args.text_budget_s,
-                     common + ["feedback.adapt.enabled=false"], args.reuse)
+                     common + ["loops.sentiment.adapt.enabled=false"], args.reuse)
     out = {}
     for name, run in (("on", on), ("off", off)):
         loop = run["summary"]["loops"]["sentiment"]
@@ -138,7 +138,7 @@ def text_runs(args, work: Path) -> dict:
 
 def calm_run(args, work: Path) -> dict:
     run = evolve_run("configs/drift_text.yaml", work / "calm", args.calm_budget_s,
-                     [f"run.seed={args.seed}", "feedback.data.order=shuffled"], args.reuse)
+                     [f"run.seed={args.seed}", "loops.sentiment.data.order=shuffled"], args.reuse)
     loop = run["summary"]["loops"]["sentiment"]
     alarms = [{k: e.get(k) for k in ("events", "signal", "detector", "before", "after", "suppressed")}
               for e in run["events"] if e.get("event") == "adapt"]
@@ -155,19 +155,20 @@ def novelty_auroc(args, pooling: str = "cls") -> dict:
     from core.models.classifier_start import starting_classifier
     from core.config.loader import load_config
     from core.models.novelty import auroc
-    from core.config.novelty import NoveltyConfig
+    from core.config.novelty import NoveltySection
     from core.data.corpus import people_daily_texts
     from learners.autoencoder import AutoencoderObjective, AutoencoderSetup
     from learners.objective import WorkerContext
 
     cfg = load_config(ROOT / "configs/drift_text.yaml")
-    data = cfg.feedback.data.load()
-    start = starting_classifier(cfg.feedback, data, seed=args.seed)
+    fb = cfg.loops["sentiment"]
+    data = fb.data.load()
+    start = starting_classifier(fb, data, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     train = [t for t, _ in data.train]
     rng.shuffle(train)
     objective = AutoencoderObjective()
-    objective.setup(AutoencoderSetup(cfg=NoveltyConfig(pooling=pooling), registry_uri=None,
+    objective.setup(AutoencoderSetup(cfg=NoveltySection(watch="sentiment", pooling=pooling), registry_uri=None,
                                      reference={"policy_id": "-", "version": 0}, weights=start.bundle.weights(),
                                      files=start.bundle.files()), WorkerContext())
     feats = objective.features(train[: args.novelty_texts])

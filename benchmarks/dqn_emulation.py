@@ -1,7 +1,7 @@
 """Learner updates to solve CartPole for an RL preset, over many seeds, without Ray.
 
     .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --json
-    .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --set rl.min_steps_per_write=256
+    .venv/bin/python benchmarks/dqn_emulation.py --seeds 8 --set loops.cartpole.acting.min_steps_per_write=256
 
 A whole `evolve run` takes minutes and its time to solve varies several-fold
 between runs, so comparing presets that way needs more runs than anyone makes.
@@ -13,10 +13,10 @@ shard's table: same sampler, same rate limiter), paced the way the running loop 
 * the actor writes `min_steps_per_write` vector steps (`steps_per_write` when
   that is unset: here the limiter always paces the actor, so its adaptive add
   size sits at the floor) with the latest published version (the learner
-  publishes every `rl.publish_every` updates), then its add waits until the
+  publishes every `learning.publish_every` updates), then its add waits until the
   limiter admits it; meanwhile the learner samples uniformly
   (`batch_size` rows) from what is in the table;
-* every second published version is played greedily for `rl.eval_episodes`
+* every second published version is played greedily for `eval.episodes`
   episodes; the first with a mean return >= 475 ends the seed.
 
 Not emulated: timing (a run's time to solve is roughly its start-up plus the
@@ -48,9 +48,9 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     import torch
 
     from actors.rollout import RolloutWorker
-    from core.config.replay import TableConfig
+    from core.config.replay import TableSection
     from core.replay.table import ReplayTable
-    from core.config.rl import RLConfig
+    from core.config.rl import RLSection
     from core.models.q import obs_width, spec_for_env
     from learners.dqn import DQNObjective
     from learners.objective import WorkerContext
@@ -62,29 +62,29 @@ def run_seed(config: dict[str, Any], seed: int, max_updates: int) -> dict[str, A
     # would come from whatever torch's generator holds after the seed before, so a seed's result
     # would depend on which seeds ran before it in the same process
     torch.manual_seed(seed)
-    rl = RLConfig.model_validate({**config["rl"], "seed": seed})
+    rl = RLSection.model_validate({**config["rl"], "seed": seed})
     tcfg = config["replay"]["tables"][rl.table]
-    batch_size = rl.batch_size
+    batch_size = rl.learning.batch_size
     spec = spec_for_env(rl.env_id, rl.algo, rl.hidden)
     writer, source = _LastBatch(), _Pending()
     actor = RolloutWorker(rl, spec, "emulated", writer, source, seed=seed)
     learner = DQNObjective()
-    learner.setup(QSetup(rl=rl, spec=spec.to_dict()), WorkerContext())
-    table = ReplayTable(rl.table, TableConfig.model_validate({**tcfg, "obs_dim": tcfg.get("obs_dim") or obs_width(spec)}), seed=seed)  # in memory: no directory
+    learner.setup(QSetup(rl=rl, spec=spec.to_dict(), loop="emulated"), WorkerContext())
+    table = ReplayTable(rl.table, TableSection.model_validate({**tcfg, "obs_dim": tcfg.get("obs_dim") or obs_width(spec)}), seed=seed)  # in memory: no directory
     limiter = table.limiter
-    eval_env = gym.make_vec(rl.env_id, num_envs=rl.eval_episodes, vectorization_mode="sync")
-    threshold = rl.solve_return or gym.spec(rl.env_id).reward_threshold
+    eval_env = gym.make_vec(rl.env_id, num_envs=rl.eval.episodes, vectorization_mode="sync")
+    threshold = rl.eval.solve_return or gym.spec(rl.env_id).reward_threshold
     best = 0.0
-    steps_per_add = rl.min_steps_per_write or rl.steps_per_write
+    steps_per_add = rl.acting.min_steps_per_write or rl.acting.steps_per_write
     while learner.updates < max_updates:
         actor.run(steps_per_add)
         # the learner trains until the limiter admits this add (or it may not sample more)
         while not limiter.can_insert(table.size) and limiter.can_sample(batch_size, table.size):
             learner.step(transitions_to_tensors(table.sample(batch_size, timeout_s=0)))
-            if learner.updates % rl.publish_every:
+            if learner.updates % rl.learning.publish_every:
                 continue
-            source.pending = (learner.updates // rl.publish_every, learner.weights())
-            if learner.updates % (2 * rl.publish_every) == 0:
+            source.pending = (learner.updates // rl.learning.publish_every, learner.weights())
+            if learner.updates % (2 * rl.learning.publish_every) == 0:
                 ret = _greedy_return(eval_env, learner.model, seed=learner.updates)
                 best = max(best, ret)
                 if ret >= threshold:
@@ -141,11 +141,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cfg = load_config(args.config, args.set)
-    if cfg.rl.algo != "dqn":
-        raise SystemExit(f"{args.config}: rl.algo is {cfg.rl.algo!r}; this emulates the DQN learner")
-    if cfg.replay.tables[cfg.rl.table].sampler != "uniform":
-        raise SystemExit(f"{args.config}: replay.tables.{cfg.rl.table}.sampler must be uniform here")
-    config = {"rl": cfg.rl.model_dump(mode="json"), "replay": cfg.replay.model_dump(mode="json")}
+    (name, rl), *_ = cfg.loops_of("rl").items()  # the config's first rl loop
+    if rl.algo != "dqn":
+        raise SystemExit(f"{args.config}: loops.{name}.algo is {rl.algo!r}; this emulates the DQN learner")
+    if cfg.replay.tables[rl.table].sampler != "uniform":
+        raise SystemExit(f"{args.config}: replay.tables.{rl.table}.sampler must be uniform here")
+    config = {"rl": rl.model_dump(mode="json"), "replay": cfg.replay.model_dump(mode="json")}
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(run_seed, [config] * args.seeds, range(args.seeds), [args.max_updates] * args.seeds))
     for r in results:

@@ -77,8 +77,9 @@ def models(args):
     from core.models.classifier import from_version
 
     cfg = load_config(ROOT / "configs/sentiment.yaml")
-    data = cfg.feedback.data.load()
-    start = starting_classifier(cfg.feedback, data, seed=0)
+    fb = cfg.loops["sentiment"]
+    data = fb.data.load()
+    start = starting_classifier(fb, data, seed=0)
     rng = np.random.default_rng(0)
     train = [data.train[i] for i in rng.permutation(len(data.train))]
     live = start.bundle

@@ -61,13 +61,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from core.config.mlm import MLMConfig
+    from core.config.mlm import MLMSection
     from core.data.mlm import prepare_mlm_data
     from learners.mlm import MLMObjective, MLMSetup
     from learners.objective import WorkerContext
 
     device = torch.device(args.device)
-    cfg = MLMConfig(corpus={"max_texts": args.max_texts}, seq_len=args.seq_len, model={"preset": args.preset},
+    cfg = MLMSection(corpus={"max_texts": args.max_texts}, seq_len=args.seq_len, model={"preset": args.preset},
                     warmup_steps=args.warmup_steps, short_seq_steps=0)
     data = prepare_mlm_data(cfg)
     setup = MLMSetup(mlm=cfg, model_config=data.model_config.to_dict(), pretrained_dir=None,

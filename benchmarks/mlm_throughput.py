@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core.config.mlm import MLMConfig  # noqa: E402
+from core.config.mlm import MLMSection  # noqa: E402
 from core.data.mlm import prepare_mlm_data  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
 
     # One precision for every variant: ours would otherwise pick bf16 on CPUs with native bf16.
-    cfg = MLMConfig(corpus={"max_texts": args.max_texts}, seq_len=args.seq_len, cpu_bf16="on" if args.bf16 else "off")
+    cfg = MLMSection(corpus={"max_texts": args.max_texts}, seq_len=args.seq_len, cpu_bf16="on" if args.bf16 else "off")
     data = prepare_mlm_data(cfg)
     need = (args.steps + args.warmup_steps + 2) * args.batch_size * 2
     blocks = data.train_blocks
@@ -114,7 +114,7 @@ def _plain(data, args, full_projection: bool) -> float:
     return args.steps / (time.perf_counter() - started)
 
 
-def _ours(data, cfg: MLMConfig, args) -> dict[str, float]:
+def _ours(data, cfg: MLMSection, args) -> dict[str, float]:
     import ray
 
     from learners.mlm import MLMObjective, MLMSetup

@@ -60,7 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     from core.config.loader import load_config
 
-    data = load_config(args.config).feedback.data.load()
+    (fb, *_) = load_config(args.config).loops_of("feedback").values()  # the config's first feedback loop
+    data = fb.data.load()
     out = {"train_pairs": len(data.train), "heldout_pairs": len(data.heldout), "labels": data.labels,
            "chance": round(1 / len(data.labels), 4)}
     for name in ("concat", "sides"):

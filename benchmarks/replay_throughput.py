@@ -40,9 +40,9 @@ def bench_ours(rows: int, add_rows: int, sample_s: float, batch: int, sampler: s
 
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
-    from core.config.replay import ReplayConfig, TableConfig
+    from core.config.replay import ReplaySection, TableSection
 
-    cfg = ReplayConfig(num_shards=2, tables={"transitions": TableConfig(obs_dim=4, capacity=1_000_000, sampler=sampler)})
+    cfg = ReplaySection(num_shards=2, tables={"transitions": TableSection(obs_dim=4, capacity=1_000_000, sampler=sampler)})
     with tempfile.TemporaryDirectory() as tmp:
         shards = launch_shards(cfg, tmp, seed=0)
         client = ReplayClient(shards, cfg, seed=0)
@@ -82,11 +82,11 @@ def bench_fsync(fsync: bool, rows: int, add_rows: int, commits: int, commit_rows
 
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
-    from core.config.replay import ReplayConfig, TableConfig
+    from core.config.replay import ReplaySection, TableSection
 
-    tables = {"transitions": TableConfig(obs_dim=4, capacity=1_000_000, fsync=fsync),
-              "feedback": TableConfig(kind="feedback", capacity=1_000_000, fsync=fsync)}
-    cfg = ReplayConfig(num_shards=2, tables=tables)
+    tables = {"transitions": TableSection(obs_dim=4, capacity=1_000_000, fsync=fsync),
+              "feedback": TableSection(kind="feedback", capacity=1_000_000, fsync=fsync)}
+    cfg = ReplaySection(num_shards=2, tables=tables)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         shards = launch_shards(cfg, tmp, seed=0)
         client = ReplayClient(shards, cfg, seed=0)

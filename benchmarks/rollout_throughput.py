@@ -56,21 +56,22 @@ def log(msg: str) -> None:
 
 
 def rl_config(env_id: str, num_envs: int | None, steps_per_write: int | None = None):
-    """configs/cartpole.yaml's `rl` section where it exists (CartPole), else RLConfig defaults."""
-    from core.config.rl import RLConfig
+    """configs/cartpole.yaml's `cartpole` loop where it exists (CartPole), else RLSection defaults."""
+    from core.config.loader import load_config
+    from core.config.rl import RLSection
 
-    base: dict = {}
     preset = ROOT / "configs" / "cartpole.yaml"
     if env_id == "CartPole-v1" and preset.exists():
-        import yaml
-
-        base = dict((yaml.safe_load(preset.read_text()) or {}).get("rl") or {})
+        base = load_config(preset).loops["cartpole"].model_dump(mode="json")
+    else:
+        base = {"policy_id": "bench", "tables": {"transitions": "transitions"}}
     base["env_id"] = env_id
     if num_envs is not None:
-        base["num_envs"] = num_envs
+        base["acting"] = {**base.get("acting", {}), "num_envs": num_envs}
     if steps_per_write is not None:
-        base["steps_per_write"] = steps_per_write
-    return RLConfig.model_validate(base)
+        base["acting"] = {**base.get("acting", {}), "steps_per_write": steps_per_write}
+        base["acting"].pop("min_steps_per_write", None)
+    return RLSection.model_validate(base)
 
 
 def bench_ceiling(env_id: str, num_envs: int, seconds: float) -> float:
@@ -113,10 +114,10 @@ def bench_ours_no_replay(cfg, seconds: float, warmup_s: float) -> float:
     worker = RolloutWorker(cfg, spec_for_env(cfg.env_id, cfg.algo, cfg.hidden), "bench-local", _Discard())
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < warmup_s:
-        worker.run(cfg.steps_per_write)
+        worker.run(cfg.acting.steps_per_write)
     steps0, t0 = worker.env_steps, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        worker.run(cfg.steps_per_write)
+        worker.run(cfg.acting.steps_per_write)
     return (worker.env_steps - steps0) / (time.perf_counter() - t0)
 
 
@@ -126,19 +127,19 @@ def bench_ours(cfg, seconds: float, warmup_s: float) -> tuple[float, dict]:
     from actors.replay_client import ReplayClient
     from actors.replay_shard import launch_shards
     from actors.rollout import RolloutActor
-    from core.config.replay import ReplayConfig, TableConfig
+    from core.config.replay import ReplaySection, TableSection
     from core.models.q import obs_width, spec_for_env
 
     spec = spec_for_env(cfg.env_id, cfg.algo, cfg.hidden)
-    rcfg = ReplayConfig(
+    rcfg = ReplaySection(
         num_shards=2,
-        tables={cfg.table: TableConfig(kind="transitions", obs_dim=obs_width(spec), capacity=200_000)},
+        tables={cfg.table: TableSection(kind="transitions", obs_dim=obs_width(spec), capacity=200_000)},
     )
     with tempfile.TemporaryDirectory() as tmp:
         shards = launch_shards(rcfg, tmp, seed=0)
         client = ReplayClient(shards, rcfg, seed=0)
         client.info()  # shards up
-        actor = RolloutActor.options(num_cpus=cfg.actor_num_cpus).remote(
+        actor = RolloutActor.options(num_cpus=cfg.acting.actor_num_cpus).remote(
             cfg.model_dump(mode="json"), spec.to_dict(), "bench-0", client, None, 0
         )
         ray.get(actor.stats.remote())  # constructed: the loop is running
@@ -200,7 +201,7 @@ def bench_rllib(env_id: str, num_envs: int, seconds: float, warmup_s: float, chu
 def main() -> None:
     parser = argparse.ArgumentParser(description="rollout env steps/s: ours vs the raw env and RLlib's env runner")
     parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("--num-envs", type=int, default=None, help="default: configs/cartpole.yaml's rl.num_envs")
+    parser.add_argument("--num-envs", type=int, default=None, help="default: configs/cartpole.yaml's acting.num_envs")
     parser.add_argument("--steps-per-write", type=int, default=None,
                         help="vector steps per replay add (default: the preset's); ours only")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window of each of the three")
@@ -210,10 +211,10 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = rl_config(args.env, args.num_envs, args.steps_per_write)
-    log(f"{cfg.env_id}, {cfg.num_envs} envs, steps_per_write {cfg.steps_per_write}, hidden {cfg.hidden}")
+    log(f"{cfg.env_id}, {cfg.acting.num_envs} envs, steps_per_write {cfg.acting.steps_per_write}, hidden {cfg.hidden}")
 
     log("ceiling: raw vector env, random actions ...")
-    ceiling = bench_ceiling(cfg.env_id, cfg.num_envs, args.seconds)
+    ceiling = bench_ceiling(cfg.env_id, cfg.acting.num_envs, args.seconds)
     log(f"ceiling {ceiling:,.0f} steps/s")
 
     log("ours without replay: RolloutWorker in this process, batches dropped ...")
@@ -229,16 +230,16 @@ def main() -> None:
         log(f"ours {ours:,.0f} steps/s (epsilon now {extra['stats']['epsilon']:.3f}, "
             f"{extra['stats']['rows_written']:,} rows written)")
         log("rllib: SingleAgentEnvRunner (default PPO module) ...")
-        rllib, rinfo = bench_rllib(cfg.env_id, cfg.num_envs, args.seconds, args.warmup_s, args.rllib_chunk)
+        rllib, rinfo = bench_rllib(cfg.env_id, cfg.acting.num_envs, args.seconds, args.warmup_s, args.rllib_chunk)
         log(f"rllib {rllib:,.0f} steps/s (torch threads in its actor: {rinfo['torch_threads']})")
     finally:
         ray.shutdown()
 
     result = {
         "env": cfg.env_id,
-        "num_envs": cfg.num_envs,
-        "steps_per_write": cfg.steps_per_write,
-        "min_steps_per_write": cfg.min_steps_per_write,
+        "num_envs": cfg.acting.num_envs,
+        "steps_per_write": cfg.acting.steps_per_write,
+        "min_steps_per_write": cfg.acting.min_steps_per_write,
         # the adaptive add size the actor ran at the end (nothing holds it back here: the maximum)
         "actor_steps_per_write": extra["stats"].get("steps_per_write"),
         "seconds": args.seconds,

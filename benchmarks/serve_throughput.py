@@ -53,7 +53,7 @@ def build_model(preset: str = "cpu-small", seed: int = 0):
     """
     from transformers import BertConfig
 
-    from core.config.feedback import FeedbackConfig
+    from core.config.feedback import FeedbackSection
     from core.models.classifier import from_encoder
     from core.data.corpus import review_texts
     from core.models.encoder import PRESETS, bert_config
@@ -63,7 +63,7 @@ def build_model(preset: str = "cpu-small", seed: int = 0):
     random.Random(seed).shuffle(texts)
     tok = train_wordpiece(texts[:5000], vocab_size=6000, min_frequency=2)
     if preset == "feedback":
-        config = bert_config(FeedbackConfig().model, len(tok), tok.pad_token_id, 128)
+        config = bert_config(FeedbackSection().model, len(tok), tok.pad_token_id, 128)
     else:
         p = dict(TINY if preset == "tiny" else PRESETS[preset])
         dropout = p.pop("dropout")
@@ -113,10 +113,10 @@ def run_mode(batching: bool, publisher, registry: str, cfg, url: str, texts, arg
                 raise SystemExit(f"{mode}: the model was not served within 120 s")
             time.sleep(0.5)
         log(f"{mode}: warm-up {args.warmup_s:g}s")
-        asyncio.run(load(url, texts, args.clients, args.warmup_s, cfg.max_text_chars))
+        asyncio.run(load(url, texts, args.clients, args.warmup_s, cfg.serving.max_text_chars))
         log(f"{mode}: measuring {args.seconds:g}s with {args.clients} clients")
         t0 = time.perf_counter()
-        ok, failed, lat = asyncio.run(load(url, texts, args.clients, args.seconds, cfg.max_text_chars))
+        ok, failed, lat = asyncio.run(load(url, texts, args.clients, args.seconds, cfg.serving.max_text_chars))
         elapsed = time.perf_counter() - t0
         per_forward = httpx.get(url.replace("/predict", "/healthz"), timeout=30).json()["texts_per_forward"]
     finally:
@@ -148,7 +148,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from core.config.feedback import FeedbackConfig
+    from core.config.feedback import FeedbackSection
     from serving.publisher import PolicyPublisher
 
     logging.getLogger("ray").setLevel(logging.WARNING)
@@ -156,7 +156,7 @@ def main() -> None:
     bundle, texts = build_model(args.model)
     overrides = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s}
     # max_batch_size, batch_wait_timeout_s (unless given), max_text_chars: the config's defaults
-    cfg = FeedbackConfig(**{k: v for k, v in overrides.items() if v is not None})
+    cfg = FeedbackSection(policy_id="sentiment", serving={k: v for k, v in overrides.items() if v is not None})
     ray.init(num_cpus=args.num_cpus, num_gpus=1 if args.num_gpus else 0, include_dashboard=False, log_to_driver=False)
     try:
         with socket.socket() as sock:
@@ -179,7 +179,7 @@ def main() -> None:
         "ratio": round(batched["rps"] / unbatched["rps"], 3) if unbatched["rps"] else None,
         "failed": batched["failed"] + unbatched["failed"], "batched_texts_per_forward": batched["texts_per_forward"],
         "model": args.model, "clients": args.clients, "seconds": args.seconds, "replica_num_gpus": args.num_gpus,
-        "max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
+        "max_batch_size": cfg.serving.max_batch_size, "batch_wait_timeout_s": cfg.serving.batch_wait_timeout_s,
     }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 

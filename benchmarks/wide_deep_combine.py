@@ -33,7 +33,7 @@ def stream(kind: str, combine: str, rows: int, p_label: float, heldout: int, eva
     import torch
 
     from core.models.classifier_start import starting_classifier
-    from core.config.feedback import FeedbackConfig
+    from core.config.feedback import FeedbackSection
     from core.data.labeled import load_labeled
     from learners.feedback_source import FeedbackBatch
     from learners.objective import WorkerContext
@@ -45,7 +45,7 @@ def stream(kind: str, combine: str, rows: int, p_label: float, heldout: int, eva
     n = len(data.train)  # more rows than traffic: further passes, each in a fresh order (traffic repeats)
     order = np.concatenate([rng.permutation(n) for _ in range(-(-rows // n))])[:rows]
     train = [data.train[i] for i in order]
-    fb = FeedbackConfig()
+    fb = FeedbackSection()
     fb = fb.model_copy(update={"model": fb.model.model_copy(update={"kind": kind, "combine": combine, **(model or {})})})
     start = starting_classifier(fb, data, seed=seed)
     obj = OnlineObjective()

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from cluster.errors import UserError
-from core.config.loader import ConfigError, load_config
+from core.config.loader import ConfigError, resolve, validate
 from core.storage.run_hold import StorageHeld, StorageUnreachable
 
 
@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = sub.add_parser(
         "pretrain",
         help="masked-LM pretraining of the encoder, published to the registry",
-        description="Pretrain a BERT encoder by masked language modelling on Ray Train (config section `mlm`): "
-        "the same as `evolve run CONFIG --set loops=[mlm] --set serving.enabled=false`. At the budget it "
+        description="Pretrain a BERT encoder by masked language modelling on Ray Train (the config's loops of "
+        "kind mlm): `evolve run CONFIG` on those loops alone, with serving.enabled=false. At the budget it "
         "evaluates, checkpoints and publishes; a second call with the same --run-dir resumes from its last "
         "checkpoint.",
     )
@@ -113,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serving.auth.keys_env: when this variable is set it wins over the file, and a "
                        "revoke is refused (default: EVOLVE_API_KEYS)")
 
+    config = sub.add_parser("config", help="the resolved config of a preset, and every config key",
+                            description="Look at configs: `show` prints a preset resolved (bases merged, overrides "
+                            "applied, each loop's names filled in), as `evolve run` would run it; `keys` lists every "
+                            "key with its default and its comment.")
+    confsub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    show = confsub.add_parser("show", help="print CONFIG resolved, as YAML",
+                              description="Print CONFIG resolved: what `evolve run CONFIG` runs with and writes to "
+                              "config.yaml in the run directory.")
+    show.add_argument("config", metavar="CONFIG", help="YAML preset, e.g. configs/default.yaml")
+    _add_set(show)
+    show.set_defaults(func=lambda a: _config_cli().show(a.config, a.overrides))
+    keys_ = confsub.add_parser("keys", help="every config key, its default and its comment",
+                               description="List every config key (loops.<kind>.KEY: a key of each loop of that "
+                               "kind), its default and its one-line comment.")
+    keys_.add_argument("prefix", nargs="?", metavar="PREFIX", help="only keys that start with this, e.g. loops.<rl>")
+    keys_.set_defaults(func=lambda a: _config_cli().keys(a.prefix))
+
     replay = sub.add_parser("replay", help="a run's replay store", description="Look into a run's replay store (offline).")
     rsub = replay.add_subparsers(dest="replay_command", required=True, metavar="SUBCOMMAND")
     inspect = rsub.add_parser("inspect", help="tables, sizes, version ranges, disk use",
@@ -140,6 +157,12 @@ def _stop_cli():
     return stop_cli
 
 
+def _config_cli():
+    from cluster import config_cli
+
+    return config_cli
+
+
 def _replay_cli():
     from cluster import replay_cli
 
@@ -165,7 +188,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set rl.lr=1e-4 (repeatable; VALUE is YAML)",
+        help="override a config value, e.g. --set loops.cartpole.learning.lr=1e-4 (repeatable; VALUE is YAML)",
     )
 
 
@@ -179,7 +202,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = ()) -> int:
+def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = (), only_kind: str | None = None) -> int:
+    """`only_kind`: run the config's loops of this kind alone (refused when it has none)."""
     from cluster.run import execute
 
     overrides = [*args.overrides, *extra]
@@ -189,13 +213,18 @@ def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = ()) -> int:
         overrides.append(f"cluster.address={json.dumps(args.address)}")
     if args.run_dir is not None:
         overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
-    return execute(load_config(args.config, overrides), verbose=args.verbose)
+    data, touched = resolve(args.config, overrides)
+    if only_kind is not None:
+        loops = data.get("loops") if isinstance(data.get("loops"), dict) else {}
+        data["loops"] = {n: loop for n, loop in loops.items() if isinstance(loop, dict) and loop.get("kind") == only_kind}
+        if not data["loops"]:
+            raise ConfigError(args.config, "loops", f"no loop of kind {only_kind} to run")
+    return execute(validate(data, args.config, touched), verbose=args.verbose)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    """`evolve run CONFIG --set loops=[mlm] --set serving.enabled=false`: the same driver, on the
-    config's mlm loop alone (pretraining serves nothing)."""
-    return _cmd_run(args, ["loops=[mlm]", "serving.enabled=false"])
+    """`evolve run CONFIG` on the config's mlm loops alone, serving nothing."""
+    return _cmd_run(args, ["serving.enabled=false"], only_kind="mlm")
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:

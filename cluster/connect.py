@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import ray
 
 from cluster.errors import UserError
-from core.config.evolve import ClusterConfig
+from core.config.run import ClusterSection
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ClusterHandle:
     auth_mode: str
 
 
-def connect(cfg: ClusterConfig, address: str | None = None, log_to_driver: bool = True) -> ClusterHandle:
+def connect(cfg: ClusterSection, address: str | None = None, log_to_driver: bool = True) -> ClusterHandle:
     """`address` (or cfg.address) None starts an embedded cluster; else join that cluster.
     `log_to_driver=False`: workers' output stays in the session's log files (a quiet terminal)."""
     address = address if address is not None else cfg.address

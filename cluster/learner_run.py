@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from core.config.evolve import LearnerConfig
+from core.config.run import LearnerSection
 from learners.train_loop import LoopSpec, ProgressBoard, fit
 
 
@@ -30,7 +30,7 @@ EVENT_NAMES = {"progress": "learner", "eval": "learner_eval"}
 
 
 class LearnerRun:
-    def __init__(self, name: str, spec: LoopSpec, placement: LearnerConfig, run_dir: Any,
+    def __init__(self, name: str, spec: LoopSpec, placement: LearnerSection, run_dir: Any,
                  datasets: dict[str, Any] | None = None, storage_path: str | None = None):
         self.name, self.run_dir = name, run_dir
         self.board = ProgressBoard.remote()

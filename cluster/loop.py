@@ -32,7 +32,8 @@ from cluster.actor_group import ActorGroup
 from cluster.connect import ClusterHandle
 from cluster.learner_run import LearnerRun
 from cluster.rundir import RunDir
-from core.config.evolve import EvolveConfig, LearnerConfig
+from core.config.evolve import EvolveConfig
+from core.config.run import LearnerSection
 from core.storage.registry import PolicyRegistry
 from core.storage.paths import RunStorage
 from learners.train_loop import LoopSpec
@@ -148,7 +149,7 @@ class LoopBase:
         self.ctx.run_dir.event(self.name, kind, **fields)
 
     def launch_learner(self, spec: LoopSpec, datasets: dict[str, Any] | None = None,
-                       placement: LearnerConfig | None = None) -> LearnerRun:
+                       placement: LearnerSection | None = None) -> LearnerRun:
         """`placement`: where this learner runs, when not the run's `learner` section."""
         self.learner = LearnerRun(self.name, spec, placement or self.cfg.learner, self.ctx.run_dir,
                                   datasets=datasets, storage_path=self.ctx.storage.train)

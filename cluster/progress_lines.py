@@ -5,25 +5,23 @@
       cartpole   v=9 ret=143.2 steps=51200 steps/s=812 eps=1380 train_ret=37.2 upd=2900 loss=0.9
 
 Every figure also goes to events.jsonl in full; the terminal gets short names and
-no empty values, and a line that would still be too wide ends in "...".
+no empty values, and a line that would still be too wide ends in "...".  Which
+figures lead a loop's line, their short names and the ones kept off it are its
+kind's declarations (core/config/kinds.py `Figures`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from core.config.kinds import figures_of
+
 WIDTH = 100
-SHORT = {"heldout_acc": "acc", "online_acc": "online", "eval_return": "ret", "env_steps": "steps",
-         "steps_per_s": "steps/s", "episodes": "eps", "train_return": "train_ret", "predicts": "pred",
-         "feedback": "fb", "promoted": "prom", "refused": "ref", "updates": "upd", "version": "v",
-         "adapt": "adapt"}
-# the figures a reader looks for first lead the line; HIDDEN ones are in events.jsonl only
-FIRST = ("version", "heldout_acc", "eval_return", "online_acc")
-HIDDEN = ("steps_per_add",)
 
 
 def progress_lines(elapsed: float, budget: float | None, usage: dict, figures: dict[str, dict[str, Any]],
-                   replay: dict[str, int] | None = None) -> list[str]:
+                   replay: dict[str, int] | None = None, kinds: dict[str, str] | None = None) -> list[str]:
+    """`kinds`: each loop's kind (a loop not named reads every kind's declarations)."""
     total, free = usage["total"], usage["available"]
     clock = f"{elapsed:6.1f}s" + (f"/{budget:.0f}s" if budget else "")
     head = f"[{clock}] CPU {total.get('CPU', 0) - free.get('CPU', 0):.1f}/{total.get('CPU', 0):.0f} used"
@@ -32,9 +30,10 @@ def progress_lines(elapsed: float, budget: float | None, usage: dict, figures: d
     width = max([len(name) for name in figures] + [8])
     lines = [_fit(head)]
     for name, fig in figures.items():
-        ordered = [k for k in FIRST if k in fig] + [k for k in fig if k not in FIRST]
-        cells = " ".join(f"{SHORT.get(k, k)}={_value(fig[k])}" for k in ordered
-                         if fig[k] is not None and k not in HIDDEN)
+        declared = figures_of((kinds or {}).get(name))
+        ordered = [k for k in declared.lead if k in fig] + [k for k in fig if k not in declared.lead]
+        cells = " ".join(f"{declared.short.get(k, k)}={_value(fig[k])}" for k in ordered
+                         if fig[k] is not None and k not in declared.hidden)
         lines.append(_fit(f"  {name:<{width}} {cells}"))
     return lines
 

@@ -5,7 +5,9 @@
         -> OUT/<figure>.png and OUT/report.html (the same PNGs inlined as base64: one file to mail)
 
 It reads what is there, so it works on a run that is still going; `evolve run`
-writes it into the run directory when a run ends.
+writes it into the run directory when a run ends.  A loop's figures are the
+ones its kind declares (core/config/kinds.py `Figures.report`; the kind is read
+from the run's config.yaml), each drawn only when the run wrote its events.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from cluster import report_data as data
 from cluster.errors import UserError
 from cluster.rundir import read_events
+from core.config.kinds import figures_of
 
 TITLE = "Evolve run report"
 
@@ -47,18 +50,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
     summary = _read_json(run_dir / "summary.json")
     t0 = data.run_start(events)
     loops = data.by_loop(events)
+    kinds = loop_kinds(run_dir)
+    figures = {  # every figure a kind may declare: its name -> how it is drawn from a loop's events
+        "heldout": lambda loop, evs: plots.heldout(loop, *data.heldout_vs_feedback(evs)),
+        "eval_return": lambda loop, evs: plots.eval_return(loop, *data.eval_vs_env_steps(evs)),
+        "learner": lambda loop, evs: plots.learner(loop, data.learner_series(evs, t0)),
+        "masked_accuracy": lambda loop, evs: plots.masked_accuracy(loop, data.masked_accuracy(evs)),
+        "timeline": lambda loop, evs: plots.timeline(loop, *data.timeline(evs, t0)),
+    }
 
     sections: list[tuple[str, list[tuple[str, Any]]]] = []  # (heading, [(png name, figure)])
     for loop, evs in loops.items():
         if loop in ("run", "replay", "publisher"):
             continue
-        figs = [
-            ("heldout", plots.heldout(loop, *data.heldout_vs_feedback(evs))),
-            ("eval_return", plots.eval_return(loop, *data.eval_vs_env_steps(evs))),
-            ("learner", plots.learner(loop, data.learner_series(evs, t0))),
-            ("masked_accuracy", plots.masked_accuracy(loop, data.masked_accuracy(evs))),
-            ("timeline", plots.timeline(loop, *data.timeline(evs, t0))),
-        ]
+        figs = [(name, figures[name](loop, evs)) for name in figures_of(kinds.get(loop)).report]
         sections.append((f"loop {loop}", [(f"{_slug(loop)}_{name}", fig) for name, fig in figs]))
     shared = [("publish_latency", plots.publish_latency(data.publish_latencies(loops.get("publisher", [])))),
               ("replay", plots.replay(data.replay_series(loops.get("replay", []), t0)))]
@@ -117,6 +122,19 @@ table {{ border-collapse: collapse; font-size: small; }} th, td {{ border: 1px s
 {"".join(body) or "<p>No figures yet: the run has written no progress.</p>"}
 </body></html>
 """
+
+
+def loop_kinds(run_dir: Path) -> dict[str, str]:
+    """Each loop's kind, from the run's resolved config.yaml; {} when it is missing or unreadable."""
+    import yaml
+
+    try:
+        loops = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("loops")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    if not isinstance(loops, dict):
+        return {}
+    return {name: loop.get("kind") for name, loop in loops.items() if isinstance(loop, dict)}
 
 
 def _read_json(path: Path) -> dict | None:

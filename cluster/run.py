@@ -1,7 +1,7 @@
 """`evolve run`: wire one run from its config and drive its loops to the end.
 
     config -> loops built and prepared (bad input refused before Ray starts)
-           -> Ray (embedded or joined) -> replay shards -> Serve gateway -> each loop started
+           -> Ray (embedded or joined) -> replay shards -> Serve gateway -> the loops started side by side
            -> every progress interval: each loop polled, one progress line, events
            -> budget, every loop done, Ctrl-C or SIGTERM -> each loop stopped -> summary.json -> report.html
 
@@ -58,7 +58,7 @@ def execute(cfg: EvolveConfig, say: Callable[[str], None] = print, verbose: bool
 
 def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, report: bool, hold: RunHold) -> int:
     rd = RunDir(cfg.run.resolved_run_dir())
-    status = RunStatus(cfg.run.name, str(rd.path))
+    status = RunStatus(cfg.run.name, str(rd.path), kinds={name: loop.kind for name, loop in cfg.loops.items()})
     rd.listeners.append(status.observe)
     ray_logs = RayLogs(rd.path, verbose)  # entered just before Ray starts: bad input is reported as usual
     storage = RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, rd.path)
@@ -80,17 +80,19 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
     lease = RegistryLease(ctx.registry.uri, cfg.run.name, str(rd.path), ttl_s=LEASE_TTL_S).acquire()
     try:
         say(f"evolve: run {cfg.run.name!r} -> {rd.path}")
-        loops = [loop_kinds.build(kind, cfg, ctx) for kind in cfg.loops]
+        loops = [loop_kinds.build(name, cfg, ctx) for name in cfg.loops]
         for loop in loops:
             loop.prepare()
         rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded
         if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
             ctx.auth, ctx.run_key = _auth_settings(cfg)
             ctx.client_verify = cfg.serving.tls.client_verify() if cfg.serving.tls is not None else True
-        if cfg.serving.enabled and cfg.serving.grpc and "feedback" in cfg.loops:
+        feedback = cfg.loops_of("feedback")
+        if cfg.serving.enabled and cfg.serving.grpc and feedback:
             from serving.feedback_app import bound_grpc_messages
 
-            bound_grpc_messages(cfg.feedback.max_text_chars)  # an embedded cluster's gRPC proxy inherits it
+            # an embedded cluster's gRPC proxy inherits it
+            bound_grpc_messages(max(loop.serving.max_text_chars for loop in feedback.values()))
         ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
         if ctx.auth is not None:  # replicas on every node follow the keys from here
@@ -112,9 +114,8 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
         if any(loop.uses_replay for loop in loops):
             _start_replay(cfg, ctx, say)
         endpoints_line = _start_serving(cfg, ctx, say) if cfg.serving.enabled else None
-        for loop in loops:
-            running.append(loop)
-            _start_loop(loop, ctx, say)
+        running.extend(loops)
+        _start_loops(loops, cfg, ctx, say)
         if endpoints_line:
             # said once every loop's routes answer: users (and tests) start sending on this line
             _wait_for_routes(ctx.endpoints)
@@ -191,7 +192,7 @@ def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, sto
         rd.event("run", "progress", elapsed_s=round(elapsed, 3), resources=usage)
         if ctx.board is not None:
             ctx.board.put.remote(status.snapshot())  # fire and forget: `evolve status` reads the newest
-        for line in progress_lines(elapsed, budget, usage, figures, sizes):
+        for line in progress_lines(elapsed, budget, usage, figures, sizes, kinds=status.kinds):
             say(line)
         if loops and all(loop.done() for loop in loops):
             return "loops_done"
@@ -202,13 +203,41 @@ def _drive(cfg: EvolveConfig, rd: RunDir, loops: list[Loop], started: float, sto
             return stop.reason
 
 
+def _start_loops(loops: list[Loop], cfg: EvolveConfig, ctx: RunContext, say) -> None:
+    """Start every loop side by side: a loop's start mostly waits (Serve deploys its app, Ray Train
+    brings its workers up), so one after the other would add those waits up.  A loop that follows
+    another (a novelty loop reads its feedback loop's first version) starts once that one has.
+    Returns when every start has ended; raises the first error."""
+    started = {loop.name: threading.Event() for loop in loops}
+    errors: list[BaseException] = []
+
+    def start(loop: Loop) -> None:
+        try:
+            for name in cfg.loops[loop.name].starts_after():
+                started[name].wait()
+            if not errors:
+                _start_loop(loop, ctx, say)
+        except BaseException as exc:  # re-raised on the driver's thread
+            errors.append(exc)
+        finally:
+            started[loop.name].set()
+
+    threads = [threading.Thread(target=start, args=(loop,), name=f"start-{loop.name}", daemon=True) for loop in loops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def _start_loop(loop: Loop, ctx: RunContext, say) -> None:
     """Start one loop, saying so: a loop takes seconds to tens of seconds to come up (Serve
     apps, Ray Train workers, scoring the first version) before its first progress line."""
-    before, t0 = dict(ctx.endpoints), time.monotonic()
+    t0 = time.monotonic()
     say(f"evolve: starting loop {loop.name!r} ...")
     loop.start()
-    added = [url for key, url in ctx.endpoints.items() if key not in before]
+    added = [url for key, url in ctx.endpoints.items() if key.startswith(f"{loop.name}_")]
     say(f"evolve: loop {loop.name!r} started in {time.monotonic() - t0:.1f}s"
         + (f"; endpoints {'  '.join(added)}" if added else ""))
 
@@ -261,12 +290,17 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
         say(f"evolve: API keys required (serving.auth) on {cfg.serving.host}")
 
     grpc = None
-    if cfg.serving.grpc and "feedback" in cfg.loops:  # the feedback app's predict/feedback over gRPC
+    if cfg.serving.grpc and cfg.loops_of("feedback"):  # the feedback apps' predict/feedback over gRPC
         from serving.feedback_app import grpc_options
 
         grpc = grpc_options(cfg.serving.grpc_port)
     endpoints = deploy_gateway(cfg.serving, ctx.registry.uri, grpc, ctx.auth)
     ctx.endpoints["http"] = endpoints.http
+    acting = [loop.policy_id for loop in cfg.loops_of("rl").values()]
+    if acting:  # each RL loop answers under /v1/policies/<its id>; any other id: a 404 naming them
+        from serving.policy_index import deploy_policy_index
+
+        deploy_policy_index(acting)
     if grpc:
         # the address bound, not the one asked for: Ray's gRPC proxy has no host option
         ctx.endpoints["grpc"] = f"[::]:{cfg.serving.grpc_port}"
@@ -279,7 +313,7 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
 
             say(f"evolve: warning: {GRPC_PLAINTEXT}")
     return (f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"
-            + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback)" if grpc else ""))
+            + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback, metadata application=<loop name>)" if grpc else ""))
 
 
 def _wait_for_routes(endpoints: dict[str, str], timeout_s: float = 60.0) -> None:
@@ -302,9 +336,14 @@ def _wait_for_routes(endpoints: dict[str, str], timeout_s: float = 60.0) -> None
 
 
 def _undeploy() -> None:
+    from ray import serve
+
     from serving.gateway import undeploy
+    from serving.policy_index import APP_NAME as POLICY_INDEX, undeploy_policy_index
 
     undeploy()
+    if POLICY_INDEX in serve.status().applications:
+        undeploy_policy_index()
 
 
 def _auth_hint(handle: ClusterHandle) -> str:

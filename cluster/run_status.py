@@ -6,8 +6,11 @@
     the board also sets the METRICS gauges (ray.util.metrics) --> Ray's Prometheus export
                                                                   (as ray_<name>) --> dashboards/evolve.json
 
-The board is a plain named actor owned by the driver: it lives exactly as long
-as the run, so a board that answers is a run that is going.
+What a loop's row holds is what its kind declares (core/config/kinds.py
+`Figures.status` and `.rates`): the figure of its progress event behind each
+row key, and the counters shown per second.  The board is a plain named actor
+owned by the driver: it lives exactly as long as the run, so a board that
+answers is a run that is going.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections import deque
 from typing import Any
 
 import ray
+
+from core.config.kinds import figures_of
 
 BOARD_PREFIX = "evolve-run-status:"
 ALARM_OPEN_S = 120.0  # an alarm counts as open this long after it fired (detectors re-fire while drift lasts)
@@ -42,11 +47,13 @@ REPLAY_METRIC = ("evolve_run_replay_rows", "rows in a replay table (rows)")
 class RunStatus:
     """Folds event records into per-loop rows; plain, so the fold is tested without Ray."""
 
-    def __init__(self, run: str, run_dir: str, clock=time.time):
+    def __init__(self, run: str, run_dir: str, clock=time.time, kinds: dict[str, str] | None = None):
+        """`kinds`: each loop's kind, whose declared figures fill its row (a loop not named: every kind's)."""
         self.run, self.run_dir, self.clock = run, run_dir, clock
+        self.kinds = dict(kinds or {})
         self.started = clock()
         self.loops: dict[str, dict[str, Any]] = {}
-        self.counts: dict[str, deque] = {}  # loop -> (time, feedback, env_steps) for rates
+        self.counts: dict[str, deque] = {}  # loop -> (time, {row key: counter}) for rates
         self.alarms: dict[str, list[tuple[float, str]]] = {}
         self.replay: dict[str, int] = {}
 
@@ -59,14 +66,13 @@ class RunStatus:
             return
         row = self.loops.setdefault(loop, {})
         if kind == "progress":
-            row.update(version=record.get("version"), heldout_acc=record.get("heldout_acc"),
-                       eval_return=record.get("eval_return"), updates=record.get("updates"), loss=record.get("loss"))
+            figures = figures_of(self.kinds.get(loop))
+            row.update({key: record.get(figure) for key, figure in figures.status.items()})
             points = self.counts.setdefault(loop, deque())
-            points.append((t, record.get("feedback"), record.get("env_steps")))
+            points.append((t, {key: record.get(counter) for key, counter in figures.rates.items()}))
             while len(points) > 2 and t - points[1][0] >= RATE_WINDOW_S:
                 points.popleft()
-            row["feedback_per_s"] = _rate(points, 1)
-            row["env_steps_per_s"] = _rate(points, 2)
+            row.update({key: _rate(points, key) for key in figures.rates})
         elif kind in DECISION_KINDS:
             row["last_gate"] = _decision(record)
         elif kind in ALARM_KINDS and (kind == "env_drift" or not record.get("action")):
@@ -149,11 +155,11 @@ def _decision(record: dict[str, Any]) -> str:
     return f"{decision} v{record.get('version')}" if record.get("version") is not None else str(decision)
 
 
-def _rate(points: deque, index: int) -> float | None:
-    first, last = points[0], points[-1]
-    if first[index] is None or last[index] is None or last[0] <= first[0]:
+def _rate(points: deque, key: str) -> float | None:
+    (t0, first), (t1, last) = points[0], points[-1]
+    if first.get(key) is None or last.get(key) is None or t1 <= t0:
         return None
-    return round((last[index] - first[index]) / (last[0] - first[0]), 1)
+    return round((last[key] - first[key]) / (t1 - t0), 1)
 
 
 def _cell(value: Any) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from core.models.novelty import Autoencoder, NoveltyScorer, calibrate
-from core.config.novelty import NoveltyConfig
+from core.config.novelty import NoveltySection, novelty_policy_id
 from core.storage.registry import PolicyRegistry
 from core.models.classifier import from_version
 from learners.objective import ExportedPolicy, WorkerContext
@@ -29,7 +29,7 @@ from learners.objective import ExportedPolicy, WorkerContext
 
 @dataclass
 class AutoencoderSetup:
-    cfg: NoveltyConfig
+    cfg: NoveltySection
     registry_uri: str | None  # None: calibrate but publish nowhere (a test, the benchmark)
     reference: dict[str, Any]  # {"policy_id", "version"} of the classifier whose encoder it reads
     weights: dict[str, Any] = field(repr=False)  # that classifier version
@@ -86,7 +86,7 @@ class AutoencoderObjective:
 
     def _publish(self, scorer: NoveltyScorer, figures: dict[str, float]) -> int:
         registry = PolicyRegistry(self.setup_cfg.registry_uri)
-        pid = self.cfg.novelty_policy_id
+        pid = novelty_policy_id(self.setup_cfg.reference["policy_id"])
         version = registry.publish(pid, scorer.weights(), files=scorer.files(), metadata={
             "parent_version": self.published, "metrics": figures,
             "info": {"kind": "novelty_autoencoder", "reference": self.setup_cfg.reference,

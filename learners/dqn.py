@@ -2,7 +2,7 @@
 
 Double DQN targets (van Hasselt et al. 2016): the online net picks the next
 action, the target net values it; the target net is a hard copy refreshed
-every `rl.target_update_every` updates.  Huber loss, n-step returns (the
+every `learning.target_update_every` updates.  Huber loss, n-step returns (the
 actors fold n rewards into each row and stamp its bootstrap discount: gamma^n,
 or gamma^k for a row an episode end cut to k rewards),
 prioritized-replay importance weights on the loss and |TD| back to the store
@@ -33,10 +33,10 @@ class DQNObjective(QObjectiveBase):
         for p in self.target.parameters():
             p.requires_grad_(False)
         self.train_model = ctx.wrap_model(self.model)
-        self.optimizer = _adam(self.model.parameters(), config.rl.lr)
+        self.optimizer = _adam(self.model.parameters(), config.rl.learning.lr)
 
     def update(self, batch: dict[str, torch.Tensor]) -> tuple[float | None, torch.Tensor | None]:
-        cfg = self.cfg
+        cfg = self.cfg.learning
         q = self.train_model(batch["obs"]).gather(1, batch["action"].unsqueeze(1)).squeeze(1)
         with torch.no_grad():
             nxt = batch["next_obs"]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config.mlm import MLMConfig
+from core.config.mlm import MLMSection
 from core.models.encoder import encoder_hidden
 from learners.objective import ExportedPolicy, WorkerContext
 
@@ -36,7 +36,7 @@ EVAL_SEED = 1234
 class MLMSetup:
     """Everything a worker needs to build the MLM objective (pickled into the Train loop config)."""
 
-    mlm: MLMConfig
+    mlm: MLMSection
     model_config: dict[str, Any]  # BertConfig.to_dict(); ignored when pretrained_dir is set
     pretrained_dir: str | None
     tokenizer_files: dict[str, bytes]

@@ -28,14 +28,14 @@ learned from in one of two ways:
   0) but lets wrong answers (r < b) push probability away.  It starts at 0.5,
   the middle of the reward range (what guessing earns on two classes).
   On two labels a reward of 1 or 0 says which label is right (the served one or
-  the other), so with `feedback.reward_as_label` (the default) such a row is
+  the other), so with `learning.reward_as_label` (the default) such a row is
   learned as labeled: a full-information row, not a bandit one.
 
-When the gate's drift detector acts (`feedback.adapt`), the learner applies
+When the gate's drift detector acts (the loop's `adapt`), the learner applies
 the controller's `learner_boost` for a bounded number of updates: the learning
 rate times `lr_factor`, a smaller rehearsal share, candidates more often.
 
-A classifier with a wide part (`feedback.model.kind` wide / wide_deep) also
+A classifier with a wide part (the loop's `model.kind` wide / wide_deep) also
 trains it on every batch, with the same loss (learners/wide_learner.py).
 
 Both kinds of rows count equally in the batch mean.  A non-finite loss or
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from core.models.classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
 from core.models.wide import new_wide
 from learners.feedback_source import FeedbackBatch, Reservoir
@@ -78,7 +78,7 @@ class OnlineSetup:
     classifier: resume from the registry's live version).
     """
 
-    fb: FeedbackConfig
+    fb: FeedbackSection
     files: dict[str, bytes]
     weights: dict[str, Any] | None = None  # numpy arrays or tensors
     labels: list[str] | None = None
@@ -87,6 +87,7 @@ class OnlineSetup:
     gate: Any = None
     heldout: list[tuple[str, int]] | None = None  # a few rows for evaluate()'s curve; the gate has its own
     seed: int = 0
+    loop: str = ""  # the loop's name (the lineage says which loop made a version)
 
 
 def split_batch(batch_size: int, rehearsal: float) -> tuple[int, int]:
@@ -106,9 +107,9 @@ def build_bundle(setup: OnlineSetup) -> ClassifierBundle:
         return bundle
     if not setup.labels:
         raise ClassifierError("starting from an encoder needs the label names")
-    bundle = from_encoder(setup.weights, files, setup.labels, fb.max_len, seed=setup.seed,
+    bundle = from_encoder(setup.weights, files, setup.labels, fb.model.max_len, seed=setup.seed,
                           pairs=fb.data.text_pair_column is not None)
-    bundle.wide = new_wide(fb.model, len(bundle.labels))  # feedback.model.kind wide / wide_deep
+    bundle.wide = new_wide(fb.model, len(bundle.labels))  # model.kind wide / wide_deep
     return bundle
 
 
@@ -160,18 +161,18 @@ class OnlineObjective:
         self.bundle = build_bundle(config)
         self.labels = self.bundle.labels
         self.model = self.bundle.model.to(ctx.device)
-        self.bundle.place(ctx.device, bf16=self.fb.bf16)  # the held-out evaluation runs there too
+        self.bundle.place(ctx.device, bf16=self.fb.learning.bf16)  # the held-out evaluation runs there too
         self.autocast = self.bundle.bf16
         self.train_model = ctx.wrap_model(self.model)  # DDP when world_size > 1
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.fb.lr, weight_decay=config.fb.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.fb.learning.lr, weight_decay=config.fb.learning.weight_decay)
         wide = self.bundle.wide
         self.wide = WideTrainer(wide, self.fb.model.wide_lr, ctx) if wide is not None else None
         self.uses_deep = self.wide is None or self.wide.uses_deep  # kind wide never runs the encoder
-        self.fresh_rows, self.rehearsal_rows = split_batch(self.fb.batch_size, self.fb.rehearsal)
-        self.reservoir = Reservoir(config.fb.reservoir_size)
+        self.fresh_rows, self.rehearsal_rows = split_batch(self.fb.learning.batch_size, self.fb.learning.rehearsal)
+        self.reservoir = Reservoir(config.fb.learning.reservoir_size)
         self.backlog: deque[FeedbackBatch] = deque()
         self.updates = self.skipped = self.idle = self.candidates = self.candidates_dropped = 0
-        self.baseline = config.fb.baseline_init
+        self.baseline = config.fb.learning.baseline_init
         self.last: dict[str, float] = {"loss": math.nan, "ce_loss": math.nan, "pg_loss": math.nan,
                                        "mlm_loss": math.nan,
                                        "train_accuracy": math.nan, "importance_weight": math.nan,
@@ -192,7 +193,7 @@ class OnlineObjective:
     def step(self, batch: FeedbackBatch | None) -> dict[str, float]:
         if batch is not None and len(batch):
             self.backlog.append(batch)
-        while len(self.backlog) > self.fb.max_backlog:  # too far ahead: learn those rows by rehearsal only
+        while len(self.backlog) > self.fb.learning.max_backlog:  # too far ahead: learn those rows by rehearsal only
             self.reservoir.add(self.backlog.popleft(), self.rng)
         fresh = self.backlog.popleft() if self.backlog else None
         # Under DDP every rank must run the same forward/backward: wait until all have data.
@@ -240,8 +241,9 @@ class OnlineObjective:
             logits = logits.float()  # [B, L]; the loss in float32
         def loss_on(batch: FeedbackBatch):  # the feedback loss of these rows, as a function of their logits
             table = _tensors(batch, dev)
-            return lambda lg: feedback_loss(lg, table, self.baseline, self.fb.pg_weight, self.fb.max_importance_weight,
-                                            self.fb.reward_as_label)
+            return lambda lg: feedback_loss(lg, table, self.baseline, self.fb.learning.pg_weight,
+                                            self.fb.learning.max_importance_weight,
+                                            self.fb.learning.reward_as_label)
 
         loss_fn = loss_on(rows)
 
@@ -252,7 +254,7 @@ class OnlineObjective:
             logits, loss, parts = self.wide.loss(rows.text, logits, loss_fn, extra)
         if self.boost.domain_mlm > 0:  # continual MLM on these rows' texts while the boost lasts
             if self.domain_mlm is None:
-                self.domain_mlm = DomainMLM(self.model, self.bundle.tokenizer, self.fb.lr, self.setup_.seed)
+                self.domain_mlm = DomainMLM(self.model, self.bundle.tokenizer, self.fb.learning.lr, self.setup_.seed)
             mlm_loss = self.domain_mlm.loss(self.model, ids.to(dev), mask.to(dev))
             self.last["mlm_loss"] = float(mlm_loss.detach())
             loss = loss + self.boost.domain_mlm * mlm_loss
@@ -269,7 +271,7 @@ class OnlineObjective:
             return False, figures
         loss.backward()
         # DDP has averaged the gradients, so every rank sees the same norm and takes the same branch
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.fb.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.fb.learning.grad_clip)
         wide_ok = self.wide.grads_finite() if self.wide is not None else True  # summed over ranks too
         if not bool(torch.isfinite(norm)) or not wide_ok:
             self.optimizer.zero_grad(set_to_none=True)
@@ -295,7 +297,7 @@ class OnlineObjective:
                 self.last["clipped_share"] = float((parts["ratio"][bandit] > w).float().mean())
                 # the baseline moves after the step: a row never serves as its own baseline
                 r = float(parts["reward"][bandit].mean())
-                d = self.fb.baseline_decay ** n_bandit
+                d = self.fb.learning.baseline_decay ** n_bandit
                 self.baseline = d * self.baseline + (1.0 - d) * r
         self.window.loss_sum += float(loss.detach())
         self.window.updates += 1
@@ -331,7 +333,7 @@ class OnlineObjective:
         self.window = DataWindow()
         if self.ctx.rank != 0 or self.setup_.gate is None:
             return
-        if self.fb.skip_when_gate_busy and not answered(self._gate_ref):
+        if self.fb.learning.skip_when_gate_busy and not answered(self._gate_ref):
             self.candidates_dropped += 1
             return
         weights = self.numpy_weights()
@@ -352,9 +354,9 @@ class OnlineObjective:
                 "baseline": self.baseline,
                 "skipped_nonfinite": self.skipped,
             },
-            "data_range": {"table": self.fb.feedback_table, "window": window.to_json(), "total": self.total.to_json(),
+            "data_range": {"table": self.fb.table("feedback"), "window": window.to_json(), "total": self.total.to_json(),
                            "world_size": self.ctx.world_size},
-            "info": {"objective": self.name, "loop": self.fb.name, "labels": self.labels, "submitted_at": time.time()},
+            "info": {"objective": self.name, "loop": self.setup_.loop, "labels": self.labels, "submitted_at": time.time()},
         }
 
     # ---- the rest of the Objective protocol ----------------------------------------------

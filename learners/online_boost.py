@@ -15,16 +15,16 @@ from typing import Any
 import torch
 
 from core.adapt.controller import Boost
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from learners.objective import WorkerContext
 
 ADAPT_POLL_EVERY = 10  # updates between asking the gate for a new adaptation decision
 
 
 class BoostFollower:
-    def __init__(self, fb: FeedbackConfig, gate: Any, optimizer: torch.optim.Optimizer, ctx: WorkerContext):
+    def __init__(self, fb: FeedbackSection, gate: Any, optimizer: torch.optim.Optimizer, ctx: WorkerContext):
         self.fb, self.gate, self.optimizer, self.ctx = fb, gate, optimizer, ctx
-        self.rehearsal, self.candidate_every = fb.rehearsal, fb.candidate_every  # in force now
+        self.rehearsal, self.candidate_every = fb.learning.rehearsal, fb.learning.candidate_every  # in force now
         self.domain_mlm = 0.0
         self.left, self.adapted = 0, 0  # updates the current boost still lasts; the decision applied
         self._ref: Any = None
@@ -57,7 +57,7 @@ class BoostFollower:
 
     def reset(self) -> None:
         """The section's own settings (also for a resumed learner: it starts unboosted)."""
-        self._set(1.0, self.fb.rehearsal, self.fb.candidate_every)
+        self._set(1.0, self.fb.learning.rehearsal, self.fb.learning.candidate_every)
 
     def metrics(self) -> dict[str, float]:
         return {"lr": float(self.optimizer.param_groups[0]["lr"]), "boost_left": float(self.left),
@@ -81,7 +81,7 @@ class BoostFollower:
 
     def _set(self, lr_factor: float, rehearsal: float, candidate_every: int, domain_mlm: float = 0.0) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.fb.lr * lr_factor
+            group["lr"] = self.fb.learning.lr * lr_factor
         self.rehearsal, self.candidate_every, self.domain_mlm = rehearsal, candidate_every, domain_mlm
 
 

@@ -1,7 +1,7 @@
 """Q-learning objectives on the shared train loop: the common part, and the tabular rule.
 
 Both learn from replay-store transitions (`learners.replay_source`), publish
-every `rl.publish_every` updates from rank 0, and checkpoint through the
+every `learning.publish_every` updates from rank 0, and checkpoint through the
 train loop.  Evaluation is not theirs: an evaluator actor plays each
 published version greedily, so `evaluate()` only reports counters.
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from core.config.rl import RLConfig
+from core.config.rl import RLSection
 from core.models.q import PolicySpec, build_model
 from learners.objective import ExportedPolicy, WorkerContext
 
@@ -27,11 +27,12 @@ from learners.objective import ExportedPolicy, WorkerContext
 class QSetup:
     """What every worker needs to build a Q objective (pickled into the Train loop config)."""
 
-    rl: RLConfig
+    rl: RLSection
     spec: dict[str, Any]  # PolicySpec.to_dict()
     publisher: Any = None  # actor handle with publish.remote(policy_id, weights, metadata, spec, published_at)
     # Where |TD| priorities go: a ReplayTransitionSource of a prioritized table, else None.
     priorities: Any = None
+    loop: str = ""  # the loop's name: its metrics' tag and its versions' lineage
 
 
 class QObjectiveBase:
@@ -48,7 +49,7 @@ class QObjectiveBase:
         self.skipped = 0  # non-finite losses refused
         self.last_loss = float("nan")
         self.published: list[float] = []
-        self._metrics = _learner_metrics(self.cfg.name) if ctx.rank == 0 else None
+        self._metrics = _learner_metrics(config.loop) if ctx.rank == 0 else None
         self._rate = (time.monotonic(), 0)
 
     # ---- one step ----------------------------------------------------------------------
@@ -62,7 +63,7 @@ class QObjectiveBase:
         else:
             self.updates += 1
             self.last_loss = loss
-            if self.ctx.rank == 0 and self.updates % self.cfg.publish_every == 0:
+            if self.ctx.rank == 0 and self.updates % self.cfg.learning.publish_every == 0:
                 self.publish()
         self._observe()
         return {"loss": self.last_loss, "samples": float(len(batch["action"])), "updates": 1.0 if loss is not None else 0.0,
@@ -74,7 +75,7 @@ class QObjectiveBase:
 
     def bootstrap_discount(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | float:
         """Per row gamma**k (k rewards in the row's return), gamma**n where the row does not say."""
-        full = self.cfg.gamma**self.cfg.n_step
+        full = self.cfg.learning.gamma**self.cfg.learning.n_step
         disc = batch.get("discount")
         if disc is None:
             return full
@@ -93,7 +94,7 @@ class QObjectiveBase:
         meta = {
             "metrics": {"loss": self.last_loss} if self.last_loss == self.last_loss else {},
             "data_range": {"updates": self.updates, "table": self.cfg.table},
-            "info": {"objective": self.name, "env_id": self.cfg.env_id, "loop": self.cfg.name},
+            "info": {"objective": self.name, "env_id": self.cfg.env_id, "loop": self.setup_.loop},
         }
         self.setup_.publisher.publish.remote(self.cfg.policy_id, weights, meta, self.spec.to_dict(), time.time())
         self.published.append(time.time())
@@ -104,7 +105,7 @@ class QObjectiveBase:
         now = time.monotonic()
         t0, u0 = self._rate
         self._rate = (now, self.updates)
-        tags = {"loop": self.cfg.name}
+        tags = {"loop": self.setup_.loop}
         self._metrics["updates_per_s"].set((self.updates - u0) / max(now - t0, 1e-9), tags=tags)
         if self.last_loss == self.last_loss:
             self._metrics["loss"].set(self.last_loss, tags=tags)
@@ -150,7 +151,7 @@ class QTableObjective(QObjectiveBase):
         flat = s * self.spec.n_actions + a
         total = torch.zeros(q.numel(), device=q.device).index_add_(0, flat, td)
         count = torch.zeros(q.numel(), device=q.device).index_add_(0, flat, torch.ones_like(td))
-        delta = self.cfg.qtable_alpha * total / count.clamp(min=1.0)
+        delta = self.cfg.learning.qtable_alpha * total / count.clamp(min=1.0)
         if self.ctx.world_size > 1:
             import torch.distributed as dist
 

@@ -52,7 +52,7 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from core.stats.exploration import ExplorationSection
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from core.storage.registry import WEIGHTS_FILE, PolicyRegistry
 from core.models.classifier import from_version
 from serving.stage_follower import StageFollower
@@ -351,7 +351,7 @@ def grpc_options(port: int) -> dict[str, Any]:
     return {"port": port, "grpc_servicer_functions": [GRPC_SERVICER]}
 
 
-def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, writer: Any | None, *,
+def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackSection, writer: Any | None, *,
                         batching: bool = True, num_cpus: float = 0.1, num_gpus: float = 0.0,
                         max_ongoing_requests: int | None = None,
                         app_name: str = APP_NAME, route_prefix: str = ROUTE_PREFIX,
@@ -365,16 +365,17 @@ def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackConfig, 
 
     Serve must already run (deploy_gateway's serve.start, with `grpc_options(...)` for gRPC).
     """
-    joiner = get_or_create_joiner(writer, cfg.feedback_ttl_s, cfg.feedback_table, cfg.text_table, name=joiner_name,
-                                  gate_name=gate_name, policy_id=cfg.policy_id, slices=slices)
+    joiner = get_or_create_joiner(writer, cfg.serving.feedback_ttl_s, cfg.table("feedback"), cfg.table("text"),
+                                  name=joiner_name, gate_name=gate_name, policy_id=cfg.policy_id, slices=slices)
     # a replica must admit a whole batch of requests at once, or Serve's default (5) caps the batch
-    ongoing = max_ongoing_requests or max(64, 2 * cfg.max_batch_size)
+    srv = cfg.serving
+    ongoing = max_ongoing_requests or max(64, 2 * srv.max_batch_size)
     app = FeedbackServer.options(
-        num_replicas=cfg.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
-        max_queued_requests=cfg.max_queued_requests,
+        num_replicas=srv.num_replicas, max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+        max_queued_requests=srv.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
-    ).bind(publisher, joiner, registry_uri, cfg.policy_id, cfg.max_text_chars, cfg.max_batch_size,
-           cfg.batch_wait_timeout_s, batching, novelty_policy_id,
+    ).bind(publisher, joiner, registry_uri, cfg.policy_id, srv.max_text_chars, srv.max_batch_size,
+           srv.batch_wait_timeout_s, batching, novelty_policy_id,
            (exploration or ExplorationSection()).model_dump(),
            cfg.gate.canary.fraction if "canary" in cfg.gate.stages else None,
            cfg.gate.shadow.fraction if "shadow" in cfg.gate.stages else None, auth)

@@ -17,7 +17,7 @@ from fastapi import HTTPException, Request
 from fastapi_offline import FastAPIOffline
 from ray import serve
 
-from core.config.evolve import ServingConfig
+from core.config.serving import ServingSection
 from core.storage.registry import PolicyRegistry
 from serving.auth_guard import RouteGuard, docs_need_key
 from serving.catalog import describe_policies
@@ -58,7 +58,7 @@ class Endpoints:
     grpc: str | None = None
 
 
-def deploy_gateway(cfg: ServingConfig, registry_uri: str, grpc_options: dict | None = None,
+def deploy_gateway(cfg: ServingSection, registry_uri: str, grpc_options: dict | None = None,
                    auth: dict | None = None) -> Endpoints:
     """Start Serve's HTTP proxy on cfg.host:cfg.http_port, HTTPS with cfg.tls (and its gRPC proxy
     when `grpc_options` names servicers: plaintext, Serve has no TLS for it) and deploy the gateway app."""

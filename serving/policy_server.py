@@ -1,5 +1,9 @@
 """`POST /v1/policies/{policy_id}/act`: observation in, action, q-values and version out.
 
+Each RL loop deploys its own app (named after the loop) under `/v1/policies/<policy_id>`,
+which answers `POST .../act` for that policy; an app serving several policies under
+`/v1/policies` answers `POST /v1/policies/{policy_id}/act` for each.
+
 The action is greedy unless the policy's `serving.exploration` samples it
 (epsilon, or a softmax over the Q-values); the answer then says the
 probability it was drawn with (`propensity`) and the distribution
@@ -194,6 +198,15 @@ class PolicyServer:
                 log.warning("policy %s: subscription failed (%s); retrying", policy_id, exc)
                 await asyncio.sleep(1.0)
 
+    @api.post("/act", response_model=ActResponse, openapi_extra=ACT_BODY,
+              responses={code: {"description": "refused, with the reason in `detail`"}
+                         for code in (400, 401, 403, 404, 413, 422, 429, 503)})
+    async def act_here(self, http: Request) -> ActResponse:
+        """The app of one policy (under /v1/policies/<policy_id>): its /act."""
+        if len(self.policy_ids) != 1:
+            raise HTTPException(404, detail=f"this app serves {sorted(self.policy_ids)}: POST /<policy_id>/act")
+        return await self.act(next(iter(self.policy_ids)), http)
+
     @api.post("/{policy_id}/act", response_model=ActResponse, openapi_extra=ACT_BODY,
               responses={code: {"description": "refused, with the reason in `detail`"}
                          for code in (400, 401, 403, 404, 413, 422, 429, 503)})
@@ -263,8 +276,10 @@ class PolicyServer:
 def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 1, num_cpus: float = 0.1,
                          exploration: dict[str, ExplorationSection] | None = None, registry_uri: str | None = None,
                          canary: dict[str, float] | None = None, auth: dict | None = None,
-                         gates: dict[str, Any] | None = None) -> str:
-    """`canary`: policy id -> the share of client keys its canary answers (needs `registry_uri`);
+                         gates: dict[str, Any] | None = None, app_name: str = APP_NAME,
+                         route_prefix: str = ROUTE_PREFIX) -> str:
+    """Deploy the app `app_name` under `route_prefix`; returns the prefix.
+    `canary`: policy id -> the share of client keys its canary answers (needs `registry_uri`);
     `auth`: the run's guard settings (serving/auth_guard.py), None when auth is off;
     `gates`: policy id -> its gate actor's handle, told when a version cannot answer."""
     explore = {pid: cfg.model_dump() for pid, cfg in (exploration or {}).items()}
@@ -272,9 +287,9 @@ def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 
         num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}, max_queued_requests=MAX_QUEUED_REQUESTS,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
     ).bind(publisher, policy_ids, explore, registry_uri, canary, auth, gates)
-    serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, logging_config={"log_level": "WARNING"})
-    return ROUTE_PREFIX
+    serve.run(app, name=app_name, route_prefix=route_prefix, logging_config={"log_level": "WARNING"})
+    return route_prefix
 
 
-def undeploy_policy_server() -> None:
-    serve.delete(APP_NAME)
+def undeploy_policy_server(app_name: str = APP_NAME) -> None:
+    serve.delete(app_name)

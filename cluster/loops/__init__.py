@@ -1,7 +1,9 @@
-"""The loop kinds `evolve run` knows, by the name a config's `loops:` uses.
+"""Build a run's loops: each `loops.<name>` of the config, as the loop class its kind declares.
 
-Each kind is imported only when a run names it: a loop pulls in torch,
-gymnasium, transformers and Ray Train, which `evolve status` never needs.
+The kinds and what each declares (section, tables, loop class, figures) are
+one registry, core/config/kinds.py.  A loop class is imported only when a run
+names its kind: a loop pulls in torch, gymnasium, transformers and Ray Train,
+which `evolve status` never needs.
 """
 
 from __future__ import annotations
@@ -9,18 +11,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from core.config.kinds import KINDS
+
 if TYPE_CHECKING:
     from cluster.loop import Loop, RunContext
     from core.config.evolve import EvolveConfig
 
-KINDS = {
-    "rl": "cluster.loops.rl:RLLoop",
-    "feedback": "cluster.loops.feedback:FeedbackLoop",
-    "mlm": "cluster.loops.mlm:MLMLoop",
-    "novelty": "cluster.loops.novelty:NoveltyLoop",
-}
 
-
-def build(kind: str, cfg: "EvolveConfig", ctx: "RunContext") -> "Loop":
-    module, _, cls = KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), cls)(cfg, ctx)
+def build(name: str, cfg: "EvolveConfig", ctx: "RunContext") -> "Loop":
+    """The loop `name` of `cfg`, not started."""
+    module, _, cls = KINDS[cfg.loops[name].kind].loop.partition(":")
+    return getattr(importlib.import_module(module), cls)(cfg, ctx, name)

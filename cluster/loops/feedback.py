@@ -1,4 +1,4 @@
-"""The live feedback loop: Serve predict/feedback -> replay -> online learner -> gate -> live on every replica.
+"""A live feedback loop: Serve predict/feedback -> replay -> online learner -> gate -> live on every replica.
 
     TrafficActor x n --HTTP predict--> FeedbackServer (Serve, @serve.batch) --events--> FeedbackJoiner
           |                                 ^                                          |  joined rows     | evidence
@@ -8,11 +8,12 @@
 
 Version 1 is the starting classifier (core.models.classifier_start).  The joiner
 hands the gate (gate/, in its actor cluster/gate_actor.py) every kept feedback as
-evidence: the gate rolls back on a drop of live's accuracy and, with `feedback.adapt`,
+evidence: the gate rolls back on a drop of live's accuracy and, with the loop's `adapt`,
 its drift detector boosts the learner and holds the rollback while the data changes.
 This loop reports what the gate decided, and for a grouped stream (domain
 after domain) the accuracy matrix of the continual-learning metrics.  Done
-once live reaches `feedback.stop_accuracy`.
+once live reaches `stop_accuracy`.  The loop's Serve app and joiner are named
+after it; its routes answer under its `serving.route_prefix`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cluster.loop import LoopBase, RunContext, mean_or_none, quietly, round_or_n
 from core.stats.continual import AccuracyMatrix
 from core.models.classifier_start import starting_classifier
 from core.config.evolve import EvolveConfig
+from core.config.novelty import novelty_policy_id
 from core.data.labeled import LabeledData
 from core.stats.learning_speed import events_to_fraction
 from core.models.classifier import ClassifierError
@@ -40,15 +42,17 @@ from learners.train_loop import LoopSpec
 from cluster.gate_actor import GateActor, check_gate, gate_name
 from gate.slices import Slices
 from serving.feedback_app import deploy_feedback_app, stop_joiner, undeploy_feedback_app
+from serving.join import JOINER_NAME
 from serving.publisher import PUBLISHER_NAME, get_or_create_publisher
 
 KIND = "text_classifier"  # the gate's adapter (gate/kinds/text.py)
 
 
 class FeedbackLoop(LoopBase):
-    def __init__(self, cfg: EvolveConfig, ctx: RunContext):
-        super().__init__(cfg, ctx, cfg.feedback.name)
-        self.fb = cfg.feedback
+    def __init__(self, cfg: EvolveConfig, ctx: RunContext, name: str):
+        super().__init__(cfg, ctx, name)
+        self.fb = cfg.loops[name]
+        self.joiner_name = f"{JOINER_NAME}:{name}"
         self.actors.counters = ("predicts",)
         self.gate_summary: dict[str, Any] = {}
         self.joiner_stats: dict[str, Any] = {}
@@ -63,12 +67,12 @@ class FeedbackLoop(LoopBase):
 
     def prepare(self) -> None:
         if not self.cfg.serving.enabled:
-            raise UserError("the feedback loop serves its model: set serving.enabled: true")
-        check_gate(self.fb.gate, KIND, "feedback")
+            raise UserError(f"loop {self.name!r} serves its model: set serving.enabled: true")
+        check_gate(self.fb.gate, KIND, f"loops.{self.name}")
         try:
             self.data: LabeledData = self.fb.data.load()
         except CorpusError as exc:
-            raise UserError(f"feedback.data: {exc}") from None
+            raise UserError(f"loops.{self.name}.data: {exc}") from None
         if self.fb.data.order == "grouped":
             self.matrix = AccuracyMatrix(self.fb.data.group_order or sorted(set(self.data.groups)))
 
@@ -84,8 +88,11 @@ class FeedbackLoop(LoopBase):
         self.event("bootstrap", **_plain(first), origin=self.origin)
         if self.matrix is not None:
             self.matrix.record_baseline(ray.get(self.gate.group_accuracy.remote(fb.policy_id)))
-        novelty = self.cfg.novelty.novelty_policy_id if "novelty" in self.cfg.loops else None
+        watched = [n for n, loop in self.cfg.loops_of("novelty").items() if loop.watch == self.name]
+        novelty = novelty_policy_id(fb.policy_id) if watched else None
         self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
+                                       app_name=self.name, route_prefix=fb.serving.route_prefix,
+                                       joiner_name=self.joiner_name,
                                        num_cpus=self.cfg.serving.replica_num_cpus,
                                        num_gpus=self.cfg.serving.replica_num_gpus, gate_name=gate_name(fb.policy_id),
                                        slices=Slices.of(fb.gate, fb.adapt), novelty_policy_id=novelty,
@@ -101,6 +108,7 @@ class FeedbackLoop(LoopBase):
                                                  resources=self.cfg.cluster.actor_resources).remote(
                 base, fb.traffic.model_dump(mode="json"), fb.data.model_dump(mode="json"), f"{self.name}-traffic-{i}",
                 seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key, verify=ctx.client_verify,
+                predict_path=f"{self.app.route_prefix}/predict", feedback_path=f"{self.app.route_prefix}/feedback",
             ))
         self._launch_learner()
 
@@ -113,7 +121,7 @@ class FeedbackLoop(LoopBase):
         try:
             start = starting_classifier(self.fb, self.data, seed=self.cfg.run.seed)
         except ClassifierError as exc:
-            raise UserError(f"feedback: cannot build the starting classifier: {exc}") from None
+            raise UserError(f"loops.{self.name}: cannot build the starting classifier: {exc}") from None
         self.origin = start.origin
         if start.missing_encoder:
             self.event("no_encoder", missing=start.missing_encoder)
@@ -126,17 +134,17 @@ class FeedbackLoop(LoopBase):
     def _launch_learner(self) -> None:
         fb = self.fb
         live = self.ctx.registry.load(fb.policy_id, stage="live", as_numpy=True)
-        fresh, _ = split_batch(fb.batch_size, fb.rehearsal)
+        fresh, _ = split_batch(fb.learning.batch_size, fb.learning.rehearsal)
         setup = OnlineSetup(fb=fb, files=dict(live.files), weights=dict(live.weights), labels=self.data.labels,
                             parent_version=live.meta.version, gate=self.gate,
-                            heldout=self.data.heldout[:fb.curve_rows], seed=self.cfg.run.seed)
+                            heldout=self.data.heldout[:fb.learning.curve_rows], seed=self.cfg.run.seed, loop=self.name)
         self.launch_learner(LoopSpec(
             objective_factory=OnlineObjective,
             objective_config=setup,
-            source=FeedbackSource(self.ctx.replay, fb.feedback_table, fresh, catch_up=fb.catch_up_batches()),
-            report_every=fb.report_every,
-            eval_every=fb.candidate_every,
-            checkpoint_every=fb.checkpoint_every,
+            source=FeedbackSource(self.ctx.replay, fb.table("feedback"), fresh, catch_up=fb.catch_up_batches()),
+            report_every=fb.learning.report_every,
+            eval_every=fb.learning.candidate_every,
+            checkpoint_every=fb.learning.checkpoint_every,
             threads=max(1, int(self.cfg.learner.cpus_per_worker)),
             seed=self.cfg.run.seed,
         ))
@@ -216,8 +224,8 @@ class FeedbackLoop(LoopBase):
             self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
 
     def teardown(self) -> None:
-        quietly(undeploy_feedback_app, f"{self.name}: deleting the Serve app")
-        quietly(stop_joiner, f"{self.name}: flushing the feedback joiner")
+        quietly(lambda: undeploy_feedback_app(self.name), f"{self.name}: deleting the Serve app")
+        quietly(lambda: stop_joiner(self.joiner_name), f"{self.name}: flushing the feedback joiner")
         if self.gate is not None:
             ray.kill(self.gate, no_restart=True)
 

@@ -32,16 +32,16 @@ CURVE_KEYS = ("step", "tokens", "train_s", "masked_accuracy", "perplexity", "eva
 
 
 class MLMLoop(LoopBase):
-    def __init__(self, cfg: EvolveConfig, ctx: RunContext):
-        super().__init__(cfg, ctx, cfg.mlm.name)
-        self.mlm = cfg.mlm
+    def __init__(self, cfg: EvolveConfig, ctx: RunContext, name: str):
+        super().__init__(cfg, ctx, name)
+        self.mlm = cfg.loops[name]
         self.curve: list[dict[str, Any]] = []
         self.tokens = self.train_s = 0.0
         self.step = 0
         self.checkpoint_step: int | None = None
         self.stopped_by: str | None = None
         self.published_version: int | None = None
-        self.uses_replay = cfg.mlm.source == "replay"  # continual MLM on request texts; else the corpus
+        self.uses_replay = self.mlm.source == "replay"  # continual MLM on request texts; else the corpus
 
     def prepare(self) -> None:
         if not self.cfg.learner.use_gpu and self.mlm.model.preset == "gpu-base":

@@ -1,4 +1,4 @@
-"""The RL loop: rollout actors -> replay -> Ray Train Q learner -> publisher -> actors.
+"""An RL loop: rollout actors -> replay -> Ray Train Q learner -> publisher -> actors.
 
     RolloutActor x num_actors --transitions--> replay table <--sample-- TorchTrainer (DQN / tabular Q)
           ^                                                                   | every publish_every updates
@@ -8,12 +8,13 @@
                          PolicyServer (Serve)    EvaluatorActor (greedy episodes -> eval events)
 
 Done once a version's greedy evaluation reaches the solve return and holds it
-over `rl.confirm_episodes` more episodes.  With `rl.drift`, the env's physics
+over `eval.confirm_episodes` more episodes.  With `drift`, the env's physics
 change during the run and the loop is done once the greedy evaluation on the
 changed env is back at the solve return (`RLDriftWatch`, cluster/loops/rl_drift.py,
-with the adaptive layer of `rl.adapt`).  With `rl.gate.stages`, the learner's versions go
+with the adaptive layer of `adapt`).  With `gate.stages`, the learner's versions go
 through a gate judged on `/act` traffic before they are live (`ActGate`,
-cluster/loops/rl_gated.py).
+cluster/loops/rl_gated.py).  The loop's Serve app is named after it and answers
+under /v1/policies/<policy_id>.
 """
 
 from __future__ import annotations
@@ -32,27 +33,28 @@ from cluster.loop import LoopBase, RunContext, mean_or_none, round_or_none
 from cluster.loops.rl_drift import RLDriftWatch, check_drift
 from cluster.loops.rl_gated import ActGate
 from core.config.evolve import EvolveConfig
-from core.models.q import PolicySpec, obs_width, spec_for_env
+from core.models.q import obs_width, spec_for_env
 from learners.dqn import DQNObjective
 from learners.q_learning import QSetup, QTableObjective
 from learners.replay_source import ReplayTransitionSource
 from learners.train_loop import LoopSpec
+from core.config.rl import POLICIES_PREFIX
 from serving.policy_server import deploy_policy_server, undeploy_policy_server
 from serving.publisher import PolicySubscription, get_or_create_publisher
 
 
 class RLLoop(LoopBase):
-    def __init__(self, cfg: EvolveConfig, ctx: RunContext):
-        super().__init__(cfg, ctx, cfg.rl.name)
-        self.rl = cfg.rl
+    def __init__(self, cfg: EvolveConfig, ctx: RunContext, name: str):
+        super().__init__(cfg, ctx, name)
+        self.rl = cfg.loops[name]
         self.actors.counters = ("env_steps", "episodes")
         self.evals: list[dict[str, Any]] = []
         self.steps_at: list[tuple[float, int]] = [(self.started, 0)]  # (time, env steps): to date the solve
         self.solved_at: dict[str, Any] | None = None
         self.publish_stats: dict[str, Any] = {}
         self.evaluator = self.publisher = None
-        self.watch = RLDriftWatch(cfg.rl, self.event)
-        self.act_gate = ActGate(cfg, self.event)
+        self.watch = RLDriftWatch(self.rl, self.event)
+        self.act_gate = ActGate(cfg, self.rl, name, self.event)
 
     def prepare(self) -> None:
         """The env's spaces fix the model and the table's obs width (taken from the env unless set)."""
@@ -60,18 +62,18 @@ class RLLoop(LoopBase):
         try:
             self.spec = spec_for_env(rl.env_id, rl.algo, rl.hidden)
         except Exception as exc:  # unknown env id, spaces the algo cannot handle: the user's config
-            raise UserError(f"rl.env_id {rl.env_id!r}: {' '.join(str(exc).split())[:200]}") from None
+            raise UserError(f"loops.{self.name}.env_id {rl.env_id!r}: {' '.join(str(exc).split())[:200]}") from None
         table, width = self.cfg.replay.tables[rl.table], obs_width(self.spec)
         if table.obs_dim is None:
             table.obs_dim = width
         elif table.obs_dim != width:
             raise UserError(f"replay.tables.{rl.table}.obs_dim must be {width} for {rl.env_id} (got {table.obs_dim}; "
                             "leave it unset to take it from the env)")
-        self.solve_return = rl.solve_return if rl.solve_return is not None else _threshold(rl.env_id)
+        self.solve_return = rl.eval.solve_return if rl.eval.solve_return is not None else _threshold(rl.env_id, self.name)
         try:
             check_drift(rl)
         except ValueError as exc:
-            raise UserError(f"rl.drift.set: {exc}") from None
+            raise UserError(f"loops.{self.name}.drift.set: {exc}") from None
         self.act_gate.check()
 
     # ---- start -------------------------------------------------------------------------
@@ -87,17 +89,17 @@ class RLLoop(LoopBase):
         self._launch_learner()
         marks["learner_launched_s"] = time.time()
         spec = self.spec.to_dict()
-        for i in range(rl.num_actors):
+        for i in range(rl.acting.num_actors):
             actor_id = f"{self.name}-actor-{i}"
-            self.actors.add(RolloutActor.options(num_cpus=rl.actor_num_cpus, name=f"evolve-{actor_id}",
+            self.actors.add(RolloutActor.options(num_cpus=rl.acting.actor_num_cpus, name=f"evolve-{actor_id}",
                                                  resources=self.cfg.cluster.actor_resources,
                                                  get_if_exists=True).remote(
                 rl.model_dump(mode="json"), spec, actor_id, ctx.replay,
                 PolicySubscription(self.publisher, rl.policy_id, actor_id), seed=rl.seed + 1000 * i,
             ))
         self.evaluator = EvaluatorActor.options(resources=self.cfg.cluster.actor_resources).remote(
-            rl.env_id, spec, rl.eval_episodes, PolicySubscription(self.publisher, rl.policy_id, None),
-            seed=rl.seed + 10_000, solve_return=self.solve_return, confirm_episodes=rl.confirm_episodes,
+            rl.env_id, spec, rl.eval.episodes, PolicySubscription(self.publisher, rl.policy_id, None),
+            seed=rl.seed + 10_000, solve_return=self.solve_return, confirm_episodes=rl.eval.confirm_episodes,
             drift=rl.drift.set if rl.drift.enabled else None,
         )
         self.watch.bind(self.actors, self.evaluator, ctx.replay, self.solve_return)
@@ -106,8 +108,9 @@ class RLLoop(LoopBase):
             prefix = deploy_policy_server(self.publisher, [rl.policy_id], num_cpus=self.cfg.serving.replica_num_cpus,
                                           exploration={rl.policy_id: self.cfg.serving.exploration_for(rl.policy_id)},
                                           registry_uri=ctx.registry.uri, canary=self.act_gate.canary(), auth=ctx.auth,
-                                          gates=self.act_gate.gates())
-            act_url = f"{ctx.endpoints.get('http', '')}{prefix}/{rl.policy_id}/act"
+                                          gates=self.act_gate.gates(), app_name=self.name,
+                                          route_prefix=f"{POLICIES_PREFIX}/{rl.policy_id}")
+            act_url = f"{ctx.endpoints.get('http', '')}{prefix}/act"
             ctx.endpoints[f"{self.name}_act"] = act_url
             self.act_gate.start_clients(act_url, api_key=ctx.run_key, verify=ctx.client_verify)
             marks["serve_ready_s"] = time.time()
@@ -132,19 +135,19 @@ class RLLoop(LoopBase):
 
     def _launch_learner(self) -> None:
         rl = self.rl
-        source = ReplayTransitionSource(self.ctx.replay, rl.table, rl.batch_size)
+        source = ReplayTransitionSource(self.ctx.replay, rl.table, rl.learning.batch_size)
         prioritized = self.cfg.replay.tables[rl.table].sampler == "prioritized"
         gate = self.act_gate.start_gate(self.ctx.registry.uri, self.spec.to_dict(), rl.seed)
         setup = QSetup(rl=rl, spec=self.spec.to_dict(), publisher=gate or self.publisher,
-                       priorities=source if prioritized else None)
+                       priorities=source if prioritized else None, loop=self.name)
         self.launch_learner(LoopSpec(
             objective_factory=DQNObjective if rl.algo == "dqn" else QTableObjective,
             objective_config=setup,
             source=source,
-            max_steps=rl.max_updates,
-            report_every=rl.updates_per_report,
-            eval_every=rl.publish_every,
-            checkpoint_every=rl.checkpoint_every,
+            max_steps=rl.learning.max_updates,
+            report_every=rl.learning.updates_per_report,
+            eval_every=rl.learning.publish_every,
+            checkpoint_every=rl.learning.checkpoint_every,
             threads=1,  # small networks: one thread per worker is fastest
             seed=rl.seed,
         ))
@@ -196,7 +199,7 @@ class RLLoop(LoopBase):
             return True
         if self.rl.drift.enabled:  # solved before the change is half of what it measures
             return self.watch.done()
-        return self.solved_at is not None and self.rl.stop_when_solved
+        return self.solved_at is not None and self.rl.eval.stop_when_solved
 
     # ---- stop and summary ----------------------------------------------------------------
     def finish(self) -> None:
@@ -214,7 +217,7 @@ class RLLoop(LoopBase):
         if self.evaluator is not None:
             ray.kill(self.evaluator, no_restart=True)
         if self.cfg.serving.enabled:
-            undeploy_policy_server()
+            undeploy_policy_server(self.name)
 
     def summary(self) -> dict[str, Any]:
         solved = self.solved_at
@@ -243,12 +246,12 @@ class RLLoop(LoopBase):
         }
 
 
-def _threshold(env_id: str) -> float:
+def _threshold(env_id: str, loop: str) -> float:
     import gymnasium as gym
 
     threshold = gym.spec(env_id).reward_threshold
     if threshold is None:
-        raise UserError(f"{env_id} has no reward_threshold: set rl.solve_return")
+        raise UserError(f"{env_id} has no reward_threshold: set loops.{loop}.eval.solve_return")
     return float(threshold)
 
 

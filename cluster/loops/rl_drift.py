@@ -24,11 +24,11 @@ import ray
 
 from core.adapt.detectors import Detector
 from core.adapt.rl_controller import RLController
-from core.config.rl import RLConfig
+from core.config.rl import RLSection
 from core.rl.drift import check_physics
 
 
-def check_drift(rl: RLConfig) -> None:
+def check_drift(rl: RLSection) -> None:
     """Before Ray starts: ValueError unless `rl.drift.set` names numeric attributes of the env."""
     if not rl.drift.enabled:
         return
@@ -58,7 +58,7 @@ def get(refs: list[Any], timeout_s: float = 5.0) -> list[Any]:
 
 
 class RLDriftWatch:
-    def __init__(self, rl: RLConfig, event: Callable[..., None]):
+    def __init__(self, rl: RLSection, event: Callable[..., None]):
         self.drift, self.adapt, self.table = rl.drift, rl.adapt, rl.table
         self.event = event
         self.solve_return = 1.0

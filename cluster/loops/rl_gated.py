@@ -1,4 +1,4 @@
-"""The RL loop's gate on `/act` traffic (`rl.gate.stages`): its actors, events and figures.
+"""An RL loop's gate on `/act` traffic (its `gate.stages`): its actors, events and figures.
 
     GateActor (cluster/gate_actor.py, the q_policy kind)  <- the learner publishes to it instead of
          ^ evidence: episodes, unservable versions           the publisher; live on evidence, through
@@ -6,7 +6,7 @@
     ActClientActor (actors/act_traffic.py) -> POST /v1/policies/<id>/act, canary rows sticky per client
 
 Without stages nothing here runs and the learner publishes straight to the
-publisher, as before.  `rl.traffic.enabled` starts the clients alone.
+publisher, as before.  `traffic.enabled` starts the clients alone.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from cluster.errors import UserError
 from cluster.learner_run import get_or
 from cluster.gate_actor import GateActor, check_gate, gate_name
 from core.config.evolve import EvolveConfig
+from core.config.rl import RLSection
 from serving.publisher import PUBLISHER_NAME
 
 KIND = "q_policy"  # the gate's adapter (gate/kinds/q_policy.py)
 
 
 class ActGate:
-    def __init__(self, cfg: EvolveConfig, event: Callable[..., None]):
-        self.cfg, self.rl, self.event = cfg, cfg.rl, event
-        self.gated = bool(cfg.rl.gate.stages)
+    def __init__(self, cfg: EvolveConfig, rl: RLSection, name: str, event: Callable[..., None]):
+        self.cfg, self.rl, self.name, self.event = cfg, rl, name, event
+        self.gated = bool(rl.gate.stages)
         self.gate = self.clients = None
         self.figures_: dict[str, Any] = {}
         self.client_stats: dict[str, Any] = {}
@@ -38,15 +39,16 @@ class ActGate:
         if not (self.gated or self.rl.traffic.enabled):
             return None
         if not self.cfg.serving.enabled:
-            raise UserError("rl.gate.stages and rl.traffic need serving.enabled: true (the gate judges /act traffic)")
-        check_gate(self.rl.gate, KIND, "rl")
+            raise UserError(f"loops.{self.name}.gate.stages and .traffic need serving.enabled: true (the gate "
+                            "judges /act traffic)")
+        check_gate(self.rl.gate, KIND, f"loops.{self.name}")
         if self.rl.gate.return_range is not None:
             return tuple(self.rl.gate.return_range)
         import gymnasium as gym
 
         steps = gym.spec(self.rl.env_id).max_episode_steps
         if steps is None:
-            raise UserError(f"{self.rl.env_id} has no max_episode_steps: set rl.gate.return_range")
+            raise UserError(f"{self.rl.env_id} has no max_episode_steps: set loops.{self.name}.gate.return_range")
         return 0.0, float(steps)
 
     def start_gate(self, registry_uri: str, spec: dict, seed: int) -> Any | None:
@@ -75,7 +77,7 @@ class ActGate:
         self.clients = ActClientActor.options(num_cpus=rl.traffic.num_cpus,
                                               resources=self.cfg.cluster.actor_resources).remote(
             act_url, rl.env_id, rl.traffic.model_dump(), self.gate or _Nowhere.remote(), rl.policy_id,
-            name=f"{rl.name}-act", api_key=api_key, verify=verify)
+            name=f"{self.name}-act", api_key=api_key, verify=verify)
 
     def poll(self) -> dict[str, Any]:
         if self.clients is not None:

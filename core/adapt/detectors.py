@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from core.config.adapt import DetectorConfig
+from core.config.adapt import DetectorSection
 
 Direction = Literal["down", "up", "both"]
 
@@ -33,7 +33,7 @@ class Alarm:
 
 
 class Detector:
-    def __init__(self, signal: str, cfg: DetectorConfig, direction: Direction = "down"):
+    def __init__(self, signal: str, cfg: DetectorSection, direction: Direction = "down"):
         from river import drift
 
         self.signal, self.cfg, self.direction = signal, cfg, direction

@@ -21,31 +21,31 @@ One adaptation per `cooldown_env_steps` env steps: alarms inside the cooldown
 are recorded and answered with no action (a policy still failing, or a
 boost, keeps returns low for a while).
 The detector watches returns as a share of the solve return, so one setting
-fits any env and DetectorConfig's `delta` (< 1) reads as a share.
+fits any env and DetectorSection's `delta` (< 1) reads as a share.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from core.config.adapt import DetectorConfig
+from core.config.adapt import DetectorSection
 from core.adapt.controller import Cooldown, Decision
 from core.adapt.detectors import Alarm
 from core.config.base import Section
 
 
-def _returns_detector() -> DetectorConfig:
+def _returns_detector() -> DetectorSection:
     # Page-Hinkley on return / solve_return: a solved policy's episodes sit near 1 with rare dips
     # (an exploratory action at the wrong time), which `delta` absorbs; a policy that fails on new
     # physics loses most of the share in every episode, which crosses `threshold` in a few episodes.
-    return DetectorConfig(kind="page_hinkley", delta=0.05, threshold=5.0, min_instances=30, recent=50)
+    return DetectorSection(kind="page_hinkley", delta=0.05, threshold=5.0, min_instances=30, recent=50)
 
 
 class RLAdaptSection(Section):
     """enabled: false keeps the RL loop as it is without an adaptive layer."""
 
-    enabled: bool = False
-    returns: DetectorConfig = Field(default_factory=_returns_detector)  # on train returns / solve_return
+    enabled: bool = False  # the adaptive layer: the returns detector and its actions
+    returns: DetectorSection = Field(default_factory=_returns_detector)  # on train returns / solve_return
     # Feed the detector only once the loop has solved the env: before that, returns move
     # because the policy is still learning, not because the env changed.
     after_solved: bool = True

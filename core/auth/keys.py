@@ -47,7 +47,7 @@ class AuthSection(Section):
     # gRPC with no key on every interface: only when this says so (else keys are on, or the run
     # is refused when `enabled` is false)
     allow_open_grpc_unsafe: bool = False
-    keys_file: Path = Path("~/.evolve/keys.json")
+    keys_file: Path = Path("~/.evolve/keys.json")  # the key store `evolve keys create` writes
     # An environment variable holding the store's JSON instead of the file (when set, it wins).
     keys_env: str = "EVOLVE_API_KEYS"
     rate_per_s: float = Field(default=50.0, gt=0)  # requests per second per key, sustained
@@ -55,7 +55,7 @@ class AuthSection(Section):
     # No key's feedback may exceed this share of the last `share_window` feedbacks a replica took;
     # 1 admits all (a deployment with one feedback client); the gate caps shares in its evidence anyway.
     max_feedback_share: float = Field(default=1.0, gt=0, le=1)
-    share_window: int = Field(default=1000, ge=10)
+    share_window: int = Field(default=1000, ge=10)  # feedbacks the share is counted over
     # rate buckets kept at most (one per key, or per named user of a proxy key); the longest idle
     # goes first beyond it, and any bucket idle long enough to refill goes anyway
     max_senders: int = Field(default=100_000, ge=1)

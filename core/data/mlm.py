@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from transformers import BertConfig
 
-from core.config.mlm import MLMConfig
+from core.config.mlm import MLMSection
 from core.data.corpus import CorpusError, load_corpus, split_heldout
 from core.models.encoder import ModelError, bert_config, check_vocab_fits
 from core.models.tokenizer import (
@@ -47,7 +47,7 @@ class MLMData:
         return tokenizer_files(self.tokenizer)
 
 
-def prepare_mlm_data(cfg: MLMConfig, tokenizer_dir: Path | None = None) -> MLMData:
+def prepare_mlm_data(cfg: MLMSection, tokenizer_dir: Path | None = None) -> MLMData:
     """`tokenizer_dir`: where a trained tokenizer is kept; reused if it exists (a resumed run must
     see the same vocabulary), written otherwise."""
     corpus = load_corpus(cfg.corpus)
@@ -81,7 +81,7 @@ def prepare_mlm_data(cfg: MLMConfig, tokenizer_dir: Path | None = None) -> MLMDa
     return MLMData(train_blocks, heldout_blocks, tokenizer, model_config, facts)
 
 
-def _tokenizer(cfg: MLMConfig, texts: list[str], tokenizer_dir: Path | None) -> tuple[Any, str]:
+def _tokenizer(cfg: MLMSection, texts: list[str], tokenizer_dir: Path | None) -> tuple[Any, str]:
     if cfg.tokenizer.pretrained_dir is not None:
         return load_tokenizer(cfg.tokenizer.pretrained_dir), f"pretrained:{cfg.tokenizer.pretrained_dir}"
     if tokenizer_dir is not None and (tokenizer_dir / "tokenizer.json").is_file():
@@ -93,7 +93,7 @@ def _tokenizer(cfg: MLMConfig, texts: list[str], tokenizer_dir: Path | None) -> 
     return tok, "wordpiece (trained on the corpus)"
 
 
-def _model_config(cfg: MLMConfig, tokenizer: Any) -> BertConfig:
+def _model_config(cfg: MLMSection, tokenizer: Any) -> BertConfig:
     if cfg.model.pretrained_dir is not None:
         path = Path(cfg.model.pretrained_dir)
         try:

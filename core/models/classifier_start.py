@@ -1,9 +1,9 @@
 """The classifier a feedback loop starts from: a published encoder with a fresh head, or a random init.
 
-    feedback.encoder_registry + encoder_policy (+ encoder_version)
+    model.encoder_registry + encoder_policy (+ encoder_version)   (a feedback loop's `model`)
         found     -> that encoder, its tokenizer, a new head for the data's labels
         not found -> a WordPiece tokenizer trained on the traffic texts and a random
-                     encoder of `feedback.model` (the loop still learns, from a weaker start)
+                     encoder of that shape (the loop still learns, from a weaker start)
 
 `origin` is the lineage of the start; it goes into version 1's metadata.
 """
@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from core.data.labeled import LabeledData
 from core.storage.registry import PolicyNotFound, PolicyRegistry
 from core.data.inputs import split_input
@@ -31,38 +31,40 @@ class StartingClassifier:
     missing_encoder: str | None = None
 
 
-def starting_classifier(fb: FeedbackConfig, data: LabeledData, seed: int = 0) -> StartingClassifier:
+def starting_classifier(fb: FeedbackSection, data: LabeledData, seed: int = 0) -> StartingClassifier:
     """Raises ClassifierError for an encoder version that does not exist or does not load."""
     start = _start(fb, data, seed)
     start.bundle.pairs = data.pairs  # (text, text_pair) inputs: said in the version's labels.json
     if data.pairs:
         start.origin["inputs"] = "pairs"
-    start.bundle.wide = new_wide(fb.model, len(data.labels))  # feedback.model.kind wide / wide_deep
+    start.bundle.wide = new_wide(fb.model, len(data.labels))  # model.kind wide / wide_deep
     return start
 
 
-def _start(fb: FeedbackConfig, data: LabeledData, seed: int) -> StartingClassifier:
-    if fb.pretrained_dir:
-        return _from_pretrained(fb.pretrained_dir, data, fb.max_len, seed)
-    if fb.encoder_registry:
-        registry = PolicyRegistry(fb.encoder_registry, create=False)
-        if fb.encoder_version is not None or registry.has(fb.encoder_policy):
+def _start(fb: FeedbackSection, data: LabeledData, seed: int) -> StartingClassifier:
+    m = fb.model
+    if m.pretrained_dir:
+        return _from_pretrained(m.pretrained_dir, data, m.max_len, seed)
+    if m.encoder_registry:
+        registry = PolicyRegistry(m.encoder_registry, create=False)
+        if m.encoder_version is not None or registry.has(m.encoder_policy):
             return _from_registry(fb, registry, data, seed)
         start = _random_init(fb, data, seed)
-        start.missing_encoder = f"{fb.encoder_policy!r} in {fb.encoder_registry}"
+        start.missing_encoder = f"{m.encoder_policy!r} in {m.encoder_registry}"
         return start
     return _random_init(fb, data, seed)
 
 
-def _from_registry(fb: FeedbackConfig, registry: PolicyRegistry, data: LabeledData, seed: int) -> StartingClassifier:
-    version = fb.encoder_version if fb.encoder_version is not None else registry.latest(fb.encoder_policy).version
+def _from_registry(fb: FeedbackSection, registry: PolicyRegistry, data: LabeledData, seed: int) -> StartingClassifier:
+    m = fb.model
+    version = m.encoder_version if m.encoder_version is not None else registry.latest(m.encoder_policy).version
     try:
-        loaded = registry.load(fb.encoder_policy, version, as_numpy=True)
+        loaded = registry.load(m.encoder_policy, version, as_numpy=True)
     except PolicyNotFound as exc:
-        raise ClassifierError(f"feedback.encoder_version: {exc}") from None
-    origin = {"encoder_registry": fb.encoder_registry, "encoder_policy": fb.encoder_policy,
+        raise ClassifierError(f"model.encoder_version: {exc}") from None
+    origin = {"encoder_registry": m.encoder_registry, "encoder_policy": m.encoder_policy,
               "encoder_version": version, "encoder_masked_accuracy": loaded.meta.metrics.get("masked_accuracy")}
-    bundle = from_encoder(loaded.weights, loaded.files, data.labels, fb.max_len, seed=seed)
+    bundle = from_encoder(loaded.weights, loaded.files, data.labels, m.max_len, seed=seed)
     return StartingClassifier(bundle, origin)
 
 
@@ -77,10 +79,10 @@ def _from_pretrained(name: str, data: LabeledData, max_len: int, seed: int) -> S
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except Exception as exc:  # transformers raises OSError/ValueError/... for missing or broken checkpoints
         where = "directory" if local else "directory or hub name (is this machine online?)"
-        raise ClassifierError(f"feedback.pretrained_dir: cannot load a BERT checkpoint from {where} {name!r}: "
+        raise ClassifierError(f"model.pretrained_dir: cannot load a BERT checkpoint from {where} {name!r}: "
                               f"{' '.join(str(exc).split())[:200]}") from None
     if not tok.is_fast:
-        raise ClassifierError(f"feedback.pretrained_dir: {name!r} has no fast (Rust) tokenizer (tokenizer.json)")
+        raise ClassifierError(f"model.pretrained_dir: {name!r} has no fast (Rust) tokenizer (tokenizer.json)")
     config = encoder.config.to_dict()
     files = {**tokenizer_files(tok), "config.json": json.dumps(config, default=str).encode()}
     bundle = from_encoder(encoder.state_dict(), files, data.labels, max_len, seed=seed)
@@ -102,13 +104,13 @@ def pretrained_source(name: str) -> tuple[str, bool, dict[str, Any]]:
     return name, False, {"local_files_only": False, "use_safetensors": True}
 
 
-def _random_init(fb: FeedbackConfig, data: LabeledData, seed: int) -> StartingClassifier:
+def _random_init(fb: FeedbackSection, data: LabeledData, seed: int) -> StartingClassifier:
     from core.models.encoder import bert_config
     from core.models.tokenizer import train_wordpiece
 
     # both texts of a pair: the tokenizer must know the second side's words too
-    tok = train_wordpiece([s for x, _ in data.train for s in split_input(x) if s is not None], fb.vocab_size)
-    config = bert_config(fb.model, len(tok), tok.pad_token_id, max_positions=max(fb.max_len, 128))
+    tok = train_wordpiece([s for x, _ in data.train for s in split_input(x) if s is not None], fb.model.vocab_size)
+    config = bert_config(fb.model, len(tok), tok.pad_token_id, max_positions=max(fb.model.max_len, 128))
     files = {**tokenizer_files(tok), "config.json": json.dumps(config.to_dict(), default=str).encode()}
-    bundle = from_encoder(None, files, data.labels, fb.max_len, seed=seed)
+    bundle = from_encoder(None, files, data.labels, fb.model.max_len, seed=seed)
     return StartingClassifier(bundle, {"encoder": "random_init", "vocab_size": len(tok)})

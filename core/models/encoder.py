@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from core.config.mlm import ModelConfig
+from core.config.model import ModelSection
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024, dropout=0.0),
@@ -34,7 +34,7 @@ class ModelError(ValueError):
     """A model that cannot be trained with the given tokenizer / config; str() says why."""
 
 
-def bert_config(cfg: ModelConfig, vocab_size: int, pad_token_id: int, max_positions: int) -> BertConfig:
+def bert_config(cfg: ModelSection, vocab_size: int, pad_token_id: int, max_positions: int) -> BertConfig:
     """A BertConfig from the preset plus the overrides in `cfg`."""
     p = dict(PRESETS[cfg.preset])
     for key, attr in (

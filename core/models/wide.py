@@ -174,7 +174,7 @@ def split_wide(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def new_wide(model: Any, num_labels: int) -> WidePart | None:
-    """A fresh wide part for `feedback.model` (core.config.feedback.FeedbackModelConfig); None for kind deep."""
+    """A fresh wide part for `feedback.model` (core.config.feedback.FeedbackModelSection); None for kind deep."""
     if model.kind == "deep":
         return None
     return WidePart(num_labels, model.kind, model.combine, model.wide_buckets, model.wide_ngram_min,

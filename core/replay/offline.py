@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.config.replay import ReplayConfig, per_shard
+from core.config.replay import ReplaySection, per_shard
 from core.replay.segments import read_head, scan
 
 
@@ -21,7 +21,7 @@ def shard_dirs(replay_dir: Path) -> list[Path]:
     return sorted(p for p in Path(replay_dir).glob("shard-*") if p.is_dir())
 
 
-def read_table(replay_dir: str | Path, table: str, cfg: ReplayConfig) -> pa.Table:
+def read_table(replay_dir: str | Path, table: str, cfg: ReplaySection) -> pa.Table:
     """The live rows of `table` across all shards (each shard oldest first)."""
     if table not in cfg.tables:
         raise ValueError(f"unknown table {table!r}; declared tables: {sorted(cfg.tables)}")
@@ -52,7 +52,7 @@ def _live_rows(table_dir: Path, capacity: int, schema: pa.Schema | None = None) 
     return table.slice(head - start)
 
 
-def inspect(replay_dir: str | Path, cfg: ReplayConfig) -> dict[str, dict[str, Any]]:
+def inspect(replay_dir: str | Path, cfg: ReplaySection) -> dict[str, dict[str, Any]]:
     """Per table: live rows, policy-version range, sources, disk bytes, shards."""
     out = {}
     for name in cfg.tables:

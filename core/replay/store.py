@@ -14,13 +14,13 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 
-from core.config.replay import ReplayConfig, per_shard
+from core.config.replay import ReplaySection, per_shard
 from core.replay.table import ReplayError, ReplayTable
 from core.storage.paths import join
 
 
 class ShardStore:
-    def __init__(self, cfg: ReplayConfig, directory: str | Path | None, shard: int = 0, seed: int | None = None):
+    def __init__(self, cfg: ReplaySection, directory: str | Path | None, shard: int = 0, seed: int | None = None):
         self.cfg, self.shard = cfg, shard
         # a local path or an fsspec URL (core.storage.paths); each table's log picks files or objects
         self.dir = join(directory, f"shard-{shard:03d}") if directory is not None else None

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.replay.columns import ColumnRings
-from core.config.replay import TableConfig
+from core.config.replay import TableSection
 from core.replay.ratelimit import RateLimiter
 from core.replay.object_log import open_log
 from core.replay.sumtree import SumTree
@@ -40,7 +40,7 @@ class ReplayTimeout(TimeoutError):
 
 
 class ReplayTable:
-    def __init__(self, name: str, cfg: TableConfig, directory: str | Path | None = None, *,
+    def __init__(self, name: str, cfg: TableSection, directory: str | Path | None = None, *,
                  segment_rows: int = 65_536, fsync: bool = False, seed: int | None = None):
         self.name, self.cfg = name, cfg
         self.schema = schema_for(cfg.kind, obs_dim=cfg.obs_dim) if cfg.kind == "transitions" else schema_for(cfg.kind)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import gymnasium as gym
 
-from core.config.rl import EpsilonSchedule
+from core.config.rl import EpsilonSection
 
 
 def _cartpole_derived(env: Any) -> None:
@@ -94,7 +94,7 @@ class EpsilonBoost:
     value: float
     steps: int
 
-    def at(self, schedule: EpsilonSchedule, step: int) -> float:
+    def at(self, schedule: EpsilonSection, step: int) -> float:
         """Epsilon at vector step `step`: the schedule's, or the boost's while that is higher."""
         base = schedule.at(step)
         frac = (step - self.start) / max(self.steps, 1)

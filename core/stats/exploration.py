@@ -29,7 +29,7 @@ from core.config.base import Section
 
 
 class ExplorationSection(Section):
-    kind: Literal["none", "epsilon", "softmax"] = "none"
+    kind: Literal["none", "epsilon", "softmax"] = "none"  # none: greedy; epsilon or softmax: explore
     epsilon: float = Field(default=0.1, ge=0, le=1)  # kind epsilon: share of uniformly random answers
     temperature: float = Field(default=1.0, gt=0)  # kind softmax: > 1 flatter, < 1 closer to greedy
     # Floor under every action's serving probability (softmax): keeps importance weights bounded.

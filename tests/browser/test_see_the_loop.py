@@ -67,7 +67,7 @@ def run(tmp_path_factory):
         "run", "configs/default.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
         "--set", "run.progress_interval_s=2",
-        "--set", f"feedback.encoder_registry={tmp / 'no-encoder'}",
+        "--set", f"loops.sentiment.model.encoder_registry={tmp / 'no-encoder'}",
     )
     try:
         proc.wait_for_line("evolve: loop 'cartpole' started", timeout_s=600)

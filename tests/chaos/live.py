@@ -70,7 +70,7 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
         elapsed = time.monotonic() - started
     assert rc == 0, proc.output[-3000:]
     acked = client.acked_ids()
-    rows = exported_columns(run_dir, "feedback", ["event_id", "created_at"], tmp_path)
+    rows = exported_columns(run_dir, "sentiment", ["event_id", "created_at"], tmp_path)  # the loop's feedback table
     stored = rows["event_id"]
     # the loop's own traffic actor goes on (or, killed, its successor does): its rows predicted after the respawn
     traffic_after = sum(1 for e, at in zip(stored, rows["created_at"])
@@ -78,7 +78,7 @@ def kill_under_traffic(tmp_path: Path, component: str, needles: tuple[str, ...],
     lost = acked - set(stored)
     twice = [e for e, n in Counter(stored).items() if n > 1]
     # every row the live store held at the end (the summary's table size, recovered rows included)
-    held = json.loads((run_dir / "summary.json").read_text())["run"]["replay"]["feedback"]["size"]
+    held = json.loads((run_dir / "summary.json").read_text())["run"]["replay"]["sentiment"]["size"]
     failed = [(t, what) for t, what in client.failed if t > killed_at]
     figures = dict(
         recovery_s=round(recovered - killed_at, 2),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from core.config.replay import TableConfig
+from core.config.replay import TableSection
 from core.replay.table import ReplayTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -37,7 +37,7 @@ def small_fs(tmp_path):
 
 
 def open_table(directory: Path) -> ReplayTable:
-    cfg = TableConfig(kind="transitions", obs_dim=4, capacity=1_000_000, max_batch_rows=1000)
+    cfg = TableSection(kind="transitions", obs_dim=4, capacity=1_000_000, max_batch_rows=1000)
     return ReplayTable(NAME, cfg, directory, segment_rows=2000, fsync=True, seed=0)
 
 

@@ -72,7 +72,7 @@ def test_feedback_whose_write_failed_is_retried_and_stored_once(tmp_path):
         rc = proc.wait(timeout_s=240)
     assert rc == 0, proc.output[-3000:]
     assert first.status_code == 503, (first.status_code, first.text)  # not acknowledged while not stored
-    rows = exported_columns(run_dir, "feedback", ["event_id", "label"], tmp_path)
+    rows = exported_columns(run_dir, "sentiment", ["event_id", "label"], tmp_path)  # the loop's feedback table
     mine = [label for e, label in zip(rows["event_id"], rows["label"]) if e == body["event_id"]]
     joiner = json.loads((run_dir / "summary.json").read_text())["loops"]["sentiment"]["joiner"]
     report("feedback_write_failed", tries=len(answers), accepted_after_kill_s=accepted_after_s,

@@ -33,7 +33,7 @@ def test_kill_the_replay_shard(tmp_path):
 
 def test_kill_the_learner_worker(tmp_path):
     # checkpoints as often as candidates: one is on disk by the time v2 is live and the kill comes
-    kill_under_traffic(tmp_path, "learner_worker", ("ray::", "RayTrainWorker"), "feedback.checkpoint_every=5")
+    kill_under_traffic(tmp_path, "learner_worker", ("ray::", "RayTrainWorker"), "loops.sentiment.learning.checkpoint_every=5")
     loop = json.loads((tmp_path / "run" / "summary.json").read_text())["loops"]["sentiment"]
     assert (loop["resumed_from_update"] or 0) > 0, f"the restarted worker group started over: {loop}"
 

@@ -47,10 +47,10 @@ def test_kill_the_rollout_actor(tmp_path):
     proc = CliProcess(
         "run", "configs/cartpole.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(run_dir),
         "--set", f"serving.http_port={http_port}", "--set", "cluster.include_dashboard=false",
-        "--set", "run.progress_interval_s=2", "--set", "rl.stop_when_solved=false",
-        "--set", "rl.publish_every=20", "--set", "rl.hidden=[32]",
+        "--set", "run.progress_interval_s=2", "--set", "loops.cartpole.eval.stop_when_solved=false",
+        "--set", "loops.cartpole.learning.publish_every=20", "--set", "loops.cartpole.hidden=[32]",
         # room for every row of the run: an evicted row would read as a lost one
-        "--set", "replay.tables.transitions.capacity=2000000",
+        "--set", "replay.tables.cartpole.capacity=2000000",
     )
     client = ActClient(f"http://127.0.0.1:{http_port}/v1/policies/cartpole/act")
     started = time.monotonic()
@@ -78,8 +78,8 @@ def test_kill_the_rollout_actor(tmp_path):
     assert rc == 0, proc.output[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     # rows the shards acknowledged over the run (no shard restarted, nothing evicted): each must be stored
-    acked = summary["run"]["replay"]["transitions"]["inserts"]
-    stored = exported_column(run_dir, "transitions", "id", tmp_path)
+    acked = summary["run"]["replay"]["cartpole"]["inserts"]
+    stored = exported_column(run_dir, "cartpole", "id", tmp_path)
     twice = [i for i, n in Counter(stored).items() if n > 1]
     stats = summary["loops"]["cartpole"]
     failed = [(t, what) for t, what in client.failed if t > killed_at]

@@ -24,10 +24,10 @@ IN_FLIGHT_S = 5.0  # a request in flight at the kill fails within this; later on
 
 
 def test_kill_one_of_two_replicas(tmp_path):
-    figures = kill_under_traffic(tmp_path, "serve_replica[2]", REPLICA, "feedback.num_replicas=2")
+    figures = kill_under_traffic(tmp_path, "serve_replica[2]", REPLICA, "loops.sentiment.serving.num_replicas=2")
     assert figures["failed_requests"] <= 1, figures  # only the request in flight at the kill
     assert figures["recovery_s"] <= IN_FLIGHT_S, figures  # and the client whole again at once
 
 
 def test_kill_the_only_replica(tmp_path):
-    kill_under_traffic(tmp_path, "serve_replica[1]", REPLICA, "feedback.num_replicas=1")  # failures reported, not bounded
+    kill_under_traffic(tmp_path, "serve_replica[1]", REPLICA, "loops.sentiment.serving.num_replicas=1")  # failures reported, not bounded

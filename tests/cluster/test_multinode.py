@@ -95,7 +95,7 @@ def _logs(c: LocalCluster, job_id: str) -> str:
 
 
 def test_node_local_storage_is_refused_in_one_line_naming_the_key(cluster, tmp_path):
-    job = _submit(cluster, [str(REPO / "configs/cluster.yaml"), "--set", "loops=[rl]", "--set", "run.storage=null",
+    job = _submit(cluster, [str(REPO / "configs/cluster.yaml"), "--set", "loops.sentiment=null", "--set", "run.storage=null",
                             "--set", "run.run_dir=runs/cluster-refused", "--set", "serving.enabled=false"])
     wait_until(lambda: _job_status(cluster, job) in ("FAILED", "SUCCEEDED"), 300, "the refusal")
     assert _job_status(cluster, job) == "FAILED"
@@ -119,12 +119,12 @@ class Probe(threading.Thread):
             ids = [f"probe-{i + k}" for k in range(PROBE_BATCH)]
             now = dt.datetime.now(dt.timezone.utc)
             batch = pa.RecordBatch.from_pydict({
-                "id": ids, "table": ["text"] * PROBE_BATCH, "source": ["corpus"] * PROBE_BATCH,
+                "id": ids, "table": ["sentiment-text"] * PROBE_BATCH, "source": ["corpus"] * PROBE_BATCH,
                 "actor_id": ["probe"] * PROBE_BATCH, "policy_id": ["probe"] * PROBE_BATCH,
                 "policy_version": [0] * PROBE_BATCH, "created_at": [now] * PROBE_BATCH,
                 "text": [f"row {i + k}" for k in range(PROBE_BATCH)]}, schema=text_schema())
             try:
-                self.client.add_and_wait("text", batch, timeout_s=60)
+                self.client.add_and_wait("sentiment-text", batch, timeout_s=60)
                 self.acked += ids
             except Exception as exc:  # an add that was never acknowledged: its rows are not counted
                 self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -181,10 +181,10 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
         "--set", "serving.host=127.0.0.1", "--set", f"serving.http_port={port}",
         "--set", "learner.use_gpu=false", "--set", "learner.num_workers=1",
         "--set", f"replay.num_shards={NUM_SHARDS}", "--set", "replay.shard_num_cpus=0.1",
-        "--set", "replay.tables.transitions.min_size=256",
-        "--set", "rl.num_actors=2", "--set", "rl.num_envs=4", "--set", "rl.actor_num_cpus=0.25",
-        "--set", "rl.steps_per_write=64", "--set", "rl.min_steps_per_write=16",
-        "--set", "feedback.encoder_registry=null", "--set", "feedback.traffic.actor_num_cpus=0.1",
+        "--set", "replay.tables.cartpole.min_size=256",
+        "--set", "loops.cartpole.acting={num_actors: 2, num_envs: 4, actor_num_cpus: 0.25, steps_per_write: 64, "
+                 "min_steps_per_write: 16}",
+        "--set", "loops.sentiment.model.encoder_registry=null", "--set", "loops.sentiment.traffic.actor_num_cpus=0.1",
     ])
     nodes = {n.name: n.node_id for n in cluster.nodes}
     actor_nodes = {nodes["actors-a"], nodes["actors-b"]}
@@ -193,7 +193,7 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
         assert _job_status(cluster, job) in ("PENDING", "RUNNING"), _logs(cluster, job)[-4000:]
         where = _placement(cluster)
         ready = (len(where.get("RolloutActor", [])) == 2 and where.get("TrafficActor")
-                 and len(where.get("ReplayShard", [])) == NUM_SHARDS and len(_replicas(where, "feedback")) >= 2
+                 and len(where.get("ReplayShard", [])) == NUM_SHARDS and len(_replicas(where, "sentiment")) >= 2
                  and len([n for cls, ns in where.items() if "TrainWorker" in cls for n in ns]) >= 2)
         return where if ready else None
 
@@ -207,10 +207,10 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
     for cls in ("RolloutActor", "TrafficActor", "EvaluatorActor"):
         assert set(where.get(cls, [])) <= actor_nodes and where.get(cls), (cls, where)
     assert len(set(where["ReplayShard"])) >= 2, where["ReplayShard"]
-    assert len(set(_replicas(where, "feedback"))) >= 2, _replicas(where, "feedback")
+    assert len(set(_replicas(where, "sentiment"))) >= 2, _replicas(where, "sentiment")
     print(f"[cluster] placement: learners on learner; rollout/traffic on actors-a/b; "
           f"shards on {sorted(_name(nodes, n) for n in where['ReplayShard'])}; "
-          f"feedback replicas on {sorted(_name(nodes, n) for n in _replicas(where, 'feedback'))}")
+          f"feedback replicas on {sorted(_name(nodes, n) for n in _replicas(where, 'sentiment'))}")
 
     # ---- the run outlives its client: `ray job submit --no-wait` has exited; status re-attaches --
     cfg = load_config(run_dir / "config.yaml")
@@ -218,7 +218,7 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
     def loops_shown() -> str | None:
         out = subprocess.run([str(BIN / "evolve"), "status", "--address", cluster.address], cwd=REPO,
                              env=cluster_env(), capture_output=True, text=True, timeout=120)
-        return out.stdout if all(name in out.stdout for name in (cfg.feedback.name, cfg.rl.name)) else None
+        return out.stdout if all(name in out.stdout for name in (tuple(cfg.loops))) else None
 
     status = wait_until(loops_shown, 120, "`evolve status` showing both loops", every_s=5)
     print(f"[cluster] evolve status --address {cluster.address}:\n{status}")
@@ -233,7 +233,7 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
     wait_until(lambda: any(ok for _, ok in asker.answers), 120, "a first prediction")
     # lose the actor node that holds the most shards and replicas
     victim_name = max(("actors-a", "actors-b"), key=lambda k: where["ReplayShard"].count(nodes[k])
-                      + _replicas(where, "feedback").count(nodes[k]))
+                      + _replicas(where, "sentiment").count(nodes[k]))
     victim = next(n for n in cluster.nodes if n.name == victim_name)
     lost = {cls: ns.count(victim.node_id) for cls, ns in where.items() if victim.node_id in ns}
     killed_at = cluster.kill_node(victim)
@@ -247,7 +247,7 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
         if any(victim.node_id in ns for ns in now.values()):
             return None
         ok = (len(now.get("ReplayShard", [])) == NUM_SHARDS and len(now.get("RolloutActor", [])) == 2
-              and now.get("TrafficActor") and len(_replicas(now, "feedback")) >= 2)
+              and now.get("TrafficActor") and len(_replicas(now, "sentiment")) >= 2)
         if not ok:
             return None
         ray.get([s.info.remote() for s in shards], timeout=30)  # every shard answers (recovered its rows)
@@ -262,7 +262,7 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
     probe.join(timeout=90)
     asker.join(timeout=30)
 
-    stored = set(ReplayClient(shards, cfg.replay).export("text").column("id").to_pylist())
+    stored = set(ReplayClient(shards, cfg.replay).export("sentiment-text").column("id").to_pylist())
     lost_rows = [i for i in probe.acked if i not in stored]
     during = [ok for t, ok in asker.answers if t >= killed_at and t <= killed_at + recovery_s]
     gaps = _longest_gap([t for t, ok in asker.answers if ok])
@@ -270,7 +270,7 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
           f"acknowledged rows {len(probe.acked)}, lost {len(lost_rows)}; unacknowledged adds {len(probe.errors)}; "
           f"predictions during recovery {sum(during)}/{len(during)} ok, longest gap between answers {gaps:.1f}s")
     print(f"[cluster] after: shards on {sorted(_name(nodes, n) for n in after['ReplayShard'])}, "
-          f"replicas on {sorted(_name(nodes, n) for n in _replicas(after, 'feedback'))}")
+          f"replicas on {sorted(_name(nodes, n) for n in _replicas(after, 'sentiment'))}")
     assert not lost_rows, f"{len(lost_rows)} acknowledged rows lost, e.g. {lost_rows[:5]}"
     assert set(after["RolloutActor"]) | set(after["TrafficActor"]) <= actor_nodes - {victim.node_id}
     assert any(during), "no prediction answered while the node was being replaced"
@@ -281,7 +281,7 @@ def test_the_cluster_config_runs_placed_by_resource_and_survives_a_lost_node(clu
     assert out.returncode == 0, out.stdout + out.stderr
     summary = wait_until(lambda: (run_dir / "summary.json").is_file() and json.loads((run_dir / "summary.json").read_text()),
                          180, "summary.json")
-    assert set(summary["loops"]) == {cfg.feedback.name, cfg.rl.name}, summary["loops"]
+    assert set(summary["loops"]) == set(cfg.loops), summary["loops"]
     assert summary["run"]["stopped_by"] == "terminated", summary["run"]
 
 

@@ -105,7 +105,7 @@ def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
 
 def tiny_bert_checkpoint(path: Path, texts: list[str]) -> Path:
     """A Hugging Face format directory (config, weights, a WordPiece tokenizer trained on `texts`),
-    written with save_pretrained: what a user brings as `feedback.pretrained_dir`, never from the hub."""
+    written with save_pretrained: what a user brings as a feedback loop's `model.pretrained_dir`, never from the hub."""
     import torch
     from transformers import BertConfig, BertModel
 

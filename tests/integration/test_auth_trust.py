@@ -23,7 +23,7 @@ from ray import serve
 from transformers import BertConfig
 
 from core.auth.keys import AuthSection, KeyStore
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from core.storage.registry import PolicyRegistry
 from core.models.classifier import from_encoder
 from core.data.corpus import review_texts
@@ -60,7 +60,8 @@ def world(tmp_path_factory):
                             intermediate_size=128, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
         files = {**tokenizer_files(tok), "config.json": json.dumps(config.to_dict(), default=str).encode()}
         model = from_encoder(None, files, LABELS, seed=0)
-        cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=120, max_batch_size=8, batch_wait_timeout_s=0.005)
+        cfg = FeedbackSection(policy_id=POLICY, serving={"feedback_ttl_s": 120, "max_batch_size": 8,
+                                                         "batch_wait_timeout_s": 0.005})
         cfg.data.max_heldout = 50
         gate = GateActor.options(name=gate_name(POLICY)).remote(
             registry, "text_classifier", {"data": cfg.data.model_dump(mode="json")}, cfg.gate.model_dump(mode="json"),
@@ -209,7 +210,7 @@ def test_one_key_cannot_roll_back_three_keys_can(world):
 
 def test_overload_answers_503_with_retry_after(world):
     """A second app beside the first, one request in flight and one queued: the rest are turned away."""
-    cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=60, max_queued_requests=1)
+    cfg = FeedbackSection(policy_id=POLICY, serving={"feedback_ttl_s": 60, "max_queued_requests": 1})
     deploy_feedback_app(world["publisher"], world["registry_uri"], cfg, None, batching=False, max_ongoing_requests=1,
                         app_name="overload", route_prefix="/overload", joiner_name="overload-joiner")
     url = world["http"].replace("/v1", "/overload") + "/predict"

@@ -19,7 +19,7 @@ import ray
 from ray import serve
 from transformers import BertConfig
 
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from core.data.hashing import stable_unit_hash
 from core.models.classifier import from_encoder, from_version
 from core.data.corpus import review_texts
@@ -51,7 +51,8 @@ def canary_world(tmp_path_factory):
                             intermediate_size=128, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
         files = {**tokenizer_files(tok), "config.json": json.dumps(config.to_dict(), default=str).encode()}
         live = from_encoder(None, files, LABELS, seed=0)
-        cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=60, max_batch_size=8, batch_wait_timeout_s=0.005)
+        cfg = FeedbackSection(policy_id=POLICY, serving={"feedback_ttl_s": 60, "max_batch_size": 8,
+                                                         "batch_wait_timeout_s": 0.005})
         cfg.gate.stages = ["canary"]
         cfg.gate.canary.fraction, cfg.gate.canary.min_requests = 0.3, 20
         cfg.data.max_heldout = 50
@@ -84,7 +85,8 @@ SHADOW_POLICY, SHADOW_APP, SHADOW_JOINER = "sentiment-shadow", "feedback-shadow"
 def shadow_world(canary_world):
     """A second policy served beside the first, its gate with the `shadow` stage only."""
     w = canary_world
-    cfg = FeedbackConfig(policy_id=SHADOW_POLICY, feedback_ttl_s=60, max_batch_size=8, batch_wait_timeout_s=0.005)
+    cfg = FeedbackSection(policy_id=SHADOW_POLICY, serving={"feedback_ttl_s": 60, "max_batch_size": 8,
+                                                            "batch_wait_timeout_s": 0.005})
     cfg.gate.stages = ["shadow"]
     cfg.gate.shadow.fraction, cfg.gate.shadow.min_rows = 0.5, 40
     cfg.data.max_heldout = 50

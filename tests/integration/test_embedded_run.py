@@ -31,7 +31,7 @@ def live_run(tmp_path_factory):
         "run", "configs/default.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
         "--set", f"registry.uri={tmp / 'registry'}", "--set", "run.progress_interval_s=2",
-        "--set", "loops=[]",  # the spine: cluster, gateway, budget, summary (the loops have their own tests)
+        "--set", "loops={}",  # the spine: cluster, gateway, budget, summary (the loops have their own tests)
     )
     with serving(proc, timeout_s=120) as endpoint_line:
         yield {"proc": proc, "tmp": tmp, "http": f"http://127.0.0.1:{http_port}", "dash_port": dash_port,

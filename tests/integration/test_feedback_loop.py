@@ -3,7 +3,7 @@ joiner -> replay, Ray Train online learner, gate -> publisher -> replicas, summa
 `evolve rollback` on the stopped run's registry.
 
 Sized to check the wiring in about a minute (a tiny BERT checkpoint written with
-`save_pretrained`, as a user brings their own with `feedback.pretrained_dir`; a small held-out
+`save_pretrained`, as a user brings their own with `model.pretrained_dir`; a small held-out
 set; a candidate every few updates); learning to the target is the `-m slow` tier's job
 (tests/slow/test_feedback_learns.py).
 
@@ -41,15 +41,16 @@ def sentiment_run(tmp_path_factory):
         "run", "configs/sentiment.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"serving.grpc_port={free_port()}",
         "--set", f"cluster.dashboard_port={free_port()}", "--set", "run.progress_interval_s=2",
-        "--set", "feedback.encoder_registry=null", "--set", f"feedback.pretrained_dir={checkpoint}",
-        "--set", "feedback.max_len=32", "--set", "feedback.data.max_heldout=100",
-        "--set", "feedback.candidate_every=5", "--set", "feedback.batch_size=16",
-        "--set", "feedback.traffic.requests_per_s=20",
-        "--set", f"feedback.gate.tolerance={GATE_TOLERANCE}", "--set", "feedback.gate.rollback_margin=1.0",
+        "--set", "loops.sentiment.model.encoder_registry=null",
+        "--set", f"loops.sentiment.model.pretrained_dir={checkpoint}",
+        "--set", "loops.sentiment.model.max_len=32", "--set", "loops.sentiment.data.max_heldout=100",
+        "--set", "loops.sentiment.learning.candidate_every=5", "--set", "loops.sentiment.learning.batch_size=16",
+        "--set", "loops.sentiment.traffic.requests_per_s=20",
+        "--set", f"loops.sentiment.gate.tolerance={GATE_TOLERANCE}", "--set", "loops.sentiment.gate.rollback_margin=1.0",
         # the novelty loop beside it, publishing early (its share of a CPU comes from the traffic actor's)
-        "--set", "loops=[feedback, novelty]", "--set", "feedback.traffic.actor_num_cpus=0.1",
-        "--set", "novelty={batch_size: 16, calibration_every: 2, min_calibration: 40, publish_every: 10, "
-                 "max_steps_per_s: 5}",
+        "--set", "loops.sentiment.traffic.actor_num_cpus=0.1",
+        "--set", "loops.novelty={kind: novelty, watch: sentiment, batch_size: 16, calibration_every: 2, "
+                 "min_calibration: 40, publish_every: 10, max_steps_per_s: 5}",
     )
     with serving(proc, timeout_s=150):
         yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}", "checkpoint": checkpoint}

@@ -21,8 +21,8 @@ from transformers import BertConfig
 from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
 from cluster.gate_actor import GateActor, gate_name
-from core.config.feedback import FeedbackConfig
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.feedback import FeedbackSection
+from core.config.replay import ReplaySection, TableSection
 from core.models.classifier import from_encoder
 from core.data.corpus import review_texts
 from core.models.tokenizer import tokenizer_files, train_wordpiece
@@ -53,13 +53,13 @@ def served(tmp_path_factory):
         http_port, grpc_port = free_port(), free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": http_port}, grpc_options=grpc_options(grpc_port),
                     logging_config={"log_level": "WARNING"})
-        rcfg = ReplayConfig(num_shards=1, tables={"feedback": TableConfig(kind="feedback", capacity=10_000),
-                                                  "text": TableConfig(kind="text", capacity=10_000)})
+        rcfg = ReplaySection(num_shards=1, tables={"feedback": TableSection(kind="feedback", capacity=10_000),
+                                                  "text": TableSection(kind="text", capacity=10_000)})
         writer = ReplayClient(launch_shards(rcfg, str(tmp / "replay"), seed=0), rcfg, seed=0)
         registry = str(tmp / "registry")
         publisher = PolicyPublisher.options(name="feedback-test-publisher").remote(registry)
-        cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=60, max_text_chars=200, max_batch_size=8,
-                             batch_wait_timeout_s=0.005)
+        cfg = FeedbackSection(policy_id=POLICY, serving={"feedback_ttl_s": 60, "max_text_chars": 200, "max_batch_size": 8,
+                                                         "batch_wait_timeout_s": 0.005})
         # the gate the joiner hands its evidence to; it never rolls back here (margin 1.0)
         gate = GateActor.options(name=gate_name(POLICY)).remote(
             registry, "text_classifier", {"data": {"max_heldout": 50}}, {"rollback_margin": 1.0},

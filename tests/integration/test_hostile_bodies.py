@@ -23,8 +23,8 @@ from ray import serve
 
 from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
-from core.config.feedback import FeedbackConfig
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.feedback import FeedbackSection
+from core.config.replay import ReplaySection, TableSection
 from core.models.q import spec_for_env
 from core.models.q_policy import QPolicy
 from core.models.classifier import from_encoder
@@ -47,18 +47,19 @@ GRPC_META = (("application", "feedback"),)
 @pytest.fixture(scope="module")
 def apps(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
-    bound_grpc_messages(FeedbackConfig().max_text_chars)  # as `evolve run` does before Ray starts
+    bound_grpc_messages(FeedbackSection().serving.max_text_chars)  # as `evolve run` does before Ray starts
     ray.init(num_cpus=2, include_dashboard=False, namespace="hostile-test", log_to_driver=False)
     try:
         http_port, grpc_port = free_port(), free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": http_port}, grpc_options=grpc_options(grpc_port),
                     logging_config={"log_level": "WARNING"})
-        rcfg = ReplayConfig(num_shards=1, tables={"feedback": TableConfig(kind="feedback", capacity=10_000),
-                                                  "text": TableConfig(kind="text", capacity=10_000)})
+        rcfg = ReplaySection(num_shards=1, tables={"feedback": TableSection(kind="feedback", capacity=10_000),
+                                                  "text": TableSection(kind="text", capacity=10_000)})
         writer = ReplayClient(launch_shards(rcfg, str(tmp / "replay"), seed=0), rcfg, seed=0)
         registry = str(tmp / "registry")
         publisher = PolicyPublisher.remote(registry)
-        cfg = FeedbackConfig(policy_id=POLICY, feedback_ttl_s=60, max_batch_size=8, batch_wait_timeout_s=0.005)
+        cfg = FeedbackSection(policy_id=POLICY, serving={"feedback_ttl_s": 60, "max_batch_size": 8,
+                                                         "batch_wait_timeout_s": 0.005})
         deploy_feedback_app(publisher, registry, cfg, writer)
         files, texts = _tiny_files()
         bundle = from_encoder(None, files, LABELS, seed=0)

@@ -51,7 +51,7 @@ def test_status_reports_the_head(head):
 def test_run_joins_and_stops_cleanly_on_ctrl_c(head, tmp_path):
     proc = CliProcess(
         "run", "configs/default.yaml", "--address", head, "--run-dir", str(tmp_path / "run"),
-        "--set", f"serving.http_port={free_port()}", "--set", "run.progress_interval_s=1", "--set", "loops=[]",
+        "--set", f"serving.http_port={free_port()}", "--set", "run.progress_interval_s=1", "--set", "loops={}",
     )
     try:
         assert proc.wait_for_line("cluster at", timeout_s=120).startswith("evolve: Ray ")

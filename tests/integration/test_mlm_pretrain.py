@@ -14,11 +14,11 @@ pytestmark = pytest.mark.integration
 
 # A model and corpus small enough that start-up dominates: this tests the plumbing, not learning.
 TINY = [
-    "--set", "mlm.corpus.max_texts=1500", "--set", "mlm.tokenizer.vocab_size=600",
-    "--set", "mlm.model.num_layers=1", "--set", "mlm.model.hidden_size=32", "--set", "mlm.model.num_heads=2",
-    "--set", "mlm.model.intermediate_size=64", "--set", "mlm.seq_len=32", "--set", "mlm.eval_sequences=32",
-    "--set", "mlm.batch_size=8", "--set", "mlm.eval_every=10", "--set", "mlm.checkpoint_every=10",
-    "--set", "mlm.report_every=5", "--set", "run.progress_interval_s=1", "--set", "learner.num_workers=2",
+    "--set", "loops.mlm.corpus.max_texts=1500", "--set", "loops.mlm.tokenizer.vocab_size=600",
+    "--set", "loops.mlm.model.num_layers=1", "--set", "loops.mlm.model.hidden_size=32", "--set", "loops.mlm.model.num_heads=2",
+    "--set", "loops.mlm.model.intermediate_size=64", "--set", "loops.mlm.seq_len=32", "--set", "loops.mlm.eval_sequences=32",
+    "--set", "loops.mlm.batch_size=8", "--set", "loops.mlm.eval_every=10", "--set", "loops.mlm.checkpoint_every=10",
+    "--set", "loops.mlm.report_every=5", "--set", "run.progress_interval_s=1", "--set", "learner.num_workers=2",
     "--set", "cluster.include_dashboard=true",
 ]
 
@@ -51,7 +51,7 @@ def test_ddp_run_stopped_midway_resumes_from_its_checkpoint(tmp_path):
 
     target = mlm1["steps"] + 10
     second = run_cli("pretrain", "configs/mlm.yaml", "--run-dir", str(run), *TINY,
-                     "--set", f"cluster.dashboard_port={free_port()}", "--set", f"mlm.max_steps={target}",
+                     "--set", f"cluster.dashboard_port={free_port()}", "--set", f"loops.mlm.max_steps={target}",
                      timeout_s=150)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"resumed from the checkpoint at step {mlm1['steps']}" in second.stdout

@@ -20,7 +20,7 @@ from tests.s3_server import apply_env, restore_env, seaweedfs
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--set", "loops=[]", "--set", "serving.enabled=false"]  # the spine alone: Ray, the hold, the budget
+TINY = ["--set", "loops={}", "--set", "serving.enabled=false"]  # the spine alone: Ray, the hold, the budget
 HOLDER = r"""
 import sys
 from core.storage.run_hold import RunHold

@@ -43,11 +43,11 @@ def pair_run(tmp_path_factory):
         "--set", f"serving.http_port={http_port}", "--set", "serving.grpc=true",
         "--set", f"serving.grpc_port={grpc_port}", "--set", f"cluster.dashboard_port={free_port()}",
         "--set", "cluster.include_dashboard=false", "--set", "run.progress_interval_s=2",
-        "--set", "feedback.encoder_registry=null", "--set", f"feedback.pretrained_dir={checkpoint}",
-        "--set", "feedback.max_len=48", "--set", "feedback.data.builtin_per_label=300",
-        "--set", "feedback.data.max_heldout=60", "--set", "feedback.candidate_every=5",
-        "--set", "feedback.batch_size=16", "--set", "feedback.traffic.requests_per_s=20",
-        "--set", "feedback.gate.tolerance=0.99", "--set", "feedback.gate.rollback_margin=1.0",
+        "--set", "loops.pairs.model.encoder_registry=null", "--set", f"loops.pairs.model.pretrained_dir={checkpoint}",
+        "--set", "loops.pairs.model.max_len=48", "--set", "loops.pairs.data.builtin_per_label=300",
+        "--set", "loops.pairs.data.max_heldout=60", "--set", "loops.pairs.learning.candidate_every=5",
+        "--set", "loops.pairs.learning.batch_size=16", "--set", "loops.pairs.traffic.requests_per_s=20",
+        "--set", "loops.pairs.gate.tolerance=0.99", "--set", "loops.pairs.gate.rollback_margin=1.0",
         "--set", f"serving.tls={{certfile: {cert}, keyfile: {key}, ca_file: {cert}}}",
         env={"EVOLVE_CACHE_DIR": str(tmp / "cache"),  # the pair CSV is made here, not in the user's cache
              "EVOLVE_API_KEYS": json.dumps([RECORD.model_dump()])},
@@ -82,7 +82,7 @@ def test_a_pair_is_predicted_and_its_feedback_joined(pair_run):
 def test_grpc_takes_pairs(pair_run):
     from serving.proto import evolve_pb2, evolve_pb2_grpc
 
-    meta = (("application", "feedback"), ("authorization", f"Bearer {KEY}"))
+    meta = (("application", "pairs"), ("authorization", f"Bearer {KEY}"))  # the loop's Serve app
     with grpc.insecure_channel(pair_run["grpc"]) as channel:
         stub = evolve_pb2_grpc.EvolveFeedbackStub(channel)
         reply = wait_until(lambda: stub.Predict(evolve_pb2.PredictRequest(texts=[A], text_pairs=[B]), metadata=meta,
@@ -107,7 +107,7 @@ def test_the_joined_row_has_both_texts_in_the_export_and_the_run_learned(pair_ru
     proc, run = pair_run["proc"], pair_run["run"]
     assert proc.wait(timeout_s=BUDGET_S + 240) == 0, proc.output[-3000:]
     out = tmp_path / "feedback.parquet"
-    assert evolve(["replay", "export", str(run), "feedback", str(out)]) == 0
+    assert evolve(["replay", "export", str(run), "pairs", str(out)]) == 0  # the loop's feedback table
     rows = pq.read_table(out).to_pylist()
     ours = [r for r in rows if r["event_id"] == pair_run.get("event_id")]
     assert len(ours) == 1 and ours[0]["text"] == A and ours[0]["text_pair"] == B and ours[0]["label"] == 0, ours

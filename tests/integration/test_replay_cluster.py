@@ -15,7 +15,7 @@ from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
 from cluster.rundir import RunDir
 from core.config.loader import load_config
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.replay import ReplaySection, TableSection
 from core.replay.contract import ReplayStore
 from core.replay.table import ReplayError, ReplayTimeout
 from core.data.schemas import SchemaError
@@ -35,7 +35,7 @@ def cluster():
 
 
 def _client(tmp_path, name, **table):
-    cfg = ReplayConfig(num_shards=2, tables={name: TableConfig(obs_dim=4, **table)})
+    cfg = ReplaySection(num_shards=2, tables={name: TableSection(obs_dim=4, **table)})
     # a fresh actor name per test: shards are named per run
     shards = [
         s for s in launch_shards(cfg.model_copy(), str(tmp_path / "replay"), seed=0)

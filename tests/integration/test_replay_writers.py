@@ -12,7 +12,7 @@ import ray
 
 from actors.replay_client import ReplayClient
 from actors.replay_shard import launch_shards
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.replay import ReplaySection, TableSection
 from core.replay.table import ReplayError, ReplayTimeout
 from serving.join import Joiner
 from tests.integration.helpers import wait_until
@@ -86,8 +86,8 @@ def test_four_writers_blocked_on_the_rate_limiter_do_not_starve_a_learner(tmp_pa
     # a window of min_size + error_buffer (150 rows per shard): four writers with 8 adds in flight each
     # (32 per shard, more than a shard has threads) are held by the limiter until the learner samples;
     # the add timeout is long, so only the shard's own concurrency groups can let the samples through
-    paced = TableConfig(obs_dim=4, capacity=100_000, samples_per_insert=1.0, min_size=100, error_buffer=200)
-    cfg = ReplayConfig(num_shards=2, add_timeout_s=600, tables={"paced": paced})
+    paced = TableSection(obs_dim=4, capacity=100_000, samples_per_insert=1.0, min_size=100, error_buffer=200)
+    cfg = ReplaySection(num_shards=2, add_timeout_s=600, tables={"paced": paced})
     client, shards = _shards(tmp_path, cfg)
     stop = threading.Event()
     writers = [Writer(shards, cfg, f"w{k}", stop) for k in range(4)]
@@ -141,8 +141,8 @@ def test_four_writers_blocked_on_the_rate_limiter_do_not_starve_a_learner(tmp_pa
 
 
 def test_a_joiner_commit_above_the_shard_batch_limit_lands_split(tmp_path):
-    feedback = TableConfig(kind="feedback", capacity=1000, max_batch_rows=4)
-    cfg = ReplayConfig(num_shards=2, tables={"feedback": feedback})
+    feedback = TableSection(kind="feedback", capacity=1000, max_batch_rows=4)
+    cfg = ReplaySection(num_shards=2, tables={"feedback": feedback})
     client, shards = _shards(tmp_path, cfg)
     events = [{"event_id": f"e{i}", "text": f"text {i}", "prediction": 1, "probs": [0.3, 0.7],
                "labels": ["neg", "pos"], "policy_id": "sentiment", "policy_version": 1, "actor_id": "serve-test"}

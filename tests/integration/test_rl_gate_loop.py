@@ -1,6 +1,6 @@
 """The CartPole loop gated on its own /act traffic, on a real embedded cluster.
 
-One `evolve run` for the module with `rl.gate.stages: [ope, canary]` and a
+One `evolve run` for the module with `loops.cartpole.gate.stages: [ope, canary]` and a
 short canary: the learner's versions reach Serve only through the RL gate,
 clients play episodes through POST /act (batched, one client key per row),
 and a canary answers some clients with the candidate.  Learning to solve
@@ -37,11 +37,11 @@ def gated_run(tmp_path_factory):
     proc = CliProcess(
         "run", "configs/cartpole.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
-        "--set", "run.progress_interval_s=2", "--set", "rl.stop_when_solved=false",
-        "--set", "serving.exploration=epsilon", "--set", "rl.gate.stages=[ope,canary]",
-        "--set", "rl.gate.ope.min_rows=10", "--set", "rl.gate.canary.min_requests=5",
-        "--set", "rl.gate.canary.max_requests=15", "--set", "rl.gate.canary.fraction=0.3",
-        "--set", "rl.traffic.max_requests_per_s=20", "--set", "rl.traffic.episodes_at_once=8",
+        "--set", "run.progress_interval_s=2", "--set", "loops.cartpole.eval.stop_when_solved=false",
+        "--set", "serving.exploration=epsilon", "--set", "loops.cartpole.gate.stages=[ope,canary]",
+        "--set", "loops.cartpole.gate.ope.min_rows=10", "--set", "loops.cartpole.gate.canary.min_requests=5",
+        "--set", "loops.cartpole.gate.canary.max_requests=15", "--set", "loops.cartpole.gate.canary.fraction=0.3",
+        "--set", "loops.cartpole.traffic.max_requests_per_s=20", "--set", "loops.cartpole.traffic.episodes_at_once=8",
     )
     with serving(proc, timeout_s=120):
         yield {"proc": proc, "run": tmp / "run", "http": f"http://127.0.0.1:{http_port}"}

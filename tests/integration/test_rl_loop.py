@@ -30,7 +30,7 @@ def taxi_run(tmp_path_factory):
     proc = CliProcess(
         "run", "configs/taxi.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
-        "--set", "run.progress_interval_s=2", "--set", "rl.stop_when_solved=false",
+        "--set", "run.progress_interval_s=2", "--set", "loops.taxi.eval.stop_when_solved=false",
         "--set", "serving.exploration=epsilon",
     )
     with serving(proc, timeout_s=120):

@@ -19,7 +19,7 @@ import s3fs
 import torch
 
 from core.storage.registry import PolicyRegistry
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.replay import ReplaySection, TableSection
 from core.replay.store import ShardStore
 from tests.s3_server import apply_env, restore_env, seaweedfs
 
@@ -77,9 +77,9 @@ WRITER = r"""
 import json, sys
 sys.path.insert(0, sys.argv[2] + "/benchmarks")
 from _transitions import cartpole_batch
-from core.config.replay import ReplayConfig
+from core.config.replay import ReplaySection
 from core.replay.store import ShardStore
-cfg = ReplayConfig.model_validate(json.loads(sys.argv[3]))
+cfg = ReplaySection.model_validate(json.loads(sys.argv[3]))
 store = ShardStore(cfg, sys.argv[1], shard=0)
 i = 0
 while True:  # until SIGKILLed: each line names rows the store has acknowledged
@@ -91,7 +91,7 @@ while True:  # until SIGKILLed: each line names rows the store has acknowledged
 
 def test_replay_shard_recovers_acknowledged_rows_from_s3_after_sigkill(s3, bucket, tmp_path):
     url = _prefix(bucket, "replay") + "/run/replay"
-    cfg = ReplayConfig(num_shards=1, tables={"transitions": TableConfig(kind="transitions", obs_dim=4, capacity=4096)})
+    cfg = ReplaySection(num_shards=1, tables={"transitions": TableSection(kind="transitions", obs_dim=4, capacity=4096)})
     writer = subprocess.Popen([sys.executable, "-c", WRITER, url, REPO, cfg.model_dump_json()], cwd=REPO,
                               env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE, text=True)
     acked, deadline = 0, time.monotonic() + 60

@@ -11,7 +11,7 @@ import pytest
 import ray
 from ray import serve
 
-from core.config.evolve import ServingConfig
+from core.config.serving import ServingSection
 from core.auth.tls import TLSSection
 from serving.gateway import deploy_gateway, undeploy
 from tests.conftest import free_port
@@ -25,7 +25,7 @@ def https(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
     cert, key = self_signed(tmp)
     port = free_port()
-    cfg = ServingConfig(host="127.0.0.1", http_port=port, tls=TLSSection(certfile=cert, keyfile=key))
+    cfg = ServingSection(host="127.0.0.1", http_port=port, tls=TLSSection(certfile=cert, keyfile=key))
     ray.init(num_cpus=2, include_dashboard=False, namespace="tls-test", log_to_driver=False)
     try:
         endpoints = deploy_gateway(cfg, str(tmp / "registry"))

@@ -3,7 +3,7 @@ at least 0.10 over version 1, behind the publish gate.
 
 `evolve run configs/sentiment.yaml` as shipped (a 3 x 192 classifier, 128 tokens, the real
 McNemar gate on 1,000 held-out reviews, traffic actors sending 70% labels / 30% rewards), with
-one change: `feedback.encoder_registry=null` forces the random init, so the gain is the loop's
+one change: `loops.sentiment.model.encoder_registry=null` forces the random init, so the gain is the loop's
 own and not a pretrained encoder's.  The figure is the gate's: held-out accuracy of the version
 live at the end minus that of version 1 (both scored by the gate on the same fixed rows that
 are never sent as traffic), so only promoted versions count.
@@ -14,7 +14,7 @@ rehearsed), a candidate every 50 updates, each scored by the gate in seconds.  T
 is balanced (520 neg / 480 pos), so version 1 sits near 0.5; the same architecture from a random
 init reaches ~0.76 on 2,000 labeled reviews (benchmarks/README.md, pretrain_ablation.py), and
 the loop sees several thousand distinct reviews in its first few hundred seconds.
-`feedback.stop_accuracy=0.75` ends the run once the live version reaches 0.75 (at least 0.2
+`loops.sentiment.stop_accuracy=0.75` ends the run once the live version reaches 0.75 (at least 0.2
 over a version 1 near 0.5), so a healthy run finishes early and the budget is only the ceiling.
 """
 
@@ -32,7 +32,7 @@ STOP_ACCURACY = 0.75
 @pytest.mark.timeout(timeout_for(BUDGET_S))
 def test_sentiment_from_random_init_gains_heldout_accuracy(tmp_path):
     run = evolve_run("configs/sentiment.yaml", tmp_path / "run", BUDGET_S,
-                     "feedback.encoder_registry=null", f"feedback.stop_accuracy={STOP_ACCURACY}")
+                     "loops.sentiment.model.encoder_registry=null", f"loops.sentiment.stop_accuracy={STOP_ACCURACY}")
     s = run.loop("sentiment")
     initial, final = s["initial_heldout_accuracy"], s["heldout_accuracy"]
     gain = final - initial if initial is not None and final is not None else None

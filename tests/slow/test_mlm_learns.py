@@ -1,8 +1,8 @@
 """Masked-LM pretraining learns to use context: the final held-out masked accuracy exceeds the
 unigram plateau, and the encoder is published.
 
-`evolve run configs/mlm.yaml --budget-s 300` (the preset is `loops: [mlm]`; `evolve pretrain`
-is the same run), with `mlm.decay_steps` halved to 1200 along with the budget (the preset's 2400
+`evolve run configs/mlm.yaml --budget-s 300` (the preset's one loop is `mlm`; `evolve pretrain`
+is the same run), with `loops.mlm.decay_steps` halved to 1200 along with the budget (the preset's 2400
 is "about the steps 600 s buys on 2 cores", so the learning rate decays over this run as it
 does over the preset's).
 
@@ -95,7 +95,7 @@ def unigram_plateau(run_dir) -> dict[str, float]:
 @pytest.mark.timeout(timeout_for(BUDGET_S, extra_s=PLATEAU_EXTRA_S))
 def test_mlm_masked_accuracy_rises_above_the_unigram_plateau(tmp_path):
     run_dir = tmp_path / "run"
-    run = evolve_run("configs/mlm.yaml", run_dir, BUDGET_S, "mlm.decay_steps=1200")
+    run = evolve_run("configs/mlm.yaml", run_dir, BUDGET_S, "loops.mlm.decay_steps=1200")
     s = run.loop("mlm")
     evals = run.events("mlm", "learner_eval")
     assert evals and s["curve"], f"no held-out evaluation: {s}{run.tail()}"

@@ -1,6 +1,6 @@
 """Drift on CartPole through the whole loop: `evolve run configs/drift_cartpole.yaml` as shipped.
 
-The loop solves CartPole, keeps going for `rl.drift.after_env_steps`, then the cart's push is
+The loop solves CartPole, keeps going for `loops.cartpole.drift.after_env_steps`, then the cart's push is
 reversed on every env (rollout actors and evaluator).  With the adaptive layer on, the returns
 detector alarms soon after the change and the replay table is cut; the run ends by itself once the
 greedy evaluation on the changed env is back at 475 (three evaluations in a row).  How much sooner

@@ -3,8 +3,8 @@
 `evolve run configs/cartpole.yaml` (DQN) and `configs/taxi.yaml` (tabular Q-learning), as
 shipped: rollout actors -> replay -> Ray Train learner -> publisher -> evaluator.  "Solved" is
 the loop's own judgement: a published version's greedy evaluation reached `solve_return` (CartPole's
-reward threshold 475; Taxi 7.5) and held it over `rl.confirm_episodes` (100) more greedy episodes.
-Both presets stop by themselves once solved (`rl.stop_when_solved`), so a passing run ends early;
+reward threshold 475; Taxi 7.5) and held it over `eval.confirm_episodes` (100) more greedy episodes.
+Both presets stop by themselves once solved (`eval.stop_when_solved`), so a passing run ends early;
 600 s is several times what they take on 2 cores (CartPole ~20-130 s of loop time in
 benchmarks/README.md, Taxi within its preset's 300 s budget).
 """

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from core.config.adapt import AdaptSection, DetectorConfig
+from core.config.adapt import AdaptSection, DetectorSection
 from core.stats.continual import AccuracyMatrix
 from core.adapt.controller import Boost, Controller
 from core.adapt.detectors import Alarm, Detector
@@ -49,7 +49,7 @@ def _bernoulli(p_before: float, p_after: float, n: int = 3000, change: int = 150
 
 @pytest.mark.parametrize("kind", ["adwin", "page_hinkley"])
 def test_a_drop_in_accuracy_raises_an_alarm_soon_after_the_change(kind):
-    det = Detector("correctness", DetectorConfig(kind=kind))
+    det = Detector("correctness", DetectorSection(kind=kind))
     alarms = [a for x in _bernoulli(0.92, 0.7) if (a := det.update(x))]
     assert alarms, "no alarm for a drop from 0.92 to 0.7"
     first = alarms[0]
@@ -60,7 +60,7 @@ def test_a_drop_in_accuracy_raises_an_alarm_soon_after_the_change(kind):
 @pytest.mark.parametrize("kind", ["adwin", "page_hinkley"])
 def test_a_rise_or_a_stationary_stream_raises_no_alarm(kind):
     for stream in (_bernoulli(0.7, 0.92, seed=1), _bernoulli(0.85, 0.85, n=10_000, seed=2)):
-        det = Detector("correctness", DetectorConfig(kind=kind))
+        det = Detector("correctness", DetectorSection(kind=kind))
         assert not [a for x in stream if (a := det.update(x))]
 
 

@@ -2,12 +2,12 @@
 
 import torch
 
-from core.config.mlm import ModelConfig
+from core.config.model import ModelSection
 from core.models.encoder import alibi_slopes, attention_bias, bert_config, build_mlm_model, encoder_hidden
 
 
 def _config(position_bias: str = "alibi"):
-    cfg = ModelConfig(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, position_bias=position_bias)
+    cfg = ModelSection(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, position_bias=position_bias)
     return bert_config(cfg, vocab_size=50, pad_token_id=0, max_positions=32)
 
 

@@ -7,7 +7,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from core.models.classifier_start import starting_classifier
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from core.data.labeled import LabeledData
 from core.models.classifier import ClassifierError, from_version
 from core.models.tokenizer import train_wordpiece
@@ -36,7 +36,7 @@ def _tiny(tmp_path, cls=BertModel):
 @pytest.mark.parametrize("cls", [BertModel, BertForSequenceClassification])
 def test_the_encoder_weights_tokenizer_and_provenance_come_from_the_directory(tmp_path, data, cls):
     path, saved = _tiny(tmp_path, cls)
-    start = starting_classifier(FeedbackConfig(pretrained_dir=str(path), max_len=32), data)
+    start = starting_classifier(FeedbackSection(model={"pretrained_dir": str(path), "max_len": 32}), data)
     encoder = saved if cls is BertModel else saved.bert
     got = start.bundle.model.bert.state_dict()
     assert torch.equal(got["embeddings.word_embeddings.weight"], encoder.state_dict()["embeddings.word_embeddings.weight"])
@@ -51,13 +51,13 @@ def test_the_encoder_weights_tokenizer_and_provenance_come_from_the_directory(tm
 
 
 def test_a_missing_directory_is_one_clear_error(tmp_path, data):
-    with pytest.raises(ClassifierError, match="feedback.pretrained_dir"):
-        starting_classifier(FeedbackConfig(pretrained_dir=str(tmp_path / "nowhere")), data)
+    with pytest.raises(ClassifierError, match="model.pretrained_dir"):
+        starting_classifier(FeedbackSection(model={"pretrained_dir": str(tmp_path / "nowhere")}), data)
 
 
 def test_two_starts_at_once_are_refused():
     with pytest.raises(ValueError, match="not both"):
-        FeedbackConfig(pretrained_dir="x", encoder_registry="y")
+        FeedbackSection(model={"pretrained_dir": "x", "encoder_registry": "y"})
 
 
 def test_a_checkpoint_without_safetensors_is_refused_not_unpickled(tmp_path, data):
@@ -65,7 +65,7 @@ def test_a_checkpoint_without_safetensors_is_refused_not_unpickled(tmp_path, dat
     (path / "model.safetensors").unlink()
     torch.save(model.state_dict(), path / "pytorch_model.bin")  # a pickle: code runs when it is read
     with pytest.raises(ClassifierError, match="cannot load a BERT checkpoint"):
-        starting_classifier(FeedbackConfig(pretrained_dir=str(path), max_len=32), data)
+        starting_classifier(FeedbackSection(model={"pretrained_dir": str(path), "max_len": 32}), data)
 
 
 def test_hub_names_and_directories_ask_for_safetensors(tmp_path):

@@ -20,10 +20,10 @@ def test_help_on_every_command(argv, capsys):
 def test_run_flags_parse():
     args = build_parser().parse_args(
         ["run", "configs/default.yaml", "--budget-s", "60", "--address", "auto", "--run-dir", "/tmp/r",
-         "--set", "rl.lr=1e-4", "--set", "run.seed=3"]
+         "--set", "loops.cartpole.learning.lr=1e-4", "--set", "run.seed=3"]
     )
     assert args.budget_s == 60 and args.address == "auto" and args.run_dir == "/tmp/r"
-    assert args.overrides == ["rl.lr=1e-4", "run.seed=3"]
+    assert args.overrides == ["loops.cartpole.learning.lr=1e-4", "run.seed=3"]
 
 
 @pytest.mark.parametrize("bad", ["0", "-5", "soon"])

@@ -3,7 +3,7 @@
 import pytest
 
 from core.data.domains import DOMAINS, review_domain
-from core.config.feedback import DataSection
+from core.config.data import DataSection
 from core.data.labeled import ordered_index
 
 

@@ -78,10 +78,10 @@ def test_feedback_source_surfaces_store_errors():
 
 
 def test_a_fifo_feedback_table_hands_each_row_out_once():
-    from core.config.replay import TableConfig
+    from core.config.replay import TableSection
     from core.replay.table import ReplayTable
 
-    table = ReplayTable("feedback", TableConfig(kind="feedback", sampler="fifo", capacity=100), seed=0)
+    table = ReplayTable("feedback", TableSection(kind="feedback", sampler="fifo", capacity=100), seed=0)
     table.add(_feedback_rb(10))
     sampler = SimpleNamespace(sample=lambda name, n, timeout_s=None: table.sample(n, timeout_s))
     it = FeedbackSource(sampler, "feedback", rows=4, sample_timeout_s=0.05, idle_after_s=0.3).batches(WorkerContext(), 0)
@@ -104,10 +104,10 @@ def _next_batch(it, within_s: float = 30.0) -> FeedbackBatch:
 
 
 def test_a_source_behind_the_stream_hands_a_catch_up_batch_else_one_batch():
-    from core.config.replay import TableConfig
+    from core.config.replay import TableSection
     from core.replay.table import ReplayTable
 
-    table = ReplayTable("feedback", TableConfig(kind="feedback", sampler="fifo", capacity=100), seed=0)
+    table = ReplayTable("feedback", TableSection(kind="feedback", sampler="fifo", capacity=100), seed=0)
     table.add(_feedback_rb(13))
     sampler = SimpleNamespace(sample=lambda name, n, timeout_s=None: table.sample(n, timeout_s))
     it = FeedbackSource(sampler, "feedback", rows=4, catch_up=3, sample_timeout_s=0.05,

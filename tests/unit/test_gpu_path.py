@@ -9,7 +9,7 @@ import pydantic
 import pytest
 import torch
 
-from core.config.evolve import ServingConfig
+from core.config.serving import ServingSection
 from core.models.classifier import from_encoder
 from tests.unit.test_online_learner import LABELS, _labeled, _objective, encoder_files, reviews  # noqa: F401
 
@@ -61,10 +61,10 @@ def test_an_autocast_learner_keeps_fp32_weights_and_still_learns(encoder_files, 
 
 
 def test_replica_gpus_default_to_zero_and_refuse_negatives():
-    assert ServingConfig().replica_num_gpus == 0.0
-    assert ServingConfig(replica_num_gpus=0.25).replica_num_gpus == 0.25
+    assert ServingSection().replica_num_gpus == 0.0
+    assert ServingSection(replica_num_gpus=0.25).replica_num_gpus == 0.25
     with pytest.raises(pydantic.ValidationError):
-        ServingConfig(replica_num_gpus=-1)
+        ServingSection(replica_num_gpus=-1)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

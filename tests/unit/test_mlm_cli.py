@@ -22,15 +22,15 @@ def _no_ray(monkeypatch):
 def test_empty_corpus(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
     rc, err = _run(capsys, "configs/mlm.yaml", "--run-dir", str(tmp_path / "run"),
-                   "--set", "mlm.corpus.source=file", "--set", f"mlm.corpus.path={tmp_path / 'empty.txt'}")
+                   "--set", "loops.mlm.corpus.source=file", "--set", f"loops.mlm.corpus.path={tmp_path / 'empty.txt'}")
     assert rc == 1 and err.startswith("evolve: error: ") and "corpus is empty" in err and err.count("\n") == 1
 
 
 def test_column_that_is_not_text(tmp_path, capsys):
     (tmp_path / "n.csv").write_text("review,stars\n5,1\n4,2\n", encoding="utf-8")
     rc, err = _run(capsys, "configs/mlm.yaml", "--run-dir", str(tmp_path / "run"),
-                   "--set", "mlm.corpus.source=file", "--set", f"mlm.corpus.path={tmp_path / 'n.csv'}",
-                   "--set", "mlm.corpus.column=review")
+                   "--set", "loops.mlm.corpus.source=file", "--set", f"loops.mlm.corpus.path={tmp_path / 'n.csv'}",
+                   "--set", "loops.mlm.corpus.column=review")
     assert rc == 1 and "column 'review' is not text" in err
 
 
@@ -43,15 +43,15 @@ def test_tokenizer_that_does_not_fit_the_model(tmp_path, capsys):
     tok.save_pretrained(tmp_path / "tok")
     _write_pretrained(tmp_path / "model", vocab_size=len(tok) + 1)
     rc, err = _run(capsys, "configs/mlm.yaml", "--run-dir", str(tmp_path / "run"),
-                   "--set", "mlm.corpus.source=file", "--set", f"mlm.corpus.path={tmp_path / 'c.txt'}",
-                   "--set", f"mlm.tokenizer.pretrained_dir={tmp_path / 'tok'}",
-                   "--set", f"mlm.model.pretrained_dir={tmp_path / 'model'}", "--set", "mlm.seq_len=16")
+                   "--set", "loops.mlm.corpus.source=file", "--set", f"loops.mlm.corpus.path={tmp_path / 'c.txt'}",
+                   "--set", f"loops.mlm.tokenizer.pretrained_dir={tmp_path / 'tok'}",
+                   "--set", f"loops.mlm.model.pretrained_dir={tmp_path / 'model'}", "--set", "loops.mlm.seq_len=16")
     assert rc == 1 and "does not match the model's embedding table" in err
 
 
 def test_bad_mlm_key_is_a_config_error(capsys):
-    rc = main(["pretrain", "configs/mlm.yaml", "--set", "mlm.mask_prob=2"])
-    assert rc == 2 and "mlm.mask_prob" in capsys.readouterr().err
+    rc = main(["pretrain", "configs/mlm.yaml", "--set", "loops.mlm.mask_prob=2"])
+    assert rc == 2 and "loops.mlm.mask_prob" in capsys.readouterr().err
 
 
 def test_pretrain_help_lists_the_flags():

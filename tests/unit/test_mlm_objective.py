@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from core.config.mlm import MLMConfig
+from core.config.mlm import MLMSection
 from learners.mlm import MaskedOnlyMLM, MLMObjective, MLMSetup, choose_masks
 from learners.objective import WorkerContext
 
@@ -62,7 +62,7 @@ def test_masked_only_projection_equals_the_full_head():
 
 def _objective(heldout, **mlm):
     setup = MLMSetup(
-        mlm=MLMConfig(**{"seq_len": T, "warmup_steps": 5, "decay_steps": 200, "eval_sequences": 32, "cpu_bf16": "off",
+        mlm=MLMSection(**{"seq_len": T, "warmup_steps": 5, "decay_steps": 200, "eval_sequences": 32, "cpu_bf16": "off",
                          "lr": 3e-3, **mlm}),
         model_config=_tiny_config().to_dict(),
         pretrained_dir=None,

@@ -9,7 +9,7 @@ import torch
 
 from core.config.adapt import AdaptSection
 from core.models.novelty import Autoencoder, auroc, calibrate, scorer_from_version
-from core.config.novelty import NoveltyConfig
+from core.config.novelty import NoveltySection
 from core.storage.registry import PolicyRegistry
 from core.models.classifier import from_encoder
 from core.models.tokenizer import tokenizer_files, train_wordpiece
@@ -75,7 +75,7 @@ def test_objective_publishes_a_version_a_replica_scores_with(tmp_path, pooling):
     registry = PolicyRegistry(tmp_path / "registry")
     ref = _classifier()
     v1 = registry.publish("sentiment", ref.weights(), files=ref.files())
-    cfg = NoveltyConfig(batch_size=16, calibration_every=4, min_calibration=40, calibration_size=200,
+    cfg = NoveltySection(watch="sentiment", batch_size=16, calibration_every=4, min_calibration=40, calibration_size=200,
                         pooling=pooling)
     setup = AutoencoderSetup(cfg=cfg, registry_uri=registry.uri, reference={"policy_id": "sentiment", "version": v1},
                              weights=ref.weights(), files=ref.files())

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from core.data.labeled import sentiment_reviews
 from core.models.classifier import ClassifierError, from_version
 from core.models.tokenizer import tokenizer_files, train_wordpiece
@@ -53,7 +53,7 @@ class FakeGate:
 
 def _objective(files, gate=None, ctx=None, setup_kw=None, **fb) -> OnlineObjective:
     torch.manual_seed(0)
-    cfg = FeedbackConfig(**{"lr": 2e-3, "batch_size": 16, "rehearsal": 0.0, **fb})
+    cfg = FeedbackSection(policy_id="sentiment", learning={"lr": 2e-3, "batch_size": 16, "rehearsal": 0.0, **fb})
     obj = OnlineObjective()
     obj.setup(OnlineSetup(fb=cfg, files=files, labels=LABELS, gate=gate, **(setup_kw or {})), ctx or WorkerContext())
     obj.model.drop.p = 0.0  # deterministic steps in tests
@@ -271,12 +271,12 @@ def test_start_from_a_classifier_version(encoder_files, reviews):
     a.step(_labeled(reviews[:8]))
     files, weights = a.bundle.files(), a.numpy_weights()
     b = OnlineObjective()
-    b.setup(OnlineSetup(fb=FeedbackConfig(), files=files, weights=weights, labels=LABELS, parent_version=7), WorkerContext())
+    b.setup(OnlineSetup(fb=FeedbackSection(), files=files, weights=weights, labels=LABELS, parent_version=7), WorkerContext())
     texts = [t for t, _ in reviews[50:60]]
     np.testing.assert_allclose(a.bundle.predict_proba(texts), b.bundle.predict_proba(texts), atol=1e-6)
     assert b.export_policy().info["parent_version"] == 7
     with pytest.raises(ClassifierError, match="labels"):
-        OnlineObjective().setup(OnlineSetup(fb=FeedbackConfig(), files=files, weights=weights, labels=["a", "b"]),
+        OnlineObjective().setup(OnlineSetup(fb=FeedbackSection(), files=files, weights=weights, labels=["a", "b"]),
                                 WorkerContext())
 
 
@@ -360,7 +360,7 @@ def test_runs_in_the_train_loop_and_resumes(encoder_files, reviews, tmp_path):
     from learners.train_loop import POLICY_DIR, LoopSpec, read_policy, run_loop
     from tests.unit.test_mlm_train_loop import Recorder
 
-    setup = OnlineSetup(fb=FeedbackConfig(batch_size=8, rehearsal=0.5, lr=2e-3), files=encoder_files, labels=LABELS,
+    setup = OnlineSetup(fb=FeedbackSection(learning={"batch_size": 8, "rehearsal": 0.5, "lr": 2e-3}), files=encoder_files, labels=LABELS,
                         heldout=reviews[140:160])
     items = [_labeled(reviews[:4]), None, _rewarded([t for t, _ in reviews[-4:]], 1, 1.0)]
     spec = LoopSpec(objective_factory=OnlineObjective, objective_config=setup, source=_ListSource(items),

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from core.config.feedback import DataSection
+from core.config.data import DataSection
 from core.data.labeled import load_labeled
 from core.data.schemas import feedback_schema
 from core.models.classifier import encode, from_encoder, from_version

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from actors.pair_traffic import predict_body
-from core.config.replay import ReplayConfig
+from core.config.replay import ReplaySection
 from core.replay.offline import read_table
 from core.replay.segments import SegmentLog
 from core.data.schemas import feedback_schema, text_schema, to_record_batch
@@ -144,7 +144,7 @@ def _rows(start: int, n: int, pairs: bool) -> dict:
 
 
 def test_the_export_reads_segments_from_before_the_pair_column(tmp_path):
-    cfg = ReplayConfig.model_validate({"num_shards": 1, "tables": {"feedback": {"kind": "feedback",
+    cfg = ReplaySection.model_validate({"num_shards": 1, "tables": {"feedback": {"kind": "feedback",
                                                                                  "capacity": 100}}})
     table_dir = tmp_path / "shard-0" / "feedback"
     table_dir.mkdir(parents=True)

@@ -26,8 +26,7 @@ import torch
 from transformers import BertConfig
 
 from actors.traffic import TrafficWorker
-from core.config.feedback import FeedbackConfig, TrafficSection
-from core.config.gate import GateSection
+from core.config.feedback import FeedbackSection, GateSection, TrafficSection
 from core.data.labeled import sentiment_reviews
 from core.storage.registry import PolicyRegistry
 from core.data.schemas import feedback_schema, to_record_batch
@@ -155,7 +154,7 @@ class GateHandle:
 def _learn(world, batch: FeedbackBatch, handle: GateHandle) -> OnlineObjective:
     """The online learner, resumed from v1, trained on `batch` only until it hands over one candidate."""
     torch.manual_seed(0)
-    fb = FeedbackConfig(lr=LR, batch_size=BATCH, rehearsal=0.0, candidate_every=UPDATES)
+    fb = FeedbackSection(policy_id=P, learning={"lr": LR, "batch_size": BATCH, "rehearsal": 0.0, "candidate_every": UPDATES})
     obj = OnlineObjective()
     obj.setup(OnlineSetup(fb=fb, files=world["files"], weights=world["v1"], labels=LABELS, parent_version=1,
                           gate=handle, seed=0), WorkerContext())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.replay import ReplaySection, TableSection
 from core.replay.store import ShardStore
 from core.replay.table import ReplayTable, ReplayTimeout
 
@@ -19,7 +19,7 @@ NAME = "transitions"
 
 
 def make(directory: Path | None = None, **kw) -> ReplayTable:
-    return ReplayTable(NAME, TableConfig(kind="transitions", obs_dim=4, **kw), directory, segment_rows=16, seed=0)
+    return ReplayTable(NAME, TableSection(kind="transitions", obs_dim=4, **kw), directory, segment_rows=16, seed=0)
 
 
 def batch(n: int, start: int = 0) -> pa.RecordBatch:
@@ -66,7 +66,7 @@ def test_removed_rows_stay_removed_after_a_restart(tmp_path):
 
 
 def test_a_cutoff_of_an_empty_table_removes_nothing_and_the_store_names_the_table(tmp_path):
-    cfg = ReplayConfig(num_shards=1, tables={NAME: TableConfig(kind="transitions", obs_dim=4)})
+    cfg = ReplaySection(num_shards=1, tables={NAME: TableSection(kind="transitions", obs_dim=4)})
     store = ShardStore(cfg, tmp_path)
     assert store.cutoff(NAME) == 0
     store.add(NAME, batch(7))

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from core.replay import segments
-from core.config.replay import TableConfig
+from core.config.replay import TableSection
 from core.replay.table import ReplayTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -23,7 +23,7 @@ NAME = "transitions"
 
 
 def open_table(directory: Path, fsync: bool = True, segment_rows: int = 16) -> ReplayTable:
-    cfg = TableConfig(kind="transitions", obs_dim=4, capacity=1000)
+    cfg = TableSection(kind="transitions", obs_dim=4, capacity=1000)
     return ReplayTable(NAME, cfg, directory, segment_rows=segment_rows, fsync=fsync, seed=0)
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.replay import ReplaySection, TableSection
 from core.replay.segments import SegmentLog, scan
 from core.replay.store import ShardStore
 from core.replay.table import KEY, ReplayError, ReplayTable, ReplayTimeout
@@ -25,7 +25,7 @@ NAME = "transitions"
 
 
 def open_table(directory: Path, segment_rows: int = 16, **kw) -> ReplayTable:
-    return ReplayTable(NAME, TableConfig(kind="transitions", obs_dim=4, **kw), directory, segment_rows=segment_rows, seed=0)
+    return ReplayTable(NAME, TableSection(kind="transitions", obs_dim=4, **kw), directory, segment_rows=segment_rows, seed=0)
 
 
 def batch(n: int, start: int = 0, version: int = 1, actor: str = "a", table: str = NAME) -> pa.RecordBatch:
@@ -116,7 +116,7 @@ def test_a_directory_of_another_schema_is_refused(tmp_path):
     t.add(batch(3))
     t.close()
     with pytest.raises(ValueError, match="schema on disk does not match"):
-        ReplayTable(NAME, TableConfig(kind="transitions", obs_dim=5), tmp_path)
+        ReplayTable(NAME, TableSection(kind="transitions", obs_dim=5), tmp_path)
     assert sum(segment_files(tmp_path).values()) > 0  # and nothing was deleted
 
 
@@ -189,9 +189,9 @@ def test_fifo_rows_added_after_a_fully_drained_restart_survive_the_next_restart(
 
 
 def test_shard_store_recovers_every_table(tmp_path):
-    cfg = ReplayConfig(
+    cfg = ReplaySection(
         num_shards=1, segment_rows=8, fsync=True,
-        tables={NAME: TableConfig(kind="transitions", obs_dim=4, capacity=100), "fifo": TableConfig(sampler="fifo", obs_dim=4)},
+        tables={NAME: TableSection(kind="transitions", obs_dim=4, capacity=100), "fifo": TableSection(sampler="fifo", obs_dim=4)},
     )
     store = ShardStore(cfg, tmp_path, shard=0, seed=1)
     store.add(NAME, batch(20))
@@ -287,7 +287,7 @@ def test_uniform_table_refuses_priorities(tmp_path):
 
 
 def test_store_errors_name_the_table(tmp_path):
-    cfg = ReplayConfig(num_shards=1, tables={NAME: TableConfig(obs_dim=4, samples_per_insert=1.0, min_size=2, error_buffer=4.0)})
+    cfg = ReplaySection(num_shards=1, tables={NAME: TableSection(obs_dim=4, samples_per_insert=1.0, min_size=2, error_buffer=4.0)})
     store = ShardStore(cfg, tmp_path)
     with pytest.raises(ReplayError, match=r"unknown table 'nope'.*\['transitions'\]"):
         store.add("nope", batch(1))

@@ -11,7 +11,7 @@ import fsspec
 import pyarrow as pa
 import pytest
 
-from core.config.replay import TableConfig
+from core.config.replay import TableSection
 from core.replay.object_log import ObjectSegmentLog
 from core.replay.table import ReplayTable
 
@@ -22,7 +22,7 @@ NAME = "transitions"
 
 
 def open_table(directory, fsync: bool = False) -> ReplayTable:
-    return ReplayTable(NAME, TableConfig(kind="transitions", obs_dim=4, capacity=1000), directory, segment_rows=16,
+    return ReplayTable(NAME, TableSection(kind="transitions", obs_dim=4, capacity=1000), directory, segment_rows=16,
                        fsync=fsync, seed=0)
 
 

@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import chisquare
 
 from core.replay.columns import CodeRing, ColumnRings, FixedRing, ObjectRing
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.replay import ReplaySection, TableSection
 from core.replay.offline import inspect, read_table, to_hf_dataset, to_parquet
 from core.replay.store import ShardStore, shard_of
 from core.data.schemas import schema_for, to_record_batch
@@ -145,13 +145,13 @@ def test_shard_of_is_roughly_balanced(num_shards):
 # ---- 9. offline reading ------------------------------------------------------------------------------------
 
 
-def build_store(tmp_path: Path, capacity: int = 1000) -> tuple[ReplayConfig, list[ShardStore], pa.Table]:
-    cfg = ReplayConfig(
+def build_store(tmp_path: Path, capacity: int = 1000) -> tuple[ReplaySection, list[ShardStore], pa.Table]:
+    cfg = ReplaySection(
         num_shards=2, segment_rows=16,
         tables={
-            "transitions": TableConfig(kind="transitions", obs_dim=4, capacity=capacity),
-            "text": TableConfig(kind="text", capacity=1000),
-            "empty": TableConfig(kind="feedback"),
+            "transitions": TableSection(kind="transitions", obs_dim=4, capacity=capacity),
+            "text": TableSection(kind="text", capacity=1000),
+            "empty": TableSection(kind="feedback"),
         },
     )
     stores = [ShardStore(cfg, tmp_path, shard=s, seed=0) for s in range(2)]

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from scipy.stats import chisquare
 
 from core.config.loader import ConfigError, load_config
-from core.config.replay import TableConfig, deadlock_reasons, per_shard
+from core.config.replay import TableSection, deadlock_reasons, per_shard
 from core.replay.table import KEY, PROBABILITY, TIMES_SAMPLED, ReplayError, ReplayTable, ReplayTimeout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -25,7 +25,7 @@ NAME = "transitions"
 
 def make(**kw) -> ReplayTable:
     seed = kw.pop("seed", 0)
-    return ReplayTable(NAME, TableConfig(kind="transitions", obs_dim=4, **kw), seed=seed)
+    return ReplayTable(NAME, TableSection(kind="transitions", obs_dim=4, **kw), seed=seed)
 
 
 def batch(n: int, start: int = 0, version: int = 1, actor: str = "a") -> pa.RecordBatch:
@@ -245,7 +245,7 @@ def test_sample_larger_than_the_rate_limiter_window_is_refused():
 )
 def test_deadlocking_table_configs_are_refused_with_the_reason(kw, reason):
     with pytest.raises(ValidationError, match=reason):
-        TableConfig(**kw)
+        TableSection(**kw)
     # the same reason through the config loader, as one line naming the table
     overrides = ["replay.tables.x.kind=transitions"] + [f"replay.tables.x.{k}={v}" for k, v in kw.items()]
     with pytest.raises(ConfigError) as info:
@@ -265,7 +265,7 @@ def test_deadlocking_table_configs_are_refused_with_the_reason(kw, reason):
     ],
 )
 def test_workable_configs_pass_and_stay_workable_per_shard(kw):
-    t = TableConfig(**kw)
+    t = TableSection(**kw)
     for shards in (1, 2, 3, 7):
         part = per_shard(t, shards)
         assert deadlock_reasons(part) == []

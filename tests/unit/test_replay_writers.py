@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.replay import ReplaySection, TableSection
 from core.replay.store import ShardStore
 from core.replay.table import ReplayTimeout
 
@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from _transitions import cartpole_batch  # noqa: E402
 
 
-def _tables(**feedback) -> dict[str, TableConfig]:
-    return {"transitions": TableConfig(obs_dim=4), "text": TableConfig(kind="text"),
-            "feedback": TableConfig(kind="feedback", **feedback)}
+def _tables(**feedback) -> dict[str, TableSection]:
+    return {"transitions": TableSection(obs_dim=4), "text": TableSection(kind="text"),
+            "feedback": TableSection(kind="feedback", **feedback)}
 
 
 @pytest.mark.parametrize(
@@ -32,15 +32,15 @@ def _tables(**feedback) -> dict[str, TableConfig]:
     ],
 )
 def test_feedback_tables_fsync_unless_told_not_to(tmp_path, replay_fsync, feedback_fsync, expected):
-    cfg = ReplayConfig(num_shards=1, fsync=replay_fsync, tables=_tables(fsync=feedback_fsync))
+    cfg = ReplaySection(num_shards=1, fsync=replay_fsync, tables=_tables(fsync=feedback_fsync))
     store = ShardStore(cfg, tmp_path)
     assert {name: t.log.fsync for name, t in store.tables.items()} == expected
     store.close()
 
 
 def test_an_add_held_by_the_rate_limiter_times_out_by_default(tmp_path):
-    paced = TableConfig(obs_dim=4, samples_per_insert=1.0, min_size=10, error_buffer=20)
-    store = ShardStore(ReplayConfig(num_shards=1, add_timeout_s=0.2, tables={"transitions": paced}), tmp_path)
+    paced = TableSection(obs_dim=4, samples_per_insert=1.0, min_size=10, error_buffer=20)
+    store = ShardStore(ReplaySection(num_shards=1, add_timeout_s=0.2, tables={"transitions": paced}), tmp_path)
     store.add("transitions", cartpole_batch(40, 0))  # past the window (min_size + error_buffer)
     with pytest.raises(ReplayTimeout, match="timed out after 0.2s waiting to insert"):
         store.add("transitions", cartpole_batch(10, 40))  # samplers are behind; no timeout given
@@ -51,9 +51,9 @@ def test_an_add_held_by_the_rate_limiter_times_out_by_default(tmp_path):
 def test_the_clients_batch_limit_is_the_shards():
     from actors.replay_client import ReplayClient
 
-    tables = {"feedback": TableConfig(kind="feedback", capacity=1000, max_batch_rows=800),
-              "text": TableConfig(kind="text", max_batch_rows=64)}
-    client = ReplayClient([None, None], ReplayConfig(num_shards=2, tables=tables))
+    tables = {"feedback": TableSection(kind="feedback", capacity=1000, max_batch_rows=800),
+              "text": TableSection(kind="text", max_batch_rows=64)}
+    client = ReplayClient([None, None], ReplaySection(num_shards=2, tables=tables))
     assert client.batch_limit("feedback") == 500  # capacity per shard is below max_batch_rows
     assert client.batch_limit("text") == 64
 

@@ -113,3 +113,12 @@ def test_timeline_separates_alarms_from_adaptations():
     assert set(curves) == {"held-out accuracy", "online accuracy"}
     assert [p[0] for p in marks.points["alarm"]] == [20.0]
     assert marks.points["adaptation"] == [(21.0, None, "correct: boost_lr")]
+
+
+def test_a_loop_gets_the_figures_its_kind_declares(run_dir):
+    """config.yaml names each loop's kind: only that kind's figures are drawn for it (an RL loop
+    named `sentiment` gets no held-out figure, even from events that would draw one)."""
+    (run_dir / "config.yaml").write_text("loops:\n  sentiment: {kind: rl}\n  cartpole: {kind: rl}\n  mlm: {kind: mlm}\n")
+    names = {p.name for p in write_report(run_dir).pngs}
+    assert "sentiment_heldout.png" not in names and "sentiment_timeline.png" in names
+    assert {"cartpole_eval_return.png", "mlm_masked_accuracy.png"} <= names

@@ -1,4 +1,4 @@
-"""The `rl` section without a cluster: presets, the rl.table check, bad values, epsilon, env specs."""
+"""An rl loop's section without a cluster: presets, its table check, bad values, epsilon, env specs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.config.loader import ConfigError, load_config
-from core.config.rl import EpsilonSchedule, RLConfig
+from core.config.rl import EpsilonSection, RLSection
 from core.models.q import PolicySpec, obs_width, spec_for_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,104 +18,106 @@ CARTPOLE, TAXI, DEFAULT = REPO / "configs/cartpole.yaml", REPO / "configs/taxi.y
 
 
 @pytest.mark.parametrize(
-    "path, env_id, algo, n_actions",
-    [(CARTPOLE, "CartPole-v1", "dqn", 2), (TAXI, "Taxi-v3", "qtable", 6)],
+    "path, name, env_id, algo, n_actions",
+    [(CARTPOLE, "cartpole", "CartPole-v1", "dqn", 2), (TAXI, "taxi", "Taxi-v3", "qtable", 6)],
     ids=["cartpole", "taxi"],
 )
-def test_presets_load_as_rl_loops_whose_table_fits_the_env(path, env_id, algo, n_actions, tmp_path):
+def test_presets_load_as_rl_loops_whose_table_fits_the_env(path, name, env_id, algo, n_actions, tmp_path):
     cfg = load_config(path)
-    assert cfg.loops == ["rl"]
-    assert (cfg.rl.env_id, cfg.rl.algo) == (env_id, algo)
-    table = cfg.replay.tables[cfg.rl.table]
+    assert list(cfg.loops) == [name] and cfg.loops[name].kind == "rl"
+    rl = cfg.loops[name]
+    assert (rl.env_id, rl.algo, rl.policy_id, rl.table) == (env_id, algo, name, name)  # named after the loop
+    table = cfg.replay.tables[rl.table]
     assert table.kind == "transitions" and table.obs_dim is None  # taken from the env
-    _prepared(cfg, tmp_path)
-    spec = spec_for_env(cfg.rl.env_id, cfg.rl.algo, cfg.rl.hidden)
+    _prepared(cfg, tmp_path, name)
+    spec = spec_for_env(rl.env_id, rl.algo, rl.hidden)
     assert table.obs_dim == obs_width(spec)
     assert spec.n_actions == n_actions
 
 
-def _prepared(cfg, tmp_path):
+def _prepared(cfg, tmp_path, name="cartpole"):
     """RLLoop.prepare() as `evolve run` calls it before Ray starts (no cluster here)."""
     from cluster.loop import RunContext
     from cluster.loops.rl import RLLoop
     from cluster.rundir import RunDir
     from core.storage.registry import PolicyRegistry
 
-    loop = RLLoop(cfg, RunContext(cfg, RunDir(tmp_path / "run"), PolicyRegistry(tmp_path / "registry")))
+    loop = RLLoop(cfg, RunContext(cfg, RunDir(tmp_path / "run"), PolicyRegistry(tmp_path / "registry")), name)
     loop.prepare()
     return loop
 
 
 def test_another_env_with_the_cartpole_preset_takes_its_obs_width_from_the_env(tmp_path):
-    cfg = load_config(CARTPOLE, ["rl.env_id=MountainCar-v0"])
+    cfg = load_config(CARTPOLE, ["loops.cartpole.env_id=MountainCar-v0"])
     loop = _prepared(cfg, tmp_path)
-    assert cfg.replay.tables["transitions"].obs_dim == 2 and loop.spec.n_actions == 3
+    assert cfg.replay.tables["cartpole"].obs_dim == 2 and loop.spec.n_actions == 3
     assert loop.solve_return == -110.0
 
 
 def test_an_obs_width_that_does_not_fit_the_env_is_refused_naming_the_key(tmp_path):
     from cluster.errors import UserError
 
-    cfg = load_config(CARTPOLE, ["replay.tables.transitions.obs_dim=3"])
-    with pytest.raises(UserError, match=r"replay.tables.transitions.obs_dim must be 4 for CartPole-v1 \(got 3"):
+    cfg = load_config(CARTPOLE, ["replay.tables.cartpole.obs_dim=3"])
+    with pytest.raises(UserError, match=r"replay.tables.cartpole.obs_dim must be 4 for CartPole-v1 \(got 3"):
         _prepared(cfg, tmp_path)
 
 
 def test_cartpole_preset_values_reach_the_section():
-    rl = load_config(CARTPOLE).rl
-    assert rl.n_step == 3 and rl.target_update_every == 100 and rl.hidden == [128, 128]
-    assert rl.epsilon == EpsilonSchedule(start=1.0, end=0.02, decay_steps=375)
-    assert rl.num_envs * rl.epsilon.decay_steps == 12_000  # env steps of exploration, whatever num_envs
-    assert (rl.min_steps_per_write, rl.steps_per_write) == (64, 256)
+    rl = load_config(CARTPOLE).loops["cartpole"]
+    assert rl.learning.n_step == 3 and rl.learning.target_update_every == 100 and rl.hidden == [128, 128]
+    assert rl.acting.epsilon == EpsilonSection(start=1.0, end=0.02, decay_steps=375)
+    assert rl.acting.num_envs * rl.acting.epsilon.decay_steps == 12_000  # env steps of exploration, whatever num_envs
+    assert (rl.acting.min_steps_per_write, rl.acting.steps_per_write) == (64, 256)
 
 
 def test_min_steps_per_write_above_the_maximum_is_refused():
     with pytest.raises(ConfigError, match="min_steps_per_write must be <= steps_per_write"):
-        load_config(CARTPOLE, ["rl.min_steps_per_write=512"])
+        load_config(CARTPOLE, ["loops.cartpole.acting.min_steps_per_write=512"])
 
 
-# ---- rl.table must be a declared transitions table ---------------------------------------
+# ---- a loop's transitions table must be a declared transitions table -----------------------
 
 
 @pytest.mark.parametrize(
     "path, overrides, fragment",
     [
-        (CARTPOLE, ["rl.table=nope"], "rl.table 'nope' must be a table declared under replay.tables"),
-        # default.yaml keeps the built-in tables, so 'text' is declared but of the wrong kind
-        (DEFAULT, ["loops=[rl]", "rl.table=text"], "rl.table 'text' must be of kind 'transitions', not 'text'"),
-        (DEFAULT, ["loops=[rl]", "rl.table=feedback"], "must be of kind 'transitions', not 'feedback'"),
-        (CARTPOLE, ["replay.enabled=false"], "rl.table 'transitions' must be a table declared"),
+        (CARTPOLE, ["replay.tables.nope={kind: feedback}", "loops.cartpole.tables.transitions=nope"],
+         "loops.cartpole.tables.transitions 'nope' must be of kind 'transitions', not 'feedback'"),
+        (DEFAULT, ["loops.cartpole.tables.transitions=sentiment-text"],
+         "must be of kind 'transitions', not 'text'"),
+        (CARTPOLE, ["replay.enabled=false"], "loops.cartpole.tables.transitions 'cartpole' must be a table declared"),
+        (CARTPOLE, ["loops.cartpole.tables.states=x"], "a rl loop writes transitions, not states"),
     ],
 )
-def test_rl_table_is_checked_when_the_rl_loop_runs(path, overrides, fragment):
+def test_a_loops_table_is_checked(path, overrides, fragment):
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)  # one line, like every config error
 
 
-def test_rl_table_is_not_checked_without_the_rl_loop():
-    # An MLM-only run must not fail over an rl section it never uses.
-    cfg = load_config(DEFAULT, ["loops=[]", "rl.table=text"])
-    assert cfg.rl.table == "text"
+def test_a_table_the_config_does_not_declare_is_declared_with_the_kinds_settings():
+    cfg = load_config(CARTPOLE, ["loops.cartpole.tables.transitions=steps"])
+    assert cfg.replay.tables["steps"].kind == "transitions" and cfg.loops["cartpole"].table == "steps"
 
 
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("rl.gamma=0", "rl.gamma"),
-        ("rl.gamma=1.5", "rl.gamma"),
-        ("rl.n_step=0", "rl.n_step"),
-        ("rl.n_step=21", "rl.n_step"),
-        ("rl.algo=ppo", "rl.algo"),
-        ("rl.num_envs=0", "rl.num_envs"),
-        ("rl.epsilon.start=1.5", "rl.epsilon.start"),
-        ("rl.epsilon.decay_steps=0", "rl.epsilon.decay_steps"),
-        ("rl.qtable_alpha=0", "rl.qtable_alpha"),
-        ("rl.hidden=[64, 0]", "hidden layer sizes must be >= 1"),
-        ("rl.policy_id=has space", "policy_id must be letters"),
-        ("rl.table=a/b", "table must be letters"),
-        ("rl.nstep=3", "rl.nstep"),  # a typo is an unknown key, not silently ignored
+        ("loops.cartpole.learning.gamma=0", "loops.cartpole.learning.gamma"),
+        ("loops.cartpole.learning.gamma=1.5", "loops.cartpole.learning.gamma"),
+        ("loops.cartpole.learning.n_step=0", "loops.cartpole.learning.n_step"),
+        ("loops.cartpole.learning.n_step=21", "loops.cartpole.learning.n_step"),
+        ("loops.cartpole.algo=ppo", "loops.cartpole.algo"),
+        ("loops.cartpole.acting.num_envs=0", "loops.cartpole.acting.num_envs"),
+        ("loops.cartpole.acting.epsilon.start=1.5", "loops.cartpole.acting.epsilon.start"),
+        ("loops.cartpole.acting.epsilon.decay_steps=0", "loops.cartpole.acting.epsilon.decay_steps"),
+        ("loops.cartpole.learning.qtable_alpha=0", "loops.cartpole.learning.qtable_alpha"),
+        ("loops.cartpole.hidden=[64, 0]", "hidden layer sizes must be >= 1"),
+        ("loops.cartpole.policy_id=has space", "policy_id must be letters"),
+        ("loops.cartpole.tables.transitions=a/b", "loops.cartpole.tables.transitions 'a/b': a table name is letters"),
+        ("loops.cartpole.learning.nstep=3", "loops.cartpole.learning.nstep: unknown key"),  # a typo is an error
+        ("loops.cartpole.n_step=3", "loops.cartpole.n_step: unknown key (known here: acting, adapt, algo"),
     ],
 )
 def test_bad_rl_values_fail_at_load_naming_the_key(override, fragment):
@@ -128,7 +130,7 @@ def test_bad_rl_values_fail_at_load_naming_the_key(override, fragment):
 
 
 def test_epsilon_decays_linearly_then_stays():
-    eps = EpsilonSchedule(start=1.0, end=0.1, decay_steps=100)
+    eps = EpsilonSection(start=1.0, end=0.1, decay_steps=100)
     assert eps.at(0) == pytest.approx(1.0)
     assert eps.at(50) == pytest.approx(0.55)
     assert eps.at(100) == pytest.approx(0.1)
@@ -137,10 +139,10 @@ def test_epsilon_decays_linearly_then_stays():
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
-def test_rl_config_defaults_are_a_dqn_on_cartpole():
-    rl = RLConfig()
+def test_rl_section_defaults_are_a_dqn_on_cartpole():
+    rl = RLSection()
     assert (rl.env_id, rl.algo, rl.table) == ("CartPole-v1", "dqn", "transitions")
-    assert rl.epsilon.at(0) == 1.0
+    assert rl.acting.epsilon.at(0) == 1.0
 
 
 # ---- specs from env spaces ----------------------------------------------------------------

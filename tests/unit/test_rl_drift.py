@@ -17,7 +17,7 @@ from actors.rollout import RolloutWorker
 from cluster.loops.rl_drift import RLDriftWatch, check_drift
 from core.adapt.detectors import Alarm
 from core.adapt.rl_controller import RLAdaptSection, RLController
-from core.config.rl import EpsilonSchedule, RLConfig
+from core.config.rl import EpsilonSection, RLSection
 from core.rl.drift import EpsilonBoost, PhysicsShift, physics_wrappers
 from core.models.q import spec_for_env
 from core.models.q_policy import QPolicy
@@ -74,15 +74,15 @@ def test_vector_envs_shift_every_sub_env_through_call():
 
 def test_drift_config_needs_settings_and_names_are_checked_before_the_run():
     with pytest.raises(ValidationError, match="drift.set"):
-        RLConfig.model_validate({"drift": {"after_env_steps": 10}})
-    check_drift(RLConfig())  # no drift: nothing to check
+        RLSection.model_validate({"drift": {"after_env_steps": 10}})
+    check_drift(RLSection())  # no drift: nothing to check
     with pytest.raises(ValueError, match="no numeric attribute 'lenght'"):
-        check_drift(RLConfig.model_validate({"drift": {"after_env_steps": 10, "set": {"lenght": 0.2}}}))
+        check_drift(RLSection.model_validate({"drift": {"after_env_steps": 10, "set": {"lenght": 0.2}}}))
 
 
 # ---- the epsilon boost -------------------------------------------------------------------------
 def test_the_boost_restarts_epsilon_and_decays_back_to_the_schedules_end():
-    schedule = EpsilonSchedule(start=1.0, end=0.02, decay_steps=100)
+    schedule = EpsilonSection(start=1.0, end=0.02, decay_steps=100)
     boost = EpsilonBoost(start=500, value=0.5, steps=100)
     assert boost.at(schedule, 499) == pytest.approx(0.02)  # before the boost: the schedule
     assert boost.at(schedule, 500) == pytest.approx(0.5)
@@ -92,8 +92,9 @@ def test_the_boost_restarts_epsilon_and_decays_back_to_the_schedules_end():
 
 
 def _worker(drift=None, eps=(0.0, 0.0, 10), seed=0, num_envs=4):
-    cfg = RLConfig(num_envs=num_envs, hidden=[16], epsilon=EpsilonSchedule(start=eps[0], end=eps[1], decay_steps=eps[2]),
-                   **({"drift": drift} if drift else {}))
+    cfg = RLSection(policy_id="cartpole", hidden=[16],
+                    acting={"num_envs": num_envs, "epsilon": EpsilonSection(start=eps[0], end=eps[1], decay_steps=eps[2])},
+                    **({"drift": drift} if drift else {}))
     torch.manual_seed(seed)
     writer = SimpleNamespace(add=lambda table, batch, timeout_s=None: None)
     return RolloutWorker(cfg, spec_for_env(cfg.env_id, cfg.algo, cfg.hidden), "a0", writer, None, seed=seed)
@@ -195,8 +196,8 @@ class CutoffLog:
 
 
 def _watch(adapt=True, after_solved=False, stop=True, workers=1):
-    rl = RLConfig.model_validate({
-        "num_envs": 4, "hidden": [16],
+    rl = RLSection.model_validate({
+        "policy_id": "cartpole", "acting": {"num_envs": 4}, "hidden": [16],
         "drift": {"after_env_steps": 100, "set": {"force_mag": -10.0}, "after_solved": after_solved,
                   "stop_when_recovered": stop},
         "adapt": {"enabled": adapt, "after_solved": False, "cooldown_env_steps": 1000, "epsilon": 0.5},
@@ -304,5 +305,5 @@ def test_recovery_counts_env_steps_to_the_first_eval_at_the_solve_return_on_the_
 
 
 def test_without_drift_or_adapt_the_watch_does_nothing():
-    watch = RLDriftWatch(RLConfig(), lambda *a, **k: None)
+    watch = RLDriftWatch(RLSection(), lambda *a, **k: None)
     assert not watch.active and watch.figures() == {} and not watch.done()

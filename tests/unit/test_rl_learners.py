@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from actors.nstep import NStep
 from core.replay.table import ReplayTimeout
-from core.config.rl import RLConfig
+from core.config.rl import RLSection
 from core.models.q import PolicySpec
 from learners.dqn import DQNObjective
 from learners.objective import WorkerContext
@@ -40,12 +40,14 @@ class FakePublisher:
         self.calls.append(args)
 
 
-def _objective(cls, spec, ctx=None, lr=1e-2, publisher=None, priorities=None, **rl):
-    rl.setdefault("lr", lr)
-    rl.setdefault("algo", "qtable" if cls is QTableObjective else "dqn")
-    rl.setdefault("hidden", list(spec.hidden))
+def _objective(cls, spec, ctx=None, lr=1e-2, publisher=None, priorities=None, policy_id="cartpole", seed=0,
+               **learning):
+    """An objective of `cls` on `spec`; `learning`: keys of the RL section's learning group."""
+    learning.setdefault("lr", lr)
+    rl = RLSection(policy_id=policy_id, seed=seed, algo="qtable" if cls is QTableObjective else "dqn",
+                   hidden=list(spec.hidden), learning=learning)
     obj = cls()
-    obj.setup(QSetup(rl=RLConfig(**rl), spec=spec.to_dict(), publisher=publisher, priorities=priorities),
+    obj.setup(QSetup(rl=rl, spec=spec.to_dict(), publisher=publisher, priorities=priorities, loop="cartpole"),
               ctx or WorkerContext())
     return obj
 
@@ -216,7 +218,7 @@ def _expected_td(obj, batch, double_q):
         q = obj.model(batch["obs"]).gather(1, batch["action"][:, None]).squeeze(1)
         chooser = obj.model if double_q else obj.target
         best = chooser(batch["next_obs"]).argmax(1, keepdim=True)
-        y = batch["reward"] + obj.cfg.gamma**obj.cfg.n_step * (1 - batch["terminated"]) * \
+        y = batch["reward"] + obj.cfg.learning.gamma**obj.cfg.learning.n_step * (1 - batch["terminated"]) * \
             obj.target(batch["next_obs"]).gather(1, best).squeeze(1)
     return y - q, q, y
 

@@ -14,7 +14,7 @@ import torch
 from actors.evaluator import Evaluator, greedy_returns
 from actors.nstep import NStep
 from actors.rollout import RolloutWorker, WriteSize, _NumpyQ
-from core.config.rl import EpsilonSchedule, RLConfig
+from core.config.rl import EpsilonSection, RLSection
 from core.models.q import PolicySpec, QNetwork, build_model, spec_for_env
 from core.models.q_policy import QPolicy
 from core.data.schemas import to_record_batch, transitions_schema
@@ -152,8 +152,8 @@ class ScriptedSource:
 
 
 def _worker(num_envs=2, n_step=1, eps=(0.0, 0.0, 10), source=None, env="CartPole-v1", algo="dqn", seed=0):
-    cfg = RLConfig(env_id=env, algo=algo, num_envs=num_envs, n_step=n_step, hidden=[16],
-                   epsilon=EpsilonSchedule(start=eps[0], end=eps[1], decay_steps=eps[2]))
+    cfg = RLSection(policy_id="cartpole", env_id=env, algo=algo, hidden=[16], learning={"n_step": n_step},
+                    acting={"num_envs": num_envs, "epsilon": EpsilonSection(start=eps[0], end=eps[1], decay_steps=eps[2])})
     torch.manual_seed(seed)
     return RolloutWorker(cfg, spec_for_env(env, algo, cfg.hidden), "a0", ListWriter(), source, seed=seed)
 
@@ -188,7 +188,7 @@ def test_worker_writes_valid_transition_batches_that_chain_per_env():
         assert not same[done[t]].any()
     # n = 1: every row holds one reward, so every row bootstraps with gamma
     disc = np.concatenate([b.column("discount").to_numpy() for _, b in w.writer.adds])
-    np.testing.assert_allclose(disc, w.cfg.gamma)
+    np.testing.assert_allclose(disc, w.cfg.learning.gamma)
 
 
 def test_worker_tracks_episodes_consistently_with_the_rows():

@@ -115,7 +115,7 @@ def test_evolve_run_on_a_held_directory_exits_2_before_starting_anything(tmp_pat
     hold.acquire()
     try:
         code = main(["run", os.path.join(REPO, "configs/default.yaml"), "--run-dir", str(run_dir),
-                     "--set", "loops=[]", "--budget-s", "1"])
+                     "--set", "loops={}", "--budget-s", "1"])
     finally:
         hold.release()
     err = capsys.readouterr().err.strip()
@@ -208,7 +208,7 @@ def test_an_unreachable_store_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
                        "AWS_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}.items():
         monkeypatch.setenv(key, value)  # port 9 (discard): nothing answers
     code = main(["run", os.path.join(REPO, "configs/default.yaml"), "--run-dir", str(tmp_path / "run"),
-                 "--set", "loops=[]", "--set", f"run.storage=s3://nowhere-{uuid.uuid4().hex[:8]}/evolve"])
+                 "--set", "loops={}", "--set", f"run.storage=s3://nowhere-{uuid.uuid4().hex[:8]}/evolve"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.count("\n") == 0 and err.startswith("evolve: error: cannot hold storage s3://"), err
     assert RunHold([str(tmp_path / "run")], "after").acquire() == []  # the directory was let go

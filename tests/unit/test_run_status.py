@@ -70,6 +70,28 @@ def test_each_loop_gets_one_line_of_at_most_100_columns():
     assert "train_ret" not in lines[2]  # no empty values
 
 
+
+def test_a_loops_row_and_line_follow_what_its_kind_declares():
+    """Two loops of one kind under any names read that kind's declarations (core/config/kinds.py)."""
+    kinds = {"reviews": "feedback", "pairs": "feedback", "lander": "rl", "encoder": "mlm"}
+    status = RunStatus("r", "/runs/r", clock=Clock(120.0), kinds=kinds)
+    for t, n in ((100.0, 0), (110.0, 40)):
+        for loop in ("reviews", "pairs"):
+            status.observe({"time": t, "loop": loop, "event": "progress", "version": 1, "heldout_acc": 0.5,
+                            "feedback": n, "env_steps": 7, "eval_return": 3.0})
+    status.observe({"time": 110.0, "loop": "encoder", "event": "progress", "step": 30, "heldout_acc": 0.2, "loss": 2.5})
+    rows = status.snapshot()["loops"]
+    assert rows["pairs"]["feedback_per_s"] == 4.0 and "env_steps_per_s" not in rows["pairs"]
+    assert "eval_return" not in rows["reviews"]  # a figure its kind does not declare stays off its row
+    assert (rows["encoder"]["updates"], rows["encoder"]["heldout_acc"]) == (30, 0.2)  # mlm counts steps
+    usage = {"total": {"CPU": 4.0}, "available": {"CPU": 1.5}}
+    lines = progress_lines(5.0, None, usage, {
+        "lander": {"env_steps": 9, "steps_per_add": 64, "eval_return": 1.5, "version": 2},
+        "pairs": {"predicts": 3, "heldout_acc": 0.4, "version": 2},
+    }, kinds=kinds)
+    assert lines[1].split()[:4] == ["lander", "v=2", "ret=1.5", "steps=9"] and "steps_per_add" not in lines[1]
+    assert lines[2].split()[:4] == ["pairs", "v=2", "acc=0.4", "pred=3"]
+
 def test_ray_lines_on_fd2_go_to_the_run_dir_and_evolve_warnings_to_the_terminal(tmp_path):
     """A child process with a real stderr: what C++ and Ray's loggers write to fd 2 lands in
     ray-driver.log; `print(..., file=sys.stderr)` still reaches the terminal."""

@@ -6,12 +6,12 @@ from core.config.loader import load_config
 
 def test_run_directory_files(tmp_path):
     rd = RunDir(tmp_path / "run")
-    rd.write_config(load_config(None, ["rl.lr=0.02"]))
+    rd.write_config(load_config(None, ["run.seed=7"]))
     rd.event("cartpole", "progress", env_steps=10, loss=float("nan"))
     rd.event("run", "finished")
     rd.write_summary({"name": "x", "wall_s": 1.5}, {"cartpole": {"solved": False}})
     rd.close()
-    assert load_config(tmp_path / "run" / "config.yaml").rl.lr == 0.02
+    assert load_config(tmp_path / "run" / "config.yaml").run.seed == 7
     events = read_events(rd.events_path)
     assert [e["loop"] for e in events] == ["cartpole", "run"]
     assert events[0]["loss"] is None and events[0]["env_steps"] == 10 and "time" in events[0]

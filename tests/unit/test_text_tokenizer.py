@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from transformers import BertConfig
 
-from core.config.mlm import MLMConfig
+from core.config.mlm import MLMSection
 from core.data.mlm import prepare_mlm_data
 from core.models.encoder import ModelError, check_vocab_fits
 from core.models.tokenizer import (
@@ -76,7 +76,7 @@ def test_prepare_refuses_a_tokenizer_that_does_not_fit_the_model(tok, tmp_path):
     corpus.write_text("\n".join(f"{t}{i}" for i, t in enumerate(TEXTS)), encoding="utf-8")
     tok.save_pretrained(tmp_path / "tok")
     _write_pretrained(tmp_path / "model", vocab_size=len(tok) + 7)
-    cfg = MLMConfig(
+    cfg = MLMSection(
         corpus={"source": "file", "path": str(corpus), "heldout_fraction": 0.2},
         tokenizer={"pretrained_dir": str(tmp_path / "tok")},
         model={"pretrained_dir": str(tmp_path / "model")},
@@ -91,7 +91,7 @@ def test_prepare_with_a_fitting_pretrained_dir(tok, tmp_path):
     corpus.write_text("\n".join(f"{t}{i}" for i, t in enumerate(TEXTS)), encoding="utf-8")
     tok.save_pretrained(tmp_path / "m")
     _write_pretrained(tmp_path / "m", vocab_size=len(tok))
-    cfg = MLMConfig(corpus={"source": "file", "path": str(corpus), "heldout_fraction": 0.2},
+    cfg = MLMSection(corpus={"source": "file", "path": str(corpus), "heldout_fraction": 0.2},
                     tokenizer={"pretrained_dir": str(tmp_path / "m")}, model={"pretrained_dir": str(tmp_path / "m")},
                     seq_len=16)
     data = prepare_mlm_data(cfg)
@@ -102,7 +102,7 @@ def test_prepare_with_a_fitting_pretrained_dir(tok, tmp_path):
 def test_prepare_trains_and_then_reuses_the_run_tokenizer(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"{t}{i}" for i, t in enumerate(TEXTS)), encoding="utf-8")
-    cfg = MLMConfig(corpus={"source": "file", "path": str(corpus), "heldout_fraction": 0.2},
+    cfg = MLMSection(corpus={"source": "file", "path": str(corpus), "heldout_fraction": 0.2},
                     tokenizer={"vocab_size": 100, "min_frequency": 1}, seq_len=16)
     first = prepare_mlm_data(cfg, tokenizer_dir=tmp_path / "tok")
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
@@ -114,4 +114,4 @@ def test_prepare_trains_and_then_reuses_the_run_tokenizer(tmp_path):
 
 def test_model_needs_tokenizer_config_rule():
     with pytest.raises(ValueError, match="tokenizer.pretrained_dir"):
-        MLMConfig(model={"pretrained_dir": "/x"})
+        MLMSection(model={"pretrained_dir": "/x"})

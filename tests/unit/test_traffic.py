@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from actors.traffic import TrafficWorker
-from core.config.feedback import TrafficSection
+from core.config.data import TrafficSection
 from core.data.labeled import LabeledData
 
 LABELS = ["neg", "pos"]
@@ -224,13 +224,13 @@ def test_a_grouped_stream_reports_the_group_it_is_in():
 
 
 def test_after_a_concept_drift_the_users_of_a_group_mean_the_other_label():
-    from core.config.feedback import ConceptDrift
+    from core.config.data import ConceptDriftSection
 
     train = [(f"a {i}", 1) for i in range(10)] + [(f"b {i}", 1) for i in range(10)]
     data = LabeledData(train=train, heldout=[("held", 0)], labels=LABELS, groups=["a"] * 10 + ["b"] * 10)
     server = FakeServe()  # answers "pos" (1) to everything
     cfg = TrafficSection(concurrency=1, feedback_delay_s=(0.0, 0.0),
-                         concept_drift=ConceptDrift(after_rows=15, groups=["b"]))
+                         concept_drift=ConceptDriftSection(after_rows=15, groups=["b"]))
     w = TrafficWorker.from_data("http://evolve.test", data, cfg, order="grouped", group_order=["a", "b"],
                                 repeat=False, transport=server.transport)
     w.run(timeout_s=30)

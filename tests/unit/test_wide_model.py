@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.config.feedback import FeedbackConfig
+from core.config.feedback import FeedbackSection
 from core.stats.learning_speed import events_to_fraction
 from core.models.classifier import ClassifierError, from_version
 from core.models.wide import HashedNgrams, WidePart, hash_ngrams
@@ -24,7 +24,7 @@ def _wide_objective(files, kind="wide", combine="sum", **fb) -> OnlineObjective:
     torch.manual_seed(0)
     model = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "kind": kind,
              "combine": combine, "wide_buckets": SMALL}
-    cfg = FeedbackConfig(**{"lr": 2e-3, "batch_size": 16, "rehearsal": 0.0, "model": model, **fb})
+    cfg = FeedbackSection(model=model, learning={"lr": 2e-3, "batch_size": 16, "rehearsal": 0.0, **fb})
     obj = OnlineObjective()
     obj.setup(OnlineSetup(fb=cfg, files=files, labels=LABELS), WorkerContext())
     obj.model.drop.p = 0.0
@@ -58,10 +58,10 @@ def test_features_are_l2_normalised_bags_with_repeats_counted():
 
 def test_config_refuses_an_unknown_kind_and_inverted_ngrams():
     with pytest.raises(ValueError):
-        FeedbackConfig(model={"kind": "linear"})
+        FeedbackSection(model={"kind": "linear"})
     with pytest.raises(ValueError):
-        FeedbackConfig(model={"wide_ngram_min": 3, "wide_ngram_max": 2})
-    assert FeedbackConfig().model.kind in ("deep", "wide", "wide_deep")
+        FeedbackSection(model={"wide_ngram_min": 3, "wide_ngram_max": 2})
+    assert FeedbackSection().model.kind in ("deep", "wide", "wide_deep")
 
 
 # ---- a served version carries the wide part ---------------------------------------------------
@@ -181,6 +181,6 @@ def test_a_catch_up_batch_trains_the_wide_part_on_every_row_and_the_encoder_on_t
     summed = _wide_objective(encoder_files, "wide_deep", "sum")  # one joint loss: no row can skip the encoder
     m = summed.step(_labeled(reviews[:48]))
     assert m["wide_only_rows"] == 0 and m["samples"] == 48
-    assert FeedbackConfig(model={"kind": "wide_deep", "combine": "gate"}).catch_up_batches() == 8
-    assert FeedbackConfig(model={"kind": "wide_deep", "combine": "sum"}).catch_up_batches() == 1
-    assert FeedbackConfig(model={"kind": "deep"}).catch_up_batches() == 1
+    assert FeedbackSection(model={"kind": "wide_deep", "combine": "gate"}).catch_up_batches() == 8
+    assert FeedbackSection(model={"kind": "wide_deep", "combine": "sum"}).catch_up_batches() == 1
+    assert FeedbackSection(model={"kind": "deep"}).catch_up_batches() == 1

@@ -1,0 +1,23 @@
+"""`evolve config show CONFIG [--set ...]` and `evolve config keys`: the resolved config, and every key.
+
+`show` prints what `evolve run CONFIG` would run with (its bases merged, the
+overrides applied, each loop's policy id and tables filled in): the same YAML
+the run writes to config.yaml in its run directory.  `keys` lists every key
+with its default and its comment.
+"""
+
+from __future__ import annotations
+
+from core.config.keys import config_keys, format_keys
+from core.config.loader import dump_config, load_config
+
+
+def show(config: str, overrides: list[str]) -> int:
+    print(dump_config(load_config(config, overrides)), end="")
+    return 0
+
+
+def keys(prefix: str | None = None) -> int:
+    for line in format_keys([k for k in config_keys() if prefix is None or k.key.startswith(prefix)]):
+        print(line)
+    return 0
