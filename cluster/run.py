@@ -28,6 +28,7 @@ from cluster.connect import ClusterHandle, connect, disconnect, resource_report
 from cluster.errors import UserError
 from cluster.learner_run import get_or
 from cluster.loop import Loop, RunContext, quietly
+from cluster.milestones import Milestones
 from cluster.progress_lines import progress_lines
 from cluster.quiet import RayLogs
 from cluster.run_status import RunStatus, StatusBoard, board_name
@@ -65,6 +66,7 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
     ctx = RunContext(cfg, rd, PolicyRegistry(storage.absolute().registry))
     started = ctx.started
     ctx.say = say
+    rd.listeners.append(Milestones(say, started, width=max([len(name) for name in cfg.loops] + [8])))
     run_info: dict[str, Any] = {"name": cfg.run.name, "run_dir": str(rd.path), "started_at": started}
     stop = StopSignals()
 

@@ -40,6 +40,7 @@ from learners.feedback_source import FeedbackSource
 from learners.online import OnlineObjective, OnlineSetup, split_batch
 from learners.train_loop import LoopSpec
 from cluster.gate_actor import GateActor, check_gate, gate_name
+from cluster.waiting import feedback_wait
 from gate.slices import Slices
 from serving.feedback_app import deploy_feedback_app, stop_joiner, undeploy_feedback_app
 from serving.join import JOINER_NAME
@@ -171,7 +172,15 @@ class FeedbackLoop(LoopBase):
             **({"adapt": self.adaptations} if self.fb.adapt.enabled else {}),
             **({"group": self.group} if self.matrix is not None else {}),
             **figures,
+            "wait": self._waiting(figures),
         }
+
+    def _waiting(self, figures: dict[str, Any]) -> str | None:
+        fresh, _ = split_batch(self.fb.learning.batch_size, self.fb.learning.rehearsal)
+        return feedback_wait(learner_up=bool(self.learner is not None and self.learner.figures),
+                             updates=figures.get("updates", 0), joined=self.joiner_stats.get("joined", 0),
+                             fresh_rows=fresh, candidate_every=self.fb.learning.candidate_every,
+                             gate=self.gate_summary, section=self.fb.gate)
 
     def figures(self) -> dict[str, Any]:
         return self.learner_figures()

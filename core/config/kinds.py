@@ -66,7 +66,7 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
         tables={"feedback": TableNeed("feedback", settings={"capacity": 200_000}),
                 "text": TableNeed("text", "-text", settings={"capacity": 200_000}, optional=True)},
         figures=Figures(
-            lead=("version", "heldout_acc", "online_acc"),
+            lead=("version", "heldout_acc", "online_acc", "wait"),
             short={**_COMMON, "heldout_acc": "acc", "online_acc": "online", "predicts": "pred", "feedback": "fb",
                    "promoted": "prom", "refused": "ref"},
             status={"version": "version", "heldout_acc": "heldout_acc", "updates": "updates", "loss": "loss"},

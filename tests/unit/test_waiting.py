@@ -1,0 +1,33 @@
+"""A feedback loop's `wait=` figure names the one thing it waits on."""
+
+from __future__ import annotations
+
+from cluster.waiting import feedback_wait
+from core.config.gate import GateSection
+
+SECTION = GateSection(stages=["heldout", "shadow", "canary"])
+
+
+def wait(**kw):
+    args = dict(learner_up=True, updates=0, joined=0, fresh_rows=16, candidate_every=50, gate={}, section=SECTION)
+    return feedback_wait(**{**args, **kw})
+
+
+def test_before_the_learner_and_before_the_first_batch():
+    assert wait(learner_up=False) == "learner-start"
+    assert wait(joined=5) == "feedback(5/16)"
+    assert wait(joined=500) == "feedback(16/16)"  # rows there, the first update not yet reported
+
+
+def test_between_candidates_it_names_the_update_that_makes_the_next():
+    assert wait(updates=1) == "candidate@upd50"
+    assert wait(updates=50) == "candidate@upd100"
+    assert wait(updates=73) == "candidate@upd100"
+
+
+def test_a_stage_on_live_traffic_shows_its_evidence_so_far():
+    canary = {"in_flight": {"stage": "canary", "version": 3}, "stages": {"canary": {"candidate_requests": 12}}}
+    assert wait(updates=60, gate=canary) == "canary(v3,12/30)"
+    shadow = {"in_flight": {"stage": "shadow", "version": 4}, "stages": {"shadow": {"rows": 120, "min_rows": 300}}}
+    assert wait(updates=60, gate=shadow) == "shadow(v4,120/300)"
+    assert wait(gate={"in_flight": {"stage": "heldout", "version": 2}, "stages": {}}) == "heldout(v2)"
