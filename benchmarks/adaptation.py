@@ -1,4 +1,4 @@
-"""The adaptive layer on changing streams, with the controller on and off (issue 17).
+"""The adaptive layer on changing streams, with the controller on and off.
 
     text:   `evolve run configs/drift_text.yaml` (hotel -> book -> laptop, `--group-rows` rows each)
             twice, adapt on / off, same seed  -> recovery_events_on / _off, bwt_on / _off,

@@ -1,4 +1,4 @@
-"""The live loop against the simplest offline model trained on the same labels (issue 22).
+"""The live loop against the simplest offline model trained on the same labels.
 
     split:    the feedback loop's own (config's feedback.data, or --data): traffic rows and the
               fixed held-out rows the gate scores

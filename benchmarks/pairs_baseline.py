@@ -1,4 +1,4 @@
-"""Offline anchors for configs/pairs.yaml (issue 23): scikit-learn on every traffic pair, scored on the gate's held-out pairs.
+"""Offline anchors for configs/pairs.yaml: scikit-learn on every traffic pair, scored on the gate's held-out pairs.
 
     concat  TfidfVectorizer(analyzer='char', ngram_range=(1, 2)) on "a [SEP] b" + LogisticRegression(C=1)
     sides   the same vectorizer on a, on b, and on the character n-grams a and b share, stacked

@@ -1,4 +1,4 @@
-"""How wide_deep should combine its parts (issue 22): the online learner on a simulated stream, no Ray.
+"""How wide_deep should combine its parts: the online learner on a simulated stream, no Ray.
 
 The OnlineObjective learns from the loop's traffic rows in a shuffled order, 16 fresh rows per
 step, as the live loop hands them: each row's prediction and its probability come from the model
