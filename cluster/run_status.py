@@ -30,7 +30,7 @@ ALARM_KINDS = ("adapt", "env_drift")
 DECISION_KINDS = ("gate_decision", "rollback", "rl_gate", "canary_ended")
 
 # Every loop figure the board exports: name -> (row key, description with its unit).  Ray's
-# export prefixes each name with `ray_`; the README's table and dashboards/evolve.json list them.
+# export prefixes each name with `ray_`; docs/observability.md's table and dashboards/evolve.json list them.
 METRICS = {
     "evolve_loop_live_version": ("version", "live policy version of the loop (version number)"),
     "evolve_loop_heldout_accuracy": ("heldout_acc", "held-out accuracy of the live version (fraction 0..1)"),

@@ -1,4 +1,4 @@
-"""configs/cluster.yaml on a real multi-node Ray cluster, submitted the README's way.
+"""configs/cluster.yaml on a real multi-node Ray cluster, submitted the way docs/cluster.md says.
 
     head      1 CPU      GCS, dashboard (job server), the run's driver, Serve's controller/proxy
     learner   4 CPU      learner: 2          both loops' Ray Train learners (and whatever else fits)
