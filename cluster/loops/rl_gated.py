@@ -97,7 +97,9 @@ class ActGate:
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.gate is not None:
-            out["gate"] = {"stages": self.rl.gate.stages, **get_or(self.gate.summary.remote(), {})}
+            summary = get_or(self.gate.summary.remote(), {})
+            # the stage order, and what each stage holds at the end under its own key
+            out["gate"] = {**summary, "stages": self.rl.gate.stages, "stage_figures": summary.get("stages", {})}
         if self.client_stats:
             out["act_clients"] = self.client_stats
         return out

@@ -71,7 +71,7 @@ def apps(tmp_path_factory):
                    90, "the feedback app serving")
         wait_until(lambda: _act(http, [0.0] * 4).status_code == 200, 90, "the policy server serving")
         yield {"http": http, "grpc": f"127.0.0.1:{grpc_port}", "publisher": publisher, "texts": texts,
-               "max_text_chars": cfg.max_text_chars}
+               "max_text_chars": cfg.serving.max_text_chars}
         undeploy_policy_server()
         undeploy_feedback_app()
         stop_joiner()
