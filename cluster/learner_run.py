@@ -36,6 +36,7 @@ class LearnerRun:
         self.board = ProgressBoard.remote()
         self.spec = dataclasses.replace(spec, board=self.board)
         self.figures: dict[str, Any] = {}  # the newest progress record
+        self.heard = False  # a record came: the workers are up (their first is the step-0 evaluation)
         self.resumed_from: int | None = None
         self.outcome: dict[str, Any] = {}
         self.failed: str | None = None  # why the learner failed for good, once it has
@@ -55,6 +56,7 @@ class LearnerRun:
     def drain(self) -> list[dict[str, Any]]:
         """New records, each also written as an event (names in the module docstring)."""
         records = get_or(self.board.drain.remote(), [])
+        self.heard = self.heard or bool(records)
         for rec in records:
             fields = {k: v for k, v in rec.items() if k != "kind"}
             self.run_dir.event(self.name, EVENT_NAMES.get(rec["kind"], rec["kind"]), **fields)

@@ -18,9 +18,9 @@ from typing import Any
 from core.config.gate import GateSection
 
 
-def feedback_wait(*, learner_up: bool, updates: int, joined: int, fresh_rows: int, candidate_every: int,
+def feedback_wait(*, learner_up: bool, updates: int, joined: int, fresh_rows: int, candidates: tuple[int, int],
                   gate: dict[str, Any], section: GateSection) -> str | None:
-    """None: not waiting (a candidate is on its way through a stage that decides at once)."""
+    """`candidates`: (the update of the first candidate, updates between the later ones)."""
     flight = gate.get("in_flight")
     if flight:
         return _stage_wait(flight, gate.get("stages", {}).get(flight["stage"], {}), section)
@@ -28,7 +28,8 @@ def feedback_wait(*, learner_up: bool, updates: int, joined: int, fresh_rows: in
         return "learner-start"
     if updates == 0:
         return f"feedback({min(joined, fresh_rows)}/{fresh_rows})"
-    return f"candidate@upd{(updates // candidate_every + 1) * candidate_every}"
+    first, every = candidates
+    return f"candidate@upd{first if updates < first else (updates // every + 1) * every}"
 
 
 def _stage_wait(flight: dict[str, Any], figures: dict[str, Any], section: GateSection) -> str:

@@ -215,7 +215,7 @@ class OnlineObjective:
             learned = FeedbackBatch.concat([rows, wide_only]) if wide_only is not None else rows
             self.window.add(learned, len(fresh))
             self.total.add(learned, len(fresh))
-            if self.updates % self.boost.candidate_every == 0:
+            if self.updates % self.boost.candidate_every == 0 or self.updates == self.fb.learning.first_candidate:
                 self._candidate()
             self.boost.after_update(self.updates)
         return self._metrics(samples=float(len(rows)), updates=float(updated), fresh_rows=float(len(fresh)),

@@ -89,6 +89,9 @@ class FeedbackLoop(LoopBase):
         self.event("bootstrap", **_plain(first), origin=self.origin)
         if self.matrix is not None:
             self.matrix.record_baseline(ray.get(self.gate.group_accuracy.remote(fb.policy_id)))
+        # the learner's workers start while Serve deploys and traffic ramps up: on a small machine
+        # each takes tens of seconds, and the first candidate waits for all three
+        self._launch_learner()
         watched = [n for n, loop in self.cfg.loops_of("novelty").items() if loop.watch == self.name]
         novelty = novelty_policy_id(fb.policy_id) if watched else None
         self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
@@ -111,7 +114,6 @@ class FeedbackLoop(LoopBase):
                 seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key, verify=ctx.client_verify,
                 predict_path=f"{self.app.route_prefix}/predict", feedback_path=f"{self.app.route_prefix}/feedback",
             ))
-        self._launch_learner()
 
     def _bootstrap(self) -> dict[str, Any]:
         """Publish the starting classifier as version 1, unless a version is live already (a
@@ -177,9 +179,10 @@ class FeedbackLoop(LoopBase):
 
     def _waiting(self, figures: dict[str, Any]) -> str | None:
         fresh, _ = split_batch(self.fb.learning.batch_size, self.fb.learning.rehearsal)
-        return feedback_wait(learner_up=bool(self.learner is not None and self.learner.figures),
+        learning = self.fb.learning
+        return feedback_wait(learner_up=bool(self.learner is not None and self.learner.heard),
                              updates=figures.get("updates", 0), joined=self.joiner_stats.get("joined", 0),
-                             fresh_rows=fresh, candidate_every=self.fb.learning.candidate_every,
+                             fresh_rows=fresh, candidates=(learning.first_candidate, learning.candidate_every),
                              gate=self.gate_summary, section=self.fb.gate)
 
     def figures(self) -> dict[str, Any]:

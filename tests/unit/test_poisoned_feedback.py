@@ -154,7 +154,8 @@ class GateHandle:
 def _learn(world, batch: FeedbackBatch, handle: GateHandle) -> OnlineObjective:
     """The online learner, resumed from v1, trained on `batch` only until it hands over one candidate."""
     torch.manual_seed(0)
-    fb = FeedbackSection(policy_id=P, learning={"lr": LR, "batch_size": BATCH, "rehearsal": 0.0, "candidate_every": UPDATES})
+    fb = FeedbackSection(policy_id=P, learning={"lr": LR, "batch_size": BATCH, "rehearsal": 0.0, "candidate_every": UPDATES,
+                                                    "first_candidate": UPDATES})
     obj = OnlineObjective()
     obj.setup(OnlineSetup(fb=fb, files=world["files"], weights=world["v1"], labels=LABELS, parent_version=1,
                           gate=handle, seed=0), WorkerContext())

@@ -9,7 +9,7 @@ SECTION = GateSection(stages=["heldout", "shadow", "canary"])
 
 
 def wait(**kw):
-    args = dict(learner_up=True, updates=0, joined=0, fresh_rows=16, candidate_every=50, gate={}, section=SECTION)
+    args = dict(learner_up=True, updates=0, joined=0, fresh_rows=16, candidates=(10, 50), gate={}, section=SECTION)
     return feedback_wait(**{**args, **kw})
 
 
@@ -20,7 +20,8 @@ def test_before_the_learner_and_before_the_first_batch():
 
 
 def test_between_candidates_it_names_the_update_that_makes_the_next():
-    assert wait(updates=1) == "candidate@upd50"
+    assert wait(updates=1) == "candidate@upd10"
+    assert wait(updates=10) == "candidate@upd50"
     assert wait(updates=50) == "candidate@upd100"
     assert wait(updates=73) == "candidate@upd100"
 
