@@ -426,15 +426,10 @@ def test_the_recent_slice_refuses_a_candidate_that_is_worse_on_the_newest_feedba
     assert d["decision"] == "refuse" and "recent slice" in d["reason"]
     assert d["gate"]["recent"]["n"] == 200 and d["gate"]["recent"]["decision"] == "refuse"
     # the fixed set alone would have promoted it: the same candidate without a recent slice goes live
-    plain, _, _, _ = _setup_plain(tmp_path / "plain", world)
+    registry = PolicyRegistry(tmp_path / "plain" / "registry")
+    plain = text_gate(registry, world["heldout"], publisher=FakePublisher(registry))
     _start(plain, world)
     assert plain.submit(P, world["better"], world["files"], {})["decision"] == "promote"
-
-
-def _setup_plain(path, world):
-    registry = PolicyRegistry(path / "registry")
-    publisher = FakePublisher(registry)
-    return text_gate(registry, world["heldout"], publisher=publisher), registry, publisher, []
 
 
 @pytest.mark.parametrize("recent_says_target_is_better", [True, False])
