@@ -13,13 +13,12 @@ scored against the true label as they arrive: prequential accuracy, the live
 figure of the loop (by model version and over a recent window).
 
 `TrafficWorker` is the plain logic (threads + one httpx client; tests give it
-an httpx.MockTransport); `TrafficActor` is the thin Ray shell.  Transient
-failures (503 while replicas swap or restart, 429, 502/504, refused or
-dropped connections) are retried with jittered exponential backoff and
-counted; nothing a server does stops the actor.
-
-A bug in a user thread ends the actor through `CrashBackoff` (actors/crash_backoff.py),
-so Ray restarts it.
+an httpx.MockTransport); `TrafficActor` is the thin Ray shell, which may start
+before its loop's app: it sends once the proxy routes the predict path.
+Transient failures (503 while replicas swap or restart, 429, 502/504, refused
+or dropped connections) are retried with jittered exponential backoff and
+counted; nothing a server does stops the actor.  A bug in a user thread ends
+the actor through `CrashBackoff` (actors/crash_backoff.py), so Ray restarts it.
 """
 
 from __future__ import annotations
@@ -72,6 +71,7 @@ class TrafficWorker:
         api_key: str | None = None,  # serving.auth: the run's proxy key; each simulated user is named
         verify: str | bool = True,  # serving.tls: the CA file the proxy's certificate is checked against
         on_crash: Callable[[BaseException], None] | None = None,  # a user thread's bug: the actor's CrashBackoff
+        await_route: bool = False,  # send nothing until the proxy routes the predict path
     ):
         self.cfg = traffic or TrafficSection()
         if not rows:
@@ -81,7 +81,7 @@ class TrafficWorker:
         if self.groups is not None and len(self.groups) != len(self.rows):
             raise ValueError("groups must name one group per row")
         self.actor_id, self.poison, self.label_format, self.repeat = actor_id, poison, label_format, repeat
-        self.on_crash = on_crash
+        self.on_crash, self.await_route = on_crash, await_route
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.incarnation = uuid.uuid4().hex[:8]
         self._index = {name: i for i, name in enumerate(self.labels)}
@@ -126,7 +126,6 @@ class TrafficWorker:
         return cls(base_url, [data.train[j] for j in picked], data.labels, traffic, seed=seed + 7919 * i,
                    groups=groups, **kwargs)
 
-    # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         if any(t.is_alive() for t in self._threads):
             return
@@ -160,9 +159,10 @@ class TrafficWorker:
         self.stop()
         self.client.close()
 
-    # ---- the user loop ----------------------------------------------------------------------
     def _run_thread(self) -> None:
         try:
+            if self.await_route:
+                self._await_route()
             self._users()
         except Exception as exc:  # a bug, not a bad answer: the thread would end silently
             with self._lock:
@@ -170,6 +170,17 @@ class TrafficWorker:
             if self.on_crash is None:
                 raise
             self.on_crash(exc)
+
+    def _await_route(self, timeout_s: float = 300.0) -> None:
+        """Until the proxy routes the predict path: any answer but 404 (405 to this GET)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                if self.client.get(self.predict_url).status_code != 404:
+                    return
+            except httpx.HTTPError:
+                pass
+            self._stop.wait(0.25)
 
     def _users(self) -> None:
         while not self._stop.is_set():
@@ -351,7 +362,6 @@ class TrafficWorker:
         with self._lock:
             _bump(self.errors[kind], what)
 
-    # ---- figures ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         with self._lock:
             lat = np.array(self.latencies) if self.latencies else None
@@ -418,7 +428,8 @@ class TrafficActor:
         self.worker = TrafficWorker.from_data(base_url, d.load(), TrafficSection.model_validate(traffic), order=d.order,
                                               seed=seed, shard=shard, group_order=d.group_order,
                                               group_rows=d.group_rows, actor_id=actor_id,
-                                              poison=poison, on_crash=CrashBackoff(actor_id).fail, **kwargs)
+                                              poison=poison, on_crash=CrashBackoff(actor_id).fail,
+                                              **{"await_route": True, **kwargs})
         if autostart:
             self.worker.start()
 

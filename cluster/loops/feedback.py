@@ -80,6 +80,7 @@ class FeedbackLoop(LoopBase):
     # ---- start -------------------------------------------------------------------------
     def launch(self) -> None:
         fb, ctx = self.fb, self.ctx
+        self._add_traffic()  # each waits for the route: their start overlaps the loop's
         self.publisher = get_or_create_publisher(ctx.registry.uri)
         self.gate = GateActor.options(name=gate_name(fb.policy_id), get_if_exists=True).remote(
             ctx.registry.uri, KIND, {"data": fb.data.model_dump(mode="json")}, fb.gate.model_dump(mode="json"),
@@ -106,13 +107,17 @@ class FeedbackLoop(LoopBase):
         ctx.endpoints[f"{self.name}_feedback"] = f"{base}{self.app.route_prefix}/feedback"
         if "grpc" in ctx.endpoints:
             ctx.endpoints[f"{self.name}_grpc"] = ctx.endpoints["grpc"]
+
+    def _add_traffic(self) -> None:
+        fb, ctx, prefix = self.fb, self.ctx, self.fb.serving.route_prefix
+        base = ctx.endpoints.get("http", f"http://{self.cfg.serving.host}:{self.cfg.serving.http_port}")
         n = fb.traffic.num_actors
         for i in range(n):
             self.actors.add(TrafficActor.options(num_cpus=fb.traffic.actor_num_cpus,
                                                  resources=self.cfg.cluster.actor_resources).remote(
                 base, fb.traffic.model_dump(mode="json"), fb.data.model_dump(mode="json"), f"{self.name}-traffic-{i}",
                 seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key, verify=ctx.client_verify,
-                predict_path=f"{self.app.route_prefix}/predict", feedback_path=f"{self.app.route_prefix}/feedback",
+                predict_path=f"{prefix}/predict", feedback_path=f"{prefix}/feedback",
             ))
 
     def _bootstrap(self) -> dict[str, Any]:
