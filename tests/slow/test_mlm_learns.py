@@ -68,7 +68,7 @@ def unigram_plateau(run_dir) -> dict[str, float]:
     from learners.mlm import MLMObjective, MLMSetup
     from learners.objective import WorkerContext
 
-    cfg = load_config(run_dir / "config.yaml").mlm  # the resolved config the run wrote
+    cfg = load_config(run_dir / "config.yaml").loops["mlm"]  # the resolved config the run wrote
     data = prepare_mlm_data(cfg, tokenizer_dir=run_dir / "tokenizer")
     assert "reused" in data.facts["tokenizer"], data.facts  # the run's vocabulary, not a new one
     setup = MLMSetup(mlm=cfg, model_config=data.model_config.to_dict(), pretrained_dir=None,
@@ -102,7 +102,7 @@ def test_mlm_masked_accuracy_rises_above_the_unigram_plateau(tmp_path):
     last = evals[-1]
     assert last["masked_accuracy"] == s["masked_accuracy"] and last["step"] == s["curve"][-1]["step"], (last, s)
 
-    cfg = load_config(run_dir / "config.yaml").mlm
+    cfg = load_config(run_dir / "config.yaml").loops["mlm"]
     plateau = unigram_plateau(run_dir)
     bound = plateau[f"{cfg.eval_masking}_plateau"]
     line = figure("mlm", masked_accuracy=s["masked_accuracy"], unigram_plateau=bound,
