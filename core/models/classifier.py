@@ -105,9 +105,11 @@ class ClassifierBundle:
     @torch.no_grad()
     def _batched_texts(self, texts: Sequence[TextInput], batch: int, fn) -> np.ndarray:
         self.model.eval()
+        order = by_length(texts)
         with self._autocast():
-            out = [fn(list(texts[start : start + batch])).float().cpu().numpy() for start in range(0, len(texts), batch)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+            out = [fn([texts[i] for i in order[start : start + batch]]).float().cpu().numpy()
+                   for start in range(0, len(texts), batch)]
+        return _unsorted(out, order, len(self.labels))
 
     def pooled_features(self, texts: Sequence[TextInput], pooling: str = "mean", batch: int = 128) -> np.ndarray:
         """[N, H] float32: each text's last hidden state, the mean over tokens or [CLS] (`pooling`: mean | cls)."""
@@ -117,12 +119,12 @@ class ClassifierBundle:
     @torch.no_grad()
     def _batched(self, texts: Sequence[TextInput], batch: int, width: int, fn) -> np.ndarray:
         self.model.eval()
-        out, dev = [], self.device
+        out, dev, order = [], self.device, by_length(texts)
         with self._autocast():
             for start in range(0, len(texts), batch):
-                encoded = self.encode(texts[start : start + batch])
+                encoded = self.encode([texts[i] for i in order[start : start + batch]])
                 out.append(fn(*(t.to(dev) for t in encoded)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+        return _unsorted(out, order, width)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -140,6 +142,24 @@ class ClassifierBundle:
     def weights(self) -> dict[str, torch.Tensor]:
         deep = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         return {**deep, **(self.wide.weights() if self.wide is not None else {})}
+
+
+def by_length(texts: Sequence[TextInput]) -> np.ndarray:
+    """Indices of `texts` from shortest to longest (characters, both sides of a pair).
+
+    A batch pads to its longest input, so batching texts of like length skips most of the padding:
+    scoring a held-out set this way takes about half the time of batching it in its own order.
+    """
+    return np.argsort([len(t[0]) + len(t[1]) if isinstance(t, tuple) else len(t) for t in texts], kind="stable")
+
+
+def _unsorted(chunks: list[np.ndarray], order: np.ndarray, width: int) -> np.ndarray:
+    """The rows of `chunks` (in `order`) back in the inputs' own order."""
+    if not chunks:
+        return np.zeros((0, width), np.float32)
+    out = np.empty_like(stacked := np.concatenate(chunks))
+    out[order] = stacked
+    return out
 
 
 def encode(tok, texts: Sequence[TextInput], max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -127,3 +127,13 @@ def test_feedback_batches_carry_the_pair_and_old_rows_read_as_texts():
     assert feedback_to_batch(rb).text == [("a0", "b0"), "a1"]
     old = rb.drop_columns(["text_pair"])  # a segment written before the column existed
     assert feedback_to_batch(old).text == ["a0", "a1"]
+
+
+def test_batches_by_length_answer_each_input_in_its_own_place(tok):
+    bundle = _bundle(tok, pairs=True)
+    inputs = ["今天天气很好" * 3, ("明天", "我们去公园玩"), "hello", ("他们在家看书" * 2, "今天"), "明天下雨了"]
+    one_by_one = np.concatenate([bundle.predict_proba([x]) for x in inputs])
+    assert np.allclose(bundle.predict_proba(inputs, batch=2), one_by_one, atol=1e-5)
+    features = bundle.pooled_features(inputs, batch=2)
+    assert np.allclose(features, np.concatenate([bundle.pooled_features([x]) for x in inputs]), atol=1e-5)
+    assert bundle.predict_proba([]).shape == (0, 3)
