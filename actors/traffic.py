@@ -71,7 +71,8 @@ class TrafficWorker:
         api_key: str | None = None,  # serving.auth: the run's proxy key; each simulated user is named
         verify: str | bool = True,  # serving.tls: the CA file the proxy's certificate is checked against
         on_crash: Callable[[BaseException], None] | None = None,  # a user thread's bug: the actor's CrashBackoff
-        await_route: bool = False,  # send nothing until the proxy routes the predict path
+        await_route: bool = False,  # send nothing until the proxy routes the predict path ...
+        ready_path: str | None = None,  # ... and, when given, until this path answers 200 (a version is live)
     ):
         self.cfg = traffic or TrafficSection()
         if not rows:
@@ -87,6 +88,7 @@ class TrafficWorker:
         self._index = {name: i for i, name in enumerate(self.labels)}
         base = base_url.rstrip("/")
         self.predict_url, self.feedback_url = base + predict_path, base + feedback_path
+        self.ready_url = base + ready_path if ready_path else None
         n = self.cfg.concurrency
         auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout_s, transport=transport, headers=auth, verify=verify,
@@ -172,11 +174,13 @@ class TrafficWorker:
             self.on_crash(exc)
 
     def _await_route(self, timeout_s: float = 300.0) -> None:
-        """Until the proxy routes the predict path: any answer but 404 (405 to this GET)."""
+        """Until the proxy routes the predict path (any answer but 404: 405 to this GET), or with a
+        `ready_path` until that path answers 200: requests sent before would only be refused."""
         deadline = time.monotonic() + timeout_s
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                if self.client.get(self.predict_url).status_code != 404:
+                status = self.client.get(self.ready_url or self.predict_url).status_code
+                if (status == 200) if self.ready_url else (status != 404):
                     return
             except httpx.HTTPError:
                 pass

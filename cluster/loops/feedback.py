@@ -29,7 +29,7 @@ from cluster.errors import UserError
 from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, quietly, round_or_none
 from core.stats.continual import AccuracyMatrix
-from core.models.classifier_start import starting_classifier
+from core.models.classifier_start import StartingClassifier, starting_classifier
 from core.config.evolve import EvolveConfig
 from core.config.novelty import novelty_policy_id
 from core.data.labeled import LabeledData
@@ -79,20 +79,35 @@ class FeedbackLoop(LoopBase):
 
     # ---- start -------------------------------------------------------------------------
     def launch(self) -> None:
+        """Everything that takes tens of seconds on a small machine overlaps: the traffic actors'
+        start, the learner's workers (from the starting classifier of a new policy), the gate
+        scoring and publishing version 1, and the Serve app (its replicas answer 503 until a
+        version is live, and the traffic waits for that)."""
         fb, ctx = self.fb, self.ctx
-        self._add_traffic()  # each waits for the route: their start overlaps the loop's
+        self._add_traffic()
         self.publisher = get_or_create_publisher(ctx.registry.uri)
         self.gate = GateActor.options(name=gate_name(fb.policy_id), get_if_exists=True).remote(
             ctx.registry.uri, KIND, {"data": fb.data.model_dump(mode="json")}, fb.gate.model_dump(mode="json"),
             PUBLISHER_NAME, adapt=fb.adapt.model_dump(mode="json"),
         )
-        first = self._bootstrap()
+        start = self._starting_classifier() if ctx.registry.latest(fb.policy_id, "live") is None else None
+        early = start is not None and not ctx.registry.has(fb.policy_id)  # it becomes v1, the learner's parent
+        if early:
+            self._launch_learner(start.bundle.files(), _numpy(start.bundle.weights()), version=1)
+        booting = self._bootstrap(start)
+        self._deploy_app()
+        first = ray.get(booting)
+        if early and first.get("version") != 1:  # one run per storage makes this a bug
+            raise RuntimeError(f"loop {self.name!r}: the starting classifier became v{first.get('version')}, not v1")
         self.event("bootstrap", **_plain(first), origin=self.origin)
         if self.matrix is not None:
             self.matrix.record_baseline(ray.get(self.gate.group_accuracy.remote(fb.policy_id)))
-        # the learner's workers start while Serve deploys and traffic ramps up: on a small machine
-        # each takes tens of seconds, and the first candidate waits for all three
-        self._launch_learner()
+        if not early:
+            live = ctx.registry.load(fb.policy_id, stage="live", as_numpy=True)
+            self._launch_learner(dict(live.files), dict(live.weights), version=live.meta.version)
+
+    def _deploy_app(self) -> None:
+        fb, ctx = self.fb, self.ctx
         watched = [n for n, loop in self.cfg.loops_of("novelty").items() if loop.watch == self.name]
         novelty = novelty_policy_id(fb.policy_id) if watched else None
         self.app = deploy_feedback_app(self.publisher, ctx.registry.uri, fb, ctx.replay,
@@ -117,15 +132,10 @@ class FeedbackLoop(LoopBase):
                                                  resources=self.cfg.cluster.actor_resources).remote(
                 base, fb.traffic.model_dump(mode="json"), fb.data.model_dump(mode="json"), f"{self.name}-traffic-{i}",
                 seed=self.cfg.run.seed + i, shard=(i, n), api_key=ctx.run_key, verify=ctx.client_verify,
-                predict_path=f"{prefix}/predict", feedback_path=f"{prefix}/feedback",
+                predict_path=f"{prefix}/predict", feedback_path=f"{prefix}/feedback", ready_path=f"{prefix}/healthz",
             ))
 
-    def _bootstrap(self) -> dict[str, Any]:
-        """Publish the starting classifier as version 1, unless a version is live already (a
-        resumed run, a shared registry): the gate then re-announces that one."""
-        pid = self.fb.policy_id
-        if self.ctx.registry.latest(pid, "live") is not None:
-            return ray.get(self.gate.bootstrap.remote(pid))
+    def _starting_classifier(self) -> StartingClassifier:
         try:
             start = starting_classifier(self.fb, self.data, seed=self.cfg.run.seed)
         except ClassifierError as exc:
@@ -135,16 +145,23 @@ class FeedbackLoop(LoopBase):
             self.event("no_encoder", missing=start.missing_encoder)
             self.ctx.say(f"evolve: warning: no encoder {start.missing_encoder} "
                          "(run `evolve pretrain configs/mlm.yaml` first); starting from a random init")
-        weights = {k: v.numpy() for k, v in start.bundle.weights().items()}
-        meta = {"info": {"origin": self.origin}}
-        return ray.get(self.gate.bootstrap.remote(pid, weights=weights, files=start.bundle.files(), metadata=meta))
+        return start
 
-    def _launch_learner(self) -> None:
+    def _bootstrap(self, start: StartingClassifier | None) -> ray.ObjectRef:
+        """The gate publishes the starting classifier (v1 in a new registry); with no `start` (a
+        resumed run, a shared registry) it re-announces the live version."""
+        pid = self.fb.policy_id
+        if start is None:
+            return self.gate.bootstrap.remote(pid)
+        meta = {"info": {"origin": self.origin}}
+        return self.gate.bootstrap.remote(pid, weights=_numpy(start.bundle.weights()), files=start.bundle.files(),
+                                          metadata=meta)
+
+    def _launch_learner(self, files: dict[str, bytes], weights: dict[str, Any], version: int) -> None:
         fb = self.fb
-        live = self.ctx.registry.load(fb.policy_id, stage="live", as_numpy=True)
         fresh, _ = split_batch(fb.learning.batch_size, fb.learning.rehearsal)
-        setup = OnlineSetup(fb=fb, files=dict(live.files), weights=dict(live.weights), labels=self.data.labels,
-                            parent_version=live.meta.version, gate=self.gate,
+        setup = OnlineSetup(fb=fb, files=files, weights=weights, labels=self.data.labels,
+                            parent_version=version, gate=self.gate,
                             heldout=self.data.heldout[:fb.learning.curve_rows], seed=self.cfg.run.seed, loop=self.name)
         self.launch_learner(LoopSpec(
             objective_factory=OnlineObjective,
@@ -281,6 +298,10 @@ class FeedbackLoop(LoopBase):
             "alarms": self.alarms,
             **({"continual": self.matrix.metrics()} if self.matrix is not None else {}),
         }
+
+
+def _numpy(weights: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in weights.items()}
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -287,3 +287,24 @@ def test_act_client_sends_the_run_key_and_the_episode_user():
         worker.env.close()
     assert seen[0].headers["authorization"] == "Bearer sk-run"
     assert seen[0].headers["x-evolve-client"] == worker.keys[0]
+
+
+def test_with_a_ready_path_nothing_is_sent_before_a_version_is_live():
+    server, seen = FakeServe(), {"checks": 0, "early": 0}
+    answer = server.handle
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        ready = seen["checks"] > 3
+        if request.url.path == "/v1/healthz":
+            seen["checks"] += 1
+            return httpx.Response(200 if ready else 503)
+        seen["early"] += not ready
+        return answer(request)
+
+    cfg = TrafficSection(concurrency=2, feedback_delay_s=(0.0, 0.0))
+    w = TrafficWorker("http://evolve.test", _rows(20), LABELS, cfg, repeat=False, seed=1, await_route=True,
+                      ready_path="/v1/healthz", transport=httpx.MockTransport(handle))
+    w.run(timeout_s=60)
+    s = w.stats()
+    assert seen["checks"] > 3 and seen["early"] == 0
+    assert s["predicts"] == 20 and s["errors"] == {"predict": {}, "feedback": {}}
