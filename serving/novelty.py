@@ -9,16 +9,14 @@ Plain logic: `serving/feedback_app.py` calls it; tests drive it with a registry 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from core.models.novelty import NoveltyScorer, scorer_from_version
 from core.storage.registry import PolicyRegistry
 from core.models.classifier import ClassifierBundle, from_version
+from serving.refresh import keep_refreshed
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,12 +61,5 @@ class NoveltyFollower:
 
 
 async def follow(follower: NoveltyFollower, interval_s: float = 5.0) -> None:
-    """A replica's background task: refresh off the event loop, forever; a failed read is retried."""
-    while True:
-        try:
-            await asyncio.to_thread(follower.refresh)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # keep scoring with the version we have
-            log.warning("novelty: following %s failed (%s); retrying", follower.policy_id, exc)
-        await asyncio.sleep(interval_s)
+    """A replica's background task: the novelty scorer stays the registry's latest."""
+    await keep_refreshed(follower.refresh, f"novelty of {follower.policy_id}", interval_s)

@@ -16,8 +16,6 @@ serving/policy_server.py a Q-policy's canary; tests drive it with a registry on 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,8 +23,7 @@ import numpy as np
 
 from core.data.hashing import stable_unit_hash
 from core.storage.registry import PolicyRegistry
-
-log = logging.getLogger(__name__)
+from serving.refresh import keep_refreshed
 
 # (weights, files, version) -> what answers for that version (with a `.version`), or None: not yet
 Load = Callable[[Mapping[str, Any], Mapping[str, bytes], int], Any]
@@ -69,11 +66,4 @@ class StageFollower:
 
 
 async def follow(follower: StageFollower, interval_s: float = 1.0) -> None:
-    while True:
-        try:
-            await asyncio.to_thread(follower.refresh)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # keep the version we have (or none); the next read tries again
-            log.warning("%s: following %s failed (%s); retrying", follower.stage, follower.policy_id, exc)
-        await asyncio.sleep(interval_s)
+    await keep_refreshed(follower.refresh, f"{follower.stage} of {follower.policy_id}", interval_s)
