@@ -8,6 +8,9 @@ with its default and its comment.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from core.config.keys import config_keys, format_keys
 from core.config.loader import dump_config, load_config
 
@@ -18,6 +21,9 @@ def show(config: str, overrides: list[str]) -> int:
 
 
 def keys(prefix: str | None = None) -> int:
-    for line in format_keys([k for k in config_keys() if prefix is None or k.key.startswith(prefix)]):
-        print(line)
+    lines = format_keys([k for k in config_keys() if prefix is None or k.key.startswith(prefix)])
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `evolve config keys | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

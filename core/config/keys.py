@@ -53,22 +53,23 @@ def format_keys(keys: list[KeyDoc]) -> list[str]:
     return [f"{k.key} = {k.default}" + (f"  # {k.comment}" if k.comment else "") for k in keys]
 
 
-def _section_keys(model: type[BaseModel], prefix: str) -> Iterator[KeyDoc]:
+def _section_keys(model: type[BaseModel], prefix: str, instance: BaseModel | None = None) -> Iterator[KeyDoc]:
+    """`instance`: the section as its owner's default makes it (an RL loop's gate has other stages and
+    sizes than the class's own defaults); its values are the defaults shown."""
     for name, field in model.model_fields.items():
-        yield from _field_keys(model, name, field, prefix)
+        yield from _field_keys(model, name, field, prefix, instance)
 
 
-def _field_keys(owner: type[BaseModel], name: str, field: Any, prefix: str) -> Iterator[KeyDoc]:
+def _field_keys(owner: type[BaseModel], name: str, field: Any, prefix: str,
+                instance: BaseModel | None = None) -> Iterator[KeyDoc]:
     key = f"{prefix}{name}"
     section, mapping = _section_of(field.annotation)
+    value = getattr(instance, name) if instance is not None else _default_value(field)
+    yield KeyDoc(key, _shown(value), comment_of(owner, name))
     if section is not None and not mapping:
-        yield KeyDoc(key, _default(field), comment_of(owner, name))
-        yield from _section_keys(section, key + ".")
+        yield from _section_keys(section, key + ".", value if isinstance(value, BaseModel) else None)
     elif section is not None:
-        yield KeyDoc(key, _default(field), comment_of(owner, name))
         yield from _section_keys(section, f"{key}.<name>.")
-    else:
-        yield KeyDoc(key, _default(field), comment_of(owner, name))
 
 
 def _section_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
@@ -87,10 +88,18 @@ def _section_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
-def _default(field: Any) -> str:
+_REQUIRED = object()
+
+
+def _default_value(field: Any) -> Any:
     if field.default is PydanticUndefined and field.default_factory is None:
+        return _REQUIRED
+    return field.get_default(call_default_factory=True)
+
+
+def _shown(value: Any) -> str:
+    if value is _REQUIRED:
         return "(required)"
-    value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         return "{...}"
     if isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):

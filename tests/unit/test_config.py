@@ -182,6 +182,10 @@ def test_every_key_has_its_default_and_a_comment():
     assert by_key["replay.tables.<name>.capacity"].default == "100000"
     for kind in KINDS:  # every kind's section, under its placeholder
         assert f"loops.<{kind}>.kind" in by_key
+    # a section's defaults are its owner's: an RL loop's gate is made with other stages and sizes
+    assert by_key["loops.<feedback>.gate.stages"].default == '["heldout"]'
+    assert by_key["loops.<rl>.gate.stages"].default == "[]"
+    assert by_key["loops.<rl>.gate.ope.size"].default == "100" != by_key["loops.<feedback>.gate.ope.size"].default
 
 
 def test_defaults_without_a_file():
