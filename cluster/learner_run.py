@@ -4,8 +4,9 @@
     check()          -> a learner that failed for good (past `learner.max_failures` restarts, each
                         resuming from the last checkpoint): one `learner_failed` event, `failed` set;
                         the loop goes on degraded (serving keeps the live version), the run does not end
-    drain()          -> rank 0's records into events.jsonl as the loop's events `learner` (progress),
-                        `learner_eval` (the objective's own held-out figures), `checkpoint`, `resumed`
+    drain()          -> rank 0's records into events.jsonl as the loop's events `learner_started`,
+                        `learner` (progress), `learner_eval` (the objective's own held-out figures),
+                        `checkpoint`, `resumed`
     stop()           -> ask the workers to stop at their next report; they checkpoint, then return
 
 A second run with the same run directory (or run.storage) resumes: Ray Train keeps
@@ -26,7 +27,7 @@ from learners.train_loop import LoopSpec, ProgressBoard, fit
 
 
 # The learner's records as the loop's events; `eval` stays free for what judges a loop (the RL evaluator).
-EVENT_NAMES = {"progress": "learner", "eval": "learner_eval"}
+EVENT_NAMES = {"progress": "learner", "eval": "learner_eval", "started": "learner_started"}
 
 
 class LearnerRun:
@@ -36,7 +37,7 @@ class LearnerRun:
         self.board = ProgressBoard.remote()
         self.spec = dataclasses.replace(spec, board=self.board)
         self.figures: dict[str, Any] = {}  # the newest progress record
-        self.heard = False  # a record came: the workers are up (their first is the step-0 evaluation)
+        self.heard = False  # a record came: the workers are up (their first says so)
         self.resumed_from: int | None = None
         self.outcome: dict[str, Any] = {}
         self.failed: str | None = None  # why the learner failed for good, once it has

@@ -65,7 +65,7 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
     storage = RunStorage.resolve(cfg.run.storage, cfg.registry.uri, cfg.replay.dir, rd.path)
     ctx = RunContext(cfg, rd, PolicyRegistry(storage.absolute().registry))
     started = ctx.started
-    ctx.say = say
+    say = ctx.say = _whole_lines(say)  # loops start on threads of their own
     rd.listeners.append(Milestones(say, started, width=max([len(name) for name in cfg.loops] + [8])))
     run_info: dict[str, Any] = {"name": cfg.run.name, "run_dir": str(rd.path), "started_at": started}
     stop = StopSignals()
@@ -231,6 +231,17 @@ def _start_loops(loops: list[Loop], cfg: EvolveConfig, ctx: RunContext, say) -> 
         thread.join()
     if errors:
         raise errors[0]
+
+
+def _whole_lines(say: Callable[[str], None]) -> Callable[[str], None]:
+    """`say` for several threads: print writes a line and its newline apart, so two threads' lines
+    could run together."""
+    lock = threading.Lock()
+
+    def whole(line: str) -> None:
+        with lock:
+            say(line)
+    return whole
 
 
 def _start_loop(loop: Loop, ctx: RunContext, say) -> None:

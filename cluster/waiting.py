@@ -26,8 +26,8 @@ def feedback_wait(*, learner_up: bool, updates: int, joined: int, fresh_rows: in
         return _stage_wait(flight, gate.get("stages", {}).get(flight["stage"], {}), section)
     if not learner_up:
         return "learner-start"
-    if updates == 0:
-        return f"feedback({min(joined, fresh_rows)}/{fresh_rows})"
+    if updates == 0 and joined < fresh_rows:
+        return f"feedback({joined}/{fresh_rows})"
     first, every = candidates
     return f"candidate@upd{first if updates < first else (updates // every + 1) * every}"
 

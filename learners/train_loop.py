@@ -49,6 +49,9 @@ class LoopSpec:
     threads: int = 1
     seed: int = 0
     board: Any = None  # a ProgressBoard actor handle; None = stop only at max_steps
+    # False: the loop has the curve's "before" already (a feedback loop: the gate scored version 1),
+    # and the first updates do not wait for a step-0 evaluation
+    eval_at_start: bool = True
 
 
 @dataclass
@@ -81,7 +84,9 @@ def run_loop(spec: LoopSpec, ctx: WorkerContext, hooks: LoopHooks, resume_dir: s
     if lead and resume_dir:
         state.resumes += 1
         hooks.post({"kind": "resumed", "step": state.step, "tokens": state.tokens})
-    if lead and not state.curve:
+    if lead and not resume_dir:
+        hooks.post({"kind": "started", "step": state.step})  # the driver knows the workers are up
+    if lead and not state.curve and spec.eval_at_start:
         _evaluate(objective, state, hooks)  # step 0: the "before" of the learning curve
     batches: Iterator[Any] = spec.source.batches(ctx, seed=spec.seed + state.step)
     window = _Window(objective.summed_metrics, ctx.world_size)

@@ -172,6 +172,7 @@ class FeedbackLoop(LoopBase):
             checkpoint_every=fb.learning.checkpoint_every,
             threads=max(1, int(self.cfg.learner.cpus_per_worker)),
             seed=self.cfg.run.seed,
+            eval_at_start=False,  # the gate's score of the starting version is the curve's "before"
         ))
 
     # ---- poll --------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class FeedbackLearningSection(Section):
     candidate_every: int = Field(default=50, ge=1)  # learner updates between candidates
     # The first candidate comes this many updates in (then every candidate_every): a new loop's
     # first steps on fresh feedback are its largest gains, and they reach clients without waiting.
-    first_candidate: int = Field(default=10, ge=1)
+    first_candidate: int = Field(default=5, ge=1)
     # The gate judges only the newest queued candidate; True drops a candidate while the gate
     # still judges the previous one, which spares the object store on slow gates.
     skip_when_gate_busy: bool = False

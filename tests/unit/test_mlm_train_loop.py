@@ -56,6 +56,7 @@ def test_runs_to_max_steps_with_checkpoints_curve_and_export(tmp_path):
     state = run_loop(_spec(max_steps=20), WorkerContext(), rec.hooks(), resume_dir=None)
     assert state.step == 20 and state.tokens == 20 * 8 * T
     assert [p["step"] for p in state.curve] == [0, 10, 20]
+    assert rec.posts[0] == {"kind": "started", "step": 0}
     assert [m["step"] for m, _ in rec.checkpoints] == [10, 20, 20] and rec.checkpoints[-1][0]["final"]
     weights, files, meta = read_policy(rec.checkpoints[-1][1] / POLICY_DIR)
     assert "embeddings.word_embeddings.weight" in weights and "tokenizer.json" in files
@@ -89,3 +90,9 @@ def test_other_ranks_report_without_checkpoints(tmp_path):
     rec = Recorder(tmp_path)
     run_loop(_spec(max_steps=10), WorkerContext(rank=1, world_size=2), rec.hooks(), resume_dir=None)
     assert rec.checkpoints == [] and rec.posts == []  # rank 1 neither evaluates nor posts
+
+
+def test_a_loop_that_knows_its_before_skips_the_step_0_evaluation(tmp_path):
+    rec = Recorder(tmp_path)
+    state = run_loop(_spec(max_steps=10, eval_at_start=False), WorkerContext(), rec.hooks(), resume_dir=None)
+    assert [p["step"] for p in state.curve] == [10] and rec.posts[0]["kind"] == "started"

@@ -245,7 +245,7 @@ def test_state_dict_round_trip(encoder_files, reviews):
 
 def test_a_candidate_every_k_updates_rebuilds_the_same_model(encoder_files, reviews):
     gate = FakeGate()
-    obj = _objective(encoder_files, gate=gate, candidate_every=3, setup_kw={"parent_version": 4})
+    obj = _objective(encoder_files, gate=gate, candidate_every=3, first_candidate=3, setup_kw={"parent_version": 4})
     t0 = 1_700_000_000_000_000
     for i in range(6):
         obj.step(_labeled(reviews[i * 8:(i + 1) * 8], t0=t0 + 100 * i))

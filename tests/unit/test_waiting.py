@@ -16,7 +16,8 @@ def wait(**kw):
 def test_before_the_learner_and_before_the_first_batch():
     assert wait(learner_up=False) == "learner-start"
     assert wait(joined=5) == "feedback(5/16)"
-    assert wait(joined=500) == "feedback(16/16)"  # rows there, the first update not yet reported
+    # with the first batch's rows there, the updates run (their count is reported every few)
+    assert wait(joined=16) == wait(joined=500) == "candidate@upd10"
 
 
 def test_between_candidates_it_names_the_update_that_makes_the_next():
