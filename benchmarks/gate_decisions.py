@@ -76,7 +76,9 @@ def models(args):
     from core.config.loader import load_config
     from core.models.classifier import from_version
 
-    cfg = load_config(ROOT / "configs/sentiment.yaml")
+    # the deep classifier alone: the candidates differ in its head, which a wide_deep model (the
+    # preset's) would gate out while its wide part is untrained, and every candidate would answer alike
+    cfg = load_config(ROOT / "configs/sentiment.yaml", ["loops.sentiment.model.kind=deep"])
     fb = cfg.loops["sentiment"]
     data = fb.data.load()
     start = starting_classifier(fb, data, seed=0)
@@ -114,6 +116,8 @@ def run(args) -> dict:
     texts, labels = [t for t, _ in traffic], np.array([y for _, y in traffic])
     probs = {name: from_version(w, files).predict_proba(texts) for name, w in [("live", base), *cands.items()]}
     truth = {name: float((p.argmax(1) == labels).mean()) for name, p in probs.items()}
+    if any(np.array_equal(probs[name].argmax(1), probs["live"].argmax(1)) for name in ("poisoned", "better")):
+        raise SystemExit(f"the candidates answer as live does ({truth}): there is nothing for the gate to tell apart")
     explore = ExplorationSection.model_validate(json.loads(args.exploration))
     cfg = GateSection(stages=["ope"], tolerance=args.tolerance,
                       ope=OPESection(size=len(traffic), min_rows=min(300, len(traffic)), method=args.method))
