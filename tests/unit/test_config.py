@@ -22,9 +22,11 @@ def test_cluster_preset_runs_the_default_loops_with_gpu_learners():
     assert list(cluster.loops) == list(default.loops) == ["sentiment", "cartpole"]
     assert cluster.cluster.address == "auto" and cluster.serving.host == "0.0.0.0"
     assert cluster.learner.use_gpu and cluster.learner.resources_per_worker == {"learner": 1}
-    # what the loops learn is the default's; only placement and scale differ
+    # what the loops learn is the default's; only placement and scale differ (and the gate judges
+    # on the whole held-out set, which make run halves for a laptop)
     fb, dfb = cluster.loops["sentiment"], default.loops["sentiment"]
-    assert fb.model_copy(update={"serving": dfb.serving}) == dfb and fb.serving.num_replicas == 2
+    assert fb.model_copy(update={"serving": dfb.serving, "data": dfb.data}) == dfb and fb.serving.num_replicas == 2
+    assert (fb.data.max_heldout, dfb.data.max_heldout) == (1000, 500)
     assert cluster.replay == default.replay
     assert cluster.run.storage.startswith("s3://") and cluster.cluster.actor_resources == {"actors": 0.01}
     rl, drl = cluster.loops["cartpole"], default.loops["cartpole"]
@@ -165,7 +167,7 @@ def test_a_preset_that_names_its_bases_resolves_like_the_keys_written_out():
         "replay.num_shards=2", "replay.shard_num_cpus=0.2", "serving.replica_num_cpus=0.05",
         "replay.tables.cartpole={min_size: 1000, samples_per_insert: 16, error_buffer: 20000}",
         "loops.cartpole=" + json.dumps(load_config(REPO / "configs/cartpole.yaml").loops["cartpole"].model_dump(mode="json")),
-        "loops.cartpole.eval.stop_when_solved=false"])
+        "loops.cartpole.eval.stop_when_solved=false", "loops.sentiment.data.max_heldout=500"])
     assert written_out == default
 
 
