@@ -22,6 +22,11 @@ class LoopSection(Section):
     picks the section class, and the run fills in what the loop leaves to its name: its policy id
     and the names of the replay tables its kind declares (core/config/evolve.py)."""
 
+    # Loops of this run, listed before this one, that start first: on a small machine a loop that
+    # keeps the CPUs busy from its first second (RL rollouts and updates) lets a heavy start (a
+    # classifier's Serve app, gate and learner workers) finish sooner.
+    start_after: list[str] = []
+
     def published(self, loops: dict[str, "LoopSection"]) -> list[str]:
         """The policy ids this loop publishes to the registry (two loops may not share one)."""
         return []
@@ -31,8 +36,8 @@ class LoopSection(Section):
         return []
 
     def starts_after(self) -> list[str]:
-        """The loops of the run this one starts after (it needs what their start makes)."""
-        return []
+        """The loops of the run this one starts after (it needs what their start makes, or asks to)."""
+        return list(self.start_after)
 
     def check_in_run(self, name: str, cfg: Any) -> None:
         """Checks against the rest of the run (`cfg`: the EvolveConfig, its loops in order, their

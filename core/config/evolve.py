@@ -66,7 +66,16 @@ class EvolveConfig(Section):
         self._refuse_clashes()
         for name, loop in self.loops.items():
             loop.check_in_run(name, self)
+        self._check_start_order()
         return self
+
+    def _check_start_order(self) -> None:
+        names = list(self.loops)
+        for i, (name, loop) in enumerate(self.loops.items()):
+            later = [n for n in loop.start_after if n not in names[:i]]
+            if later:
+                raise ValueError(f"loops.{name}.start_after: {', '.join(later)} is not a loop listed before "
+                                 f"{name!r} (loops: {', '.join(names)})")
 
     def _resolve_tables(self, name: str, loop: LoopSection) -> None:
         """Name the tables the loop's kind writes, and declare each under replay.tables."""

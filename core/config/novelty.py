@@ -39,7 +39,7 @@ class NoveltySection(LoopSection):
     seed: int = 0  # the autoencoder's init and the batch draws
 
     def starts_after(self) -> list[str]:
-        return [self.watch]  # it reads that loop's first published version
+        return [self.watch, *self.start_after]  # it reads that loop's first published version
 
     def published(self, loops: dict[str, LoopSection]) -> list[str]:
         watched = loops.get(self.watch)

@@ -50,7 +50,7 @@ GATE_RENAMES = {"rl": {"ope.episodes": "ope.size", "ope.min_episodes": "ope.min_
                        "canary.min_episodes": "canary.min_requests", "canary.max_episodes": "canary.max_requests"}}
 # Keys the previous shape did not have, in every loop and in a kind's loop: the gate section every
 # kind shares gives each kind the keys only the other kind's gate had.
-NEW_KEYS = {"kind", "serving.route_prefix", "watch", "learning.first_candidate"}
+NEW_KEYS = {"kind", "serving.route_prefix", "watch", "learning.first_candidate", "start_after"}
 NEW_BY_KIND = {
     "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range"},
     "rl": {f"gate.{k}" for k in ("test", "alpha", "min_gain", "bootstrap_samples", "drift_guard", "window",

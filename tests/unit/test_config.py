@@ -30,7 +30,8 @@ def test_cluster_preset_runs_the_default_loops_with_gpu_learners():
     assert cluster.replay == default.replay
     assert cluster.run.storage.startswith("s3://") and cluster.cluster.actor_resources == {"actors": 0.01}
     rl, drl = cluster.loops["cartpole"], default.loops["cartpole"]
-    assert rl.model_copy(update={"acting": drl.acting}) == drl and rl.acting.num_actors == 4
+    assert rl.model_copy(update={"acting": drl.acting, "start_after": drl.start_after}) == drl
+    assert rl.acting.num_actors == 4 and rl.start_after == [] and drl.start_after == ["sentiment"]
 
 
 # ---- loops as named instances of a kind ---------------------------------------------------------
@@ -167,7 +168,8 @@ def test_a_preset_that_names_its_bases_resolves_like_the_keys_written_out():
         "replay.num_shards=2", "replay.shard_num_cpus=0.2", "serving.replica_num_cpus=0.05",
         "replay.tables.cartpole={min_size: 1000, samples_per_insert: 16, error_buffer: 20000}",
         "loops.cartpole=" + json.dumps(load_config(REPO / "configs/cartpole.yaml").loops["cartpole"].model_dump(mode="json")),
-        "loops.cartpole.eval.stop_when_solved=false", "loops.sentiment.data.max_heldout=500"])
+        "loops.cartpole.eval.stop_when_solved=false", "loops.sentiment.data.max_heldout=500",
+        "loops.cartpole.start_after=[sentiment]"])
     assert written_out == default
 
 
@@ -281,3 +283,12 @@ def test_dump_round_trips(tmp_path):
     out = tmp_path / "resolved.yaml"
     out.write_text(dump_config(cfg))
     assert load_config(out) == cfg
+
+
+def test_a_loop_starts_after_the_loops_it_names_listed_before_it():
+    cfg = load_config(DEFAULT)
+    assert cfg.loops["cartpole"].starts_after() == ["sentiment"] and cfg.loops["sentiment"].starts_after() == []
+    with pytest.raises(ConfigError, match="loops.sentiment.start_after: cartpole is not a loop listed before"):
+        load_config(DEFAULT, ["loops.sentiment.start_after=[cartpole]"])
+    with pytest.raises(ConfigError, match="start_after: nope is not a loop"):
+        load_config(DEFAULT, ["loops.cartpole.start_after=[nope]"])
