@@ -37,10 +37,8 @@ from core.config.base import Section
 def _returns_detector() -> DetectorSection:
     # Page-Hinkley on return / solve_return: a solved policy's episodes sit near 1 with rare dips
     # (an exploratory action at the wrong time), which `delta` absorbs; a policy that fails on new
-    # physics loses most of the share in every episode, which crosses `threshold` within a few dozen
-    # episodes.  A solved DQN's own training can sag for thousands of env steps: the threshold is
-    # high enough that such a sag is not read as a changed env.
-    return DetectorSection(kind="page_hinkley", delta=0.05, threshold=20.0, min_instances=30, recent=50)
+    # physics loses most of the share in every episode, which crosses `threshold` in a few episodes.
+    return DetectorSection(kind="page_hinkley", delta=0.05, threshold=5.0, min_instances=30, recent=50)
 
 
 class RLAdaptSection(Section):

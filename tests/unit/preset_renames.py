@@ -58,10 +58,6 @@ NEW_BY_KIND = {
           | {f"gate.ope.{k}" for k in ("fraction", "method", "rule")}
           | {f"gate.shadow.{k}" for k in ("fraction", "min_rows", "max_s", "method", "level", "bootstrap_samples")},
 }
-# Values changed on purpose since, by kind and key inside the loop: (before, now).  A solved DQN's
-# training returns can sag for thousands of env steps with the env unchanged, which Page-Hinkley at
-# threshold 5 read as drift; at 20 a reversed push still alarms within a few dozen failed episodes.
-CHANGED = {"rl": {"adapt.returns.threshold": (5.0, 20.0)}}
 # Values one preset changed on purpose since: (before, now) by flattened key.  make run's gate judges
 # on half the held-out set, so that a 2-core laptop sees the first promotion in two minutes.
 PRESET_CHANGED = {"default": {"loops.sentiment.data.max_heldout": (1000, 500)}}
@@ -91,9 +87,6 @@ def migrate(old: dict[str, Any]) -> dict[str, Any]:
             if key == "gate" and kind in GATE_RENAMES:
                 value = _renamed(value, GATE_RENAMES[kind])
             _put(loop, place, value)
-        for key, (before, now) in CHANGED.get(kind, {}).items():
-            if _get(loop, key) == before:
-                _put(loop, key, now)
         if kind == "novelty":
             watched = next(n for n, l in loops.items() if l["kind"] == "feedback" and l["policy_id"] == section["policy_id"])
             assert loops[watched]["tables"]["text"] == tables[section["table"]]
@@ -110,12 +103,6 @@ def _renamed(tree: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
     for key, value in flatten(tree).items():
         _put(out, renames.get(key, key), value)
     return out
-
-
-def _get(tree: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
-    return tree
 
 
 def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -172,20 +172,7 @@ def test_the_default_returns_detector_is_quiet_on_a_solved_policy_and_fast_on_a_
         det = Detector("returns", RLAdaptSection().returns, "down")
         alarms = [i for i, r in enumerate(_returns(3000, 40, seed)) if det.update(r / 500)]
         assert alarms and alarms[0] >= 3000, f"seed {seed}: alarm at {alarms[:3]}"
-        assert alarms[0] < 3000 + 32  # one round of the 32 envs' failing episodes (each ends in ~10 steps)
-
-
-def test_the_default_returns_detector_reads_a_sag_of_a_wandering_policy_as_no_change():
-    """A policy the greedy evaluation confirmed solved can still train on exploring episodes at a
-    third of the solve return, and sag to half that for a hundred episodes, with the env unchanged."""
-    from core.adapt.detectors import Detector
-
-    for seed in range(5):
-        rng = random.Random(seed)
-        det = Detector("returns", RLAdaptSection().returns, "down")
-        shares = ([rng.uniform(0.05, 0.6) for _ in range(300)] + [rng.uniform(0.02, 0.3) for _ in range(100)]
-                  + [rng.uniform(0.05, 0.6) for _ in range(300)])
-        assert not [i for i, r in enumerate(shares) if det.update(r)], f"seed {seed}"
+        assert alarms[0] < 3000 + 10  # a few failing episodes (32 envs end them within a step or two)
 
 
 # ---- RLDriftWatch ------------------------------------------------------------------------------
