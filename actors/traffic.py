@@ -71,8 +71,8 @@ class TrafficWorker:
         api_key: str | None = None,  # serving.auth: the run's proxy key; each simulated user is named
         verify: str | bool = True,  # serving.tls: the CA file the proxy's certificate is checked against
         on_crash: Callable[[BaseException], None] | None = None,  # a user thread's bug: the actor's CrashBackoff
-        await_route: bool = False,  # send nothing until the proxy routes the predict path ...
-        ready_path: str | None = None,  # ... and, when given, until this path answers 200 (a version is live)
+        await_route: bool = False,  # send nothing until the predict path is routed (or ready_path answers 200)
+        ready_path: str | None = None,
     ):
         self.cfg = traffic or TrafficSection()
         if not rows:
@@ -174,8 +174,7 @@ class TrafficWorker:
             self.on_crash(exc)
 
     def _await_route(self, timeout_s: float = 300.0) -> None:
-        """Until the proxy routes the predict path (any answer but 404: 405 to this GET), or with a
-        `ready_path` until that path answers 200: requests sent before would only be refused."""
+        """Until the predict path is routed (not 404), or with a `ready_path` until that answers 200."""
         deadline = time.monotonic() + timeout_s
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
