@@ -56,6 +56,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
         "eval_return": lambda loop, evs: plots.eval_return(loop, *data.eval_vs_env_steps(evs)),
         "learner": lambda loop, evs: plots.learner(loop, data.learner_series(evs, t0)),
         "masked_accuracy": lambda loop, evs: plots.masked_accuracy(loop, data.masked_accuracy(evs)),
+        "perplexity": lambda loop, evs: plots.perplexity(loop, data.perplexity(evs)),
         "timeline": lambda loop, evs: plots.timeline(loop, *data.timeline(evs, t0)),
     }
 

@@ -132,6 +132,19 @@ def masked_accuracy(events: list[dict[str, Any]]) -> dict[str, Curve]:
     return {"held-out": heldout, "training": train}
 
 
+def perplexity(events: list[dict[str, Any]]) -> dict[str, Curve]:
+    """A causal LM's held-out perplexity against learner steps, and the unigram perplexity of the
+    same text (its `data` event) as a flat line over the same steps."""
+    heldout, unigram = Curve(), Curve()
+    base = next((e.get("unigram_perplexity") for e in events if e.get("event") == "data"), None)
+    for e in events:
+        if e.get("event") == "learner_eval":
+            heldout.add(e.get("step"), e.get("perplexity"))
+            if _number(base):
+                unigram.add(e.get("step"), base)
+    return {"held-out": heldout, "unigram": unigram}
+
+
 def replay_series(events: list[dict[str, Any]], t0: float) -> dict[str, dict[str, Curve]]:
     """Per table: size, inserts/s and samples/s against run time."""
     out: dict[str, dict[str, Curve]] = {}

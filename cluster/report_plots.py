@@ -122,6 +122,21 @@ def masked_accuracy(loop: str, series: dict[str, Curve]) -> Figure | None:
     return fig
 
 
+def perplexity(loop: str, series: dict[str, Curve]) -> Figure | None:
+    if not series["held-out"]:
+        return None
+    fig, (ax,) = _figure(f"{loop}: held-out perplexity")
+    ax.plot(series["held-out"].x, series["held-out"].y, marker="o", label="model")
+    if series["unigram"]:
+        ax.plot(series["unigram"].x, series["unigram"].y, linestyle="--", color="tab:gray", label="unigram")
+    ax.set_yscale("log")
+    ax.set_xlabel("learner steps")
+    ax.set_ylabel("perplexity")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def timeline(loop: str, curves: dict[str, Curve], marks: Marks) -> Figure | None:
     """Gate outcomes, drift alarms and adaptation actions as vertical lines over the loop's figures."""
     if not curves and not marks:

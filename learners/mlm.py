@@ -44,6 +44,10 @@ class MLMSetup:
     heldout: np.ndarray  # [n, seq_len] int32 packed blocks
     info: dict[str, Any]  # lineage: corpus, tokenizer, model facts
 
+    @property
+    def section(self) -> MLMSection:
+        return self.mlm
+
 
 def choose_masks(
     ids: torch.Tensor,
@@ -103,29 +107,35 @@ class MLMObjective:
     summed_metrics = ("tokens", "masked")
 
     def setup(self, config: MLMSetup, ctx: WorkerContext) -> None:
+        self.cfg, self.setup_ = config.section, config
+        self.ctx = ctx
+        self.model = self.build_model(config).to(ctx.device)
+        self.core = self.loss_module(config, ctx)
+        self.train_core = ctx.wrap_model(self.core)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr, betas=(0.9, 0.98), eps=1e-6
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.gen = torch.Generator(device=ctx.device).manual_seed(self.cfg.seed * 1000 + ctx.rank)
+        self.autocast = self.cfg.bf16 if ctx.device.type == "cuda" else _cpu_bf16(self.cfg.cpu_bf16)
+
+    def build_model(self, config: MLMSetup) -> nn.Module:
+        """The model this objective trains (what a kind that learns another way replaces)."""
         from core.models.encoder import build_mlm_model, load_pretrained_mlm
 
-        self.cfg, self.setup_ = config.mlm, config
-        self.ctx = ctx
-        self.model = (
-            load_pretrained_mlm(config.pretrained_dir)
-            if config.pretrained_dir
-            else build_mlm_model(config.model_config, seed=config.mlm.seed)
-        ).to(ctx.device)
+        if config.pretrained_dir:
+            return load_pretrained_mlm(config.pretrained_dir)
+        return build_mlm_model(config.model_config, seed=config.mlm.seed)
+
+    def loss_module(self, config: MLMSetup, ctx: WorkerContext) -> nn.Module:
+        """The module that computes the loss from a batch (DDP wraps it)."""
         self.vocab_size = self.model.config.vocab_size
         self.special = torch.zeros(self.vocab_size, dtype=torch.bool, device=ctx.device)
         for key in ("pad", "cls", "sep", "mask", "unk"):
             if config.special_ids.get(key) is not None:
                 self.special[config.special_ids[key]] = True
         self.mask_id = config.special_ids["mask"]
-        self.core = MaskedOnlyMLM(self.model)
-        self.train_core = ctx.wrap_model(self.core)
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, config.mlm.weight_decay), lr=config.mlm.lr, betas=(0.9, 0.98), eps=1e-6
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.gen = torch.Generator(device=ctx.device).manual_seed(config.mlm.seed * 1000 + ctx.rank)
-        self.autocast = config.mlm.bf16 if ctx.device.type == "cuda" else _cpu_bf16(config.mlm.cpu_bf16)
+        return MaskedOnlyMLM(self.model)
 
     def _lr_factor(self, step: int) -> float:
         """Linear warmup to lr, then linear decay to 5% of lr at the horizon, flat after."""

@@ -9,6 +9,10 @@
 Running it again with the same run directory resumes from the last checkpoint
 (<run dir>/train/<name>) with the same tokenizer; the published version's
 parent is then the one the earlier run published.
+
+Another pretraining kind (`cluster/loops/clm.py`) is this loop with its own data, objective,
+figures and published metrics: the hooks `prepare_data`, `objective`, `eval_figures`,
+`published_line` and `summary_figures`, and the class attributes below.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from learners.mlm import MLMObjective, MLMSetup
 from learners.text_source import RayDataSource, ReplayTextSource
 from learners.train_loop import POLICY_DIR, LoopSpec, read_policy
 
-CURVE_KEYS = ("step", "tokens", "train_s", "masked_accuracy", "perplexity", "eval_loss")
-
-
 class MLMLoop(LoopBase):
+    CURVE_KEYS = ("step", "tokens", "train_s", "masked_accuracy", "perplexity", "eval_loss")
+    METRICS = ("masked_accuracy", "perplexity", "eval_loss")  # of the last evaluation, into the registry
+    INFO = {"objective": "mlm", "kind": "bert-encoder"}  # what the published version is, in its lineage
+
     def __init__(self, cfg: EvolveConfig, ctx: RunContext, name: str):
         super().__init__(cfg, ctx, name)
         self.mlm = cfg.loops[name]
@@ -47,7 +52,7 @@ class MLMLoop(LoopBase):
         if not self.cfg.learner.use_gpu and self.mlm.model.preset == "gpu-base":
             self.ctx.say("evolve: warning: the gpu-base preset on CPU learners will be slow")
         try:
-            self.data: MLMData = prepare_mlm_data(self.mlm, tokenizer_dir=self.ctx.run_dir.path / "tokenizer")
+            self.data: MLMData = self.prepare_data(self.ctx.run_dir.path / "tokenizer")
         except ValueError as exc:  # CorpusError, TokenizerError, ModelError: the user's input
             raise UserError(str(exc)) from None
         facts = self.data.facts
@@ -55,16 +60,25 @@ class MLMLoop(LoopBase):
                      f"{facts['train_tokens']:,} tokens, vocab {facts['vocab_size']} ({facts['tokenizer']})")
         self.event("data", **facts)
 
+    def prepare_data(self, tokenizer_dir: Path) -> MLMData:
+        return prepare_mlm_data(self.mlm, tokenizer_dir=tokenizer_dir)
+
+    def objective(self) -> tuple[Any, Any]:
+        """(the objective's class, the setup every worker builds it from)."""
+        mlm, data = self.mlm, self.data
+        return MLMObjective, MLMSetup(
+            mlm=mlm, model_config=data.model_config.to_dict(),
+            pretrained_dir=str(mlm.model.pretrained_dir) if mlm.model.pretrained_dir else None,
+            tokenizer_files=data.tokenizer_files(), special_ids=data.special_ids,
+            heldout=data.heldout_blocks, info=data.facts)
+
     # ---- start -------------------------------------------------------------------------
     def launch(self) -> None:
         mlm, data = self.mlm, self.data
         budget = self.cfg.run.budget_s
         self.deadline = None if budget is None else self.ctx.started + budget - mlm.finish_reserve_s
         ray.data.DataContext.get_current().enable_progress_bars = False  # the run's progress line is the display
-        setup = MLMSetup(mlm=mlm, model_config=data.model_config.to_dict(),
-                         pretrained_dir=str(mlm.model.pretrained_dir) if mlm.model.pretrained_dir else None,
-                         tokenizer_files=data.tokenizer_files(), special_ids=data.special_ids,
-                         heldout=data.heldout_blocks, info=data.facts)
+        objective, setup = self.objective()
         if self.uses_replay:
             source = ReplayTextSource(self.ctx.replay, mlm.replay_table, mlm.batch_size, mlm.seq_len,
                                       data.tokenizer_files())
@@ -73,7 +87,7 @@ class MLMLoop(LoopBase):
             source = RayDataSource("train", batch_size=mlm.batch_size)
             blocks = [data.train_blocks[i : i + 1024] for i in range(0, len(data.train_blocks), 1024)]
             datasets = {"train": ray.data.from_numpy(blocks)}
-        spec = LoopSpec(objective_factory=MLMObjective, objective_config=setup, source=source,
+        spec = LoopSpec(objective_factory=objective, objective_config=setup, source=source,
                         max_steps=mlm.max_steps, report_every=mlm.report_every, eval_every=mlm.eval_every,
                         checkpoint_every=mlm.checkpoint_every, threads=self._threads(), seed=mlm.seed)
         self.launch_learner(spec, datasets=datasets)
@@ -119,9 +133,13 @@ class MLMLoop(LoopBase):
             "step": self.step,
             "tok/s": round(last.get("tokens_per_s", 0)),
             "loss": round_or_none(last.get("loss"), 3),
-            "heldout_acc": round_or_none(self.curve[-1]["masked_accuracy"] if self.curve else None, 3),
+            **self.eval_figures(self.curve[-1] if self.curve else {}),
             **({"ckpt": self.checkpoint_step} if self.checkpoint_step is not None else {}),
         }
+
+    def eval_figures(self, last_eval: dict[str, Any]) -> dict[str, Any]:
+        """The progress line's figures of the newest held-out evaluation ({} before the first)."""
+        return {"heldout_acc": round_or_none(last_eval.get("masked_accuracy"), 3)}
 
     def done(self) -> bool:
         # a pretraining loop has nothing to serve: a learner failed for good ends it
@@ -138,9 +156,11 @@ class MLMLoop(LoopBase):
             return  # the learner failed: nothing to publish
         self.published_version = self._publish(self.learner.result)
         if self.published_version is not None:
-            s = self.summary()
             self.ctx.say(f"evolve: published {self.mlm.policy_id} v{self.published_version} "
-                         f"(masked accuracy {s['masked_accuracy']:.3f}, perplexity {s['perplexity']:.1f})")
+                         f"({self.published_line(self.summary())})")
+
+    def published_line(self, summary: dict[str, Any]) -> str:
+        return f"masked accuracy {summary['masked_accuracy']:.3f}, perplexity {summary['perplexity']:.1f}"
 
     def _publish(self, result) -> int | None:
         if result.checkpoint is None:
@@ -156,10 +176,10 @@ class MLMLoop(LoopBase):
         parent = latest.version if (latest is not None and resumed is not None) else None
         metadata = {
             "parent_version": parent,
-            "metrics": {k: v for k, v in meta["metrics"].items() if k in ("masked_accuracy", "perplexity", "eval_loss")},
+            "metrics": {k: v for k, v in {**facts, **meta["metrics"]}.items() if k in self.METRICS},
             "data_range": {"corpus": facts["corpus_path"], "texts": facts["train_texts"],
                            "tokens_seen": self.tokens, "steps": [resumed or 0, meta["step"]]},
-            "info": {"objective": "mlm", "kind": "bert-encoder", "run_dir": str(self.ctx.run_dir.path),
+            "info": {**self.INFO, "run_dir": str(self.ctx.run_dir.path),
                      "run": self.cfg.run.name, "ray_version": ray.__version__,
                      **{k: v for k, v in facts.items() if k != "corpus_path"}},
         }
@@ -175,10 +195,7 @@ class MLMLoop(LoopBase):
         full = self._full_curve()
         first, last = (full[0], full[-1]) if full else ({}, {})
         return {
-            "initial_masked_accuracy": first.get("masked_accuracy"),
-            "masked_accuracy": last.get("masked_accuracy"),
-            "perplexity": last.get("perplexity"),
-            "eval_loss": last.get("eval_loss"),
+            **self.summary_figures(first, last),
             "tokens": last.get("tokens", self.tokens),
             "tokens_per_s": (self.tokens / self.train_s) if self.train_s > 0 else None,
             "steps": max(self.step, last.get("step", 0)),
@@ -186,8 +203,13 @@ class MLMLoop(LoopBase):
             "stopped_by": self.stopped_by,
             "resumed_from_step": self.learner.resumed_from if self.learner else None,
             "published_version": self.published_version,
-            "curve": [{k: p[k] for k in CURVE_KEYS if k in p} for p in full],
+            "curve": [{k: p[k] for k in self.CURVE_KEYS if k in p} for p in full],
         }
+
+    def summary_figures(self, first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+        """The first and the last held-out evaluation's figures, as summary.json shows them."""
+        return {"initial_masked_accuracy": first.get("masked_accuracy"), "masked_accuracy": last.get("masked_accuracy"),
+                "perplexity": last.get("perplexity"), "eval_loss": last.get("eval_loss")}
 
     def _full_curve(self) -> list[dict[str, Any]]:
         # The workers' curve lives in the checkpoint; after a resume this run only saw its own

@@ -36,7 +36,7 @@ class EvolveConfig(Section):
     registry: RegistrySection = Field(default_factory=RegistrySection)  # where versions are stored
     learner: LearnerSection = Field(default_factory=LearnerSection)  # where every loop's learner runs
     replay: ReplaySection = Field(default_factory=ReplaySection)  # the replay store and its tables
-    # The loops `evolve run` starts, in this order, by name: each {kind: feedback | rl | mlm | novelty, ...}.
+    # The loops `evolve run` starts, in this order, by name: each {kind: feedback | rl | mlm | clm | novelty, ...}.
     loops: dict[str, AnyLoopSection] = Field(default_factory=dict)
 
     @model_validator(mode="before")

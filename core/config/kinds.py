@@ -20,6 +20,7 @@ from typing import Annotated, Any, Mapping, Union
 from pydantic import Field
 
 from core.config.base import LoopSection
+from core.config.clm import CLMSection
 from core.config.feedback import FeedbackSection
 from core.config.mlm import MLMSection
 from core.config.novelty import NoveltySection
@@ -94,6 +95,15 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
             short={"heldout_acc": "acc"},
             status={"heldout_acc": "heldout_acc", "updates": "step", "loss": "loss"},
             report=("learner", "masked_accuracy"),
+        ),
+    ),
+    LoopKind(
+        "clm", CLMSection, "cluster.loops.clm:CLMLoop",
+        figures=Figures(
+            lead=("ppl", "unigram_ppl"),
+            short={"unigram_ppl": "unigram"},
+            status={"ppl": "ppl", "updates": "step", "loss": "loss"},
+            report=("learner", "perplexity"),
         ),
     ),
     LoopKind(

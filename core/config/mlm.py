@@ -1,7 +1,10 @@
 """An `mlm` loop's section: masked-LM pretraining of an encoder (corpus, tokenizer, model, learning).
 
-Where the learner runs (workers, GPU, CPUs) is the shared `learner` section;
-everything about what it learns and how fast lives here.
+`PretrainSection` holds what every pretraining kind shares (the corpus, the
+tokenizer, the schedule, evaluation and pacing); `MLMSection` adds masking and
+the encoder's shape, `core/config/clm.py` the causal LM's.  Where the learner
+runs (workers, GPU, CPUs) is the shared `learner` section; everything about
+what it learns and how fast lives here.
 """
 
 from __future__ import annotations
@@ -45,18 +48,20 @@ class CorpusSection(Section):
 
 
 class TokenizerSection(Section):
-    # None: train a WordPiece tokenizer on the training split (CJK characters one by one).
+    # None: train a WordPiece tokenizer on the training split (CJK characters one by one); a clm
+    # loop with model.pretrained_dir reads that directory's own tokenizer.
     pretrained_dir: Path | None = None
     vocab_size: int = Field(default=6000, ge=64)  # of the trained WordPiece tokenizer
     min_frequency: int = Field(default=3, ge=1)  # a word piece seen fewer times is not in the vocabulary
     lowercase: bool = True  # fold Latin letters to lower case before tokenizing
 
 
-class MLMSection(LoopSection):
-    kind: Literal["mlm"] = "mlm"  # masked-LM pretraining of an encoder
+class PretrainSection(LoopSection):
+    """What every self-supervised pretraining kind shares: corpus, tokenizer, schedule, evaluation."""
+
+    kind: str  # each kind's Literal; declared here so that it leads the section
     corpus: CorpusSection = Field(default_factory=CorpusSection)  # the texts it learns from
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)  # trained on the corpus, or a pretrained one
-    model: ModelSection = Field(default_factory=ModelSection)  # the encoder's shape
     # Where training text comes from: the corpus (Ray Data) or the replay store's text table.
     source: Literal["corpus", "replay"] = "corpus"
     replay_table: str = "text"  # with source replay: a text table a feedback loop writes (e.g. sentiment-text)
@@ -64,6 +69,44 @@ class MLMSection(LoopSection):
     lr: float = Field(default=1e-3, gt=0, lt=1)  # AdamW peak step size
     batch_size: int = Field(default=32, ge=1)  # blocks of seq_len tokens per worker step
     checkpoint_every: int = Field(default=500, ge=1)  # steps between checkpoints
+    warmup_steps: int = Field(default=200, ge=0)  # linear lr warmup from 0 to lr
+    # Linear decay to 0 at max_steps; with max_steps None the schedule decays over decay_steps.
+    max_steps: int | None = Field(default=None, ge=1)
+    decay_steps: int = Field(default=20_000, ge=1)  # the decay's length when max_steps is None
+    weight_decay: float = Field(default=0.01, ge=0)  # AdamW decoupled weight decay
+    grad_clip: float = Field(default=1.0, gt=0)  # global gradient norm cap
+    bf16: bool = True  # autocast on GPU
+    # bf16 autocast on CPU: "auto" = only where the CPU has native bf16 (AVX512-BF16 / AMX), where
+    # it is faster than fp32; elsewhere it would be slower.
+    cpu_bf16: Literal["auto", "on", "off"] = "auto"
+    # Threads per worker; None = the worker's CPUs (learner.cpus_per_worker).
+    threads_per_worker: int | None = Field(default=None, ge=1)
+    eval_every: int = Field(default=100, ge=1)  # steps between held-out evaluations
+    eval_sequences: int = Field(default=256, ge=1)  # held-out blocks per evaluation
+    report_every: int = Field(default=10, ge=1)  # steps between progress reports / stop checks
+    # Seconds kept back from the budget for the last evaluation, checkpoint and publish.
+    finish_reserve_s: float = Field(default=15.0, ge=0)
+    seed: int = 0  # model init and the objective's random draws
+
+    @model_validator(mode="after")
+    def _check_policy_id(self) -> "PretrainSection":
+        if not NAME_PATTERN.match(self.policy_id):
+            raise ValueError("policy_id must be 1-64 letters, digits, '_', '.', '-'")
+        return self
+
+    def check_in_run(self, name: str, cfg: Any) -> None:
+        if self.source == "replay":
+            cfg.check_table(f"loops.{name}.replay_table", self.replay_table, "text")
+
+    def published(self, loops: dict[str, "LoopSection"]) -> list[str]:
+        return [self.policy_id]
+
+
+class MLMSection(PretrainSection):
+    """Masked-LM pretraining of a BERT encoder, published for the classifiers to start from."""
+
+    kind: Literal["mlm"] = "mlm"  # masked-LM pretraining of an encoder
+    model: ModelSection = Field(default_factory=ModelSection)  # the encoder's shape
     # BERT's dynamic masking: choose mask_prob of the tokens each step; of those
     # 80% become [MASK], 10% a random token, 10% stay as they are.
     mask_prob: float = Field(default=0.15, gt=0, lt=1)  # share of tokens chosen each step
@@ -77,43 +120,16 @@ class MLMSection(LoopSection):
     # 0 = off.  Held-out evaluation is always at seq_len.
     short_seq_len: int = Field(default=16, ge=2)  # the warmup's piece length
     short_seq_steps: int = Field(default=0, ge=0)  # steps of the warmup on short pieces; 0: off
-    warmup_steps: int = Field(default=200, ge=0)  # linear lr warmup from 0 to lr
-    # Linear decay to 0 at max_steps; with max_steps None the schedule decays over decay_steps.
-    max_steps: int | None = Field(default=None, ge=1)
-    decay_steps: int = Field(default=20_000, ge=1)  # the decay's length when max_steps is None
-    weight_decay: float = Field(default=0.01, ge=0)  # AdamW decoupled weight decay
-    grad_clip: float = Field(default=1.0, gt=0)  # global gradient norm cap
-    bf16: bool = True  # autocast on GPU
-    # bf16 autocast on CPU: "auto" = only where the CPU has native bf16 (AVX512-BF16 / AMX), where
-    # it is faster than fp32; elsewhere it would be slower.
-    cpu_bf16: Literal["auto", "on", "off"] = "auto"
     # Held-out masking: "bert" = 80/10/10 like training (what transformers' run_mlm reports);
     # "strict" = every chosen token becomes [MASK].  Both accuracies are always computed; this
     # picks which one is `masked_accuracy`.
     eval_masking: Literal["bert", "strict"] = "bert"
-    # Threads per worker; None = the worker's CPUs (learner.cpus_per_worker).
-    threads_per_worker: int | None = Field(default=None, ge=1)
-    eval_every: int = Field(default=100, ge=1)  # steps between held-out evaluations
-    eval_sequences: int = Field(default=256, ge=1)  # held-out blocks per evaluation
-    report_every: int = Field(default=10, ge=1)  # steps between progress reports / stop checks
-    # Seconds kept back from the budget for the last evaluation, checkpoint and publish.
-    finish_reserve_s: float = Field(default=15.0, ge=0)
     policy_id: str = "encoder"  # the encoder's policy id in the registry (feedback loops start from it)
-    seed: int = 0  # model init and masking draws
 
     @model_validator(mode="after")
     def _check(self) -> "MLMSection":
         if self.mask_token_frac + self.random_token_frac > 1:
             raise ValueError("mask_token_frac + random_token_frac must be <= 1")
-        if not NAME_PATTERN.match(self.policy_id):
-            raise ValueError("policy_id must be 1-64 letters, digits, '_', '.', '-'")
         if self.tokenizer.pretrained_dir is None and self.model.pretrained_dir is not None:
             raise ValueError("a pretrained model needs its tokenizer: set tokenizer.pretrained_dir too")
         return self
-
-    def check_in_run(self, name: str, cfg: Any) -> None:
-        if self.source == "replay":
-            cfg.check_table(f"loops.{name}.replay_table", self.replay_table, "text")
-
-    def published(self, loops: dict[str, "LoopSection"]) -> list[str]:
-        return [self.policy_id]

@@ -1,4 +1,4 @@
-"""Tokenizers for masked-LM: train a WordPiece one on the corpus, or load a pretrained one.
+"""Tokenizers for masked and causal LM: train a WordPiece one on the corpus, or load a pretrained one.
 
 The trained tokenizer splits every CJK character into its own token (BERT's
 Chinese handling) and learns WordPiece units for the Latin words and digits
@@ -8,7 +8,8 @@ Daily) into their ASCII forms.  It is saved as a transformers
 
 `pack_blocks` turns tokenized texts into fixed-length training blocks with no
 padding: texts are concatenated with [SEP] between them and cut every
-seq_len - 1 tokens, each block starting with [CLS] (RoBERTa's FULL-SENTENCES).
+seq_len - 1 tokens, each block starting with [CLS] (RoBERTa's FULL-SENTENCES).  A causal
+LM packs the same way with its own ids: its end-of-text token in both places.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -82,8 +83,23 @@ def _stable_ids(tok):
     return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
 
 
-def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
-    """A tokenizer directory (ours, or a pretrained model's, e.g. MiniLM); checked for MLM use."""
+def check_mlm_tokenizer(tok, where: str = "tokenizer") -> None:
+    if not getattr(tok, "is_fast", False):
+        raise TokenizerError(f"{where}: a fast (Rust) tokenizer is needed")
+    missing = [name for name in ("mask_token", "cls_token", "sep_token", "pad_token") if getattr(tok, name) is None]
+    if missing:
+        raise TokenizerError(f"{where}: masked-LM needs special tokens, missing {', '.join(missing)}")
+
+
+def check_causal_tokenizer(tok, where: str = "tokenizer") -> None:
+    if not getattr(tok, "is_fast", False):
+        raise TokenizerError(f"{where}: a fast (Rust) tokenizer is needed")
+
+
+def load_tokenizer(path: str | os.PathLike[str], check: Callable[[Any, str], None] | None = check_mlm_tokenizer
+                   ) -> PreTrainedTokenizerFast:
+    """A tokenizer directory (ours, or a pretrained model's, e.g. MiniLM); checked for its use
+    (masked-LM unless `check` says otherwise; None: not checked)."""
     path = Path(path)
     if not path.is_dir():
         raise TokenizerError(f"{path}: tokenizer directory not found")
@@ -91,16 +107,9 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises OSError/ValueError/... for broken dirs
         raise TokenizerError(f"{path}: cannot load a tokenizer: {' '.join(str(exc).split())[:200]}") from None
-    check_mlm_tokenizer(tok, str(path))
+    if check is not None:
+        check(tok, str(path))
     return tok
-
-
-def check_mlm_tokenizer(tok, where: str = "tokenizer") -> None:
-    if not getattr(tok, "is_fast", False):
-        raise TokenizerError(f"{where}: a fast (Rust) tokenizer is needed")
-    missing = [name for name in ("mask_token", "cls_token", "sep_token", "pad_token") if getattr(tok, name) is None]
-    if missing:
-        raise TokenizerError(f"{where}: masked-LM needs special tokens, missing {', '.join(missing)}")
 
 
 def tokenizer_files(tok: PreTrainedTokenizerFast) -> dict[str, bytes]:
@@ -110,11 +119,12 @@ def tokenizer_files(tok: PreTrainedTokenizerFast) -> dict[str, bytes]:
         return {name: (Path(tmp) / name).read_bytes() for name in os.listdir(tmp) if (Path(tmp) / name).is_file()}
 
 
-def tokenizer_from_files(files: dict[str, bytes]) -> PreTrainedTokenizerFast:
+def tokenizer_from_files(files: dict[str, bytes], check: Callable[[Any, str], None] | None = check_mlm_tokenizer
+                         ) -> PreTrainedTokenizerFast:
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
             (Path(tmp) / name).write_bytes(data)
-        return load_tokenizer(tmp)
+        return load_tokenizer(tmp, check)
 
 
 def encode_texts(tok: PreTrainedTokenizerFast, texts: Sequence[str], batch: int = 4096) -> list[list[int]]:
