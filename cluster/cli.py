@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = sub.add_parser(
         "pretrain",
         help="masked-LM pretraining of the encoder, published to the registry",
-        description="Pretrain a BERT encoder by masked language modelling on Ray Train (the config's loops of "
-        "kind mlm): `evolve run CONFIG` on those loops alone, with serving.enabled=false. At the budget it "
+        description="Pretrain a BERT encoder by masked language modelling, or a causal LM by next-token "
+        "prediction, on Ray Train (the config's loops of kind mlm or clm): `evolve run CONFIG` on those loops "
+        "alone, with serving.enabled=false. At the budget it "
         "evaluates, checkpoints and publishes; a second call with the same --run-dir resumes from its last "
         "checkpoint.",
     )
@@ -202,8 +203,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = (), only_kind: str | None = None) -> int:
-    """`only_kind`: run the config's loops of this kind alone (refused when it has none)."""
+def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = (), only_kinds: tuple[str, ...] = ()) -> int:
+    """`only_kinds`: run the config's loops of these kinds alone (refused when it has none)."""
     from cluster.run import execute
 
     overrides = [*args.overrides, *extra]
@@ -214,17 +215,17 @@ def _cmd_run(args: argparse.Namespace, extra: Sequence[str] = (), only_kind: str
     if args.run_dir is not None:
         overrides.append(f"run.run_dir={json.dumps(args.run_dir)}")
     data, touched = resolve(args.config, overrides)
-    if only_kind is not None:
+    if only_kinds:
         loops = data.get("loops") if isinstance(data.get("loops"), dict) else {}
-        data["loops"] = {n: loop for n, loop in loops.items() if isinstance(loop, dict) and loop.get("kind") == only_kind}
+        data["loops"] = {n: loop for n, loop in loops.items() if isinstance(loop, dict) and loop.get("kind") in only_kinds}
         if not data["loops"]:
-            raise ConfigError(args.config, "loops", f"no loop of kind {only_kind} to run")
+            raise ConfigError(args.config, "loops", f"no loop of kind {' or '.join(only_kinds)} to run")
     return execute(validate(data, args.config, touched), verbose=args.verbose)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    """`evolve run CONFIG` on the config's mlm loops alone, serving nothing."""
-    return _cmd_run(args, ["serving.enabled=false"], only_kind="mlm")
+    """`evolve run CONFIG` on the config's pretraining loops (mlm, clm) alone, serving nothing."""
+    return _cmd_run(args, ["serving.enabled=false"], only_kinds=("mlm", "clm"))
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:

@@ -96,10 +96,14 @@ class ReplayTextSource:
     texts_per_sample: int = 256
     sample_timeout_s: float = 5.0
     max_wait_s: float = 300.0  # give up (an error, not a hang) when no text arrives for this long
+    # (the id opening a block, the id after each text), as the corpus's blocks were packed;
+    # None: the tokenizer's [CLS] and [SEP] (masked-LM's layout)
+    bounds: tuple[int, int] | None = None
 
     def batches(self, ctx: WorkerContext, seed: int) -> Iterator[torch.Tensor]:
-        tok = tokenizer_from_files(self.tokenizer_files)
-        packer = BlockPacker(self.seq_len, tok.cls_token_id, tok.sep_token_id)
+        tok = tokenizer_from_files(self.tokenizer_files, check=None)  # checked for its objective before Ray started
+        start, end = self.bounds or (tok.cls_token_id, tok.sep_token_id)
+        packer = BlockPacker(self.seq_len, start, end)
         ready = np.zeros((0, self.seq_len), dtype=np.int64)
         while True:
             waited_since = time.monotonic()

@@ -24,10 +24,13 @@ class CLMLoop(MLMLoop):
     CURVE_KEYS = ("step", "tokens", "train_s", "perplexity", "next_token_accuracy", "eval_loss")
     METRICS = ("perplexity", "unigram_perplexity", "next_token_accuracy", "eval_loss")
     INFO = {"objective": "clm", "kind": "causal-lm"}
+    unigram: float | None = None  # the baseline, once prepare() has scored it
+    samples: list[dict[str, str]] | None = None
 
     def prepare(self) -> None:
         super().prepare()
         facts = self.data.facts
+        self.unigram = facts["unigram_perplexity"]
         self.ctx.say(f"evolve: {self.name}: unigram perplexity of the held-out text {facts['unigram_perplexity']:.1f} "
                      f"({facts['heldout_targets']:,} tokens): the model's perplexity is read against it")
 
@@ -43,18 +46,18 @@ class CLMLoop(MLMLoop):
 
     def eval_figures(self, last_eval: dict[str, Any]) -> dict[str, Any]:
         ppl = last_eval.get("perplexity")
-        return {"ppl": round_or_none(ppl, 1), "unigram_ppl": round_or_none(self.data.facts["unigram_perplexity"], 1)}
+        return {"ppl": round_or_none(ppl, 1), "unigram_ppl": round_or_none(self.unigram, 1)}
 
     def published_line(self, summary: dict[str, Any]) -> str:
         return (f"held-out perplexity {summary['perplexity']:.1f}, unigram perplexity "
                 f"{summary['unigram_perplexity']:.1f}, ratio {summary['perplexity_ratio']:.3f}")
 
     def summary_figures(self, first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
-        unigram, ppl = self.data.facts["unigram_perplexity"], last.get("perplexity")
+        unigram, ppl = self.unigram, last.get("perplexity")
         return {"initial_perplexity": first.get("perplexity"), "perplexity": ppl, "unigram_perplexity": unigram,
-                "perplexity_ratio": None if ppl is None else ppl / unigram,
+                "perplexity_ratio": None if ppl is None or not unigram else ppl / unigram,
                 "next_token_accuracy": last.get("next_token_accuracy"), "eval_loss": last.get("eval_loss"),
-                "samples": getattr(self, "samples", None)}
+                "samples": self.samples}
 
     def finish(self) -> None:
         super().finish()

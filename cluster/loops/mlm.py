@@ -81,7 +81,7 @@ class MLMLoop(LoopBase):
         objective, setup = self.objective()
         if self.uses_replay:
             source = ReplayTextSource(self.ctx.replay, mlm.replay_table, mlm.batch_size, mlm.seq_len,
-                                      data.tokenizer_files())
+                                      data.tokenizer_files(), bounds=data.bounds)
             datasets = None
         else:
             source = RayDataSource("train", batch_size=mlm.batch_size)

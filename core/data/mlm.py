@@ -40,6 +40,7 @@ class MLMData:
     tokenizer: Any  # PreTrainedTokenizerFast
     model_config: Any  # BertConfig for mlm; a transformers causal-LM config for clm
     facts: dict[str, Any] = field(default_factory=dict)  # lineage: sizes, sources
+    bounds: tuple[int, int] | None = None  # (the id opening a block, the id after each text); None: [CLS], [SEP]
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -102,7 +103,7 @@ def prepare_blocks(cfg: Any, tokenizer_dir: Path | None, side: ModelSide) -> MLM
         "tokenizer": how,
         "vocab_size": len(tokenizer),
     }
-    return MLMData(train_blocks, heldout_blocks, tokenizer, model_config, facts)
+    return MLMData(train_blocks, heldout_blocks, tokenizer, model_config, facts, bounds=(start_id, end_id))
 
 
 def _tokenizer(cfg: Any, texts: list[str], tokenizer_dir: Path | None, side: ModelSide) -> tuple[Any, str]:

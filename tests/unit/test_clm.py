@@ -121,6 +121,7 @@ def test_prepared_data_packs_texts_after_the_end_token_and_scores_the_unigram_ba
     config = data.model_config
     assert config.bos_token_id == config.eos_token_id == end and config.n_positions == T
     assert config.vocab_size == len(data.tokenizer) and (data.train_blocks[:, 0] == end).all()
+    assert data.bounds == (end, end)  # what live text from replay is packed with too
     targets = data.heldout_blocks[:4, 1:]
     assert data.facts["heldout_targets"] == targets.size
     assert data.facts["unigram_perplexity"] == pytest.approx(

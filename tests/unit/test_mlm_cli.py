@@ -59,3 +59,17 @@ def test_pretrain_help_lists_the_flags():
     assert "pretrain" in text
     sub = build_parser()._subparsers._group_actions[0].choices["pretrain"].format_help()
     assert "--budget-s" in sub and "--run-dir" in sub and "--set" in sub
+
+
+def test_pretrain_runs_a_clm_loop_and_refuses_a_directory_that_is_no_causal_lm(tmp_path, capsys):
+    _write_pretrained(tmp_path / "bert", vocab_size=100)  # a BertForMaskedLM: not a causal LM
+    capsys.readouterr()  # transformers' own lines while writing it
+    rc, err = _run(capsys, "configs/clm.yaml", "--run-dir", str(tmp_path / "run"),
+                   "--set", f"loops.clm.model.pretrained_dir={tmp_path / 'bert'}")
+    assert rc == 1 and err.startswith("evolve: error: ") and err.count("\n") == 1
+    assert "a BertForMaskedLM, not a causal language model" in err
+
+
+def test_pretrain_refuses_a_config_without_a_pretraining_loop(capsys):
+    rc = main(["pretrain", "configs/cartpole.yaml"])
+    assert rc == 2 and "no loop of kind mlm or clm to run" in capsys.readouterr().err

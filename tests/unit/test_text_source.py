@@ -51,6 +51,14 @@ def test_batches_from_sampled_text_after_a_timeout(files):
     assert fake.calls[0] == ("text", 60, 5.0)
 
 
+def test_a_causal_lm_packs_live_text_with_its_own_bounds(files):
+    """A clm loop's blocks open with the end-of-text id, as its corpus blocks do (core/data/clm.py)."""
+    fake = FakeReplay([_rows(TEXTS * 20)])
+    src = ReplayTextSource(fake, "text", batch_size=4, seq_len=8, tokenizer_files=files, bounds=(3, 3))
+    batch = next(src.batches(WorkerContext(), seed=0))
+    assert (batch[:, 0] == 3).all() and not (batch == 2).any()  # [SEP] opens and ends texts, no [CLS]
+
+
 def test_no_text_for_too_long_is_an_error(files):
     src = ReplayTextSource(FakeReplay([]), "text", batch_size=2, seq_len=8, tokenizer_files=files,
                            sample_timeout_s=0.01, max_wait_s=0.05)
