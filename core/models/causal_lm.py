@@ -77,6 +77,9 @@ def pretrained_config(path: str | os.PathLike[str]) -> PretrainedConfig:
     heads = getattr(config, "architectures", None) or []
     if heads and not any(h.endswith(CAUSAL_HEADS) for h in heads):
         raise ModelError(f"{path}: a {', '.join(heads)}, not a causal language model")
+    if not any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        # a pickled pytorch_model.bin runs code of whoever wrote it when it is read
+        raise ModelError(f"{path}: no model.safetensors: only safetensors weights are read")
     return config
 
 

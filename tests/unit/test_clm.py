@@ -173,11 +173,11 @@ def test_a_pretrained_causal_lm_directory_brings_its_tokenizer_and_trains(tmp_pa
 @pytest.mark.parametrize("case, match", [
     ("missing", "no config.json: not a pretrained model directory"),
     ("bert", "a BertForMaskedLM, not a causal language model"),
-    ("no_safetensors", "cannot load as a causal LM"),
+    ("no_safetensors", "no model.safetensors: only safetensors weights are read"),
     ("small_vocab", "exceeds the model's embedding table"),
 ])
 def test_a_bad_pretrained_dir_is_one_clear_error(tmp_path, case, match):
-    from core.models.causal_lm import load_pretrained_causal_lm  # what a worker loads the directory with
+    from core.models.causal_lm import load_pretrained_causal_lm
     from tests.unit.test_text_tokenizer import _write_pretrained
 
     tok = train_wordpiece(TEXTS, vocab_size=100, min_frequency=1)
@@ -192,11 +192,11 @@ def test_a_bad_pretrained_dir_is_one_clear_error(tmp_path, case, match):
     elif case == "small_vocab":
         _write_gpt2(path, tok, vocab_size=len(tok) - 1)
     with pytest.raises(ModelError, match=match) as err:
-        if case == "no_safetensors":
-            load_pretrained_causal_lm(path)
-        else:
-            prepare_clm_data(_cfg(tmp_path, path))
+        prepare_clm_data(_cfg(tmp_path, path))  # before Ray starts
     assert "\n" not in str(err.value)
+    if case in ("missing", "bert", "no_safetensors"):
+        with pytest.raises(ModelError, match=match):
+            load_pretrained_causal_lm(path)  # and where a worker loads it
 
 
 # ---- a published version, loaded back -----------------------------------------------------------
