@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.config import BackpressureConfig
+from starlette.routing import get_route_path
 
 from core.config.generate import GenerateServingSection
 from core.models.generator import Completion, Sampling, TransformersEngine, causal_lm_from_files
@@ -67,6 +68,24 @@ api = FastAPIOffline(title="Evolve generate",
                      description="Completions of a prompt with their token log-probabilities, and feedback on them.",
                      version="0.1.0")
 docs_need_key(api)
+
+
+class BarePrefix:
+    """ASGI middleware: a request for the prefix itself (POST /v1/generate) is the app's "/" route, not a
+    redirect to /v1/generate/ (a client following it would resend its body, or not)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and get_route_path(scope) == "":
+            scope = {**scope, "path": scope["path"] + "/"}
+            if scope.get("raw_path") is not None:
+                scope["raw_path"] = scope["raw_path"] + b"/"
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(BarePrefix)
 
 _GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",
                409: "ALREADY_EXISTS", 410: "FAILED_PRECONDITION", 503: "UNAVAILABLE", 500: "INTERNAL",

@@ -116,3 +116,16 @@ def test_a_failed_write_reopens_the_completion(join):
     join.reopen("g1-0")
     _, again = join.take("g1-0", reward=0.5)  # open again: another feedback is taken
     assert again["feedback"] == "reward"
+
+
+def test_the_replay_table_keeps_a_mixed_batch_of_feedback(join):
+    """Rows of every feedback form in one table: a nullable bool with nulls (thumbs_up) read back as written."""
+    from core.config.replay import TableSection
+    from core.replay.table import ReplayTable
+
+    rows = [join.join("g1-0", label=1)[1], join.join("g1-1", better_than="g1-2")[1], join.join("g2-0", reward=0.5)[1]]
+    table = ReplayTable("completions", TableSection(kind="completions", capacity=10))
+    table.add(to_columns(rows))
+    stored = {r["event_id"]: r for r in table.export().to_pylist()}
+    assert stored["g1-0"]["thumbs_up"] is True and stored["g1-1"]["thumbs_up"] is None
+    assert stored["g1-1"]["rejected_event_id"] == "g1-2" and stored["g2-0"]["reward"] == 0.5
