@@ -102,7 +102,7 @@ def test_repeats_are_idempotent_and_a_different_feedback_conflicts(join, clock):
     _, pref = join.join("g1-1", better_than="g1-2")
     assert join.join("g1-1", better_than="g1-2")[1] is None
     assert _refused(join.join, "g1-1", better_than="g1-0")[0] == 409
-    clock.t += 61  # expired: a repeat still gets its answer, a change is still a conflict... or gone
+    clock.t += 61  # expired: a repeat still gets its answer (from the tombstone)
     assert join.join("g1-0", label=1)[0] == first
 
 
