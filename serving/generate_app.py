@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from ray import serve
@@ -55,6 +55,7 @@ from serving.generate_requests import (COMPLETION_FEEDBACK_LIMITS, check_fits, g
 from serving.generate_schemas import (CompletionFeedbackRequest, CompletionFeedbackResponse, GenerateRequest,
                                       GenerateResponse, GeneratorHealth)
 from serving.feedback_schemas import error_responses, request_body
+from serving.refusals import grpc_refusal, http_refusals
 from serving.join import FeedbackRejected, get_or_create_joiner
 from serving.body import read_json
 from serving.refresh import keep_refreshed
@@ -87,10 +88,6 @@ class BarePrefix:
 
 api.add_middleware(BarePrefix)
 
-_GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",
-               409: "ALREADY_EXISTS", 410: "FAILED_PRECONDITION", 503: "UNAVAILABLE", 500: "INTERNAL",
-               401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED"}
-
 
 @dataclass(frozen=True)
 class ServedGenerator:
@@ -120,14 +117,6 @@ def decode_batch(engine: Any, requests: list[tuple[str, Sampling]]) -> list[list
 
 def _count_completions(requests: list[tuple[str, Sampling]]) -> int:
     return sum(sampling.n for _, sampling in requests)
-
-
-def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
-    import grpc
-
-    if context is not None:
-        context.set_code(getattr(grpc.StatusCode, _GRPC_CODES.get(exc.status, "UNKNOWN")))
-        context.set_details(exc.detail)
 
 
 def _load(registry: PolicyRegistry, policy_id: str, version: int, device: str) -> ServedGenerator:
@@ -199,24 +188,20 @@ class GenerateServer:
     @api.post("/", response_model=GenerateResponse, openapi_extra=request_body(GenerateRequest),
               responses=error_responses(400, 401, 403, 413, 422, 429, 503))
     async def generate(self, request: Request) -> GenerateResponse:
-        try:
+        with http_refusals():
             sender = admit(self.guard, request.headers, "predict")
             body = await read_json(request, generate_limits(self.limits))
             answer = await self._generate(*parse_generate(body, self.limits), sender)
-        except FeedbackRejected as exc:
-            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return GenerateResponse(**answer)
 
     @api.post("/feedback", response_model=CompletionFeedbackResponse,
               openapi_extra=request_body(CompletionFeedbackRequest),
               responses=error_responses(400, 401, 403, 404, 409, 410, 413, 422, 429, 500, 503))
     async def feedback(self, request: Request) -> CompletionFeedbackResponse:
-        try:
+        with http_refusals():
             client = admit(self.guard, request.headers, "feedback")
             body = await read_json(request, COMPLETION_FEEDBACK_LIMITS)
             answer = await self._feedback(*parse_completion_feedback(body), client)
-        except FeedbackRejected as exc:
-            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return CompletionFeedbackResponse(**answer)
 
     @api.get("/healthz", response_model=GeneratorHealth, responses={503: {"model": GeneratorHealth}})
@@ -237,7 +222,7 @@ class GenerateServer:
             sender = admit(self.guard, grpc_headers(grpc_context), "predict")
             answer = await self._generate(*grpc_generate(request, self.limits), sender)
         except FeedbackRejected as exc:
-            _grpc_error(grpc_context, exc)
+            grpc_refusal(grpc_context, exc)
             return pb.GenerateResponse()
         return pb.GenerateResponse(policy_id=answer["policy_id"], model_version=answer["model_version"],
                                    group_id=answer["group_id"],
@@ -250,7 +235,7 @@ class GenerateServer:
             client = admit(self.guard, grpc_headers(grpc_context), "feedback")
             answer = await self._feedback(*grpc_completion_feedback(request), client)
         except FeedbackRejected as exc:
-            _grpc_error(grpc_context, exc)
+            grpc_refusal(grpc_context, exc)
             return pb.CompletionFeedbackResponse()
         return pb.CompletionFeedbackResponse(**answer)
 

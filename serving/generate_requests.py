@@ -20,6 +20,7 @@ from serving.body import JsonLimits, short, valid_unicode
 from serving.completion_join import THUMBS
 from serving.grpc_messages import Undecodable
 from serving.join import MAX_EVENT_ID_CHARS, FeedbackRejected
+from serving.requests import json_object
 
 GENERATE_FIELDS = ("prompt", "max_new_tokens", "temperature", "top_p", "n")
 COMPLETION_FEEDBACK_FIELDS = ("event_id", "thumbs", "reward", "better_than")
@@ -33,7 +34,7 @@ def generate_limits(limits: GenerateServingSection) -> JsonLimits:
 
 def parse_generate(body: Any, limits: GenerateServingSection) -> tuple[str, Sampling]:
     """(prompt, sampling) from a generate body; the defaults fill what it leaves out."""
-    body = _object(body, GENERATE_FIELDS)
+    body = json_object(body, GENERATE_FIELDS)
     if "prompt" not in body:
         raise FeedbackRejected(422, "'prompt' is required: the text to continue")
     prompt = check_prompt(body["prompt"], limits.max_prompt_chars)
@@ -68,7 +69,7 @@ def check_fits(prompt_tokens: int, sampling: Sampling, context: int) -> None:
 
 def parse_completion_feedback(body: Any) -> tuple[str, int | None, float | None, str | None]:
     """(event_id, thumbs label index, reward, better_than): exactly one kind of feedback."""
-    body = _object(body, COMPLETION_FEEDBACK_FIELDS)
+    body = json_object(body, COMPLETION_FEEDBACK_FIELDS)
     event_id = body.get("event_id")
     if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS:
         raise FeedbackRejected(422, f"'event_id' must be a string of 1..{MAX_EVENT_ID_CHARS} characters")
@@ -131,11 +132,3 @@ def _number(body: dict, name: str, default: float, low: float, high: float, what
         raise FeedbackRejected(422, f"'{name}' must be {what}, got {short(value)}")
     return float(value)
 
-
-def _object(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise FeedbackRejected(422, f"body must be a JSON object with {', '.join(map(repr, fields))}")
-    extra = sorted(set(body) - set(fields))
-    if extra:
-        raise FeedbackRejected(422, f"unknown field {short(extra[0])}; expected {', '.join(map(repr, fields))}")
-    return body
