@@ -70,6 +70,40 @@ class Event:
     # a feedback whose write gave up while the store might still take it: only it may be sent again
     uncertain: tuple[int | None, float | None] | None = None
 
+    # ---- what the join asks of an event (a completion's: serving/completion_join.py) ---------
+    @staticmethod
+    def feedback_key(label: int | None, reward: float | None, better_than: str | None) -> tuple:
+        if better_than is not None:
+            raise FeedbackRejected(422, "'better_than' is feedback on a completion; a prediction takes a "
+                                        "label or a reward")
+        if label is None and reward is None:
+            raise FeedbackRejected(422, "feedback needs a label or a reward")
+        return label, check_reward(reward)
+
+    @staticmethod
+    def describe(key: tuple) -> str:
+        return describe(key)
+
+    def feedback_answer(self, key: tuple) -> dict[str, Any]:
+        correct = None if key[0] is None else key[0] == self.prediction
+        return {"event_id": self.event_id, "accepted": True, "model_version": self.policy_version, "correct": correct}
+
+    def feedback_row(self, key: tuple, peer: Any = None) -> dict[str, Any]:
+        row = {"event_id": self.event_id, "text": self.text, "text_pair": self.text_pair,
+               "prediction": self.prediction, "probs": list(self.probs), "label": key[0], "reward": key[1],
+               "propensity": self.propensity,
+               "action_probs": None if self.action_probs is None else list(self.action_probs)}
+        if self.shadow_prediction is not None:  # the gate's evidence, split off before the replay store (join.py)
+            row.update(shadow_version=self.shadow_version, shadow_prediction=self.shadow_prediction)
+        return row
+
+    def release(self) -> None:
+        """Its feedback row is stored: the texts go, the event answers repeats."""
+        self.text, self.text_pair = "", None
+
+    def text_rows(self) -> list[str]:
+        return [self.text] + ([] if self.text_pair is None else [self.text_pair])
+
 
 @dataclass
 class InFlight:
@@ -88,6 +122,7 @@ class Tombstone:
     answer: dict[str, Any] | None
     labels: list[str]
     created: float
+    kind: type = Event  # the event's class: what its feedback means
 
 
 @dataclass
@@ -128,7 +163,7 @@ class EventJoin:
         self._evict(now)
         rows = []
         for ev in events:
-            ev = ev if isinstance(ev, Event) else Event(**ev)
+            ev = Event(**ev) if isinstance(ev, Mapping) else ev  # an Event, or a completion's (completion_join.py)
             if ev.event_id in self.events or ev.event_id in self.tombs:
                 continue  # a retried record call (Ray retries are at-least-once)
             ev.created = now
@@ -137,10 +172,9 @@ class EventJoin:
             self._open(ev, now)
             self.stats.events += 1
             if self.text_table is not None:
-                rows.append(self._common(f"text-{ev.event_id}", self.text_table, ev, now) | {"text": ev.text})
-                if ev.text_pair is not None:
-                    rows.append(self._common(f"text-{ev.event_id}-pair", self.text_table, ev, now)
-                                | {"text": ev.text_pair})
+                for k, text in enumerate(ev.text_rows()):  # a pair's second text is a row of its own
+                    rows.append(self._common(f"text-{ev.event_id}" + ("-pair" if k else ""), self.text_table, ev, now)
+                                | {"text": text})
         while len(self.events) > self.max_events:  # a burst beyond capacity: the oldest go first
             event_id, ev = self.events.popitem(last=False)
             self._close(event_id, ev)
@@ -150,27 +184,29 @@ class EventJoin:
         return rows
 
     def join(self, event_id: str, label: int | str | None = None, reward: float | None = None,
-             client: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+             client: str | None = None, better_than: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """`take` and `settle` at once: for feedback whose row needs no write (held out for the gate)."""
-        answer, row = self.take(event_id, label, reward, client)
+        answer, row = self.take(event_id, label, reward, client, better_than)
         if row is not None:
             self.settle(event_id)
         return answer, row
 
     def take(self, event_id: str, label: int | str | None = None, reward: float | None = None,
-             client: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+             client: str | None = None, better_than: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(answer, feedback row or None for a repeat); raises FeedbackRejected with the status.
 
         The event is spoken for until `settle` (its row is stored) or `reopen` (it is not).
         `client` is who sent the feedback (an API key's id, else the client header; None: unknown).
+        `better_than`: a completion's preference over another completion of its prompt.
         """
         try:
-            return self._take(event_id, label, reward, client)
+            return self._take(event_id, label, reward, client, better_than)
         except FeedbackRejected as exc:
             self.stats.rejected[exc.status] = self.stats.rejected.get(exc.status, 0) + 1
             raise
 
-    def _take(self, event_id: str, label: int | str | None, reward: float | None, client: str | None):
+    def _take(self, event_id: str, label: int | str | None, reward: float | None, client: str | None,
+              better_than: str | None = None):
         now = self.clock()
         self._evict(now)
         if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
@@ -183,36 +219,41 @@ class EventJoin:
         accepted = ev.feedback if ev else tomb.feedback
         if tomb is not None and accepted is None:
             raise FeedbackRejected(410, f"event {event_id!r}: {tomb.reason or self._late(now - tomb.created)}")
-        if label is None and reward is None:
-            raise FeedbackRejected(422, "feedback needs a label or a reward")
-        key = (self._label_index(label, ev.labels if ev else tomb.labels), check_reward(reward))
+        kind = type(ev) if ev else tomb.kind
+        key = kind.feedback_key(self._label_index(label, ev.labels if ev else tomb.labels), reward, better_than)
         if accepted is not None:
             if accepted == key:
                 self.stats.repeats += 1
                 # idempotent, even after the event expired: the same answer, nothing written
                 return dict(ev.answer if ev else tomb.answer), None
-            raise FeedbackRejected(409, f"event {event_id!r} already has feedback {describe(accepted)}; "
+            raise FeedbackRejected(409, f"event {event_id!r} already has feedback {kind.describe(accepted)}; "
                                         "one feedback per prediction")
         if ev.uncertain is not None and ev.uncertain != key:
-            raise FeedbackRejected(409, f"event {event_id!r} has feedback {describe(ev.uncertain)} that the replay "
-                                        "store may still take; send that same feedback again")
+            raise FeedbackRejected(409, f"event {event_id!r} has feedback {kind.describe(ev.uncertain)} that the "
+                                        "replay store may still take; send that same feedback again")
         if now - ev.created > self.ttl:  # not swept yet (a clock that stepped back)
             raise FeedbackRejected(410, f"event {event_id!r}: {self._late(now - ev.created)}")
-        label_idx, reward = key
-        correct = None if label_idx is None else label_idx == ev.prediction
+        peer = self._peer(ev, better_than) if better_than is not None else None
         ev.feedback = key
-        ev.answer = {"event_id": event_id, "accepted": True, "model_version": ev.policy_version, "correct": correct}
+        ev.answer = ev.feedback_answer(key)
         self._close(event_id, ev)
         self.inflight[event_id] = InFlight(key, ev.policy_version, client)
-        row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | {
-            "event_id": event_id, "text": ev.text, "text_pair": ev.text_pair, "prediction": ev.prediction,
-            "probs": list(ev.probs),
-            "label": label_idx, "reward": reward, "propensity": ev.propensity,
-            "action_probs": None if ev.action_probs is None else list(ev.action_probs),
-        }
-        if ev.shadow_prediction is not None:  # the gate's evidence, split off before the replay store (join.py)
-            row.update(shadow_version=ev.shadow_version, shadow_prediction=ev.shadow_prediction)
+        row = self._common(f"feedback-{event_id}", self.feedback_table, ev, now) | ev.feedback_row(key, peer)
         return dict(ev.answer), row
+
+    def _peer(self, ev: Any, other_id: str) -> Any:
+        """The other event a preference names: held and fit to compare with `ev` (its `check_peer`)."""
+        if not isinstance(other_id, str) or not other_id or len(other_id) > MAX_EVENT_ID_CHARS:
+            raise FeedbackRejected(422, f"'better_than' must be an event id of 1..{MAX_EVENT_ID_CHARS} characters")
+        peer = self.events.get(other_id)
+        if peer is None:
+            tomb = self.tombs.get(other_id)
+            if tomb is None:
+                raise FeedbackRejected(404, f"'better_than': unknown event_id {other_id!r}")
+            raise FeedbackRejected(410, f"'better_than': event {other_id!r} is gone: "
+                                        f"{tomb.reason or 'its feedback window closed'}")
+        ev.check_peer(peer)
+        return peer
 
     def settle(self, event_id: str) -> InFlight | None:
         """The taken feedback's row is stored: it counts (joined); returns what was taken (None: nothing was)."""
@@ -222,7 +263,8 @@ class EventJoin:
         self.stats.joined += 1
         ev = self.events.get(event_id)
         if ev is not None:
-            ev.text, ev.text_pair, ev.uncertain = "", None, None  # the row has them; the event answers repeats
+            ev.release()  # the row has what it needs; the event answers repeats
+            ev.uncertain = None
         return taken
 
     def reopen(self, event_id: str, maybe_stored: bool = False) -> None:
@@ -274,7 +316,7 @@ class EventJoin:
                 del self.open[ev.client]
 
     def _bury(self, event_id: str, ev: Event, gone_at: float, reason: str | None) -> None:
-        self.tombs[event_id] = Tombstone(gone_at, reason, ev.feedback, ev.answer, ev.labels, ev.created)
+        self.tombs[event_id] = Tombstone(gone_at, reason, ev.feedback, ev.answer, list(ev.labels), ev.created, type(ev))
         if len(self.tombs) > self.max_tombstones:
             self.tombs.popitem(last=False)
 

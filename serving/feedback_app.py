@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 import ray
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -62,6 +62,7 @@ from serving.classify import Served, classify, greedy_answers
 from serving.novelty import NoveltyFollower
 from serving.novelty import follow as follow_novelty
 from serving.auth_guard import RouteGuard, admit, docs_need_key, grpc_headers
+from serving.refusals import grpc_refusal, http_refusals
 from serving.join import JOINER_NAME, FeedbackRejected, get_or_create_joiner
 from serving.feedback_schemas import (FeedbackRequest, FeedbackResponse, Health, Prediction, PredictBatchResponse,
                                      PredictRequest, error_responses, request_body)
@@ -85,11 +86,6 @@ api = FastAPIOffline(
 docs_need_key(api)  # with keys on, /v1/docs and /v1/openapi.json need one too
 
 
-_GRPC_CODES = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 404: "NOT_FOUND",
-               409: "ALREADY_EXISTS", 410: "FAILED_PRECONDITION", 503: "UNAVAILABLE",
-               401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}
-
-
 def _set(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}  # protobuf: an unset optional, not None
 
@@ -100,14 +96,6 @@ def _count_texts(requests: list[tuple]) -> int:
 
 # defined above the deployment class: @serve.ingress pickles the FastAPI app, and with it this
 # class by value, when it decorates; a global defined later is missing in the replica
-def _grpc_error(context: Any, exc: FeedbackRejected) -> None:
-    import grpc
-
-    if context is not None:
-        context.set_code(getattr(grpc.StatusCode, _GRPC_CODES.get(exc.status, "UNKNOWN")))
-        context.set_details(exc.detail)
-
-
 def grpc_client_key(grpc_context: Any) -> str | None:
     """The `x-evolve-client` metadata of a gRPC call: the same sticky key as the HTTP header."""
     metadata = grpc_context.invocation_metadata() if grpc_context is not None else ()
@@ -258,24 +246,20 @@ class FeedbackServer:
     @api.post("/predict", response_model=Prediction | PredictBatchResponse, openapi_extra=request_body(PredictRequest),
               responses=error_responses(400, 401, 403, 413, 422, 429, 503))
     async def predict(self, request: Request) -> Prediction | PredictBatchResponse:
-        try:
+        with http_refusals():
             sender = admit(self.guard, request.headers, "predict")
             body = await read_json(request, predict_limits(self.max_text_chars))
             texts, single = parse_predict(body, self.max_text_chars)
             preds = await self._predict(texts, request.headers.get(CLIENT_HEADER), sender)
-        except FeedbackRejected as exc:
-            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return Prediction(**preds[0]) if single else PredictBatchResponse(predictions=preds)
 
     @api.post("/feedback", response_model=FeedbackResponse, openapi_extra=request_body(FeedbackRequest),
               responses=error_responses(400, 401, 403, 404, 409, 410, 413, 422, 429, 500, 503))
     async def feedback(self, request: Request) -> FeedbackResponse:
-        try:
+        with http_refusals():
             client = admit(self.guard, request.headers, "feedback")
             body = await read_json(request, FEEDBACK_LIMITS)
             answer = await self._feedback(*parse_feedback(body), client)
-        except FeedbackRejected as exc:
-            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return FeedbackResponse(**answer)
 
     @api.get("/healthz", response_model=Health, responses={503: {"model": Health}})
@@ -291,10 +275,8 @@ class FeedbackServer:
     @api.get("/models", responses=error_responses(401, 403, 429))
     async def models(self, request: Request) -> dict:
         if self.guard.enabled:  # lineage and metrics: operators only
-            try:
+            with http_refusals():
                 admit(self.guard, request.headers, "admin")
-            except FeedbackRejected as exc:
-                raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         return await asyncio.to_thread(describe_policies, self.registry)
 
     # ---- gRPC (Serve's proxy calls the method named like the rpc) --------------------------
@@ -306,7 +288,7 @@ class FeedbackServer:
             preds = await self._predict(grpc_inputs(request, self.max_text_chars), grpc_client_key(grpc_context),
                                         sender)
         except FeedbackRejected as exc:
-            _grpc_error(grpc_context, exc)
+            grpc_refusal(grpc_context, exc)
             return evolve_pb2.PredictResponse()
         return evolve_pb2.PredictResponse(predictions=[evolve_pb2.Prediction(**_set(p)) for p in preds])
 
@@ -317,7 +299,7 @@ class FeedbackServer:
             client = admit(self.guard, grpc_headers(grpc_context), "feedback")
             answer = await self._feedback(*grpc_feedback(request), client)
         except FeedbackRejected as exc:
-            _grpc_error(grpc_context, exc)
+            grpc_refusal(grpc_context, exc)
             return evolve_pb2.FeedbackResponse()
         correct = answer.pop("correct")
         return evolve_pb2.FeedbackResponse(**answer, **({} if correct is None else {"correct": correct}))

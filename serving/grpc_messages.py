@@ -47,6 +47,12 @@ def add_servicer_to_server(servicer: Any, server: Any) -> None:
         "Feedback": grpc.unary_unary_rpc_method_handler(servicer.Feedback,
                                                         request_deserializer=lenient(pb.FeedbackRequest),
                                                         response_serializer=pb.FeedbackResponse.SerializeToString),
+        "Generate": grpc.unary_unary_rpc_method_handler(servicer.Generate,
+                                                        request_deserializer=lenient(pb.GenerateRequest),
+                                                        response_serializer=pb.GenerateResponse.SerializeToString),
+        "CompletionFeedback": grpc.unary_unary_rpc_method_handler(
+            servicer.CompletionFeedback, request_deserializer=lenient(pb.CompletionFeedbackRequest),
+            response_serializer=pb.CompletionFeedbackResponse.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     if hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63

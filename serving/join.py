@@ -83,15 +83,16 @@ class Joiner:
         return len(events)
 
     async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None,
-                       client: str | None = None) -> dict:
+                       client: str | None = None, better_than: str | None = None) -> dict:
         """{"status": 200, "body": answer} once the feedback's row is in the replay store, or
-        {"status": 4xx/5xx, "detail": reason} (never raises for a client error)."""
+        {"status": 4xx/5xx, "detail": reason} (never raises for a client error).
+        `better_than`: a completion preferred over another of its prompt (serving/completion_join.py)."""
         if len(self.commits[self.join.feedback_table].queue) >= self.max_pending:
             self.refused_full += 1  # the replay store is behind: refuse before accepting anything
             return {"status": 503, "detail": f"feedback queue full ({self.max_pending} rows waiting for the "
                                               "replay store); retry later", "retry_after_s": 1}
         try:
-            answer, row = self.join.take(event_id, label, reward, client)
+            answer, row = self.join.take(event_id, label, reward, client, better_than)
         except FeedbackRejected as exc:
             return {"status": exc.status, "detail": exc.detail}
         # a repeat while the first one's row is in flight waits for the same row
@@ -112,7 +113,7 @@ class Joiner:
     def _store(self, event_id: str, row: dict[str, Any]) -> asyncio.Future | None:
         """Send a taken feedback's row on its way: the future of its commit, or None when it needs none
         (the gate's rule held it out of training)."""
-        held = self.slices(event_id, row["label"] is not None) if self.slices is not None else None
+        held = self.slices(event_id, row.get("label") is not None) if self.slices is not None else None
         if held is not None:
             self.held_for_gate += 1
         else:
@@ -197,9 +198,11 @@ FeedbackJoiner = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Jo
 def get_or_create_joiner(writer: Any, feedback_ttl_s: float, feedback_table: str = "feedback",
                          text_table: str | None = "text", name: str = JOINER_NAME,
                          gate_name: str | None = None, policy_id: str | None = None,
-                         slices: Callable[[str, bool], str | None] | None = None) -> Any:
+                         slices: Callable[[str, bool], str | None] | None = None,
+                         max_events: int = 200_000) -> Any:
     # Ray warns about any ray.get in an async actor; the joiner's run in worker threads
     # (asyncio.to_thread in _write), never on the event loop, so the warning is noise here.
     quiet = {"env_vars": {"RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}}
     return FeedbackJoiner.options(name=name, get_if_exists=True, runtime_env=quiet).remote(
-        writer, feedback_ttl_s, feedback_table, text_table, gate_name=gate_name, policy_id=policy_id, slices=slices)
+        writer, feedback_ttl_s, feedback_table, text_table, gate_name=gate_name, policy_id=policy_id, slices=slices,
+        max_events=max_events)

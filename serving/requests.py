@@ -60,7 +60,7 @@ def parse_predict(body: Any, max_text_chars: int, max_texts: int = MAX_TEXTS) ->
     {"text": a} | {"text": a, "text_pair": b} | {"texts": [a, ...]} | {"pairs": [[a, b], ...]};
     a pair's texts follow the rules of any text (check_texts), each side on its own.
     """
-    body = _object(body, PREDICT_FIELDS)
+    body = json_object(body, PREDICT_FIELDS)
     given = [k for k in ("text", "texts", "pairs") if k in body]
     if len(given) != 1:
         raise FeedbackRejected(422, "give either 'text' (a string, with 'text_pair' for a pair), 'texts' (a list "
@@ -134,7 +134,7 @@ def check_inputs_fit(inputs: list[TextInput], model_pairs: bool) -> None:
 
 def parse_feedback(body: Any) -> tuple[str, int | str | None, float | None]:
     """(event_id, label, reward); label membership is the joiner's check (it knows the event's labels)."""
-    body = _object(body, ("event_id", "label", "reward"))
+    body = json_object(body, ("event_id", "label", "reward"))
     event_id, label, reward = body.get("event_id"), body.get("label"), body.get("reward")
     if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS:
         raise FeedbackRejected(422, f"'event_id' must be a string of 1..{MAX_EVENT_ID_CHARS} characters")
@@ -147,7 +147,8 @@ def parse_feedback(body: Any) -> tuple[str, int | str | None, float | None]:
     return event_id, label, reward  # the reward's range: checked by the join (one rule for both APIs)
 
 
-def _object(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+def json_object(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """`body` when it is a JSON object with no field beyond `fields`; else a 422 naming them."""
     if not isinstance(body, dict):
         raise FeedbackRejected(422, f"body must be a JSON object with {', '.join(map(repr, fields))}")
     extra = sorted(set(body) - set(fields))

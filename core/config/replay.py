@@ -19,7 +19,8 @@ Sampler = Literal["uniform", "prioritized", "fifo"]
 
 
 class TableSection(Section):
-    kind: Literal["transitions", "text", "feedback"] = "transitions"  # the rows it holds (core/replay/schemas.py)
+    # the rows it holds (core/data/schemas.py)
+    kind: Literal["transitions", "text", "feedback", "completions"] = "transitions"
     # Observation width for transitions (fixed-size columns); None = variable length.
     obs_dim: int | None = Field(default=None, ge=1)
     capacity: int = Field(default=100_000, ge=1)  # rows; the oldest go first beyond it
@@ -38,7 +39,7 @@ class TableSection(Section):
     # Largest batch one add may carry.
     max_batch_rows: int = Field(default=65_536, ge=1)
     # fsync each acknowledged add (survives a power cut, costs insert rate); None: the table
-    # kind's default, which is on for feedback (a client was told its feedback is stored) and
+    # kind's default, which is on for feedback and completions (a client was told its feedback is stored) and
     # replay.fsync for the others.
     fsync: bool | None = None
 
@@ -53,7 +54,7 @@ class TableSection(Section):
         """This table's fsync: its own setting, else on for feedback, else `default` (replay.fsync)."""
         if self.fsync is not None:
             return self.fsync
-        return True if self.kind == "feedback" else default
+        return True if self.kind in ("feedback", "completions") else default
 
     def resolved_error_buffer(self) -> float:
         """Reverb's default: wide enough that one insert or one sample always fits."""

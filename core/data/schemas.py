@@ -86,7 +86,39 @@ def feedback_schema() -> pa.Schema:
     return _with_meta(COMMON_FIELDS + payload, "feedback")
 
 
-SCHEMAS = {"transitions": transitions_schema, "text": text_schema, "feedback": feedback_schema}
+def completions_schema() -> pa.Schema:
+    """A served completion joined with its feedback: thumbs, a reward, or a preference over another
+    completion of the same prompt (its `rejected_*` columns).  The token ids and both log-probabilities
+    are the sampling version's (core/models/generator.py): `logprobs` under the model, the learner's
+    importance-ratio denominator; `sampling_logprobs` under the distribution that drew each token."""
+    ids, floats = pa.list_(pa.int32()), pa.list_(pa.float32())
+    payload = (
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),  # one request's prompt: its n completions share it
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt_ids", ids, nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("token_ids", ids, nullable=False),
+        pa.field("logprobs", floats, nullable=False),
+        pa.field("sampling_logprobs", floats, nullable=False),
+        pa.field("temperature", pa.float32(), nullable=False),
+        pa.field("top_p", pa.float32(), nullable=False),
+        pa.field("feedback", pa.string(), nullable=False),  # "thumbs", "reward" or "preference"
+        pa.field("thumbs_up", pa.bool_(), nullable=True),
+        pa.field("reward", pa.float32(), nullable=True),
+        # a preference: this completion was preferred over the rejected one (same prompt, same group)
+        pa.field("rejected_event_id", pa.string(), nullable=True),
+        pa.field("rejected_completion", pa.string(), nullable=True),
+        pa.field("rejected_token_ids", ids, nullable=True),
+        pa.field("rejected_logprobs", floats, nullable=True),
+        pa.field("rejected_sampling_logprobs", floats, nullable=True),
+        pa.field("rejected_policy_version", pa.int64(), nullable=True),
+    )
+    return _with_meta(COMMON_FIELDS + payload, "completions")
+
+
+SCHEMAS = {"transitions": transitions_schema, "text": text_schema, "feedback": feedback_schema,
+           "completions": completions_schema}
 
 
 def schema_for(kind: str, **kwargs: Any) -> pa.Schema:

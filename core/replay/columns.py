@@ -56,7 +56,9 @@ class FixedRing(_Ring):
         else:
             if pa.types.is_timestamp(col.type):
                 col = col.cast(pa.int64())
-            self.data[slots] = col.to_numpy(zero_copy_only=False) if col.null_count == 0 else col.fill_null(0).to_numpy(zero_copy_only=False)
+            blank = pa.scalar(False) if pa.types.is_boolean(col.type) else 0  # a null's slot; `valid` marks it
+            self.data[slots] = (col.to_numpy(zero_copy_only=False) if col.null_count == 0
+                                else col.fill_null(blank).to_numpy(zero_copy_only=False))
 
     def take(self, slots: np.ndarray) -> pa.Array:
         values = self.data[slots]

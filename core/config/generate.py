@@ -1,0 +1,93 @@
+"""A `generate` loop's section: serve a causal LM's completions, log them, join their feedback.
+
+The loop serves `POST <route_prefix>` (completions with their log-probabilities) and
+`POST <route_prefix>/feedback` (thumbs, a reward, or a preference between two completions of one
+prompt), and writes each joined completion to its `completions` replay table.  It learns nothing
+yet: the served version is the one it starts from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from core.config.base import NAME_PATTERN, LoopSection, Section
+
+
+class GenerateModelSection(Section):
+    """Where the served causal LM comes from: a registry policy (a pretraining run's), else built here."""
+
+    # A registry policy whose live (else newest) version the loop starts from; None, or a policy with
+    # no version yet: a GPT-2-shaped model with random weights, shaped below, for `tokenizer`.
+    start_policy: str | None = None
+    tokenizer: str | None = None  # a tokenizer directory for a built model; None: WordPiece on the reviews
+    vocab_size: int = Field(default=3000, ge=100)  # the WordPiece tokenizer trained when `tokenizer` is None
+    n_layer: int = Field(default=2, ge=1)
+    n_embd: int = Field(default=64, ge=8)
+    n_head: int = Field(default=2, ge=1)
+    n_positions: int = Field(default=256, ge=16)  # the context: prompt + completion tokens
+    seed: int = 0
+
+
+class GenerateServingSection(Section):
+    """The loop's Serve app and its request limits (a request past one is a 4xx naming the field)."""
+
+    route_prefix: str = "/v1/generate"  # generate at the prefix itself; /feedback and /healthz under it
+    num_replicas: int = Field(default=1, ge=1)
+    max_queued_requests: int = Field(default=200, ge=1)
+    max_prompt_chars: int = Field(default=2000, ge=1)  # a longer prompt: 413
+    max_new_tokens_limit: int = Field(default=128, ge=1)  # `max_new_tokens` above it: 422
+    max_n: int = Field(default=8, ge=1)  # completions of one prompt per request
+    max_temperature: float = Field(default=5.0, gt=0)
+    default_max_new_tokens: int = Field(default=32, ge=1)
+    default_temperature: float = Field(default=1.0, ge=0)  # 0: greedy
+    default_top_p: float = Field(default=1.0, gt=0, le=1)
+    # @serve.batch: requests decoded together, counted in completions (prompts x n); requests with
+    # the same max_new_tokens, temperature and top_p share one generate call
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0)
+    feedback_ttl_s: float = Field(default=600.0, gt=0)  # feedback after this -> 410
+    max_events: int = Field(default=50_000, ge=1)  # completions held for feedback (each keeps its tokens)
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route(cls, v: str) -> str:
+        if not v.startswith("/") or v.endswith("/") or "//" in v:
+            raise ValueError(f"a route prefix starts with '/' and does not end with one, e.g. /v1/generate; got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> "GenerateServingSection":
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(f"default_max_new_tokens {self.default_max_new_tokens} is above max_new_tokens_limit "
+                             f"{self.max_new_tokens_limit}")
+        if self.default_temperature > self.max_temperature:
+            raise ValueError(f"default_temperature {self.default_temperature} is above max_temperature "
+                             f"{self.max_temperature}")
+        return self
+
+
+class GenerateSection(LoopSection):
+    kind: Literal["generate"] = "generate"  # a served text generator whose completions' feedback is logged
+    policy_id: str | None = None  # registry and Serve name of the generator; None: the loop's name
+    # Replay tables by role: `completions` (joined completions with their feedback). Unset: <loop>.
+    tables: dict[str, str | None] = Field(default_factory=dict)
+    model: GenerateModelSection = Field(default_factory=GenerateModelSection)
+    serving: GenerateServingSection = Field(default_factory=GenerateServingSection)
+
+    @model_validator(mode="after")
+    def _names(self) -> "GenerateSection":
+        for value in (self.policy_id, self.model.start_policy):
+            if value is not None and not NAME_PATTERN.match(value):
+                raise ValueError("a policy id is 1-64 characters of letters, digits, '_', '.', '-'")
+        return self
+
+    def table(self, role: str) -> str | None:
+        return self.tables[role] if role in self.tables else role
+
+    def published(self, loops: dict[str, LoopSection]) -> list[str]:
+        return [self.policy_id] if self.policy_id else []
+
+    def routes(self) -> list[str]:
+        return [self.serving.route_prefix]

@@ -1,0 +1,210 @@
+"""The served generator's engine: completions of prompts, with the log-probabilities of every sampled token.
+
+    engine = TransformersEngine(model, tokenizer)
+    engine.generate(["prompt", ...], Sampling(n=4, max_new_tokens=32, temperature=0.8, top_p=0.95))
+        -> per prompt, its n `Completion`s (token ids, text, logprobs, sampling_logprobs, finish)
+
+`GenerationEngine` is the one interface serving calls, so an engine on a GPU server can back it
+later; `TransformersEngine` is `transformers`' `generate`: every prompt and its `n` completions in
+one batched call, prompts padded on the left (a decoder-only model continues from the last
+position), the KV cache on.
+
+Each sampled token carries two log-probabilities, because a learner needs both:
+  `logprobs`           log p(token) under the model itself (softmax of its raw logits, temperature 1):
+                       what a policy-gradient learner recomputes under the new weights, the
+                       numerator of its importance ratio;
+  `sampling_logprobs`  log q(token) under the distribution the token was actually drawn from (the
+                       logits after temperature and top-p): the behaviour propensity; 0.0 for a
+                       greedy token (temperature 0 picks it with probability 1).
+Both come from the scores `generate` itself used, not from a second forward pass.
+
+A prompt is encoded without the tokenizer's special tokens, after the model's begin token (the
+tokenizer's `bos_token`, else its `cls_token`, as a WordPiece tokenizer has); a completion ends at
+the end token (`eos_token`, else `sep_token`), which it keeps with its log-probabilities, or after
+`max_new_tokens` (finish "length").
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+import torch
+
+GREEDY = 0.0  # a temperature of 0 asks for greedy decoding
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to draw completions: `n` per prompt, up to `max_new_tokens` each."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None  # the call's torch seed (a batch shares one)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.n < 1:
+            raise ValueError("max_new_tokens and n must be at least 1")
+        if not self.temperature >= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == GREEDY
+
+    def key(self) -> tuple[int, float, float]:
+        """What requests must share to be decoded in one call."""
+        return self.max_new_tokens, self.temperature, self.top_p
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]  # under the model (raw logits, temperature 1)
+    sampling_logprobs: list[float]  # under the distribution that drew each token (temperature, top-p)
+    finish: str  # "stop": the end token; "length": max_new_tokens reached
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class GenerationEngine(Protocol):
+    """What serving needs from a generator; `context` is the longest prompt + completion in tokens."""
+
+    context: int
+
+    def prompt_ids(self, prompt: str) -> list[int]: ...
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[list[Completion]]: ...
+
+
+class TransformersEngine:
+    """`transformers`' `generate` behind `GenerationEngine`; not thread-safe (one worker thread per replica)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.tokenizer, self.device = tokenizer, device
+        self.begin_id = _first_id(tokenizer, "bos_token_id", "cls_token_id")
+        self.end_id = _first_id(tokenizer, "eos_token_id", "sep_token_id")
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.end_id if self.end_id is not None else 0)
+        self.context = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return ([self.begin_id] if self.begin_id is not None else []) + list(ids)
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[list[Completion]]:
+        encoded = [self.prompt_ids(p) for p in prompts]
+        ids, mask = self._left_padded(encoded)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=sampling.n, return_dict_in_generate=True, output_scores=True, output_logits=True,
+            pad_token_id=self.pad_id, eos_token_id=self.end_id, use_cache=True, **_decoding(sampling))
+        new = out.sequences[:, ids.shape[1]:]
+        raw = _token_logprobs(out.logits, new)  # under the model
+        drawn = torch.zeros_like(raw) if sampling.greedy else _token_logprobs(out.scores, new)
+        completions: list[list[Completion]] = [[] for _ in prompts]
+        for row in range(new.shape[0]):  # generate orders rows prompt by prompt, n each
+            prompt = row // sampling.n
+            length, finish = self._length(new[row])
+            tokens = new[row, :length].tolist()
+            completions[prompt].append(Completion(
+                prompt_ids=encoded[prompt], token_ids=tokens, text=self.decode(tokens),
+                logprobs=raw[row, :length].tolist(), sampling_logprobs=drawn[row, :length].tolist(), finish=finish))
+        return completions
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def _left_padded(self, encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            ids[i, width - len(e):] = torch.tensor(e, dtype=torch.long)
+            mask[i, width - len(e):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _length(self, tokens: torch.Tensor) -> tuple[int, str]:
+        """Tokens up to and including the first end token; what follows it is padding."""
+        if self.end_id is not None:
+            ends = (tokens == self.end_id).nonzero()
+            if len(ends):
+                return int(ends[0, 0]) + 1, "stop"
+        return tokens.shape[0], "length"
+
+
+def _decoding(sampling: Sampling) -> dict[str, Any]:
+    if sampling.greedy:
+        return {"do_sample": False}
+    # top_k 0: no hidden top-k cut (a model's generation config may carry one); only what the request asks
+    return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+
+
+def _token_logprobs(steps: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax of each step's scores at the token taken there: (rows, steps)."""
+    logp = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in steps], dim=1)
+    return logp.gather(-1, tokens[:, : logp.shape[1], None]).squeeze(-1)
+
+
+def _first_id(tokenizer: Any, *names: str) -> int | None:
+    return next((getattr(tokenizer, n) for n in names if getattr(tokenizer, n, None) is not None), None)
+
+
+# ---- a causal LM as the registry stores it ------------------------------------------------
+CONFIG_FILE = "config.json"
+
+
+def causal_lm_files(model: Any, tokenizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, bytes]]:
+    """(weights, files) to publish: the state dict (tied tensors as copies: the store keeps each
+    name its own tensor), the model's config.json and the tokenizer's files."""
+    from core.models.tokenizer import tokenizer_files
+
+    weights = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True, default=str).encode()
+    return weights, {**tokenizer_files(tokenizer), CONFIG_FILE: config}
+
+
+def causal_lm_from_files(weights: Mapping[str, torch.Tensor], files: Mapping[str, bytes]) -> tuple[Any, Any]:
+    """(model, tokenizer) of a stored version: a `transformers` causal LM built from its config.json."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        config = AutoConfig.from_pretrained(tmp, local_files_only=True)
+        # any causal LM's tokenizer (a GPT-2 BPE has no [MASK]): not the masked-LM loader's checks
+        tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(dict(weights), strict=False)
+    if unexpected or [m for m in missing if not _tied(model, m)]:
+        raise ValueError(f"stored weights do not fit the causal LM: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval(), tokenizer
+
+
+def _tied(model: Any, name: str) -> bool:
+    """A weight stored once under its tied twin's name (an output layer sharing the input embedding)."""
+    return bool(getattr(model.config, "tie_word_embeddings", False)) and name.endswith("lm_head.weight")
+
+
+def build_causal_lm(tokenizer: Any, n_layer: int = 2, n_embd: int = 64, n_head: int = 2, n_positions: int = 256,
+                    seed: int = 0) -> Any:
+    """A GPT-2-shaped causal LM with random weights, sized by the config, for `tokenizer`'s vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    begin = _first_id(tokenizer, "bos_token_id", "cls_token_id")
+    end = _first_id(tokenizer, "eos_token_id", "sep_token_id")
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                        n_positions=n_positions, bos_token_id=begin, eos_token_id=end,
+                        pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config).eval()
