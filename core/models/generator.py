@@ -18,21 +18,21 @@ Each sampled token carries two log-probabilities, because a learner needs both:
                        greedy token (temperature 0 picks it with probability 1).
 Both come from the scores `generate` itself used, not from a second forward pass.
 
-A prompt is encoded without the tokenizer's special tokens, after the model's begin token (the
-tokenizer's `bos_token`, else its `cls_token`, as a WordPiece tokenizer has); a completion ends at
-the end token (`eos_token`, else `sep_token`), which it keeps with its log-probabilities, or after
-`max_new_tokens` (finish "length").
+A prompt is encoded as pretraining reads the start of a text (core/models/causal_lm.py: the model's
+begin token, then the prompt's tokens without special ones); a completion ends at the model's end
+token, which it keeps with its log-probabilities, or after `max_new_tokens` (finish "length").
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import torch
+
+from core.models.causal_lm import build_causal_lm as build_from_config
+from core.models.causal_lm import decode, export_weights, load_weights, prompt_ids, text_bounds
 
 GREEDY = 0.0  # a temperature of 0 asks for greedy decoding
 
@@ -89,15 +89,15 @@ class TransformersEngine:
     def __init__(self, model: Any, tokenizer: Any, device: str = "cpu"):
         self.model = model.to(device).eval()
         self.tokenizer, self.device = tokenizer, device
-        self.begin_id = _first_id(tokenizer, "bos_token_id", "cls_token_id")
-        self.end_id = _first_id(tokenizer, "eos_token_id", "sep_token_id")
+        # the ids a text starts and ends with in pretraining (core/models/causal_lm.py): a prompt
+        # reads as the start of a text, a completion ends where a text does
+        self.begin_id, self.end_id = text_bounds(model.config, tokenizer)
         pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (self.end_id if self.end_id is not None else 0)
+        self.pad_id = pad if pad is not None else self.end_id
         self.context = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return ([self.begin_id] if self.begin_id is not None else []) + list(ids)
+        return prompt_ids(self.model, self.tokenizer, prompt)
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[list[Completion]]:
@@ -123,7 +123,7 @@ class TransformersEngine:
         return completions
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return decode(self.tokenizer, list(token_ids))
 
     def _left_padded(self, encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(e) for e in encoded)
@@ -136,10 +136,9 @@ class TransformersEngine:
 
     def _length(self, tokens: torch.Tensor) -> tuple[int, str]:
         """Tokens up to and including the first end token; what follows it is padding."""
-        if self.end_id is not None:
-            ends = (tokens == self.end_id).nonzero()
-            if len(ends):
-                return int(ends[0, 0]) + 1, "stop"
+        ends = (tokens == self.end_id).nonzero()
+        if len(ends):
+            return int(ends[0, 0]) + 1, "stop"
         return tokens.shape[0], "length"
 
 
@@ -165,46 +164,36 @@ CONFIG_FILE = "config.json"
 
 
 def causal_lm_files(model: Any, tokenizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, bytes]]:
-    """(weights, files) to publish: the state dict (tied tensors as copies: the store keeps each
-    name its own tensor), the model's config.json and the tokenizer's files."""
+    """(weights, files) to publish, as the pretraining loop publishes: each tensor once (a tied
+    output layer is tied again on load), the model's config.json and the tokenizer's files."""
     from core.models.tokenizer import tokenizer_files
 
-    weights = {name: t.detach().clone() for name, t in model.state_dict().items()}
     config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True, default=str).encode()
-    return weights, {**tokenizer_files(tokenizer), CONFIG_FILE: config}
+    return export_weights(model), {**tokenizer_files(tokenizer), CONFIG_FILE: config}
 
 
 def causal_lm_from_files(weights: Mapping[str, torch.Tensor], files: Mapping[str, bytes]) -> tuple[Any, Any]:
-    """(model, tokenizer) of a stored version: a `transformers` causal LM built from its config.json."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """(model in eval mode, tokenizer) of a stored version: a `transformers` causal LM built from
+    its config.json, and any fast tokenizer (a GPT-2 BPE has no [MASK]: not the masked-LM checks)."""
+    from core.models.tokenizer import check_causal_tokenizer, tokenizer_from_files
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
-            (Path(tmp) / name).write_bytes(data)
-        config = AutoConfig.from_pretrained(tmp, local_files_only=True)
-        # any causal LM's tokenizer (a GPT-2 BPE has no [MASK]): not the masked-LM loader's checks
-        tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-    model = AutoModelForCausalLM.from_config(config)
-    missing, unexpected = model.load_state_dict(dict(weights), strict=False)
-    if unexpected or [m for m in missing if not _tied(model, m)]:
-        raise ValueError(f"stored weights do not fit the causal LM: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if CONFIG_FILE not in files:
+        raise ValueError("no config.json: not a causal LM")
+    model = load_weights(build_from_config(json.loads(files[CONFIG_FILE])), dict(weights))
+    tokenizer = tokenizer_from_files({k: v for k, v in files.items() if k != CONFIG_FILE}, check=check_causal_tokenizer)
     return model.eval(), tokenizer
-
-
-def _tied(model: Any, name: str) -> bool:
-    """A weight stored once under its tied twin's name (an output layer sharing the input embedding)."""
-    return bool(getattr(model.config, "tie_word_embeddings", False)) and name.endswith("lm_head.weight")
 
 
 def build_causal_lm(tokenizer: Any, n_layer: int = 2, n_embd: int = 64, n_head: int = 2, n_positions: int = 256,
                     seed: int = 0) -> Any:
-    """A GPT-2-shaped causal LM with random weights, sized by the config, for `tokenizer`'s vocabulary."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A GPT-2-shaped causal LM with random weights for `tokenizer`'s vocabulary, its texts laid out as
+    pretraining lays them out: the end-of-text token (eos, else [SEP]) before and after each (bos
+    before, when the tokenizer has one)."""
+    from transformers import GPT2Config
 
-    torch.manual_seed(seed)
-    begin = _first_id(tokenizer, "bos_token_id", "cls_token_id")
     end = _first_id(tokenizer, "eos_token_id", "sep_token_id")
+    begin = _first_id(tokenizer, "bos_token_id") if tokenizer.bos_token_id is not None else end
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                         n_positions=n_positions, bos_token_id=begin, eos_token_id=end,
                         pad_token_id=tokenizer.pad_token_id)
-    return GPT2LMHeadModel(config).eval()
+    return build_from_config(config, seed).eval()
