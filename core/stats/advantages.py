@@ -33,8 +33,8 @@ def advantages(rewards: np.ndarray, groups: Sequence[object], running_baseline: 
         r = rewards[members]
         centred = r - r.mean()
         if group_std:
-            std = r.std()
-            centred = centred / std if std > STD_FLOOR else np.zeros_like(centred)
+            std = r.std()  # NaN where a reward is: the advantages stay NaN and the learner refuses the step
+            centred = np.zeros_like(centred) if std <= STD_FLOOR else centred / std
         adv[members] = centred
         grouped[members] = True
     return adv.astype(np.float32), grouped

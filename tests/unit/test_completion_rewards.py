@@ -72,6 +72,12 @@ def test_group_advantages_centre_and_optionally_scale():
     np.testing.assert_allclose(adv, [0.75, -0.25, -0.25, -0.25, 0.5, -0.5], rtol=1e-6)
 
 
+def test_a_nan_reward_is_not_hidden_by_its_group():
+    for std in (True, False):
+        adv, _ = advantages(np.array([1.0, math.nan, 1.0, 0.0]), ["a", "a", "b", "c"], 0.5, group_std=std)
+        assert np.isnan(adv[:2]).all() and adv[2:].tolist() == [0.5, -0.5]
+
+
 def test_the_running_baseline_moves_towards_the_rewards():
     b = RunningBaseline(0.5, 0.9)
     b.update(np.array([1.0, 1.0]))
