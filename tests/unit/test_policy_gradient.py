@@ -203,3 +203,40 @@ def test_state_round_trips_through_a_checkpoint(tok):
     again.load_state_dict(obj.state_dict())
     assert again.updates == 1 and again.baseline.value == obj.baseline.value
     assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in obj.model.state_dict().items())
+
+
+def test_runs_in_the_shared_train_loop_from_a_replay_table_and_resumes(tok, tmp_path):
+    """The objective through learners/train_loop.run_loop: batches from a real completions table,
+    checkpoints, the exported policy in the final one, and a resume from it."""
+    from core.config.replay import ReplaySection, TableSection
+    from core.replay.store import ShardStore
+    from learners.completion_source import CompletionSource
+    from learners.train_loop import POLICY_DIR, LoopSpec, read_policy, run_loop
+    from serving.event_join import to_columns
+    from tests.unit.test_mlm_train_loop import Recorder
+
+    obj = _objective(tok, lr=1e-2)
+    store = ShardStore(ReplaySection(num_shards=1, tables={"completions": TableSection(kind="completions")}),
+                       tmp_path / "replay")
+    rows = _rows(obj, _parity)
+    for i, r in enumerate(rows):  # the common columns the join stamps on every row
+        r.update(id=r["event_id"], table="completions", source="feedback", actor_id="r0", policy_id="writer",
+                 created_at=1_700_000_000_000_000 + i)
+    store.add("completions", to_columns(rows))
+    source = CompletionSource(store, "completions", rows=8, rule=RewardRule.from_section(obj.cfg),
+                              pad_id=tok.pad_token_id, context=64)
+
+    def spec(max_steps):
+        return LoopSpec(objective_factory=PolicyGradientObjective, objective_config=obj.setup_, source=source,
+                        max_steps=max_steps, report_every=2, eval_every=4, checkpoint_every=4)
+
+    rec = Recorder(tmp_path / "a")
+    state = run_loop(spec(4), WorkerContext(), rec.hooks(), resume_dir=None)
+    assert state.step == 4 and state.totals.get("updates") == 4 and state.totals.get("completions") == 32
+    weights, files, meta = read_policy(rec.checkpoints[-1][1] / POLICY_DIR)
+    assert meta["info"]["objective"] == "policy_gradient" and "config.json" in files
+    assert meta["info"]["reference_version"] == 1 and meta["metrics"]["updates"] == 4
+    again = Recorder(tmp_path / "b")
+    state = run_loop(spec(6), WorkerContext(), again.hooks(), resume_dir=str(rec.checkpoints[-1][1]))
+    assert state.step == 6 and state.resumes == 1
+    store.close()
