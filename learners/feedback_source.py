@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, fields
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -137,6 +137,9 @@ class FeedbackSource:
     # are already waiting, so asking for more costs no wait, and a learner whose cheap part
     # (wide_deep's wide model) can learn them all keeps pace with traffic.  1: never.
     catch_up: int = 1
+    # A sampled RecordBatch -> what the batches hold (anything with len() and take()): the
+    # classifier's FeedbackBatch, or another table's rows (learners/completion_source.py)
+    convert: Callable[[pa.RecordBatch], Any] = feedback_to_batch
 
     def batches(self, ctx: WorkerContext, seed: int) -> Iterator[FeedbackBatch | None]:
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
@@ -171,7 +174,7 @@ class FeedbackSource:
                 _put(ready, exc, stop)
                 return
             if rb.num_rows:
-                _put(ready, feedback_to_batch(rb), stop)
+                _put(ready, self.convert(rb), stop)
 
 
     def _waiting_rows(self, n: int) -> Any | None:

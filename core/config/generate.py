@@ -2,13 +2,16 @@
 
 The loop serves `POST <route_prefix>` (completions with their log-probabilities) and
 `POST <route_prefix>/feedback` (thumbs, a reward, or a preference between two completions of one
-prompt), and writes each joined completion to its `completions` replay table.  It learns nothing
-yet: the served version is the one it starts from.
+prompt), and writes each joined completion to its `completions` replay table.  Its `learning` group
+says how a policy-gradient learner (learners/policy_gradient.py) turns that feedback into rewards and
+updates; no loop kind runs that learner yet, so the served version is the one it starts from.
 """
 
 from __future__ import annotations
 
 from typing import Literal
+
+import math
 
 from pydantic import Field, field_validator, model_validator
 
@@ -68,6 +71,55 @@ class GenerateServingSection(Section):
         return self
 
 
+class GenerateLearningSection(Section):
+    """The policy-gradient learner of completions, and the rule that turns feedback into rewards.
+
+    The reward rule (core/data/completion_rewards.py): a thumbs-up scores `thumbs_up_reward`, a
+    thumbs-down `thumbs_down_reward`; a scalar reward passes through, clipped into
+    [`reward_min`, `reward_max`]; a preference scores the chosen completion +`preference_reward` and
+    the rejected one -`preference_reward`, the two compared with each other only (a group of their own).
+    """
+
+    thumbs_up_reward: float = 1.0  # a thumbs-up's reward
+    thumbs_down_reward: float = 0.0  # a thumbs-down's reward
+    reward_min: float = 0.0  # a scalar reward below it is raised to it
+    reward_max: float = 1.0  # a scalar reward above it is lowered to it
+    # a preference: the chosen completion +this, the rejected one -this (the pair is its own group)
+    preference_reward: float = Field(default=0.5, gt=0)
+    lr: float = Field(default=1e-4, gt=0, lt=1)  # AdamW step size
+    weight_decay: float = Field(default=0.0, ge=0)  # AdamW decoupled weight decay
+    grad_clip: float = Field(default=1.0, gt=0)  # global gradient norm cap
+    batch_size: int = Field(default=16, ge=1)  # feedback rows per update (a preference row is two completions)
+    # PPO's ratio clip: a token's ratio of the current model to the sampling version's is held to
+    # [1 - clip_epsilon, 1 + clip_epsilon] where moving further would raise the objective
+    clip_epsilon: float = Field(default=0.2, gt=0, lt=1)
+    # dual clip: a token with a negative advantage contributes at most dual_clip x |advantage|,
+    # however large its ratio (a stale sample the model now likes far more cannot blow up the step)
+    dual_clip: float = Field(default=3.0, gt=1)
+    kl_coef: float = Field(default=0.05, ge=0)  # weight of the exact per-token KL to the reference version
+    # the reference of the KL penalty: this registry version; None: the version the learner starts from
+    reference_version: int | None = Field(default=None, ge=1)
+    # a prompt with several rated completions in a batch: advantages are rewards less the group's
+    # mean, divided by the group's standard deviation when True (GRPO), the mean only when False
+    group_std: bool = True
+    baseline_init: float = 0.5  # the running reward baseline before any reward (one rated completion of a prompt)
+    baseline_decay: float = Field(default=0.99, gt=0, lt=1)  # EMA decay of the running baseline, per reward
+    candidate_every: int = Field(default=20, ge=1)  # learner updates between candidates
+
+    @model_validator(mode="after")
+    def _finite_rewards(self) -> "GenerateLearningSection":
+        named = {"thumbs_up_reward": self.thumbs_up_reward, "thumbs_down_reward": self.thumbs_down_reward,
+                 "reward_min": self.reward_min, "reward_max": self.reward_max, "baseline_init": self.baseline_init}
+        bad = [k for k, v in named.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"{bad[0]} must be a finite number")
+        if not self.reward_min < self.reward_max:
+            raise ValueError(f"reward_min {self.reward_min} must be below reward_max {self.reward_max}")
+        if self.dual_clip <= 1 + self.clip_epsilon:
+            raise ValueError(f"dual_clip {self.dual_clip} must be above 1 + clip_epsilon ({1 + self.clip_epsilon})")
+        return self
+
+
 class GenerateSection(LoopSection):
     kind: Literal["generate"] = "generate"  # a served text generator whose completions' feedback is logged
     policy_id: str | None = None  # registry and Serve name of the generator; None: the loop's name
@@ -75,6 +127,7 @@ class GenerateSection(LoopSection):
     tables: dict[str, str | None] = Field(default_factory=dict)
     model: GenerateModelSection = Field(default_factory=GenerateModelSection)
     serving: GenerateServingSection = Field(default_factory=GenerateServingSection)
+    learning: GenerateLearningSection = Field(default_factory=GenerateLearningSection)
 
     @model_validator(mode="after")
     def _names(self) -> "GenerateSection":
