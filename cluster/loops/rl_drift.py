@@ -180,12 +180,14 @@ class RLDriftWatch:
             self.event("regression", **alarm.to_dict(), alarm_env_steps=at, reference_version=reference["version"],
                        reference_return=reference["eval_return"], env_steps=env_steps)
             return None
-        self.alarms.append({"env_steps": at, **alarm.to_dict(),
-                            **({"reference_return": reference["eval_return"]} if reference else {})})
-        return {"alarm_env_steps": at, **self.controller.on_alarm(alarm, env_steps).to_dict()}
+        checked = {"reference_version": reference["version"], "reference_return": reference["eval_return"]} \
+            if reference else {}
+        self.alarms.append({"env_steps": at, **alarm.to_dict(), **checked})
+        return {"alarm_env_steps": at, **checked, **self.controller.on_alarm(alarm, env_steps).to_dict()}
 
     def _act(self, decision: dict[str, Any], env_steps: int) -> None:
-        alarm = {k: decision[k] for k in ("signal", "detector", "before", "after", "alarm_env_steps")}
+        alarm = {k: decision[k] for k in ("signal", "detector", "before", "after", "alarm_env_steps",
+                                          "reference_version", "reference_return") if k in decision}
         if not decision["actions"]:
             self.event("adapt", **alarm, action=None, suppressed=decision["suppressed"], env_steps=env_steps)
             return
