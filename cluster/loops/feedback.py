@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.traffic import TrafficActor
+from actors.traffic_actor import TrafficActor
 from cluster.errors import UserError
 from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, quietly, round_or_none

@@ -4,7 +4,10 @@
       env steps >= rl.drift.after_env_steps (counted from the confirmed solve, with after_solved)
           -> apply_drift on every rollout actor and the evaluator, once           event env_drift
       finished training episodes (actors' drain_returns), return / solve_return
-          -> Detector (river; rl.adapt.returns) -> alarm -> RLController
+          -> Detector (river; rl.adapt.returns) -> alarm
+          -> the evaluator plays the last confirmed version on the env as it is now:
+             it still holds: the learner got worse, not the world                 event regression
+             it fails too (or there is none): RLController
           -> epsilon_boost (every actor), replay_cutoff (the replay client)       event adapt
     every greedy evaluation on the changed env:
       rl.drift.hold_evals in a row at solve_return -> recovered (env steps from the change to the
@@ -19,6 +22,8 @@ old physics after the change is asked again.
 from __future__ import annotations
 
 from typing import Any, Callable
+
+import time
 
 import ray
 
@@ -45,6 +50,14 @@ def call(handle: Any, method: str, *args: Any) -> Any:
     return getattr(handle, method).remote(*args)
 
 
+def ready(ref: Any) -> bool:
+    """Whether a reply can be read without waiting (a plain value always can)."""
+    if not isinstance(ref, ray.ObjectRef):
+        return True
+    done, _ = ray.wait([ref], timeout=0)
+    return bool(done)
+
+
 def get(refs: list[Any], timeout_s: float = 5.0) -> list[Any]:
     """The replies that came within the timeout; None for the others (a restarting actor)."""
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
@@ -65,10 +78,12 @@ class RLDriftWatch:
         self.detector = Detector("returns", rl.adapt.returns, "down") if rl.adapt.enabled else None
         self.controller = RLController(rl.adapt) if rl.adapt.enabled else None
         self.actors = self.evaluator = self.replay = None
-        self.call, self.get = call, get
+        self.call, self.get, self.ready = call, get, ready
         self.solved_at: int | None = None  # the loop's env steps at the first poll that saw it solved
         self.at_env_steps: int | None = None
-        self.alarms: list[dict[str, Any]] = []
+        self.alarms: list[dict[str, Any]] = []  # alarms read as a change of the world
+        self.regressions: list[dict[str, Any]] = []  # alarms the reference check read as the learner's
+        self.checking: list[dict[str, Any]] = []  # alarms waiting for the reference's episodes
         self.adapted_at: list[int] = []  # env steps of each adaptation that acted
         self.recovered: dict[str, Any] | None = None
         self.streak: list[dict[str, Any]] = []  # evaluations in a row at the solve return, not yet enough
@@ -135,18 +150,44 @@ class RLDriftWatch:
 
     # ---- the detector and the controller -------------------------------------------------
     def observe(self, returns: list[tuple[int, float]], env_steps: int) -> list[dict[str, Any]]:
-        """Feed (env steps, return) pairs; the controller's decision for each alarm."""
-        decisions = []
+        """Feed (env steps, return) pairs; the controller's decision for each alarm that the
+        reference check has settled as a change of the world."""
         for at, ret in returns:
             alarm = self.detector.update(ret / self.solve_return)
-            if alarm is None:
-                continue
-            self.alarms.append({"env_steps": at, **alarm.to_dict()})
-            decisions.append({"alarm_env_steps": at, **self.controller.on_alarm(alarm, env_steps).to_dict()})
+            if alarm is not None:
+                self.checking.append({"alarm": alarm, "at": at, "since": time.time(), "reply": self._ask_reference()})
+        decisions = []
+        while self.checking and self._settled(self.checking[0]):
+            decision = self._judge(self.checking.pop(0), env_steps)
+            if decision is not None:
+                decisions.append(decision)
         return decisions
 
+    def _ask_reference(self) -> Any:
+        if not self.adapt.reference_episodes or self.evaluator is None:
+            return None
+        return self.call(self.evaluator, "play_reference", self.adapt.reference_episodes)
+
+    def _settled(self, check: dict[str, Any]) -> bool:
+        # a restarting evaluator may never answer: after a minute the alarm is taken as it is
+        return check["reply"] is None or self.ready(check["reply"]) or time.time() - check["since"] > 60
+
+    def _judge(self, check: dict[str, Any], env_steps: int) -> dict[str, Any] | None:
+        alarm, at = check["alarm"], check["at"]
+        reference = self.get([check["reply"]], 1.0)[0] if check["reply"] is not None else None
+        if reference is not None and reference["eval_return"] >= self.adapt.reference_share * self.solve_return:
+            self.regressions.append({"env_steps": at, **alarm.to_dict()})
+            self.event("regression", **alarm.to_dict(), alarm_env_steps=at, reference_version=reference["version"],
+                       reference_return=reference["eval_return"], env_steps=env_steps)
+            return None
+        checked = {"reference_version": reference["version"], "reference_return": reference["eval_return"]} \
+            if reference else {}
+        self.alarms.append({"env_steps": at, **alarm.to_dict(), **checked})
+        return {"alarm_env_steps": at, **checked, **self.controller.on_alarm(alarm, env_steps).to_dict()}
+
     def _act(self, decision: dict[str, Any], env_steps: int) -> None:
-        alarm = {k: decision[k] for k in ("signal", "detector", "before", "after", "alarm_env_steps")}
+        alarm = {k: decision[k] for k in ("signal", "detector", "before", "after", "alarm_env_steps",
+                                          "reference_version", "reference_return") if k in decision}
         if not decision["actions"]:
             self.event("adapt", **alarm, action=None, suppressed=decision["suppressed"], env_steps=env_steps)
             return
@@ -191,7 +232,7 @@ class RLDriftWatch:
         if not self.active:
             return {}
         return {"drifted": self.at_env_steps is not None, "alarms": len(self.alarms),
-                "recovered": self.recovered is not None}
+                "regressions": len(self.regressions), "recovered": self.recovered is not None}
 
     def summary(self) -> dict[str, Any]:
         at = self.at_env_steps
@@ -203,6 +244,7 @@ class RLDriftWatch:
             "at_env_steps": at,
             "adapt": self.adapt.enabled,
             "alarms": [a["env_steps"] for a in self.alarms],
+            "regressions": [r["env_steps"] for r in self.regressions],
             "adapted_at_env_steps": list(self.adapted_at),
             "detection_delay_env_steps": after[0] - at if after else None,
             "worst_eval_return": self.worst_eval,

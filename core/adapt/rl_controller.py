@@ -17,6 +17,14 @@ of the table, and their n-step returns (no off-policy correction) value the
 exploring policy, not the greedy one, so the learner is slower to find the
 new greedy policy than without the boost.
 
+A drop of the returns also comes from the learner itself: a DQN that has solved
+its env can unlearn it (its replay holds only the states a good policy visits).
+So before it acts, the loop asks whether the world changed: the last confirmed
+version (the reference) plays the env as it is now for `reference_episodes`
+greedy episodes; if it still reaches `reference_share` of the solve return, the
+world did not change and the alarm is a regression of the learner, reported and
+not answered (cutting replay would take away what it needs to relearn).
+
 One adaptation per `cooldown_env_steps` env steps: alarms inside the cooldown
 are recorded and answered with no action (a policy still failing, or a
 boost, keeps returns low for a while).
@@ -53,6 +61,11 @@ class RLAdaptSection(Section):
     epsilon: float = Field(default=0.0, ge=0, le=1)  # the boost's epsilon right after an alarm; 0: no boost
     epsilon_steps: int = Field(default=300, ge=1)  # vector steps of one actor back to the schedule's end
     replay_cutoff: bool = True  # the learner stops sampling rows from before the alarm
+    # Greedy episodes of the last confirmed version on the env as it is now, before acting on an
+    # alarm; 0: act on every alarm.
+    reference_episodes: int = Field(default=10, ge=0)
+    # The reference at this share of the solve return or above: the world did not change.
+    reference_share: float = Field(default=0.8, gt=0, le=1)
 
 
 class RLController:

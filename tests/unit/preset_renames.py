@@ -56,7 +56,8 @@ NEW_BY_KIND = {
     "rl": {f"gate.{k}" for k in ("test", "alpha", "min_gain", "bootstrap_samples", "drift_guard", "window",
                                  "rollback_margin", "min_clients", "max_client_share")}
           | {f"gate.ope.{k}" for k in ("fraction", "method", "rule")}
-          | {f"gate.shadow.{k}" for k in ("fraction", "min_rows", "max_s", "method", "level", "bootstrap_samples")},
+          | {f"gate.shadow.{k}" for k in ("fraction", "min_rows", "max_s", "method", "level", "bootstrap_samples")}
+          | {"adapt.reference_episodes", "adapt.reference_share"},
 }
 # Values one preset changed on purpose since: (before, now) by flattened key.  make run's gate judges
 # on half the held-out set, so that a 2-core laptop sees the first promotion in two minutes.

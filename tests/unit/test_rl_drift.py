@@ -307,3 +307,74 @@ def test_recovery_counts_env_steps_to_the_first_eval_at_the_solve_return_on_the_
 def test_without_drift_or_adapt_the_watch_does_nothing():
     watch = RLDriftWatch(RLSection(), lambda *a, **k: None)
     assert not watch.active and watch.figures() == {} and not watch.done()
+
+
+# ---- the reference check: a changed world or a worse learner ---------------------------------
+def test_the_evaluator_keeps_the_last_confirmed_version_and_plays_it_on_the_env_as_it_is_now():
+    spec = spec_for_env("CartPole-v1", "dqn", [16])
+    evaluator = Evaluator("CartPole-v1", spec, 2, solve_return=5.0, confirm_episodes=3, drift={"force_mag": -3.0})
+    assert evaluator.play_reference(3) is None  # nothing confirmed yet: no reference
+    torch.manual_seed(0)
+    weights = QPolicy(spec).model.state_dict()
+    assert evaluator.evaluate(4, weights)["confirmed"]  # any policy keeps a pole up for 5 steps
+    before = evaluator.play_reference(3)
+    assert before["version"] == 4 and before["episodes"] == 3 and before["drifted"] is False
+    evaluator.apply_drift()
+    after = evaluator.play_reference(3)
+    assert after["drifted"] is True and after["eval_return"] != before["eval_return"]  # a weaker push
+    assert evaluator.results[-1]["version"] == 4  # playing the reference is not an evaluation
+
+
+class Reference:
+    """The evaluator's reference check, answering `eval_return` (None: no confirmed version)."""
+
+    def __init__(self, eval_return):
+        self.eval_return, self.asked = eval_return, 0
+
+    def play_reference(self, episodes):
+        self.asked += 1
+        return None if self.eval_return is None else {"version": 3, "eval_return": self.eval_return,
+                                                      "episodes": episodes}
+
+
+def _alarm_with_reference(eval_return, ready=lambda reply: True):
+    watch, events, ws, group, _, replay = _watch(workers=2)
+    reference = Reference(eval_return)
+    watch.evaluator, watch.ready = Shim(reference), ready
+    for w in ws:
+        w.finished.extend((i, 500.0) for i in range(200))  # a solved policy's episodes
+    _poll(watch, group, ws)
+    for w in ws:
+        w.finished.extend((w.env_steps, 10.0) for _ in range(20))  # then failing ones, on the same env
+    _poll(watch, group, ws)
+    return watch, events, replay, reference
+
+
+def test_an_alarm_whose_reference_still_holds_is_the_learners_regression_and_is_not_answered():
+    watch, events, replay, reference = _alarm_with_reference(490.0)
+    assert reference.asked >= 1 and watch.alarms == [] and replay.tables == []
+    regressions = [e for e in events if e["event"] == "regression"]
+    assert regressions and regressions[0]["reference_version"] == 3 and regressions[0]["reference_return"] == 490.0
+    assert not [e for e in events if e["event"] == "adapt"]
+    s = watch.summary()
+    assert s["alarms"] == [] and s["regressions"] == [r["alarm_env_steps"] for r in regressions]
+    assert watch.figures()["regressions"] == len(regressions)
+
+
+@pytest.mark.parametrize("eval_return", [12.0, None], ids=["reference-fails-too", "no-reference"])
+def test_an_alarm_whose_reference_fails_too_is_a_change_of_the_world(eval_return):
+    watch, events, replay, _ = _alarm_with_reference(eval_return)
+    assert replay.tables == ["transitions"] and watch.regressions == []
+    assert watch.alarms and watch.alarms[0].get("reference_return") == eval_return
+    acted = [e for e in events if e["event"] == "adapt" and e["action"]]
+    assert [e["action"] for e in acted] == ["replay_cutoff", "epsilon_boost"]
+    assert acted[0].get("reference_return") == eval_return  # the event says what the check saw
+
+
+def test_an_alarm_waits_for_the_reference_and_is_judged_when_it_answers():
+    answered = []
+    watch, events, replay, _ = _alarm_with_reference(12.0, ready=lambda reply: bool(answered))
+    assert watch.checking and replay.tables == [] and watch.alarms == []
+    answered.append(True)
+    watch.poll(watch.summary()["solved_at_env_steps"] or 0, True)
+    assert not watch.checking and replay.tables == ["transitions"] and len(watch.alarms) == 1
