@@ -94,7 +94,7 @@ class BoundsSection(Section):
     max_repetition: float | None = Field(default=0.5, gt=0, le=1)  # share of n-grams repeated within a completion
     repetition_n: int = Field(default=3, ge=1)  # the n of those n-grams (of token ids)
     max_length: float | None = Field(default=None, gt=0)  # mean tokens of a completion
-    min_length: float | None = Field(default=None, ge=0)
+    min_length: float | None = Field(default=None, ge=0)  # mean tokens of a completion, at least
     reference_version: int | None = Field(default=None, ge=1)  # the KL's reference; None: the run's first live version
 
     @model_validator(mode="after")
@@ -109,10 +109,10 @@ class SamplesSection(Section):
     alike (one seed) and scored by the loop's reward; the `bounds` stage reads the same ones."""
 
     n: int = Field(default=4, ge=1)  # completions per held-out prompt
-    max_new_tokens: int = Field(default=32, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1)  # of each completion
     temperature: float = Field(default=1.0, gt=0)  # 1 (with top_p 1): the KL bound's estimate is unbiased
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int = 0
+    top_p: float = Field(default=1.0, gt=0, le=1)  # the nucleus the completions are drawn from
+    seed: int = 0  # the same for every version: each draws from the same random stream
 
 
 class GateSection(Section):
