@@ -97,12 +97,12 @@ class GeneratorKind:
     def completions(self, model: Generator) -> list[list[Completion]]:
         """Per held-out prompt, the version's `samples.n` completions (drawn once per loaded version)."""
         if model.heldout is None:
-            model.heldout = self._draw(model, self.heldout, self.samples)
+            model.heldout = self._sampled(model, self.heldout)
         return model.heldout
 
     def correct(self, model: Generator, prompts: Sequence[str]) -> np.ndarray:
         """[N] each prompt's mean reward over the version's completions of it."""
-        drawn = self.completions(model) if list(prompts) == self.heldout else self._draw(model, prompts, self.samples)
+        drawn = self.completions(model) if list(prompts) == self.heldout else self._sampled(model, prompts)
         flat = [(p, c.text) for p, cs in zip(prompts, drawn) for c in cs]
         rewards = np.asarray(self.reward_fn([p for p, _ in flat], [t for _, t in flat]), dtype=np.float64)
         if rewards.shape != (len(flat),) or not np.isfinite(rewards).all():
@@ -111,8 +111,7 @@ class GeneratorKind:
 
     def answer(self, model: Generator, inputs: Sequence[str]) -> np.ndarray:
         """Each prompt's greedy completion."""
-        greedy = SamplesSection(n=1, max_new_tokens=self.samples.max_new_tokens, temperature=1.0)
-        drawn = self._draw(model, inputs, greedy, temperature=GREEDY)
+        drawn = self._draw(model, inputs, 1, max_new_tokens=self.samples.max_new_tokens, temperature=GREEDY)
         return np.asarray([cs[0].text for cs in drawn], dtype=object)
 
     def logprobs(self, model: Generator, completions: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -120,14 +119,18 @@ class GeneratorKind:
         """Each (prompt ids, token ids)'s token log-probabilities under the version, as it would sample them."""
         return completion_logprobs(model.engine, completions, temperature, top_p, self.batch)
 
-    def _draw(self, model: Generator, prompts: Sequence[str], s: SamplesSection,
-              temperature: float | None = None) -> list[list[Completion]]:
+    def _sampled(self, model: Generator, prompts: Sequence[str]) -> list[list[Completion]]:
+        s = self.samples
+        return self._draw(model, prompts, s.n, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                          top_p=s.top_p)
+
+    def _draw(self, model: Generator, prompts: Sequence[str], n: int, **sampling: Any) -> list[list[Completion]]:
+        """Per prompt its n completions, `batch` completions a call, each call seeded from `samples.seed`."""
         out: list[list[Completion]] = []
-        per_call = max(1, self.batch // s.n)
+        per_call = max(1, self.batch // n)
         for i, start in enumerate(range(0, len(prompts), per_call)):
-            sampling = Sampling(max_new_tokens=s.max_new_tokens, n=s.n, top_p=s.top_p, seed=s.seed + i,
-                                temperature=s.temperature if temperature is None else temperature)
-            out.extend(model.engine.generate(list(prompts[start:start + per_call]), sampling))
+            drawn = Sampling(n=n, seed=self.samples.seed + i, **sampling)
+            out.extend(model.engine.generate(list(prompts[start:start + per_call]), drawn))
         return out
 
     # ---- evidence -------------------------------------------------------------------------

@@ -191,3 +191,21 @@ def test_a_generator_refuses_a_gate_it_cannot_serve(tmp_path, world):
         from gate.kinds.text import TextKind
 
         Gate(registry, TextKind([("text", 0)]), GateSection(stages=["bounds"]), publisher=FakePublisher(registry))
+
+
+def test_live_evidence_is_read_from_completion_rows(tmp_path, world):
+    """A rating's score (reward, else thumbs; a preference none), a bad logged row refused alone, and
+    the greedy answers a plug-in stage may time."""
+    gate, _ = _gate(tmp_path, world)
+    kind = gate.kind
+    (good,) = _logged(world, n_prompts=1, n=1)
+    thumbs = {**good, "row": {**good["row"], "reward": None, "thumbs_up": True, "feedback": "thumbs"}}
+    preference = {**good, "row": {**good["row"], "reward": None, "thumbs_up": None, "feedback": "preference"}}
+    bad = {**good, "row": {**good["row"], "sampling_logprobs": good["row"]["sampling_logprobs"][:-1]}}
+    assert kind.read(thumbs).score == 1.0 and kind.read(thumbs).logged is not None
+    assert kind.read(preference).score is None and kind.read(preference).logged is None
+    out = gate.evidence(P, [good, thumbs, preference, bad])
+    assert out["items"] == 3 and out["refused"] == 1
+    greedy = kind.answer(kind.load(world["live"], world["files"]), world["prompts"][:3])
+    assert len(greedy) == 3 and list(greedy) == list(kind.answer(kind.load(world["live"], world["files"]),
+                                                                 world["prompts"][:3]))
