@@ -7,7 +7,9 @@ nothing of this package to build:
         a joined feedback: its row as the joiner joined it (what was served: policy_version,
         text / text_pair, prediction, probs, propensity; the feedback: label and / or reward; and
         shadow_version / shadow_prediction when a shadow answered too); `slice`: what the gate's
-        `Slices` rule (gate/slices.py) held it out of training for
+        `Slices` rule (gate/slices.py) held it out of training for.  A generator's row is a
+        completions row (core/data/schemas.py `completions_schema`): prompt, prompt_ids,
+        token_ids, sampling_logprobs, temperature, top_p, and thumbs_up or reward
     {"type": "answered", "version", "novelty", "prediction"}    a request a replica answered
     {"type": "episode", "version", "client", "obs", "actions", "propensities", "rewards"}
         a finished `/act` episode (version None: several versions served it)

@@ -72,6 +72,8 @@ class Gate:
         self.kind, self.config, self.publisher = kind, config or GateSection(), publisher
         self.emit, self.seed, self.adapt = plain_emit(emit), seed, adapt
         check_stages(self.config, kind.gives, kind.name)  # a bad stage list fails here, not at the first candidate
+        if hasattr(kind, "check"):
+            kind.check(self.config)
         self.started = time.time()
         self.mu = threading.Lock()  # state; short; taken inside `eval`, never around it
         self.eval = threading.Lock()  # one decision or live change at a time

@@ -6,16 +6,20 @@
                  ope      the candidate's off-policy estimate on logged live decisions against live's
                  shadow   it also answers a share of live requests, judged on their feedback
                  canary   it answers a share of live traffic until a sequential test decides
+                 bounds   a generator's reward-hacking bounds: KL to a reference, repetition, length
                A stage on live traffic comes after the others.  A stage registered anywhere else
                (gate/stage.py `register_stage`) is named the same way, and its settings are the
                section under its name (`gate.<name>`), which the gate package checks.
     statistics `test`, `tolerance`, `alpha`, ... shared by the stages
     guard      the rollback guard on live (every kind): `window`, `rollback_margin`,
                `min_clients`, `max_client_share`
+    samples    a generator's held-out completions (what its `heldout` and `bounds` stages read)
 
 A text classifier's gate is this class's defaults; an RL policy's (`rl_gate()`) differ only in
 values: no stages, a tolerance on the [0, 1] return scale, and an OPE slice and a canary counted
-in episodes (a canary's "request" is one episode, an OPE "row" one logged episode).
+in episodes (a canary's "request" is one episode, an OPE "row" one logged episode).  A
+generator's (`generator_gate()`): `[heldout, bounds]`, held-out scores that are mean rewards
+(the paired bootstrap), and an OPE slice of whole completions.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class OPESection(Section):
     rule: Literal["observed", "interval"] = "observed"
     level: float = Field(default=0.95, gt=0.5, lt=1)  # of the bootstrap interval
     bootstrap_samples: int = Field(default=500, ge=0)  # resamples of the interval (0: none, the estimate alone)
+    # A generator's importance weight of a whole completion above this counts as this (None: uncut):
+    # a sequence's ratio is a product over its tokens, and one huge weight would be the estimate.
+    max_weight: float | None = Field(default=None, gt=1)
 
 
 class ShadowSection(Section):
@@ -79,6 +86,35 @@ class CanarySection(Section):
         return self
 
 
+class BoundsSection(Section):
+    """The `bounds` stage: a generator whose held-out completions move past any bound is refused,
+    whatever their reward (gate/stages/bounds.py, core/stats/reward_hacking.py); None: no such bound."""
+
+    max_kl: float | None = Field(default=0.5, gt=0)  # mean per-token KL to the reference version (nats)
+    max_repetition: float | None = Field(default=0.5, gt=0, le=1)  # share of n-grams repeated within a completion
+    repetition_n: int = Field(default=3, ge=1)  # the n of those n-grams (of token ids)
+    max_length: float | None = Field(default=None, gt=0)  # mean tokens of a completion
+    min_length: float | None = Field(default=None, ge=0)  # mean tokens of a completion, at least
+    reference_version: int | None = Field(default=None, ge=1)  # the KL's reference; None: the run's first live version
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "BoundsSection":
+        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
+            raise ValueError("bounds.min_length must be <= max_length")
+        return self
+
+
+class SamplesSection(Section):
+    """A generator's held-out evidence: each version's completions of every held-out prompt, drawn
+    alike (one seed) and scored by the loop's reward; the `bounds` stage reads the same ones."""
+
+    n: int = Field(default=4, ge=1)  # completions per held-out prompt
+    max_new_tokens: int = Field(default=32, ge=1)  # of each completion
+    temperature: float = Field(default=1.0, gt=0)  # 1 (with top_p 1): the KL bound's estimate is unbiased
+    top_p: float = Field(default=1.0, gt=0, le=1)  # the nucleus the completions are drawn from
+    seed: int = 0  # the same for every version: each draws from the same random stream
+
+
 class GateSection(Section):
     """A candidate goes live only if each of the gate's stages says it is not worse than live."""
 
@@ -90,6 +126,8 @@ class GateSection(Section):
     ope: OPESection = Field(default_factory=OPESection)  # the `ope` stage's settings
     shadow: ShadowSection = Field(default_factory=ShadowSection)  # the `shadow` stage's settings
     canary: CanarySection = Field(default_factory=CanarySection)  # the `canary` stage's settings
+    bounds: BoundsSection = Field(default_factory=BoundsSection)  # the `bounds` stage's (a generator's)
+    samples: SamplesSection = Field(default_factory=SamplesSection)  # a generator's held-out completions
     test: Literal["mcnemar", "bootstrap"] = "mcnemar"  # the held-out stage's paired test (core/stats/paired.py)
     # points a candidate may lose to live: accuracy for a text classifier, the [0, 1] return scale for RL
     tolerance: float = Field(default=0.01, ge=0, lt=1)
@@ -159,3 +197,27 @@ def rl_gate(values: dict[str, Any] | None = None) -> GateSection:
 
 # The type of an RL loop's `gate` field: a partial section is completed with RL_DEFAULTS.
 RLGateSection = Annotated[GateSection, BeforeValidator(_rl_values)]
+
+# A generator's gate: held-out scores are mean rewards (the paired bootstrap; McNemar needs right /
+# wrong), the reward-hacking bounds after them, and an OPE slice of whole completions, whose
+# weights are cut and estimated self-normalised (no reward model of completions for DR).
+GENERATOR_DEFAULTS: dict[str, Any] = {
+    "stages": ["heldout", "bounds"],
+    "test": "bootstrap",
+    "tolerance": 0.02,
+    "ope": {"method": "snips", "size": 2000, "min_rows": 100, "min_ess": 20.0, "max_weight": 20.0,
+            "rule": "interval"},
+}
+
+
+def _generator_values(v: Any) -> Any:
+    return _over(GENERATOR_DEFAULTS, v) if isinstance(v, dict) else v
+
+
+def generator_gate(values: dict[str, Any] | None = None) -> GateSection:
+    """A generator's gate section: `values` laid over its defaults."""
+    return GateSection.model_validate(_over(GENERATOR_DEFAULTS, values or {}))
+
+
+# The type of a generate loop's `gate` field: a partial section is completed with GENERATOR_DEFAULTS.
+GeneratorGateSection = Annotated[GateSection, BeforeValidator(_generator_values)]

@@ -17,6 +17,10 @@ Whether a row carries a label is random (`p_label`) and independent of x, so the
 mixture stays unbiased.  Intervals: percentile bootstrap over rows (fixed seed).
 `compare` bootstraps the paired difference of two targets on the same rows.
 
+Sequences (a generator's completions): `compare_sequences` weighs each logged completion by
+exp(log pi(completion) - log mu(completion)), the sum of its tokens' log-ratios, cut at
+`max_weight`; IPS or SNIPS, the paired difference of two targets bootstrapped on the same rows.
+
 RL: `per_decision_is` weights each reward by the product of the ratios up to its step
 (Precup et al. 2000), over episodes; `weighted=True` normalises per step (WPDIS).
 
@@ -25,12 +29,14 @@ Plain numpy: the gate (serving/) and the benchmark call it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
 import numpy as np
 
 Method = Literal["ips", "snips", "dr"]
+MAX_LOG_WEIGHT = 700.0  # exp of more overflows a float64
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,45 @@ def per_decision_is(episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]
     final = rho[np.arange(len(episodes)), [len(r) - 1 for _, _, r in episodes]]
     ess = float(final.sum() ** 2 / max((final**2).sum(), 1e-300))
     return Estimate(v, low, high, "wpdis" if weighted else "pdis", len(episodes), 0, ess, level)
+
+
+def compare_sequences(log_ratios_a: np.ndarray, log_ratios_b: np.ndarray, rewards: np.ndarray,
+                      method: Method = "snips", max_weight: float | None = None, samples: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> tuple[Estimate, Estimate, Estimate]:
+    """(a, b, a - b) on logged sequences: `log_ratios_*` [N] are log pi(sequence) - log mu(sequence)
+    of each target, `rewards` [N] each sequence's reward.  `method` ips or snips (no reward model of
+    sequences here: dr is refused); a weight above `max_weight` counts as `max_weight`."""
+    if method not in ("ips", "snips"):
+        raise ValueError(f"sequences are estimated by ips or snips, not {method!r}")
+    r = np.asarray(rewards, dtype=np.float64)
+    cap = math.log(max_weight) if max_weight is not None else MAX_LOG_WEIGHT
+    w_a, w_b = (np.exp(np.minimum(np.asarray(x, dtype=np.float64), min(cap, MAX_LOG_WEIGHT)))
+                for x in (log_ratios_a, log_ratios_b))
+    if not (w_a.shape == w_b.shape == r.shape and r.ndim == 1 and r.size > 0):
+        raise ValueError("each target needs one log-ratio per logged sequence, and at least one sequence")
+    if not (np.isfinite(r).all() and not np.isnan(w_a).any() and not np.isnan(w_b).any()):
+        raise ValueError("log-ratios and rewards must be numbers (a log-ratio may be -inf: weight 0)")
+
+    def value(w: np.ndarray, idx: np.ndarray) -> float:
+        if method == "ips":
+            return float((w[idx] * r[idx]).mean())
+        total = w[idx].sum()
+        return float((w[idx] * r[idx]).sum() / total) if total > 0 else 0.0
+
+    def one(w: np.ndarray) -> Estimate:
+        v = value(w, np.arange(r.size))
+        low, high = _interval(_bootstrap(lambda idx: value(w, idx), r.size, samples, seed), level, v)
+        return Estimate(v, low, high, method, int(r.size), 0, _kish(w), level)
+
+    a, b = one(w_a), one(w_b)
+    diff = a.value - b.value
+    low, high = _interval(_bootstrap(lambda idx: value(w_a, idx) - value(w_b, idx), r.size, samples, seed),
+                          level, diff)
+    return a, b, Estimate(diff, low, high, method, int(r.size), 0, min(a.ess, b.ess), level)
+
+
+def _kish(w: np.ndarray) -> float:
+    return float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
 
 
 def _bootstrap(stat, n: int, samples: int, seed: int) -> np.ndarray:

@@ -59,6 +59,10 @@ share of resampled diffs >= -tolerance, refuse when p < alpha (i.e. the
 (1 - alpha) percentile of diff is below -tolerance).  A resample only needs the
 counts of wins / losses / ties, so it is one multinomial draw per replicate.
 
+Scores instead of right / wrong (a generator's mean reward on each held-out prompt): the same
+rule on the mean of the per-example differences, by the paired bootstrap alone (resampling the
+examples); `wins` / `losses` count the examples where the candidate scored higher / lower.
+
 No scipy, no Ray: this module is pure math on numpy arrays.
 """
 
@@ -135,13 +139,35 @@ def chi2_1_sf(x: float) -> float:
 
 
 # ---- the paired tests -----------------------------------------------------------------
-def _pairs(candidate: Sequence[bool] | np.ndarray, live: Sequence[bool] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    c, l = np.asarray(candidate, dtype=bool).ravel(), np.asarray(live, dtype=bool).ravel()
+def _pairs(candidate: Sequence[float] | np.ndarray, live: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides' scores as bool arrays when every one is right / wrong, else as floats."""
+    c, l = np.asarray(candidate).ravel(), np.asarray(live).ravel()
+    if _binary(c) and _binary(l):
+        c, l = c.astype(bool), l.astype(bool)
+    else:
+        c, l = c.astype(np.float64), l.astype(np.float64)
+        if not (np.isfinite(c).all() and np.isfinite(l).all()):
+            raise ValueError("paired test needs finite scores")
     if c.shape != l.shape:
         raise ValueError(f"paired test needs the same examples: candidate has {c.size}, live has {l.size}")
     if c.size == 0:
         raise ValueError("paired test needs at least one held-out example")
     return c, l
+
+
+def _binary(x: np.ndarray) -> bool:
+    return x.dtype == bool or bool(np.isin(x, (0, 1)).all())
+
+
+def bootstrap_scores(diffs: np.ndarray, tolerance: float, alpha: float, samples: int,
+                     seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """The paired bootstrap on per-example score differences (candidate - live): (p, (lo, hi)) as
+    `bootstrap_noninferiority`, resampling the examples themselves."""
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, diffs.size, (samples, diffs.size))].mean(1)
+    p = float(np.mean(means >= -tolerance - 1e-12))
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return p, (float(lo), float(hi))
 
 
 def mcnemar_noninferiority_p(wins: int, losses: int, n: int, tolerance: float, exact_below: int = 25) -> tuple[float, str]:
@@ -177,15 +203,18 @@ def compare(candidate: Sequence[bool] | np.ndarray, live: Sequence[bool] | np.nd
     if tolerance < 0 or min_gain < 0:
         raise ValueError("tolerance and min_gain must be >= 0")
     c, l = _pairs(candidate, live)
-    n = int(c.size)
-    wins, losses = int(np.sum(c & ~l)), int(np.sum(~c & l))
+    n, binary = int(c.size), c.dtype == bool
+    wins, losses = int(np.sum(c > l)), int(np.sum(c < l))
     acc_c, acc_l = float(c.mean()), float(l.mean())
-    diff = (wins - losses) / n
+    diff = (wins - losses) / n if binary else float(np.mean(c - l))
     ci = None
     if test == "mcnemar":
+        if not binary:
+            raise ValueError("mcnemar compares right / wrong answers; scores between 0 and 1 need test 'bootstrap'")
         p, name = mcnemar_noninferiority_p(wins, losses, n, tolerance, exact_below)
     elif test == "bootstrap":
-        p, ci = bootstrap_noninferiority(wins, losses, n, tolerance, alpha, bootstrap_samples, seed)
+        p, ci = (bootstrap_noninferiority(wins, losses, n, tolerance, alpha, bootstrap_samples, seed) if binary
+                 else bootstrap_scores(c - l, tolerance, alpha, bootstrap_samples, seed))
         name = "bootstrap"
     else:
         raise ValueError(f"unknown test {test!r} (use 'mcnemar' or 'bootstrap')")

@@ -4,7 +4,8 @@
     ope       the candidate's off-policy estimate on logged live decisions against live's
     shadow    beside live traffic: the candidate's answers to a share of requests, judged off-policy
     canary    on live traffic: a sticky share of clients answered by the candidate, a sequential test
+    bounds    a generator's reward-hacking bounds: KL to a reference, repetition, length
     rollback  the guard on live: prequential windows over feedback, versions that cannot answer
 """
 
-from gate.stages import canary, heldout, ope, rollback, shadow  # noqa: F401
+from gate.stages import bounds, canary, heldout, ope, rollback, shadow  # noqa: F401

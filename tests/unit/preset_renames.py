@@ -50,7 +50,11 @@ GATE_RENAMES = {"rl": {"ope.episodes": "ope.size", "ope.min_episodes": "ope.min_
                        "canary.min_episodes": "canary.min_requests", "canary.max_episodes": "canary.max_requests"}}
 # Keys the previous shape did not have, in every loop and in a kind's loop: the gate section every
 # kind shares gives each kind the keys only the other kind's gate had.
-NEW_KEYS = {"kind", "serving.route_prefix", "watch", "learning.first_candidate", "start_after"}
+NEW_KEYS = {"kind", "serving.route_prefix", "watch", "learning.first_candidate", "start_after", "gate.ope.max_weight"}
+# the generator's gate keys, which every gate section carries
+NEW_KEYS |= {f"gate.bounds.{k}" for k in ("max_kl", "max_repetition", "repetition_n", "max_length", "min_length",
+                                          "reference_version")}
+NEW_KEYS |= {f"gate.samples.{k}" for k in ("n", "max_new_tokens", "temperature", "top_p", "seed")}
 NEW_BY_KIND = {
     "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range"},
     "rl": {f"gate.{k}" for k in ("test", "alpha", "min_gain", "bootstrap_samples", "drift_guard", "window",
