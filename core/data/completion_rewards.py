@@ -62,6 +62,18 @@ class RewardRule:
     def thumbs(self, up: bool) -> float:
         return self.thumbs_up if up else self.thumbs_down
 
+    def score(self, row: Mapping[str, Any]) -> float | None:
+        """One rated completion's reward on its own (what a live unit scores); None for a preference,
+        which says only which of two is better, and for feedback with no finite reward."""
+        if row.get("feedback") == "preference" or row.get("rejected_completion") is not None:
+            return None
+        if row.get("reward") is not None:
+            value = self.scalar(row["reward"])
+            return None if math.isnan(value) else value
+        if row.get("thumbs_up") is not None:
+            return self.thumbs(bool(row["thumbs_up"]))
+        return None
+
     def scored(self, row: Mapping[str, Any]) -> list[ScoredCompletion]:
         """The rewarded completions of one row; [] when its feedback gives no finite reward."""
         kind = row.get("feedback")

@@ -7,8 +7,8 @@
                        wrong: the `heldout` stage's paired bootstrap compares them
     completions        those same completions, with each token's log-probability under the version:
                        what the `bounds` stage measures (KL to a reference, repetition, length)
-    unit               a joined feedback on a served completion: its score is the reward, else 1 / 0
-                       for a thumbs up / down; a preference scores nothing alone
+    unit               a joined feedback on a served completion: its score under the loop's reward
+                       rule (core/data/completion_rewards.py); a preference scores nothing alone
     logged decision    a rated completion the joiner held back (`slice: ope`): its tokens, their
                        log-probabilities under the distribution that drew them (temperature, top-p),
                        its score
@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from core.data.completion_rewards import RewardRule
 from core.config.gate import GateSection, OPESection, SamplesSection
 from core.models.completion_logprobs import completion_logprobs
 from core.models.generator import GREEDY, Completion, Sampling, TransformersEngine, causal_lm_from_files
@@ -45,15 +46,6 @@ class Generator:
         self.heldout: list[list[Completion]] | None = None
 
 
-def score_of(row: Mapping[str, Any]) -> float | None:
-    """A joined feedback's score: its reward, else its thumbs (1 / 0); None for a preference."""
-    if row.get("reward") is not None:
-        return float(row["reward"])
-    if row.get("thumbs_up") is not None:
-        return float(bool(row["thumbs_up"]))
-    return None
-
-
 class GeneratorKind:
     name = "text_generator"
     unit = "feedback"
@@ -62,17 +54,19 @@ class GeneratorKind:
     groups = None
 
     def __init__(self, prompts: Sequence[str], reward_fn: RewardFn, samples: SamplesSection | None = None,
-                 batch: int = 16, device: str = "cpu"):
+                 batch: int = 16, device: str = "cpu", rule: RewardRule | None = None):
         if not prompts:
             raise GateError("a generator's gate needs a non-empty set of held-out prompts")
         self.heldout, self.reward_fn = list(prompts), reward_fn
+        self.rule = rule or RewardRule()  # a rated completion's score: the learner's reward rule
         self.samples, self.batch, self.device = samples or SamplesSection(), batch, device
         self.spec = {"kind": self.name}
 
     @classmethod
     def from_args(cls, prompts: Sequence[str], reward_fn: RewardFn, samples: dict | None = None,
-                  batch: int = 16, device: str = "cpu") -> "GeneratorKind":
-        return cls(prompts, reward_fn, SamplesSection.model_validate(samples or {}), batch, device)
+                  batch: int = 16, device: str = "cpu", rule: dict | None = None) -> "GeneratorKind":
+        return cls(prompts, reward_fn, SamplesSection.model_validate(samples or {}), batch, device,
+                   RewardRule(**rule) if rule else None)
 
     def check(self, section: GateSection) -> None:
         """What of a gate section a generator cannot serve: said before the run starts."""
@@ -141,7 +135,7 @@ class GeneratorKind:
         if kind != "feedback":
             return None
         row = item["row"]
-        version, score = row.get("policy_version"), score_of(row)
+        version, score = row.get("policy_version"), self.rule.score(row)
         ev = Evidence(version=None if version is None else int(version), score=score, client=item.get("client"),
                       inputs=[str(row["prompt"])] if row.get("prompt") else None)
         if item.get("slice") == "ope" and score is not None:
