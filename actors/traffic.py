@@ -18,7 +18,7 @@ shell, which may start before its loop's app: it sends once the proxy routes the
 predict path.
 Transient failures (503 while replicas swap or restart, 429, 502/504, refused
 or dropped connections) are retried with jittered exponential backoff and
-counted; nothing a server does stops the actor.  A bug in a user thread ends
+counted (actors/http_retry.py); nothing a server does stops the actor.  A bug in a user thread ends
 the actor through `CrashBackoff` (actors/crash_backoff.py), so Ray restarts it.
 """
 
@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import httpx
 import numpy as np
 
-from actors.crash_backoff import RETRY_STATUS
+from actors.http_retry import RetryingPoster, bump as _bump
 from actors.pair_traffic import predict_body
 from core.config.data import TrafficSection
 from core.data.labeled import LabeledData, ordered_index
@@ -106,8 +106,10 @@ class TrafficWorker:
         self._next_slot = 0.0  # rate limit: when the next predict request may start
         # counters (under _lock)
         self.predict_requests = self.predicts = self.feedbacks = self.feedback_labels = self.feedback_rewards = 0
-        self.predict_failed = self.feedback_failed = self.retries = self.scored = self.correct = 0
+        self.predict_failed = self.feedback_failed = self.scored = self.correct = 0
         self.errors: dict[str, dict[str, int]] = {"predict": {}, "feedback": {}}
+        self.http = RetryingPoster(self.client, self._stop, self._lock, self._rng, self.errors, max_retries=max_retries,
+                                   backoff_s=backoff_s, max_backoff_s=max_backoff_s)
         self.by_version: dict[str, list[int]] = {}  # model_version -> [served, correct]
         self.recent: deque[bool] = deque(maxlen=recent_window)
         self.latencies: deque[float] = deque(maxlen=2000)
@@ -333,36 +335,14 @@ class TrafficWorker:
                 self.feedback_rewards += 1
 
     def _post(self, kind: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any | None:
-        """POST with retries on transient failures; the JSON reply, or None (counted)."""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            try:
-                resp = self.client.post(url, json=body, headers=headers)
-            except httpx.TransportError as exc:  # refused, reset, timed out
-                self._count(kind, "connection" if not isinstance(exc, httpx.TimeoutException) else "timeout")
-            else:
-                if resp.status_code < 300:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        self._count(kind, "bad_json")
-                        return None
-                self._count(kind, str(resp.status_code))
-                if resp.status_code not in RETRY_STATUS:
-                    return None  # 4xx: this request will not get better (410 expired, 404 unknown event, ...)
-                retry_after = _seconds(resp.headers.get("retry-after"))
-            if attempt == self.max_retries or self._stop.is_set():
-                return None
-            with self._lock:
-                self.retries += 1
-                jitter = self._rng.uniform(0.5, 1.5)
-            pause = min(self.max_backoff_s, self.backoff_s * 2**attempt * jitter)
-            self._stop.wait(min(self.max_backoff_s, retry_after) if retry_after is not None else pause)
-        return None
+        return self.http.post(kind, url, body, headers)
 
     def _count(self, kind: str, what: str) -> None:
-        with self._lock:
-            _bump(self.errors[kind], what)
+        self.http.count(kind, what)
+
+    @property
+    def retries(self) -> int:
+        return self.http.retries
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -408,12 +388,3 @@ def _predictions(reply: Any, n: int) -> list[dict[str, Any]] | None:
     return reply
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: use our own backoff
-
-
-def _bump(counts: dict[str, int], key: str) -> None:
-    counts[key] = counts.get(key, 0) + 1

@@ -2,9 +2,10 @@
 
 The loop serves `POST <route_prefix>` (completions with their log-probabilities) and
 `POST <route_prefix>/feedback` (thumbs, a reward, or a preference between two completions of one
-prompt), and writes each joined completion to its `completions` replay table.  Its `learning` group
-says how a policy-gradient learner (learners/policy_gradient.py) turns that feedback into rewards and
-updates; no loop kind runs that learner yet, so the served version is the one it starts from.
+prompt), and writes each joined completion to its `completions` replay table.  Its `prompts` are
+openings of the shipped reviews (core/data/prompts.py) and its `users` simulated clients whose
+feedback follows a fixed judge (core/models/judge.py).  Its `learning` group says how the
+policy-gradient learner (learners/policy_gradient.py) turns that feedback into rewards and updates.
 """
 
 from __future__ import annotations
@@ -117,6 +118,42 @@ class GenerateLearningSection(Section):
             raise ValueError(f"reward_min {self.reward_min} must be below reward_max {self.reward_max}")
         if self.dual_clip <= 1 + self.clip_epsilon:
             raise ValueError(f"dual_clip {self.dual_clip} must be above 1 + clip_epsilon ({1 + self.clip_epsilon})")
+
+
+class GeneratePromptsSection(Section):
+    """The prompts: openings of the reviews the judge never saw (core/data/prompts.py), held-out or traffic."""
+
+    opening_chars: int = Field(default=8, ge=1)  # characters of a review's opening that make a prompt
+    min_rest_chars: int = Field(default=4, ge=0)  # a review gives a prompt only with this much after it
+    heldout_share: float = Field(default=0.2, gt=0, lt=1)  # of the openings: the gate's, never sent as traffic
+    max_heldout: int | None = Field(default=500, ge=1)  # the gate's prompts, at most
+
+
+class GenerateUsersSection(Section):
+    """Simulated users (actors/generate_users.py): a traffic prompt, completions, feedback by the judge.
+
+    A user who rates gives a thumbs-up with the probability the judge reads prompt + completion as
+    positive; a preference names the completion the judge scores higher.  The shares pick a
+    user's kind per request; the rest of 1 are users who ask one completion and rate it."""
+
+    num_actors: int = Field(default=1, ge=0)  # user actors, each a share of the traffic prompts
+    concurrency: int = Field(default=2, ge=1)  # requests in flight per actor
+    requests_per_s: float | None = Field(default=None, gt=0)  # per actor; None = as fast as served
+    clients: int = Field(default=1000, ge=1)  # simulated users per actor, named in `x-evolve-client`
+    several_share: float = Field(default=0.2, ge=0, le=1)  # users who rate each of `several_n` completions
+    preference_share: float = Field(default=0.2, ge=0, le=1)  # users who prefer one of two completions
+    reward_share: float = Field(default=0.0, ge=0, le=1)  # users who send the judge's probability as a reward
+    several_n: int = Field(default=4, ge=2)  # completions a rating-several user asks for
+    max_new_tokens: int | None = Field(default=None, ge=1)  # None: the app's default
+    temperature: float | None = Field(default=None, ge=0)  # None: the app's default
+    judge_path: str | None = None  # the judge's file; None: <cache>/judge/ (made on first use)
+    actor_num_cpus: float = Field(default=0.2, gt=0)  # Ray CPUs per user actor
+
+    @model_validator(mode="after")
+    def _shares(self) -> "GenerateUsersSection":
+        total = self.several_share + self.preference_share + self.reward_share
+        if total > 1 + 1e-9:
+            raise ValueError(f"several_share + preference_share + reward_share is {total:g}; at most 1")
         return self
 
 
@@ -128,6 +165,8 @@ class GenerateSection(LoopSection):
     model: GenerateModelSection = Field(default_factory=GenerateModelSection)
     serving: GenerateServingSection = Field(default_factory=GenerateServingSection)
     learning: GenerateLearningSection = Field(default_factory=GenerateLearningSection)
+    prompts: GeneratePromptsSection = Field(default_factory=GeneratePromptsSection)
+    users: GenerateUsersSection = Field(default_factory=GenerateUsersSection)
 
     @model_validator(mode="after")
     def _names(self) -> "GenerateSection":

