@@ -89,12 +89,12 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
         if cfg.serving.enabled:  # before Ray starts: auth on with no key is refused at once
             ctx.auth, ctx.run_key = _auth_settings(cfg)
             ctx.client_verify = cfg.serving.tls.client_verify() if cfg.serving.tls is not None else True
-        feedback = cfg.loops_of("feedback")
-        if cfg.serving.enabled and cfg.serving.grpc and feedback:
+        longest = [loop.serving.max_text_chars for loop in cfg.loops_of("feedback").values()] \
+            + [loop.serving.max_prompt_chars for loop in cfg.loops_of("generate").values()]
+        if cfg.serving.enabled and cfg.serving.grpc and longest:
             from serving.feedback_app import bound_grpc_messages
 
-            # an embedded cluster's gRPC proxy inherits it
-            bound_grpc_messages(max(loop.serving.max_text_chars for loop in feedback.values()))
+            bound_grpc_messages(max(longest))  # an embedded cluster's gRPC proxy inherits it
         ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
         if ctx.auth is not None:  # replicas on every node follow the keys from here
@@ -303,7 +303,7 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
         say(f"evolve: API keys required (serving.auth) on {cfg.serving.host}")
 
     grpc = None
-    if cfg.serving.grpc and cfg.loops_of("feedback"):  # the feedback apps' predict/feedback over gRPC
+    if cfg.serving.grpc and (cfg.loops_of("feedback") or cfg.loops_of("generate")):  # their routes over gRPC
         from serving.feedback_app import grpc_options
 
         grpc = grpc_options(cfg.serving.grpc_port)

@@ -10,13 +10,13 @@ policy-gradient learner (learners/policy_gradient.py) turns that feedback into r
 
 from __future__ import annotations
 
-from typing import Literal
-
 import math
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from core.config.base import NAME_PATTERN, LoopSection, Section
+from core.config.gate import GeneratorGateSection, generator_gate
 
 
 class GenerateModelSection(Section):
@@ -25,32 +25,34 @@ class GenerateModelSection(Section):
     # A registry policy whose live (else newest) version the loop starts from; None, or a policy with
     # no version yet: a GPT-2-shaped model with random weights, shaped below, for `tokenizer`.
     start_policy: str | None = None
+    # The registry holding `start_policy` (a pretraining run's: runs/clm/registry); None: this run's.
+    start_registry: str | None = None
     tokenizer: str | None = None  # a tokenizer directory for a built model; None: WordPiece on the reviews
     vocab_size: int = Field(default=3000, ge=100)  # the WordPiece tokenizer trained when `tokenizer` is None
-    n_layer: int = Field(default=2, ge=1)
-    n_embd: int = Field(default=64, ge=8)
-    n_head: int = Field(default=2, ge=1)
+    n_layer: int = Field(default=2, ge=1)  # a built model's transformer blocks
+    n_embd: int = Field(default=64, ge=8)  # a built model's width
+    n_head: int = Field(default=2, ge=1)  # a built model's attention heads (n_embd a multiple of it)
     n_positions: int = Field(default=256, ge=16)  # the context: prompt + completion tokens
-    seed: int = 0
+    seed: int = 0  # a built model's initial weights
 
 
 class GenerateServingSection(Section):
     """The loop's Serve app and its request limits (a request past one is a 4xx naming the field)."""
 
     route_prefix: str = "/v1/generate"  # generate at the prefix itself; /feedback and /healthz under it
-    num_replicas: int = Field(default=1, ge=1)
-    max_queued_requests: int = Field(default=200, ge=1)
+    num_replicas: int = Field(default=1, ge=1)  # Serve replicas of the app
+    max_queued_requests: int = Field(default=200, ge=1)  # past this, 503 with Retry-After
     max_prompt_chars: int = Field(default=2000, ge=1)  # a longer prompt: 413
     max_new_tokens_limit: int = Field(default=128, ge=1)  # `max_new_tokens` above it: 422
     max_n: int = Field(default=8, ge=1)  # completions of one prompt per request
-    max_temperature: float = Field(default=5.0, gt=0)
-    default_max_new_tokens: int = Field(default=32, ge=1)
+    max_temperature: float = Field(default=5.0, gt=0)  # `temperature` above it: 422
+    default_max_new_tokens: int = Field(default=32, ge=1)  # a request without `max_new_tokens`
     default_temperature: float = Field(default=1.0, ge=0)  # 0: greedy
-    default_top_p: float = Field(default=1.0, gt=0, le=1)
+    default_top_p: float = Field(default=1.0, gt=0, le=1)  # a request without `top_p`: no nucleus cut
     # @serve.batch: requests decoded together, counted in completions (prompts x n); requests with
     # the same max_new_tokens, temperature and top_p share one generate call
-    max_batch_size: int = Field(default=16, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.02, ge=0)
+    max_batch_size: int = Field(default=16, ge=1)  # completions per generate call, at most
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0)  # how long a batch waits to fill
     feedback_ttl_s: float = Field(default=600.0, gt=0)  # feedback after this -> 410
     max_events: int = Field(default=50_000, ge=1)  # completions held for feedback (each keeps its tokens)
 
@@ -106,6 +108,8 @@ class GenerateLearningSection(Section):
     baseline_init: float = 0.5  # the running reward baseline before any reward (one rated completion of a prompt)
     baseline_decay: float = Field(default=0.99, gt=0, lt=1)  # EMA decay of the running baseline, per reward
     candidate_every: int = Field(default=20, ge=1)  # learner updates between candidates
+    report_every: int = Field(default=5, ge=1)  # learner updates between progress records
+    checkpoint_every: int = Field(default=200, ge=1)  # learner updates between checkpoints
 
     @model_validator(mode="after")
     def _finite_rewards(self) -> "GenerateLearningSection":
@@ -118,6 +122,7 @@ class GenerateLearningSection(Section):
             raise ValueError(f"reward_min {self.reward_min} must be below reward_max {self.reward_max}")
         if self.dual_clip <= 1 + self.clip_epsilon:
             raise ValueError(f"dual_clip {self.dual_clip} must be above 1 + clip_epsilon ({1 + self.clip_epsilon})")
+        return self
 
 
 class GeneratePromptsSection(Section):
@@ -162,11 +167,13 @@ class GenerateSection(LoopSection):
     policy_id: str | None = None  # registry and Serve name of the generator; None: the loop's name
     # Replay tables by role: `completions` (joined completions with their feedback). Unset: <loop>.
     tables: dict[str, str | None] = Field(default_factory=dict)
-    model: GenerateModelSection = Field(default_factory=GenerateModelSection)
-    serving: GenerateServingSection = Field(default_factory=GenerateServingSection)
-    learning: GenerateLearningSection = Field(default_factory=GenerateLearningSection)
-    prompts: GeneratePromptsSection = Field(default_factory=GeneratePromptsSection)
-    users: GenerateUsersSection = Field(default_factory=GenerateUsersSection)
+    model: GenerateModelSection = Field(default_factory=GenerateModelSection)  # the causal LM version 1 is
+    serving: GenerateServingSection = Field(default_factory=GenerateServingSection)  # its app and limits
+    learning: GenerateLearningSection = Field(default_factory=GenerateLearningSection)  # rewards, updates
+    prompts: GeneratePromptsSection = Field(default_factory=GeneratePromptsSection)  # held-out and traffic
+    users: GenerateUsersSection = Field(default_factory=GenerateUsersSection)  # the simulated users
+    # what a candidate must pass to go live: held-out reward, then the reward-hacking bounds
+    gate: GeneratorGateSection = Field(default_factory=generator_gate)
 
     @model_validator(mode="after")
     def _names(self) -> "GenerateSection":

@@ -22,6 +22,7 @@ from pydantic import Field
 from core.config.base import LoopSection
 from core.config.clm import CLMSection
 from core.config.feedback import FeedbackSection
+from core.config.generate import GenerateSection
 from core.config.mlm import MLMSection
 from core.config.novelty import NoveltySection
 from core.config.rl import RLSection
@@ -104,6 +105,18 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
             short={"unigram_ppl": "unigram"},
             status={"ppl": "ppl", "updates": "step", "loss": "loss"},
             report=("learner", "perplexity"),
+        ),
+    ),
+    LoopKind(
+        "generate", GenerateSection, "cluster.loops.generate:GenerateLoop",
+        tables={"completions": TableNeed("completions", settings={"capacity": 100_000})},
+        figures=Figures(
+            lead=("version", "reward", "kl", "user_reward"),
+            short={**_COMMON, "user_reward": "users", "completions": "compl", "feedback": "fb",
+                   "promoted": "prom", "refused": "ref"},
+            status={"version": "version", "reward": "reward", "updates": "updates", "loss": "loss"},
+            rates={"completions_per_s": "completions"},
+            report=("learner", "timeline"),
         ),
     ),
     LoopKind(
