@@ -173,6 +173,17 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return " ".join(str(exc).split())[:limit]
 
 
+def plain_event(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-friendly copy of another component's record (numpy scalars -> Python); the event writer
+    owns `time`, `loop` and `event`, so the record's own are kept as gate_time, ..."""
+    out = {}
+    for k, v in d.items():
+        if hasattr(v, "item") and callable(v.item) and getattr(v, "shape", None) == ():
+            v = v.item()
+        out[f"gate_{k}" if k in ("time", "loop", "event") else k] = v
+    return out
+
+
 def round_or_none(value: float | None, digits: int = 1) -> float | None:
     return None if value is None or value != value else round(float(value), digits)
 

@@ -27,7 +27,7 @@ import ray
 from actors.traffic_actor import TrafficActor
 from cluster.errors import UserError
 from cluster.learner_run import get_or
-from cluster.loop import LoopBase, RunContext, mean_or_none, quietly, round_or_none
+from cluster.loop import LoopBase, RunContext, mean_or_none, plain_event, quietly, round_or_none
 from core.stats.continual import AccuracyMatrix
 from core.models.classifier_start import StartingClassifier, starting_classifier
 from core.config.evolve import EvolveConfig
@@ -99,7 +99,7 @@ class FeedbackLoop(LoopBase):
         first = ray.get(booting)
         if early and first.get("version") != 1:  # one run per storage makes this a bug
             raise RuntimeError(f"loop {self.name!r}: the starting classifier became v{first.get('version')}, not v1")
-        self.event("bootstrap", **_plain(first), origin=self.origin)
+        self.event("bootstrap", **plain_event(first), origin=self.origin)
         if self.matrix is not None:
             self.matrix.record_baseline(ray.get(self.gate.group_accuracy.remote(fb.policy_id)))
         if not early:
@@ -217,7 +217,7 @@ class FeedbackLoop(LoopBase):
             if kind == "adapt":
                 self.adaptations += bool(ev.get("actions"))
                 self.alarms[ev.get("signal", "?")] = self.alarms.get(ev.get("signal", "?"), 0) + 1
-            self.event(kind, **_plain(ev))
+            self.event(kind, **plain_event(ev))
         self.gate_summary = get_or(self.gate.summary.remote(self.fb.policy_id), self.gate_summary)
 
     def _follow_groups(self) -> None:
@@ -303,13 +303,3 @@ class FeedbackLoop(LoopBase):
 
 def _numpy(weights: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in weights.items()}
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    """JSON-friendly copy (numpy scalars -> Python); the event writer owns `time`, `loop`, `event`."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        out[f"gate_{k}" if k in ("time", "loop", "event") else k] = v
-    return out

@@ -27,7 +27,7 @@ from actors.generate_users import GenerateUsersActor
 from cluster.errors import UserError
 from cluster.gate_actor import GateActor, check_gate, gate_name
 from cluster.learner_run import get_or
-from cluster.loop import LoopBase, RunContext, mean_or_none, round_or_none
+from cluster.loop import LoopBase, RunContext, mean_or_none, plain_event, round_or_none
 from core.config.evolve import EvolveConfig
 from core.data.completion_rewards import RewardRule
 from core.data.prompts import review_prompts
@@ -98,7 +98,7 @@ class GenerateLoop(LoopBase):
              "rule": RewardRule.from_section(gen.learning).__dict__},
             gen.gate.model_dump(mode="json"), PUBLISHER_NAME, seed=self.cfg.run.seed)
         first = ray.get(self._bootstrap())
-        self.event("bootstrap", **{k: v for k, v in first.items() if _plain(v)}, origin=self.origin)
+        self.event("bootstrap", **plain_event(first), origin=self.origin)
         self._deploy_app()
         self._add_users()
         live = ctx.registry.load(gen.policy_id, stage="live", as_numpy=True)
@@ -181,7 +181,8 @@ class GenerateLoop(LoopBase):
         figures = super().poll()
         self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
         for ev in get_or(self.gate.drain_events.remote(), []):
-            self.event(ev.pop("event", "gate"), **{k: v for k, v in ev.items() if _plain(v)})
+            kind = ev.pop("event", "gate")
+            self.event(kind, **plain_event(ev))
         self.gate_summary = get_or(self.gate.summary.remote(self.gen.policy_id), self.gate_summary)
         return {
             "version": self.gate_summary.get("live_version"),
@@ -239,7 +240,3 @@ class GenerateLoop(LoopBase):
             "heldout_prompts": len(self.prompts.heldout),
             "elapsed_s": round(time.time() - self.started, 1),
         }
-
-
-def _plain(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool, list, dict, type(None)))
