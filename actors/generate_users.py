@@ -23,7 +23,6 @@ httpx.MockTransport); `GenerateUsersActor` is the thin Ray shell, which waits fo
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import threading
 import time
@@ -35,6 +34,7 @@ import numpy as np
 import ray
 
 from actors.crash_backoff import CrashBackoff
+from actors.client_threads import ClientThreads, WorkerShell
 from actors.http_retry import RetryingPoster, bump
 from core.config.generate import GeneratePromptsSection, GenerateUsersSection
 from core.data.prompts import review_prompts
@@ -44,7 +44,7 @@ KINDS = ("thumbs", "several", "preference", "reward")
 FEEDBACK = ("thumbs_up", "thumbs_down", "reward", "better_than")
 
 
-class GenerateUsersWorker:
+class GenerateUsersWorker(ClientThreads):
     def __init__(self, base_url: str, prompts: Sequence[str], judge: Judge, users: GenerateUsersSection | None = None,
                  *, actor_id: str = "users-0", seed: int = 0, generate_path: str = "/v1/generate",
                  recent_window: int = 300, max_retries: int = 6, backoff_s: float = 0.05, max_backoff_s: float = 2.0,
@@ -91,54 +91,25 @@ class GenerateUsersWorker:
         return cls(base_url, traffic, ensure_judge(users.judge_path), users, seed=seed + 7919 * i, **kwargs)
 
     # ---- running -------------------------------------------------------------------------------
-    def start(self) -> None:
-        if any(t.is_alive() for t in self._threads):
-            return
-        self._stop.clear()
-        self._threads = [threading.Thread(target=self._run_thread, daemon=True, name=f"{self.actor_id}-{k}")
-                         for k in range(self.cfg.concurrency)]
-        for t in self._threads:
-            t.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        deadline = time.monotonic() + timeout_s
-        for t in self._threads:
-            t.join(timeout=max(0.0, deadline - time.monotonic()))
-
-    def close(self) -> None:
-        self.stop()
-        self.client.close()
-
-    def running(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
-
     def run_requests(self, count: int) -> None:
         """`count` users, one after another, in this thread (tests and benchmarks)."""
         for _ in range(count):
             self.one_user()
 
-    def _run_thread(self) -> None:
-        try:
-            if self.await_route:
-                self._await_ready()
-            while not self._stop.is_set():
-                wait = self._reserve_slot()
-                if wait > 0 and self._stop.wait(wait):
-                    return
-                try:
-                    self.one_user()
-                except Exception as exc:  # never let one bad answer end the traffic
-                    with self._lock:
-                        self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-                        bump(self.errors["generate"], "exception")
-                    self._stop.wait(0.05)
-        except Exception as exc:  # a bug outside a request: the thread would end silently
-            with self._lock:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            if self.on_crash is None:
-                raise
-            self.on_crash(exc)
+    def _work(self) -> None:
+        if self.await_route:
+            self._await_ready()
+        while not self._stop.is_set():
+            wait = self._reserve_slot()
+            if wait > 0 and self._stop.wait(wait):
+                return
+            try:
+                self.one_user()
+            except Exception as exc:  # never let one bad answer end the traffic
+                with self._lock:
+                    self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                    bump(self.errors["generate"], "exception")
+                self._stop.wait(0.05)
 
     def _await_ready(self, timeout_s: float = 600.0) -> None:
         """Until the app's /healthz answers 200 (a version is live)."""
@@ -150,15 +121,6 @@ class GenerateUsersWorker:
             except httpx.HTTPError:
                 pass
             self._stop.wait(0.25)
-
-    def _reserve_slot(self) -> float:
-        if self.cfg.requests_per_s is None:
-            return 0.0
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self.cfg.requests_per_s
-            return slot - now
 
     # ---- one user ------------------------------------------------------------------------------
     def one_user(self) -> None:
@@ -275,7 +237,7 @@ def _completions(reply: Any, n: int) -> list[dict[str, Any]] | None:
 
 # ---- Ray at the edge ---------------------------------------------------------------------------
 @ray.remote(max_restarts=-1, max_concurrency=4)
-class GenerateUsersActor:
+class GenerateUsersActor(WorkerShell):
     """A GenerateUsersWorker on shard i of the traffic prompts; starts at once (and after a restart)."""
 
     def __init__(self, base_url: str, users: dict, prompts: dict, actor_id: str, *, seed: int = 0,
@@ -286,16 +248,3 @@ class GenerateUsersActor:
             **{"await_route": True, **kwargs})
         if autostart:
             self.worker.start()
-
-    def start(self) -> None:
-        self.worker.start()
-
-    def stop(self) -> dict[str, Any]:
-        self.worker.stop()
-        return self.worker.stats()
-
-    def stats(self) -> dict[str, Any]:
-        return self.worker.stats()
-
-    def pid(self) -> int:
-        return os.getpid()

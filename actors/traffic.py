@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import httpx
 import numpy as np
 
+from actors.client_threads import ClientThreads
 from actors.http_retry import RetryingPoster, bump as _bump
 from actors.pair_traffic import predict_body
 from core.config.data import TrafficSection
@@ -45,7 +46,7 @@ from core.data.labeled import LabeledData, ordered_index
 log = logging.getLogger(__name__)
 
 
-class TrafficWorker:
+class TrafficWorker(ClientThreads):
     def __init__(
         self,
         base_url: str,
@@ -129,21 +130,6 @@ class TrafficWorker:
         return cls(base_url, [data.train[j] for j in picked], data.labels, traffic, seed=seed + 7919 * i,
                    groups=groups, **kwargs)
 
-    def start(self) -> None:
-        if any(t.is_alive() for t in self._threads):
-            return
-        self._stop.clear()
-        self._threads = [threading.Thread(target=self._run_thread, daemon=True, name=f"{self.actor_id}-{k}")
-                         for k in range(self.cfg.concurrency)]
-        for t in self._threads:
-            t.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        deadline = time.monotonic() + timeout_s
-        for t in self._threads:
-            t.join(timeout=max(0.0, deadline - time.monotonic()))
-
     def run(self, timeout_s: float | None = None) -> None:
         """Start and wait until one pass is done and its feedback sent (repeat=False), or the timeout."""
         self.start()
@@ -152,27 +138,13 @@ class TrafficWorker:
             t.join(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         self.stop()
 
-    def running(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
-
     def set_poison(self, flag: bool) -> None:
         self.poison = flag
 
-    def close(self) -> None:
-        self.stop()
-        self.client.close()
-
-    def _run_thread(self) -> None:
-        try:
-            if self.await_route:
-                self._await_route()
-            self._users()
-        except Exception as exc:  # a bug, not a bad answer: the thread would end silently
-            with self._lock:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            if self.on_crash is None:
-                raise
-            self.on_crash(exc)
+    def _work(self) -> None:
+        if self.await_route:
+            self._await_route()
+        self._users()
 
     def _await_route(self, timeout_s: float = 300.0) -> None:
         """Until the predict path is routed (not 404), or with a `ready_path` until that answers 200."""
@@ -219,16 +191,6 @@ class TrafficWorker:
         if rows:
             self._predict(rows)
         return True
-
-    def _reserve_slot(self) -> float:
-        """Seconds to wait before this predict request (requests_per_s across all threads)."""
-        if self.cfg.requests_per_s is None:
-            return 0.0
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self.cfg.requests_per_s
-            return slot - now
 
     def _take_rows(self, k: int) -> list[tuple[str, int]]:
         with self._lock:

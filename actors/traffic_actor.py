@@ -6,18 +6,18 @@ the config and starts sending at once.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ray
 
+from actors.client_threads import WorkerShell
 from actors.crash_backoff import CrashBackoff
 from actors.traffic import TrafficWorker
 from core.config.data import DataSection, TrafficSection
 
 
 @ray.remote(max_restarts=-1, max_concurrency=4)
-class TrafficActor:
+class TrafficActor(WorkerShell):
     """A TrafficWorker on the traffic split of the configured data; starts at once (and after a restart)."""
 
     def __init__(self, base_url: str, traffic: dict, data: dict, actor_id: str, *, seed: int = 0,
@@ -31,18 +31,5 @@ class TrafficActor:
         if autostart:
             self.worker.start()
 
-    def start(self) -> None:
-        self.worker.start()
-
-    def stop(self) -> dict[str, Any]:
-        self.worker.stop()
-        return self.worker.stats()
-
-    def stats(self) -> dict[str, Any]:
-        return self.worker.stats()
-
     def set_poison(self, flag: bool) -> None:
         self.worker.set_poison(flag)
-
-    def pid(self) -> int:
-        return os.getpid()
