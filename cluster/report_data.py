@@ -145,6 +145,20 @@ def perplexity(events: list[dict[str, Any]]) -> dict[str, Curve]:
     return {"held-out": heldout, "unigram": unigram}
 
 
+def reward_and_kl(events: list[dict[str, Any]], t0: float) -> dict[str, Curve]:
+    """A generator's rewards and KL against run time, from its progress events: live's mean judged
+    reward on the held-out prompts, the users' judged reward of what they were served, live's KL
+    to its reference."""
+    curves = {"held-out reward": Curve(), "users' reward": Curve(), "kl": Curve()}
+    for e in events:
+        if e.get("event") == "progress" and _number(e.get("time")):
+            t = e["time"] - t0
+            curves["held-out reward"].add(t, e.get("reward"))
+            curves["users' reward"].add(t, e.get("user_reward"))
+            curves["kl"].add(t, e.get("kl"))
+    return curves
+
+
 def replay_series(events: list[dict[str, Any]], t0: float) -> dict[str, dict[str, Curve]]:
     """Per table: size, inserts/s and samples/s against run time."""
     out: dict[str, dict[str, Curve]] = {}

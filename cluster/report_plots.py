@@ -137,6 +137,24 @@ def perplexity(loop: str, series: dict[str, Curve]) -> Figure | None:
     return fig
 
 
+def reward_and_kl(loop: str, series: dict[str, Curve]) -> Figure | None:
+    if not series["held-out reward"]:
+        return None
+    fig, (reward, kl) = _figure(f"{loop}: judged reward and KL to the reference", rows=2)
+    held, users = series["held-out reward"], series["users' reward"]
+    reward.plot(held.x, held.y, drawstyle="steps-post", linewidth=2, label="held-out (live version)")
+    if users:
+        reward.plot(users.x, users.y, marker=".", alpha=0.7, label="users (what they were served)")
+    reward.set_ylabel("mean reward")
+    reward.legend(fontsize="small")
+    kl.plot(series["kl"].x, series["kl"].y, drawstyle="steps-post", color="tab:purple")
+    kl.set_ylabel("KL (per token)")
+    kl.set_xlabel("run time (s)")
+    for ax in (reward, kl):
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def timeline(loop: str, curves: dict[str, Curve], marks: Marks) -> Figure | None:
     """Gate outcomes, drift alarms and adaptation actions as vertical lines over the loop's figures."""
     if not curves and not marks:

@@ -116,7 +116,7 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
                    "promoted": "prom", "refused": "ref"},
             status={"version": "version", "reward": "reward", "updates": "updates", "loss": "loss"},
             rates={"completions_per_s": "completions"},
-            report=("learner", "timeline"),
+            report=("reward", "learner", "timeline"),
         ),
     ),
     LoopKind(
