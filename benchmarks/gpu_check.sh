@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU path on a one-GPU machine, in about 6 minutes; the last line is one JSON object:
+# The GPU path on a one-GPU machine, in about 7 minutes; the last line is one JSON object:
 #   mlm_*      benchmarks/gpu_mlm.py: the gpu-base MLM step in bf16, tokens/s and model FLOPs utilisation
+#   generate_*, pg_*  benchmarks/gpu_generate.py: a 0.5B causal LM (random weights), bf16 generation
+#              tokens/s batched and one at a time, one policy-gradient step's time and MFU
 #   feedback_* `evolve run configs/sentiment.yaml` for FEEDBACK_BUDGET_S with the online learner and the
 #              feedback replica on the GPU (random-init encoder: no pretraining in this budget)
 #   serve_*    benchmarks/serve_throughput.py with the replica on the GPU: batched / unbatched requests/s
@@ -23,6 +25,9 @@ echo "gpu_check: CUDA unit tests" >&2
 echo "gpu_check: MLM gpu-base bf16" >&2
 "$PY" benchmarks/gpu_mlm.py --json --preset gpu-base --batch-size 128 --seq-len 128 | tail -1 > "$OUT/mlm.json"
 
+echo "gpu_check: generator 0.5B bf16: generation and one policy-gradient step" >&2
+"$PY" benchmarks/gpu_generate.py --json --preset 0.5b | tail -1 > "$OUT/generate.json"
+
 echo "gpu_check: feedback loop, GPU learner and replica, ${FEEDBACK_BUDGET_S}s" >&2
 "$EVOLVE" run configs/sentiment.yaml --budget-s "$FEEDBACK_BUDGET_S" --run-dir "$OUT/feedback" \
     --set learner.use_gpu=true --set serving.replica_num_gpus=0.25 --set cluster.num_cpus=8 >&2
@@ -37,6 +42,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 mlm = json.loads((out / "mlm.json").read_text())
 serve = json.loads((out / "serve.json").read_text())
+gen = json.loads((out / "generate.json").read_text())
 run = json.loads((out / "feedback" / "summary.json").read_text())
 loop = next(iter(run["loops"].values()))
 print(json.dumps({
@@ -47,5 +53,8 @@ print(json.dumps({
     "feedback_events": loop.get("feedback_events"), "feedback_learner_updates": loop.get("learner_updates"),
     "serve_batched_rps": serve["batched_rps"], "serve_unbatched_rps": serve["unbatched_rps"],
     "serve_ratio": serve["ratio"],
+    "generate_params": gen["params"], "generate_tokens_per_s_batched": gen["tokens_per_s_batched"],
+    "generate_tokens_per_s_unbatched": gen["tokens_per_s_unbatched"],
+    "generate_ratio": gen["batched_over_unbatched"], "pg_step_s": gen["pg_step_s"], "pg_mfu": gen["pg_mfu"],
 }))
 EOF

@@ -74,3 +74,27 @@ def test_on_cuda_a_placed_bundle_answers_in_bf16_like_fp32(encoder_files, review
     fp32 = bundle.predict_proba(texts)
     assert bundle.place("cuda").bf16 and bundle.device.type == "cuda"
     assert np.abs(bundle.predict_proba(texts) - fp32).max() < 0.05
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_on_cuda_bf16_generation_gives_log_probabilities_close_to_fp32():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import gpu_generate as gg
+
+    from core.models.generator import Sampling, TransformersEngine
+
+    texts, tok = gg.reviews_and_tokenizer(gg.PRESETS["tiny"])
+    fp32 = gg.build_model(tok, gg.PRESETS["tiny"]).eval()
+    engine = TransformersEngine(gg.build_model(tok, gg.PRESETS["tiny"]).to(torch.bfloat16), tok, "cuda")
+    completions = engine.generate(gg.openings(texts, 4), Sampling(max_new_tokens=16, n=2, seed=0))
+    assert next(engine.model.parameters()).dtype == torch.bfloat16
+    for c in (c for per in completions for c in per):
+        ids = torch.tensor([c.prompt_ids + c.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(fp32(input_ids=ids).logits[0, :-1].float(), -1)
+        expected = logp[len(c.prompt_ids) - 1:].gather(-1, ids[0, len(c.prompt_ids):, None]).squeeze(-1)
+        assert torch.isfinite(torch.tensor(c.logprobs)).all()
+        assert (torch.tensor(c.logprobs) - expected).abs().max() < 0.1
