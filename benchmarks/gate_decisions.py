@@ -241,7 +241,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--train-rows", type=int, default=1000)
-    ap.add_argument("--train-steps", type=int, default=150)
+    ap.add_argument("--train-steps", type=int, default=50, help="live: this many steps on --train-rows (room above it for better)")
     ap.add_argument("--traffic-rows", type=int, default=3000)
     ap.add_argument("--heldout-rows", type=int, default=200, help="the gate's fixed set (scored, not a stage here)")
     ap.add_argument("--seeds", type=int, default=3, help="loggings of the traffic per p_label")
