@@ -303,7 +303,7 @@ def main() -> None:
     log(f"shared: {json.dumps({k: v for k, v in shared.items() if k != 'prompts'})}; "
         f"{len(prompts.traffic)} traffic, {len(prompts.heldout)} held-out prompts")
 
-    speed = engine_speed(shared, prompts.traffic[:64])
+    speed = engine_speed(shared, prompts.traffic[:32])
     log(f"engine: {speed}")
 
     evolve = trl = None
