@@ -30,8 +30,9 @@ Each model is then scored the same way (benchmarks/_generate_eval.py): 2 complet
 200 held-out prompts drawn by the model itself, their mean judged reward, and its mean per-token KL
 to the starting model on those samples.  `reward_ratio` = evolve's held-out reward / TRL's at equal
 completions; `kl_evolve`, `kl_trl` the KL of those two models.  `completions_per_s` is the engine
-serving evolve's completions (core/models/generator.py, the starting model) in batches of the
-preset's `max_batch_size`, `batched_over_unbatched` that rate over one prompt a call.  A plot of
+serving evolve's completions (core/models/generator.py, the starting model, on one torch thread as a
+Serve replica of under one CPU runs; `--engine-threads`) in batches of the preset's `max_batch_size`,
+`batched_over_unbatched` that rate over one prompt a call (`--only engine`: just this).  A plot of
 both curves and the JSON go to `--out` (runs/bench/).  The last line is one JSON object.
 """
 
@@ -209,10 +210,17 @@ def run_trl(shared: dict[str, Any], traffic: list[str], judge: Any, budget_s: fl
 
 
 # ---- serving speed -----------------------------------------------------------------------------
-def engine_speed(shared: dict[str, Any], prompts: list[str], repeats: int = 2) -> dict[str, float]:
-    """Completions per second of the starting model's engine: `max_batch_size` prompts a call, then one a call."""
+def engine_speed(shared: dict[str, Any], prompts: list[str], threads: int, repeats: int = 2) -> dict[str, float]:
+    """Completions per second of the starting model's engine: `max_batch_size` prompts a call, then one a
+    call, on `threads` torch threads (a Serve replica of under one CPU gets one: Ray sets OMP_NUM_THREADS)."""
+    import torch
+
     from core.models.causal_lm import load_causal_lm
     from core.models.generator import Sampling, TransformersEngine
+
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     engine = TransformersEngine(*load_causal_lm(shared["registry"], shared["policy"]))
     size = shared["max_batch_size"]
@@ -229,8 +237,9 @@ def engine_speed(shared: dict[str, Any], prompts: list[str], repeats: int = 2) -
         return done / (time.perf_counter() - t0)
 
     batched, single = rate(size), rate(1)
+    torch.set_num_threads(before)
     return {"batched": round(batched, 1), "unbatched": round(single, 1), "batch": size,
-            "ratio": round(batched / single, 2)}
+            "ratio": round(batched / single, 2), "threads": torch.get_num_threads() if threads <= 0 else threads}
 
 
 # ---- the comparison ----------------------------------------------------------------------------
@@ -279,7 +288,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     ap.add_argument("--config", default=str(ROOT / "configs" / "generate.yaml"))
     ap.add_argument("--budget-s", type=float, default=600.0, help="wall-clock seconds of each side")
-    ap.add_argument("--only", choices=["evolve", "trl"], help="one side only (no ratios)")
+    ap.add_argument("--only", choices=["evolve", "trl", "engine"], help="one side only (no ratios), or the engine's speed")
+    ap.add_argument("--engine-threads", type=int, default=1, help="torch threads of the engine's speed test; 0 = default")
     ap.add_argument("--evolve-run", help="read evolve from this finished run directory instead of running it")
     ap.add_argument("--run-dir", help="evolve: run here (kept); default a directory under --out")
     ap.add_argument("--trl-threads", type=int, default=0, help="torch threads for TRL; 0 = torch's default")
@@ -303,8 +313,12 @@ def main() -> None:
     log(f"shared: {json.dumps({k: v for k, v in shared.items() if k != 'prompts'})}; "
         f"{len(prompts.traffic)} traffic, {len(prompts.heldout)} held-out prompts")
 
-    speed = engine_speed(shared, prompts.traffic[:32])
+    speed = engine_speed(shared, prompts.traffic[:32], args.engine_threads)
     log(f"engine: {speed}")
+    if args.only == "engine":
+        print(json.dumps({"completions_per_s": speed["batched"], "completions_per_s_unbatched": speed["unbatched"],
+                          "batched_over_unbatched": speed["ratio"], "engine_threads": speed["threads"]}))
+        return
 
     evolve = trl = None
     if args.only != "trl":
@@ -367,6 +381,7 @@ def main() -> None:
         "completions_per_s": speed["batched"],
         "completions_per_s_unbatched": speed["unbatched"],
         "batched_over_unbatched": speed["ratio"],
+        "engine_threads": speed["threads"],
         "promoted_evolve": evolve and evolve["summary"].get("promoted"),
         "refused_evolve": evolve and evolve["summary"].get("refused"),
         "trl_logged_kl_last": r(trl and trl["logged_kl_last"]),
