@@ -1,6 +1,6 @@
 """A generator learning from judged completions: Evolve's live `generate` loop against TRL's GRPOTrainer.
 
-    .venv/bin/python benchmarks/generate_vs_trl.py --json                 # both sides, 600 s each
+    .venv/bin/python benchmarks/generate_vs_trl.py --json                 # both sides, --budget-s each
     .venv/bin/python benchmarks/generate_vs_trl.py --budget-s 120 --json  # a short comparison
     .venv/bin/python benchmarks/generate_vs_trl.py --evolve-run runs/generate --json   # read a finished run
 

@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from core.config.generate import GenerateServingSection
-from core.models.generator import Sampling
+from core.models.generator import MIN_TEMPERATURE, Sampling
 from serving.body import JsonLimits, short, valid_unicode
 from serving.completion_join import THUMBS
 from serving.grpc_messages import Undecodable
@@ -42,6 +42,9 @@ def parse_generate(body: Any, limits: GenerateServingSection) -> tuple[str, Samp
     n = _integer(body, "n", 1, limits.max_n)
     temperature = _number(body, "temperature", limits.default_temperature, 0.0, limits.max_temperature,
                           f"a number in [0, {limits.max_temperature:g}] (0: greedy)")
+    if 0.0 < temperature < MIN_TEMPERATURE:
+        raise FeedbackRejected(422, f"'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, "
+                                    f"got {short(temperature)}")
     top_p = _number(body, "top_p", limits.default_top_p, 0.0, 1.0, "a number in (0, 1]")
     if top_p <= 0.0:
         raise FeedbackRejected(422, f"'top_p' must be a number in (0, 1], got {short(top_p)}")

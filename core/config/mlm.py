@@ -107,8 +107,8 @@ class MLMSection(PretrainSection):
 
     kind: Literal["mlm"] = "mlm"  # masked-LM pretraining of an encoder
     model: ModelSection = Field(default_factory=ModelSection)  # the encoder's shape
-    # BERT's dynamic masking: choose mask_prob of the tokens each step; of those
-    # 80% become [MASK], 10% a random token, 10% stay as they are.
+    # BERT's dynamic masking: choose mask_prob of the tokens each step; of those, mask_token_frac
+    # become [MASK], random_token_frac a random token, and the rest stay as they are.
     mask_prob: float = Field(default=0.15, gt=0, lt=1)  # share of tokens chosen each step
     mask_token_frac: float = Field(default=0.8, ge=0, le=1)  # of the chosen: replaced by [MASK]
     random_token_frac: float = Field(default=0.1, ge=0, le=1)  # of the chosen: replaced by a random token

@@ -35,6 +35,8 @@ from core.models.causal_lm import build_causal_lm as build_from_config
 from core.models.causal_lm import decode, export_weights, load_weights, prompt_ids, text_bounds
 
 GREEDY = 0.0  # a temperature of 0 asks for greedy decoding
+# a positive temperature below this divides the logits into overflow (inf / NaN probabilities)
+MIN_TEMPERATURE = 0.01
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.n < 1:
             raise ValueError("max_new_tokens and n must be at least 1")
-        if not self.temperature >= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if not (self.temperature == GREEDY or self.temperature >= MIN_TEMPERATURE) or not 0 < self.top_p <= 1:
+            raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}, and top_p in (0, 1]")
 
     @property
     def greedy(self) -> bool:

@@ -25,6 +25,7 @@ def test_a_prompt_alone_takes_the_defaults():
 
 @pytest.mark.parametrize("body,status,field", [
     ({"prompt": ""}, 422, "'prompt' is empty"),
+    ({"prompt": "a", "temperature": 5e-324}, 422, "'temperature' must be 0 (greedy) or at least"),
     ({"prompt": "   "}, 422, "'prompt' is empty"),
     ({}, 422, "'prompt' is required"),
     ({"prompt": 3}, 422, "'prompt' must be a string"),
