@@ -2,10 +2,12 @@
 
     [  47.3s] sentiment  v2 promoted: held-out 0.712 (v1 0.650)
     [ 212.9s] sentiment  rolled back v4 -> v3 (prequential)
+    [ 388.0s] sentiment  world changed: v5 0.641 and v4 0.652 on 300 recent rows (held-out 0.857, 0.850)
     [ 301.4s] cartpole   solved: confirmed greedy return 487.200
 
 A progress line shows where each loop is every few seconds; these lines say
-when a version went live, was rolled back or a loop reached its goal, with the
+when a version went live, was rolled back (or a drop was the world changing, not
+the model), or a loop reached its goal, with the
 run's clock, so a newcomer sees the first promotion the moment it happens.
 They read the events the loops write (events.jsonl has every field).
 """
@@ -37,6 +39,10 @@ def milestone(record: dict[str, Any]) -> str | None:
         return f"v{record.get('version')} promoted" + _against(record)
     if kind == "rollback":
         return f"rolled back v{record.get('from')} -> v{record.get('to')} ({record.get('trigger', record.get('reason'))})"
+    if kind == "world_changed":
+        return (f"world changed: v{record.get('version')} {_num(record.get('live_recent_accuracy'))} and "
+                f"v{record.get('target')} {_num(record.get('target_recent_accuracy'))} on {record.get('n')} recent rows "
+                f"(held-out {_num(record.get('live_heldout_accuracy'))}, {_num(record.get('target_heldout_accuracy'))})")
     if kind == "reached":
         return f"reached held-out {_num(record.get('heldout_accuracy'))} with v{record.get('version')}"
     if kind == "solved":

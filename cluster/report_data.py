@@ -16,8 +16,8 @@ from typing import Any, Iterable
 # gate outcomes marked on the held-out curve, and how the report names them
 GATE_MARKS = {"promote": "promoted", "initial": "promoted", "refuse": "refused"}
 # events of the adaptive layer (and of the RL drift watch) drawn on the loop's time axis
-ALARM_EVENTS = ("adapt", "env_drift", "regression", "rollback_held", "rollback_refused", "group_change", "recovered",
-                "canary_started", "canary_ended", "shadow_started", "shadow_ended")
+ALARM_EVENTS = ("adapt", "env_drift", "regression", "world_changed", "rollback_held", "rollback_refused", "group_change",
+                "recovered", "canary_started", "canary_ended", "shadow_started", "shadow_ended")
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ from core.config.kinds import figures_of
 BOARD_PREFIX = "evolve-run-status:"
 ALARM_OPEN_S = 120.0  # an alarm counts as open this long after it fired (detectors re-fire while drift lasts)
 RATE_WINDOW_S = 30.0
-ALARM_KINDS = ("adapt", "env_drift")
+ALARM_KINDS = ("adapt", "env_drift", "world_changed")
 DECISION_KINDS = ("gate_decision", "rollback", "rl_gate", "canary_ended")
 
 # Every loop figure the board exports: name -> (row key, description with its unit).  Ray's

@@ -4,10 +4,10 @@ the learner and the rollback guard read.
 
     evidence: scores of live's answers --> FeedbackAdaptation --alarm--> Controller
               answered requests (novelty, label) -->
-                                                    |  decisions (ids)            | actions
-                                                    v                             v
-        learner: latest() every few updates   rollback guard: held(events) -> no rollback for a
-        (applies a new learner_boost once)    changed world, only for a worse model (gate/stages/rollback.py)
+                                                    |  decisions (ids)
+                                                    v
+        learner: latest() every few updates   rollback guard: open_alarm() names the alarm beside a
+        (applies a new learner_boost once)    `world_changed` it reports (gate/stages/rollback.py)
 
 Plain logic (tests drive it without Ray); the gate keeps one per policy with `adapt.enabled`.
 """
@@ -71,9 +71,9 @@ class FeedbackAdaptation:
         acted = [d for d in self.decisions if d["actions"]]
         return acted[-1] if acted else None
 
-    def held(self) -> dict[str, Any] | None:
-        """The decision that holds rollbacks now: the data changed less than a cooldown ago, so a
-        drop of live's accuracy on feedback says nothing about the model."""
+    def open_alarm(self) -> dict[str, Any] | None:
+        """The decision that acted less than a cooldown ago (None: none): the detectors saw the
+        data change.  Context only: the rollback guard decides on a paired test either way."""
         last = self.latest()
         if last is None or self.events - last["events"] >= max(self.cfg.cooldown_events, 1):
             return None

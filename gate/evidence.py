@@ -35,6 +35,9 @@ class Evidence:
     client: str | None = None  # who sent it (None: anonymous, one sender)
     logged: Any = None  # a logged decision for off-policy evaluation, in the kind's shape
     example: tuple[Any, int] | None = None  # (input, label) held out of training: the recent slice
+    # (input, label) of any labeled feedback: the rollback guard scores an earlier version on the
+    # rows live answered (the window's value then says whether live's greedy answer was right)
+    labeled: tuple[Any, int] | None = None
     shadow: tuple[int, tuple] | None = None  # (shadow version, the row its comparison needs)
     answered: tuple[float | None, int] | None = None  # (novelty or None, predicted label)
     inputs: list | None = None  # the inputs the version answered (stages that compare answers)

@@ -18,7 +18,8 @@
         every stage feeds on what it uses; the drift detectors and the recent slice (`adapt`) too
         the pending stage, once its evidence suffices: its verdict   -> the next stage, live, refused
         the rollback guard (gate/stages/rollback.py) on live:
-            a window of feedback far below the held-out accuracy     -> rolled back (unless held)
+            the version before live better on live's labeled feedback (paired test) -> rolled back
+            both versions fell on it, the earlier no better                -> `world_changed`, no rollback
             a version that cannot answer                             -> its trial ended, or rolled back
 
     operator --rollback(to)--> Gate -> the registry pointer moved, every subscriber told
@@ -61,7 +62,7 @@ class Gate:
     publisher  makes a version live on every subscriber (gate/publisher.py)
     emit       emit(kind, **fields) for every decision; the wiring writes them to events.jsonl
     adapt      `AdaptSection`: with `enabled`, drift detectors on live's evidence whose alarms
-               boost the learner and hold the rollback guard, and the recent slice"""
+               boost the learner, and the recent slice"""
 
     def __init__(self, registry: PolicyRegistry | str, kind: Any, config: GateSection | None = None,
                  publisher: Publisher | None = None, emit: Callable[..., None] | None = None, seed: int = 0,

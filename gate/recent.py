@@ -8,8 +8,9 @@ hands it to the gate.  With enough of it (`adapt.recent_min`):
 
     a candidate      must not be worse than live on the recent slice (the same paired test
                      as on the fixed set, which now guards against forgetting)
-    a rollback       goes only to a version that is better than live on the recent slice:
-                     a drop in live's accuracy on feedback alone may be the world changing
+
+(The rollback guard pairs versions on all of live's labeled feedback instead: both versions only
+answer it, neither trains on it: gate/stages/rollback.py.)
 
 Plain logic; the gate keeps one per policy with `adapt.enabled`.  `score(model, examples)` is the
 policy kind's: each labeled example answered right or not.
@@ -33,8 +34,6 @@ class RecentSlice:
     def __init__(self, size: int, min_rows: int, score: Score):
         self.rows: deque[tuple[Any, int]] = deque(maxlen=size)
         self.min_rows, self.score = min_rows, score
-        self.added = 0  # rows ever added: how much the slice changed since a verdict
-        self._verdicts: dict[tuple[int, int], tuple[int, tuple[bool, float, float]]] = {}
         # the joiner's rows arrive on another gate thread while a candidate is scored
         self._lock = threading.Lock()
 
@@ -42,7 +41,6 @@ class RecentSlice:
         new = [(x, int(y)) for x, y in rows]
         with self._lock:
             self.rows.extend(new)
-            self.added += len(new)
 
     def snapshot(self) -> list[tuple[Any, int]]:
         """The rows now: both sides of a comparison are scored on the same ones."""
@@ -57,18 +55,3 @@ class RecentSlice:
         rows = self.snapshot()
         return compare(self.score(candidate, rows), self.score(live, rows), test=cfg.test,
                        tolerance=cfg.tolerance, alpha=cfg.alpha, bootstrap_samples=cfg.bootstrap_samples, seed=seed)
-
-    def better(self, target: Any, live: Any) -> tuple[bool, float, float]:
-        """(target better than live on the slice, target's accuracy, live's)."""
-        rows = self.snapshot()
-        t, l = float(self.score(target, rows).mean()), float(self.score(live, rows).mean())
-        return t > l, t, l
-
-    def better_cached(self, key: tuple[int, int], target, live) -> tuple[bool, float, float]:
-        """`better`, scored again only once the slice has taken in `min_rows // 2` new rows: the
-        rollback guard asks after every few feedbacks while live's accuracy stays low."""
-        seen = self._verdicts.get(key)
-        if seen is None or self.added - seen[0] >= max(1, self.min_rows // 2):
-            seen = (self.added, self.better(target(), live()))
-            self._verdicts[key] = seen
-        return seen[1]

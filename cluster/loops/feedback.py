@@ -8,8 +8,9 @@
 
 Version 1 is the starting classifier (core.models.classifier_start).  The joiner
 hands the gate (gate/, in its actor cluster/gate_actor.py) every kept feedback as
-evidence: the gate rolls back on a drop of live's accuracy and, with the loop's `adapt`,
-its drift detector boosts the learner and holds the rollback while the data changes.
+evidence: the gate rolls back when the version before live answers live's labeled feedback
+better (else a shared drop is a world change) and, with the loop's `adapt`, its drift detector
+boosts the learner while the data changes.
 This loop reports what the gate decided, and for a grouped stream (domain
 after domain) the accuracy matrix of the continual-learning metrics.  Done
 once live reaches `stop_accuracy`.  The loop's Serve app and joiner are named
@@ -195,6 +196,7 @@ class FeedbackLoop(LoopBase):
             "promoted": self.gate_summary.get("promoted", 0),
             "refused": self.gate_summary.get("refused", 0),
             **({"adapt": self.adaptations} if self.fb.adapt.enabled else {}),
+            **({"world": len(changes)} if (changes := self.gate_summary.get("world_changes")) else {}),
             **({"group": self.group} if self.matrix is not None else {}),
             **figures,
             "wait": self._waiting(figures),
@@ -291,6 +293,8 @@ class FeedbackLoop(LoopBase):
             "promoted": g.get("promoted", 0),
             "refused": g.get("refused", 0),
             "rollbacks": g.get("rollbacks", []),
+            # drops live shared with the version before it: the data changed, no rollback
+            "world_changes": g.get("world_changes", []),
             "reached_stop_accuracy_s": round(self.reached_at - self.started, 3) if self.reached_at else None,
             "resumed_from_update": self.learner.resumed_from if self.learner else None,
             "curve": curve,

@@ -5,15 +5,13 @@ correctness, the novelty of the requests, the mix of predicted labels.  An
 alarm on the live version's prequential correctness (the share of its
 predictions that incoming feedback confirms) means the data moved: a new
 domain, or users who now call other things "good".  A worse model would look
-the same on that signal, so the controller does not judge; it makes the loop
-learn the new data sooner and makes the gate compare versions on it:
+the same on that signal, so the controller does not judge (the rollback guard
+does, by pairing live with the version before it on the same rows); it makes
+the loop learn the new data sooner:
 
     learner_boost   for `boost_updates` updates: lr x `lr_factor` (bounded), rehearsal down to
                     `boost_rehearsal` (fresher batches), a candidate every `boost_candidate_every`,
                     and with `domain_mlm` > 0 a masked-LM loss on the new texts (continual MLM)
-    hold_rollback   for `cooldown_events` feedback events the rollback guard does not read live's
-                    drop on feedback as a regression (candidates are still judged on the fixed
-                    held-out set and the gate's recent slice: gate/recent.py)
 
 One adaptation per `cooldown_events` feedback events: alarms inside the
 cooldown are recorded and answered with no action.
@@ -72,7 +70,6 @@ class Controller:
                 {"action": "learner_boost", "updates": cfg.boost_updates, "lr_factor": cfg.lr_factor,
                  "rehearsal": cfg.boost_rehearsal, "candidate_every": cfg.boost_candidate_every,
                  "domain_mlm": cfg.domain_mlm},
-                {"action": "hold_rollback", "events": cfg.cooldown_events},
             ])
         self.decisions.append(decision)
         return decision

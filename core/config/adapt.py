@@ -22,13 +22,13 @@ class DetectorSection(Section):
 
 class AdaptSection(Section):
     """What the feedback loop does when the live version's accuracy on incoming feedback drifts down:
-    boost the learner, and hold the rollback guard for a cooldown (see core/adapt/controller.py);
+    boost the learner for a while, one adaptation per cooldown (see core/adapt/controller.py);
     and the gate's recent slice of feedback the learner never sees (gate/recent.py).
 
     enabled: false keeps the loop as it is without an adaptive layer.
     """
 
-    enabled: bool = False  # the adaptive layer: detectors, learner boosts, the rollback hold
+    enabled: bool = False  # the adaptive layer: detectors, learner boosts, the recent slice
     correctness: DetectorSection = Field(default_factory=DetectorSection)  # on live's prequential correctness
     # On each prediction's novelty percentile (with a `novelty` loop), alarming on a rise.
     novelty: DetectorSection = Field(default_factory=DetectorSection)
@@ -49,8 +49,8 @@ class AdaptSection(Section):
     # texts, re-basing the encoder on the changed stream (learners/domain_mlm.py); 0 turns it off.
     domain_mlm: float = Field(default=0.0, ge=0, le=10)
     # The gate's recent slice: this share of labeled feedback (by a hash of the event id) is held out
-    # of training; the newest `recent_size` rows judge candidates and rollback targets once there are
-    # `recent_min` of them (gate/recent.py).
+    # of training; the newest `recent_size` rows judge candidates once there are `recent_min` of them
+    # (gate/recent.py), and each group's feed the `groups` stage.
     recent_fraction: float = Field(default=0.1, gt=0, lt=1)
     recent_size: int = Field(default=400, ge=20)  # the recent slice's newest rows that judge
     recent_min: int = Field(default=150, ge=10)  # rows the recent slice needs before it judges

@@ -98,6 +98,8 @@ class FeedbackSection(LoopSection):
     def _names(self) -> "FeedbackSection":
         if self.policy_id is not None and not NAME_PATTERN.match(self.policy_id):
             raise ValueError("policy_id must be 1-64 characters of letters, digits, '_', '.', '-'")
+        if "groups" in self.gate.stages and not self.data.group_column:
+            raise ValueError("gate.stages names 'groups' (per-group non-regression): it needs data.group_column")
         return self
 
     def table(self, role: str) -> str | None:

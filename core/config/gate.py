@@ -7,12 +7,14 @@
                  shadow   it also answers a share of live requests, judged on their feedback
                  canary   it answers a share of live traffic until a sequential test decides
                  bounds   a generator's reward-hacking bounds: KL to a reference, repetition, length
+                 groups   per-group non-regression: no group of the data seen so far lost beyond
+                          `groups.tolerance` (with a group column; Holm or Bonferroni over the groups)
                A stage on live traffic comes after the others.  A stage registered anywhere else
                (gate/stage.py `register_stage`) is named the same way, and its settings are the
                section under its name (`gate.<name>`), which the gate package checks.
     statistics `test`, `tolerance`, `alpha`, ... shared by the stages
-    guard      the rollback guard on live (every kind): `window`, `rollback_margin`,
-               `min_clients`, `max_client_share`
+    guard      the rollback guard on live (every kind): `window`, `rollback_min_rows`,
+               `rollback_margin`, `min_clients`, `max_client_share`
     samples    a generator's held-out completions (what its `heldout` and `bounds` stages read)
 
 A text classifier's gate is this class's defaults; an RL policy's (`rl_gate()`) differ only in
@@ -104,6 +106,21 @@ class BoundsSection(Section):
         return self
 
 
+class GroupsSection(Section):
+    """The `groups` stage: per group of the data (`data.group_column`) seen in live traffic so far,
+    the candidate against live on that group's held-out rows (the fixed set's, and the newest held-out
+    feedback of the group), by the gate's paired test; refused when any group lost more than
+    `tolerance`, the family of tests held at `alpha` (gate/stages/groups.py)."""
+
+    tolerance: float = Field(default=0.02, ge=0, lt=1)  # accuracy a candidate may lose to live on one group
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # family-wise error over the groups judged
+    correction: Literal["holm", "bonferroni"] = "holm"  # how the groups' p-values share alpha
+    min_rows: int = Field(default=50, ge=5)  # a group is judged once its slice has this many rows
+    # Held-out feedback (the recent slice's rows) kept per group beside the fixed set's rows: a
+    # group the fixed set lacks enters the stage as its feedback arrives.
+    feedback_rows: int = Field(default=200, ge=0)
+
+
 class SamplesSection(Section):
     """A generator's held-out evidence: each version's completions of every held-out prompt, drawn
     alike (one seed) and scored by the loop's reward; the `bounds` stage reads the same ones."""
@@ -127,6 +144,7 @@ class GateSection(Section):
     shadow: ShadowSection = Field(default_factory=ShadowSection)  # the `shadow` stage's settings
     canary: CanarySection = Field(default_factory=CanarySection)  # the `canary` stage's settings
     bounds: BoundsSection = Field(default_factory=BoundsSection)  # the `bounds` stage's (a generator's)
+    groups: GroupsSection = Field(default_factory=GroupsSection)  # the `groups` stage's (needs a group column)
     samples: SamplesSection = Field(default_factory=SamplesSection)  # a generator's held-out completions
     test: Literal["mcnemar", "bootstrap"] = "mcnemar"  # the held-out stage's paired test (core/stats/paired.py)
     # points a candidate may lose to live: accuracy for a text classifier, the [0, 1] return scale for RL
@@ -137,10 +155,13 @@ class GateSection(Section):
     # Also refuse a candidate the test finds worse (beyond tolerance) than the best version ever
     # live: stops a chain of small accepted losses from sliding the loop downhill.
     drift_guard: bool = True
-    # Prequential guard: roll back when live accuracy on incoming feedback (last `window` events)
-    # falls below what the gate measured by more than `rollback_margin`.
+    # Rollback guard: live's newest `window` feedbacks; once `rollback_min_rows` of them are labeled,
+    # the version before live answers the same rows, and live rolls back only when that version is
+    # better there by more than `rollback_margin` (the paired test at `alpha`).  Both versions below
+    # their held-out accuracy by more than the margin, the earlier no better: a `world_changed` event.
     window: int = Field(default=300, ge=20)
-    rollback_margin: float = Field(default=0.1, ge=0, le=1)  # the drop (accuracy points) that rolls back
+    rollback_min_rows: int = Field(default=100, ge=10)  # labeled rows the paired test needs (at most `window`)
+    rollback_margin: float = Field(default=0.1, ge=0, le=1)  # accuracy points the earlier version must win by
     # Feedback trust: the guard rolls back only on a window sent by at least `min_clients`
     # distinct clients (API keys when serving.auth is on, else the x-evolve-client header),
     # and no one client's rows count beyond `max_client_share` of the window.

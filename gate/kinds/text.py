@@ -1,6 +1,8 @@
 """The text classifier's gate adapter: held-out texts, joined feedback, served labels.
 
     held-out example   (input, label id) of the fixed set `feedback.data` keeps off the traffic
+    group              with `data.group_column`: each held-out row's group, and `group_of(input)`
+                       for an input of the data (what the `groups` stage reads of live traffic)
     unit               a joined feedback: its score is 1 / 0 for a label on the served answer, else
                        the reward; its window value is what it says of the version's *greedy*
                        answer (the figure the held-out set measures), weighted 1 / propensity when
@@ -19,7 +21,7 @@ import numpy as np
 
 from core.config.feedback import DataSection
 from core.config.gate import OPESection, ShadowSection
-from core.data.inputs import input_of_row
+from core.data.inputs import input_key, input_of_row
 from core.models.classifier import from_version
 from core.stats.ope import Estimate, Logged, compare
 from gate.evidence import Evidence, unservable
@@ -70,10 +72,12 @@ class TextKind:
     name = "text_classifier"
     unit = "feedback"
     logged_units = "held-back feedback rows"
-    gives = frozenset({"heldout", "score", "window", "logged", "shadow", "examples", "answered", "inputs"})
+    gives = frozenset({"heldout", "score", "window", "logged", "shadow", "examples", "answered", "inputs",
+                       "labeled", "groups"})
 
     def __init__(self, heldout: Sequence[tuple[Any, int]], groups: Sequence[str] | None = None,
-                 score_batch: int = 128):
+                 score_batch: int = 128, row_groups: Sequence[tuple[Any, str]] = ()):
+        """`row_groups`: (input, group) of the rows traffic draws from; the held-out rows' count too."""
         if not heldout:
             raise GateError("the gate needs a non-empty held-out set")
         self.heldout = list(heldout)
@@ -82,12 +86,20 @@ class TextKind:
             raise GateError("groups must name one group per held-out row")
         self.score_batch = score_batch
         self.spec = {"kind": self.name}
+        self._group_of = {input_key(x): str(g) for x, g in row_groups}
+        if self.groups is not None:
+            self._group_of.update({input_key(x): str(g) for (x, _), g in zip(self.heldout, self.groups)})
 
     @classmethod
     def from_args(cls, data: dict | DataSection, score_batch: int = 128) -> "TextKind":
         """From `feedback.data` (the rows are read here, again after a gate actor's restart)."""
         loaded = DataSection.model_validate(data).load()
-        return cls(loaded.heldout, loaded.heldout_groups, score_batch)
+        traffic = zip((x for x, _ in loaded.train), loaded.groups) if loaded.groups is not None else ()
+        return cls(loaded.heldout, loaded.heldout_groups, score_batch, list(traffic))
+
+    def group_of(self, item: Any) -> str | None:
+        """The group of an input of the data (None: not one of its rows, or no groups)."""
+        return self._group_of.get(input_key(item)) if self._group_of else None
 
     # ---- models ---------------------------------------------------------------------------
     def load(self, weights: Mapping[str, Any], files: Mapping[str, bytes]) -> Any:
@@ -118,6 +130,8 @@ class TextKind:
                       score=float(label == row["prediction"]) if label is not None else
                       (None if reward is None else float(reward)),
                       window=greedy_verdict(row), inputs=[input_of_row(row)] if "text" in row else None)
+        if label is not None and "text" in row:
+            ev.labeled = (input_of_row(row), int(label))
         if item.get("slice") == "recent" and label is not None:
             ev.example = (input_of_row(row), int(label))
         elif item.get("slice") == "ope":

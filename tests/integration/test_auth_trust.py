@@ -6,8 +6,9 @@ with its gRPC proxy on, and nothing else turns keys on: gRPC alone must (the pro
 every interface). Without a key the app answers 401 (gRPC: UNAUTHENTICATED), with a key of
 the wrong scope 403, over the key's rate 429 with `Retry-After`; the docs routes need a key;
 a key revoked with `evolve keys revoke` is refused within seconds. Then the rollback guard:
-v2 is live (v1 behind it); 300 wrong labels from ONE key must not roll it back (one client,
-however busy, is not trusted), while 300 wrong labels from three keys still do.
+v2 is live, and v1 behind it answers every request the other way (its head reversed), so on
+feedback that says v2 was wrong v1 was right; 300 such labels from ONE key must not roll v2
+back (one client, however busy, is not trusted), while 300 from three keys still do.
 """
 
 import json
@@ -63,11 +64,14 @@ def world(tmp_path_factory):
         cfg = FeedbackSection(policy_id=POLICY, serving={"feedback_ttl_s": 120, "max_batch_size": 8,
                                                          "batch_wait_timeout_s": 0.005})
         cfg.data.max_heldout = 50
+        cfg.gate.stages = []  # v2 goes live over v1 whatever the held-out set says of either
         gate = GateActor.options(name=gate_name(POLICY)).remote(
             registry, "text_classifier", {"data": cfg.data.model_dump(mode="json")}, cfg.gate.model_dump(mode="json"),
             "auth-test-publisher")
         weights = {k: v.numpy() for k, v in model.weights().items()}
-        assert ray.get(gate.bootstrap.remote(POLICY, weights, model.files()), timeout=120)["version"] == 1
+        reversed_head = {**weights, "head.weight": weights["head.weight"][::-1].copy(),
+                         "head.bias": weights["head.bias"][::-1].copy()}
+        assert ray.get(gate.bootstrap.remote(POLICY, reversed_head, model.files()), timeout=120)["version"] == 1
         assert ray.get(gate.submit.remote(POLICY, weights, model.files(), {}), timeout=120)["decision"] == "promote"
         store = KeyStore(tmp / "keys.json")
         keys = {name: store.create(scopes, name=name)[1] for name, scopes in [

@@ -17,6 +17,8 @@ MILESTONE_RECORDS = [
     {"event": "gate_decision", "decision": "promote", "version": VERSION, "parent": VERSION,
      "heldout_accuracy": None, "reason": WORD},
     {"event": "rollback", "from": VERSION, "to": VERSION, "trigger": WORD},
+    {"event": "world_changed", "version": VERSION, "target": VERSION, "n": VERSION, "live_recent_accuracy": NUMBER,
+     "target_recent_accuracy": NUMBER, "live_heldout_accuracy": NUMBER, "target_heldout_accuracy": NUMBER},
     {"event": "reached", "heldout_accuracy": NUMBER, "version": VERSION},
     {"event": "solved", "confirm_return": NUMBER},
 ]

@@ -39,12 +39,6 @@ def feedback(version: int, right: bool | None = None, reward: float | None = Non
     return {"type": "feedback", "row": row, "client": client, "slice": slice}
 
 
-def verdicts(version: int, flags, clients: int | None = 10) -> list[dict]:
-    """One feedback per flag (right or wrong), from `clients` senders in turn (None: anonymous)."""
-    return [feedback(version, bool(f), client=None if clients is None else f"user{i % clients}")
-            for i, f in enumerate(flags)]
-
-
 def _train(bundle: ClassifierBundle, rows, steps: int, seed: int, flip: bool = False) -> None:
     texts, labels = [t for t, _ in rows], torch.tensor([1 - y if flip else y for _, y in rows])
     opt = torch.optim.AdamW(bundle.model.parameters(), lr=2e-3)
@@ -193,24 +187,6 @@ def test_rollback_restores_the_previous_version(setup, world):
         gate.rollback(P)
 
 
-def test_prequential_drop_triggers_rollback(setup, world):
-    gate, registry, publisher, events = setup
-    _start(gate, world)
-    gate.submit(P, world["base"], world["files"], {})  # v2 live
-    ok = gate.evidence(P, verdicts(2, [True] * 10))["window"]
-    assert not ok["rollback"] and "only 10 of 20" in ok["reason"]
-    ignored = gate.evidence(P, verdicts(1, [False] * 50))["window"]  # v1 is not live: ignored
-    assert not ignored["rollback"] and "not live" in ignored["reason"]
-    d = gate.evidence(P, verdicts(2, [False] * 10))["window"]  # window 0.5 < measured - 0.1
-    assert d["rollback"] and d["rolled_back_to"] == 1 and registry.latest(P, "live").version == 1
-    assert publisher.restored[-1][0] == 1 and gate.summary()["rollbacks"][0]["trigger"] == "prequential"
-    assert [k for k, _ in events][-1] == "rollback"
-    # live again, v1 is judged on its own window; with no earlier version it cannot roll back
-    low = gate.evidence(P, verdicts(1, [False] * 20))["window"]
-    assert not low["rollback"] and "no earlier version" in low["reason"]
-    assert [k for k, _ in events][-1] == "rollback_impossible"
-
-
 def test_newest_candidate_wins_when_several_queue_up(setup, world):
     gate, registry, publisher, events = setup
     _start(gate, world)
@@ -293,21 +269,6 @@ def test_online_learner_metadata_fits_the_registry(setup, world):
     assert gate.summary()["curve"][-1]["events"] == 640
 
 
-def test_prequential_on_the_window_of_feedback_counts(setup, world):
-    gate, registry, publisher, _ = setup
-    _start(gate, world)
-    gate.submit(P, world["base"], world["files"], {})
-    assert not gate.evidence(P, verdicts(2, [True, False] * 5))["window"]["rollback"]  # not a full window yet
-    assert not gate.evidence(P, verdicts(2, [True] * 18 + [False] * 2))["window"]["rollback"]
-    few = gate.evidence(P, verdicts(2, [False] * 20, clients=2))["window"]  # below gate.min_clients (3): not trusted
-    assert not few["rollback"] and "2 client(s)" in few["reason"]
-    # reward-only feedback makes it fractional: 13 rewards of 0.5 and 7 of 0 from 5 clients
-    rewards = [feedback(2, reward=0.5 if i < 13 else 0.0, client=f"user{i % 5}") for i in range(20)]
-    d = gate.evidence(P, rewards)["window"]
-    assert d["rollback"] and d["rolled_back_to"] == 1 and d["windowed_accuracy"] == pytest.approx(0.325)
-    assert registry.latest(P, "live").version == 1 and publisher.restored[-1][0] == 1
-
-
 @pytest.mark.parametrize("drift_guard", [True, False])
 def test_drift_guard_stops_a_slide_of_small_accepted_losses(tmp_path, monkeypatch, drift_guard):
     """Each step loses 0.8 points (within tolerance 1.0) to live; two steps lose 1.6 to the best."""
@@ -365,7 +326,9 @@ def scores(version: int, values) -> list[dict]:
     return [feedback(version, bool(v)) for v in values]
 
 
-def test_a_drift_alarm_acts_and_holds_the_rollback_guard_while_the_data_changes(tmp_path, world):
+def test_a_drift_alarm_boosts_the_learner(tmp_path, world):
+    """The alarm acts on the learner only: whether live rolls back is the guard's paired test
+    (tests/unit/test_gate_guard.py), whatever the detectors say."""
     gate, registry, events = _adaptive_gate(tmp_path, world)
     _start(gate, world)
     gate.submit(P, world["base"], world["files"], {})  # v2 live
@@ -377,13 +340,8 @@ def test_a_drift_alarm_acts_and_holds_the_rollback_guard_while_the_data_changes(
     new = gate.evidence(P, changed)["adapt"]
     assert new and new[0]["actions"] and gate.adaptation(P)["id"] == new[0]["id"]
     adapt = [f for k, f in events if k == "adapt"]
-    assert adapt and adapt[0]["action"] == ["learner_boost", "hold_rollback"] and adapt[0]["signal"] == "correctness"
-    # live's accuracy on feedback fell, but the data changed: no rollback while the alarm holds
-    held = gate.evidence(P, verdicts(2, [False] * 20))["window"]
-    assert not held["rollback"] and "drift alarm" in held["reason"] and registry.latest(P, "live").version == 2
-    assert [k for k, _ in events].count("rollback_held") == 1
-    gate.evidence(P, scores(1, [0] * 500))  # 500 more feedback events: the cooldown has passed
-    assert gate.evidence(P, verdicts(2, [False] * 20))["window"]["rollback"]
+    assert adapt and adapt[0]["action"] == ["learner_boost"] and adapt[0]["signal"] == "correctness"
+    assert registry.latest(P, "live").version == 2
 
 
 def test_without_adapt_the_gate_never_watches_drift(setup, world):
@@ -430,19 +388,3 @@ def test_the_recent_slice_refuses_a_candidate_that_is_worse_on_the_newest_feedba
     plain = text_gate(registry, world["heldout"], publisher=FakePublisher(registry))
     _start(plain, world)
     assert plain.submit(P, world["better"], world["files"], {})["decision"] == "promote"
-
-
-@pytest.mark.parametrize("recent_says_target_is_better", [True, False])
-def test_a_rollback_goes_only_to_a_version_better_on_the_recent_slice(tmp_path, world, recent_says_target_is_better):
-    gate, registry, events = _adaptive_gate(tmp_path, world, recent_min=50, recent_size=200, cooldown_events=1)
-    gate.bootstrap(P, weights=world["poisoned"], files=world["files"])  # v1: the reversed head
-    assert gate.submit(P, world["base"], world["files"], {})["decision"] == "promote"  # v2 live
-    rows = world["heldout"][:200]
-    gate.evidence(P, recent(_flipped(rows) if recent_says_target_is_better else rows, version=2))
-    d = gate.evidence(P, verdicts(2, [False] * 20))["window"]
-    if recent_says_target_is_better:
-        assert d["rollback"] and d["rolled_back_to"] == 1 and registry.latest(P, "live").version == 1
-    else:
-        assert not d["rollback"] and "no better than live on the recent feedback" in d["reason"]
-        assert registry.latest(P, "live").version == 2
-        assert [k for k, _ in events].count("rollback_refused") == 1
