@@ -55,6 +55,9 @@ NEW_KEYS = {"kind", "serving.route_prefix", "watch", "learning.first_candidate",
 NEW_KEYS |= {f"gate.bounds.{k}" for k in ("max_kl", "max_repetition", "repetition_n", "max_length", "min_length",
                                           "reference_version")}
 NEW_KEYS |= {f"gate.samples.{k}" for k in ("n", "max_new_tokens", "temperature", "top_p", "seed")}
+# the rollback guard's paired test, and the per-group stage's section
+NEW_KEYS |= {"gate.rollback_min_rows"} | {f"gate.groups.{k}" for k in ("tolerance", "alpha", "correction", "min_rows",
+                                                                         "feedback_rows")}
 NEW_BY_KIND = {
     "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range"},
     "rl": {f"gate.{k}" for k in ("test", "alpha", "min_gain", "bootstrap_samples", "drift_guard", "window",
@@ -64,8 +67,10 @@ NEW_BY_KIND = {
           | {"adapt.reference_episodes", "adapt.reference_share"},
 }
 # Values one preset changed on purpose since: (before, now) by flattened key.  make run's gate judges
-# on half the held-out set, so that a 2-core laptop sees the first promotion in two minutes.
-PRESET_CHANGED = {"default": {"loops.sentiment.data.max_heldout": (1000, 500)}}
+# on half the held-out set, so that a 2-core laptop sees the first promotion in two minutes; the drift
+# preset's gate judges each domain on its own too (the `groups` stage).
+PRESET_CHANGED = {"default": {"loops.sentiment.data.max_heldout": (1000, 500)},
+                  "drift_text": {"loops.sentiment.gate.stages": (["heldout"], ["heldout", "groups"])}}
 # Table names a loop's section held, by role.
 TABLE_KEYS = {"feedback": {"feedback_table": "feedback", "text_table": "text"}, "rl": {"table": "transitions"}}
 TABLE_SUFFIX = {"feedback": "", "text": "-text", "transitions": ""}
