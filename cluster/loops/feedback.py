@@ -65,6 +65,7 @@ class FeedbackLoop(LoopBase):
         self.matrix: AccuracyMatrix | None = None  # a grouped stream's R[i][j]
         self.group: str | None = None  # where the traffic stream is
         self.unrecorded: list[str] = []  # groups the stream left whose row the gate has not given yet
+        self.measured_live: int | None = None  # the live version the matrix last measured
 
     def prepare(self) -> None:
         if not self.cfg.serving.enabled:
@@ -195,7 +196,7 @@ class FeedbackLoop(LoopBase):
             "promoted": self.gate_summary.get("promoted", 0),
             "refused": self.gate_summary.get("refused", 0),
             **({"adapt": self.adaptations} if self.fb.adapt.enabled else {}),
-            **({"group": self.group} if self.matrix is not None else {}),
+            **({"group": self.group, **self.matrix.headline()} if self.matrix is not None else {}),
             **figures,
             "wait": self._waiting(figures),
         }
@@ -230,7 +231,23 @@ class FeedbackLoop(LoopBase):
                 self.unrecorded.append(self.group)
             self.event("group_change", group=now, left=self.group, feedback_events=self.joiner_stats.get("joined", 0))
             self.group = now
+            self.matrix.enter(now)
         self.unrecorded = [g for g in self.unrecorded if not self._record_group(g)]
+        self._measure_live()
+
+    def _measure_live(self) -> None:
+        """Every change of live is measured on every group: ACC and BWT follow it, and a dip of an
+        old group inside a later one shows (the stability gap)."""
+        live = self.gate_summary.get("live_version")
+        if live is None or live == self.measured_live or self.group is None:
+            return
+        accuracy = get_or(self.gate.group_accuracy.remote(self.fb.policy_id, live), {}, timeout_s=30)
+        if not accuracy:
+            return
+        self.measured_live = live
+        self.matrix.observe(accuracy)
+        self.event("continual", version=live, group=self.group, group_accuracy=accuracy,
+                   **_figures(self.matrix.metrics()))
 
     def _record_group(self, group: str) -> bool:
         """A row of R for `group` (the live version now); False: the gate did not answer in time."""
@@ -241,7 +258,7 @@ class FeedbackLoop(LoopBase):
             return False
         self.matrix.record(group, accuracy)
         self.event("continual", after_group=group, group_accuracy=accuracy,
-                   version=self.gate_summary.get("live_version"))
+                   version=self.gate_summary.get("live_version"), **_figures(self.matrix.metrics()))
         return True
 
     def done(self) -> bool:
@@ -299,6 +316,11 @@ class FeedbackLoop(LoopBase):
             "alarms": self.alarms,
             **({"continual": self.matrix.metrics()} if self.matrix is not None else {}),
         }
+
+
+def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The continual figures of an event (the matrix itself goes to summary.json)."""
+    return {k: v for k, v in metrics.items() if k not in ("groups", "matrix", "baseline")}
 
 
 def _numpy(weights: dict[str, Any]) -> dict[str, np.ndarray]:
