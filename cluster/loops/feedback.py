@@ -31,6 +31,7 @@ from cluster.loop import LoopBase, RunContext, mean_or_none, plain_event, quietl
 from core.stats.continual import AccuracyMatrix
 from core.models.classifier_start import StartingClassifier, starting_classifier
 from core.config.evolve import EvolveConfig
+from core.config.memory import raised_memory
 from core.config.novelty import novelty_policy_id
 from core.data.labeled import LabeledData
 from core.stats.learning_speed import events_to_fraction
@@ -163,7 +164,8 @@ class FeedbackLoop(LoopBase):
         fresh, _ = split_batch(fb.learning.batch_size, fb.learning.rehearsal)
         setup = OnlineSetup(fb=fb, files=files, weights=weights, labels=self.data.labels,
                             parent_version=version, gate=self.gate,
-                            heldout=self.data.heldout[:fb.learning.curve_rows], seed=self.cfg.run.seed, loop=self.name)
+                            heldout=self.data.heldout[:fb.learning.curve_rows], seed=self.cfg.run.seed, loop=self.name,
+                            groups=self._input_groups())
         self.launch_learner(LoopSpec(
             objective_factory=OnlineObjective,
             objective_config=setup,
@@ -175,6 +177,12 @@ class FeedbackLoop(LoopBase):
             seed=self.cfg.run.seed,
             eval_at_start=False,  # the gate's score of the starting version is the curve's "before"
         ))
+
+    def _input_groups(self) -> dict[Any, str] | None:
+        """Each traffic input's group, for a rehearsal buffer balanced over groups."""
+        if self.fb.learning.memory.buffer != "balanced" or self.data.groups is None:
+            return None
+        return {text: group for (text, _), group in zip(self.data.train, self.data.groups)}
 
     # ---- poll --------------------------------------------------------------------------
     def poll(self) -> dict[str, Any]:
@@ -218,8 +226,21 @@ class FeedbackLoop(LoopBase):
             if kind == "adapt":
                 self.adaptations += bool(ev.get("actions"))
                 self.alarms[ev.get("signal", "?")] = self.alarms.get(ev.get("signal", "?"), 0) + 1
+                self._say_remember(ev)
             self.event(kind, **plain_event(ev))
         self.gate_summary = get_or(self.gate.summary.remote(self.fb.policy_id), self.gate_summary)
+
+    def _say_remember(self, ev: dict[str, Any]) -> None:
+        """A refusal streak during a drift raised the learner's memory: one line saying so."""
+        level = next((a.get("level") for a in ev.get("actions") or [] if a.get("action") == "remember"), None)
+        if level is None:
+            return
+        learning = self.fb.learning
+        before = (learning.rehearsal, learning.memory.distill)
+        after = raised_memory(*before, self.fb.adapt.refusals, int(level))
+        was = raised_memory(*before, self.fb.adapt.refusals, int(level) - 1)
+        self.ctx.say(f"evolve: {self.name}: {ev.get('at')} candidates refused in a row during a drift: rehearsal "
+                     f"{was[0]:.2f} -> {after[0]:.2f}, distillation {was[1]:.2f} -> {after[1]:.2f} (level {level})")
 
     def _follow_groups(self) -> None:
         """When the stream leaves a group (first pass only), score live on every group: a row of R."""
