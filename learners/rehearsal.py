@@ -72,6 +72,8 @@ class BalancedMemory:
             stratum = self.strata.get((group, era))
             if stratum is None:
                 stratum = self.strata[(group, era)] = Reservoir(self.capacity)
+            elif len(stratum) == stratum.seen:  # it holds every row it saw: it takes these too, and
+                stratum.capacity = self.capacity  # the rebalance keeps a uniform subset if need be
             stratum.add(batch.take([i for i, k in enumerate(keys) if k == group]), rng)
         self.seen += len(batch)
         self._rebalance(rng)
