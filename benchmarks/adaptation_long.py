@@ -28,6 +28,7 @@ Per run, from events.jsonl and summary.json:
 
     .venv/bin/python benchmarks/adaptation_long.py --json                 # about an hour on 2 cores
     .venv/bin/python benchmarks/adaptation_long.py --smoke --json         # minutes: checks the plumbing only
+        [--set serving.http_port=8100 --set cluster.dashboard_port=8365]  # beside another run on this machine
 
 The last line is one JSON object.
 """
@@ -126,6 +127,8 @@ def main() -> None:
                     help="60 rows a group, 240 s a run: checks that everything runs, measures nothing")
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="read runs already in --work-dir")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for both runs, e.g. serving.http_port=8100 beside another run")
     args = ap.parse_args()
     if args.smoke:
         args.group_rows, args.budget_s, args.max_heldout = 60, 240, 600
@@ -137,7 +140,7 @@ def main() -> None:
     common = [f"loops.sentiment.data.path={stream}", "loops.sentiment.data.group_column=group",
               f"loops.sentiment.data.group_order=[{','.join(GROUPS)}]",
               f"loops.sentiment.data.group_rows={args.group_rows}",
-              f"loops.sentiment.data.max_heldout={args.max_heldout}", f"run.seed={args.seed}"]
+              f"loops.sentiment.data.max_heldout={args.max_heldout}", f"run.seed={args.seed}", *args.set]
     out: dict = {"work_dir": str(work), "smoke": args.smoke, "group_rows": args.group_rows,
                  "groups": GROUPS, "rows_per_group": sizes}
     for name, extra in (("on", []), ("off", OFF)):

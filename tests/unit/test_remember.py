@@ -79,3 +79,18 @@ def test_distillation_keeps_the_candidate_near_live_on_the_rows_it_rehearses(enc
             obj.step(_labeled(flipped[j:j + 16]))
         kl[weight] = _kl_to_reference(obj, old)
     assert kl[5.0] < 0.7 * kl[0.0], kl
+
+
+def test_the_loop_says_what_a_raised_memory_changed():
+    from types import SimpleNamespace
+
+    from cluster.loops.feedback import FeedbackLoop
+    from core.config.feedback import FeedbackSection
+
+    lines: list[str] = []
+    fb = FeedbackSection(learning={"rehearsal": 0.5, "memory": {"distill": 0.5}})
+    loop = SimpleNamespace(name="sentiment", fb=fb, ctx=SimpleNamespace(say=lines.append))
+    FeedbackLoop._say_remember(loop, {"signal": "refusals", "at": 3, "actions": [{"action": "remember", "level": 2}]})
+    FeedbackLoop._say_remember(loop, {"signal": "correctness", "actions": [{"action": "learner_boost"}]})
+    assert lines == ["evolve: sentiment: 3 candidates refused in a row during a drift: rehearsal 0.60 -> 0.70, "
+                     "distillation 1.00 -> 1.50 (level 2)"]
