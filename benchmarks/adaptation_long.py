@@ -148,7 +148,7 @@ def main() -> None:
         for k, v in figures(run).items():
             out[f"{k}_{name}"] = v
     out["wall_s"] = round(time.time() - started, 1)
-    out["targets"] = {
+    out["targets"] = None if args.smoke else {
         "mean_forgetting_on <= 0.02": _at_most(out.get("mean_forgetting_on"), 0.02),
         "bwt_on >= -0.02": None if out.get("bwt_on") is None else out["bwt_on"] >= -0.02,
         "rollbacks_on == 0": out["rollbacks_on"] == 0,
@@ -156,7 +156,7 @@ def main() -> None:
                                              and not out.get("unrecovered_on")),
     }
     if not args.json:
-        for k, v in out["targets"].items():
+        for k, v in (out["targets"] or {"targets": "not judged in a smoke run"}).items():
             print(f"{k:40s} {v}")
     print(json.dumps(out, default=str))
 

@@ -291,6 +291,7 @@ class FeedbackLoop(LoopBase):
             ray.wait([self.gate.close.remote(self.fb.policy_id)], timeout=30)  # no experiment outlives the run
             self._take_gate_events()
             if self.matrix is not None and self.group is not None:
+                self._measure_live()  # a version made live since the last poll
                 for group in [*self.unrecorded, self.group]:  # where the run ended, last
                     self._record_group(group)
         if self.app is not None:
