@@ -109,6 +109,7 @@ def _page(run_dir: Path, events: list[dict], summary: dict | None, finished: boo
         cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_short(v))}</td></tr>"
                         for k, v in facts.items() if not isinstance(v, (list, dict)))
         tables.append(f"<h3>summary: {html.escape(loop)}</h3><table>{cells}</table>")
+    tables += [_continual_table(loop, figures) for loop, figures in _continual(events, loops).items()]
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{TITLE}: {html.escape(name)}</title>
@@ -124,6 +125,22 @@ table {{ border-collapse: collapse; font-size: small; }} th, td {{ border: 1px s
 {"".join(body) or "<p>No figures yet: the run has written no progress.</p>"}
 </body></html>
 """
+
+
+CONTINUAL = ("seen", "finished", "ACC", "BWT", "FWT", "worst_accuracy", "worst_group", "min_ACC", "stability_gap")
+
+
+def _continual(events: list[dict], loops: dict[str, Any]) -> dict[str, dict]:
+    """Each grouped loop's continual figures: summary.json's once the run ended, else its newest
+    `continual` event (a run still going, a stream that never finished)."""
+    out = {e["loop"]: e for e in events if e.get("event") == "continual" and "ACC" in e}
+    out.update({loop: facts["continual"] for loop, facts in loops.items() if isinstance(facts.get("continual"), dict)})
+    return out
+
+
+def _continual_table(loop: str, figures: dict) -> str:
+    cells = "".join(f"<tr><th>{k}</th><td>{html.escape(_short(figures.get(k)))}</td></tr>" for k in CONTINUAL)
+    return f"<h3>continual learning: {html.escape(loop)}</h3><table>{cells}</table>"
 
 
 def loop_kinds(run_dir: Path) -> dict[str, str]:

@@ -58,23 +58,32 @@ class FeedbackAdaptation:
             new += self._decide(self.label_mix.update(1.0 if int(label) == 0 else 0.0), live)
         return new
 
+    def on_verdict(self, decision: str, live: int | None) -> list[dict[str, Any]]:
+        """A gate decision on a candidate: a refusal streak during a drift may raise the learner's memory."""
+        answer = self.controller.on_verdict(decision, self.events)
+        return [] if answer is None else [self._record(answer, live)]
+
     def _decide(self, alarm: Alarm | None, live: int | None) -> list[dict[str, Any]]:
         if alarm is None:
             return []
-        decision = self.controller.on_alarm(alarm, self.events)
+        return [self._record(self.controller.on_alarm(alarm, self.events), live)]
+
+    def _record(self, decision: Any, live: int | None) -> dict[str, Any]:
         record = {"id": len(self.decisions) + 1, "events": self.events, "version": live, **decision.to_dict()}
         self.decisions.append(record)
-        return [record]
+        return record
 
     def latest(self) -> dict[str, Any] | None:
-        """The newest decision that acted (the learner applies each id once)."""
+        """The newest decision that acted (the learner applies each id once), with the memory level now."""
         acted = [d for d in self.decisions if d["actions"]]
-        return acted[-1] if acted else None
+        return {**acted[-1], "memory_level": self.controller.memory_level} if acted else None
 
     def open_alarm(self) -> dict[str, Any] | None:
-        """The decision that acted less than a cooldown ago (None: none): the detectors saw the
-        data change.  Context only: the rollback guard decides on a paired test either way."""
-        last = self.latest()
+        """The drift alarm that acted less than a cooldown ago (None: none): the detectors saw the
+        data change.  Context only: the rollback guard decides on a paired test either way.  A
+        refusal streak's decision is not an alarm on the data."""
+        acted = [d for d in self.decisions if d["actions"] and d["signal"] != "refusals"]
+        last = acted[-1] if acted else None
         if last is None or self.events - last["events"] >= max(self.cfg.cooldown_events, 1):
             return None
         return last

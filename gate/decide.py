@@ -10,7 +10,8 @@
     all passed         live on every subscriber through the publisher
 
 Every decision goes into the registry lineage (metadata `gate`: decision, reason, each stage's
-verdict and evidence in `stages`) and a `gate_decision` event.  Called under the gate's decision lock.
+verdict and evidence in `stages`) and a `gate_decision` event; with `adapt`, the controller hears
+it (a refusal streak during a drift raises the learner's memory: an `adapt` event).  Called under the gate's decision lock.
 """
 
 from __future__ import annotations
@@ -164,5 +165,16 @@ def record(policy: Policy, cand: Candidate, decision: str, reason: str) -> dict[
     if groups is not None and cand.correct is not None:
         extra["group_accuracy"] = {str(g): float(cand.correct[groups == g].mean()) for g in sorted(set(groups.tolist()))}
     policy.emit("gate_decision", policy_id=policy.policy_id, **rec, **extra)
+    _streak(policy, decision)
     return {"policy_id": policy.policy_id, **rec, "live_version": policy.live_version,
             "gate": {k: v for k, v in gate.items() if k != "decided_at"}}
+
+
+def _streak(policy: Policy, decision: str) -> None:
+    """The adaptive controller hears every verdict: a refusal streak during a drift raises the learner's memory."""
+    if policy.adaptation is None:
+        return
+    with policy.shared.mu:
+        raised = policy.adaptation.on_verdict(decision, policy.live_version)
+    for d in raised:
+        policy.emit("adapt", policy_id=policy.policy_id, action=[a["action"] for a in d["actions"]] or None, **d)

@@ -31,9 +31,16 @@ learned from in one of two ways:
   the other), so with `learning.reward_as_label` (the default) such a row is
   learned as labeled: a full-information row, not a bandit one.
 
+The rehearsal rows come from a buffer that is a uniform reservoir or one
+balanced over groups and time (`learning.memory.buffer`, learners/rehearsal.py),
+and with `learning.memory.distill` > 0 the loss adds a pull toward the live
+version's answers on them (learning without forgetting, learners/distill.py).
+
 When the gate's drift detector acts (the loop's `adapt`), the learner applies
 the controller's `learner_boost` for a bounded number of updates: the learning
-rate times `lr_factor`, a smaller rehearsal share, candidates more often.
+rate times `lr_factor`, a smaller rehearsal share, candidates more often.  A
+refusal streak during a drift raises the rehearsal share and the distillation
+weight instead (learners/online_boost.py).
 
 A classifier with a wide part (the loop's `model.kind` wide / wide_deep) also
 trains it on every batch, with the same loss (learners/wide_learner.py).
@@ -60,11 +67,13 @@ import torch.nn.functional as F
 from core.config.feedback import FeedbackSection
 from core.models.classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
 from core.models.wide import new_wide
-from learners.feedback_source import FeedbackBatch, Reservoir
+from learners.distill import LiveReference, distill_loss
+from learners.feedback_source import FeedbackBatch
 from learners.objective import ExportedPolicy, WorkerContext
 from learners.data_window import DataWindow
 from learners.domain_mlm import DomainMLM
-from learners.online_boost import BoostFollower, answered
+from learners.online_boost import ADAPT_POLL_EVERY, BoostFollower, answered
+from learners.rehearsal import new_memory, restore_memory
 from learners.wide_learner import WideTrainer
 
 
@@ -88,6 +97,7 @@ class OnlineSetup:
     heldout: list[tuple[str, int]] | None = None  # a few rows for evaluate()'s curve; the gate has its own
     seed: int = 0
     loop: str = ""  # the loop's name (the lineage says which loop made a version)
+    groups: dict[Any, str] | None = None  # each traffic input's group (a balanced rehearsal buffer's strata)
 
 
 def split_batch(batch_size: int, rehearsal: float) -> tuple[int, int]:
@@ -147,6 +157,12 @@ def feedback_loss(logits: torch.Tensor, rows: dict[str, torch.Tensor], baseline:
                   "ratio": ratio, "label": label, "reward": reward}
 
 
+def _may_distill(fb: FeedbackSection) -> bool:
+    """Distillation is on, or a refusal streak may turn it on."""
+    refusals = fb.adapt.refusals
+    return fb.learning.memory.distill > 0 or (fb.adapt.enabled and refusals.streak > 0 and refusals.distill_step > 0)
+
+
 def _tensors(rows: FeedbackBatch, dev: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(getattr(rows, k)).to(dev) for k in ("label", "prediction", "reward", "logged_p")}
 
@@ -169,12 +185,13 @@ class OnlineObjective:
         self.wide = WideTrainer(wide, self.fb.model.wide_lr, ctx) if wide is not None else None
         self.uses_deep = self.wide is None or self.wide.uses_deep  # kind wide never runs the encoder
         self.fresh_rows, self.rehearsal_rows = split_batch(self.fb.learning.batch_size, self.fb.learning.rehearsal)
-        self.reservoir = Reservoir(config.fb.learning.reservoir_size)
+        memory = config.fb.learning.memory
+        self.reservoir = new_memory(config.fb.learning.reservoir_size, memory.buffer, memory.era_rows, config.groups)
         self.backlog: deque[FeedbackBatch] = deque()
         self.updates = self.skipped = self.idle = self.candidates = self.candidates_dropped = 0
         self.baseline = config.fb.learning.baseline_init
         self.last: dict[str, float] = {"loss": math.nan, "ce_loss": math.nan, "pg_loss": math.nan,
-                                       "mlm_loss": math.nan,
+                                       "mlm_loss": math.nan, "distill_loss": math.nan,
                                        "train_accuracy": math.nan, "importance_weight": math.nan,
                                        "clipped_share": math.nan}
         self.window = DataWindow()  # rows learned from since the last candidate
@@ -183,6 +200,8 @@ class OnlineObjective:
         self._gate_ref: Any = None
         self.boost = BoostFollower(self.fb, config.gate, self.optimizer, ctx)  # the gate's learner_boost
         self.domain_mlm: DomainMLM | None = None  # built at the first boost that asks for it
+        # the live version's answers for the distillation term (the deep classifier only)
+        self.reference = LiveReference(self.model, ctx) if self.wide is None and _may_distill(self.fb) else None
         self._reseed()
 
     def _reseed(self) -> None:
@@ -210,7 +229,7 @@ class OnlineObjective:
         old = self.reservoir.sample(k, self.rng)
         self.reservoir.add(fresh, self.rng)
         rows = FeedbackBatch.concat([deep_fresh, old])
-        updated, figures = self._update(rows, wide_only)
+        updated, figures = self._update(rows, wide_only, rehearsed=len(old))
         if updated:
             learned = FeedbackBatch.concat([rows, wide_only]) if wide_only is not None else rows
             self.window.add(learned, len(fresh))
@@ -218,6 +237,8 @@ class OnlineObjective:
             if self.updates % self.boost.candidate_every == 0 or self.updates == self.fb.learning.first_candidate:
                 self._candidate()
             self.boost.after_update(self.updates)
+            if self.reference is not None and self.updates % ADAPT_POLL_EVERY == 0:
+                self.reference.follow()
         return self._metrics(samples=float(len(rows)), updates=float(updated), fresh_rows=float(len(fresh)),
                              rehearsal_rows=float(len(old)),
                              wide_only_rows=float(len(wide_only) if wide_only is not None else 0), **figures)
@@ -229,7 +250,9 @@ class OnlineObjective:
         cut = len(fresh) - self.fresh_rows
         return fresh.take(np.arange(cut, len(fresh))), fresh.take(np.arange(cut))
 
-    def _update(self, rows: FeedbackBatch, wide_only: FeedbackBatch | None = None) -> tuple[bool, dict[str, float]]:
+    def _update(self, rows: FeedbackBatch, wide_only: FeedbackBatch | None = None,
+                rehearsed: int = 0) -> tuple[bool, dict[str, float]]:
+        """One step on `rows` (its last `rehearsed` rows drawn from the rehearsal buffer)."""
         dev = self.ctx.device
         self.model.train()
         ids = mask = logits = None
@@ -258,6 +281,12 @@ class OnlineObjective:
             mlm_loss = self.domain_mlm.loss(self.model, ids.to(dev), mask.to(dev))
             self.last["mlm_loss"] = float(mlm_loss.detach())
             loss = loss + self.boost.domain_mlm * mlm_loss
+        if self.reference is not None and self.boost.distill > 0 and rehearsed > 0:  # learning without forgetting
+            old = slice(len(rows) - rehearsed, len(rows))
+            live = self.reference.logits(ids[old].to(dev), mask[old].to(dev), types[old].to(dev))
+            kl = distill_loss(logits[old], live, self.fb.learning.memory.distill_temperature)
+            self.last["distill_loss"] = float(kl.detach())
+            loss = loss + self.boost.distill * kl
         labeled, bandit = parts["labeled"], parts["bandit"]
         n_lab, n_bandit = int(labeled.sum()), int(bandit.sum())
         figures = {"labeled_rows": float(n_lab), "reward_rows": float(n_bandit),
@@ -331,17 +360,22 @@ class OnlineObjective:
         # all ranks: the data range of the update window, summed over ranks
         window = self.window.reduced(self.ctx)
         self.window = DataWindow()
-        if self.ctx.rank != 0 or self.setup_.gate is None:
-            return
+        answer = self._submit(window) if self.ctx.rank == 0 and self.setup_.gate is not None else None
+        if self.reference is not None:  # every rank: the distillation reference if the gate makes it live
+            self.reference.snapshot(self.updates, self.model, answer)
+
+    def _submit(self, window: DataWindow) -> Any:
+        """Rank 0: hand the gate a candidate; the gate's answer to come (None: dropped)."""
         if self.fb.learning.skip_when_gate_busy and not answered(self._gate_ref):
             self.candidates_dropped += 1
-            return
+            return None
         weights = self.numpy_weights()
         if not all(np.isfinite(w).all() for w in weights.values() if np.issubdtype(w.dtype, np.floating)):
             self.candidates_dropped += 1  # never hand the gate a broken model
-            return
+            return None
         self._gate_ref = self.setup_.gate.submit.remote(self.fb.policy_id, weights, self._files, self.metadata(window))
         self.candidates += 1
+        return self._gate_ref
 
     def metadata(self, window: "DataWindow | None" = None) -> dict[str, Any]:
         window = window or self.window
@@ -391,7 +425,7 @@ class OnlineObjective:
             setattr(self.boost if k == "adapted" else self, k, int(v))
         self.baseline = float(state["baseline"])
         self.last.update({k: float(v) for k, v in state["last"].items()})
-        self.reservoir.load_state_dict(state["reservoir"])
+        restore_memory(self.reservoir, state["reservoir"])
         self.total = DataWindow.from_state(state["total"])
         if self.wide is not None and state.get("wide") is not None:
             self.wide.load_state_dict(state["wide"])

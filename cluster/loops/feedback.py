@@ -32,6 +32,7 @@ from cluster.loop import LoopBase, RunContext, mean_or_none, plain_event, quietl
 from core.stats.continual import AccuracyMatrix
 from core.models.classifier_start import StartingClassifier, starting_classifier
 from core.config.evolve import EvolveConfig
+from core.config.memory import raised_memory
 from core.config.novelty import novelty_policy_id
 from core.data.labeled import LabeledData
 from core.stats.learning_speed import events_to_fraction
@@ -66,6 +67,7 @@ class FeedbackLoop(LoopBase):
         self.matrix: AccuracyMatrix | None = None  # a grouped stream's R[i][j]
         self.group: str | None = None  # where the traffic stream is
         self.unrecorded: list[str] = []  # groups the stream left whose row the gate has not given yet
+        self.measured_live: int | None = None  # the live version the matrix last measured
 
     def prepare(self) -> None:
         if not self.cfg.serving.enabled:
@@ -163,7 +165,8 @@ class FeedbackLoop(LoopBase):
         fresh, _ = split_batch(fb.learning.batch_size, fb.learning.rehearsal)
         setup = OnlineSetup(fb=fb, files=files, weights=weights, labels=self.data.labels,
                             parent_version=version, gate=self.gate,
-                            heldout=self.data.heldout[:fb.learning.curve_rows], seed=self.cfg.run.seed, loop=self.name)
+                            heldout=self.data.heldout[:fb.learning.curve_rows], seed=self.cfg.run.seed, loop=self.name,
+                            groups=self._input_groups())
         self.launch_learner(LoopSpec(
             objective_factory=OnlineObjective,
             objective_config=setup,
@@ -175,6 +178,12 @@ class FeedbackLoop(LoopBase):
             seed=self.cfg.run.seed,
             eval_at_start=False,  # the gate's score of the starting version is the curve's "before"
         ))
+
+    def _input_groups(self) -> dict[Any, str] | None:
+        """Each traffic input's group, for a rehearsal buffer balanced over groups."""
+        if self.fb.learning.memory.buffer != "balanced" or self.data.groups is None:
+            return None
+        return {text: group for (text, _), group in zip(self.data.train, self.data.groups)}
 
     # ---- poll --------------------------------------------------------------------------
     def poll(self) -> dict[str, Any]:
@@ -197,7 +206,7 @@ class FeedbackLoop(LoopBase):
             "refused": self.gate_summary.get("refused", 0),
             **({"adapt": self.adaptations} if self.fb.adapt.enabled else {}),
             **({"world": len(changes)} if (changes := self.gate_summary.get("world_changes")) else {}),
-            **({"group": self.group} if self.matrix is not None else {}),
+            **({"group": self.group, **self.matrix.headline()} if self.matrix is not None else {}),
             **figures,
             "wait": self._waiting(figures),
         }
@@ -219,8 +228,21 @@ class FeedbackLoop(LoopBase):
             if kind == "adapt":
                 self.adaptations += bool(ev.get("actions"))
                 self.alarms[ev.get("signal", "?")] = self.alarms.get(ev.get("signal", "?"), 0) + 1
+                self._say_remember(ev)
             self.event(kind, **plain_event(ev))
         self.gate_summary = get_or(self.gate.summary.remote(self.fb.policy_id), self.gate_summary)
+
+    def _say_remember(self, ev: dict[str, Any]) -> None:
+        """A refusal streak during a drift raised the learner's memory: one line saying so."""
+        level = next((a.get("level") for a in ev.get("actions") or [] if a.get("action") == "remember"), None)
+        if level is None:
+            return
+        learning = self.fb.learning
+        before = (learning.rehearsal, learning.memory.distill)
+        after = raised_memory(*before, self.fb.adapt.refusals, int(level))
+        was = raised_memory(*before, self.fb.adapt.refusals, int(level) - 1)
+        self.ctx.say(f"evolve: {self.name}: {ev.get('at')} candidates refused in a row during a drift: rehearsal "
+                     f"{was[0]:.2f} -> {after[0]:.2f}, distillation {was[1]:.2f} -> {after[1]:.2f} (level {level})")
 
     def _follow_groups(self) -> None:
         """When the stream leaves a group (first pass only), score live on every group: a row of R."""
@@ -232,7 +254,23 @@ class FeedbackLoop(LoopBase):
                 self.unrecorded.append(self.group)
             self.event("group_change", group=now, left=self.group, feedback_events=self.joiner_stats.get("joined", 0))
             self.group = now
+            self.matrix.enter(now)
         self.unrecorded = [g for g in self.unrecorded if not self._record_group(g)]
+        self._measure_live()
+
+    def _measure_live(self) -> None:
+        """Every change of live is measured on every group: ACC and BWT follow it, and a dip of an
+        old group inside a later one shows (the stability gap)."""
+        live = self.gate_summary.get("live_version")
+        if live is None or live == self.measured_live or self.group is None:
+            return
+        accuracy = get_or(self.gate.group_accuracy.remote(self.fb.policy_id, live), {}, timeout_s=30)
+        if not accuracy:
+            return
+        self.measured_live = live
+        self.matrix.observe(accuracy)
+        self.event("continual", version=live, group=self.group, group_accuracy=accuracy,
+                   **_figures(self.matrix.metrics()))
 
     def _record_group(self, group: str) -> bool:
         """A row of R for `group` (the live version now); False: the gate did not answer in time."""
@@ -243,7 +281,7 @@ class FeedbackLoop(LoopBase):
             return False
         self.matrix.record(group, accuracy)
         self.event("continual", after_group=group, group_accuracy=accuracy,
-                   version=self.gate_summary.get("live_version"))
+                   version=self.gate_summary.get("live_version"), **_figures(self.matrix.metrics()))
         return True
 
     def done(self) -> bool:
@@ -255,6 +293,7 @@ class FeedbackLoop(LoopBase):
             ray.wait([self.gate.close.remote(self.fb.policy_id)], timeout=30)  # no experiment outlives the run
             self._take_gate_events()
             if self.matrix is not None and self.group is not None:
+                self._measure_live()  # a version made live since the last poll
                 for group in [*self.unrecorded, self.group]:  # where the run ended, last
                     self._record_group(group)
         if self.app is not None:
@@ -303,6 +342,11 @@ class FeedbackLoop(LoopBase):
             "alarms": self.alarms,
             **({"continual": self.matrix.metrics()} if self.matrix is not None else {}),
         }
+
+
+def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The continual figures of an event (the matrix itself goes to summary.json)."""
+    return {k: v for k, v in metrics.items() if k not in ("groups", "matrix", "baseline")}
 
 
 def _numpy(weights: dict[str, Any]) -> dict[str, np.ndarray]:

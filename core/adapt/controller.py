@@ -15,6 +15,15 @@ the loop learn the new data sooner:
 
 One adaptation per `cooldown_events` feedback events: alarms inside the
 cooldown are recorded and answered with no action.
+
+The gate's verdicts are a signal too.  During a drift (an alarm acted less than
+`refusals.drift_events` feedback events ago) a streak of `refusals.streak`
+candidates refused in a row says the candidates that learn the new data lose
+what the gate's held-out set still asks of them:
+
+    remember        the memory level one higher (at most `refusals.max_levels`): the learner's
+                    rehearsal share and distillation weight each rise by a step
+                    (core/config/memory.py `raised_memory`), for the rest of the run
 """
 
 from __future__ import annotations
@@ -26,9 +35,21 @@ from core.config.adapt import AdaptSection
 from core.adapt.detectors import Alarm
 
 
+@dataclass(frozen=True)
+class Streak:
+    """The gate's verdicts as an alarm: `at` candidates refused in a row."""
+
+    at: int
+    signal: str = "refusals"
+    detector: str = "gate"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signal": self.signal, "detector": self.detector, "at": self.at, "before": None, "after": None}
+
+
 @dataclass
 class Decision:
-    alarm: Alarm
+    alarm: Alarm | Streak
     actions: list[dict[str, Any]] = field(default_factory=list)
     suppressed: str | None = None  # why no action was taken
 
@@ -57,6 +78,9 @@ class Controller:
         self.cfg = cfg
         self.cooldown = Cooldown(cfg.cooldown_events, "feedback events")
         self.decisions: list[Decision] = []
+        self.refused_in_a_row = 0
+        self.memory_level = 0  # refusal streaks answered so far
+        self.acted_at: int | None = None  # the feedback events when an alarm last acted
 
     def on_alarm(self, alarm: Alarm, events: int) -> Decision:
         """`events`: feedback events seen by the loop so far (the cooldown's clock)."""
@@ -71,8 +95,34 @@ class Controller:
                  "rehearsal": cfg.boost_rehearsal, "candidate_every": cfg.boost_candidate_every,
                  "domain_mlm": cfg.domain_mlm},
             ])
+        if decision.actions:
+            self.acted_at = events
         self.decisions.append(decision)
         return decision
+
+    def on_verdict(self, decision: str, events: int) -> Decision | None:
+        """A gate decision on a candidate; a Decision when a refusal streak during a drift raises the
+        learner's memory.  Promotions end a streak; other outcomes (dropped, pending) leave it."""
+        if decision in ("promote", "initial"):
+            self.refused_in_a_row = 0
+            return None
+        if decision != "refuse":
+            return None
+        cfg = self.cfg.refusals
+        if self.acted_at is None or events - self.acted_at >= cfg.drift_events:
+            self.refused_in_a_row = 0  # outside a drift a refusal is the gate doing its work
+            return None
+        self.refused_in_a_row += 1
+        if not cfg.streak or self.refused_in_a_row < cfg.streak:
+            return None
+        streak, self.refused_in_a_row = self.refused_in_a_row, 0
+        if self.memory_level >= cfg.max_levels:
+            decision_ = Decision(Streak(streak), suppressed=f"memory already raised {cfg.max_levels} times")
+        else:
+            self.memory_level += 1
+            decision_ = Decision(Streak(streak), actions=[{"action": "remember", "level": self.memory_level}])
+        self.decisions.append(decision_)
+        return decision_
 
 
 @dataclass

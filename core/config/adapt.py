@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.config.base import Section
+from core.config.memory import RefusalSection
 
 
 class DetectorSection(Section):
@@ -54,3 +55,6 @@ class AdaptSection(Section):
     recent_fraction: float = Field(default=0.1, gt=0, lt=1)
     recent_size: int = Field(default=400, ge=20)  # the recent slice's newest rows that judge
     recent_min: int = Field(default=150, ge=10)  # rows the recent slice needs before it judges
+    # Candidates refused in a row during a drift: the controller raises the learner's rehearsal share
+    # and distillation weight (core/config/memory.py).
+    refusals: RefusalSection = Field(default_factory=RefusalSection)

@@ -17,6 +17,7 @@ from core.config.adapt import AdaptSection
 from core.config.base import NAME_PATTERN, LoopSection, Section
 from core.config.data import DataSection, TrafficSection
 from core.config.gate import CanarySection, GateSection, OPESection, ShadowSection
+from core.config.memory import MemorySection
 from core.config.model import FeedbackModelSection
 
 __all__ = ["CanarySection", "DataSection", "FeedbackLearningSection", "FeedbackSection", "FeedbackServingSection",
@@ -33,7 +34,8 @@ class FeedbackLearningSection(Section):
     bf16: bool = True  # bf16 autocast on GPU learners (fp32 master weights); CPU learners stay fp32
     batch_size: int = Field(default=32, ge=1)  # rows per update, fresh + rehearsal
     rehearsal: float = Field(default=0.5, ge=0, lt=1)  # share of each batch replayed from older feedback
-    reservoir_size: int = Field(default=5000, ge=1)  # older feedback kept for rehearsal (reservoir sample)
+    reservoir_size: int = Field(default=5000, ge=1)  # older feedback kept for rehearsal (the buffer's size)
+    memory: MemorySection = Field(default_factory=MemorySection)  # the rehearsal buffer's balance, distillation
     # On two labels a right / wrong answer (reward 1 or 0) names the label: the served one or the
     # other.  Such a row is learned as labeled (cross-entropy) rather than by the policy gradient.
     reward_as_label: bool = True

@@ -68,9 +68,10 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
         tables={"feedback": TableNeed("feedback", settings={"capacity": 200_000}),
                 "text": TableNeed("text", "-text", settings={"capacity": 200_000}, optional=True)},
         figures=Figures(
-            lead=("version", "heldout_acc", "online_acc", "wait"),
+            # a grouped stream's continual figures (ACC, BWT, the stability gap) lead too: the line is cut at 100
+            lead=("version", "heldout_acc", "online_acc", "ACC", "BWT", "stability_gap", "wait"),
             short={**_COMMON, "heldout_acc": "acc", "online_acc": "online", "predicts": "pred", "feedback": "fb",
-                   "promoted": "prom", "refused": "ref"},
+                   "promoted": "prom", "refused": "ref", "stability_gap": "gap"},
             status={"version": "version", "heldout_acc": "heldout_acc", "updates": "updates", "loss": "loss"},
             rates={"feedback_per_s": "feedback"},
             report=("heldout", "learner", "timeline"),

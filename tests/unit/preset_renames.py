@@ -59,7 +59,10 @@ NEW_KEYS |= {f"gate.samples.{k}" for k in ("n", "max_new_tokens", "temperature",
 NEW_KEYS |= {"gate.rollback_min_rows"} | {f"gate.groups.{k}" for k in ("tolerance", "alpha", "correction", "min_rows",
                                                                          "feedback_rows")}
 NEW_BY_KIND = {
-    "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range"},
+    "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range"}
+                | {f"learning.memory.{k}" for k in ("buffer", "era_rows", "distill", "distill_temperature")}
+                | {f"adapt.refusals.{k}" for k in ("streak", "drift_events", "max_levels", "rehearsal_step",
+                                                   "max_rehearsal", "distill_step", "max_distill")},
     "rl": {f"gate.{k}" for k in ("test", "alpha", "min_gain", "bootstrap_samples", "drift_guard", "window",
                                  "rollback_margin", "min_clients", "max_client_share")}
           | {f"gate.ope.{k}" for k in ("fraction", "method", "rule")}

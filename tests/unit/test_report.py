@@ -122,3 +122,17 @@ def test_a_loop_gets_the_figures_its_kind_declares(run_dir):
     names = {p.name for p in write_report(run_dir).pngs}
     assert "sentiment_heldout.png" not in names and "sentiment_timeline.png" in names
     assert {"cartpole_eval_return.png", "mlm_masked_accuracy.png"} <= names
+
+
+def test_a_run_still_going_shows_its_newest_continual_figures(tmp_path):
+    path = tmp_path / "run"
+    path.mkdir()
+    ev = [{"time": T0, "loop": "run", "event": "started"},
+          {"time": T0 + 5, "loop": "sentiment", "event": "continual", "ACC": 0.71, "BWT": None, "seen": 1},
+          {"time": T0 + 9, "loop": "sentiment", "event": "continual", "ACC": 0.83, "BWT": -0.041, "seen": 2,
+           "stability_gap": 0.125, "worst_group": "hotel"}]
+    (path / "events.jsonl").write_text("\n".join(json.dumps(e) for e in ev) + "\n")
+    page = write_report(path).html.read_text()
+    table = page[page.index("continual learning: sentiment"):]
+    assert "<th>ACC</th><td>0.83</td>" in table and "<th>BWT</th><td>-0.041</td>" in table
+    assert "<th>stability_gap</th><td>0.125</td>" in table and "hotel" in table and "0.71" not in table
