@@ -4,7 +4,8 @@ Each request is one user of a kind drawn by the `users` shares (core/config/gene
 
     thumbs      asks one completion; thumbs-up with the probability p that the judge reads
                 prompt + completion as positive, thumbs-down otherwise
-    several     asks `several_n` completions of the prompt and rates each one so
+    several     asks `several_n` completions of the prompt and rates each one so (or, with
+                `several_rating: reward`, sends each one's p as its reward)
     preference  asks two; the one the judge scores higher is `better_than` the other
     reward      asks one; sends p itself as the reward
 
@@ -183,7 +184,7 @@ class GenerateUsersWorker(ClientThreads):
                 best, worst = int(np.argmax(rewards)), int(np.argmin(rewards))
                 worst = worst if worst != best else (best + 1) % len(completions)  # a tie: either way
                 return [{"event_id": completions[best]["event_id"], "better_than": completions[worst]["event_id"]}]
-            if kind == "reward":
+            if kind == "reward" or (kind == "several" and self.cfg.several_rating == "reward"):
                 return [{"event_id": c["event_id"], "reward": float(min(1.0, max(0.0, r)))}
                         for c, r in zip(completions, rewards)]
             return [{"event_id": c["event_id"], "thumbs": "up" if self._rng.random() < r else "down"}

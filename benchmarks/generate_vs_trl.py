@@ -11,8 +11,8 @@ from the same traffic prompts (core/data/prompts.py) with the preset's max_new_t
 temperature (top-p 1, no top-k), and are rewarded by the same judge (core/models/judge.py):
 
 * evolve: `python -m cluster.cli run configs/generate.yaml --budget-s B` as a subprocess.  Simulated
-  users ask Serve for completions and rate them by the judge (thumbs drawn with the judge's
-  probability, ratings of several completions, preferences); the policy-gradient learner learns
+  users ask Serve for completions and rate them by the judge as the preset's `users` say (ratings
+  of several completions, preferences, single ratings, thumbs); the policy-gradient learner learns
   from the joined rows and the gate promotes what passes.  Its curve is the users' judged reward of
   the completions they were served (the mean over each user actor's last 300) against completions
   served and time, from the run's progress events; its model is the live version at the end.

@@ -61,6 +61,7 @@ class CompletionBatch:
     dropped: int = 0  # feedback rows without a finite reward, or with a completion past the context
     rows: int = 0  # feedback rows the batch came from
     groups: list[str] = field(default_factory=list)  # the group names behind `group`'s codes
+    keys: list[str] = field(default_factory=list)  # each completion's event id, in row order
 
     def __len__(self) -> int:
         return int(self.tensors["reward"].shape[0])
@@ -104,7 +105,7 @@ def pad_completions(scored: Sequence[ScoredCompletion], pad_id: int) -> Completi
         "group": torch.tensor([code[s.group] for s in scored], dtype=torch.long),
         "relative": torch.tensor([s.relative for s in scored], dtype=torch.bool),
         "policy_version": torch.tensor([s.policy_version for s in scored], dtype=torch.long),
-    }, groups=names)
+    }, groups=names, keys=[s.key for s in scored])
 
 
 @dataclass

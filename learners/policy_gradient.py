@@ -30,7 +30,7 @@ import torch
 
 from core.config.generate import GenerateSection
 from core.models.generator import causal_lm_files, causal_lm_from_files
-from core.stats.advantages import RunningBaseline, advantages
+from core.stats.advantages import GroupRewards, RunningBaseline, advantages
 from learners.completion_source import CompletionBatch
 from learners.objective import ExportedPolicy, WorkerContext
 from learners.pg_loss import clipped_pg_loss, next_token_logprobs
@@ -73,6 +73,7 @@ class PolicyGradientObjective:
         self.train_model = ctx.wrap_model(self.model)  # DDP when world_size > 1
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.baseline = RunningBaseline(self.cfg.baseline_init, self.cfg.baseline_decay)
+        self.group_rewards = GroupRewards()  # a group's rated completions come in different batches
         self.updates = self.skipped = self.idle = self.candidates = self.candidates_dropped = 0
         self.last: dict[str, float] = dict.fromkeys(
             ("loss", "pg_loss", "kl", "ratio", "clipped_share", "reward", "advantage_abs", "grad_norm",
@@ -95,7 +96,10 @@ class PolicyGradientObjective:
         dev = self.ctx.device
         t = {k: v.to(dev) for k, v in batch.tensors.items()}
         reward = batch.tensors["reward"].numpy()
-        adv, grouped = advantages(reward, batch.tensors["group"].numpy(), self.baseline.value, self.cfg.group_std)
+        names = [batch.groups[c] for c in batch.tensors["group"].tolist()]
+        self.group_rewards.add(names, batch.keys or [str(i) for i in range(len(names))], reward)
+        adv, grouped = advantages(reward, names, self.baseline.value, self.cfg.group_std,
+                                  pools=self.group_rewards.pools(names))
         logp_all = next_token_logprobs(self.train_model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits)
         ref = None
         if self.cfg.kl_coef > 0:

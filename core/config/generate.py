@@ -149,6 +149,9 @@ class GenerateUsersSection(Section):
     preference_share: float = Field(default=0.2, ge=0, le=1)  # users who prefer one of two completions
     reward_share: float = Field(default=0.0, ge=0, le=1)  # users who send the judge's probability as a reward
     several_n: int = Field(default=4, ge=2)  # completions a rating-several user asks for
+    # how a rating-several user rates each completion: a thumb drawn with the judge's probability,
+    # or that probability itself as a reward (a rating on a scale)
+    several_rating: Literal["thumbs", "reward"] = "thumbs"
     max_new_tokens: int | None = Field(default=None, ge=1)  # None: the app's default
     temperature: float | None = Field(default=None, ge=0)  # None: the app's default
     judge_path: str | None = None  # the judge's file; None: <cache>/judge/ (made on first use)

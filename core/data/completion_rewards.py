@@ -36,6 +36,7 @@ class ScoredCompletion:
     group: str  # completions compared with each other: one request's prompt, or one preference's pair
     policy_version: int  # the version that sampled it
     relative: bool = False  # a preference's reward: meaningful only against its pair
+    key: str = ""  # the completion's event id: one reward per completion in a group's pool
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class RewardRule:
             return []
         if not math.isfinite(reward):
             return []
-        return [ScoredCompletion(row["prompt_ids"], row["token_ids"], row["logprobs"], reward, row["group_id"], version)]
+        return [ScoredCompletion(row["prompt_ids"], row["token_ids"], row["logprobs"], reward, row["group_id"], version,
+                                 key=str(row.get("event_id", "")))]
 
     def _pair(self, row: Mapping[str, Any], version: int) -> list[ScoredCompletion]:
         if row.get("rejected_token_ids") is None or row.get("rejected_logprobs") is None:
@@ -96,7 +98,9 @@ class RewardRule:
         pair = f"{row['group_id']}:{row['event_id']}>{row.get('rejected_event_id')}"
         rejected_version = row.get("rejected_policy_version")
         return [
-            ScoredCompletion(row["prompt_ids"], row["token_ids"], row["logprobs"], self.preference, pair, version, True),
+            ScoredCompletion(row["prompt_ids"], row["token_ids"], row["logprobs"], self.preference, pair, version, True,
+                             key=str(row.get("event_id", ""))),
             ScoredCompletion(row["prompt_ids"], row["rejected_token_ids"], row["rejected_logprobs"], -self.preference,
-                             pair, int(rejected_version) if rejected_version is not None else version, True),
+                             pair, int(rejected_version) if rejected_version is not None else version, True,
+                             key=str(row.get("rejected_event_id", ""))),
         ]

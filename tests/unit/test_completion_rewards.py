@@ -84,3 +84,22 @@ def test_the_running_baseline_moves_towards_the_rewards():
     assert b.value == pytest.approx(0.81 * 0.5 + 0.19 * 1.0)
     b.update(np.array([math.nan]))  # no finite reward: no move
     assert b.value == pytest.approx(0.595)
+
+
+def test_a_group_split_across_batches_is_centred_on_every_reward_seen_of_it():
+    from core.stats.advantages import GroupRewards
+
+    memory = GroupRewards(max_groups=2)
+    memory.add(["g", "g"], ["e1", "e2"], np.array([1.0, 0.0]))  # an earlier batch held two of g's completions
+    memory.add(["g"], ["e3"], np.array([0.5]))  # this batch holds the third, alone
+    adv, grouped = advantages(np.array([0.5]), ["g"], running_baseline=0.9, pools=memory.pools(["g"]))
+    assert grouped.tolist() == [True] and adv[0] == pytest.approx(0.0)  # the pool's mean is 0.5
+    memory.add(["g"], ["e3"], np.array([0.5]))  # sampled again: counted once
+    assert sorted(memory.pools(["g"])["g"].tolist()) == [0.0, 0.5, 1.0]
+    adv, _ = advantages(np.array([1.0]), ["g"], 0.9, group_std=False, pools=memory.pools(["g"]))
+    assert adv[0] == pytest.approx(0.5)
+    memory.add(["h"], ["x"], np.array([1.0]))
+    memory.add(["k"], ["y"], np.array([1.0]))  # past max_groups: the oldest group (g) is forgotten
+    assert "g" not in memory.pools(["g", "h", "k"])
+    adv, grouped = advantages(np.array([1.0]), ["k"], 0.25, pools=memory.pools(["k"]))
+    assert not grouped[0] and adv[0] == pytest.approx(0.75)  # alone in its pool: the running baseline

@@ -108,6 +108,19 @@ def test_each_kind_of_user_sends_its_feedback_shape():
     assert len(fake.clients) > 1 and all(c.startswith("users0-u") for c in fake.clients)
 
 
+def test_a_rating_several_user_may_rate_on_a_scale():
+    fake = FakeGenerator()
+    users = GenerateUsersSection(several_share=1.0, preference_share=0, several_n=3, several_rating="reward")
+    w = _worker(fake, users)
+    w.run_requests(20)
+    assert len(fake.feedback) == 60 and all(set(b) == {"event_id", "reward"} for b in fake.feedback)
+    judge, _ = judge_file()
+    for body in fake.feedback:
+        e = fake.events[body["event_id"]]
+        assert body["reward"] == pytest.approx(judge.reward([e["prompt"]], [e["text"]])[0])
+    assert w.stats()["feedback"]["reward"] == 60
+
+
 def test_the_thumbs_rate_follows_the_judge():
     judge, _ = judge_file()
     for text in ("一般般吧，还行", "非常好，很满意，推荐"):
