@@ -69,7 +69,7 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
                 "text": TableNeed("text", "-text", settings={"capacity": 200_000}, optional=True)},
         figures=Figures(
             lead=("version", "heldout_acc", "online_acc", "wait"),
-            short={**_COMMON, "heldout_acc": "acc", "online_acc": "online", "predicts": "pred", "feedback": "fb",
+            short={**_COMMON, "heldout_acc": "acc", "online_acc": "online1st", "predicts": "pred", "feedback": "fb",
                    "promoted": "prom", "refused": "ref"},
             status={"version": "version", "heldout_acc": "heldout_acc", "updates": "updates", "loss": "loss"},
             rates={"feedback_per_s": "feedback"},
