@@ -56,7 +56,8 @@ NEW_KEYS |= {f"gate.bounds.{k}" for k in ("max_kl", "max_repetition", "repetitio
                                           "reference_version")}
 NEW_KEYS |= {f"gate.samples.{k}" for k in ("n", "max_new_tokens", "temperature", "top_p", "seed")}
 NEW_BY_KIND = {
-    "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range"},
+    "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range", "model.wide_pair_norm",
+                 "model.wide_overlap_bins"},
     "rl": {f"gate.{k}" for k in ("test", "alpha", "min_gain", "bootstrap_samples", "drift_guard", "window",
                                  "rollback_margin", "min_clients", "max_client_share")}
           | {f"gate.ope.{k}" for k in ("fraction", "method", "rule")}
@@ -65,7 +66,10 @@ NEW_BY_KIND = {
 }
 # Values one preset changed on purpose since: (before, now) by flattened key.  make run's gate judges
 # on half the held-out set, so that a 2-core laptop sees the first promotion in two minutes.
-PRESET_CHANGED = {"default": {"loops.sentiment.data.max_heldout": (1000, 500)}}
+# The pair preset's wide part: the defaults' combine and step size (a random encoder's logits in a
+# sum, and AdaGrad at 0.5 on replayed pairs, kept it below the per-side baseline).
+PRESET_CHANGED = {"default": {"loops.sentiment.data.max_heldout": (1000, 500)},
+                  "pairs": {"loops.pairs.model.combine": ("sum", "gate"), "loops.pairs.model.wide_lr": (0.5, 0.1)}}
 # Table names a loop's section held, by role.
 TABLE_KEYS = {"feedback": {"feedback_table": "feedback", "text_table": "text"}, "rl": {"table": "transitions"}}
 TABLE_SUFFIX = {"feedback": "", "text": "-text", "transitions": ""}
