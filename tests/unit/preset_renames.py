@@ -69,7 +69,7 @@ NEW_BY_KIND = {
 # The pair preset's wide part: the defaults' combine and step size (a random encoder's logits in a
 # sum, and AdaGrad at 0.5 on replayed pairs, kept it below the per-side baseline).
 PRESET_CHANGED = {"default": {"loops.sentiment.data.max_heldout": (1000, 500)},
-                  "pairs": {"loops.pairs.model.combine": ("sum", "gate"), "loops.pairs.model.wide_lr": (0.5, 0.03)}}
+                  "pairs": {"loops.pairs.model.combine": ("sum", "gate"), "loops.pairs.model.wide_lr": (0.5, 0.01)}}
 # Table names a loop's section held, by role.
 TABLE_KEYS = {"feedback": {"feedback_table": "feedback", "text_table": "text"}, "rl": {"table": "transitions"}}
 TABLE_SUFFIX = {"feedback": "", "text": "-text", "transitions": ""}
