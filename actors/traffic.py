@@ -10,7 +10,11 @@ users) or always (`poison`, an adversary: the gate must stop what it teaches).
 Texts (or text pairs, actors/pair_traffic.py) come only from the traffic split of `core.data.labeled` (`from_data`),
 never from the held-out rows the gate scores on.  The served answers are
 scored against the true label as they arrive: prequential accuracy, the live
-figure of the loop (by model version and over a recent window).
+figure of the loop (by model version and over a recent window).  It counts an
+input only the first time this worker sends it: a stream that repeats its rows
+brings back inputs whose feedback the served version may have been trained on,
+and an answer to those measures memory, not learning.  Repeats are scored
+apart (`repeat_accuracy`).
 
 `TrafficWorker` is the plain logic (threads + one httpx client; tests give it
 an httpx.MockTransport); `TrafficActor` (actors/traffic_actor.py) is its thin Ray
@@ -107,12 +111,14 @@ class TrafficWorker(ClientThreads):
         self._next_slot = 0.0  # rate limit: when the next predict request may start
         # counters (under _lock)
         self.predict_requests = self.predicts = self.feedbacks = self.feedback_labels = self.feedback_rewards = 0
-        self.predict_failed = self.feedback_failed = self.scored = self.correct = 0
+        self.predict_failed = self.feedback_failed = self.scored = self.correct = 0  # scored: first sight only
+        self.repeat_scored = self.repeat_correct = 0
+        self._seen: set[int] = set()  # hashes of the inputs this worker has sent (first sight)
         self.errors: dict[str, dict[str, int]] = {"predict": {}, "feedback": {}}
         self.http = RetryingPoster(self.client, self._stop, self._lock, self._rng, self.errors, max_retries=max_retries,
                                    backoff_s=backoff_s, max_backoff_s=max_backoff_s)
-        self.by_version: dict[str, list[int]] = {}  # model_version -> [served, correct]
-        self.recent: deque[bool] = deque(maxlen=recent_window)
+        self.by_version: dict[str, list[int]] = {}  # model_version -> [served, first sight, correct of those]
+        self.recent: deque[tuple[bool, bool]] = deque(maxlen=recent_window)  # (first sight, right) per answer
         self.latencies: deque[float] = deque(maxlen=2000)
         self.model_version: Any = None
         self.last_error: str | None = None
@@ -192,7 +198,8 @@ class TrafficWorker(ClientThreads):
             self._predict(rows)
         return True
 
-    def _take_rows(self, k: int) -> list[tuple[str, int]]:
+    def _take_rows(self, k: int) -> list[tuple[Any, int, bool]]:
+        """(input, label as meant now, first sight of the input) for the next `k` rows of the stream."""
         with self._lock:
             taken = list(itertools.islice(self._stream, k))
             if len(taken) < k:
@@ -201,7 +208,10 @@ class TrafficWorker(ClientThreads):
             for j in taken:
                 self.rows_taken += 1
                 self.group = self.groups[j] if self.groups is not None else None
-                rows.append(self._meant(self.rows[j], self.group))
+                text, label = self._meant(self.rows[j], self.group)
+                key = hash(text)  # a text, or a pair's tuple of texts
+                rows.append((text, label, key not in self._seen))
+                self._seen.add(key)
             return rows
 
     def _meant(self, row: tuple[str, int], group: str | None) -> tuple[str, int]:
@@ -211,8 +221,8 @@ class TrafficWorker(ClientThreads):
             return row
         return row[0], (row[1] + 1) % len(self.labels)
 
-    def _predict(self, rows: list[tuple[str, int]]) -> None:
-        body = predict_body([t for t, _ in rows], batched=self.cfg.batch_size != 1)  # texts or pairs
+    def _predict(self, rows: list[tuple[Any, int, bool]]) -> None:
+        body = predict_body([t for t, _, _ in rows], batched=self.cfg.batch_size != 1)  # texts or pairs
         started = time.monotonic()
         with self._lock:
             client = f"{self.client_prefix}-u{self._rng.randrange(self.cfg.clients)}"
@@ -229,10 +239,10 @@ class TrafficWorker(ClientThreads):
                 _bump(self.errors["predict"], "bad_response")
                 self.predict_failed += len(rows)
             return
-        for (_, truth), answer in zip(rows, answers):
-            self._observe(truth, answer, client)
+        for (_, truth, first), answer in zip(rows, answers):
+            self._observe(truth, answer, client, first)
 
-    def _observe(self, truth: int, answer: dict[str, Any], client: str) -> None:
+    def _observe(self, truth: int, answer: dict[str, Any], client: str, first: bool = True) -> None:
         served = self._label_id(answer)
         with self._lock:
             self.predicts += 1
@@ -242,12 +252,7 @@ class TrafficWorker(ClientThreads):
                 _bump(self.errors["predict"], "unreadable_prediction")
                 return
             right = served == truth
-            self.scored += 1
-            self.correct += right
-            self.recent.append(right)
-            counts = self.by_version.setdefault(str(version), [0, 0])
-            counts[0] += 1
-            counts[1] += right
+            self._score(str(version), first, right)
             believed = self._believed(truth)
             if self._rng.random() < self.cfg.p_label:
                 label: Any = self.labels[believed] if self.label_format == "name" else believed
@@ -257,6 +262,20 @@ class TrafficWorker(ClientThreads):
             lo, hi = self.cfg.feedback_delay_s
             due = time.monotonic() + self._rng.uniform(lo, hi)
             heapq.heappush(self._pending, (due, next(self._seq), payload, client))
+
+    def _score(self, version: str, first: bool, right: bool) -> None:
+        """Count one answer (call under _lock): prequential only at the input's first sight."""
+        self.recent.append((first, right))
+        counts = self.by_version.setdefault(version, [0, 0, 0])
+        counts[0] += 1
+        if first:
+            self.scored += 1
+            self.correct += right
+            counts[1] += 1
+            counts[2] += right
+        else:
+            self.repeat_scored += 1
+            self.repeat_correct += right
 
     def _believed(self, truth: int) -> int:
         """The label this user gives (call under _lock: it draws from the shared rng)."""
@@ -324,9 +343,14 @@ class TrafficWorker(ClientThreads):
                 "feedback_pending": len(self._pending),
                 "retries": self.retries,
                 "errors": {k: dict(v) for k, v in self.errors.items()},
-                "accuracy": self.correct / self.scored if self.scored else None,  # prequential: served vs true label
-                "recent_accuracy": float(np.mean(self.recent)) if self.recent else None,
-                "by_version": {v: {"served": n, "accuracy": c / n if n else None} for v, (n, c) in self.by_version.items()},
+                # prequential, first sight only: served vs true label on inputs this worker had not sent before
+                "accuracy": self.correct / self.scored if self.scored else None,
+                "first_sight": self.scored,
+                "recent_accuracy": _first_sight_accuracy(self.recent),  # None once the recent answers are all repeats
+                "repeats": self.repeat_scored,
+                "repeat_accuracy": self.repeat_correct / self.repeat_scored if self.repeat_scored else None,
+                "by_version": {v: {"served": n, "first_sight": k, "accuracy": c / k if k else None}
+                               for v, (n, k, c) in self.by_version.items()},
                 "model_version": self.model_version,
                 "latency_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat is not None else None,
                 "latency_p95_ms": float(np.percentile(lat, 95) * 1e3) if lat is not None else None,
@@ -334,6 +358,11 @@ class TrafficWorker(ClientThreads):
                 "rows_taken": self.rows_taken,
                 "group": self.group,
             }
+
+
+def _first_sight_accuracy(recent: Sequence[tuple[bool, bool]]) -> float | None:
+    rights = [right for first, right in recent if first]
+    return float(np.mean(rights)) if rights else None
 
 
 def _predictions(reply: Any, n: int) -> list[dict[str, Any]] | None:

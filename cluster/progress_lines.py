@@ -1,7 +1,7 @@
 """The run's progress on the terminal: a clock line, then one line per loop, each at most 100 columns.
 
     [  65.0s/120s] CPU 3.1/4 used | replay sentiment=230 sentiment-text=230 cartpole=5120
-      sentiment  v=2 acc=0.612 online=0.71 pred=1840 fb=1290 prom=1 ref=0 upd=400 loss=0.41
+      sentiment  v=2 acc=0.612 online1st=0.71 pred=1840 fb=1290 prom=1 ref=0 upd=400 loss=0.41
       cartpole   v=9 ret=143.2 steps=51200 steps/s=812 eps=1380 train_ret=37.2 upd=2900 loss=0.9
 
 Every figure also goes to events.jsonl in full; the terminal gets short names and

@@ -184,7 +184,7 @@ def publish_latencies(events: list[dict[str, Any]]) -> dict[str, list[float]]:
 def timeline(events: list[dict[str, Any]], t0: float) -> tuple[dict[str, Curve], Marks]:
     """A loop's headline figure against run time, with its gate outcomes, drift alarms and
     adaptation actions on the same axis."""
-    curves = {"held-out accuracy": Curve(), "online accuracy": Curve(), "eval return": Curve()}
+    curves = {"held-out accuracy": Curve(), "online accuracy (first sight)": Curve(), "eval return": Curve()}
     marks = Marks()
     for e in events:
         if not _number(e.get("time")):
@@ -192,7 +192,7 @@ def timeline(events: list[dict[str, Any]], t0: float) -> tuple[dict[str, Curve],
         t, kind = e["time"] - t0, e.get("event")
         if kind == "progress":
             curves["held-out accuracy"].add(t, e.get("heldout_acc"))
-            curves["online accuracy"].add(t, e.get("online_acc"))
+            curves["online accuracy (first sight)"].add(t, e.get("online_acc"))
         elif kind == "eval":
             curves["eval return"].add(t, e.get("eval_return"))
         elif kind == "gate_decision" and e.get("decision") in GATE_MARKS:

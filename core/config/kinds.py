@@ -70,7 +70,7 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
         figures=Figures(
             # a grouped stream's continual figures (ACC, BWT, the stability gap) lead too: the line is cut at 100
             lead=("version", "heldout_acc", "online_acc", "ACC", "BWT", "stability_gap", "wait"),
-            short={**_COMMON, "heldout_acc": "acc", "online_acc": "online", "predicts": "pred", "feedback": "fb",
+            short={**_COMMON, "heldout_acc": "acc", "online_acc": "online1st", "predicts": "pred", "feedback": "fb",
                    "promoted": "prom", "refused": "ref", "stability_gap": "gap"},
             status={"version": "version", "heldout_acc": "heldout_acc", "updates": "updates", "loss": "loss"},
             rates={"feedback_per_s": "feedback"},

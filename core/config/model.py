@@ -58,6 +58,9 @@ class FeedbackModelSection(ModelSection):
     wide_buckets: int = Field(default=2**20, ge=2, le=2**26)  # hash size: the wide model's memory is fixed by it
     wide_ngram_min: int = Field(default=1, ge=1, le=8)  # shortest character n-gram of the wide part
     wide_ngram_max: int = Field(default=3, ge=1, le=8)  # trigrams: Chinese words run 1-3 characters
+    # Pairs only (core/models/wide.py): `joint` L2-normalises a pair's sides together, `side` each on its own
+    wide_pair_norm: Literal["joint", "side"] = "joint"
+    wide_overlap_bins: int = Field(default=0, ge=0, le=100)  # pairs: bins of the shared share of n-grams; 0: none
     # AdaGrad step size of the wide part (per-feature rates); a live loop replays rows (rehearsal,
     # traffic that repeats) and larger steps overfit them
     wide_lr: float = Field(default=0.1, gt=0)

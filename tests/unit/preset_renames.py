@@ -59,7 +59,8 @@ NEW_KEYS |= {f"gate.samples.{k}" for k in ("n", "max_new_tokens", "temperature",
 NEW_KEYS |= {"gate.rollback_min_rows"} | {f"gate.groups.{k}" for k in ("tolerance", "alpha", "correction", "min_rows",
                                                                          "feedback_rows")}
 NEW_BY_KIND = {
-    "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range"}
+    "feedback": {"gate.ope.min_ess", "gate.ope.rule", "gate.return_range", "model.wide_pair_norm",
+                 "model.wide_overlap_bins"}
                 | {f"learning.memory.{k}" for k in ("buffer", "era_rows", "distill", "distill_temperature")}
                 | {f"adapt.refusals.{k}" for k in ("streak", "drift_events", "max_levels", "rehearsal_step",
                                                    "max_rehearsal", "distill_step", "max_distill")},
@@ -71,9 +72,13 @@ NEW_BY_KIND = {
 }
 # Values one preset changed on purpose since: (before, now) by flattened key.  make run's gate judges
 # on half the held-out set, so that a 2-core laptop sees the first promotion in two minutes; the drift
-# preset's gate judges each domain on its own too (the `groups` stage).
+# preset's gate judges each domain on its own too (the `groups` stage).  The pair preset: the wide
+# part alone, at a smaller step (a random encoder's logits, summed or gated, and AdaGrad at 0.5 on
+# replayed pairs kept it below the per-side baseline).
 PRESET_CHANGED = {"default": {"loops.sentiment.data.max_heldout": (1000, 500)},
-                  "drift_text": {"loops.sentiment.gate.stages": (["heldout"], ["heldout", "groups"])}}
+                  "drift_text": {"loops.sentiment.gate.stages": (["heldout"], ["heldout", "groups"])},
+                  "pairs": {"loops.pairs.model.kind": ("wide_deep", "wide"), "loops.pairs.model.combine": ("sum", "gate"),
+                            "loops.pairs.model.wide_lr": (0.5, 0.01)}}
 # Table names a loop's section held, by role.
 TABLE_KEYS = {"feedback": {"feedback_table": "feedback", "text_table": "text"}, "rl": {"table": "transitions"}}
 TABLE_SUFFIX = {"feedback": "", "text": "-text", "transitions": ""}

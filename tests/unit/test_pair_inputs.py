@@ -13,7 +13,7 @@ from core.data.schemas import feedback_schema
 from core.models.classifier import encode, from_encoder, from_version
 from core.data.inputs import as_input, input_key, inputs_from_columns, split_input
 from core.models.tokenizer import tokenizer_files, train_wordpiece
-from core.models.wide import HashedNgrams, hash_ngrams
+from core.models.wide import HashedNgrams, WidePart, hash_ngrams
 from learners.feedback_source import feedback_to_batch
 
 CORPUS = ["今天天气很好", "我们去公园玩", "明天下雨了", "他们在家看书", "hello world"] * 6
@@ -79,6 +79,40 @@ def test_wide_hashing_keeps_single_texts_and_salts_each_side():
     assert len(unrelated) == 10  # no n-gram in common: no shared side
     ids, offsets, values = f([("今天好", "明年坏"), "今天好"])
     assert offsets.tolist() == [0, 10]
+
+
+def test_pair_overlap_bins_say_how_much_the_sides_share():
+    f = HashedNgrams(2**16, 1, 2, overlap_bins=4)
+    same, apart, half = (f.sides_of(p)[3] for p in (("今天好", "今天好"), ("今天好", "明年坏"), ("今天好", "今天坏")))
+    assert len(same) == 4  # unigrams and bigrams, each way: one bin each
+    assert set(same).isdisjoint(apart) and set(half).isdisjoint(same) and set(half).isdisjoint(apart)
+    assert np.array_equal(f.sides_of(("今天好", "明天坏"))[3], f.sides_of(("我们走", "他们来"))[3])  # same shares
+    assert len(HashedNgrams(2**16).sides_of(("今天好", "今天好"))) == 3  # no bins: the three sides as before
+
+
+def test_side_norm_gives_each_side_unit_norm_and_joint_one_norm_over_all():
+    pair = ("今天天气很好我们去公园散步吧", "好")
+    for norm, expect in (("side", [1.0, 1.0, 1.0]), ("joint", None)):
+        ids, _, values = HashedNgrams(2**20, 1, 2, pair_norm=norm)([pair])
+        sides = HashedNgrams(2**20, 1, 2).sides_of(pair)
+        # the distinct buckets of each side, in order (2**20 buckets: no collisions in this pair)
+        sizes = [len(np.unique(side)) for side in sides]
+        parts = np.split(values.numpy(), np.cumsum(sizes)[:-1]) if norm == "side" else [values.numpy()]
+        norms = [float(np.sqrt((v * v).sum())) for v in parts]
+        assert norms == pytest.approx(expect if expect is not None else [1.0])
+    text = HashedNgrams(2**16, pair_norm="side")(["今天好"])
+    assert torch.equal(text[2], HashedNgrams(2**16)(["今天好"])[2])  # a single text reads alike
+
+
+def test_a_version_written_before_the_pair_keys_keeps_its_features():
+    from core.models.wide import WIDE_FILE, wide_from_files
+
+    old = {WIDE_FILE: json.dumps({"kind": "wide", "combine": "sum", "buckets": 64, "ngram_min": 1,
+                                  "ngram_max": 2, "num_labels": 3}).encode()}
+    features = wide_from_files(old).features
+    assert (features.pair_norm, features.overlap_bins) == ("joint", 0)
+    new = WidePart(3, "wide", "sum", 64, 1, 2, "side", 8)
+    assert (wide_from_files(new.files()).features.pair_norm, wide_from_files(new.files()).features.overlap_bins) == ("side", 8)
 
 
 def test_pair_data_from_a_file(tmp_path):

@@ -110,7 +110,7 @@ def test_updates_per_s_is_the_step_slope():
 
 def test_timeline_separates_alarms_from_adaptations():
     curves, marks = data.timeline(data.by_loop(_events())["sentiment"], T0)
-    assert set(curves) == {"held-out accuracy", "online accuracy"}
+    assert set(curves) == {"held-out accuracy", "online accuracy (first sight)"}
     assert [p[0] for p in marks.points["alarm"]] == [20.0]
     assert marks.points["adaptation"] == [(21.0, None, "correct: boost_lr")]
 

@@ -100,7 +100,7 @@ def test_feedback_policy_labels_or_rewards():
     assert all(f["reward"] == (1.0 if truth[f["text"]] == 1 else 0.0) for f in rewarded)
     assert all(set(f) == {"event_id", "label", "text", "delay"} or set(f) == {"event_id", "reward", "text", "delay"}
                for f in server.feedback)
-    assert s["accuracy"] == 0.5 and s["by_version"] == {"3": {"served": 200, "accuracy": 0.5}}
+    assert s["accuracy"] == 0.5 and s["by_version"] == {"3": {"served": 200, "first_sight": 200, "accuracy": 0.5}}
     assert s["model_version"] == 3 and s["errors"] == {"predict": {}, "feedback": {}}
 
 
@@ -308,3 +308,57 @@ def test_with_a_ready_path_nothing_is_sent_before_a_version_is_live():
     s = w.stats()
     assert seen["checks"] > 3 and seen["early"] == 0
     assert s["predicts"] == 20 and s["errors"] == {"predict": {}, "feedback": {}}
+
+
+class MemorizingServe(FakeServe):
+    """Answers the label it was last told for a text (feedback it could have been trained on), else "pos"."""
+
+    def __init__(self):
+        super().__init__()
+        self.told: dict[str, str] = {}
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/v1/predict":
+            texts = body["texts"] if "texts" in body else [body["text"]]
+            with self.lock:
+                out = []
+                for text in texts:
+                    eid = uuid.uuid4().hex
+                    self.events[eid] = {"text": text, "at": time.monotonic()}
+                    out.append({"event_id": eid, "label": self.told.get(text, "pos"), "model_version": 3})
+            return httpx.Response(200, json={"predictions": out} if "texts" in body else out[0])
+        response = super().handle(request)
+        with self.lock:
+            if request.url.path == "/v1/feedback" and response.status_code == 200 and "label" in body:
+                self.told[self.events[body["event_id"]]["text"]] = body["label"]
+        return response
+
+
+def test_an_input_seen_before_does_not_count_in_prequential_accuracy():
+    """A served version that memorises its feedback answers every repeat right and every new input
+    wrong: the prequential figure is the new inputs' 0, the repeats are counted apart."""
+    server = MemorizingServe()
+    rows = [(f"review {i}", 0) for i in range(10)]  # truth "neg"; the server says "pos" to what it was not told
+    cfg = TrafficSection(concurrency=1, p_label=1.0, feedback_delay_s=(0.0, 0.0))
+    w = TrafficWorker("http://evolve.test", rows, LABELS, cfg, recent_window=5, transport=server.transport)
+    w.start()
+    deadline = time.monotonic() + 30
+    while w.stats()["predicts"] < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    w.stop()
+    s = w.stats()
+    w.close()
+    assert s["predicts"] >= 40 and s["first_sight"] == 10 and s["repeats"] == s["predicts"] - 10
+    assert s["accuracy"] == 0.0 and s["repeat_accuracy"] == 1.0  # one worker: each feedback lands before the next ask
+    assert s["recent_accuracy"] is None  # the last five answers were all repeats
+    assert s["by_version"] == {"3": {"served": s["predicts"], "first_sight": 10, "accuracy": 0.0}}
+
+
+def test_first_sight_is_per_input_not_per_row():
+    server = FakeServe()
+    rows = [("same", 1), ("same", 1), ("other", 0)]
+    w = _worker(server, rows)  # one pass
+    w.run(timeout_s=30)
+    s = w.stats()
+    assert (s["first_sight"], s["repeats"], s["accuracy"], s["repeat_accuracy"]) == (2, 1, 0.5, 1.0)
