@@ -57,6 +57,8 @@ from serving.stage_follower import follow as follow_stage
 from serving.auth_guard import RouteGuard, admit, docs_need_key
 from serving.join_rules import FeedbackRejected
 from serving.body import JsonLimits, read_json
+from serving import episode_routes as episodes
+from serving.episode_requests import EpisodeFields, step_rows
 from core.models.q import PolicySpec, obs_width
 from core.models.q_policy import QPolicy
 
@@ -74,8 +76,9 @@ api = FastAPIOffline(title="Evolve policies", version="0.1.0")
 docs_need_key(api)  # before @serve.ingress, which copies the app
 
 
-class ActRequest(BaseModel):
-    """One observation (a list of floats, or an int state) or a batch of them."""
+class ActRequest(EpisodeFields):
+    """One observation (a list of floats, or an int state) or a batch of them; with an episode id, a
+    step of that client episode (docs/client-rl.md)."""
 
     obs: float | list[float] | list[list[float]] = Field(..., description="observation or batch of observations")
     clients: list[str] | None = Field(None, description="a batch's client keys, one per observation "
@@ -92,6 +95,22 @@ class ActResponse(BaseModel):
     q_values: list[float] | list[list[float]]
     propensity: float | list[float] = Field(..., description="the probability each action was served with")
     action_probs: list[float] | list[list[float]] = Field(..., description="the serving distribution")
+    step: int | list[int] | None = Field(None, description="with episode ids: the step each action is")
+
+
+REFUSALS = {code: {"description": "refused, with the reason in `detail`"}
+            for code in (400, 401, 403, 404, 409, 410, 413, 422, 429, 503)}
+
+
+def _one_obs(obs: Any, where: str, spec: PolicySpec) -> list[float]:
+    """One observation (an end's `final_obs`) checked as /act checks its own; ValueError naming `where`."""
+    try:
+        rows, single = to_batch(obs, spec)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if not single:
+        raise ValueError(f"{where}: one observation, not a batch")
+    return [float(x) for x in rows[0]]
 
 
 def act_limits(spec: PolicySpec) -> JsonLimits:
@@ -151,8 +170,9 @@ def client_keys(clients: list[str] | None, header: str | None, n: int) -> list[s
 class PolicyServer:
     def __init__(self, publisher: Any, policy_ids: list[str], exploration: dict[str, dict] | None = None,
                  registry_uri: str | None = None, canary: dict[str, float] | None = None, auth: dict | None = None,
-                 gates: dict[str, Any] | None = None):
+                 gates: dict[str, Any] | None = None, joiners: dict[str, Any] | None = None):
         self.publisher = publisher
+        self.joiners = dict(joiners or {})  # policy id -> its episode joiner (client episodes)
         self.gates = dict(gates or {})  # policy id -> its gate actor, told of an unservable version
         self._faults: dict[tuple[str, int], str | None] = {}
         self.guard = RouteGuard(auth)  # API keys (serving.auth), or only the client header when off
@@ -216,25 +236,17 @@ class PolicyServer:
             policy = self._served(policy_id)
             request = parse_act(await read_json(http, act_limits(policy.spec)))
             rows, single = to_batch(request.obs, policy.spec)
-            keys = client_keys(request.clients, client, len(rows))
+            episode = step_rows(request, len(rows), single)
+            joiner = self._joiner(policy_id) if episode is not None else None
+            # a canary keeps each episode on one side (one version plays it), else each client
+            sticky = [r.episode_id for r in episode[0]] if episode is not None and request.clients is None else None
+            keys = sticky or client_keys(request.clients, client, len(rows))
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from None
-        fault = self._fault(policy_id, policy)
-        if fault is not None:
-            raise HTTPException(503, detail=f"policy {policy_id!r} v{policy.version} is not answered from: {fault}; "
-                                            "retry once a sound version is live")
         obs = np.asarray(rows, dtype=np.float32)
-        q, versions = policy.q_values(obs), np.full(len(rows), policy.version)
-        canary = self.canaries.get(policy_id)
-        current = canary.current if canary is not None else None
-        on_canary = canary.route(keys) if canary is not None else np.zeros(len(rows), dtype=bool)
-        if current is not None and self._fault(policy_id, current) is not None:
-            on_canary[:] = False  # an unservable canary answers nobody: its rows stay on live
-        if on_canary.any() and current is not None:
-            q[on_canary] = current.q_values(obs[on_canary])
-            versions[on_canary] = current.version
+        q, versions = self._q_values(policy_id, policy, obs, keys)
         overflowed = np.flatnonzero(~np.isfinite(q).all(axis=1))
         if overflowed.size:
             i = int(overflowed[0])
@@ -243,10 +255,102 @@ class PolicyServer:
                                             "large for the model)")
         dist = serving_distribution(q, self.explore[policy_id], log_probs=False)
         actions, propensity = choose(dist, self._rng)
+        steps = None
+        if episode is not None:
+            episodes.fill(episode[0], obs, actions, propensity, dist, versions)
+            answers = await episodes.act_steps(joiner, episode[0], episode[1], client)
+            steps = [a["step"] for a in answers]
+            for i, a in enumerate(answers):
+                if a.get("repeat"):  # a retried step gets the action it was served
+                    actions[i], propensity[i], versions[i] = a["action"], a["propensity"], a["version"]
+                    dist[i] = a["action_probs"]
         one = (lambda x: x[0].tolist()) if single else (lambda x: x.tolist())
-        version = int(versions[0]) if single or not on_canary.any() else versions.tolist()
+        version = int(versions[0]) if single or (versions == versions[0]).all() else versions.tolist()
         return ActResponse(policy_id=policy_id, version=version, action=one(actions), q_values=one(q),
-                           propensity=one(propensity), action_probs=one(dist))
+                           propensity=one(propensity), action_probs=one(dist),
+                           step=None if steps is None else (steps[0] if single else steps))
+
+    def _q_values(self, policy_id: str, policy: QPolicy, obs: np.ndarray, keys: list) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's Q-values and the version that gave them: live's, or the canary's for its keys."""
+        fault = self._fault(policy_id, policy)
+        if fault is not None:
+            raise HTTPException(503, detail=f"policy {policy_id!r} v{policy.version} is not answered from: {fault}; "
+                                            "retry once a sound version is live")
+        q, versions = policy.q_values(obs), np.full(len(obs), policy.version)
+        canary = self.canaries.get(policy_id)
+        current = canary.current if canary is not None else None
+        on_canary = canary.route(keys) if canary is not None else np.zeros(len(obs), dtype=bool)
+        if current is not None and self._fault(policy_id, current) is not None:
+            on_canary[:] = False  # an unservable canary answers nobody: its rows stay on live
+        if on_canary.any() and current is not None:
+            q[on_canary] = current.q_values(obs[on_canary])
+            versions[on_canary] = current.version
+        return q, versions
+
+    # ---- client episodes (serving/episode_routes.py) ------------------------------------------------
+    @api.post("/episodes", responses=REFUSALS)
+    async def start_here(self, http: Request) -> dict:
+        return await self.start_episodes(self._only(), http)
+
+    @api.post("/episodes/end", responses=REFUSALS)
+    async def end_here(self, http: Request) -> dict:
+        return await self.end_episodes(self._only(), http)
+
+    @api.post("/log_action", responses=REFUSALS)
+    async def log_here(self, http: Request) -> dict:
+        return await self.log_action(self._only(), http)
+
+    @api.get("/episodes/{episode_id}", responses=REFUSALS)
+    async def view_here(self, episode_id: str, http: Request) -> dict:
+        return await self.view_episode(self._only(), episode_id, http)
+
+    @api.post("/{policy_id}/episodes", responses=REFUSALS)
+    async def start_episodes(self, policy_id: str, http: Request) -> dict:
+        return await self._episode_call(policy_id, http, lambda j, body, client, policy: episodes.start(
+            j, body, client))
+
+    @api.post("/{policy_id}/episodes/end", responses=REFUSALS)
+    async def end_episodes(self, policy_id: str, http: Request) -> dict:
+        return await self._episode_call(policy_id, http, lambda j, body, client, policy: episodes.end(
+            j, body, client, lambda o, where: _one_obs(o, where, policy.spec)))
+
+    @api.post("/{policy_id}/log_action", responses=REFUSALS)
+    async def log_action(self, policy_id: str, http: Request) -> dict:
+        return await self._episode_call(policy_id, http, lambda j, body, client, policy: episodes.log_action(
+            j, body, client, lambda o: to_batch(o, policy.spec), policy.spec.n_actions, policy.version))
+
+    @api.get("/{policy_id}/episodes/{episode_id}", responses=REFUSALS)
+    async def view_episode(self, policy_id: str, episode_id: str, http: Request) -> dict:
+        try:
+            client = admit(self.guard, http.headers, "predict")
+            joiner = self._joiner(policy_id)
+        except FeedbackRejected as exc:
+            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
+        return await episodes.view(joiner, episode_id, client)
+
+    async def _episode_call(self, policy_id: str, http: Request, call) -> dict:
+        try:
+            client = admit(self.guard, http.headers, "predict")
+            policy = self._served(policy_id)
+            joiner = self._joiner(policy_id)
+            body = await read_json(http, act_limits(policy.spec))
+            return await call(joiner, body, client, policy)
+        except FeedbackRejected as exc:
+            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+
+    def _only(self) -> str:
+        if len(self.policy_ids) != 1:
+            raise HTTPException(404, detail=f"this app serves {sorted(self.policy_ids)}: use /<policy_id>/...")
+        return next(iter(self.policy_ids))
+
+    def _joiner(self, policy_id: str) -> Any:
+        joiner = self.joiners.get(policy_id)
+        if joiner is None:
+            raise FeedbackRejected(404, f"policy {policy_id!r} takes no client episodes (its loop's experience "
+                                        "is rollouts alone)")
+        return joiner
 
     def _served(self, policy_id: str) -> QPolicy:
         if policy_id not in self.policy_ids:
@@ -277,16 +381,17 @@ def deploy_policy_server(publisher: Any, policy_ids: list[str], replicas: int = 
                          exploration: dict[str, ExplorationSection] | None = None, registry_uri: str | None = None,
                          canary: dict[str, float] | None = None, auth: dict | None = None,
                          gates: dict[str, Any] | None = None, app_name: str = APP_NAME,
-                         route_prefix: str = ROUTE_PREFIX) -> str:
+                         route_prefix: str = ROUTE_PREFIX, joiners: dict[str, Any] | None = None) -> str:
     """Deploy the app `app_name` under `route_prefix`; returns the prefix.
     `canary`: policy id -> the share of client keys its canary answers (needs `registry_uri`);
     `auth`: the run's guard settings (serving/auth_guard.py), None when auth is off;
-    `gates`: policy id -> its gate actor's handle, told when a version cannot answer."""
+    `gates`: policy id -> its gate actor's handle, told when a version cannot answer;
+    `joiners`: policy id -> its episode joiner (serving/episodes.py), for client episodes."""
     explore = {pid: cfg.model_dump() for pid, cfg in (exploration or {}).items()}
     app = PolicyServer.options(
         num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}, max_queued_requests=MAX_QUEUED_REQUESTS,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
-    ).bind(publisher, policy_ids, explore, registry_uri, canary, auth, gates)
+    ).bind(publisher, policy_ids, explore, registry_uri, canary, auth, gates, joiners)
     serve.run(app, name=app_name, route_prefix=route_prefix, logging_config={"log_level": "WARNING"})
     return route_prefix
 

@@ -31,6 +31,7 @@ from cluster.errors import UserError
 from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, round_or_none
 from cluster.loops.rl_drift import RLDriftWatch, check_drift
+from cluster.loops.rl_clients import ClientEpisodes
 from cluster.loops.rl_gated import ActGate
 from core.config.evolve import EvolveConfig
 from core.models.q import obs_width, spec_for_env
@@ -55,6 +56,7 @@ class RLLoop(LoopBase):
         self.evaluator = self.publisher = None
         self.watch = RLDriftWatch(self.rl, self.event)
         self.act_gate = ActGate(cfg, self.rl, name, self.event)
+        self.clients = ClientEpisodes(self.rl, name, cfg.serving.enabled)
 
     def prepare(self) -> None:
         """The env's spaces fix the model and the table's obs width (taken from the env unless set)."""
@@ -89,7 +91,8 @@ class RLLoop(LoopBase):
         self._launch_learner()
         marks["learner_launched_s"] = time.time()
         spec = self.spec.to_dict()
-        for i in range(rl.acting.num_actors):
+        joiners = self.clients.start(ctx.replay)
+        for i in range(rl.acting.num_actors if rl.experience != "clients" else 0):
             actor_id = f"{self.name}-actor-{i}"
             self.actors.add(RolloutActor.options(num_cpus=rl.acting.actor_num_cpus, name=f"evolve-{actor_id}",
                                                  resources=self.cfg.cluster.actor_resources,
@@ -109,7 +112,7 @@ class RLLoop(LoopBase):
                                           exploration={rl.policy_id: self.cfg.serving.exploration_for(rl.policy_id)},
                                           registry_uri=ctx.registry.uri, canary=self.act_gate.canary(), auth=ctx.auth,
                                           gates=self.act_gate.gates(), app_name=self.name,
-                                          route_prefix=f"{POLICIES_PREFIX}/{rl.policy_id}")
+                                          route_prefix=f"{POLICIES_PREFIX}/{rl.policy_id}", joiners=joiners)
             act_url = f"{ctx.endpoints.get('http', '')}{prefix}/act"
             ctx.endpoints[f"{self.name}_act"] = act_url
             self.act_gate.start_clients(act_url, api_key=ctx.run_key, verify=ctx.client_verify)
@@ -160,10 +163,12 @@ class RLLoop(LoopBase):
             self.watch.poll(figures["env_steps"], self.solved_at is not None)
         self.publish_stats = get_or(self.publisher.stats.remote(self.rl.policy_id), self.publish_stats)
         return {**figures, "eval_return": round_or_none(self.evals[-1]["eval_return"] if self.evals else None),
-                "version": self.publish_stats.get("live_version"), **self.watch.figures(), **self.act_gate.poll()}
+                "version": self.publish_stats.get("live_version"), **self.watch.figures(), **self.act_gate.poll(),
+                **self.clients.poll()}
 
     def figures(self) -> dict[str, Any]:
-        steps = int(self.actors.total("env_steps"))
+        # env steps of the rollout actors and of the clients (each stored client step is one)
+        steps = int(self.actors.total("env_steps")) + self.clients.figures_.get("client_steps", 0)
         self.steps_at.append((time.time(), steps))
         return {
             "env_steps": steps,
@@ -203,6 +208,7 @@ class RLLoop(LoopBase):
 
     # ---- stop and summary ----------------------------------------------------------------
     def finish(self) -> None:
+        self.clients.stop()
         self.act_gate.stop()
         self.act_gate.poll()
         self.gate_summary = self.act_gate.summary()
@@ -214,6 +220,7 @@ class RLLoop(LoopBase):
 
     def teardown(self) -> None:
         self.act_gate.teardown()
+        self.clients.teardown()
         if self.evaluator is not None:
             ray.kill(self.evaluator, no_restart=True)
         if self.cfg.serving.enabled:
@@ -236,13 +243,14 @@ class RLLoop(LoopBase):
             "live_version": self.publish_stats.get("live_version"),
             "publish_latency_p50_s": self.publish_stats.get("publish_latency_p50_s"),
             "publish_latency_p95_s": self.publish_stats.get("publish_latency_p95_s"),
-            "env_steps": int(self.actors.total("env_steps")),
-            "episodes": int(self.actors.total("episodes")),
+            "env_steps": int(self.actors.total("env_steps")) + self.clients.figures_.get("client_steps", 0),
+            "episodes": int(self.actors.total("episodes")) + self.clients.figures_.get("client_episodes", 0),
             "learner_updates": self.learner_figures()["updates"],
             "resumed_from_update": self.learner.resumed_from if self.learner else None,
             "curve": [{k: e[k] for k in ("elapsed_s", "version", "eval_return")} for e in self.evals],
             **({"drift": self.watch.summary()} if self.watch.active else {}),
             **getattr(self, "gate_summary", {}),
+            **self.clients.summary(),
         }
 
 

@@ -83,7 +83,8 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
         figures=Figures(
             lead=("version", "eval_return"),
             short={**_COMMON, "eval_return": "ret", "env_steps": "steps", "steps_per_s": "steps/s",
-                   "episodes": "eps", "train_return": "train_ret"},
+                   "episodes": "eps", "train_return": "train_ret", "client_steps": "cl_steps",
+                   "client_episodes": "cl_eps", "client_return": "cl_ret", "client_open": "cl_open"},
             hidden=("steps_per_add",),
             status={"version": "version", "eval_return": "eval_return", "updates": "updates", "loss": "loss"},
             rates={"env_steps_per_s": "env_steps"},

@@ -3,7 +3,8 @@
 Groups by concern: `acting` (the rollout actors), `learning` (the Q learner),
 `eval` (greedy evaluation and when the loop counts as solved), `drift` and
 `adapt` (a change of the env and the answer to it), `gate` and `traffic`
-(versions judged on /act traffic).
+(versions judged on /act traffic), `experience` and `clients` (episodes the
+policy's own clients play through its API).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import Field, model_validator
 from core.adapt.rl_controller import RLAdaptSection
 from core.config.base import NAME_PATTERN, LoopSection, Section
 from core.config.gate import RLGateSection, rl_gate
+from core.config.rl_clients import ClientEpisodesSection
 from core.config.rl_drift import DriftSection
 from core.config.rl_gate import ActTrafficSection
 
@@ -102,7 +104,11 @@ class RLSection(LoopSection):
     # the publish gate on /act traffic (core/config/gate.py, an RL policy's values); no stages: every
     # version goes live
     gate: RLGateSection = Field(default_factory=rl_gate)
-    traffic: ActTrafficSection = Field(default_factory=ActTrafficSection)  # clients of /act
+    traffic: ActTrafficSection = Field(default_factory=ActTrafficSection)  # simulated clients of /act
+    # where the learner's experience comes from: the rollout actors, the policy's own clients (episodes
+    # through its API, docs/client-rl.md), or both
+    experience: Literal["rollouts", "clients", "both"] = "rollouts"
+    clients: ClientEpisodesSection = Field(default_factory=ClientEpisodesSection)  # client episodes
 
     @model_validator(mode="after")
     def _names(self) -> "RLSection":
@@ -110,6 +116,8 @@ class RLSection(LoopSection):
             raise ValueError("policy_id must be letters, digits, '_', '.', '-'")
         if any(h < 1 for h in self.hidden):
             raise ValueError("hidden layer sizes must be >= 1")
+        if self.experience == "clients" and self.drift.enabled:
+            raise ValueError("drift changes the rollout actors' env: it needs experience rollouts or both")
         return self
 
     @property

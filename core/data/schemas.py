@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SCHEMA_VERSION = 1
-SOURCES = ("rollout", "feedback", "corpus")
+SOURCES = ("rollout", "feedback", "corpus", "client")
 
 COMMON_FIELDS: tuple[pa.Field, ...] = (
     pa.field("id", pa.string(), nullable=False),

@@ -4,7 +4,8 @@
                        `gate.return_range` and clipped
     logged decision    the episode itself: the observation of every step, the action served, the
                        probability it was served with (the live policy's exploration), the reward;
-                       only live's episodes count (live's value is their mean return)
+                       only live's episodes count (live's value is their mean return), and of client
+                       episodes only those held out of training (`slice` "ope", serving/episodes.py)
     off-policy         the candidate as it would be served (its Q-values through the same
                        `serving.exploration`: a greedy target would weigh 0 on every explored step),
                        by per-decision importance sampling (unweighted: unbiased, so a candidate that
@@ -96,7 +97,9 @@ class QPolicyKind:
         if kind != "episode":
             return None
         ep = Episode.of(item)
-        return Evidence(version=ep.version, score=scaled(ep.ret, self.range), logged=ep, client=item.get("client"),
+        # a client episode the learner trained on scores its version but is no off-policy evidence
+        logged = None if item.get("slice") == "trained" else ep
+        return Evidence(version=ep.version, score=scaled(ep.ret, self.range), logged=logged, client=item.get("client"),
                         inputs=list(ep.obs))
 
     def ope_keeps(self, version: int | None, live: int | None) -> bool:
