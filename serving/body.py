@@ -99,7 +99,9 @@ def parse_json(raw: bytes, limits: JsonLimits | None = None) -> Any:
         body = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_bounded_float)
     except json.JSONDecodeError as exc:
         raise FeedbackRejected(400, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except (ValueError, RecursionError) as exc:  # NaN/Infinity, a number too long
+    except NotANumber as exc:  # NaN/Infinity: parsed again to name the field that holds it
+        raise FeedbackRejected(400, f"{constant_at(text)}: {exc} (body is not JSON)") from None
+    except (ValueError, RecursionError) as exc:  # a number too long
         raise FeedbackRejected(400, f"body is not JSON: {short(str(exc))}") from None
     if _SURROGATE_ESCAPE.search(text):  # rare: only then walk the values (a surrogate pair is fine)
         where = invalid_unicode(body)
@@ -217,8 +219,30 @@ def short(value: Any, limit: int = MAX_REASON_VALUE) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+class NotANumber(ValueError):
+    """NaN, Infinity or -Infinity in a body: Python's parser takes them, JSON has no such numbers."""
+
+
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    raise NotANumber(f"{name} is not a JSON number")
+
+
+class _Constant:
+    pass
+
+
+def constant_at(text: str) -> str:
+    """Where the first NaN / Infinity of a body is (the body's shape is already bounded)."""
+    stack: list[tuple[Any, tuple]] = [(json.loads(text, parse_constant=lambda _: _Constant()), ("body",))]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _Constant):
+            return _spelled(path)
+        if isinstance(item, dict):
+            stack.extend((v, (path, short(k))) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((item[i], (path, i)) for i in range(len(item) - 1, -1, -1))
+    return "body"
 
 
 def _bounded_int(literal: str) -> int:

@@ -84,7 +84,8 @@ class RLLoop(LoopBase):
         self.steps_at = [(self.started, 0)]
         marks = {}
         self.publisher = get_or_create_publisher(ctx.registry.uri)
-        self._restore_live_version()
+        if not self._restore_live_version() and self.clients.active:
+            self._publish_first_version()
         marks["publisher_s"] = time.time()
         # The learner first: Ray Train's worker group takes the longest to come up, and
         # it does so while the actors fill the replay table and Serve deploys.
@@ -119,22 +120,35 @@ class RLLoop(LoopBase):
             marks["serve_ready_s"] = time.time()
         self.event("startup", **{k: round(t - self.started, 3) for k, t in marks.items()})
 
-    def _restore_live_version(self) -> None:
+    def _restore_live_version(self) -> bool:
         """A resumed run (or a registry shared with an earlier one) starts acting with the live
-        version instead of a random policy; one that does not fit this env's model is ignored."""
+        version instead of a random policy; one that does not fit this env's model is ignored.
+        True when a version was restored."""
         from core.storage.registry import RegistryError
         from core.models.q import build_model
 
         pid = self.rl.policy_id
         if self.ctx.registry.latest(pid, "live") is None:
-            return
+            return False
         try:
             loaded = self.ctx.registry.load(pid, stage="live", like=build_model(self.spec).state_dict())
         except (RegistryError, ValueError) as exc:
             self.event("live_version_ignored", reason=str(exc))
-            return
+            return False
         ray.get(self.publisher.restore.remote(pid, loaded.weights, loaded.meta.version, self.spec.to_dict()))
         self.event("live_version_restored", version=loaded.meta.version)
+        return True
+
+    def _publish_first_version(self) -> None:
+        """Clients need a policy to play before the learner has anything to learn from: a freshly
+        initialised one (the seed's), as rollout actors start from."""
+        from core.models.q_policy import QPolicy
+
+        torch_seed(self.rl.seed)
+        weights = {k: v.numpy() for k, v in QPolicy(self.spec).model.state_dict().items()}
+        version = ray.get(self.publisher.publish.remote(self.rl.policy_id, weights, {"info": {"source": "initial"}},
+                                                        spec=self.spec.to_dict()))
+        self.event("first_version_published", version=version, why="clients play episodes from the start")
 
     def _launch_learner(self) -> None:
         rl = self.rl
@@ -252,6 +266,12 @@ class RLLoop(LoopBase):
             **getattr(self, "gate_summary", {}),
             **self.clients.summary(),
         }
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def _threshold(env_id: str, loop: str) -> float:

@@ -1,0 +1,109 @@
+"""Client episodes on a real run: an external process teaches a CartPole policy through the API alone.
+
+One `evolve run` of the cartpole preset with `experience: clients` (no rollout actors) for the module.
+The external client (tests/integration/external_client.py) imports neither Ray nor Evolve.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.cli import main as evolve
+from tests.conftest import free_port
+from tests.integration.helpers import CliProcess, serving, wait_until
+
+pytestmark = pytest.mark.integration
+
+BUDGET_S = 240
+TTL_S = 4
+CLIENT = Path(__file__).with_name("external_client.py")
+
+
+@pytest.fixture(scope="module")
+def client_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clients")
+    http_port, dash_port = free_port(), free_port()
+    proc = CliProcess(
+        "run", "configs/cartpole.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
+        "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
+        "--set", "run.progress_interval_s=2", "--set", "loops.cartpole.experience=clients",
+        "--set", "loops.cartpole.eval.stop_when_solved=false",
+        "--set", f"loops.cartpole.clients.episode_ttl_s={TTL_S}",
+    )
+    with serving(proc, timeout_s=120):
+        base = f"http://127.0.0.1:{http_port}/v1/policies/cartpole"
+        wait_until(lambda: httpx.post(f"{base}/act", json={"obs": [0.0] * 4}, timeout=10).status_code == 200, 90,
+                   "the first version served")
+        yield {"proc": proc, "run": tmp / "run", "base": base, "tmp": tmp}
+
+
+def _post(base, route, body, **kw):
+    return httpx.post(f"{base}/{route}", json=body, timeout=30, **kw)
+
+
+def test_bad_input_gets_a_4xx_naming_the_field_and_disturbs_no_other_episode(client_run):
+    base = client_run["base"]
+    other = {"x-evolve-client": "bystander"}
+    (mine,) = _post(base, "episodes", {"episode_ids": ["bystander-1"]}, headers=other).json()["episode_ids"]
+    assert _post(base, "act", {"obs": [0.0] * 4, "episode_id": mine, "step": 0}, headers=other).status_code == 200
+    bad = _post(base, "episodes", {"episode_id": "bad-1"}).json()["episode_id"]
+    assert _post(base, "act", {"obs": [0.1] * 4, "episode_id": bad, "step": 0}).status_code == 200
+    ok = _post(base, "act", {"obs": [0.2] * 4, "episode_id": bad, "step": 1, "reward": 1.0})
+    assert ok.status_code == 200 and ok.json()["step"] == 1
+
+    refusals = [
+        (_post(base, "act", {"obs": [0.0] * 4, "episode_id": "nobody", "step": 0}), 404, "episode_id"),
+        (_post(base, "act", {"obs": [0.0] * 4, "episode_ids": [bad, "nobody"], "steps": [2, 0],
+                             "rewards": [1.0, None]}), 404, "episode_ids[1]"),
+        (_post(base, "act", {"obs": [0.2] * 4, "episode_id": bad, "step": 1, "reward": 0.5}), 409, "reward"),
+        (_post(base, "act", {"obs": [0.0] * 3, "episode_id": bad, "step": 2, "reward": 1.0}), 422, "4 value"),
+        (_post(base, "log_action", {"obs": [0.0] * 4, "episode_id": bad, "action": 7, "step": 2, "reward": 1.0}),
+         422, "action"),
+        (httpx.post(f"{base}/act", content=b'{"obs": [0,0,0,0], "episode_id": "bad-1", "step": 2, "reward": NaN}',
+                    headers={"content-type": "application/json"}, timeout=10), 400, "['reward']"),
+        (_post(base, "act", {"obs": [0.0] * 4, "episode_id": mine, "step": 1, "reward": 1.0}), 404, "episode_id"),
+    ]
+    for reply, status, field in refusals:
+        assert reply.status_code == status and field in reply.json()["detail"], reply.text
+    # the good row of the refused batch did not count, and the bystander's episode goes on as before
+    assert httpx.get(f"{base}/episodes/{bad}", timeout=10).json()["length"] == 1
+    on = _post(base, "act", {"obs": [0.3] * 4, "episode_id": mine, "step": 1, "reward": 1.0}, headers=other)
+    assert on.status_code == 200 and on.json()["step"] == 1
+
+
+def test_a_killed_client_loses_no_acknowledged_step(client_run):
+    base, tmp = client_run["base"], client_run["tmp"]
+    acks = tmp / "acks.txt"
+    first = subprocess.Popen([sys.executable, str(CLIENT), base, "--acks", str(acks), "--episodes", "20",
+                              "--prefix", "one", "--hang-after-steps", "5"], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: "one-hang 4" in acks.read_text() if acks.exists() else False, 150,
+                   "20 episodes and 5 steps of the 21st")
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    second = subprocess.run([sys.executable, str(CLIENT), base, "--acks", str(acks), "--episodes", "3",
+                             "--prefix", "two"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    killed = wait_until(lambda: (v := httpx.get(f"{base}/episodes/one-hang", timeout=10).json())["state"] == "truncated"
+                        and v, TTL_S + 30, "the killed episode truncated")
+    assert "no call for" in killed["reason"] and killed["length"] == 5
+    assert httpx.post(f"{base}/act", json={"obs": [0.0] * 4, "episode_id": "one-hang", "step": 6, "reward": 1.0},
+                      timeout=10).status_code == 410
+
+    acked = [tuple(line.split()) for line in acks.read_text().splitlines()]
+    assert len(acked) == len(set(acked)) and len({e for e, _ in acked}) == 24
+    out = tmp / "export.parquet"
+    assert evolve(["replay", "export", str(client_run["run"]), "cartpole", str(out)]) == 0
+    rows = pq.read_table(out).to_pylist()
+    ids = [r["id"] for r in rows if r["source"] == "client"]
+    assert len(ids) == len(set(ids)), "a client step stored twice"
+    stored = set(ids)
+    missing = [f"cartpole:{e}:{s}" for e, s in acked if f"cartpole:{e}:{s}" not in stored]
+    assert not missing, f"{len(missing)} acknowledged steps not in the export, e.g. {missing[:3]}"
+    ends = [r for r in rows if r["id"].startswith("cartpole:one-") and (r["terminated"] or r["truncated"])]
+    assert len(ends) == 20  # each finished episode's last step; the killed one has none
