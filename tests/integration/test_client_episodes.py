@@ -57,7 +57,7 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_disturbs_no_other_episode(cli
 
     refusals = [
         (_post(base, "act", {"obs": [0.0] * 4, "episode_id": "nobody", "step": 0}), 404, "episode_id"),
-        (_post(base, "act", {"obs": [0.0] * 4, "episode_ids": [bad, "nobody"], "steps": [2, 0],
+        (_post(base, "act", {"obs": [[0.0] * 4] * 2, "episode_ids": [bad, "nobody"], "steps": [2, 0],
                              "rewards": [1.0, None]}), 404, "episode_ids[1]"),
         (_post(base, "act", {"obs": [0.2] * 4, "episode_id": bad, "step": 1, "reward": 0.5}), 409, "reward"),
         (_post(base, "act", {"obs": [0.0] * 3, "episode_id": bad, "step": 2, "reward": 1.0}), 422, "4 value"),
