@@ -1,4 +1,4 @@
-"""`evolve`: run a config, look at a cluster, check a cluster file.
+"""`evolve`: run a config, look at a cluster, check a cluster file, play an env through a served policy.
 
 Expected failures (a bad config, an unreachable cluster, an invalid cluster
 file) print one line and exit non-zero; only bugs produce a traceback.
@@ -143,6 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("table", metavar="TABLE")
     export.add_argument("out", metavar="OUT")
     export.set_defaults(func=lambda a: _replay_cli().export_run(a.run_dir, a.table, a.out))
+
+    play = sub.add_parser("play", help="play a gymnasium env through a served RL policy",
+                          description="Play episodes of ENV_ID through the RL policy served at URL (the client "
+                          "library, evolve_client): one batched /act per step for all running episodes. Prints each "
+                          "finished episode's return, length and serving version, then the mean return of the last "
+                          "100. Ctrl-C ends the running episodes as truncated and prints the summary.")
+    play.add_argument("env_id", metavar="ENV_ID", help="a gymnasium env id, e.g. CartPole-v1")
+    play.add_argument("--url", required=True,
+                      help="the server (http://host:8000) or the policy's own URL (.../v1/policies/ID)")
+    play.add_argument("--policy", metavar="ID", help="the policy id (needed when --url is the server)")
+    play.add_argument("--key", help="an API key with the predict scope (serving.auth)")
+    play.add_argument("--episodes", type=_positive_int, metavar="N", help="stop after N episodes (default: Ctrl-C)")
+    play.add_argument("--num-envs", type=_positive_int, default=1, metavar="K",
+                      help="episodes played at once, batched per request (default: 1)")
+    play.add_argument("--seed", type=int, default=0, metavar="S", help="the env's seed (default: 0)")
+    play.set_defaults(func=lambda a: _play_cli().play_env(a.env_id, a.url, a.policy, a.key, a.episodes, a.num_envs,
+                                                          a.seed))
     return parser
 
 
@@ -168,6 +185,12 @@ def _replay_cli():
     from cluster import replay_cli
 
     return replay_cli
+
+
+def _play_cli():
+    from cluster import play_cli
+
+    return play_cli
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
@@ -200,6 +223,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
 
 
