@@ -25,7 +25,9 @@ def main() -> None:
     from evolve_client.play import play
 
     stop = threading.Event()
-    threading.Timer(a.seconds, stop.set).start()
+    timer = threading.Timer(a.seconds, stop.set)
+    timer.daemon = True  # the process ends with the play, not with the timer
+    timer.start()
     began, summary, ended = time.perf_counter(), None, "time"
     client = PolicyClient(a.url, client_name="bench-client", max_retries=8)
     returns: list[float] = []

@@ -77,7 +77,11 @@ def evolve_run(budget_s: float, sets: list[str], port: int, player_s: float | No
     reader.join(timeout=10)
     played = None
     if player is not None:
-        player.wait(timeout=120)
+        try:
+            player.wait(timeout=120)  # it notices the server is gone within its retries
+        except subprocess.TimeoutExpired:
+            player.kill()
+            log("the external client did not stop within 120 s of the run's end: killed")
         played = json.loads(player_out.read_text()) if player_out.is_file() else None
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
