@@ -35,6 +35,16 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         raise FeedbackRejected(422, f"{where}: {first['msg']}") from None
 
 
+async def ask(call: Any, *args: Any) -> Any:
+    """One call to the episode joiner (`joiner.method`), and its answer or its refusal as the HTTP answer."""
+    try:
+        reply = await call.remote(*args)
+    except Exception as exc:  # the joiner is restarting or gone: nothing of this call counted
+        raise HTTPException(503, detail=f"the episode joiner is not answering ({type(exc).__name__}); "
+                                        "send the same call again", headers={"Retry-After": "1"}) from None
+    return answered(reply)
+
+
 def answered(reply: dict) -> Any:
     """The joiner's answer, or its refusal as the HTTP answer."""
     if reply["status"] != 200:
@@ -51,13 +61,13 @@ def no_joiner(policy_id: str) -> HTTPException:
 
 async def start(joiner: Any, body: Any, client: str | None) -> dict:
     names, field, single = start_names(parse(StartRequest, body))
-    ids = answered(await joiner.start.remote(names, client, field))
+    ids = await ask(joiner.start, names, client, field)
     return {"episode_id": ids[0]} if single else {"episode_ids": ids}
 
 
 async def act_steps(joiner: Any, rows: list[StepRow], field: str, client: str | None) -> list[dict]:
     """The joiner's answer per row: the served step, or the earlier answer to a retried one."""
-    return answered(await joiner.steps.remote(rows, client, field))
+    return await ask(joiner.steps, rows, client, field)
 
 
 async def log_action(joiner: Any, body: Any, client: str | None, to_batch: Callable, n_actions: int,
@@ -71,18 +81,18 @@ async def log_action(joiner: Any, body: Any, client: str | None, to_batch: Calla
     for row, o, (action, propensity) in zip(rows, obs, logged_actions(req, len(obs), single, n_actions)):
         row.obs, row.action, row.propensity, row.version = o, action, propensity, version
         row.answer = {"action": action, "propensity": propensity, "version": version}
-    steps = [a["step"] for a in answered(await joiner.steps.remote(rows, client, field))]
+    steps = [a["step"] for a in await ask(joiner.steps, rows, client, field)]
     return {"step": steps[0]} if single else {"steps": steps}
 
 
 async def end(joiner: Any, body: Any, client: str | None, check_obs: Callable) -> dict:
     rows, field, single = end_rows(parse(EndRequest, body), 0, check_obs)
-    answers = answered(await joiner.end.remote(rows, client, field))
+    answers = await ask(joiner.end, rows, client, field)
     return answers[0] if single else {"episodes": answers}
 
 
 async def view(joiner: Any, episode_id: str, client: str | None) -> dict:
-    return answered(await joiner.view.remote(episode_id, client))
+    return await ask(joiner.view, episode_id, client)
 
 
 def fill(rows: list[StepRow], obs: np.ndarray, actions: np.ndarray, propensity: np.ndarray, dist: np.ndarray,

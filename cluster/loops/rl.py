@@ -234,11 +234,11 @@ class RLLoop(LoopBase):
 
     def teardown(self) -> None:
         self.act_gate.teardown()
-        self.clients.teardown()
         if self.evaluator is not None:
             ray.kill(self.evaluator, no_restart=True)
         if self.cfg.serving.enabled:
             undeploy_policy_server(self.name)
+        self.clients.teardown()  # after Serve: no replica calls it any more
 
     def summary(self) -> dict[str, Any]:
         solved = self.solved_at
