@@ -15,7 +15,8 @@ Phases, one after another (never at once; each starts its own Ray):
   client's stored steps.
 * throughput: the client preset again with the replay table's rate limiter off
   (`samples_per_insert` unset), so the learner does not pace the client; the player runs for
-  `--throughput-s` with 32 episodes per request: `client_steps_per_s`. (While learning, the
+  `--throughput-s` with 32 episodes per request, one request in flight and then `--streams`
+  (each stream its own client and vector env): `client_steps_per_s` is the better of the two. (While learning, the
   rate limiter holds every writer, rollout actors and clients alike, to the learner's pace:
   `client_steps_per_s_learning` is the client phase's figure.)
 * rllib: benchmarks/rllib_external.py (RLlib's EnvRunnerServerForExternalInference with its
@@ -51,7 +52,7 @@ def load() -> float:
 
 
 def evolve_run(budget_s: float, sets: list[str], port: int, player_s: float | None = None,
-               player_out: Path | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+               player_out: Path | None = None, streams: int = 1) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One `evolve run` of the cartpole preset; with `player_s`, the external client plays once it serves."""
     run_dir = Path(tempfile.mkdtemp(prefix="client_rl-"))
     cmd = [sys.executable, "-m", "cluster.cli", "run", "configs/cartpole.yaml", "--budget-s", str(budget_s),
@@ -68,7 +69,8 @@ def evolve_run(budget_s: float, sets: list[str], port: int, player_s: float | No
             if ENDPOINTS in line and player_s is not None and player is None:
                 url = f"http://127.0.0.1:{port}/v1/policies/cartpole"
                 player = subprocess.Popen([sys.executable, str(PLAYER), url, "--out", str(player_out),
-                                           "--seconds", str(player_s), "--num-envs", "32"], cwd=ROOT)
+                                           "--seconds", str(player_s), "--num-envs", "32",
+                                           "--streams", str(streams)], cwd=ROOT)
                 log(f"external client started (pid {player.pid})")
 
     reader = threading.Thread(target=read, daemon=True)
@@ -108,6 +110,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-s", type=float, default=600)
     p.add_argument("--throughput-s", type=float, default=40)
+    p.add_argument("--streams", type=int, default=4, help="the throughput phase's requests in flight")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--port", type=int, default=8190)
     p.add_argument("--skip", action="append", default=[], choices=["rollout", "client", "throughput", "rllib"])
@@ -136,11 +139,16 @@ def main() -> None:
     if "throughput" not in a.skip:
         log("throughput phase")
         result["loads"]["throughput"] = load()
-        _, played = evolve_run(a.throughput_s + 60, ["loops.cartpole.experience=clients",
-                                                     "replay.tables.cartpole.samples_per_insert=null",
-                                                     "loops.cartpole.eval.stop_when_solved=false"],
-                               a.port, a.throughput_s, tmp / "throughput.json")
-        result.update(client_steps_per_s=(played or {}).get("steps_per_s"), throughput_player=played)
+        sets = ["loops.cartpole.experience=clients", "replay.tables.cartpole.samples_per_insert=null",
+                "loops.cartpole.eval.stop_when_solved=false"]
+        for streams in sorted({1, a.streams}):
+            _, played = evolve_run(a.throughput_s + 60, sets, a.port, a.throughput_s, tmp / f"throughput{streams}.json",
+                                   streams=streams)
+            result[f"throughput_player_{streams}"] = played
+            result[f"client_steps_per_s_{streams}_streams"] = (played or {}).get("steps_per_s")
+        result["client_steps_per_s"] = max(v for k, v in result.items() if k.startswith("client_steps_per_s_")
+                                           and k.endswith("_streams") and v is not None) if any(
+            result.get(f"client_steps_per_s_{s}_streams") for s in {1, a.streams}) else None
     if "rllib" not in a.skip:
         log("rllib phase")
         result["loads"]["rllib"] = load()

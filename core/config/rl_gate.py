@@ -11,11 +11,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from core.config.base import Section
-from core.config.gate import GateSection
 
 
 class ActTrafficSection(Section):
-    """Clients of `/act`: started whenever `rl.gate.stages` is set (the gate's evidence), or `enabled`."""
+    """Clients of `/act`: started whenever `rl.gate.stages` is set and the loop takes no client episodes
+    (they are then the gate's evidence), or `enabled`."""
 
     enabled: bool = False  # start the clients without a gate too
     episodes_at_once: int = Field(default=16, ge=1)  # episodes in flight: one batched /act per step
@@ -23,8 +23,3 @@ class ActTrafficSection(Section):
     max_requests_per_s: float = Field(default=40.0, gt=0)  # batched /act calls per second at most
     num_cpus: float = Field(default=0.0, ge=0)  # Ray CPUs: light (it mostly waits on HTTP), not reserved
     seed: int = 0  # the clients' episode and key draws
-
-    def active(self, gate: GateSection) -> bool:
-        return self.enabled or bool(gate.stages)
-
-
