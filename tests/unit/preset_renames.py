@@ -68,7 +68,10 @@ NEW_BY_KIND = {
                                  "rollback_margin", "min_clients", "max_client_share")}
           | {f"gate.ope.{k}" for k in ("fraction", "method", "rule")}
           | {f"gate.shadow.{k}" for k in ("fraction", "min_rows", "max_s", "method", "level", "bootstrap_samples")}
-          | {"adapt.reference_episodes", "adapt.reference_share"},
+          | {"adapt.reference_episodes", "adapt.reference_share"}
+          # client episodes through the API (docs/client-rl.md)
+          | {"experience"} | {f"clients.{k}" for k in ("episode_ttl_s", "max_open_episodes", "max_steps_per_s",
+                                                      "holdout", "commit_interval_s")},
 }
 # Values one preset changed on purpose since: (before, now) by flattened key.  make run's gate judges
 # on half the held-out set, so that a 2-core laptop sees the first promotion in two minutes; the drift
