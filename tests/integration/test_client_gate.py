@@ -39,6 +39,8 @@ def gated_clients(tmp_path_factory):
         "--set", "loops.cartpole.gate.stages=[canary]", "--set", "loops.cartpole.gate.canary.fraction=0.5",
         "--set", "loops.cartpole.gate.canary.min_requests=10", "--set", "loops.cartpole.gate.canary.max_requests=30",
         "--set", "loops.cartpole.learning.publish_every=1000000",
+        # live is the untrained first version (a few dozen steps an episode): a scale it spans
+        "--set", "loops.cartpole.gate.return_range=[0,50]",
     )
     with serving(proc, timeout_s=120):
         base = f"http://127.0.0.1:{http_port}/v1/policies/cartpole"
