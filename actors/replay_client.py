@@ -68,13 +68,13 @@ class ReplayClient:
             self._settle(self._pending.popleft())  # backpressure; raises the shard's error if any
         return ticket
 
-    def add_and_wait(self, table: str, batch: Any, timeout_s: float | None = None) -> dict[str, int]:
+    def add_and_wait(self, table: str, batch: Any, timeout_s: float | None = None, paced: bool = True) -> dict[str, int]:
         """Add and return only once every row is durable on its shard.
 
         With `timeout_s`, give up after about that long: ReplayTimeout from a shard's rate
         limiter, or Ray's GetTimeoutError while a shard is away (the add may still land later;
-        row ids make a retry land once)."""
-        ticket = self._send(table, batch, timeout_s)
+        row ids make a retry land once). `paced` False: the rate limiter does not hold the rows."""
+        ticket = self._send(table, batch, timeout_s, paced)
         return ticket.result(None if timeout_s is None else timeout_s + ACK_GRACE_S)
 
     def batch_limit(self, table: str) -> int:
@@ -82,13 +82,13 @@ class ReplayClient:
         tcfg = per_shard(self._table_cfg(table), len(self.shards))
         return min(tcfg.max_batch_rows, tcfg.capacity)
 
-    def _send(self, table: str, batch: Any, timeout_s: float | None) -> AddTicket:
+    def _send(self, table: str, batch: Any, timeout_s: float | None, paced: bool = True) -> AddTicket:
         rb = to_record_batch(table, self._schema(table), batch)
         owner = shard_of(rb.column("id").to_pylist(), len(self.shards))
         ticket = AddTicket(table)
         for s in np.unique(owner):
             part = rb if len(self.shards) == 1 else rb.filter(pa.array(owner == s))
-            ticket.refs.append(self.shards[s].add.remote(table, to_ipc(part), timeout_s))
+            ticket.refs.append(self.shards[s].add.remote(table, to_ipc(part), timeout_s, paced))
         return ticket
 
     def flush(self) -> dict[str, int]:

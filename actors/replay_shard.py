@@ -64,9 +64,10 @@ class ReplayShard:
         self.metrics = ShardMetrics(shard)
 
     @ray.method(concurrency_group="add")
-    def add(self, table: str, batch: pa.RecordBatch | pa.Buffer, timeout_s: float | None = None) -> dict[str, int]:
+    def add(self, table: str, batch: pa.RecordBatch | pa.Buffer, timeout_s: float | None = None,
+            paced: bool = True) -> dict[str, int]:
         """Rows as a RecordBatch or as the IPC buffer the ReplayClient sends (core.replay.wire)."""
-        ack = self.store.add(table, from_ipc(batch), timeout_s)
+        ack = self.store.add(table, from_ipc(batch), timeout_s, paced)
         tags = self.metrics.tags(table)
         if ack["accepted"]:
             self.metrics.inserts.inc(ack["accepted"], tags=tags)

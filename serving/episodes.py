@@ -37,11 +37,13 @@ def joiner_name(policy_id: str) -> str:
 class EpisodeJoiner:
     def __init__(self, writer: Any, policy_id: str, table: str, gamma: float, episode_ttl_s: float = 300.0,
                  max_open_per_client: int = 1024, max_steps_per_s: float | None = None, holdout: float = 0.0,
-                 gate_name: str | None = None, commit_interval_s: float = 0.005, commit_timeout_s: float = 10.0):
+                 gate_name: str | None = None, commit_interval_s: float = 0.0, commit_timeout_s: float = 10.0):
         self.join = EpisodeJoin(policy_id, table, gamma, episode_ttl_s, max_open_per_client, max_steps_per_s,
                                 holdout if gate_name is not None else 0.0, for_gate=gate_name is not None)
         self.policy_id, self.gate_name = policy_id, gate_name
-        self.commit = GroupCommit(writer, table, interval_s=commit_interval_s, give_up_s=commit_timeout_s)
+        # a client is a user: its steps are never held for the learner's pace (they count toward it)
+        self.commit = GroupCommit(writer, table, interval_s=commit_interval_s, give_up_s=commit_timeout_s,
+                                  paced=False)
         self._gate: Any = None
         self._sweeper: asyncio.Task | None = None
 

@@ -60,8 +60,9 @@ def _reason(exc: BaseException) -> str:
 
 class GroupCommit:
     def __init__(self, writer: Any, table: str, *, interval_s: float = 0.05, give_up_s: float = 10.0,
-                 max_rows: int | None = None):
+                 max_rows: int | None = None, paced: bool = True):
         self.writer, self.table = writer, table
+        self.paced = paced  # False: the store's rate limiter does not hold these rows (a client's steps)
         self.interval_s, self.give_up_s, self.max_rows = interval_s, give_up_s, max_rows
         self.queue: list[tuple[dict[str, Any], asyncio.Future | None]] = []
         self._left: dict[asyncio.Future, int] = {}  # rows of each future not yet stored
@@ -165,7 +166,8 @@ class GroupCommit:
         if add_and_wait is None:
             call = asyncio.to_thread(self.writer.add, self.table, to_columns(rows))
         else:  # blocks on the shards' acks, bounded by timeout_s
-            call = asyncio.to_thread(add_and_wait, self.table, to_columns(rows), timeout_s=timeout_s)
+            unpaced = {} if self.paced else {"paced": False}
+            call = asyncio.to_thread(add_and_wait, self.table, to_columns(rows), timeout_s=timeout_s, **unpaced)
         try:
             await asyncio.wait_for(call, timeout_s + ACK_GRACE_S)
         except asyncio.TimeoutError:  # the thread may still finish: the same ids, stored once

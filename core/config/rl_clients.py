@@ -20,4 +20,5 @@ class ClientEpisodesSection(Section):
     max_steps_per_s: float | None = Field(default=None, gt=0)  # per client key (429 past it); None: no limit
     # with a gate: the share of episodes (by a hash of their id) held out of training, its off-policy evidence
     holdout: float = Field(default=0.2, ge=0, lt=1)
-    commit_interval_s: float = Field(default=0.005, ge=0)  # how long a group of steps gathers before a write
+    # how long a group of steps gathers before a write (0: those that arrived while the last one was written)
+    commit_interval_s: float = Field(default=0.0, ge=0)

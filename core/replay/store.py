@@ -39,9 +39,10 @@ class ShardStore:
         except KeyError:
             raise ReplayError(f"unknown table {name!r}; declared tables: {sorted(self.tables)}") from None
 
-    def add(self, table: str, batch: Any, timeout_s: float | None = None) -> dict[str, int]:
-        """`timeout_s`: the rate limiter's longest hold (None: replay.add_timeout_s), then ReplayTimeout."""
-        return self.table(table).add(batch, self.cfg.add_timeout_s if timeout_s is None else timeout_s)
+    def add(self, table: str, batch: Any, timeout_s: float | None = None, paced: bool = True) -> dict[str, int]:
+        """`timeout_s`: the rate limiter's longest hold (None: replay.add_timeout_s), then ReplayTimeout;
+        `paced` False: not held (ReplayTable.add)."""
+        return self.table(table).add(batch, self.cfg.add_timeout_s if timeout_s is None else timeout_s, paced)
 
     def sample(self, table: str, n: int, timeout_s: float | None = None) -> pa.RecordBatch:
         return self.table(table).sample(n, timeout_s)

@@ -68,8 +68,10 @@ class ReplayTable:
         return self.tail - self.head
 
     # ---- add -----------------------------------------------------------------
-    def add(self, batch: Any, timeout_s: float | None = None) -> dict[str, int]:
-        """Validate, write durably, then make visible. Returns the ack: accepted / duplicates."""
+    def add(self, batch: Any, timeout_s: float | None = None, paced: bool = True) -> dict[str, int]:
+        """Validate, write durably, then make visible. Returns the ack: accepted / duplicates.
+        `paced` False: the rate limiter does not hold these rows (a client's steps: a user is not
+        made to wait for the learner); they still count, so paced writers yield to them."""
         rb = to_record_batch(self.name, self.schema, batch)
         limit = min(self.cfg.max_batch_rows, self.cfg.capacity)
         if rb.num_rows > limit:
@@ -77,7 +79,9 @@ class ReplayTable:
         if rb.num_rows and not pc.all(pc.equal(rb.column("table"), self.name)).as_py():
             raise SchemaError(self.name, "table", f"every row must name table {self.name!r}")
         with self.cond:
-            self._wait(lambda: self.limiter.can_insert(self.size), timeout_s, "insert (rate limiter: samplers are behind)")
+            if paced:
+                self._wait(lambda: self.limiter.can_insert(self.size), timeout_s,
+                           "insert (rate limiter: samplers are behind)")
             rb, ids, dups = self._drop_duplicates(rb)
             if rb.num_rows:
                 if self.log is not None:

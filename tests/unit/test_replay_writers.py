@@ -48,6 +48,17 @@ def test_an_add_held_by_the_rate_limiter_times_out_by_default(tmp_path):
     store.close()
 
 
+def test_an_unpaced_add_is_not_held_but_counts_toward_the_pace(tmp_path):
+    paced = TableSection(obs_dim=4, samples_per_insert=1.0, min_size=10, error_buffer=20)
+    store = ShardStore(ReplaySection(num_shards=1, add_timeout_s=0.2, tables={"transitions": paced}), tmp_path)
+    store.add("transitions", cartpole_batch(40, 0))
+    assert store.add("transitions", cartpole_batch(10, 40), paced=False)["accepted"] == 10  # a client's steps
+    with pytest.raises(ReplayTimeout):
+        store.add("transitions", cartpole_batch(10, 50))  # a rollout actor's: held, the client's rows counted
+    assert store.table("transitions").size == 50
+    store.close()
+
+
 def test_the_clients_batch_limit_is_the_shards():
     from actors.replay_client import ReplayClient
 
