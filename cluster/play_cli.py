@@ -33,7 +33,8 @@ def play_env(env_id: str, url: str, policy: str | None = None, key: str | None =
         raise UserError(str(exc)) from exc
 
     def line(ep: EpisodeResult) -> None:
-        served = "?" if not ep.versions else ",".join(map(str, ep.versions))
+        served = "?" if not ep.versions else ",".join(map(str, ep.versions)) if len(ep.versions) <= 3 else \
+            f"{ep.versions[0]}..{ep.versions[-1]} ({len(ep.versions)})"  # a long episode outlives many versions
         print(f"episode {ep.number}: return {ep.episode_return:g}, length {ep.length}, "
               f"version{'s' if len(ep.versions) > 1 else ''} {served}", flush=True)
 
