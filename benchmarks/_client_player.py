@@ -32,12 +32,14 @@ def main() -> None:
     timer.start()
     lock = threading.Lock()
     returns: list[float] = []
+    lengths: list[int] = []
     steps = [0] * a.streams
     ended: list[str] = []
 
     def heard(e) -> None:
         with lock:
             returns.append(e.episode_return)
+            lengths.append(e.length)
 
     def stream(k: int) -> None:
         client = PolicyClient(a.url, client_name=f"bench-client-{k}", max_retries=8)
@@ -59,10 +61,10 @@ def main() -> None:
     for t in threads:
         t.join()
     seconds = time.perf_counter() - began
-    total = sum(steps) if all(steps) else None
+    total = sum(steps) if all(steps) else sum(lengths)  # else: a stream stopped early; finished episodes' steps
     out = {"ended": ended[0] if ended else "?", "seconds": round(seconds, 2), "episodes": len(returns),
            "streams": a.streams, "episodes_per_request": a.num_envs, "steps": total,
-           "steps_per_s": round(total / seconds, 1) if total else None,
+           "steps_per_s": round(total / seconds, 1),
            "mean_return_last_100": round(sum(returns[-100:]) / len(returns[-100:]), 1) if returns else None,
            "imports_ray": "ray" in sys.modules,
            "imports_evolve_server": sorted(m for m in ("core", "cluster", "actors", "learners", "serving", "gate")
