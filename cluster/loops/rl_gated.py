@@ -72,8 +72,8 @@ class ActGate:
     def start_clients(self, act_url: str, api_key: str | None = None, verify: str | bool = True) -> None:
         """`api_key`: the run's own key when serving.auth is on (None when off)."""
         rl = self.rl
-        # with client episodes the gate judges on the clients' own; simulated ones only when asked
-        if not (rl.traffic.enabled or (rl.gate.stages and rl.experience == "rollouts")):
+        # with client episodes alone the gate judges on the clients' own; simulated ones then only when asked
+        if not (rl.traffic.enabled or (rl.gate.stages and rl.experience != "clients")):
             return
         self.clients = ActClientActor.options(num_cpus=rl.traffic.num_cpus,
                                               resources=self.cfg.cluster.actor_resources).remote(

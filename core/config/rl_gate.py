@@ -14,8 +14,8 @@ from core.config.base import Section
 
 
 class ActTrafficSection(Section):
-    """Clients of `/act`: started whenever `rl.gate.stages` is set and the loop takes no client episodes
-    (they are then the gate's evidence), or `enabled`."""
+    """Clients of `/act`: started whenever `rl.gate.stages` is set and the loop does not learn from client
+    episodes alone (`experience` rollouts or both: they are the gate's evidence), or `enabled`."""
 
     enabled: bool = False  # start the clients without a gate too
     episodes_at_once: int = Field(default=16, ge=1)  # episodes in flight: one batched /act per step
