@@ -45,7 +45,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
@@ -148,12 +148,7 @@ def _obs_field(obs: Any, single: bool, i: int, j: int | None = None) -> str:
 
 def parse_act(body: Any) -> ActRequest:
     """The request model of a parsed /act body; FeedbackRejected (422) with the reason."""
-    try:
-        return ActRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "body"
-        raise FeedbackRejected(422, f"{where}: {first['msg']}") from None
+    return episodes.parse(ActRequest, body)
 
 
 def client_keys(clients: list[str] | None, header: str | None, n: int) -> list[str | None]:

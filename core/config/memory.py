@@ -26,8 +26,9 @@ class MemorySection(Section):
     # the data does not hold is balanced over time only.
     buffer: Literal["uniform", "balanced"] = "uniform"
     era_rows: int = Field(default=1000, ge=1)  # stream rows per era: the buffer's time strata
-    # Learning without forgetting (Li and Hoiem): each update adds this weight x T^2 x
-    # KL(live || candidate) of the predictive distributions at temperature T on its rehearsal rows.
+    # Learning without forgetting (Li and Hoiem): each update adds this weight times the squared
+    # temperature times KL(live || candidate) of the predictive distributions at that temperature
+    # on its rehearsal rows.
     # "live" is the newest of this learner's candidates the gate made live (or the version it
     # started from).  Only the deep classifier is distilled: a model with a wide part ignores it.
     distill: float = Field(default=0.0, ge=0, le=20)
