@@ -56,7 +56,7 @@ class RLLoop(LoopBase):
         self.evaluator = self.publisher = None
         self.watch = RLDriftWatch(self.rl, self.event)
         self.act_gate = ActGate(cfg, self.rl, name, self.event)
-        self.clients = ClientEpisodes(self.rl, name, cfg.serving.enabled)
+        self.clients = ClientEpisodes(self.rl, name)
 
     def prepare(self) -> None:
         """The env's spaces fix the model and the table's obs width (taken from the env unless set)."""

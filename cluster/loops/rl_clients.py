@@ -17,7 +17,6 @@ from typing import Any
 
 import ray
 
-from cluster.errors import UserError
 from cluster.gate_actor import gate_name
 from cluster.learner_run import get_or
 from core.config.rl import RLSection
@@ -25,14 +24,11 @@ from serving.episodes import get_or_create_episode_joiner
 
 
 class ClientEpisodes:
-    def __init__(self, rl: RLSection, name: str, serving_enabled: bool):
+    def __init__(self, rl: RLSection, name: str):
         self.rl, self.name = rl, name
-        self.active = rl.experience in ("clients", "both")
+        self.active = rl.experience in ("clients", "both")  # the config refuses either with serving off
         self.joiner = None
         self.figures_: dict[str, Any] = {}
-        if self.active and not serving_enabled:
-            raise UserError(f"loops.{name}.experience {rl.experience!r} needs serving.enabled: true (clients "
-                            "play episodes through the policy's API)")
 
     def start(self, replay: Any) -> dict[str, Any] | None:
         """The policy server's joiners (None when clients play no episodes)."""

@@ -9,7 +9,7 @@ policy's own clients play through its API).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -124,6 +124,11 @@ class RLSection(LoopSection):
     def table(self) -> str:
         """The transitions table (named after the loop by the run; a section outside a run: `transitions`)."""
         return self.tables.get("transitions") or "transitions"
+
+    def check_in_run(self, name: str, cfg: Any) -> None:
+        if self.experience != "rollouts" and not cfg.serving.enabled:
+            raise ValueError(f"loops.{name}.experience {self.experience!r} needs serving.enabled: true (clients "
+                             "play episodes through the policy's API); with serving off it is rollouts")
 
     def published(self, loops: dict[str, "LoopSection"]) -> list[str]:
         return [self.policy_id] if self.policy_id else []

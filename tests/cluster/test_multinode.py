@@ -96,7 +96,8 @@ def _logs(c: LocalCluster, job_id: str) -> str:
 
 def test_node_local_storage_is_refused_in_one_line_naming_the_key(cluster, tmp_path):
     job = _submit(cluster, [str(REPO / "configs/cluster.yaml"), "--set", "loops.sentiment=null", "--set", "run.storage=null",
-                            "--set", "run.run_dir=runs/cluster-refused", "--set", "serving.enabled=false"])
+                            "--set", "run.run_dir=runs/cluster-refused", "--set", "serving.enabled=false",
+                            "--set", "loops.cartpole.experience=rollouts"])  # no clients without Serve
     wait_until(lambda: _job_status(cluster, job) in ("FAILED", "SUCCEEDED"), 300, "the refusal")
     assert _job_status(cluster, job) == "FAILED"
     logs = _logs(cluster, job)

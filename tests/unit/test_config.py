@@ -107,6 +107,12 @@ def test_the_novelty_loop_watches_a_feedback_loop_listed_before_it():
         load_config(REPO / "configs/drift_text.yaml", ["loops.sentiment.tables.text=null"])
 
 
+def test_client_episodes_need_serving():
+    assert load_config(REPO / "configs/drift_cartpole.yaml").loops["cartpole"].experience == "rollouts"
+    with pytest.raises(ConfigError, match="experience 'both' needs serving.enabled: true"):
+        load_config(REPO / "configs/cartpole.yaml", ["serving.enabled=false"])
+
+
 @pytest.mark.parametrize("old", [
     "loops: [feedback, rl]\nfeedback: {name: reviews, lr: 0.001}\nrl: {env_id: CartPole-v1}\n",
     "rl: {env_id: CartPole-v1}\n",
