@@ -91,10 +91,13 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
             ctx.client_verify = cfg.serving.tls.client_verify() if cfg.serving.tls is not None else True
         longest = [loop.serving.max_text_chars for loop in cfg.loops_of("feedback").values()] \
             + [loop.serving.max_prompt_chars for loop in cfg.loops_of("generate").values()]
-        if cfg.serving.enabled and cfg.serving.grpc and longest:
+        acting = bool(cfg.loops_of("rl"))
+        if cfg.serving.enabled and cfg.serving.grpc and (longest or acting):
             from serving.feedback_app import bound_grpc_messages
+            from serving.policy_server import MAX_ACT_BODY_BYTES
 
-            bound_grpc_messages(max(longest))  # an embedded cluster's gRPC proxy inherits it
+            # an embedded cluster's gRPC proxy inherits it
+            bound_grpc_messages(max(longest, default=0), at_least=MAX_ACT_BODY_BYTES if acting else 0)
         ray_logs.__enter__()
         ctx.cluster = handle = connect(cfg.cluster, log_to_driver=ray_logs.log_to_driver)
         if ctx.auth is not None:  # replicas on every node follow the keys from here
@@ -303,7 +306,7 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
         say(f"evolve: API keys required (serving.auth) on {cfg.serving.host}")
 
     grpc = None
-    if cfg.serving.grpc and (cfg.loops_of("feedback") or cfg.loops_of("generate")):  # their routes over gRPC
+    if cfg.serving.grpc and (cfg.loops_of("feedback") or cfg.loops_of("generate") or cfg.loops_of("rl")):
         from serving.feedback_app import grpc_options
 
         grpc = grpc_options(cfg.serving.grpc_port)
@@ -326,7 +329,7 @@ def _start_serving(cfg: EvolveConfig, ctx: RunContext, say) -> str:
 
             say(f"evolve: warning: {GRPC_PLAINTEXT}")
     return (f"evolve: endpoints {endpoints.http}/healthz  {endpoints.http}/v1/models"
-            + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback, metadata application=<loop name>)" if grpc else ""))
+            + (f"  gRPC {ctx.endpoints['grpc']} (EvolveFeedback, EvolvePolicies; metadata application=<loop name>)" if grpc else ""))
 
 
 def _wait_for_routes(endpoints: dict[str, str], timeout_s: float = 60.0) -> None:

@@ -46,7 +46,7 @@ class EndRequest(BaseModel):
     episode_id: str | None = None
     episode_ids: list[str] | None = None
     reward: float | None = None
-    rewards: list[float] | None = None
+    rewards: list[float | None] | None = None
     terminated: bool | list[bool] = False
     truncated: bool | list[bool] = False
     final_obs: list[float] | list[list[float] | None] | None = None

@@ -75,7 +75,8 @@ GRPC_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 APP_NAME = "feedback"
 ROUTE_PREFIX = "/v1"
 CLIENT_HEADER = "x-evolve-client"  # a client's stable key: a canary keeps each client on one side
-GRPC_SERVICER = "serving.grpc_messages.add_servicer_to_server"  # the generated one, decoding leniently
+# the generated ones, decoding leniently: EvolveFeedback and EvolvePolicies
+GRPC_SERVICERS = ["serving.grpc_messages.add_servicer_to_server", "serving.grpc_messages.add_policy_servicer_to_server"]
 
 # Swagger UI's assets from the fastapi-offline package, not a CDN: /v1/docs renders offline
 api = FastAPIOffline(
@@ -313,24 +314,24 @@ class FeedbackApp:
     joiner: Any  # FeedbackJoiner handle: stats(), flush()
 
 
-def bound_grpc_messages(max_text_chars: int) -> int:
+def bound_grpc_messages(max_text_chars: int, at_least: int = 0) -> int:
     """Cap the gRPC proxy's messages at the largest predict a client may send (Serve's own cap is
     2 GiB, with no option for it but an environment variable its proxy reads when it starts): call
     before Ray starts, so the proxy of an embedded cluster inherits it. Returns the cap."""
-    cap = max_body_bytes(max_text_chars)
+    cap = max(max_body_bytes(max_text_chars), at_least)  # at_least: an RL policy's largest act
     os.environ[GRPC_MESSAGE_ENV] = str(cap)
     return cap
 
 
 def grpc_options(port: int) -> dict[str, Any]:
-    """`serve.start(grpc_options=...)` that serves EvolveFeedback (stubs generated if missing).
+    """`serve.start(grpc_options=...)` that serves EvolveFeedback and EvolvePolicies (stubs generated if missing).
 
     Serve's gRPC proxy binds [::]:port (Ray 2.60 has no host option), unlike HTTP.
     """
     from serving.proto.build import ensure_stubs
 
     ensure_stubs()
-    return {"port": port, "grpc_servicer_functions": [GRPC_SERVICER]}
+    return {"port": port, "grpc_servicer_functions": list(GRPC_SERVICERS)}
 
 
 def deploy_feedback_app(publisher: Any, registry_uri: str, cfg: FeedbackSection, writer: Any | None, *,

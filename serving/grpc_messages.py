@@ -5,7 +5,8 @@ message's `FromString`; a message that is not valid protobuf for its rpc (a stri
 not UTF-8, as a lone surrogate would be) makes it raise, and gRPC answers UNKNOWN before any of
 our code runs. Here the decoder returns `Undecodable` instead; it travels to the replica like a
 message, and serving/requests.py refuses it (INVALID_ARGUMENT with the reason) as it refuses any
-other bad request. `feedback_app.GRPC_SERVICER` names `add_servicer_to_server`.
+other bad request (serving/policy_grpc.py for EvolvePolicies). `feedback_app.GRPC_SERVICERS` names
+both add functions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 SERVICE = "evolve.v1.EvolveFeedback"
+POLICY_SERVICE = "evolve.v1.EvolvePolicies"
+POLICY_RPCS = {"Act": "ActRequest", "StartEpisodes": "StartEpisodesRequest", "LogAction": "LogActionRequest",
+               "EndEpisodes": "EndEpisodesRequest", "GetEpisode": "GetEpisodeRequest"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,27 @@ def add_servicer_to_server(servicer: Any, server: Any) -> None:
             servicer.CompletionFeedback, request_deserializer=lenient(pb.CompletionFeedbackRequest),
             response_serializer=pb.CompletionFeedbackResponse.SerializeToString),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    _register(server, SERVICE, handlers)
+
+
+def add_policy_servicer_to_server(servicer: Any, server: Any) -> None:
+    """EvolvePolicies, its requests decoded leniently."""
+    import grpc
+
+    from serving.proto import evolve_pb2 as pb
+
+    handlers = {}
+    for rpc, request in POLICY_RPCS.items():
+        response = pb.DESCRIPTOR.services_by_name["EvolvePolicies"].methods_by_name[rpc].output_type.name
+        handlers[rpc] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, rpc), request_deserializer=lenient(getattr(pb, request)),
+            response_serializer=getattr(pb, response).SerializeToString)
+    _register(server, POLICY_SERVICE, handlers)
+
+
+def _register(server: Any, service: str, handlers: dict) -> None:
+    import grpc
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     if hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63
-        server.add_registered_method_handlers(SERVICE, handlers)
+        server.add_registered_method_handlers(service, handlers)

@@ -54,7 +54,9 @@ import numpy as np
 from core.stats.exploration import ExplorationSection, choose, serving_distribution
 from serving.stage_follower import StageFollower
 from serving.stage_follower import follow as follow_stage
-from serving.auth_guard import RouteGuard, admit, docs_need_key
+from serving.auth_guard import RouteGuard, admit, docs_need_key, grpc_headers
+from serving.refusals import grpc_refusal
+from serving import policy_grpc as rpc
 from serving.join_rules import FeedbackRejected
 from serving.body import JsonLimits, read_json
 from serving import episode_routes as episodes
@@ -106,8 +108,9 @@ def _one_obs(obs: Any, where: str, spec: PolicySpec) -> list[float]:
     """One observation (an end's `final_obs`) checked as /act checks its own; ValueError naming `where`."""
     try:
         rows, single = to_batch(obs, spec)
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+    except ValueError as exc:  # to_batch names the field `obs`: name it `where`
+        reason = str(exc)
+        raise ValueError(where + reason[len("obs"):] if reason.startswith("obs") else f"{where}: {reason}") from None
     if not single:
         raise ValueError(f"{where}: one observation, not a batch")
     return [float(x) for x in rows[0]]
@@ -125,17 +128,18 @@ def to_batch(obs: Any, spec: PolicySpec) -> tuple[list[list[float]], bool]:
     single = not (isinstance(obs, list) and obs and isinstance(obs[0], list))
     rows = [obs if isinstance(obs, list) else [obs]] if single else obs
     if not rows or len(rows) > MAX_BATCH:
-        raise ValueError(f"batch must hold 1..{MAX_BATCH} observations, got {len(rows)}")
+        raise ValueError(f"obs: a batch holds 1..{MAX_BATCH} observations, got {len(rows)}")
     for i, row in enumerate(rows):
         if len(row) != width:
-            raise ValueError(f"observation must have {width} value(s), got {len(row)}")
+            raise ValueError(f"{_obs_field(obs, single, i)}: an observation has {width} value(s), got {len(row)}")
         for j, x in enumerate(row):
             if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
                 where = _obs_field(obs, single, i, j)
                 raise ValueError(f"{where} is {x!r}: an observation value must be finite within float32's range "
                                  f"(|x| <= {FLOAT32_MAX:.4g})")
         if spec.discrete_obs and not (float(row[0]).is_integer() and 0 <= row[0] < spec.obs_dim):
-            raise ValueError(f"state must be an integer in [0, {spec.obs_dim}), got {row[0]}")
+            raise ValueError(f"{_obs_field(obs, single, i)}: a state must be an integer in [0, {spec.obs_dim}), "
+                             f"got {row[0]}")
     return rows, single
 
 
@@ -158,6 +162,20 @@ def client_keys(clients: list[str] | None, header: str | None, n: int) -> list[s
     if len(clients) != n:
         raise ValueError(f"clients must name one key per observation: {len(clients)} keys for {n} observations")
     return list(clients)
+
+
+# what each episode route does with its body: (joiner, body, client key, served policy) -> answer
+def _start_call(joiner: Any, body: Any, client: str | None, policy: QPolicy) -> Any:
+    return episodes.start(joiner, body, client)
+
+
+def _end_call(joiner: Any, body: Any, client: str | None, policy: QPolicy) -> Any:
+    return episodes.end(joiner, body, client, lambda o, where: _one_obs(o, where, policy.spec))
+
+
+def _log_call(joiner: Any, body: Any, client: str | None, policy: QPolicy) -> Any:
+    return episodes.log_action(joiner, body, client, lambda o: to_batch(o, policy.spec), policy.spec.n_actions,
+                               policy.version)
 
 
 @serve.deployment(name="policy_server", ray_actor_options={"num_cpus": 0.1})
@@ -228,8 +246,16 @@ class PolicyServer:
     async def act(self, policy_id: str, http: Request) -> ActResponse:
         try:
             client = admit(self.guard, http.headers, "predict")
+            body = await read_json(http, act_limits(self._served(policy_id).spec))
+        except FeedbackRejected as exc:
+            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
+        return await self._act(policy_id, body, client)
+
+    async def _act(self, policy_id: str, body: Any, client: str | None) -> ActResponse:
+        """An /act body's answer (HTTPException when refused); `client`: the caller's key."""
+        try:
             policy = self._served(policy_id)
-            request = parse_act(await read_json(http, act_limits(policy.spec)))
+            request = parse_act(body)
             rows, single = to_batch(request.obs, policy.spec)
             episode = step_rows(request, len(rows), single)
             joiner = self._joiner(policy_id) if episode is not None else None
@@ -301,18 +327,15 @@ class PolicyServer:
 
     @api.post("/{policy_id}/episodes", responses=REFUSALS)
     async def start_episodes(self, policy_id: str, http: Request) -> dict:
-        return await self._episode_call(policy_id, http, lambda j, body, client, policy: episodes.start(
-            j, body, client))
+        return await self._episode_call(policy_id, http, _start_call)
 
     @api.post("/{policy_id}/episodes/end", responses=REFUSALS)
     async def end_episodes(self, policy_id: str, http: Request) -> dict:
-        return await self._episode_call(policy_id, http, lambda j, body, client, policy: episodes.end(
-            j, body, client, lambda o, where: _one_obs(o, where, policy.spec)))
+        return await self._episode_call(policy_id, http, _end_call)
 
     @api.post("/{policy_id}/log_action", responses=REFUSALS)
     async def log_action(self, policy_id: str, http: Request) -> dict:
-        return await self._episode_call(policy_id, http, lambda j, body, client, policy: episodes.log_action(
-            j, body, client, lambda o: to_batch(o, policy.spec), policy.spec.n_actions, policy.version))
+        return await self._episode_call(policy_id, http, _log_call)
 
     @api.get("/{policy_id}/episodes/{episode_id}", responses=REFUSALS)
     async def view_episode(self, policy_id: str, episode_id: str, http: Request) -> dict:
@@ -326,14 +349,73 @@ class PolicyServer:
     async def _episode_call(self, policy_id: str, http: Request, call) -> dict:
         try:
             client = admit(self.guard, http.headers, "predict")
+            body = await read_json(http, act_limits(self._served(policy_id).spec))
+        except FeedbackRejected as exc:
+            raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
+        return await self._episode_body(policy_id, body, client, call)
+
+    async def _episode_body(self, policy_id: str, body: Any, client: str | None, call) -> dict:
+        try:
             policy = self._served(policy_id)
-            joiner = self._joiner(policy_id)
-            body = await read_json(http, act_limits(policy.spec))
-            return await call(joiner, body, client, policy)
+            return await call(self._joiner(policy_id), body, client, policy)
         except FeedbackRejected as exc:
             raise HTTPException(exc.status, detail=exc.detail, headers=exc.headers()) from None
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from None
+
+    # ---- gRPC: EvolvePolicies (serving/policy_grpc.py); Serve's proxy calls the method named like the rpc
+    async def Act(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 (the rpc's name)
+        async def run(policy_id: str, client: str | None) -> Any:
+            return rpc.act_message(await self._act(policy_id, rpc.act_body(request), client))
+
+        return await self._grpc(grpc_context, request, "ActResponse", rpc.ACT_FIELDS, run)
+
+    async def StartEpisodes(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def run(policy_id: str, client: str | None) -> Any:
+            return rpc.start_message(await self._episode_body(policy_id, rpc.start_body(request), client, _start_call))
+
+        return await self._grpc(grpc_context, request, "StartEpisodesResponse", rpc.START_FIELDS, run)
+
+    async def LogAction(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def run(policy_id: str, client: str | None) -> Any:
+            return rpc.log_message(await self._episode_body(policy_id, rpc.log_body(request), client, _log_call))
+
+        return await self._grpc(grpc_context, request, "LogActionResponse", rpc.LOG_FIELDS, run)
+
+    async def EndEpisodes(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def run(policy_id: str, client: str | None) -> Any:
+            return rpc.end_message(await self._episode_body(policy_id, rpc.end_body(request), client, _end_call))
+
+        return await self._grpc(grpc_context, request, "EndEpisodesResponse", rpc.END_FIELDS, run)
+
+    async def GetEpisode(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def run(policy_id: str, client: str | None) -> Any:
+            return rpc.episode_message(await episodes.view(self._joiner(policy_id), request.episode_id, client))
+
+        return await self._grpc(grpc_context, request, "EpisodeState", {}, run)
+
+    async def _grpc(self, context: Any, request: Any, response: str, fields: dict[str, str], run) -> Any:
+        """One rpc: the caller's key checked, `run(policy_id, client)`'s message, or the refusal as the
+        call's status (and an empty `response`)."""
+        from serving.proto import evolve_pb2 as pb
+
+        try:
+            client = admit(self.guard, grpc_headers(context), "predict")
+            policy_id = rpc.decoded(request).policy_id or self._only_policy()
+            return await run(policy_id, client)
+        except FeedbackRejected as exc:
+            status, detail = exc.status, exc.detail
+        except HTTPException as exc:
+            status, detail = exc.status_code, str(exc.detail)
+        except ValueError as exc:
+            status, detail = 422, str(exc)
+        grpc_refusal(context, FeedbackRejected(status, rpc.in_message_terms(detail, fields)))
+        return getattr(pb, response)()
+
+    def _only_policy(self) -> str:
+        if len(self.policy_ids) != 1:
+            raise FeedbackRejected(422, f"policy_id: this application serves {sorted(self.policy_ids)}; name one")
+        return next(iter(self.policy_ids))
 
     def _only(self) -> str:
         if len(self.policy_ids) != 1:

@@ -1,6 +1,7 @@
 """Client episodes on a real run: an external process teaches a CartPole policy through the API alone.
 
-One `evolve run` of the cartpole preset with `experience: clients` (no rollout actors) for the module.
+One `evolve run` of the cartpole preset with `experience: clients` (no rollout actors) for the module,
+over HTTP and gRPC (keys off for gRPC too: `allow_open_grpc_unsafe`, a loopback test run).
 The external client (tests/integration/external_client.py) imports neither Ray nor Evolve.
 """
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import httpx
 import pyarrow.parquet as pq
 import pytest
@@ -26,19 +28,21 @@ CLIENT = Path(__file__).with_name("external_client.py")
 @pytest.fixture(scope="module")
 def client_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clients")
-    http_port, dash_port = free_port(), free_port()
+    http_port, dash_port, grpc_port = free_port(), free_port(), free_port()
     proc = CliProcess(
         "run", "configs/cartpole.yaml", "--budget-s", str(BUDGET_S), "--run-dir", str(tmp / "run"),
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
         "--set", "run.progress_interval_s=2", "--set", "loops.cartpole.experience=clients",
         "--set", "loops.cartpole.eval.stop_when_solved=false",
         "--set", f"loops.cartpole.clients.episode_ttl_s={TTL_S}",
+        "--set", "serving.grpc=true", "--set", f"serving.grpc_port={grpc_port}",
+        "--set", "serving.auth.allow_open_grpc_unsafe=true",
     )
     with serving(proc, timeout_s=120):
         base = f"http://127.0.0.1:{http_port}/v1/policies/cartpole"
         wait_until(lambda: httpx.post(f"{base}/act", json={"obs": [0.0] * 4}, timeout=10).status_code == 200, 90,
                    "the first version served")
-        yield {"proc": proc, "run": tmp / "run", "base": base, "tmp": tmp}
+        yield {"proc": proc, "run": tmp / "run", "base": base, "tmp": tmp, "grpc": f"127.0.0.1:{grpc_port}"}
 
 
 def _post(base, route, body, **kw):
@@ -60,7 +64,8 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_disturbs_no_other_episode(cli
         (_post(base, "act", {"obs": [[0.0] * 4] * 2, "episode_ids": [bad, "nobody"], "steps": [2, 0],
                              "rewards": [1.0, None]}), 404, "episode_ids[1]"),
         (_post(base, "act", {"obs": [0.2] * 4, "episode_id": bad, "step": 1, "reward": 0.5}), 409, "reward"),
-        (_post(base, "act", {"obs": [0.0] * 3, "episode_id": bad, "step": 2, "reward": 1.0}), 422, "4 value"),
+        (_post(base, "act", {"obs": [0.0] * 3, "episode_id": bad, "step": 2, "reward": 1.0}), 422,
+         "obs: an observation has 4"),
         (_post(base, "log_action", {"obs": [0.0] * 4, "episode_id": bad, "action": 7, "step": 2, "reward": 1.0}),
          422, "action"),
         (httpx.post(f"{base}/act", content=b'{"obs": [0,0,0,0], "episode_id": "bad-1", "step": 2, "reward": NaN}',
@@ -73,6 +78,35 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_disturbs_no_other_episode(cli
     assert httpx.get(f"{base}/episodes/{bad}", timeout=10).json()["length"] == 1
     on = _post(base, "act", {"obs": [0.3] * 4, "episode_id": mine, "step": 1, "reward": 1.0}, headers=other)
     assert on.status_code == 200 and on.json()["step"] == 1
+
+
+def test_an_episode_over_grpc_is_stored_like_one_over_http(client_run):
+    from serving.proto import evolve_pb2 as pb
+    from serving.proto import evolve_pb2_grpc
+
+    meta = (("application", "cartpole"), ("x-evolve-client", "grpc-app"))  # the RL loop's Serve app
+    obs = [pb.Observation(values=[0.01 * i] * 4) for i in range(4)]
+    with grpc.insecure_channel(client_run["grpc"]) as channel:
+        stub = evolve_pb2_grpc.EvolvePoliciesStub(channel)
+        (episode,) = wait_until(lambda: stub.StartEpisodes(pb.StartEpisodesRequest(episode_ids=["grpc-1"]),
+                                                           metadata=meta, timeout=30).episode_ids, 60, "the gRPC proxy")
+        for step in range(3):
+            reward = {} if step == 0 else {"reward": 1.0}
+            reply = stub.Act(pb.ActRequest(obs=[obs[step]], episodes=[pb.EpisodeStep(episode_id=episode, step=step,
+                                                                                      **reward)]),
+                             metadata=meta, timeout=30)
+            assert reply.actions[0].step == step and reply.actions[0].version >= 1
+        with pytest.raises(grpc.RpcError) as info:  # a NaN reward: refused, naming the field
+            stub.Act(pb.ActRequest(obs=[obs[3]], episodes=[pb.EpisodeStep(episode_id=episode, step=3,
+                                                                           reward=float("nan"))]),
+                     metadata=meta, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "episodes[0].reward" in info.value.details()
+        ended = stub.EndEpisodes(pb.EndEpisodesRequest(episodes=[pb.EpisodeEnd(
+            episode_id=episode, reward=1.0, terminated=True, step=2)]), metadata=meta, timeout=30)
+        assert (ended.episodes[0].episode_return, ended.episodes[0].length) == (3.0, 3)
+    # the HTTP view of the same episode: one store, one protocol or the other
+    view = httpx.get(f"{client_run['base']}/episodes/grpc-1", headers={"x-evolve-client": "grpc-app"}, timeout=10)
+    assert view.json()["state"] == "terminated" and view.json()["length"] == 3
 
 
 def test_a_killed_client_loses_no_acknowledged_step(client_run):
@@ -107,3 +141,4 @@ def test_a_killed_client_loses_no_acknowledged_step(client_run):
     assert not missing, f"{len(missing)} acknowledged steps not in the export, e.g. {missing[:3]}"
     ends = [r for r in rows if r["id"].startswith("cartpole:one-") and (r["terminated"] or r["truncated"])]
     assert len(ends) == 20  # each finished episode's last step; the killed one has none
+
