@@ -16,7 +16,9 @@ Phases, one after another (never at once; each starts its own Ray):
 * throughput: the client preset again with the replay table's rate limiter off
   (`samples_per_insert` unset), so the learner does not pace the client; the player runs for
   `--throughput-s` with 32 episodes per request, one request in flight and then `--streams`
-  (each stream its own client and vector env): `client_steps_per_s` is the better of the two. (While learning, the
+  (each stream its own client and vector env): `client_steps_per_s` is the better of the two. The same
+  again with the learner held (it waits for more rows than the phase stores): `client_steps_per_s_api_alone`,
+  the API with the machine's 2 cores to itself. (While learning, the
   rate limiter holds every writer, rollout actors and clients alike, to the learner's pace:
   `client_steps_per_s_learning` is the client phase's figure.)
 * rllib: benchmarks/rllib_external.py (RLlib's EnvRunnerServerForExternalInference with its
@@ -91,6 +93,12 @@ def evolve_run(budget_s: float, sets: list[str], port: int, player_s: float | No
     return json.loads(summary_path.read_text())["loops"]["cartpole"], played
 
 
+def _best(result: dict[str, Any], prefix: str, streams: int) -> float | None:
+    """The better of one stream and `streams` streams (None when neither played)."""
+    got = [result.get(f"{prefix}{n}_streams") for n in {1, streams}]
+    return max((v for v in got if v is not None), default=None)
+
+
 def solve_figures(loop: dict[str, Any]) -> dict[str, Any]:
     return {"solved": bool(loop.get("solved")), "time_to_solve_s": loop.get("time_to_solve_s"),
             "env_steps_to_solve": loop.get("env_steps_to_solve")}
@@ -141,14 +149,17 @@ def main() -> None:
         result["loads"]["throughput"] = load()
         sets = ["loops.cartpole.experience=clients", "replay.tables.cartpole.samples_per_insert=null",
                 "loops.cartpole.eval.stop_when_solved=false"]
-        for streams in sorted({1, a.streams}):
-            _, played = evolve_run(a.throughput_s + 60, sets, a.port, a.throughput_s, tmp / f"throughput{streams}.json",
-                                   streams=streams)
-            result[f"throughput_player_{streams}"] = played
-            result[f"client_steps_per_s_{streams}_streams"] = (played or {}).get("steps_per_s")
-        result["client_steps_per_s"] = max(v for k, v in result.items() if k.startswith("client_steps_per_s_")
-                                           and k.endswith("_streams") and v is not None) if any(
-            result.get(f"client_steps_per_s_{s}_streams") for s in {1, a.streams}) else None
+        # the API alone: the learner waits for more rows than the phase can store, so the 2 cores
+        # serve the client (a cluster's learners run on their own nodes)
+        held = ["replay.tables.cartpole.capacity=1000000", "replay.tables.cartpole.min_size=900000"]
+        for mode, extra in (("", []), ("api_alone_", held)):
+            for streams in sorted({1, a.streams}):
+                _, played = evolve_run(a.throughput_s + 60, sets + extra, a.port, a.throughput_s,
+                                       tmp / f"throughput{mode}{streams}.json", streams=streams)
+                result[f"throughput_player_{mode}{streams}"] = played
+                result[f"client_steps_per_s_{mode}{streams}_streams"] = (played or {}).get("steps_per_s")
+        result["client_steps_per_s"] = _best(result, "client_steps_per_s_", a.streams)
+        result["client_steps_per_s_api_alone"] = _best(result, "client_steps_per_s_api_alone_", a.streams)
     if "rllib" not in a.skip:
         log("rllib phase")
         result["loads"]["rllib"] = load()

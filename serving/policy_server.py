@@ -60,7 +60,7 @@ from serving import policy_grpc as rpc
 from serving.join_rules import FeedbackRejected
 from serving.body import JsonLimits, read_json
 from serving import episode_routes as episodes
-from serving.episode_requests import EpisodeFields, step_rows
+from serving.episode_requests import EndRequest, EpisodeFields, LogActionRequest, StartRequest, step_rows
 from core.models.q import PolicySpec, obs_width
 from core.models.q_policy import QPolicy
 
@@ -87,7 +87,12 @@ class ActRequest(EpisodeFields):
                                                         "(a canary keeps each client on one side)")
 
 
-ACT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": ActRequest.model_json_schema()}}}}
+def _body(model: type[BaseModel]) -> dict:
+    """A route's JSON body in the OpenAPI spec (the routes read it through serving/body.py, not FastAPI)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+ACT_BODY = _body(ActRequest)
 
 
 class ActResponse(BaseModel):
@@ -309,15 +314,15 @@ class PolicyServer:
         return q, versions
 
     # ---- client episodes (serving/episode_routes.py) ------------------------------------------------
-    @api.post("/episodes", responses=REFUSALS)
+    @api.post("/episodes", responses=REFUSALS, openapi_extra=_body(StartRequest))
     async def start_here(self, http: Request) -> dict:
         return await self.start_episodes(self._only(), http)
 
-    @api.post("/episodes/end", responses=REFUSALS)
+    @api.post("/episodes/end", responses=REFUSALS, openapi_extra=_body(EndRequest))
     async def end_here(self, http: Request) -> dict:
         return await self.end_episodes(self._only(), http)
 
-    @api.post("/log_action", responses=REFUSALS)
+    @api.post("/log_action", responses=REFUSALS, openapi_extra=_body(LogActionRequest))
     async def log_here(self, http: Request) -> dict:
         return await self.log_action(self._only(), http)
 
@@ -325,15 +330,15 @@ class PolicyServer:
     async def view_here(self, episode_id: str, http: Request) -> dict:
         return await self.view_episode(self._only(), episode_id, http)
 
-    @api.post("/{policy_id}/episodes", responses=REFUSALS)
+    @api.post("/{policy_id}/episodes", responses=REFUSALS, openapi_extra=_body(StartRequest))
     async def start_episodes(self, policy_id: str, http: Request) -> dict:
         return await self._episode_call(policy_id, http, _start_call)
 
-    @api.post("/{policy_id}/episodes/end", responses=REFUSALS)
+    @api.post("/{policy_id}/episodes/end", responses=REFUSALS, openapi_extra=_body(EndRequest))
     async def end_episodes(self, policy_id: str, http: Request) -> dict:
         return await self._episode_call(policy_id, http, _end_call)
 
-    @api.post("/{policy_id}/log_action", responses=REFUSALS)
+    @api.post("/{policy_id}/log_action", responses=REFUSALS, openapi_extra=_body(LogActionRequest))
     async def log_action(self, policy_id: str, http: Request) -> dict:
         return await self._episode_call(policy_id, http, _log_call)
 

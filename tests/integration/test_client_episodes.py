@@ -13,6 +13,9 @@ import grpc
 import httpx
 import pyarrow.parquet as pq
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cluster.cli import main as evolve
 from tests.conftest import free_port
@@ -20,7 +23,8 @@ from tests.integration.helpers import CliProcess, serving, wait_until
 
 pytestmark = pytest.mark.integration
 
-BUDGET_S = 240
+BUDGET_S = 300
+EXAMPLES = 60  # per route and mode (HTTP), per rpc (gRPC)
 TTL_S = 20  # the bad-input test takes seconds on a loaded machine: its bystander must outlive them
 CLIENT = Path(__file__).with_name("external_client.py")
 
@@ -107,6 +111,93 @@ def test_an_episode_over_grpc_is_stored_like_one_over_http(client_run):
     # the HTTP view of the same episode: one store, one protocol or the other
     view = httpx.get(f"{client_run['base']}/episodes/grpc-1", headers={"x-evolve-client": "grpc-app"}, timeout=10)
     assert view.json()["state"] == "terminated" and view.json()["length"] == 3
+
+
+def test_generated_episode_requests_get_no_server_error(client_run):
+    """Schemathesis cases from the live spec of the episode routes and /act, valid and invalid: no 5xx
+    but 503 (a busy episode, the joiner away)."""
+    base, errors, total = client_run["base"], [], 0
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.method.upper() != "POST" or "{policy_id}" in operation.path:
+            continue
+        for mode in schemathesis.GenerationMode:
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(mode))
+            def send(case):
+                nonlocal total
+                response = case.call(base_url=base, timeout=30)
+                total += 1
+                if response.status_code >= 500 and response.status_code != 503:
+                    errors.append(f"{case.path} {case.body!r:.200} -> {response.status_code} {response.text:.200}")
+
+            send()
+    print(f"\n[client episodes] fuzz: {total} HTTP cases, {len(errors)} server errors")
+    assert total >= 300 and not errors, errors[:5]
+
+
+FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+_floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+_obs = st.lists(_floats, max_size=6)
+
+
+def test_generated_grpc_messages_get_no_internal_error(client_run):
+    from serving.proto import evolve_pb2 as pb
+    from serving.proto import evolve_pb2_grpc
+
+    meta, faults, codes = (("application", "cartpole"), ("x-evolve-client", "fuzz")), [], set()
+    steps = st.builds(pb.EpisodeStep, episode_id=st.sampled_from(["fuzz-1", "nobody", ""]),
+                      step=st.none() | st.integers(-2, 5), reward=st.none() | _floats)
+
+    with grpc.insecure_channel(client_run["grpc"]) as channel:
+        stub = evolve_pb2_grpc.EvolvePoliciesStub(channel)
+        stub.StartEpisodes(pb.StartEpisodesRequest(episode_ids=["fuzz-1"]), metadata=meta, timeout=30)
+
+        def call(rpc, message):
+            try:
+                getattr(stub, rpc)(message, metadata=meta, timeout=30)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                code = exc.code()
+            codes.add(code)
+            if code in FAULTS:
+                faults.append((rpc, str(message)[:200], code))
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(obs=st.lists(_obs, max_size=4), episodes=st.lists(steps, max_size=4))
+        def act(obs, episodes):
+            call("Act", pb.ActRequest(obs=[pb.Observation(values=o) for o in obs], episodes=episodes))
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(ends=st.lists(st.builds(pb.EpisodeEnd, episode_id=st.sampled_from(["fuzz-1", "nobody"]),
+                                       reward=st.none() | _floats, terminated=st.booleans(), truncated=st.booleans(),
+                                       final_obs=st.none() | st.builds(pb.Observation, values=_obs),
+                                       step=st.none() | st.integers(-1, 5)), max_size=3))
+        def end(ends):
+            call("EndEpisodes", pb.EndEpisodesRequest(episodes=ends))
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(actions=st.lists(st.builds(pb.LoggedAction, episode_id=st.sampled_from(["fuzz-1", "nobody"]),
+                                          step=st.none() | st.integers(-1, 5), reward=st.none() | _floats,
+                                          obs=st.builds(pb.Observation, values=_obs),
+                                          action=st.none() | st.integers(-3, 3),
+                                          propensity=st.none() | _floats), max_size=3),
+               count=st.integers(-2, 2000))
+        def log_and_start(actions, count):
+            call("LogAction", pb.LogActionRequest(actions=actions))
+            call("StartEpisodes", pb.StartEpisodesRequest(count=count))
+
+        act()
+        end()
+        log_and_start()
+    print(f"\n[client episodes] gRPC fuzz: codes {sorted(c.name for c in codes)}")
+    assert not faults, faults[:5]
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= codes  # the messages reached the app
 
 
 def test_a_killed_client_loses_no_acknowledged_step(client_run):
