@@ -3,9 +3,13 @@
 A vector env of `num_envs` copies steps in lockstep with SAME_STEP autoreset: a finished
 copy's next observation already starts its next episode, and the finished episode's last
 observation is in info["final_obs"]. Each vector step is one batched /act for every live
-episode; the episodes that finished in it are ended in one /episodes/end and their
-replacements taken from episodes opened ahead, with ids the player makes (a named start is
-safe to retry).
+episode; a finished episode's copy goes on at once with a replacement taken from episodes
+opened ahead, with ids the player makes (a named start is safe to retry), and the finished
+episodes are ended together, a quarter of `num_envs` at a time (at once with fewer than four
+copies) or once the first of them has waited `END_WAIT_S`, in one /episodes/end: an end is a
+request of its own, so ending them one vector step at a time would double the requests when
+episodes are short. Their last steps are acknowledged with that end; `play` ends what is still
+pending before it returns.
 
 Episodes are opened `num_envs` at a time, ahead of need, so at most 2 x `num_envs` are open.
 With `episodes=N` it plays N episodes and returns; without, until `stop` is set. On `stop`
@@ -19,12 +23,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from evolve_client.policy_client import PolicyClient
+
+END_WAIT_S = 1.0  # the longest a finished episode waits for others to be ended with (a slow env's)
 
 
 class Stop(Protocol):
@@ -93,6 +99,9 @@ class _Player:
         self.prefix = f"play-{uuid.uuid4().hex[:12]}"
         self.started = 0  # episodes opened, spares included
         self.spares: deque[str] = deque()  # opened, not yet playing
+        self.finished: list[tuple[EpisodeResult, Any]] = []  # (result, final observation), not yet ended
+        self.end_every = max(1, self.n // 4)
+        self.first_finished = 0.0  # when the oldest episode in `finished` finished
         self.summary = PlaySummary()
 
     def run(self, seed: int) -> PlaySummary:
@@ -104,14 +113,18 @@ class _Player:
             while True:
                 live = [i for i, eid in enumerate(self.ids) if eid is not None]
                 if not live:
+                    self._end_finished()
                     break
                 actions[live] = self.client.get_actions([self.ids[i] for i in live], obs[live])
                 self._note_versions(live)
                 obs, reward, terminated, truncated, info = self.venv.step(actions)
                 done = self._record(live, reward, terminated, truncated)
                 if done:
-                    self._end(done, info["final_obs"], terminated)
+                    self._finish(done, info["final_obs"], terminated)
+                if self._ends_due():
+                    self._end_finished()
                 if self.stop is not None and self.stop.is_set():
+                    self._end_finished()
                     self._truncate_live(obs)
                     break
                 if done:
@@ -153,19 +166,34 @@ class _Player:
         self.started += want
         return True
 
-    def _end(self, done: list[int], final_obs: Any, terminated: np.ndarray) -> None:
-        # the env may flag both at a time limit's last step: termination wins (nothing to bootstrap)
-        self.client.end_episodes([self.ids[i] for i in done], [final_obs[i] for i in done],
-                                 terminated=[bool(terminated[i]) for i in done],
-                                 truncated=[not terminated[i] for i in done])
+    def _finish(self, done: list[int], final_obs: Any, terminated: np.ndarray) -> None:
+        """The finished episodes wait for their end; their copies are free for the next ones."""
+        if not self.finished:
+            self.first_finished = time.monotonic()
         for i in done:
-            self.summary.episodes += 1
-            self.summary.last_returns.append(float(self.returns[i]))
-            result = EpisodeResult(self.summary.episodes, self.ids[i], float(self.returns[i]), int(self.lengths[i]),
-                                   bool(terminated[i]), tuple(self.versions[i]))
+            result = EpisodeResult(0, self.ids[i], float(self.returns[i]), int(self.lengths[i]), bool(terminated[i]),
+                                   tuple(self.versions[i]))
+            self.finished.append((result, final_obs[i]))
             self.ids[i] = None
+
+    def _ends_due(self) -> bool:
+        return len(self.finished) >= self.end_every or (
+            bool(self.finished) and time.monotonic() - self.first_finished >= END_WAIT_S)
+
+    def _end_finished(self) -> None:
+        if not self.finished:
+            return
+        # the env may flag both at a time limit's last step: termination wins (nothing to bootstrap)
+        results = [r for r, _ in self.finished]
+        self.client.end_episodes([r.episode_id for r in results], [o for _, o in self.finished],
+                                 terminated=[r.terminated for r in results],
+                                 truncated=[not r.terminated for r in results])
+        self.finished = []
+        for r in results:
+            self.summary.episodes += 1
+            self.summary.last_returns.append(r.episode_return)
             if self.on_episode is not None:
-                self.on_episode(result)
+                self.on_episode(replace(r, number=self.summary.episodes))
 
     def _truncate_live(self, obs: np.ndarray) -> None:
         live = [i for i, eid in enumerate(self.ids) if eid is not None]

@@ -59,6 +59,30 @@ def test_one_batched_act_per_vector_step_and_each_return_is_what_the_server_stor
     assert fake.count("episodes") <= 12 // 4 + 1  # opened num_envs at a time, not one request per finish
 
 
+def test_finished_episodes_are_ended_a_quarter_of_the_copies_at_a_time():
+    fake = FakePolicyAPI(rule=falls_soon)
+    results = []
+    summary = play("CartPole-v1", client_of(fake), episodes=40, num_envs=8, seed=5, on_episode=results.append)
+    ends = [body for _, route, body, _ in fake.requests if route == "episodes/end"]
+    assert all(len(b["episode_ids"]) >= 2 for b in ends[:-1])  # the last end takes what is left
+    assert len(ends) <= 40 // 2 and sum(len(b["episode_ids"]) for b in ends) == 40
+    assert [r.number for r in results] == list(range(1, 41)) and summary.episodes == 40
+    assert all(ep.state == "terminated" for ep in fake.episodes.values())
+    assert set(fake.stored.values()) == {1}
+
+
+def test_a_finished_episode_waits_at_most_end_wait_s_for_others(monkeypatch):
+    import evolve_client.play as player
+
+    monkeypatch.setattr(player, "END_WAIT_S", 0.0)  # a slow env: every finished episode ended at once
+    fake = FakePolicyAPI(rule=falls_soon)
+    play("CartPole-v1", client_of(fake), episodes=12, num_envs=8, seed=5)
+    ends = [body for _, route, body, _ in fake.requests if route == "episodes/end"]
+    acts = [body for _, route, body, _ in fake.requests if route == "act"]
+    assert sum(len(b["episode_ids"]) for b in ends) == 12 and any(len(b["episode_ids"]) == 1 for b in ends)
+    assert len(ends) <= len(acts)  # one end request per vector step at the most
+
+
 def test_the_returns_are_the_envs_own_under_the_served_actions():
     """One copy, played locally with the same seed and the same rule: the same returns."""
     fake = FakePolicyAPI(rule=falls_soon)
