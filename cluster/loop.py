@@ -71,6 +71,7 @@ class RunContext:
         self.say: Callable[[str], None] = print
         self.board: Any = None  # the run's StatusBoard actor (`evolve status`), once Ray is up
         self.publish_cursor = 0  # publishes already written as events (cluster.run._publish_events)
+        self.loops: dict[str, Any] = {}  # the run's loops by name (a loop that reads another's prepared data)
 
 
 class LoopBase:

@@ -83,6 +83,7 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
     try:
         say(f"evolve: run {cfg.run.name!r} -> {rd.path}")
         loops = [loop_kinds.build(name, cfg, ctx) for name in cfg.loops]
+        ctx.loops = {loop.name: loop for loop in loops}
         for loop in loops:
             loop.prepare()
         rd.write_config(cfg)  # after prepare: what the loops filled in (a table's obs width) is recorded

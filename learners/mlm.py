@@ -27,6 +27,7 @@ from torch import nn
 
 from core.config.mlm import MLMSection
 from core.models.encoder import encoder_hidden
+from learners.encoder_publish import EncoderPublisher, InterimPublish
 from learners.objective import ExportedPolicy, WorkerContext
 
 EVAL_SEED = 1234
@@ -43,6 +44,7 @@ class MLMSetup:
     special_ids: dict[str, int]  # mask, pad, cls, sep, unk
     heldout: np.ndarray  # [n, seq_len] int32 packed blocks
     info: dict[str, Any]  # lineage: corpus, tokenizer, model facts
+    interim: InterimPublish | None = None  # publish better encoders while training (a classifier re-bases onto them)
 
     @property
     def section(self) -> MLMSection:
@@ -118,6 +120,9 @@ class MLMObjective:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.gen = torch.Generator(device=ctx.device).manual_seed(self.cfg.seed * 1000 + ctx.rank)
         self.autocast = self.cfg.bf16 if ctx.device.type == "cuda" else _cpu_bf16(self.cfg.cpu_bf16)
+        interim = getattr(config, "interim", None)  # evaluate() runs on rank 0 only
+        self.interim = EncoderPublisher(interim) if interim is not None and ctx.rank == 0 else None
+        self.evaluations = 0
 
     def build_model(self, config: MLMSetup) -> nn.Module:
         """The model this objective trains (what a kind that learns another way replaces)."""
@@ -181,8 +186,17 @@ class MLMObjective:
             "masked": float(labels.numel()),
         }
 
-    @torch.no_grad()
     def evaluate(self, batch_size: int = 64) -> dict[str, float]:
+        figures = self.heldout_figures(batch_size)
+        self.evaluations += 1
+        if self.interim is not None:
+            version = self.interim.offer(figures, self.export_policy, self.evaluations)
+            if version is not None:
+                figures["published_version"] = float(version)
+        return figures
+
+    @torch.no_grad()
+    def heldout_figures(self, batch_size: int = 64) -> dict[str, float]:
         """Held-out loss, perplexity and accuracy under both maskings (fixed generator: comparable points)."""
         self.core.eval()
         heldout = torch.tensor(self.setup_.heldout[: self.cfg.eval_sequences], dtype=torch.long)

@@ -62,17 +62,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from core.config.feedback import FeedbackSection
 from core.models.classifier import ClassifierBundle, ClassifierError, from_encoder, from_version
 from core.models.wide import new_wide
 from learners.distill import LiveReference, distill_loss
+from learners.feedback_loss import feedback_loss
 from learners.feedback_source import FeedbackBatch
 from learners.objective import ExportedPolicy, WorkerContext
 from learners.data_window import DataWindow
 from learners.domain_mlm import DomainMLM
 from learners.online_boost import ADAPT_POLL_EVERY, BoostFollower, answered
+from learners.rebase import EncoderFeed, Rebaser, rebase
 from learners.rehearsal import new_memory, restore_memory
 from learners.wide_learner import WideTrainer
 
@@ -98,6 +99,7 @@ class OnlineSetup:
     seed: int = 0
     loop: str = ""  # the loop's name (the lineage says which loop made a version)
     groups: dict[Any, str] | None = None  # each traffic input's group (a balanced rehearsal buffer's strata)
+    encoders: EncoderFeed | None = None  # an MLM loop's encoders to re-base onto (learners/rebase.py)
 
 
 def split_batch(batch_size: int, rehearsal: float) -> tuple[int, int]:
@@ -121,40 +123,6 @@ def build_bundle(setup: OnlineSetup) -> ClassifierBundle:
                           pairs=fb.data.text_pair_column is not None)
     bundle.wide = new_wide(fb.model, len(bundle.labels))  # model.kind wide / wide_deep
     return bundle
-
-
-def feedback_loss(logits: torch.Tensor, rows: dict[str, torch.Tensor], baseline: float, pg_weight: float,
-                  max_importance_weight: float, reward_as_label: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The batch loss (mean over usable rows) and its parts; see the module docstring.
-
-    rows: label [B] (int, <0 = none), prediction [B], reward [B] (nan = none), logged_p [B].
-    A row with a valid label is supervised; else a row with a finite reward, a valid served
-    class and a logged probability > 0 is a bandit row; anything else is ignored.
-    `reward_as_label` on two labels: a reward of exactly 1 or 0 on a served class names the
-    label (that class or the other), and the row is supervised (part `from_reward`).
-    """
-    L = logits.shape[-1]
-    logp = F.log_softmax(logits, dim=-1)  # [B, L]
-    label, pred, reward, mu = rows["label"], rows["prediction"], rows["reward"], rows["logged_p"]
-    labeled = (label >= 0) & (label < L)
-    from_reward = ~labeled & (pred >= 0) & (pred < L) & ((reward == 0) | (reward == 1))
-    if not (reward_as_label and L == 2):  # on more labels "wrong" does not say which one is right
-        from_reward = torch.zeros_like(from_reward)
-    label = torch.where(from_reward, torch.where(reward == 1, pred, 1 - pred), label)
-    labeled = labeled | from_reward
-    bandit = ~labeled & torch.isfinite(reward) & (pred >= 0) & (pred < L) & torch.isfinite(mu) & (mu > 0)
-    ce = -logp.gather(1, label.clamp(0, L - 1).unsqueeze(1)).squeeze(1)  # [B]
-    logp_a = logp.gather(1, pred.clamp(0, L - 1).unsqueeze(1)).squeeze(1)  # [B] log pi(a|x)
-    with torch.no_grad():  # constants of the loss; 0 on other rows so no NaN reaches a gradient
-        ratio = torch.where(bandit, logp_a.exp() / torch.where(bandit, mu, 1.0).clamp_min(1e-8), 0.0)
-        w = ratio.clamp(max=max_importance_weight)
-        adv = torch.where(bandit, reward, baseline) - baseline
-    pg = -(w * adv * logp_a)  # [B]
-    zero = torch.zeros_like(ce)
-    per_row = torch.where(labeled, ce, zero) + torch.where(bandit, pg_weight * pg, zero)
-    loss = per_row.sum() / (labeled | bandit).sum().clamp_min(1)
-    return loss, {"labeled": labeled, "bandit": bandit, "from_reward": from_reward, "ce": ce, "pg": pg, "weight": w,
-                  "ratio": ratio, "label": label, "reward": reward}
 
 
 def _may_distill(fb: FeedbackSection) -> bool:
@@ -202,6 +170,8 @@ class OnlineObjective:
         self.domain_mlm: DomainMLM | None = None  # built at the first boost that asks for it
         # the live version's answers for the distillation term (the deep classifier only)
         self.reference = LiveReference(self.model, ctx) if self.wide is None and _may_distill(self.fb) else None
+        feed = config.encoders
+        self.rebaser = Rebaser(feed, self._files, ctx.rank, ctx.world_size) if feed is not None else None
         self._reseed()
 
     def _reseed(self) -> None:
@@ -239,9 +209,29 @@ class OnlineObjective:
             self.boost.after_update(self.updates)
             if self.reference is not None and self.updates % ADAPT_POLL_EVERY == 0:
                 self.reference.follow()
+            if self.rebaser is not None:
+                self._follow_encoders()
         return self._metrics(samples=float(len(rows)), updates=float(updated), fresh_rows=float(len(fresh)),
                              rehearsal_rows=float(len(old)),
                              wide_only_rows=float(len(wide_only) if wide_only is not None else 0), **figures)
+
+    def _follow_encoders(self) -> None:
+        """Re-base onto a newer encoder of the run's MLM loop (every rank at the same update)."""
+        version = self.rebaser.newer(self.updates)
+        if version is None:
+            return
+        weights = self.rebaser.load(version)
+        if weights is None:
+            return
+        try:
+            rebase(self.bundle, weights, seed=self.setup_.seed + version)
+        except RuntimeError as exc:  # a shape the config check did not catch: keep the current encoder
+            self.rebaser.refused[version] = " ".join(str(exc).split())[:200]
+            return
+        self.optimizer.state.clear()  # fresh moments: the old ones belong to another encoder
+        if self.wide is not None:
+            self.wide.restart_mix()
+        self.rebaser.took(version)
 
     def _catch_up(self, fresh: FeedbackBatch) -> tuple[FeedbackBatch, FeedbackBatch | None]:
         """(the rows the whole model learns: the newest batch's worth, the older ones only the wide part learns)."""
@@ -334,6 +324,9 @@ class OnlineObjective:
 
     def _metrics(self, **counts: float) -> dict[str, float]:
         base = {k: 0.0 for k in self.summed_metrics}
+        if self.rebaser is not None:
+            base["encoder_version"] = float(self.rebaser.version or 0)
+            base["rebases"] = float(self.rebaser.rebases)
         return {**base, **counts, **self.last, "baseline": self.baseline, "skipped_nonfinite": float(self.skipped),
                 "reservoir": float(len(self.reservoir)), "backlog": float(len(self.backlog)), **self.boost.metrics()}
 
@@ -390,8 +383,15 @@ class OnlineObjective:
             },
             "data_range": {"table": self.fb.table("feedback"), "window": window.to_json(), "total": self.total.to_json(),
                            "world_size": self.ctx.world_size},
-            "info": {"objective": self.name, "loop": self.setup_.loop, "labels": self.labels, "submitted_at": time.time()},
+            "info": {"objective": self.name, "loop": self.setup_.loop, "labels": self.labels, "submitted_at": time.time(),
+                     **self._encoder_info()},
         }
+
+    def _encoder_info(self) -> dict[str, Any]:
+        """Which of the run's encoders this classifier is on (the summary groups gate decisions by it)."""
+        if self.rebaser is None:
+            return {}
+        return {"encoder_policy": self.rebaser.feed.policy_id, "encoder_version": self.rebaser.version}
 
     # ---- the rest of the Objective protocol ----------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -415,6 +415,7 @@ class OnlineObjective:
             "reservoir": self.reservoir.state_dict(),
             "total": self.total.state_dict(),
             "wide": self.wide.state_dict() if self.wide is not None else None,
+            "encoder": {"version": self.rebaser.version, "rebases": self.rebaser.rebases} if self.rebaser else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -429,6 +430,8 @@ class OnlineObjective:
         self.total = DataWindow.from_state(state["total"])
         if self.wide is not None and state.get("wide") is not None:
             self.wide.load_state_dict(state["wide"])
+        if self.rebaser is not None and state.get("encoder"):
+            self.rebaser.version, self.rebaser.rebases = state["encoder"]["version"], int(state["encoder"]["rebases"])
         self._reseed()
 
     def export_policy(self) -> ExportedPolicy:

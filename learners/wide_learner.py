@@ -77,6 +77,12 @@ class WideTrainer:
         mix_loss, parts = loss_fn(logits)
         return logits, deep_loss + wide_loss + mix_loss, parts
 
+    def restart_mix(self) -> None:
+        """After a re-base: the mixing figures' AdaGrad history starts over (the deep weight is 0 again)."""
+        if self.mix_optimizer is not None:
+            self.mix_optimizer.state.clear()
+            self.mix_optimizer = torch.optim.Adagrad([self.wide.mix], lr=MIX_LR)
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if self.mix_optimizer is not None:

@@ -28,6 +28,7 @@ import ray
 from actors.traffic_actor import TrafficActor
 from cluster.errors import UserError
 from cluster.learner_run import get_or
+from cluster.loops.rebase import EncoderFollow
 from cluster.loop import LoopBase, RunContext, mean_or_none, plain_event, quietly, round_or_none
 from core.stats.continual import AccuracyMatrix
 from core.models.classifier_start import StartingClassifier, starting_classifier
@@ -68,6 +69,7 @@ class FeedbackLoop(LoopBase):
         self.group: str | None = None  # where the traffic stream is
         self.unrecorded: list[str] = []  # groups the stream left whose row the gate has not given yet
         self.measured_live: int | None = None  # the live version the matrix last measured
+        self.encoders = EncoderFollow(self)  # an MLM loop of the run to re-base onto (model.encoder_loop)
 
     def prepare(self) -> None:
         if not self.cfg.serving.enabled:
@@ -77,6 +79,7 @@ class FeedbackLoop(LoopBase):
             self.data: LabeledData = self.fb.data.load()
         except CorpusError as exc:
             raise UserError(f"loops.{self.name}.data: {exc}") from None
+        self.encoders.decide()
         if self.fb.data.order == "grouped":
             self.matrix = AccuracyMatrix(self.fb.data.group_order or sorted(set(self.data.groups)))
 
@@ -96,7 +99,8 @@ class FeedbackLoop(LoopBase):
         start = self._starting_classifier() if ctx.registry.latest(fb.policy_id, "live") is None else None
         early = start is not None and not ctx.registry.has(fb.policy_id)  # it becomes v1, the learner's parent
         if early:
-            self._launch_learner(start.bundle.files(), _numpy(start.bundle.weights()), version=1)
+            self._launch_learner(start.bundle.files(), _numpy(start.bundle.weights()), version=1,
+                                 encoders=self.encoders.feed())
         booting = self._bootstrap(start)
         self._deploy_app()
         first = ray.get(booting)
@@ -107,7 +111,8 @@ class FeedbackLoop(LoopBase):
             self.matrix.record_baseline(ray.get(self.gate.group_accuracy.remote(fb.policy_id)))
         if not early:
             live = ctx.registry.load(fb.policy_id, stage="live", as_numpy=True)
-            self._launch_learner(dict(live.files), dict(live.weights), version=live.meta.version)
+            self._launch_learner(dict(live.files), dict(live.weights), version=live.meta.version,
+                                 encoders=self.encoders.feed(live.meta.info))
 
     def _deploy_app(self) -> None:
         fb, ctx = self.fb, self.ctx
@@ -140,7 +145,8 @@ class FeedbackLoop(LoopBase):
 
     def _starting_classifier(self) -> StartingClassifier:
         try:
-            start = starting_classifier(self.fb, self.data, seed=self.cfg.run.seed)
+            start = starting_classifier(self.fb, self.data, seed=self.cfg.run.seed,
+                                        encoder_files=self.encoders.encoder_files())
         except ClassifierError as exc:
             raise UserError(f"loops.{self.name}: cannot build the starting classifier: {exc}") from None
         self.origin = start.origin
@@ -160,13 +166,14 @@ class FeedbackLoop(LoopBase):
         return self.gate.bootstrap.remote(pid, weights=_numpy(start.bundle.weights()), files=start.bundle.files(),
                                           metadata=meta)
 
-    def _launch_learner(self, files: dict[str, bytes], weights: dict[str, Any], version: int) -> None:
+    def _launch_learner(self, files: dict[str, bytes], weights: dict[str, Any], version: int,
+                        encoders: Any = None) -> None:
         fb = self.fb
         fresh, _ = split_batch(fb.learning.batch_size, fb.learning.rehearsal)
         setup = OnlineSetup(fb=fb, files=files, weights=weights, labels=self.data.labels,
                             parent_version=version, gate=self.gate,
                             heldout=self.data.heldout[:fb.learning.curve_rows], seed=self.cfg.run.seed, loop=self.name,
-                            groups=self._input_groups())
+                            groups=self._input_groups(), encoders=encoders)
         self.launch_learner(LoopSpec(
             objective_factory=OnlineObjective,
             objective_config=setup,
@@ -205,6 +212,7 @@ class FeedbackLoop(LoopBase):
             "promoted": self.gate_summary.get("promoted", 0),
             "refused": self.gate_summary.get("refused", 0),
             **({"adapt": self.adaptations} if self.fb.adapt.enabled else {}),
+            **self.encoders.follow(self.learner.figures if self.learner is not None else {}),
             **({"world": len(changes)} if (changes := self.gate_summary.get("world_changes")) else {}),
             **({"group": self.group, **self.matrix.headline()} if self.matrix is not None else {}),
             **figures,
@@ -341,6 +349,7 @@ class FeedbackLoop(LoopBase):
             "adaptations": self.adaptations,
             "alarms": self.alarms,
             **({"continual": self.matrix.metrics()} if self.matrix is not None else {}),
+            **self.encoders.summary(g.get("promotions", [])),
         }
 
 

@@ -26,8 +26,10 @@ import ray
 from cluster.errors import UserError
 from cluster.loop import LoopBase, RunContext, round_or_none
 from core.config.evolve import EvolveConfig
+from core.models.classifier_start import own_encoder
 from core.data.mlm import MLMData, prepare_mlm_data
 from core.storage.registry import RegistryError
+from learners.encoder_publish import InterimPublish
 from learners.mlm import MLMObjective, MLMSetup
 from learners.text_source import RayDataSource, ReplayTextSource
 from learners.train_loop import POLICY_DIR, LoopSpec, read_policy
@@ -47,8 +49,16 @@ class MLMLoop(LoopBase):
         self.stopped_by: str | None = None
         self.published_version: int | None = None
         self.uses_replay = self.mlm.source == "replay"  # continual MLM on request texts; else the corpus
+        # the classifiers of the run that may re-base onto this loop's encoders (their model.encoder_loop)
+        self.feeds = [n for n, loop in cfg.loops_of("feedback").items() if loop.model.encoder_loop == name]
+        self.stood_down: str | None = None
+        self.interim: list[int] = []  # encoder versions published while training
 
     def prepare(self) -> None:
+        if self.feeds and not self._following():
+            self.stood_down = f"every classifier it pretrains for ({', '.join(self.feeds)}) has an encoder of its own"
+            self.ctx.say(f"evolve: {self.name}: stands down: {self.stood_down}")
+            return
         if not self.cfg.learner.use_gpu and self.mlm.model.preset == "gpu-base":
             self.ctx.say("evolve: warning: the gpu-base preset on CPU learners will be slow")
         try:
@@ -70,10 +80,25 @@ class MLMLoop(LoopBase):
             mlm=mlm, model_config=data.model_config.to_dict(),
             pretrained_dir=str(mlm.model.pretrained_dir) if mlm.model.pretrained_dir else None,
             tokenizer_files=data.tokenizer_files(), special_ids=data.special_ids,
-            heldout=data.heldout_blocks, info=data.facts)
+            heldout=data.heldout_blocks, info=data.facts, interim=self._interim())
+
+    def _interim(self) -> InterimPublish | None:
+        """Publish while training when a classifier of the run re-bases onto this loop."""
+        if not self.feeds:
+            return None
+        facts = {k: v for k, v in self.data.facts.items() if k != "corpus_path"}
+        return InterimPublish(str(self.ctx.registry.uri), self.mlm.policy_id, self.mlm.publish_min_gain,
+                              info={**facts, "run": self.cfg.run.name, "loop": self.name})
+
+    def _following(self) -> list[str]:
+        """The classifiers that do re-base onto this loop (one with an encoder of its own keeps it)."""
+        return [n for n in self.feeds if own_encoder(self.cfg.loops[n]) is None]
 
     # ---- start -------------------------------------------------------------------------
     def launch(self) -> None:
+        if self.stood_down:
+            self.event("stood_down", reason=self.stood_down)
+            return
         mlm, data = self.mlm, self.data
         budget = self.cfg.run.budget_s
         self.deadline = None if budget is None else self.ctx.started + budget - mlm.finish_reserve_s
@@ -108,6 +133,8 @@ class MLMLoop(LoopBase):
 
     # ---- poll --------------------------------------------------------------------------
     def poll(self) -> dict[str, Any]:
+        if self.stood_down:
+            return super().poll()
         if self.deadline is not None and time.time() >= self.deadline and self.stopped_by is None:
             self.stopped_by = "budget"
             self.learner.request_stop()
@@ -120,6 +147,8 @@ class MLMLoop(LoopBase):
                 self.tokens, self.train_s, self.step = rec["total_tokens"], rec["train_s"], rec["step"]
             elif kind == "eval":
                 self.curve.append(rec)
+                if rec.get("published_version") is not None:
+                    self._said_interim(rec)
                 self.tokens, self.step = max(self.tokens, rec["tokens"]), max(self.step, rec["step"])
                 self.train_s = max(self.train_s, rec["train_s"])
             elif kind == "checkpoint":
@@ -127,7 +156,17 @@ class MLMLoop(LoopBase):
             elif kind == "resumed":
                 self.ctx.say(f"evolve: {self.name}: resumed from the checkpoint at step {rec['step']}")
 
+    def _said_interim(self, rec: dict[str, Any]) -> None:
+        version = int(rec["published_version"])
+        self.interim.append(version)
+        self.event("published", policy_id=self.mlm.policy_id, version=version, interim=True, step=rec.get("step"),
+                   masked_accuracy=rec.get("masked_accuracy"))
+        self.ctx.say(f"evolve: {self.name}: published {self.mlm.policy_id} v{version} at step {rec.get('step')} "
+                     f"(masked accuracy {rec.get('masked_accuracy', float('nan')):.3f}) for {', '.join(self._following())}")
+
     def figures(self) -> dict[str, Any]:
+        if self.stood_down:
+            return {"stood_down": True}
         last = self.learner.figures if self.learner is not None else {}
         return {
             "step": self.step,
@@ -143,6 +182,8 @@ class MLMLoop(LoopBase):
 
     def done(self) -> bool:
         # a pretraining loop has nothing to serve: a learner failed for good ends it
+        if self.stood_down:
+            return True
         return self.learner is not None and (self.learner.finished() or self.learner.failed is not None)
 
     # ---- stop and summary ----------------------------------------------------------------
@@ -172,8 +213,9 @@ class MLMLoop(LoopBase):
         registry, policy_id, facts = self.ctx.registry, self.mlm.policy_id, self.data.facts
         latest = registry.latest(policy_id)
         resumed = self.learner.resumed_from
-        # A resumed run continues the model the previous run published: that version is the parent.
-        parent = latest.version if (latest is not None and resumed is not None) else None
+        # A resumed run continues the model the previous run published, a run that published while
+        # training its own last encoder: that version is the parent.
+        parent = latest.version if (latest is not None and (resumed is not None or self.interim)) else None
         metadata = {
             "parent_version": parent,
             "metrics": {k: v for k, v in {**facts, **meta["metrics"]}.items() if k in self.METRICS},
@@ -192,6 +234,8 @@ class MLMLoop(LoopBase):
 
     def summary(self) -> dict[str, Any]:
         """The curve of a resumed run includes the earlier runs' points."""
+        if self.stood_down:
+            return {"stood_down": self.stood_down}
         full = self._full_curve()
         first, last = (full[0], full[-1]) if full else ({}, {})
         return {
@@ -203,6 +247,7 @@ class MLMLoop(LoopBase):
             "stopped_by": self.stopped_by,
             "resumed_from_step": self.learner.resumed_from if self.learner else None,
             "published_version": self.published_version,
+            **({"published_while_training": self.interim} if self.feeds else {}),
             "curve": [{k: p[k] for k in self.CURVE_KEYS if k in p} for p in full],
         }
 

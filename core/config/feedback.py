@@ -9,7 +9,7 @@ clients in a run on this machine.  The keys come in groups by concern: `model`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -103,6 +103,20 @@ class FeedbackSection(LoopSection):
         if "groups" in self.gate.stages and not self.data.group_column:
             raise ValueError("gate.stages names 'groups' (per-group non-regression): it needs data.group_column")
         return self
+
+    def check_in_run(self, name: str, cfg: Any) -> None:
+        source = self.model.encoder_loop
+        if source is None:
+            return
+        loops, names = cfg.loops, list(cfg.loops)
+        if source not in loops or loops[source].kind != "mlm":
+            mlm = [n for n, loop in loops.items() if loop.kind == "mlm"]
+            raise ValueError(f"loops.{name}.model.encoder_loop {source!r} must name an mlm loop of this run "
+                             f"({', '.join(mlm) or 'none'})")
+        if names.index(source) > names.index(name):
+            raise ValueError(f"loops: {name!r} re-bases onto the encoders of {source!r}: list {source!r} before it")
+        if self.model.kind == "wide":
+            raise ValueError(f"loops.{name}.model.encoder_loop: a wide model never runs its encoder (model.kind wide)")
 
     def table(self, role: str) -> str | None:
         """The replay table of `role` (feedback, text); a section outside a run: the role's name."""

@@ -187,11 +187,17 @@ def _refuse_moved_keys(data: dict[str, Any], source: str, touched: set[str]) -> 
     learner = data.get("learner")
     for key in MOVED_KEYS:
         if isinstance(learner, dict) and key in learner:
-            loops = [n for n in (data.get("loops") or {})] or ["<loop>"]
+            loops = data.get("loops") or {"<loop>": {}}
             where = f"--set learner.{key}" if f"learner.{key}" in touched else source
-            raise ConfigError(where, "", f"learner.{key} moved: set " + " / ".join(f"loops.{n}.learning.{key}"
-                                                                                  for n in loops)
+            raise ConfigError(where, "", f"learner.{key} moved: set " + " / ".join(_moved_to(n, loop, key)
+                                                                                  for n, loop in loops.items())
                               + " (each loop owns its learning settings)")
+
+
+def _moved_to(name: str, loop: Any, key: str) -> str:
+    """Where a moved learner key lives in a loop: a pretraining loop's schedule is its section's own."""
+    kind = loop.get("kind") if isinstance(loop, dict) else None
+    return f"loops.{name}.{key}" if kind in ("mlm", "clm") else f"loops.{name}.learning.{key}"
 
 
 def _plain_loc(loc: tuple[Any, ...]) -> tuple[str, ...]:

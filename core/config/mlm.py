@@ -125,6 +125,9 @@ class MLMSection(PretrainSection):
     # picks which one is `masked_accuracy`.
     eval_masking: Literal["bert", "strict"] = "bert"
     policy_id: str = "encoder"  # the encoder's policy id in the registry (feedback loops start from it)
+    # While a classifier of the run re-bases onto this loop (its model.encoder_loop), the encoder is
+    # also published at each held-out evaluation whose masked accuracy beats the last published by this much.
+    publish_min_gain: float = Field(default=0.01, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> "MLMSection":

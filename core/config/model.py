@@ -39,6 +39,11 @@ class FeedbackModelSection(ModelSection):
     encoder_registry: str | None = None
     encoder_policy: str = "encoder"  # the encoder's policy id in encoder_registry
     encoder_version: int | None = None  # None: the latest
+    # An `mlm` loop of this run to pretrain the encoder beside the classifier: when the classifier
+    # has no encoder of its own (no pretrained_dir, none at encoder_registry), it starts on that
+    # loop's tokenizer and shape and re-bases onto each better encoder the loop publishes; with an
+    # encoder of its own the classifier keeps it and the loop stands down.
+    encoder_loop: str | None = None
     # Or a BERT-family checkpoint in Hugging Face format (config, weights, tokenizer): a
     # directory written by `save_pretrained`, or a hub name when the machine is online.
     pretrained_dir: str | None = None

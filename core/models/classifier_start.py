@@ -31,14 +31,34 @@ class StartingClassifier:
     missing_encoder: str | None = None
 
 
-def starting_classifier(fb: FeedbackSection, data: LabeledData, seed: int = 0) -> StartingClassifier:
-    """Raises ClassifierError for an encoder version that does not exist or does not load."""
-    start = _start(fb, data, seed)
+def starting_classifier(fb: FeedbackSection, data: LabeledData, seed: int = 0,
+                        encoder_files: dict[str, bytes] | None = None) -> StartingClassifier:
+    """Raises ClassifierError for an encoder version that does not exist or does not load.
+    `encoder_files` (tokenizer files + config.json): the shape of the encoders an MLM loop of the run
+    will publish; with no encoder of its own the classifier starts as a random init of that shape."""
+    if encoder_files is not None and own_encoder(fb) is None:
+        bundle = from_encoder(None, encoder_files, data.labels, fb.model.max_len, seed=seed)
+        start = StartingClassifier(bundle, {"encoder": "random_init", "encoder_loop": fb.model.encoder_loop,
+                                            "vocab_size": len(bundle.tokenizer)})
+    else:
+        start = _start(fb, data, seed)
     start.bundle.pairs = data.pairs  # (text, text_pair) inputs: said in the version's labels.json
     if data.pairs:
         start.origin["inputs"] = "pairs"
     start.bundle.wide = new_wide(fb.model, len(data.labels))  # model.kind wide / wide_deep
     return start
+
+
+def own_encoder(fb: FeedbackSection) -> str | None:
+    """What the classifier starts from when it has an encoder of its own (None: it has none)."""
+    m = fb.model
+    if m.pretrained_dir:
+        return f"the checkpoint {m.pretrained_dir}"
+    if m.encoder_registry:
+        registry = PolicyRegistry(m.encoder_registry, create=False)
+        if m.encoder_version is not None or registry.has(m.encoder_policy):
+            return f"encoder {m.encoder_policy!r} in {m.encoder_registry}"
+    return None
 
 
 def _start(fb: FeedbackSection, data: LabeledData, seed: int) -> StartingClassifier:

@@ -68,6 +68,7 @@ def run(tmp_path_factory):
         "--set", f"serving.http_port={http_port}", "--set", f"cluster.dashboard_port={dash_port}",
         "--set", "run.progress_interval_s=2",
         "--set", f"loops.sentiment.model.encoder_registry={tmp / 'no-encoder'}",
+        "--set", "loops.sentiment_mlm=null", "--set", "loops.sentiment.model.encoder_loop=null",  # pages, not pretraining
     )
     try:
         proc.wait_for_line("evolve: loop 'cartpole' started", timeout_s=600)

@@ -19,6 +19,7 @@ def start_feedback_run(run_dir: Path, *sets: str, budget_s: int = BUDGET_S) -> t
         "--set", "cluster.include_dashboard=false", "--set", "run.progress_interval_s=2",
         "--set", "loops.sentiment.model={encoder_registry: null, vocab_size: 800, num_layers: 1, hidden_size: 64, "
                  "num_heads: 2, intermediate_size: 128, max_len: 32}",
+        "--set", "loops.sentiment_mlm=null", "--set", "loops.sentiment.model.encoder_loop=null",
         "--set", "loops.sentiment.data.max_heldout=100",
         "--set", "loops.sentiment.learning.candidate_every=5", "--set", "loops.sentiment.learning.batch_size=16",
         "--set", "loops.sentiment.traffic.requests_per_s=10", "--set", "loops.sentiment.traffic.actor_num_cpus=0.1",

@@ -3,8 +3,9 @@ at least 0.10 over version 1, behind the publish gate.
 
 `evolve run configs/sentiment.yaml` as shipped (a 3 x 192 classifier, 128 tokens, the real
 McNemar gate on 1,000 held-out reviews, traffic actors sending 70% labels / 30% rewards), with
-one change: `loops.sentiment.model.encoder_registry=null` forces the random init, so the gain is the loop's
-own and not a pretrained encoder's.  The figure is the gate's: held-out accuracy of the version
+one change: `loops.sentiment.model.encoder_registry=null` forces the random init, and no encoder is
+pretrained beside it (`loops.sentiment_mlm=null`), so the gain is the feedback loop's own and not
+an encoder's (tests/integration/test_rebase_run.py covers re-basing).  The figure is the gate's: held-out accuracy of the version
 live at the end minus that of version 1 (both scored by the gate on the same fixed rows that
 are never sent as traffic), so only promoted versions count.
 
@@ -32,7 +33,8 @@ STOP_ACCURACY = 0.75
 @pytest.mark.timeout(timeout_for(BUDGET_S))
 def test_sentiment_from_random_init_gains_heldout_accuracy(tmp_path):
     run = evolve_run("configs/sentiment.yaml", tmp_path / "run", BUDGET_S,
-                     "loops.sentiment.model.encoder_registry=null", f"loops.sentiment.stop_accuracy={STOP_ACCURACY}")
+                     "loops.sentiment.model.encoder_registry=null", f"loops.sentiment.stop_accuracy={STOP_ACCURACY}",
+                     "loops.sentiment_mlm=null", "loops.sentiment.model.encoder_loop=null")
     s = run.loop("sentiment")
     initial, final = s["initial_heldout_accuracy"], s["heldout_accuracy"]
     gain = final - initial if initial is not None and final is not None else None

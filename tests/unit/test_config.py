@@ -19,13 +19,15 @@ def test_every_preset_loads(preset):
 
 def test_cluster_preset_runs_the_default_loops_with_gpu_learners():
     default, cluster = load_config(DEFAULT), load_config(REPO / "configs/cluster.yaml")
-    assert list(cluster.loops) == list(default.loops) == ["sentiment", "cartpole"]
+    assert list(default.loops) == ["sentiment_mlm", "sentiment", "cartpole"]
+    assert list(cluster.loops) == ["sentiment", "cartpole"]  # no pretraining beside the classifier there
     assert cluster.cluster.address == "auto" and cluster.serving.host == "0.0.0.0"
     assert cluster.learner.use_gpu and cluster.learner.resources_per_worker == {"learner": 1}
     # what the loops learn is the default's; only placement and scale differ (and the gate judges
     # on the whole held-out set, which make run halves for a laptop)
     fb, dfb = cluster.loops["sentiment"], default.loops["sentiment"]
-    assert fb.model_copy(update={"serving": dfb.serving, "data": dfb.data}) == dfb and fb.serving.num_replicas == 2
+    assert fb.model_copy(update={"serving": dfb.serving, "data": dfb.data, "model": dfb.model}) == dfb
+    assert fb.model == dfb.model.model_copy(update={"encoder_loop": None}) and fb.serving.num_replicas == 2
     assert (fb.data.max_heldout, dfb.data.max_heldout) == (1000, 500)
     assert cluster.replay == default.replay
     assert cluster.run.storage.startswith("s3://") and cluster.cluster.actor_resources == {"actors": 0.01}
@@ -150,8 +152,8 @@ def test_a_preset_merges_its_bases_in_order_then_its_own_keys(tmp_path):
 def test_a_loop_or_table_set_to_null_leaves_out_what_the_base_declares(tmp_path):
     (tmp_path / "p.yaml").write_text(f"base: {DEFAULT}\nloops: {{cartpole: null}}\nreplay: {{tables: {{cartpole: null}}}}\n")
     cfg = load_config(tmp_path / "p.yaml")
-    assert list(cfg.loops) == ["sentiment"] and "cartpole" not in cfg.replay.tables
-    assert load_config(DEFAULT, ["loops.cartpole=null"]).loops.keys() == {"sentiment"}
+    assert list(cfg.loops) == ["sentiment_mlm", "sentiment"] and "cartpole" not in cfg.replay.tables
+    assert load_config(DEFAULT, ["loops.cartpole=null"]).loops.keys() == {"sentiment_mlm", "sentiment"}
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -216,8 +218,8 @@ def test_a_moved_learner_key_names_its_new_place(key):
     with pytest.raises(ConfigError) as info:
         load_config(DEFAULT, [f"learner.{key}=1"])
     msg = str(info.value)
-    assert msg.startswith(f"--set learner.{key}: learner.{key} moved: set loops.sentiment.learning.{key} / "
-                          f"loops.cartpole.learning.{key}")
+    assert msg.startswith(f"--set learner.{key}: learner.{key} moved: set loops.sentiment_mlm.{key} / "
+                          f"loops.sentiment.learning.{key} / loops.cartpole.learning.{key}")
     assert "\n" not in msg
 
 

@@ -23,7 +23,8 @@ from core.models.classifier import ClassifierError, from_version
 from core.models.tokenizer import tokenizer_files, train_wordpiece
 from learners.feedback_source import NO_LABEL, FeedbackBatch, Reservoir
 from learners.objective import WorkerContext
-from learners.online import OnlineObjective, OnlineSetup, feedback_loss, split_batch
+from learners.feedback_loss import feedback_loss
+from learners.online import OnlineObjective, OnlineSetup, split_batch
 
 LABELS = ["neg", "pos"]
 

@@ -15,7 +15,7 @@ import yaml
 from core.config.loader import dump_config, load_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from preset_renames import NEW_BY_KIND, NEW_KEYS, PRESET_CHANGED, flatten, migrate  # noqa: E402
+from preset_renames import NEW_BY_KIND, NEW_KEYS, NEW_LOOPS, PRESET_CHANGED, flatten, migrate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BEFORE = REPO / "tests/data/resolved_before"
@@ -28,6 +28,8 @@ def _new_key(key: str, actual: dict) -> bool:
     parts = key.split(".")
     if parts[0] != "loops":
         return False
+    if parts[1] in NEW_LOOPS:
+        return True
     inner = ".".join(parts[2:])
     return inner in NEW_KEYS or inner in NEW_BY_KIND.get(actual.get(f"loops.{parts[1]}.kind"), set())
 
