@@ -2,7 +2,9 @@
 
 At a held-out evaluation (rank 0) whose masked accuracy beats the last
 published one by `min_gain`, the encoder goes to the registry as a new version
-of the loop's policy, its parent the previous one.  A classifier of the same run
+of the loop's policy, its parent the previous one.  The learner's first
+evaluation is where it starts (a random init, or a resumed encoder already
+published), so it sets the bar and publishes nothing.  A classifier of the same run
 (learners/rebase.py) picks it up from there; the end-of-run publish of the
 pretraining loop stays as it is and continues this lineage.
 """
@@ -41,7 +43,10 @@ class EncoderPublisher:
         acc = figures.get("masked_accuracy")
         if acc is None or acc != acc:
             return None
-        if self.best is not None and acc < self.best + self.spec.min_gain:
+        if self.best is None:
+            self.best = acc
+            return None
+        if acc < self.best + self.spec.min_gain:
             return None
         policy = export()
         latest = self.registry.latest(self.spec.policy_id)

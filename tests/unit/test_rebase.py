@@ -77,15 +77,16 @@ def _batch(rows) -> FeedbackBatch:
 
 
 # ---- the MLM side ------------------------------------------------------------------------------
-def test_the_mlm_learner_publishes_an_encoder_only_when_it_beats_the_last_by_min_gain(tmp_path, files):
+def test_the_mlm_learner_publishes_an_encoder_only_when_it_beats_its_start_or_the_last_by_min_gain(tmp_path, files):
     publisher = EncoderPublisher(InterimPublish(str(tmp_path / "registry"), POLICY, min_gain=0.01, info={"loop": "m"}))
     export = lambda: ExportedPolicy(weights=_encoder(files, 1), files=files, info={"corpus": "x"})  # noqa: E731
-    got = [publisher.offer({"masked_accuracy": acc}, export, i) for i, acc in enumerate([0.10, 0.105, 0.12, float("nan"), 0.119, 0.2])]
-    assert got == [1, None, 2, None, None, 3]
+    accs = [0.0, 0.10, 0.105, 0.12, float("nan"), 0.119, 0.2]  # the first: where the learner starts
+    got = [publisher.offer({"masked_accuracy": acc}, export, i) for i, acc in enumerate(accs)]
+    assert got == [None, 1, None, 2, None, None, 3]
     registry = PolicyRegistry(tmp_path / "registry")
     v3 = registry.get(POLICY, 3)
     assert v3.parent_version == 2 and v3.metrics["masked_accuracy"] == pytest.approx(0.2)
-    assert v3.info["interim"] is True and v3.info["loop"] == "m" and v3.data_range == {"evaluations": 5}
+    assert v3.info["interim"] is True and v3.info["loop"] == "m" and v3.data_range == {"evaluations": 6}
 
 
 # ---- the learner -------------------------------------------------------------------------------
