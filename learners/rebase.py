@@ -113,8 +113,7 @@ def rebase(bundle: Any, encoder_weights: Mapping[str, Any], seed: int) -> None:
              for k, v in encoder_weights.items()}
     model = bundle.model
     model.bert.load_state_dict(state)  # raises on another shape: checked by the caller's load first
-    generator = torch.random.fork_rng(devices=[])
-    with generator:
+    with torch.random.fork_rng(devices=[]):  # the run's own random stream is left as it was
         torch.manual_seed(seed)
         model.head.reset_parameters()
     wide = bundle.wide
