@@ -129,7 +129,9 @@ def _execute(cfg: EvolveConfig, say: Callable[[str], None], verbose: bool, repor
         rd.event("run", "started", address=handle.address, dashboard_url=handle.dashboard_url, endpoints=ctx.endpoints)
         reason = _drive(cfg, rd, loops, started, stop, say, ctx, status)
     finally:
-        for loop in running:
+        # consumers before producers: a classifier stops before the MLM loop it follows publishes
+        # its last encoder, which is for the next run, not a re-base in this run's final seconds
+        for loop in reversed(running):
             quietly(loop.stop, f"stopping loop {loop.name!r}")
         if ray.is_initialized():
             quietly(lambda: _publish_events(rd, ctx), "reading publish latencies")
