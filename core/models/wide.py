@@ -53,7 +53,7 @@ SIDE_SALTS = (np.uint64(0), np.uint64(0xD6E8FEB86659FD93), np.uint64(0xA0761D647
 PAIR_NORMS = ("joint", "side")
 
 
-def _finalise(h: np.ndarray) -> np.ndarray:
+def finalise(h: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: every input bit moves every output bit (uint64 in, uint64 out)."""
     h = (h ^ (h >> np.uint64(30))) * _MIX1
     h = (h ^ (h >> np.uint64(27))) * _MIX2
@@ -71,7 +71,7 @@ def hash_ngrams(text: str, buckets: int, ngram_min: int = 1, ngram_max: int = 2,
                 break
             value = value[:len(cps) - n + 1] * _MULT ^ cps[n - 1:]  # value[i] covers cps[i : i + n]
             if n >= ngram_min:
-                h = _finalise(value ^ (np.uint64(n) * _ORDER) ^ SIDE_SALTS[side])
+                h = finalise(value ^ (np.uint64(n) * _ORDER) ^ SIDE_SALTS[side])
                 out.append((h % np.uint64(buckets)).astype(np.int64))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -114,7 +114,7 @@ class HashedNgrams:
                 share = common / len(grams) if grams else 0.0
                 at = min(int(share * self.overlap_bins), self.overlap_bins - 1)
                 out.append(np.uint64((n * 2 + way) * 1024 + at))
-        h = _finalise(np.array(out, np.uint64) ^ SIDE_SALTS[3])
+        h = finalise(np.array(out, np.uint64) ^ SIDE_SALTS[3])
         return (h % np.uint64(self.buckets)).astype(np.int64)
 
     def __call__(self, texts: Sequence[TextInput]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
