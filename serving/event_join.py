@@ -24,6 +24,10 @@ the same row, a different feedback is a 409), then `settle` once the row is stor
 event is open again, so the client's retry is written, not answered as a repeat).
 `join` is both at once, for feedback that needs no write.
 
+An event whose kind has a `default_feedback` (a decision's default reward, serving/decision_join.py)
+and whose window closes without feedback leaves its row with that feedback in `defaulted`, for the
+joiner to store; a late feedback then hears 410 naming the default.
+
 Memory stays bounded: events leave after `feedback_ttl_s` (or when more than
 `max_events` are held), and leave behind a small tombstone (no text) for
 `tombstone_s` more, so a late client hears 410 "expired" rather than 404.
@@ -134,6 +138,7 @@ class JoinStats:
     evicted_for_capacity: int = 0
     evicted_for_sender: int = 0  # a sender over its open-event cap lost its oldest
     reopened: int = 0  # taken feedback whose write failed: the event is open again
+    defaulted: int = 0  # windows that closed without feedback, stored with the kind's default
 
 
 class EventJoin:
@@ -152,6 +157,7 @@ class EventJoin:
         self.tombs: OrderedDict[str, Tombstone] = OrderedDict()
         self.open: dict[str | None, OrderedDict[str, None]] = {}  # sender -> its events without feedback
         self.inflight: dict[str, InFlight] = {}  # taken feedback whose row is not yet stored
+        self.defaulted: list[dict[str, Any]] = []  # rows of closed windows' default feedback, to store
         self.stats = JoinStats()
 
     # ---- events ------------------------------------------------------------------
@@ -293,9 +299,26 @@ class EventJoin:
             self.events.popitem(last=False)
             self._close(event_id, ev)
             # dated from the expiry, not from now: a late sweep keeps no tombstone longer
-            self._bury(event_id, ev, ev.created + self.ttl, None)
+            self._bury(event_id, ev, ev.created + self.ttl, self._default(event_id, ev))
         while self.tombs and now - next(iter(self.tombs.values())).gone_at > self.tombstone_s:
             self.tombs.popitem(last=False)
+
+    def _default(self, event_id: str, ev: Any) -> str | None:
+        """A closing window's default feedback, queued as its row; the reason a late feedback hears."""
+        key = ev.default_feedback() if ev.feedback is None and hasattr(ev, "default_feedback") else None
+        if key is None:
+            return None
+        self.stats.defaulted += 1
+        closed = ev.created + self.ttl
+        self.defaulted.append(self._common(f"feedback-{event_id}", self.feedback_table, ev, closed)
+                              | ev.feedback_row(key, None))
+        return f"no feedback came within {self.ttl:g}s, so the default {ev.describe(key)} was stored"
+
+    def take_defaulted(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The rows of windows closed by `now` without feedback (their default), handed over once."""
+        self._evict(self.clock() if now is None else now)
+        rows, self.defaulted = self.defaulted, []
+        return rows
 
     def _open(self, ev: Event, now: float) -> None:
         """Count `ev` as waiting for feedback from its sender; over the sender's cap, its oldest goes."""

@@ -76,6 +76,7 @@ class Joiner:
     async def record(self, events: list[dict[str, Any]], client: str | None = None) -> int:
         """Remember served events (`client`: who asked, for events that do not say)."""
         rows = self.join.record(events, client)
+        self._store_defaulted()
         if self.join.text_table is not None:
             self.commits[self.join.text_table].put(rows, wait=False)
         if self.gate_name is not None:
@@ -95,6 +96,8 @@ class Joiner:
             answer, row = self.join.take(event_id, label, reward, client, better_than)
         except FeedbackRejected as exc:
             return {"status": exc.status, "detail": exc.detail}
+        finally:
+            self._store_defaulted()
         # a repeat while the first one's row is in flight waits for the same row
         durable = self._store(event_id, row) if row is not None else self._durable.get(event_id)
         if durable is not None:
@@ -125,6 +128,18 @@ class Joiner:
                 return durable
         self._counted(event_id, row, held)
         return None
+
+    def _store_defaulted(self) -> None:
+        """Rows of decisions whose reward window closed without one (their default reward, in
+        serving/decision_join.py): stored by the next commit; no client waits on them.  They are
+        swept at each record, feedback and flush, so a policy with no traffic stores them late."""
+        rows = self.join.take_defaulted()
+        if rows:
+            done = self.commits[self.join.feedback_table].put(rows)
+            if done is not None:
+                done.add_done_callback(lambda f: f.cancelled() or f.exception() is None
+                                       or log.warning("joiner: %d default rewards not stored: %s", len(rows),
+                                                      f.exception()))
 
     def _committed(self, event_id: str, row: dict, done: asyncio.Future) -> None:
         self._durable.pop(event_id, None)
@@ -166,7 +181,7 @@ class Joiner:
         text = commits.get(self.join.text_table, {})
         return {"events": s.events, "joined": s.joined, "repeats": s.repeats, "rejected": dict(s.rejected),
                 "evicted_for_capacity": s.evicted_for_capacity, "evicted_for_sender": s.evicted_for_sender,
-                "reopened": s.reopened, "held_events": len(self.join.events),
+                "reopened": s.reopened, "defaulted": s.defaulted, "held_events": len(self.join.events),
                 "tombstones": len(self.join.tombs),
                 "rows_written": {t: c["written"] for t, c in commits.items() if c["written"]},
                 "rows_pending": sum(c["pending"] for c in commits.values()),
@@ -181,6 +196,7 @@ class Joiner:
         """Wait until every queued row is written (True) or `timeout_s` passes (False); the gate gets
         the evidence it has not seen yet."""
         deadline = time.monotonic() + timeout_s
+        self._store_defaulted()
         while not self._idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._kept:

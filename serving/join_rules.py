@@ -1,7 +1,7 @@
 """The join's per-feedback rules, kept apart from its bookkeeping (serving/event_join.py, serving/join.py).
 
     FeedbackRejected a feedback (or request) refused, with its HTTP status
-    check_reward     a reward is a number in [0, 1]
+    check_reward     a reward is a number in [0, 1] (or the declared range)
     describe         a feedback as a refusal names it
 """
 
@@ -26,12 +26,12 @@ class FeedbackRejected(Exception):
         return (type(self), (self.status, self.detail, self.retry_after_s))
 
 
-def check_reward(reward: Any) -> float | None:
+def check_reward(reward: Any, low: float = 0.0, high: float = 1.0) -> float | None:
     if reward is None:
         return None
     if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward) \
-            or not 0.0 <= reward <= 1.0:
-        raise FeedbackRejected(422, f"reward must be a number in [0, 1], got {reward!r}")
+            or not low <= reward <= high:
+        raise FeedbackRejected(422, f"reward must be a number in [{low:g}, {high:g}], got {reward!r}")
     return float(reward)
 
 

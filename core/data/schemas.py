@@ -117,8 +117,27 @@ def completions_schema() -> pa.Schema:
     return _with_meta(COMMON_FIELDS + payload, "completions")
 
 
+def decisions_schema() -> pa.Schema:
+    """A served decision joined with its reward (core/decisions/): the context and the actions it
+    ranked as the request sent them (JSON: their namespaces vary per request), the action served,
+    the probability it was served with and every action's, and where the reward came from
+    (`client`, or `default`: none came within the policy's reward wait)."""
+    payload = (
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("context", pa.string(), nullable=False),  # JSON: {namespace: {feature: value}}
+        pa.field("actions", pa.string(), nullable=False),  # JSON: [{id, features}], excluded ones left out
+        pa.field("chosen", pa.int64(), nullable=False),  # index into actions
+        pa.field("action_id", pa.string(), nullable=False),
+        pa.field("propensity", pa.float32(), nullable=False),
+        pa.field("probs", pa.list_(pa.float32()), nullable=False),
+        pa.field("reward", pa.float32(), nullable=False),
+        pa.field("reward_source", pa.string(), nullable=False),
+    )
+    return _with_meta(COMMON_FIELDS + payload, "decisions")
+
+
 SCHEMAS = {"transitions": transitions_schema, "text": text_schema, "feedback": feedback_schema,
-           "completions": completions_schema}
+           "completions": completions_schema, "decisions": decisions_schema}
 
 
 def schema_for(kind: str, **kwargs: Any) -> pa.Schema:
