@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.config.base import Section
 
@@ -36,3 +36,28 @@ class DecisionExploreSection(Section):
     # squarecb (inverse-gap weighting, Foster & Rakhlin 2020): gamma = scale * decisions**exponent
     gamma_scale: float = Field(default=10.0, gt=0)
     gamma_exponent: float = Field(default=0.5, ge=0, le=1)
+
+
+class DecisionServingSection(Section):
+    """A decision app's route, its reward rules and its limits (serving/decision_app.py)."""
+
+    route_prefix: str = "/v1/decisions"  # the app answers <route_prefix>/<policy id>/rank and /reward
+    reward_min: float = 0.0  # the declared range: a reward outside it is a 422 naming it
+    reward_max: float = 1.0
+    # a decision whose reward has not come after reward_wait_s is stored with default_reward
+    # (null: it is dropped, and the policy learns only from the decisions clients answered)
+    default_reward: float | None = 0.0
+    reward_wait_s: float = Field(default=60.0, gt=0)
+    max_actions: int = Field(default=1024, ge=1, le=4096)  # a rank with more is a 413
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_events: int = Field(default=200_000, ge=1)  # decisions held for their reward at once
+    num_replicas: int = Field(default=1, ge=1)
+    max_queued_requests: int = Field(default=256, ge=-1)
+
+    @model_validator(mode="after")
+    def _range(self) -> "DecisionServingSection":
+        if not self.reward_min < self.reward_max:
+            raise ValueError(f"reward_min {self.reward_min} must be below reward_max {self.reward_max}")
+        if self.default_reward is not None and not self.reward_min <= self.default_reward <= self.reward_max:
+            raise ValueError(f"default_reward {self.default_reward} is outside [reward_min, reward_max]")
+        return self

@@ -20,7 +20,7 @@ Sampler = Literal["uniform", "prioritized", "fifo"]
 
 class TableSection(Section):
     # the rows it holds (core/data/schemas.py)
-    kind: Literal["transitions", "text", "feedback", "completions"] = "transitions"
+    kind: Literal["transitions", "text", "feedback", "completions", "decisions"] = "transitions"
     # Observation width for transitions (fixed-size columns); None = variable length.
     obs_dim: int | None = Field(default=None, ge=1)
     capacity: int = Field(default=100_000, ge=1)  # rows; the oldest go first beyond it
@@ -39,8 +39,8 @@ class TableSection(Section):
     # Largest batch one add may carry.
     max_batch_rows: int = Field(default=65_536, ge=1)
     # fsync each acknowledged add (survives a power cut, costs insert rate); None: the table
-    # kind's default, which is on for feedback and completions (a client was told its feedback is stored) and
-    # replay.fsync for the others.
+    # kind's default, which is on for feedback, completions and decisions (a client was told its feedback
+    # is stored) and replay.fsync for the others.
     fsync: bool | None = None
 
     @model_validator(mode="after")
@@ -54,7 +54,7 @@ class TableSection(Section):
         """This table's fsync: its own setting, else on for feedback, else `default` (replay.fsync)."""
         if self.fsync is not None:
             return self.fsync
-        return True if self.kind in ("feedback", "completions") else default
+        return True if self.kind in ("feedback", "completions", "decisions") else default
 
     def resolved_error_buffer(self) -> float:
         """Reverb's default: wide enough that one insert or one sample always fits."""
