@@ -4,6 +4,7 @@
                                    -> event_id, action_id, propensity, ranking: [{id, probability}]
     POST <prefix>/<policy>/reward  {"event_id", "reward"}  (in the declared [reward_min, reward_max])
     GET  <prefix>/<policy>/healthz readiness: 200 once a version is served, else 503
+    gRPC evolve.v1.EvolveFeedback/{Rank,Reward} (metadata application=<the app's name>)
 
 The prefix is the loop's `serving.route_prefix` (`/v1/decisions`). With `serving.auth` on, rank
 needs a key of scope `predict` and reward one of scope `feedback` (serving/auth_guard.py); the
@@ -38,15 +39,15 @@ from core.config.decisions import DecisionServingSection
 from core.decisions.files import policy_from_files
 from core.decisions.policy import DecisionPolicy
 from core.storage.registry import PolicyRegistry
-from serving.auth_guard import RouteGuard, admit, docs_need_key
+from serving.auth_guard import RouteGuard, admit, docs_need_key, grpc_headers
 from serving.body import read_json
 from serving.decision_join import DecisionEvent
-from serving.decision_requests import REWARD_LIMITS, parse_rank, parse_reward, rank_limits
+from serving.decision_requests import REWARD_LIMITS, grpc_rank, grpc_reward, parse_rank, parse_reward, rank_limits
 from serving.decision_schemas import DecisionHealth, RankRequest, RankResponse, RewardRequest, RewardResponse
 from serving.feedback_schemas import error_responses, request_body
 from serving.join import FeedbackRejected, get_or_create_joiner
 from serving.refresh import keep_refreshed
-from serving.refusals import http_refusals
+from serving.refusals import grpc_refusal, http_refusals
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,14 @@ class DecisionServer:
             self.served = ServedPolicy(policy_from_files(loaded.weights, loaded.files, self.limits.max_actions),
                                        meta.version)
 
-    async def _rank(self, body: Any, sender: str | None) -> dict:
+    def _served(self) -> ServedPolicy:
         served = self.served  # read once: the whole decision is one version's
         if served is None:
             raise FeedbackRejected(503, f"no live version of {self.policy_id!r} yet; retry shortly", 1)
-        request, context, actions = parse_rank(body, served.policy)
+        return served
+
+    async def _rank(self, served: ServedPolicy, parsed: tuple, sender: str | None) -> dict:
+        request, context, actions = parsed
         decision = served.policy.decide(request, self.rng)
         event = DecisionEvent(uuid.uuid4().hex, context, actions, decision.chosen, decision.propensity,
                               decision.probabilities, self.policy_id, served.version, self.replica,
@@ -116,7 +120,8 @@ class DecisionServer:
         with http_refusals():
             sender = admit(self.guard, request.headers, "predict")
             body = await read_json(request, rank_limits(self.limits))
-            answer = await self._rank(body, sender)
+            served = self._served()
+            answer = await self._rank(served, parse_rank(body, served.policy), sender)
         return RankResponse(**answer)
 
     @api.post("/reward", response_model=RewardResponse, openapi_extra=request_body(RewardRequest),
@@ -136,6 +141,32 @@ class DecisionServer:
         if served is None:
             return JSONResponse(body.model_dump(), status_code=503)
         return body
+
+
+    # ---- gRPC (Serve's proxy calls the method named like the rpc) --------------------------
+    async def Rank(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 (the rpc's name)
+        from serving.proto import evolve_pb2 as pb
+
+        try:
+            sender = admit(self.guard, grpc_headers(grpc_context), "predict")
+            served = self._served()
+            answer = await self._rank(served, grpc_rank(request, served.policy), sender)
+        except FeedbackRejected as exc:
+            grpc_refusal(grpc_context, exc)
+            return pb.RankResponse()
+        ranking = [pb.RankedAction(**r) for r in answer.pop("ranking")]
+        return pb.RankResponse(**answer, ranking=ranking)
+
+    async def Reward(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        from serving.proto import evolve_pb2 as pb
+
+        try:
+            client = admit(self.guard, grpc_headers(grpc_context), "feedback")
+            answer = await self._reward(*grpc_reward(request, self.limits), client)
+        except FeedbackRejected as exc:
+            grpc_refusal(grpc_context, exc)
+            return pb.RewardResponse()
+        return pb.RewardResponse(**answer)
 
 
 @dataclass(frozen=True)

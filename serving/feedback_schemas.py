@@ -74,4 +74,21 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
     # the body is parsed by hand (400 for bytes that are not UTF-8 JSON, one-line reasons),
     # so its schema is declared for the OpenAPI spec here
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    schema = _inline_defs(model.model_json_schema())
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A nested model's `$defs` written in place: a `#/$defs/...` reference inside an operation's
+    schema would point at the spec's root, which has no `$defs`."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)

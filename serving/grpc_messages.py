@@ -57,6 +57,10 @@ def add_servicer_to_server(servicer: Any, server: Any) -> None:
         "CompletionFeedback": grpc.unary_unary_rpc_method_handler(
             servicer.CompletionFeedback, request_deserializer=lenient(pb.CompletionFeedbackRequest),
             response_serializer=pb.CompletionFeedbackResponse.SerializeToString),
+        "Rank": grpc.unary_unary_rpc_method_handler(servicer.Rank, request_deserializer=lenient(pb.RankRequest),
+                                                    response_serializer=pb.RankResponse.SerializeToString),
+        "Reward": grpc.unary_unary_rpc_method_handler(servicer.Reward, request_deserializer=lenient(pb.RewardRequest),
+                                                      response_serializer=pb.RewardResponse.SerializeToString),
     }
     _register(server, SERVICE, handlers)
 

@@ -61,3 +61,13 @@ class DecisionServingSection(Section):
         if self.default_reward is not None and not self.reward_min <= self.default_reward <= self.reward_max:
             raise ValueError(f"default_reward {self.default_reward} is outside [reward_min, reward_max]")
         return self
+
+
+class DecisionUsersSection(Section):
+    """Simulated users of a decision app (actors/decision_users.py): a stream of core/decisions/simulate.py."""
+
+    stream: Literal["image_segments", "led", "rbf_drift"] = "image_segments"
+    events: int = Field(default=1_000_000, ge=1)  # the stream's length; rbf_drift changes half way
+    concurrency: int = Field(default=2, ge=1)
+    requests_per_s: float | None = Field(default=50.0, gt=0)  # across all threads; None: as fast as answered
+    reward_share: float = Field(default=1.0, ge=0, le=1)  # users that send the reward (the rest: the default)

@@ -11,8 +11,8 @@
 The context's features are the same for every action: they do not change the ranking, but
 they carry the reward's level, which the regression the scorer learns (and SquareCB's gaps)
 need.  Hashes are 64-bit blake2b digests, so every process maps a name to the same bucket.
-A value that is not a finite number, a string or a list of strings is a FeatureError that
-names its field, which the API turns into a 4xx.
+A value that is not a finite number (at most MAX_MAGNITUDE), a string or a list of strings is a
+FeatureError that names its field, which the API turns into a 4xx.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from core.models.wide import finalise
 
 _ORDER = np.uint64(0x9E3779B97F4A7C15)  # keeps the cross (a, b) apart from (b, a)
 MAX_FEATURES = 4096  # per namespace: a bound on what one request may cost
+# A number's magnitude: the crosses multiply two values in float32 (which ends near 3e38), so a
+# larger one would turn a score into inf or NaN
+MAX_MAGNITUDE = 1e9
 
 
 class FeatureError(ValueError):
@@ -61,10 +64,11 @@ def namespace(name: str, features: Any, field: str) -> Namespace:
         if isinstance(value, bool):
             value = float(value)
         if isinstance(value, (int, float)):
-            if not math.isfinite(value):
-                raise FeatureError(where, f"a number must be finite, not {value}")
+            number = float(value) if abs(value) <= MAX_MAGNITUDE else math.inf  # (a huge int has no float)
+            if not math.isfinite(number):
+                raise FeatureError(where, f"a number must be finite and at most {MAX_MAGNITUDE:g} in magnitude")
             keys.append(feat)
-            values.append(float(value))
+            values.append(number)
         elif isinstance(value, str):
             keys.append(f"{feat}={value}")
             values.append(1.0)

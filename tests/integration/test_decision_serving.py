@@ -10,6 +10,7 @@ import json
 import math
 import time
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from core.decisions.files import policy_files
 from core.decisions.policy import DecisionPolicy
 from core.storage.registry import PolicyRegistry
 from serving.decision_app import DECISION_JOINER, deploy_decision_app
-from serving.feedback_app import stop_joiner
+from serving.feedback_app import grpc_options, stop_joiner
 from tests.conftest import free_port
 from tests.integration.helpers import wait_until
 
@@ -53,8 +54,9 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("decisions")
     ray.init(num_cpus=2, include_dashboard=False, namespace="decision-test", log_to_driver=False)
     try:
-        http_port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"log_level": "WARNING"})
+        http_port, grpc_port = free_port(), free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port}, grpc_options=grpc_options(grpc_port),
+                    logging_config={"log_level": "WARNING"})
         rcfg = ReplaySection(num_shards=1, tables={TABLE: TableSection(kind="decisions", capacity=10_000)})
         writer = ReplayClient(launch_shards(rcfg, str(tmp / "replay"), seed=0), rcfg, seed=0)
         registry = PolicyRegistry(tmp / "registry")
@@ -63,7 +65,8 @@ def served(tmp_path_factory):
         app = deploy_decision_app(registry.uri, POLICY, LIMITS, writer, TABLE, refresh_s=0.5)
         http = f"http://127.0.0.1:{http_port}/v1/decisions/{POLICY}"
         wait_until(lambda: httpx.get(f"{http}/healthz", timeout=10).status_code == 200, 120, "the decision app")
-        yield {"http": http, "writer": writer, "joiner": app.joiner, "registry": registry}
+        yield {"http": http, "grpc": f"127.0.0.1:{grpc_port}", "writer": writer, "joiner": app.joiner,
+               "registry": registry}
         serve.delete(app.app_name)
         stop_joiner(DECISION_JOINER)
         serve.shutdown()
@@ -79,10 +82,14 @@ def _reward(served, **body) -> httpx.Response:
     return httpx.post(f"{served['http']}/reward", json=body, timeout=30)
 
 
+def _all_rows(served) -> list[dict]:
+    ray.get(served["joiner"].flush.remote(10), timeout=30)
+    return served["writer"].export(TABLE).to_pylist()
+
+
 def _rows(served, n: int) -> list[dict]:
     def stored():
-        ray.get(served["joiner"].flush.remote(10), timeout=30)
-        rows = served["writer"].export(TABLE).to_pylist()
+        rows = _all_rows(served)
         return rows if len(rows) >= n else None
 
     return wait_until(stored, 60, f"{n} joined rows in replay")
@@ -159,3 +166,83 @@ def test_a_new_live_version_is_served_without_a_restart(served):
     body = wait_until(lambda: (b := _rank(served, actions=ACTIONS).json())["model_version"] == 2 and b, 30,
                       "version 2 served")
     assert body["ranking"][0]["id"] == "music"
+
+
+@pytest.mark.parametrize("route", ["/rank", "/reward"])
+def test_hostile_bodies_are_refused_and_the_app_keeps_answering(served, route):
+    from serving.decision_requests import REWARD_LIMITS, rank_limits
+    from tests.integration.test_hostile_bodies import hostile
+
+    size = rank_limits(LIMITS).bytes if route == "/rank" else REWARD_LIMITS.bytes
+    for shape, body in hostile(size, b"actions" if route == "/rank" else b"event_id").items():
+        answer = httpx.post(served["http"] + route, content=body, timeout=60,
+                            headers={"content-type": "application/json"})
+        assert 400 <= answer.status_code < 500, f"{shape}: {answer.status_code} {answer.text[:200]}"
+        assert json.loads(answer.text)["detail"]
+    assert _rank(served, actions=ACTIONS).status_code == 200
+
+
+def test_generated_requests_from_the_live_spec_get_no_server_error(served):
+    """schemathesis cases from the decision app's own OpenAPI spec, valid and invalid, for each route."""
+    import schemathesis
+
+    from tests.integration.test_fuzz import _server_errors
+
+    schema = schemathesis.openapi.from_url(f"{served['http']}/openapi.json")
+    total, errors, routes = 0, [], []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        routes.append(operation.path)
+        body = operation.method.upper() == "POST"
+        for mode in schemathesis.GenerationMode if body else [schemathesis.GenerationMode.POSITIVE]:
+            sent, found = _server_errors(served["http"], operation, mode)
+            total += sent
+            errors += found
+    print(f"decision fuzz: {total} cases over {sorted(routes)}, {len(errors)} server errors")
+    assert {"/rank", "/reward"} <= set(routes) and total >= 200 and not errors, (routes, errors[:5])
+
+
+def test_simulated_users_rank_and_reward_through_the_real_routes(served):
+    from actors.decision_users import DecisionUsersWorker
+    from core.config.decisions import DecisionUsersSection
+
+    worker = DecisionUsersWorker(served["http"], DecisionUsersSection(stream="led", reward_share=0.5), seed=3)
+    before = len(_all_rows(served))
+    worker.run_requests(40)
+    s = worker.stats()
+    assert s["requests"] == 40 and s["rank_failed"] == 0 and s["reward_failed"] == 0, s
+    assert 5 <= s["rewards_sent"] <= 35 and 0 <= s["mean_reward"] <= 1
+    rows = _rows(served, before + s["rewards_sent"])
+    assert sum(r["reward_source"] == "client" for r in rows) >= s["rewards_sent"]
+
+
+def test_rank_and_reward_over_grpc_follow_the_http_rules(served):
+    from google.protobuf.struct_pb2 import Struct
+
+    from serving.proto import evolve_pb2 as pb
+    from serving.proto import evolve_pb2_grpc as pb_grpc
+
+    def struct(value: dict) -> Struct:
+        s = Struct()
+        s.update(value)
+        return s
+
+    meta = (("application", "decisions"),)
+    actions = [pb.DecisionAction(id=a["id"], features=struct(a["features"])) for a in ACTIONS]
+    with grpc.insecure_channel(served["grpc"]) as channel:
+        stub = pb_grpc.EvolveFeedbackStub(channel)
+        answer = stub.Rank(pb.RankRequest(context=struct({"user": {"age": 0.4}}), actions=actions), metadata=meta,
+                           timeout=30)
+        assert answer.event_id and answer.action_id in {a["id"] for a in ACTIONS} and len(answer.ranking) == 3
+        assert math.isclose(sum(r.probability for r in answer.ranking), 1.0, abs_tol=1e-6)
+        got = stub.Reward(pb.RewardRequest(event_id=answer.event_id, reward=1.0), metadata=meta, timeout=30)
+        assert got.accepted and got.action_id == answer.action_id and got.reward == 1.0
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.Rank(pb.RankRequest(actions=[pb.DecisionAction(id="a"), pb.DecisionAction(id="a")]), metadata=meta,
+                      timeout=30)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "actions[1].id" in bad.value.details()
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Reward(pb.RewardRequest(event_id="never-served", reward=0.5), metadata=meta, timeout=30)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    row = next(r for r in _rows(served, 1) if r["event_id"] == answer.event_id)
+    assert row["reward"] == 1.0 and row["reward_source"] == "client"

@@ -26,6 +26,7 @@ def policy(**explore) -> DecisionPolicy:
     ({}, [{"id": str(i)} for i in range(9)], (), "actions"),
     ({}, [{"features": {}}], (), "actions[0].id"),
     ({"user": {"age": math.nan}}, ACTIONS, (), "context.user.age"),
+    ({"user": {"age": 1e300}}, ACTIONS, (), "context.user.age"),
     ({"user": {"where": {"city": "x"}}}, ACTIONS, (), "context.user.where"),
     ({"user": {"tags": ["a", 3]}}, ACTIONS, (), "context.user.tags[1]"),
     ({"user": ["a"]}, ACTIONS, (), "context.user"),
