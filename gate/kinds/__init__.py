@@ -22,6 +22,8 @@
                       completions of it (which it also gives the `bounds` stage: `completions`,
                       `logprobs`); a logged decision a rated completion with its sampling
                       log-probabilities; a unit a feedback
+    decision_policy   no held-out set; a logged decision a rewarded decision held back (context,
+                      actions, served action, propensity); a unit a decision's reward on [0, 1]
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ def kind_class(name: str) -> type:
         from gate.kinds.generator import GeneratorKind
 
         return GeneratorKind
-    raise GateError(f"no gate adapter for policy kind {name!r} (known: text_classifier, q_policy, text_generator)")
+    if name == "decision_policy":
+        from gate.kinds.decision import DecisionKind
+
+        return DecisionKind
+    raise GateError(f"no gate adapter for policy kind {name!r} "
+                    "(known: text_classifier, q_policy, text_generator, decision_policy)")
 
 
 def kind_for(name: str, **args: Any) -> Any:
