@@ -3,7 +3,9 @@
 `ClientThreads` runs `concurrency` threads of `_work()`; a bug in one (not a bad
 answer, which `_work` handles) is kept as `last_error` and handed to `on_crash`
 (the actor's CrashBackoff: Ray restarts the actor), or raised in a test.
-`WorkerShell` is the methods a client actor exposes over its worker.
+`_users` is the `_work` of simulated users: `one_user()` at the configured pace until stopped,
+after the app's readiness route answers.  `WorkerShell` is the methods a client actor exposes
+over its worker.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
+
+import httpx
+
+from actors.http_retry import bump
 
 
 class ClientThreads:
@@ -43,6 +49,34 @@ class ClientThreads:
 
     def _work(self) -> None:
         raise NotImplementedError
+
+    def _users(self, error_kind: str, more: Callable[[], bool] = lambda: True) -> None:
+        """`one_user()` after another at `cfg.requests_per_s` until stopped (or `more()` is false); an
+        exception in one is kept as `last_error` and counted under `errors[error_kind]`."""
+        if getattr(self, "await_route", False):
+            self._await_ready()
+        while not self._stop.is_set() and more():
+            wait = self._reserve_slot()
+            if wait > 0 and self._stop.wait(wait):
+                return
+            try:
+                self.one_user()
+            except Exception as exc:  # never let one bad answer end the traffic
+                with self._lock:
+                    self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                    bump(self.errors[error_kind], "exception")
+                self._stop.wait(0.05)
+
+    def _await_ready(self, timeout_s: float = 600.0) -> None:
+        """Until the app's readiness route (`ready_url`) answers 200 (a version is live)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                if self.client.get(self.ready_url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            self._stop.wait(0.25)
 
     def _reserve_slot(self) -> float:
         """Seconds to wait before the next request: `cfg.requests_per_s` across all threads (None: none)."""

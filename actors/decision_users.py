@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections import deque
 from typing import Any, Callable
 
@@ -61,29 +60,7 @@ class DecisionUsersWorker(ClientThreads):
             self.one_user()
 
     def _work(self) -> None:
-        if self.await_route:
-            self._await_ready()
-        while not self._stop.is_set() and not self.exhausted:
-            wait = self._reserve_slot()
-            if wait > 0 and self._stop.wait(wait):
-                return
-            try:
-                self.one_user()
-            except Exception as exc:  # never let one bad answer end the traffic
-                with self._lock:
-                    self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-                    bump(self.errors["rank"], "exception")
-                self._stop.wait(0.05)
-
-    def _await_ready(self, timeout_s: float = 600.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                if self.client.get(self.ready_url).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            self._stop.wait(0.25)
+        self._users("rank", lambda: not self.exhausted)
 
     def one_user(self) -> None:
         with self._lock:

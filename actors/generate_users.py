@@ -98,30 +98,7 @@ class GenerateUsersWorker(ClientThreads):
             self.one_user()
 
     def _work(self) -> None:
-        if self.await_route:
-            self._await_ready()
-        while not self._stop.is_set():
-            wait = self._reserve_slot()
-            if wait > 0 and self._stop.wait(wait):
-                return
-            try:
-                self.one_user()
-            except Exception as exc:  # never let one bad answer end the traffic
-                with self._lock:
-                    self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-                    bump(self.errors["generate"], "exception")
-                self._stop.wait(0.05)
-
-    def _await_ready(self, timeout_s: float = 600.0) -> None:
-        """Until the app's /healthz answers 200 (a version is live)."""
-        deadline = time.monotonic() + timeout_s
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                if self.client.get(self.ready_url).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            self._stop.wait(0.25)
+        self._users("generate")
 
     # ---- one user ------------------------------------------------------------------------------
     def one_user(self) -> None:

@@ -184,20 +184,9 @@ def test_hostile_bodies_are_refused_and_the_app_keeps_answering(served, route):
 
 def test_generated_requests_from_the_live_spec_get_no_server_error(served):
     """schemathesis cases from the decision app's own OpenAPI spec, valid and invalid, for each route."""
-    import schemathesis
+    from tests.integration.test_fuzz import fuzz_spec
 
-    from tests.integration.test_fuzz import _server_errors
-
-    schema = schemathesis.openapi.from_url(f"{served['http']}/openapi.json")
-    total, errors, routes = 0, [], []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        routes.append(operation.path)
-        body = operation.method.upper() == "POST"
-        for mode in schemathesis.GenerationMode if body else [schemathesis.GenerationMode.POSITIVE]:
-            sent, found = _server_errors(served["http"], operation, mode)
-            total += sent
-            errors += found
+    total, errors, routes = fuzz_spec(served["http"])
     print(f"decision fuzz: {total} cases over {sorted(routes)}, {len(errors)} server errors")
     assert {"/rank", "/reward"} <= set(routes) and total >= 200 and not errors, (routes, errors[:5])
 
