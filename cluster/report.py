@@ -58,6 +58,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
         "masked_accuracy": lambda loop, evs: plots.masked_accuracy(loop, data.masked_accuracy(evs)),
         "perplexity": lambda loop, evs: plots.perplexity(loop, data.perplexity(evs)),
         "reward": lambda loop, evs: plots.reward_and_kl(loop, data.reward_and_kl(evs, t0)),
+        "decision_reward": lambda loop, evs: plots.decision_reward(loop, data.decision_reward(evs, t0)),
         "timeline": lambda loop, evs: plots.timeline(loop, *data.timeline(evs, t0)),
     }
 

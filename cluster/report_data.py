@@ -159,6 +159,18 @@ def reward_and_kl(events: list[dict[str, Any]], t0: float) -> dict[str, Curve]:
     return curves
 
 
+def decision_reward(events: list[dict[str, Any]], t0: float) -> dict[str, Curve]:
+    """A decision loop's users' recent reward against run time, the uniform policy's beside it,
+    and the live version, from its progress events."""
+    curves = {"users' reward": Curve(), "uniform": Curve(), "version": Curve()}
+    for e in events:
+        if e.get("event") == "progress" and _number(e.get("time")):
+            t = e["time"] - t0
+            for name, key in (("users' reward", "reward"), ("uniform", "uniform"), ("version", "version")):
+                curves[name].add(t, e.get(key))
+    return curves
+
+
 def replay_series(events: list[dict[str, Any]], t0: float) -> dict[str, dict[str, Curve]]:
     """Per table: size, inserts/s and samples/s against run time."""
     out: dict[str, dict[str, Curve]] = {}

@@ -155,6 +155,28 @@ def reward_and_kl(loop: str, series: dict[str, Curve]) -> Figure | None:
     return fig
 
 
+def decision_reward(loop: str, series: dict[str, Curve]) -> Figure | None:
+    users = series["users' reward"]
+    if not users:
+        return None
+    fig, (ax,) = _figure(f"{loop}: reward of the actions served")
+    ax.plot(users.x, users.y, marker=".", label="users (recent decisions)")
+    uniform = series["uniform"]
+    if uniform:
+        ax.plot(uniform.x, uniform.y, linestyle="--", color="grey", label="uniform random policy")
+    shown = None
+    for x, v in zip(series["version"].x, series["version"].y):
+        if v != shown:  # where a new version went live
+            ax.axvline(x, color="tab:green", alpha=0.3)
+            ax.annotate(f"v{int(v)}", (x, 0.02), xycoords=("data", "axes fraction"), fontsize="x-small")
+            shown = v
+    ax.set_ylabel("mean reward")
+    ax.set_xlabel("run time (s)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def timeline(loop: str, curves: dict[str, Curve], marks: Marks) -> Figure | None:
     """Gate outcomes, drift alarms and adaptation actions as vertical lines over the loop's figures."""
     if not curves and not marks:

@@ -5,6 +5,7 @@
         the app stored), one importance-weighted regression step on the served action
         (core/decisions/linear.py) with its logged propensity and reward
 
+Every `candidate_every` steps (the train loop's evaluation) rank 0 hands the gate a candidate.
 Each worker learns from its own rows, one at a time, as Vowpal Wabbit does; with several workers
 the weights and AdaGrad's sums are averaged every `sync_every` steps (VW's allreduce does the
 same between its nodes).  A row whose request no longer parses (written by another version of
@@ -15,6 +16,7 @@ files of core/decisions/files.py, with the running squared error and mean reward
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -65,6 +67,11 @@ class DecisionLearnConfig:
     model: DecisionModelSection
     explore: DecisionExploreSection
     sync_every: int = 20  # steps between averaging the workers' weights (several workers only)
+    # Opaque handle with submit.remote(policy_id, weights, files, metadata); None = no candidates.
+    gate: Any = None
+    policy_id: str = ""
+    parent_version: int | None = None
+    loop: str = ""
 
 
 @dataclass
@@ -77,6 +84,8 @@ class DecisionObjective:
     _sq_error: float = 0.0
     _reward: float = 0.0
     _seen: int = 0
+    candidates: int = 0
+    _seen_at_candidate: int = 0
 
     def setup(self, config: DecisionLearnConfig, ctx: WorkerContext) -> None:
         self.config, self.ctx = config, ctx
@@ -118,20 +127,35 @@ class DecisionObjective:
             t /= self.ctx.world_size
 
     def evaluate(self) -> dict[str, float]:
-        """The running figures of the rows learned so far (the gate judges a candidate on fresh rows)."""
+        """The running figures of the rows learned so far; on rank 0 with a gate, a candidate when
+        rows were learned since the last (the gate judges it on decisions it was not trained on)."""
+        if self.ctx.rank == 0 and self.config.gate is not None and self._seen > self._seen_at_candidate:
+            weights, files = policy_files(self.policy)
+            self.config.gate.submit.remote(self.config.policy_id, {k: np.array(v) for k, v in weights.items()}, files,
+                                           self._metadata())
+            self.candidates += 1
+            self._seen_at_candidate = self._seen
         if not self._seen:
             return {}
         return {"squared_error": self._sq_error / self._seen, "mean_reward": self._reward / self._seen,
-                "rows_learned": float(self._seen)}
+                "rows_learned": float(self._seen), "candidates": float(self.candidates)}
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"parent_version": self.config.parent_version, "updates": self.policy.scorer.updates,
+                "metrics": {"squared_error": self._sq_error / max(self._seen, 1),
+                            "mean_reward": self._reward / max(self._seen, 1)},
+                "info": {"objective": self.name, "loop": self.config.loop, "submitted_at": time.time()}}
 
     def state_dict(self) -> dict[str, Any]:
         return {"scorer": {k: torch.from_numpy(np.array(v)) for k, v in self.policy.scorer.state().items()},
-                "steps": self.steps, "running": [self._sq_error, self._reward, self._seen]}
+                "steps": self.steps, "running": [self._sq_error, self._reward, self._seen, self.candidates]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.scorer.load({k: v.numpy() for k, v in state["scorer"].items()})
         self.steps = int(state["steps"])
-        self._sq_error, self._reward, self._seen = state["running"]
+        self._sq_error, self._reward, self._seen, self.candidates = state["running"]
+        self._seen, self.candidates = int(self._seen), int(self.candidates)
+        self._seen_at_candidate = self._seen
 
     def export_policy(self) -> ExportedPolicy:
         weights, files = policy_files(self.policy)

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import Request
@@ -178,11 +178,14 @@ class DecisionApp:
 
 def deploy_decision_app(registry_uri: str, policy_id: str, serving: DecisionServingSection, writer: Any | None,
                         table: str, *, app_name: str = "decisions", joiner_name: str = DECISION_JOINER,
-                        auth: dict | None = None, num_cpus: float = 0.1, refresh_s: float = 2.0) -> DecisionApp:
-    """Start the joiner (its rows go to `table` through `writer`, a replay client; None: dropped) and
-    the app under `<serving.route_prefix>/<policy_id>`. Serve must already run."""
-    joiner = get_or_create_joiner(writer, serving.reward_wait_s, table, None, name=joiner_name,
-                                  policy_id=policy_id, max_events=serving.max_events)
+                        auth: dict | None = None, num_cpus: float = 0.1, refresh_s: float = 2.0,
+                        gate_name: str | None = None, slices: Callable[[str, bool], str | None] | None = None
+                        ) -> DecisionApp:
+    """Start the joiner (its rows go to `table` through `writer`, a replay client; None: dropped; with
+    `gate_name`, the rewards go to that gate actor as evidence and `slices` holds some out of training)
+    and the app under `<serving.route_prefix>/<policy_id>`. Serve must already run."""
+    joiner = get_or_create_joiner(writer, serving.reward_wait_s, table, None, name=joiner_name, gate_name=gate_name,
+                                  policy_id=policy_id, slices=slices, max_events=serving.max_events)
     app = DecisionServer.options(
         num_replicas=serving.num_replicas, max_ongoing_requests=64, max_queued_requests=serving.max_queued_requests,
         ray_actor_options={"num_cpus": num_cpus},

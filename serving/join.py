@@ -79,8 +79,9 @@ class Joiner:
         self._store_defaulted()
         if self.join.text_table is not None:
             self.commits[self.join.text_table].put(rows, wait=False)
-        if self.gate_name is not None:
-            self._answered.extend((int(e["policy_version"]), e.get("novelty"), int(e["prediction"])) for e in events)
+        if self.gate_name is not None:  # a classifier's answers (a decision's or completion's event is an object)
+            self._answered.extend((int(e["policy_version"]), e.get("novelty"), int(e["prediction"]))
+                                  for e in events if isinstance(e, dict))
         return len(events)
 
     async def feedback(self, event_id: str, label: int | str | None = None, reward: float | None = None,

@@ -242,3 +242,26 @@ def generator_gate(values: dict[str, Any] | None = None) -> GateSection:
 
 # The type of a generate loop's `gate` field: a partial section is completed with GENERATOR_DEFAULTS.
 GeneratorGateSection = Annotated[GateSection, BeforeValidator(_generator_values)]
+
+
+# A decision policy's gate: no held-out set; logged decisions held back from training, doubly robust
+# with the live policy's predicted rewards as the reward model, the interval's rule (a noisy
+# estimate alone does not refuse).
+DECISION_DEFAULTS: dict[str, Any] = {
+    "stages": ["ope"],
+    "tolerance": 0.02,
+    "ope": {"fraction": 0.2, "method": "dr", "size": 3000, "min_rows": 300, "rule": "interval"},
+}
+
+
+def _decision_values(v: Any) -> Any:
+    return _over(DECISION_DEFAULTS, v) if isinstance(v, dict) else v
+
+
+def decision_gate(values: dict[str, Any] | None = None) -> GateSection:
+    """A decision policy's gate section: `values` laid over its defaults."""
+    return GateSection.model_validate(_over(DECISION_DEFAULTS, values or {}))
+
+
+# The type of a decisions loop's `gate` field: a partial section is completed with DECISION_DEFAULTS.
+DecisionGateSection = Annotated[GateSection, BeforeValidator(_decision_values)]

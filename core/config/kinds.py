@@ -21,6 +21,7 @@ from pydantic import Field
 
 from core.config.base import LoopSection
 from core.config.clm import CLMSection
+from core.config.decisions import DecisionsSection
 from core.config.feedback import FeedbackSection
 from core.config.generate import GenerateSection
 from core.config.mlm import MLMSection
@@ -119,6 +120,17 @@ KINDS: dict[str, LoopKind] = {kind.name: kind for kind in (
             status={"version": "version", "reward": "reward", "updates": "updates", "loss": "loss"},
             rates={"completions_per_s": "completions"},
             report=("reward", "learner", "timeline"),
+        ),
+    ),
+    LoopKind(
+        "decisions", DecisionsSection, "cluster.loops.decisions:DecisionsLoop",
+        tables={"decisions": TableNeed("decisions", settings={"capacity": 200_000})},
+        figures=Figures(
+            lead=("version", "reward", "uniform"),
+            short={**_COMMON, "decisions": "dec", "rewards": "rew", "promoted": "prom", "refused": "ref"},
+            status={"version": "version", "reward": "reward", "updates": "updates", "loss": "loss"},
+            rates={"decisions_per_s": "decisions"},
+            report=("decision_reward", "learner", "timeline"),
         ),
     ),
     LoopKind(

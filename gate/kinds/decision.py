@@ -52,6 +52,7 @@ class DecisionKind:
         if not low < high:
             raise GateError(f"a decision policy's reward range must be increasing, not {reward_range}")
         self.range = (low, high)
+        self.spec = {"kind": self.name}  # what the publisher is told about a version
 
     @classmethod
     def from_args(cls, reward_range: Sequence[float]) -> "DecisionKind":

@@ -92,7 +92,7 @@ def test_a_loop_may_not_take_a_name_the_run_uses(name):
 
 
 def test_a_loop_without_a_known_kind_is_refused_naming_the_kinds():
-    with pytest.raises(ConfigError, match=r"loops.x: each loop needs `kind:`, one of feedback, rl, mlm, clm, generate, novelty"):
+    with pytest.raises(ConfigError, match=r"loops.x: each loop needs `kind:`, one of feedback, rl, mlm, clm, generate, decisions, novelty"):
         load_config(DEFAULT, ["loops.x={env_id: CartPole-v1}"])
 
 

@@ -123,3 +123,28 @@ def test_streams_say_where_they_drift_and_refuse_an_unknown_name():
     assert len(first.actions) == 10 and first.reward(first.label) == 1.0
     with pytest.raises(ValueError, match="unknown stream"):
         next(rounds("nope", 10))
+
+
+def test_a_decisions_loop_section_checks_its_reward_range_and_names_its_route():
+    from pydantic import ValidationError
+
+    from core.config.decisions import DecisionServingSection, DecisionsSection
+
+    with pytest.raises(ValidationError, match="reward_min"):
+        DecisionServingSection(reward_min=1.0, reward_max=1.0)
+    with pytest.raises(ValidationError, match="default_reward"):
+        DecisionServingSection(reward_min=0.0, reward_max=1.0, default_reward=2.0)
+    loop = DecisionsSection(policy_id="offers")
+    assert loop.routes() == ["/v1/decisions/offers"] and loop.published({}) == ["offers"]
+    assert loop.gate.stages == ["ope"] and loop.table("decisions") == "decisions"
+
+
+def test_the_report_reads_the_users_reward_and_the_uniform_policy_from_progress_events():
+    from cluster.report_data import decision_reward
+    from cluster.report_plots import decision_reward as plot
+
+    events = [{"event": "progress", "time": 100.0 + t, "reward": r, "uniform": 0.2, "version": v}
+              for t, r, v in ((5, 0.2, 1), (10, 0.5, 2), (15, 0.6, 2))]
+    curves = decision_reward(events, t0=100.0)
+    assert curves["users' reward"].x == [5.0, 10.0, 15.0] and curves["uniform"].y == [0.2] * 3
+    assert plot("decisions", curves) is not None and plot("decisions", decision_reward([], 0.0)) is None

@@ -51,7 +51,7 @@ def test_a_preset_resolves_as_before_except_renamed_keys(preset):
 
 
 def test_every_preset_has_a_previous_resolution_or_is_new():
-    new = {"two_of_each", "clm", "generate"}  # presets the previous version did not have
+    new = {"two_of_each", "clm", "generate", "decisions"}  # presets the previous version did not have
     assert {p.stem for p in PRESETS} - new == {p.stem for p in BEFORE.glob("*.json")}
 
 
