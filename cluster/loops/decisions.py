@@ -23,6 +23,7 @@ import ray
 from actors.decision_users import DecisionUsersActor
 from cluster.errors import UserError
 from cluster.gate_actor import GateActor, check_gate, gate_name
+from cluster.loops.app_gate import AppAndGate
 from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, plain_event, round_or_none
 from core.config.evolve import EvolveConfig
@@ -33,13 +34,12 @@ from gate.slices import Slices
 from learners.decisions import DecisionLearnConfig, DecisionObjective, DecisionSource
 from learners.train_loop import LoopSpec
 from serving.decision_app import deploy_decision_app
-from serving.feedback_app import stop_joiner
 from serving.publisher import PUBLISHER_NAME, get_or_create_publisher
 
 KIND = "decision_policy"  # the gate's adapter (gate/kinds/decision.py)
 
 
-class DecisionsLoop(LoopBase):
+class DecisionsLoop(AppAndGate, LoopBase):
     def __init__(self, cfg: EvolveConfig, ctx: RunContext, name: str):
         super().__init__(cfg, ctx, name)
         self.dec = cfg.loops[name]
@@ -104,9 +104,7 @@ class DecisionsLoop(LoopBase):
     def poll(self) -> dict[str, Any]:
         figures = super().poll()
         self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
-        for ev in get_or(self.gate.drain_events.remote(), []):
-            kind = ev.pop("event", "gate")
-            self.event(kind, **plain_event(ev))
+        self.forward_gate_events()
         self.gate_summary = get_or(self.gate.summary.remote(self.dec.policy_id), self.gate_summary)
         recent = mean_or_none(self.actors.values("recent_reward"))
         if recent is not None:
@@ -138,15 +136,6 @@ class DecisionsLoop(LoopBase):
         return out
 
     # ---- the end -------------------------------------------------------------------------
-    def teardown(self) -> None:
-        if self.app is not None:
-            from ray import serve
-
-            serve.delete(self.app.app_name)
-            stop_joiner(self.joiner_name)
-        if self.gate is not None:
-            ray.kill(self.gate, no_restart=True)
-
     def summary(self) -> dict[str, Any]:
         g = self.gate_summary
         return {

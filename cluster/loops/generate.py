@@ -26,6 +26,7 @@ import ray
 from actors.generate_users import GenerateUsersActor
 from cluster.errors import UserError
 from cluster.gate_actor import GateActor, check_gate, gate_name
+from cluster.loops.app_gate import AppAndGate
 from cluster.learner_run import get_or
 from cluster.loop import LoopBase, RunContext, mean_or_none, plain_event, round_or_none
 from core.config.evolve import EvolveConfig
@@ -39,7 +40,6 @@ from core.models.tokenizer import check_causal_tokenizer, load_tokenizer, tokeni
 from learners.completion_source import CompletionSource
 from learners.policy_gradient import PGSetup, PolicyGradientObjective
 from learners.train_loop import LoopSpec
-from serving.feedback_app import stop_joiner
 from serving.generate_app import deploy_generate_app
 from serving.publisher import PUBLISHER_NAME, get_or_create_publisher
 
@@ -61,7 +61,7 @@ class JudgeReward:
         return {"path": self.path, "_judge": None}
 
 
-class GenerateLoop(LoopBase):
+class GenerateLoop(AppAndGate, LoopBase):
     def __init__(self, cfg: EvolveConfig, ctx: RunContext, name: str):
         super().__init__(cfg, ctx, name)
         self.gen = cfg.loops[name]
@@ -180,9 +180,7 @@ class GenerateLoop(LoopBase):
     def poll(self) -> dict[str, Any]:
         figures = super().poll()
         self.joiner_stats = get_or(self.app.joiner.stats.remote(), self.joiner_stats)
-        for ev in get_or(self.gate.drain_events.remote(), []):
-            kind = ev.pop("event", "gate")
-            self.event(kind, **plain_event(ev))
+        self.forward_gate_events()
         self.gate_summary = get_or(self.gate.summary.remote(self.gen.policy_id), self.gate_summary)
         return {
             "version": self.gate_summary.get("live_version"),
@@ -211,15 +209,6 @@ class GenerateLoop(LoopBase):
         return 0.0 if live == 1 else None  # version 1 is the reference itself
 
     # ---- the end -------------------------------------------------------------------------
-    def teardown(self) -> None:
-        if self.app is not None:
-            from ray import serve
-
-            serve.delete(self.app.app_name)
-            stop_joiner(self.joiner_name)
-        if self.gate is not None:
-            ray.kill(self.gate, no_restart=True)
-
     def summary(self) -> dict[str, Any]:
         g = self.gate_summary
         return {

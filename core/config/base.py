@@ -42,3 +42,16 @@ class LoopSection(Section):
     def check_in_run(self, name: str, cfg: Any) -> None:
         """Checks against the rest of the run (`cfg`: the EvolveConfig, its loops in order, their
         tables resolved); raise ValueError to refuse."""
+
+
+class ServedPolicy:
+    """What a loop section that serves one policy of its own shares: its `policy_id` is what it
+    publishes, and its `tables` name its replay tables by role (filled in by the run); the
+    section declares both fields."""
+
+    def table(self, role: str) -> str | None:
+        """The replay table of `role`; a section outside a run: the role's name."""
+        return self.tables[role] if role in self.tables else role
+
+    def published(self, loops: dict[str, LoopSection]) -> list[str]:
+        return [self.policy_id] if self.policy_id else []

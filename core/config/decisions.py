@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.config.base import NAME_PATTERN, LoopSection, Section
+from core.config.base import NAME_PATTERN, LoopSection, Section, ServedPolicy
 from core.config.gate import DecisionGateSection, decision_gate
 
 
@@ -84,7 +84,7 @@ class DecisionLearningSection(Section):
     sync_every: int = Field(default=20, ge=1)  # steps between averaging the workers' weights
 
 
-class DecisionsSection(LoopSection):
+class DecisionsSection(ServedPolicy, LoopSection):
     kind: Literal["decisions"] = "decisions"  # a served decision policy learning from its rewards
     policy_id: str | None = None  # registry and route name; None: the loop's name
     # Replay tables by role: `decisions` (joined decisions with their rewards). Unset: <loop>.
@@ -102,12 +102,6 @@ class DecisionsSection(LoopSection):
         if self.policy_id is not None and not NAME_PATTERN.match(self.policy_id):
             raise ValueError("a policy id is 1-64 characters of letters, digits, '_', '.', '-'")
         return self
-
-    def table(self, role: str) -> str | None:
-        return self.tables[role] if role in self.tables else role
-
-    def published(self, loops: dict[str, LoopSection]) -> list[str]:
-        return [self.policy_id] if self.policy_id else []
 
     def routes(self) -> list[str]:
         return [f"{self.serving.route_prefix.rstrip('/')}/{self.policy_id}"]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from core.config.adapt import AdaptSection
-from core.config.base import NAME_PATTERN, LoopSection, Section
+from core.config.base import NAME_PATTERN, LoopSection, Section, ServedPolicy
 from core.config.data import DataSection, TrafficSection
 from core.config.gate import CanarySection, GateSection, OPESection, ShadowSection
 from core.config.memory import MemorySection
@@ -81,7 +81,7 @@ class FeedbackServingSection(Section):
         return v
 
 
-class FeedbackSection(LoopSection):
+class FeedbackSection(ServedPolicy, LoopSection):
     kind: Literal["feedback"] = "feedback"  # a live classifier learning from feedback
     policy_id: str | None = None  # registry and Serve name of the classifier; None: the loop's name
     # Replay tables by role: `feedback` (joined rows the learner samples) and `text` (request texts
@@ -117,13 +117,6 @@ class FeedbackSection(LoopSection):
             raise ValueError(f"loops: {name!r} re-bases onto the encoders of {source!r}: list {source!r} before it")
         if self.model.kind == "wide":
             raise ValueError(f"loops.{name}.model.encoder_loop: a wide model never runs its encoder (model.kind wide)")
-
-    def table(self, role: str) -> str | None:
-        """The replay table of `role` (feedback, text); a section outside a run: the role's name."""
-        return self.tables[role] if role in self.tables else role
-
-    def published(self, loops: dict[str, "LoopSection"]) -> list[str]:
-        return [self.policy_id] if self.policy_id else []
 
     def routes(self) -> list[str]:
         return [self.serving.route_prefix]

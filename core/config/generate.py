@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.config.base import NAME_PATTERN, LoopSection, Section
+from core.config.base import NAME_PATTERN, LoopSection, Section, ServedPolicy
 from core.config.gate import GeneratorGateSection, generator_gate
 
 
@@ -165,7 +165,7 @@ class GenerateUsersSection(Section):
         return self
 
 
-class GenerateSection(LoopSection):
+class GenerateSection(ServedPolicy, LoopSection):
     kind: Literal["generate"] = "generate"  # a served text generator whose completions' feedback is logged
     policy_id: str | None = None  # registry and Serve name of the generator; None: the loop's name
     # Replay tables by role: `completions` (joined completions with their feedback). Unset: <loop>.
@@ -184,12 +184,6 @@ class GenerateSection(LoopSection):
             if value is not None and not NAME_PATTERN.match(value):
                 raise ValueError("a policy id is 1-64 characters of letters, digits, '_', '.', '-'")
         return self
-
-    def table(self, role: str) -> str | None:
-        return self.tables[role] if role in self.tables else role
-
-    def published(self, loops: dict[str, LoopSection]) -> list[str]:
-        return [self.policy_id] if self.policy_id else []
 
     def routes(self) -> list[str]:
         return [self.serving.route_prefix]
